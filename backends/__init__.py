@@ -1,0 +1,184 @@
+"""Array backends: an array namespace plus the few things the Array API standard does not cover.
+
+This package knows nothing about Transformers. A `Backend` offers:
+- `xp`, the array namespace (`numpy` or `jax.numpy`);
+- `jit(fn, static_argnames=..., donate_argnames=...)`: `jax.jit` on JAX, the identity on NumPy;
+- tree helpers for nested dicts (`tree_map`, `tree_leaves`, `tree_flatten`, `tree_unflatten`);
+- `asarray` / `to_numpy` to move arrays in and out;
+- `scatter_add` and `set_at`, the two functional index updates the standard lacks;
+- `random`: pure keyed random numbers (`key(seed)`, `split`, `uniform`, `normal`, `bernoulli`),
+  the same numbers on every backend for the same key (see `backends.random`).
+
+`get_backend("numpy" | "jax")` gives one by name; `backend_of(array, ...)` gives the backend an array
+belongs to, so that library code can run on whatever arrays it is handed.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType, SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+
+from . import random as _random
+from .namespace import array_namespace
+from .tree import tree_flatten, tree_items, tree_leaves, tree_map, tree_structure, tree_unflatten
+
+BACKEND_NAMES = ("numpy", "jax")
+
+__all__ = [
+    "BACKEND_NAMES",
+    "Backend",
+    "array_namespace",
+    "backend_of",
+    "get_backend",
+    "tree_flatten",
+    "tree_items",
+    "tree_leaves",
+    "tree_map",
+    "tree_structure",
+    "tree_unflatten",
+]
+
+
+class Backend:
+    """An array namespace and the helpers around it. Subclasses fill in what differs."""
+
+    name: str = "array_api"
+
+    def __init__(self, xp: ModuleType):
+        self.xp = xp
+        self.random = SimpleNamespace(
+            key=lambda seed: _random.key(seed, self.xp),
+            split=_random.split,
+            bits=_random.bits,
+            uniform=_random.uniform,
+            normal=_random.normal,
+            bernoulli=_random.bernoulli,
+            realised_probability=_random.realised_probability,
+        )
+
+    tree_map = staticmethod(tree_map)
+    tree_leaves = staticmethod(tree_leaves)
+    tree_items = staticmethod(tree_items)
+    tree_flatten = staticmethod(tree_flatten)
+    tree_unflatten = staticmethod(tree_unflatten)
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r})"
+
+    def jit(self, fn: Callable, static_argnames: tuple[str, ...] = (), donate_argnames: tuple[str, ...] = ()) -> Callable:
+        return fn
+
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def tree_to_numpy(self, tree: Any) -> Any:
+        return tree_map(self.to_numpy, tree)
+
+    def tree_asarray(self, tree: Any) -> Any:
+        return tree_map(self.asarray, tree)
+
+    def is_concrete(self, x: Any) -> bool:
+        """Whether x holds values Python can read now (False for a tracer inside `jit`)."""
+        return True
+
+    def block_until_ready(self, tree: Any) -> Any:
+        return tree
+
+    def scatter_add(self, target: Any, indices: Any, updates: Any) -> Any:
+        """A copy of `target` (N, ...) with `updates[i]` added to row `indices[i]`, repeats summed."""
+        raise NotImplementedError(f"scatter_add is not available on the {self.name} backend")
+
+    def set_at(self, x: Any, index: Any, value: Any) -> Any:
+        """A copy of `x` with `x[index] = value`."""
+        raise NotImplementedError(f"set_at is not available on the {self.name} backend")
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+
+    def __init__(self):
+        super().__init__(np)
+
+    def scatter_add(self, target, indices, updates):
+        out = target.copy()
+        np.add.at(out, indices, updates)
+        return out
+
+    def set_at(self, x, index, value):
+        out = x.copy()
+        out[index] = value
+        return out
+
+
+class JaxBackend(Backend):
+    """JAX: `jax.numpy` plus `jax.jit`. Creating it turns on `jax_enable_x64`, so that
+    `dtype="float64"` models really run in float64; every array this project makes names its
+    dtype, so float32 models stay float32."""
+
+    name = "jax"
+
+    def __init__(self):
+        try:
+            import jax
+            import jax.numpy as jnp
+        except ImportError as err:
+            raise ImportError(
+                "FT_BACKEND=jax needs JAX, which is not installed. Install it with "
+                "`pip install 'functional-transformer[jax]'` (or `pip install jax`), or `uv sync` in a "
+                "checkout, or choose the NumPy backend with FT_BACKEND=numpy."
+            ) from err
+        jax.config.update("jax_enable_x64", True)
+        self.jax = jax
+        super().__init__(jnp)
+
+    @functools.lru_cache(maxsize=None)
+    def jit(self, fn, static_argnames=(), donate_argnames=()):
+        # Memoised so that wrapping the same function twice reuses one compilation cache.
+        return self.jax.jit(fn, static_argnames=static_argnames, donate_argnames=donate_argnames)
+
+    def to_numpy(self, x):
+        return np.asarray(self.jax.device_get(x))
+
+    def is_concrete(self, x):
+        return not isinstance(x, self.jax.core.Tracer)
+
+    def block_until_ready(self, tree):
+        return self.jax.block_until_ready(tree)
+
+    def scatter_add(self, target, indices, updates):
+        return target.at[indices].add(updates)
+
+    def set_at(self, x, index, value):
+        return x.at[index].set(value)
+
+
+@functools.cache
+def get_backend(name: str) -> Backend:
+    """The backend called `name` ("numpy" or "jax"); one instance per name."""
+    if name == "numpy":
+        return NumpyBackend()
+    if name == "jax":
+        return JaxBackend()
+    raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKEND_NAMES)} (for example FT_BACKEND=numpy)")
+
+
+@functools.cache
+def _generic_backend(xp: ModuleType) -> Backend:
+    return Backend(xp)
+
+
+def backend_of(*arrays: Any) -> Backend:
+    """The backend of the given arrays (or trees of arrays): NumPy, JAX, or a generic Array API one."""
+    leaves = [leaf for a in arrays if a is not None for leaf in tree_leaves(a)]
+    xp = array_namespace(*leaves)
+    if xp is np:
+        return get_backend("numpy")
+    if xp.__name__ == "jax.numpy":
+        return get_backend("jax")
+    return _generic_backend(xp)

@@ -1,0 +1,1 @@
+"""functional_transformer: the Transformer of "Attention Is All You Need" as pure functions."""
