@@ -1,0 +1,13 @@
+"""The default backend: FT_BACKEND ("numpy" or "jax"), read once, when the library is imported."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import backends
+
+
+@functools.cache
+def default_backend() -> backends.Backend:
+    return backends.get_backend(os.environ.get("FT_BACKEND", "numpy").strip().lower() or "numpy")

@@ -1,0 +1,55 @@
+"""Input checks for the public entry points: a clear error instead of a silent wrong answer.
+
+JAX clamps out-of-range gathers silently, so token ids are checked here, before any jit, while
+their values can still be read (inside a jit trace only shapes and dtypes can be checked).
+"""
+
+from __future__ import annotations
+
+from backends import Backend, array_namespace
+
+
+def check_token_ids(name: str, ids, vocab_size: int, max_len: int, backend: Backend):
+    """ids must be an integer (batch, length) array with 1 <= length <= max_len and 0 <= id < vocab_size."""
+    xp = array_namespace(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D integer array of shape (batch, length), got shape {tuple(ids.shape)}")
+    if not xp.isdtype(ids.dtype, "integral"):
+        raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}; convert with .astype(int32)")
+    batch, length = ids.shape
+    if batch == 0 or length == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}): it needs at least one sequence of one token")
+    if length > max_len:
+        raise ValueError(
+            f"{name} has length {length}, longer than max_len={max_len}; "
+            "shorten the sequences or build the model with a larger max_len"
+        )
+    if not backend.is_concrete(ids):
+        return
+    values = backend.to_numpy(ids)
+    bad = (values < 0) | (values >= vocab_size)
+    if bad.any():
+        row, col = (int(i[0]) for i in bad.nonzero())
+        raise ValueError(
+            f"{name} holds token id {int(values[row, col])} at [{row}, {col}], outside the vocabulary "
+            f"[0, {vocab_size}); every id must be at least 0 and below the vocabulary size"
+        )
+
+
+def check_same_batch(a_name: str, a, b_name: str, b):
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{a_name} has batch size {a.shape[0]} but {b_name} has {b.shape[0]}; they must match")
+
+
+def check_dropout_key(cfg, train: bool, key):
+    if train and cfg.drop_rate > 0 and key is None:
+        raise ValueError(
+            f"train=True with drop_rate={cfg.drop_rate} needs a key for dropout: pass key=ft.random.key(seed) "
+            "(or train=False for evaluation)"
+        )
+
+
+def check_params_dtype(params: dict, cfg):
+    table = params["src_embed"]["tokens"]
+    if str(table.dtype) != cfg.dtype:
+        raise TypeError(f"params are {table.dtype} but cfg.dtype is {cfg.dtype!r}; build them with ft.init(key, cfg)")

@@ -1,0 +1,59 @@
+"""Token embedding scaled by sqrt(d_model) (paper §3.4) plus positions (§3.5).
+
+params {"tokens": (vocab, d_model)} and, for learned positions, {"positions": (max_len, d_model)};
+without "positions" the sinusoidal table is added.
+"""
+
+from __future__ import annotations
+
+import math
+
+from backends import array_namespace, backend_of
+from backends import random as jrandom
+
+from .positional import sinusoidal
+
+
+def init(key, vocab_size: int, d_model: int, max_len: int, dtype, learned_positions: bool = False) -> dict:
+    """tokens ~ N(0, 1/d_model), so the scaled embedding has unit variance."""
+    k_tokens, k_positions = jrandom.split(key, 2)
+    params = {"tokens": jrandom.normal(k_tokens, (vocab_size, d_model), dtype) * (d_model**-0.5)}
+    if learned_positions:
+        # The same root-mean-square as the sinusoidal table (1/sqrt(2)).
+        params["positions"] = jrandom.normal(k_positions, (max_len, d_model), dtype) * (0.5**0.5)
+    return params
+
+
+def fwd(params: dict, ids):
+    """ids (B, T) integer -> x (B, T, d_model)."""
+    tokens = params["tokens"]
+    xp = array_namespace(tokens)
+    batch, length = ids.shape
+    d_model = tokens.shape[1]
+    flat_ids = xp.reshape(ids, (-1,))
+    x = xp.reshape(xp.take(tokens, flat_ids, axis=0), (batch, length, d_model)) * math.sqrt(d_model)
+    if "positions" in params:
+        x = x + params["positions"][:length]
+    else:
+        x = x + sinusoidal(length, d_model, x.dtype, xp)
+    positions_shape = params["positions"].shape if "positions" in params else None
+    return x, (flat_ids, tokens.shape, positions_shape)
+
+
+def bwd(res, g):
+    """-> dparams. The token gradient is a scatter-add over the ids (no one-hot of vocab size)."""
+    flat_ids, tokens_shape, positions_shape = res
+    xp = array_namespace(g)
+    d_model = tokens_shape[1]
+    g_rows = xp.reshape(g, (-1, d_model)) * math.sqrt(d_model)
+    zeros = xp.zeros(tokens_shape, dtype=g.dtype)
+    dparams = {"tokens": backend_of(g).scatter_add(zeros, flat_ids, g_rows)}
+    if positions_shape is not None:
+        length = g.shape[1]
+        unused = xp.zeros((positions_shape[0] - length, d_model), dtype=g.dtype)
+        dparams["positions"] = xp.concat([xp.sum(g, axis=0), unused], axis=0)
+    return dparams
+
+
+def apply(params: dict, ids):
+    return fwd(params, ids)[0]

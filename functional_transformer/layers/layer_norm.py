@@ -1,0 +1,41 @@
+"""Layer normalisation over the last axis: params {"scale": (d,), "bias": (d,)}."""
+
+from __future__ import annotations
+
+from backends import array_namespace
+
+EPS = 1e-5
+
+
+def init(key, d: int, dtype) -> dict:
+    xp = array_namespace(key)
+    return {"scale": xp.ones((d,), dtype=dtype), "bias": xp.zeros((d,), dtype=dtype)}
+
+
+def fwd(params: dict, x):
+    """x (..., d) -> (x - mean) / sqrt(var + eps) * scale + bias, same shape."""
+    xp = array_namespace(x)
+    mean = xp.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    inv_std = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=-1, keepdims=True) + EPS)
+    x_hat = centred * inv_std
+    return x_hat * params["scale"] + params["bias"], (x_hat, inv_std, params["scale"])
+
+
+def bwd(res, g):
+    """-> (dparams, dx). dx = inv_std * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))."""
+    x_hat, inv_std, scale = res
+    xp = array_namespace(g)
+    lead = tuple(range(g.ndim - 1))
+    dparams = {"scale": xp.sum(g * x_hat, axis=lead), "bias": xp.sum(g, axis=lead)}
+    dx_hat = g * scale
+    dx = inv_std * (
+        dx_hat
+        - xp.mean(dx_hat, axis=-1, keepdims=True)
+        - x_hat * xp.mean(dx_hat * x_hat, axis=-1, keepdims=True)
+    )
+    return dparams, dx
+
+
+def apply(params: dict, x):
+    return fwd(params, x)[0]

@@ -1,0 +1,33 @@
+"""Softmax over the last axis, with an optional boolean mask (True = keep).
+
+Masked entries get probability 0 and zero gradient; a row with every entry masked gives all
+zeros (never NaN), which is what a query with nothing to attend to should contribute.
+"""
+
+from __future__ import annotations
+
+from backends import array_namespace
+
+
+def fwd(x, mask=None):
+    """x (..., n), mask broadcastable to x -> (p, res) with p (..., n)."""
+    xp = array_namespace(x)
+    if mask is not None:
+        x = xp.where(mask, x, xp.asarray(-xp.inf, dtype=x.dtype))
+    row_max = xp.max(x, axis=-1, keepdims=True)
+    # A fully masked row has max -inf; shifting by 0 instead keeps exp(-inf) = 0 rather than NaN.
+    row_max = xp.where(row_max == -xp.inf, xp.asarray(0, dtype=x.dtype), row_max)
+    e = xp.exp(x - row_max)
+    total = xp.sum(e, axis=-1, keepdims=True)
+    p = e / xp.where(total == 0, xp.asarray(1, dtype=x.dtype), total)
+    return p, p
+
+
+def bwd(p, g):
+    """dx = p * (g - sum(g * p)); masked entries have p = 0, so their gradient is 0."""
+    xp = array_namespace(g)
+    return p * (g - xp.sum(g * p, axis=-1, keepdims=True))
+
+
+def apply(x, mask=None):
+    return fwd(x, mask)[0]

@@ -1,0 +1,15 @@
+"""Keyed random numbers for users of the library: `ft.random.key(seed)` makes a key on the
+default backend (FT_BACKEND); the rest take a key and stay on its backend. See backends.random."""
+
+from __future__ import annotations
+
+from backends.random import bernoulli, bits, normal, realised_probability, split, uniform
+
+from .backend_choice import default_backend
+
+__all__ = ["key", "split", "bits", "uniform", "normal", "bernoulli", "realised_probability"]
+
+
+def key(seed: int, backend=None):
+    """A uint32 (2,) key from an integer seed, on `backend` (default: the one FT_BACKEND names)."""
+    return (backend or default_backend()).random.key(seed)
