@@ -49,7 +49,8 @@ def causal_mask(length: int, xp):
     return xp.reshape(positions[:, None] >= positions[None, :], (1, 1, length, length))
 
 
-def _output_projection(params: dict, cfg) -> dict:
+def output_projection(params: dict, cfg) -> dict:
+    """The linear-layer params of the output projection (the tied embedding's transpose with tie_embeddings)."""
     if cfg.tie_embeddings:
         return {"w": params["tgt_embed"]["tokens"].mT, "b": params["out_proj"]["b"]}
     return params["out_proj"]
@@ -80,7 +81,7 @@ def decode_fwd(params: dict, memory, src, tgt_in, cfg, key=None, train: bool = F
     self_mask = causal_mask(tgt_in.shape[1], xp) & padding_mask(tgt_in, cfg.pad_id)  # (B, 1, T, T)
     cross_mask = padding_mask(src, cfg.pad_id)  # (B, 1, 1, S)
     h, res_stack = stacks.decoder_fwd(params["decoder"], y, memory, self_mask, cross_mask, cfg, k_stack, train)
-    logits, res_out = linear.fwd(_output_projection(params, cfg), h)
+    logits, res_out = linear.fwd(output_projection(params, cfg), h)
     return logits, (res_embed, res_drop, res_stack, res_out)
 
 

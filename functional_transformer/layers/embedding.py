@@ -24,8 +24,10 @@ def init(key, vocab_size: int, d_model: int, max_len: int, dtype, learned_positi
     return params
 
 
-def fwd(params: dict, ids):
-    """ids (B, T) integer -> x (B, T, d_model)."""
+def fwd(params: dict, ids, offset=0):
+    """ids (B, T) integer at positions offset .. offset + T - 1 -> x (B, T, d_model).
+
+    A non-zero offset serves cached decoding, which embeds one new token at a time."""
     tokens = params["tokens"]
     xp = array_namespace(tokens)
     batch, length = ids.shape
@@ -33,9 +35,9 @@ def fwd(params: dict, ids):
     flat_ids = xp.reshape(ids, (-1,))
     x = xp.reshape(xp.take(tokens, flat_ids, axis=0), (batch, length, d_model)) * math.sqrt(d_model)
     if "positions" in params:
-        x = x + params["positions"][:length]
+        x = x + xp.take(params["positions"], xp.arange(length) + offset, axis=0)
     else:
-        x = x + sinusoidal(length, d_model, x.dtype, xp)
+        x = x + sinusoidal(length, d_model, x.dtype, xp, offset)
     positions_shape = params["positions"].shape if "positions" in params else None
     return x, (flat_ids, tokens.shape, positions_shape)
 
@@ -55,5 +57,5 @@ def bwd(res, g):
     return dparams
 
 
-def apply(params: dict, ids):
-    return fwd(params, ids)[0]
+def apply(params: dict, ids, offset=0):
+    return fwd(params, ids, offset)[0]

@@ -8,10 +8,11 @@ from __future__ import annotations
 from types import ModuleType
 
 
-def sinusoidal(n_positions: int, d_model: int, dtype, xp: ModuleType):
-    """The (n_positions, d_model) table, computed in float64 and cast to `dtype`, so that every
-    backend gives the same float32 numbers."""
-    positions = xp.reshape(xp.arange(n_positions, dtype=xp.float64), (-1, 1))  # (T, 1)
+def sinusoidal(n_positions: int, d_model: int, dtype, xp: ModuleType, offset=0):
+    """Rows offset .. offset + n_positions - 1 of the table, (n_positions, d_model), computed in
+    float64 and cast to `dtype`, so that every backend gives the same float32 numbers. `offset`
+    may be a traced integer (cached decoding under jit)."""
+    positions = xp.reshape(xp.arange(n_positions, dtype=xp.float64) + offset, (-1, 1))  # (T, 1)
     inv_freq = 10000.0 ** (-xp.arange(0, d_model, 2, dtype=xp.float64) / d_model)  # (ceil(d/2),)
     angles = positions * inv_freq  # (T, ceil(d/2))
     # Interleave sin and cos: column 2i is sin, column 2i+1 is cos.

@@ -1,0 +1,52 @@
+"""Data for sequence-to-sequence training: a character tokenizer, built-in character tasks, TSV files,
+and padded NumPy batches in a reproducible order.
+
+Everything here is plain Python and NumPy: batches are int32 NumPy arrays, which the training loop
+moves to the chosen backend. Nothing here holds global mutable state.
+
+Typical use:
+    train, valid = make_task_data("reverse", n_train=10_000, n_valid=500, min_len=3, max_len=12, seed=0)
+    tokenizer = CharTokenizer.from_texts([task_alphabet("reverse")])
+    examples = encode_pairs(train, tokenizer, max_len=16)
+    batches = batch_iterator(examples, batch_size=64, seed=0, start_step=step)
+"""
+
+from .batching import (
+    Batch,
+    EncodedPair,
+    batch_indices,
+    batch_iterator,
+    encode_pairs,
+    epoch_permutation,
+    iterate_batches,
+    make_batch,
+)
+from .tasks import DEFAULT_ALPHABET, TASKS, Task, get_task, make_task_data, task_alphabet
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, CharTokenizer
+from .tsv import DataError, read_tsv, write_tsv
+
+__all__ = [
+    "BOS_ID",
+    "Batch",
+    "CharTokenizer",
+    "DEFAULT_ALPHABET",
+    "DataError",
+    "EOS_ID",
+    "EncodedPair",
+    "PAD_ID",
+    "SPECIAL_TOKENS",
+    "TASKS",
+    "Task",
+    "UNK_ID",
+    "batch_indices",
+    "batch_iterator",
+    "encode_pairs",
+    "epoch_permutation",
+    "get_task",
+    "iterate_batches",
+    "make_batch",
+    "make_task_data",
+    "read_tsv",
+    "task_alphabet",
+    "write_tsv",
+]

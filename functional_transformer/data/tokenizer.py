@@ -1,0 +1,109 @@
+"""A character-level tokenizer: one id per character, four special ids first.
+
+Contract:
+- ids 0, 1, 2, 3 are the special tokens pad, bos, eos and unk, on every `CharTokenizer`;
+- the characters follow in sorted (code point) order, so the same set of characters always gives
+  the same ids, whatever order the texts that built it came in;
+- `encode` maps a character outside the vocabulary to the unk id and adds no special tokens;
+- `decode` stops at the first eos, skips pad and bos, and writes unk as U+FFFD;
+- `to_json` / `from_json` round-trip exactly, so a checkpoint can carry its vocabulary;
+- two tokenizers are equal when their characters are equal.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+PAD_ID = 0
+BOS_ID = 1
+EOS_ID = 2
+UNK_ID = 3
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")  # names, in id order; never produced by `decode`
+UNK_CHAR = "\N{REPLACEMENT CHARACTER}"
+
+_JSON_KIND = "char"
+_JSON_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CharTokenizer:
+    """A vocabulary of single characters, in sorted order, after the four special tokens."""
+
+    chars: tuple[str, ...]
+    _ids: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        chars = tuple(self.chars)
+        for c in chars:
+            if not isinstance(c, str) or len(c) != 1:
+                raise ValueError(f"CharTokenizer characters must be single-character strings, got {c!r}")
+        if list(chars) != sorted(set(chars)):
+            raise ValueError(
+                "CharTokenizer characters must be distinct and sorted; build one with CharTokenizer.from_texts"
+            )
+        object.__setattr__(self, "chars", chars)
+        # The lookup is derived from `chars`, so it is left out of equality, hashing and repr.
+        object.__setattr__(self, "_ids", {c: i + len(SPECIAL_TOKENS) for i, c in enumerate(chars)})
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> CharTokenizer:
+        """The tokenizer whose characters are every character that occurs in `texts`."""
+        if isinstance(texts, str):
+            texts = [texts]  # a lone string is one text, not an iterable of one-character texts
+        return cls(tuple(sorted({c for text in texts for c in text})))
+
+    pad_id = PAD_ID
+    bos_id = BOS_ID
+    eos_id = EOS_ID
+    unk_id = UNK_ID
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of ids: the special tokens plus the characters."""
+        return len(SPECIAL_TOKENS) + len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        """The id of each character of `text` (unk for characters outside the vocabulary)."""
+        ids = self._ids
+        return [ids.get(c, UNK_ID) for c in text]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids` up to the first eos; pad and bos are skipped, unk becomes U+FFFD."""
+        out = []
+        n_special = len(SPECIAL_TOKENS)
+        for raw in ids:
+            i = int(raw)
+            if i == EOS_ID:
+                break
+            if i in (PAD_ID, BOS_ID):
+                continue
+            if i == UNK_ID:
+                out.append(UNK_CHAR)
+            elif n_special <= i < self.vocab_size:
+                out.append(self.chars[i - n_special])
+            else:
+                raise ValueError(f"token id {i} is outside this tokenizer's vocabulary of {self.vocab_size} ids")
+        return "".join(out)
+
+    def to_json(self) -> str:
+        """The vocabulary as a JSON string that `from_json` reads back."""
+        return json.dumps({"kind": _JSON_KIND, "version": _JSON_VERSION, "chars": list(self.chars)}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> CharTokenizer:
+        """The tokenizer that `to_json` wrote."""
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"tokenizer JSON is not valid JSON: {err}") from err
+        if not isinstance(obj, dict) or obj.get("kind") != _JSON_KIND:
+            raise ValueError(f"tokenizer JSON must be an object with kind {_JSON_KIND!r}, got {text[:80]!r}")
+        if obj.get("version") != _JSON_VERSION:
+            version = obj.get("version")
+            raise ValueError(f"tokenizer JSON version {version!r} is not supported (expected {_JSON_VERSION})")
+        chars = obj.get("chars")
+        if not isinstance(chars, list):
+            raise ValueError("tokenizer JSON must have a list of characters under 'chars'")
+        return cls(tuple(chars))

@@ -1,0 +1,207 @@
+"""Autoregressive decoding: greedy and beam search, with a key/value cache.
+
+The cache holds, per decoder layer, the self-attention keys/values of the tokens decoded so far,
+(B, H, max_steps, Dh), written one position per step, and the cross-attention keys/values of the
+encoder memory, (B, H, S, Dh), computed once per source. One step then costs O(t) attention for
+the new token instead of re-running the decoder over the whole prefix (O(t^2)).
+
+A step reuses the layers' own forward functions (residual, layer norm, feed-forward, attention
+projections) in eval mode, so cached decoding computes exactly what `model.decode_fwd` computes;
+`greedy_decode(..., use_cache=False)` re-runs the full decoder each step as a reference.
+On JAX the step is jitted once (the position is a traced integer) and the loop stays in Python,
+stopping as soon as every sequence has produced end-of-sequence.
+"""
+
+from __future__ import annotations
+
+import math
+
+from backends import array_namespace, backend_of
+
+from . import api, model
+from .layers import attention, embedding, feed_forward, layer_norm, linear, residual
+
+
+def init_cache(params: dict, memory, cfg, max_steps: int) -> dict:
+    """Per decoder layer: empty self-attention k/v (B, H, max_steps, Dh) and the memory's cross k/v."""
+    xp = array_namespace(memory)
+    batch = memory.shape[0]
+    empty = xp.zeros((batch, cfg.n_heads, max_steps, cfg.d_head), dtype=memory.dtype)
+    cache = {}
+    for i in range(cfg.n_decoder_layers):
+        cross = params["decoder"][f"layer_{i}"]["cross_attn"]
+        cache[f"layer_{i}"] = {
+            "self_k": empty,
+            "self_v": empty,
+            "cross_k": attention.split_heads(linear.apply(attention.projection(cross, "k"), memory), cfg.n_heads),
+            "cross_v": attention.split_heads(linear.apply(attention.projection(cross, "v"), memory), cfg.n_heads),
+        }
+    return cache
+
+
+def _cached_attention(params, h, keys, values, mask, n_heads):
+    """h (B, 1, D) attends to cached keys/values (B, H, S, Dh) -> (B, 1, D)."""
+    q = attention.split_heads(linear.apply(attention.projection(params, "q"), h), n_heads)
+    heads, _ = attention.dot_product_fwd(q, keys, values, mask)
+    return linear.apply(attention.projection(params, "o"), attention.merge_heads(heads))
+
+
+def decode_step(params: dict, cache: dict, tokens, position, cross_mask, cfg):
+    """The next-token logits (B, V) for tokens (B,) at `position`, and the cache with them written in."""
+    backend = backend_of(cache)
+    xp = backend.xp
+    x = embedding.apply(params["tgt_embed"], xp.reshape(tokens, (-1, 1)), position)  # (B, 1, D)
+    max_steps = next(iter(cache.values()))["self_k"].shape[2]
+    self_mask = xp.reshape(xp.arange(max_steps) <= position, (1, 1, 1, max_steps))  # keys decoded so far
+    eval_mode = dict(norm_first=cfg.norm_first, drop_rate=0.0)
+    new_cache = {}
+    for i in range(cfg.n_decoder_layers):
+        layer, layer_cache = params["decoder"][f"layer_{i}"], dict(cache[f"layer_{i}"])
+        self_attn = layer["self_attn"]
+
+        def self_attention(h):
+            k = attention.split_heads(linear.apply(attention.projection(self_attn, "k"), h), cfg.n_heads)
+            v = attention.split_heads(linear.apply(attention.projection(self_attn, "v"), h), cfg.n_heads)
+            layer_cache["self_k"] = backend.set_at(layer_cache["self_k"], (slice(None), slice(None), position), k[:, :, 0])
+            layer_cache["self_v"] = backend.set_at(layer_cache["self_v"], (slice(None), slice(None), position), v[:, :, 0])
+            return _cached_attention(self_attn, h, layer_cache["self_k"], layer_cache["self_v"], self_mask, cfg.n_heads), None
+
+        def cross_attention(h):
+            out = _cached_attention(layer["cross_attn"], h, layer_cache["cross_k"], layer_cache["cross_v"], cross_mask, cfg.n_heads)
+            return out, None
+
+        x, _ = residual.fwd(layer["ln1"], x, self_attention, **eval_mode)
+        x, _ = residual.fwd(layer["ln2"], x, cross_attention, **eval_mode)
+        x, _ = residual.fwd(layer["ln3"], x, lambda h: feed_forward.fwd(layer["ffn"], h, cfg.activation), **eval_mode)
+        new_cache[f"layer_{i}"] = layer_cache
+    if cfg.norm_first:
+        x = layer_norm.apply(params["decoder"]["final_ln"], x)
+    logits = linear.apply(model.output_projection(params, cfg), x)  # (B, 1, V)
+    return logits[:, 0, :], new_cache
+
+
+def _start(params, src, cfg, max_steps):
+    backend, a = api._prepare(params, cfg, False, None, src=src)
+    src = a["src"]
+    if max_steps < 1 or max_steps > cfg.max_len:
+        raise ValueError(f"max_steps must be in [1, max_len={cfg.max_len}], got {max_steps}")
+    memory = api.encode(params, src, cfg)
+    cross_mask = model.padding_mask(src, cfg.pad_id)
+    return backend, src, memory, cross_mask
+
+
+def _greedy_step(params, cache, state, position, cross_mask, cfg, eos_id):
+    """One greedy step on fixed shapes (one jit compilation for the whole loop)."""
+    backend = backend_of(cache)
+    xp = backend.xp
+    logits, cache = decode_step(params, cache, state["tokens"], position, cross_mask, cfg)
+    pad = xp.asarray(cfg.pad_id, dtype=xp.int32)
+    tokens = xp.where(state["finished"], pad, xp.astype(xp.argmax(logits, axis=-1), xp.int32))
+    return cache, {
+        "tokens": tokens,
+        "finished": state["finished"] | (tokens == eos_id),
+        "output": backend.set_at(state["output"], (slice(None), position), tokens),
+    }
+
+
+def greedy_decode(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, use_cache: bool = True):
+    """src (B, S) -> tokens (B, max_steps): the argmax token each step, pad_id after end-of-sequence.
+
+    Stops early once every row has emitted eos_id (the rest is pad_id)."""
+    backend, src, memory, cross_mask = _start(params, src, cfg, max_steps)
+    xp = backend.xp
+    batch = src.shape[0]
+    state = {
+        "tokens": xp.full((batch,), bos_id, dtype=xp.int32),
+        "finished": xp.zeros((batch,), dtype=xp.bool),
+        "output": xp.full((batch, max_steps), cfg.pad_id, dtype=xp.int32),
+    }
+    if not use_cache:  # the reference: the full decoder over the whole prefix, every step
+        prefix = state["tokens"][:, None]
+        for position in range(max_steps):
+            logits = api.decode(params, memory, src, prefix, cfg)[:, -1, :]
+            tokens = xp.where(state["finished"], cfg.pad_id, xp.astype(xp.argmax(logits, axis=-1), xp.int32))
+            state["output"] = backend.set_at(state["output"], (slice(None), position), tokens)
+            state["finished"] = state["finished"] | (tokens == eos_id)
+            prefix = xp.concat([prefix, tokens[:, None]], axis=1)
+            if bool(xp.all(state["finished"])):
+                break
+        return state["output"]
+    cache = backend.jit(init_cache, static_argnames=("cfg", "max_steps"))(params, memory, cfg, max_steps)
+    step = backend.jit(_greedy_step, static_argnames=("cfg", "eos_id"))
+    for position in range(max_steps):
+        cache, state = step(params, cache, state, xp.asarray(position), cross_mask, cfg, eos_id)
+        if bool(xp.all(state["finished"])):
+            break
+    return state["output"]
+
+
+def length_penalty(length, alpha: float):
+    """GNMT's ((5 + |Y|) / 6) ** alpha (Wu et al. 2016), which the paper uses with alpha = 0.6."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def _log_softmax(logits):
+    xp = array_namespace(logits)
+    shifted = logits - xp.max(logits, axis=-1, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
+
+
+def _beam_step(params, cache, state, position, cross_mask, cfg, eos_id):
+    """One beam-search step on fixed shapes: extend every live hypothesis, keep the best k per row."""
+    backend = backend_of(cache)
+    xp = backend.xp
+    batch, k = state["scores"].shape
+    vocab = cfg.tgt_vocab_size
+    logits, cache = decode_step(params, cache, state["tokens"], position, cross_mask, cfg)
+    log_probs = xp.reshape(_log_softmax(logits), (batch, k, vocab))
+    # A finished hypothesis can only continue with pad, at log-probability 0: its score is frozen.
+    frozen = xp.astype(xp.where(xp.arange(vocab) == cfg.pad_id, 0.0, -math.inf), log_probs.dtype)
+    log_probs = xp.where(state["finished"][..., None], frozen, log_probs)
+    candidates = xp.reshape(state["scores"][..., None] + log_probs, (batch, k * vocab))
+    best = xp.argsort(-candidates, axis=-1, stable=True)[:, :k]  # (B, k), best first
+    beam, token = best // vocab, xp.astype(best % vocab, xp.int32)
+    was_finished = xp.take_along_axis(state["finished"], beam, axis=-1)
+    rows = xp.reshape(beam + xp.reshape(xp.arange(batch), (batch, 1)) * k, (-1,))  # flat source beam
+    history = xp.take(xp.reshape(state["history"], (batch * k, -1)), rows, axis=0)
+    history = backend.set_at(history, (slice(None), position), xp.reshape(token, (-1,)))
+    cache = backend.tree_map(lambda c: xp.take(c, rows, axis=0), cache)
+    return cache, {
+        "tokens": xp.reshape(token, (-1,)),
+        "scores": xp.take_along_axis(candidates, best, axis=-1),
+        "finished": was_finished | (token == eos_id),
+        "lengths": xp.take_along_axis(state["lengths"], beam, axis=-1) + xp.astype(~was_finished, state["lengths"].dtype),
+        "history": xp.reshape(history, (batch, k, -1)),
+    }
+
+
+def beam_search(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, beam_size: int = 4,
+                alpha: float = 0.6):
+    """src (B, S) -> tokens (B, max_steps), the best of `beam_size` hypotheses by log p / length_penalty.
+
+    Each step keeps the beam_size best continuations by total log-probability; a hypothesis that
+    has emitted eos_id is finished and its score frozen. With beam_size=1 this is greedy decoding."""
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+    backend, src, memory, cross_mask = _start(params, src, cfg, max_steps)
+    xp = backend.xp
+    batch, k = src.shape[0], beam_size
+    # Every beam of a row shares the row's memory: (B, ...) -> (B * k, ...), beams of a row adjacent.
+    repeat = xp.reshape(xp.broadcast_to(xp.reshape(xp.arange(batch), (batch, 1)), (batch, k)), (-1,))
+    memory, cross_mask = xp.take(memory, repeat, axis=0), xp.take(cross_mask, repeat, axis=0)
+    cache = backend.jit(init_cache, static_argnames=("cfg", "max_steps"))(params, memory, cfg, max_steps)
+    state = {
+        "tokens": xp.full((batch * k,), bos_id, dtype=xp.int32),
+        # Only the first beam of a row starts live, so step one does not pick k copies of one token.
+        "scores": xp.asarray([[0.0] + [-math.inf] * (k - 1)] * batch, dtype=memory.dtype),
+        "finished": xp.zeros((batch, k), dtype=xp.bool),
+        "lengths": xp.zeros((batch, k), dtype=memory.dtype),
+        "history": xp.full((batch, k, max_steps), cfg.pad_id, dtype=xp.int32),
+    }
+    step = backend.jit(_beam_step, static_argnames=("cfg", "eos_id"))
+    for position in range(max_steps):
+        cache, state = step(params, cache, state, xp.asarray(position), cross_mask, cfg, eos_id)
+        if bool(xp.all(state["finished"])):
+            break
+    best_beam = xp.argmax(state["scores"] / length_penalty(state["lengths"], alpha), axis=-1)  # (B,)
+    return xp.take_along_axis(state["history"], best_beam[:, None, None], axis=1)[:, 0, :]
