@@ -52,6 +52,7 @@ class Backend:
         self.random = SimpleNamespace(
             key=lambda seed: _random.key(seed, self.xp),
             split=_random.split,
+            fold_in=_random.fold_in,
             bits=_random.bits,
             uniform=_random.uniform,
             normal=_random.normal,

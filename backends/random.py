@@ -81,6 +81,15 @@ def split(key: Array, num: int = 2) -> Array:
     return xp.reshape(_words(key, 2 * num), (num, 2))
 
 
+def fold_in(key: Array, data) -> Array:
+    """A new key from `key` and a non-negative integer (or integer array) `data` below 2**32, such
+    as a step count: the same as jax.random.fold_in (Threefry of the counter pair (0, data))."""
+    xp = _check_key(key)
+    data = xp.reshape(xp.astype(xp.asarray(data), xp.uint32), (1,))
+    y0, y1 = threefry2x32(key, xp.zeros(1, dtype=xp.uint32), data)
+    return xp.concat([y0, y1])
+
+
 def bits(key: Array, shape: tuple[int, ...]) -> Array:
     """Uniform uint32 words of the given shape."""
     xp = _check_key(key)

@@ -3,11 +3,11 @@ default backend (FT_BACKEND); the rest take a key and stay on its backend. See b
 
 from __future__ import annotations
 
-from backends.random import bernoulli, bits, normal, realised_probability, split, uniform
+from backends.random import bernoulli, bits, fold_in, normal, realised_probability, split, uniform
 
 from .backend_choice import default_backend
 
-__all__ = ["key", "split", "bits", "uniform", "normal", "bernoulli", "realised_probability"]
+__all__ = ["key", "split", "fold_in", "bits", "uniform", "normal", "bernoulli", "realised_probability"]
 
 
 def key(seed: int, backend=None):

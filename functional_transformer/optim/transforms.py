@@ -1,0 +1,297 @@
+"""Gradient transformations, their composition, and the optimisers built from them.
+
+See the package docstring (`functional_transformer.optim`) for the contract. Each transformation
+here mirrors the optax one of the same name, so that the aliases `sgd`, `adam` and `adamw` compute
+what optax computes.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from backends import backend_of, tree_leaves, tree_map
+
+from .schedules import Schedule
+
+__all__ = [
+    "GradientTransformation",
+    "adam",
+    "adamw",
+    "add_decayed_weights",
+    "apply_updates",
+    "chain",
+    "clip_by_global_norm",
+    "global_norm",
+    "identity",
+    "scale_by_adam",
+    "scale_by_learning_rate",
+    "sgd",
+    "trace",
+]
+
+Tree = Any
+State = dict
+
+
+class GradientTransformation(NamedTuple):
+    """`init(params) -> state` and `update(grads, state, params=None) -> (updates, new_state)`."""
+
+    init: Callable[[Tree], State]
+    update: Callable[..., tuple[Tree, State]]
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _xp(*trees: Tree) -> ModuleType:
+    # An empty tree has no arrays to name a namespace; there is nothing to compute on, so any will do.
+    if not any(tree_leaves(tree) for tree in trees if tree is not None):
+        return np
+    return backend_of(*trees).xp
+
+
+def _zeros_like(tree: Tree) -> Tree:
+    xp = _xp(tree)
+    return tree_map(lambda leaf: xp.zeros_like(leaf), tree)
+
+
+def _zero_count(tree: Tree) -> Any:
+    xp = _xp(tree)
+    return xp.zeros((), dtype=xp.int32)
+
+
+def _increment(count: Any, xp: ModuleType) -> Any:
+    # Saturates instead of wrapping to a negative count after 2**31 - 1 updates (optax does the same).
+    return xp.minimum(count, np.iinfo(np.int32).max - 1) + 1
+
+
+def _cast(value: Any, like: Any, xp: ModuleType) -> Any:
+    """`value` (a Python number or 0-d array) as a 0-d array of `like`'s dtype, so that it does not
+    promote float32 leaves (NumPy 2 promotes float32 * float64 0-d array to float64)."""
+    return xp.asarray(value, dtype=like.dtype)
+
+
+def _check_matches(tree: Tree, reference: Tree, tree_name: str, reference_name: str, path: str = "") -> None:
+    """Raise a ValueError naming the first place where `tree` differs from `reference` in keys or shapes."""
+    where = f"at {path!r}" if path else "at the root"
+    if isinstance(reference, dict):
+        if not isinstance(tree, dict):
+            raise ValueError(
+                f"{tree_name} do not match {reference_name}: {where} {tree_name} have an array of shape "
+                f"{tuple(tree.shape)} where {reference_name} have a dict with keys {sorted(reference)}"
+            )
+        missing, extra = sorted(set(reference) - set(tree)), sorted(set(tree) - set(reference))
+        if missing or extra:
+            raise ValueError(
+                f"{tree_name} do not match {reference_name}: {where} {tree_name} lack keys {missing} "
+                f"and have extra keys {extra}"
+            )
+        for key in sorted(reference):
+            _check_matches(tree[key], reference[key], tree_name, reference_name, f"{path}.{key}" if path else key)
+    elif isinstance(tree, dict):
+        raise ValueError(
+            f"{tree_name} do not match {reference_name}: {where} {tree_name} have a dict with keys {sorted(tree)} "
+            f"where {reference_name} have an array of shape {tuple(reference.shape)}"
+        )
+    elif tuple(tree.shape) != tuple(reference.shape):
+        raise ValueError(
+            f"{tree_name} do not match {reference_name}: {where} {tree_name} have shape {tuple(tree.shape)} "
+            f"but {reference_name} have shape {tuple(reference.shape)}"
+        )
+
+
+_STATE_PARAMS = "the params the optimizer state was initialised with"
+
+
+def global_norm(tree: Tree) -> Any:
+    """The L2 norm of all the leaves of `tree` taken together, as a 0-d array."""
+    leaves = tree_leaves(tree)
+    xp = _xp(tree)
+    if not leaves:
+        return xp.asarray(0.0)
+    return xp.sqrt(sum(xp.sum(leaf * leaf) for leaf in leaves))
+
+
+def apply_updates(params: Tree, updates: Tree) -> Tree:
+    """`params + updates`, leaf by leaf, in the dtype of each param."""
+    _check_matches(updates, params, "updates", "params")
+    xp = _xp(params, updates)
+    return tree_map(lambda p, u: xp.asarray(p + u, dtype=p.dtype), params, updates)
+
+
+# --- composition ---------------------------------------------------------------------------------
+
+
+def identity() -> GradientTransformation:
+    """Leaves the updates as they are."""
+    return GradientTransformation(lambda params: {}, lambda grads, state, params=None: (grads, state))
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Applies `transforms` one after the other; the state is {"0": state_0, "1": state_1, ...}."""
+
+    # Empty sub-states are left out: a checkpoint stores arrays only, so an empty dict inside the
+    # state would not come back from it, and the state loaded would no longer match.
+    def init(params):
+        states = {str(i): t.init(params) for i, t in enumerate(transforms)}
+        return {key: s for key, s in states.items() if s}
+
+    def update(grads, state, params=None):
+        unknown = sorted(set(state) - {str(i) for i in range(len(transforms))})
+        if unknown:
+            raise ValueError(
+                f"the optimizer state has keys {unknown}, which this chain of {len(transforms)} transforms "
+                "does not have: was it made by another optimizer?"
+            )
+        new_state = {}
+        for i, t in enumerate(transforms):
+            grads, s = t.update(grads, state.get(str(i), {}), params)
+            if s:
+                new_state[str(i)] = s
+        return grads, new_state
+
+    return GradientTransformation(init, update)
+
+
+# --- transformations -----------------------------------------------------------------------------
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9) -> GradientTransformation:
+    """Adam's rescaling (Kingma & Ba, 2015): m_hat / (sqrt(v_hat) + eps) with bias-corrected first
+    and second moments, as `optax.scale_by_adam`. State: {"count", "mu", "nu"}."""
+    b1, b2, eps = float(b1), float(b2), float(eps)
+    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+        raise ValueError(f"scale_by_adam needs 0 <= b1, b2 < 1, got {b1=}, {b2=}")
+
+    def init(params):
+        return {"count": _zero_count(params), "mu": _zeros_like(params), "nu": _zeros_like(params)}
+
+    def update(grads, state, params=None):
+        _check_matches(grads, state["mu"], "grads", _STATE_PARAMS)
+        xp = _xp(grads)
+        mu = tree_map(lambda g, m: (1 - b1) * g + b1 * m, grads, state["mu"])
+        nu = tree_map(lambda g, v: (1 - b2) * (g * g) + b2 * v, grads, state["nu"])
+        count = _increment(state["count"], xp)
+        # Computed at the count's (float64) precision and cast after: in float32, b2**count rounds
+        # to 1 early and the correction would divide by zero.
+        correction1, correction2 = 1 - b1**count, 1 - b2**count
+        updates = tree_map(
+            lambda m, v: (m / _cast(correction1, m, xp)) / (xp.sqrt(v / _cast(correction2, v, xp)) + eps), mu, nu
+        )
+        return updates, {"count": count, "mu": mu, "nu": nu}
+
+    return GradientTransformation(init, update)
+
+
+def add_decayed_weights(weight_decay: float) -> GradientTransformation:
+    """Adds `weight_decay * params` to the updates (decoupled weight decay, as `optax.add_decayed_weights`)."""
+    weight_decay = float(weight_decay)
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError("add_decayed_weights needs the params: call update(grads, state, params)")
+        _check_matches(grads, params, "grads", "params")
+        return tree_map(lambda g, p: g + weight_decay * p, grads, params), state
+
+    return GradientTransformation(lambda params: {}, update)
+
+
+def scale_by_learning_rate(learning_rate: float | Schedule) -> GradientTransformation:
+    """Multiplies the updates by -learning_rate, a number or a schedule of the update count.
+    State: {} for a number, {"count"} for a schedule (whose first update is made at count 0)."""
+    if callable(learning_rate):
+        schedule = learning_rate
+
+        def init(params):
+            return {"count": _zero_count(params)}
+
+        def update(grads, state, params=None):
+            xp = _xp(grads)
+            step_size = -schedule(state["count"])
+            updates = tree_map(lambda g: _cast(step_size, g, xp) * g, grads)
+            return updates, {"count": _increment(state["count"], xp)}
+
+        return GradientTransformation(init, update)
+
+    step_size = -float(learning_rate)
+
+    def update_constant(grads, state, params=None):
+        return tree_map(lambda g: step_size * g, grads), state
+
+    return GradientTransformation(lambda params: {}, update_constant)
+
+
+def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
+    """Momentum, as `optax.trace`: trace = grads + decay * trace, and the updates are the trace, or
+    grads + decay * trace with `nesterov`. State: {"trace"}."""
+    decay = float(decay)
+
+    def init(params):
+        return {"trace": _zeros_like(params)}
+
+    def update(grads, state, params=None):
+        _check_matches(grads, state["trace"], "grads", _STATE_PARAMS)
+        new_trace = tree_map(lambda g, t: g + decay * t, grads, state["trace"])
+        updates = tree_map(lambda g, t: g + decay * t, grads, new_trace) if nesterov else new_trace
+        return updates, {"trace": new_trace}
+
+    return GradientTransformation(init, update)
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    """Rescales the updates to global norm `max_norm` when their global norm is above it, as
+    `optax.clip_by_global_norm`; updates below it pass unchanged."""
+    max_norm = float(max_norm)
+    if not max_norm > 0:
+        raise ValueError(f"clip_by_global_norm needs a positive max_norm, got {max_norm}")
+
+    def update(grads, state, params=None):
+        if not tree_leaves(grads):
+            return grads, state
+        xp = _xp(grads)
+        norm = global_norm(grads)
+        keep = norm < max_norm
+        # Where the updates are kept the divisor is unused, but `where` computes both sides: dividing
+        # by max_norm there instead of by the norm avoids 0/0 warnings for all-zero grads.
+        divisor = xp.where(keep, xp.asarray(max_norm, dtype=norm.dtype), norm)
+        return tree_map(lambda g: xp.where(keep, g, (g / _cast(divisor, g, xp)) * max_norm), grads), state
+
+    return GradientTransformation(lambda params: {}, update)
+
+
+# --- optimisers ----------------------------------------------------------------------------------
+
+
+def sgd(
+    learning_rate: float | Schedule, momentum: float | None = None, nesterov: bool = False
+) -> GradientTransformation:
+    """Stochastic gradient descent, with optional (Nesterov) momentum, as `optax.sgd`."""
+    if momentum is None:
+        if nesterov:
+            raise ValueError("sgd(nesterov=True) needs a momentum")
+        return chain(scale_by_learning_rate(learning_rate))
+    return chain(trace(momentum, nesterov), scale_by_learning_rate(learning_rate))
+
+
+def adam(
+    learning_rate: float | Schedule, b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9
+) -> GradientTransformation:
+    """Adam with the defaults of "Attention Is All You Need", as `optax.adam`."""
+    return chain(scale_by_adam(b1, b2, eps), scale_by_learning_rate(learning_rate))
+
+
+def adamw(
+    learning_rate: float | Schedule,
+    b1: float = 0.9,
+    b2: float = 0.98,
+    eps: float = 1e-9,
+    weight_decay: float = 0.01,
+) -> GradientTransformation:
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019), as `optax.adamw`: the decay is
+    added after the Adam rescaling and scaled by the learning rate with it."""
+    return chain(
+        scale_by_adam(b1, b2, eps), add_decayed_weights(weight_decay), scale_by_learning_rate(learning_rate)
+    )

@@ -1,0 +1,261 @@
+"""Training: the optimizer from a TrainConfig, a pure train step, and the loop around it.
+
+The train step is a pure function `(state, batch, key) -> (state, metrics)`, where state is
+{"params", "opt_state", "step"} and key is the run's dropout key (the step folds in its own step
+count, so step k always draws the same masks). On JAX the whole step (forward, backward,
+optimizer) is one jitted function whose old state is donated.
+
+The loop adds what a person training wants: a progress line (loss, token accuracy, tokens/s,
+ETA), evaluation on the held-out set, metrics as JSON lines, a PNG of the curves, a checkpoint
+every `save_every` steps, at the end, and on Ctrl-C; a NaN or inf loss stops the run and keeps the
+last good checkpoint. Batch k is a pure function of (seed, k), so resuming is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from backends import Backend, backend_of
+from backends import random as jrandom
+
+from . import api, checkpoint, checks, optim
+from .data import CharTokenizer, EncodedPair, batch_iterator
+
+SCHEDULES = ("transformer", "cosine", "constant")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train. learning_rate is the peak rate of the "cosine" and "constant" schedules and
+    the scale of the paper's "transformer" schedule (d_model^-0.5 * min(step^-0.5, step * warmup^-1.5))."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    warmup_steps: int = 200
+    schedule: str = "cosine"
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.1
+    seed: int = 0
+    log_every: int = 50
+    eval_every: int = 500
+    save_every: int = 500
+    grad_method: str | None = None
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "eval_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+def make_optimizer(tcfg: TrainConfig, cfg) -> optim.GradientTransformation:
+    if tcfg.schedule == "transformer":
+        schedule = optim.transformer_schedule(cfg.d_model, tcfg.warmup_steps, scale=tcfg.learning_rate)
+    elif tcfg.schedule == "cosine":
+        schedule = optim.warmup_cosine(tcfg.learning_rate, tcfg.warmup_steps, max(tcfg.steps, tcfg.warmup_steps + 1))
+    else:
+        schedule = optim.constant(tcfg.learning_rate)
+    if tcfg.optimizer == "adam":
+        base = optim.adam(schedule)
+    elif tcfg.optimizer == "adamw":
+        base = optim.adamw(schedule, weight_decay=tcfg.weight_decay)
+    else:
+        base = optim.sgd(schedule, momentum=0.9)
+    if tcfg.clip_norm > 0:
+        return optim.chain(optim.clip_by_global_norm(tcfg.clip_norm), base)
+    return base
+
+
+def init_state(key, cfg, optimizer) -> dict:
+    """{"params", "opt_state", "step"} for a fresh run; params drawn from `key`."""
+    params = api.init(key, cfg)
+    xp = backend_of(params).xp
+    return {"params": params, "opt_state": optimizer.init(params), "step": xp.asarray(0, dtype=xp.int32)}
+
+
+def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend) -> Callable:
+    """The pure step `(state, batch, key) -> (state, metrics)`, jitted (state donated) on JAX."""
+    method = tcfg.grad_method or api.default_grad_method(backend)
+    grad_fn = api._grad_vjp if method == "vjp" else api._grad_autodiff
+    train = cfg.drop_rate > 0
+
+    def train_step(state, batch, key):
+        dropout_key = jrandom.fold_in(key, state["step"]) if train else None
+        grads, metrics = grad_fn(state["params"], batch, cfg, train, dropout_key, tcfg.label_smoothing)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        metrics = dict(metrics, grad_norm=optim.global_norm(grads))
+        new_state = {"params": optim.apply_updates(state["params"], updates), "opt_state": opt_state,
+                     "step": state["step"] + 1}
+        return new_state, metrics
+
+    if backend.name == "jax":
+        return backend.jax.jit(train_step, donate_argnames=("state",))
+    return train_step
+
+
+def all_finite(tree, backend: Backend) -> bool:
+    xp = backend.xp
+    return all(bool(xp.all(xp.isfinite(leaf))) for leaf in backend.tree_leaves(tree))
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything the loop needs besides the state: data, vocabulary, where to write."""
+
+    cfg: object
+    tcfg: TrainConfig
+    tokenizer: CharTokenizer
+    train_examples: list[EncodedPair]
+    valid_pairs: list[tuple[str, str]]
+    out_dir: Path
+    data_spec: dict
+    backend: Backend
+    eval_examples: int = 500
+    progress: bool = True
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _progress_line(step, total, loss, accuracy, tokens_per_s, elapsed) -> str:
+    done = step / total
+    bar = "#" * int(20 * done) + "-" * (20 - int(20 * done))
+    eta = elapsed / max(done, 1e-9) - elapsed
+    return (f"[{bar}] {step}/{total} loss {loss:.4f} acc {accuracy:.3f} "
+            f"{tokens_per_s:,.0f} tok/s eta {_format_eta(eta)}")
+
+
+def fit(run: Run, state: dict | None = None, key=None) -> dict:
+    """Train from `state` (a fresh one when None) to run.tcfg.steps; returns a summary dict."""
+    from .inference import evaluate  # decoding imports api; keep train importable on its own
+
+    cfg, tcfg, backend = run.cfg, run.tcfg, run.backend
+    optimizer = make_optimizer(tcfg, cfg)
+    if state is None:
+        init_key, key = jrandom.split(backend.random.key(tcfg.seed), 2)
+        state = init_state(init_key, cfg, optimizer)
+    step_fn = make_train_step(cfg, tcfg, optimizer, backend)
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run.out_dir / "metrics.jsonl"
+    start_step = int(backend.to_numpy(state["step"]))
+    if start_step == 0 and metrics_path.exists():
+        metrics_path.unlink()  # a fresh run into an old folder starts a fresh log
+
+    def save(s):
+        return checkpoint.save(run.out_dir, s, backend, cfg=cfg, tokenizer=run.tokenizer,
+                               train_config=dataclasses.asdict(tcfg), data_spec=run.data_spec, key=key)
+
+    def log(record):
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    batches = batch_iterator(run.train_examples, tcfg.batch_size, tcfg.seed, start_step,
+                             pad_id=cfg.pad_id, pad_to_multiple=8)
+    valid = run.valid_pairs[: run.eval_examples]
+    t_start = time.perf_counter()
+    window_tokens, window_t0 = 0, time.perf_counter()
+    step = start_step
+    last_saved = None
+    summary: dict = {"stopped": "finished"}
+    try:
+        while step < tcfg.steps:
+            host_batch = next(batches)
+            checks.check_token_ids("src", host_batch["src"], cfg.src_vocab_size, cfg.max_len, backend)
+            checks.check_token_ids("tgt_in", host_batch["tgt_in"], cfg.tgt_vocab_size, cfg.max_len, backend)
+            batch = backend.tree_asarray(host_batch)
+            new_state, metrics = step_fn(state, batch, key)
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the loss became {loss} at step {step + 1}; training stopped. The last good checkpoint "
+                    f"({last_saved or 'none was saved yet'}) is kept. Try a lower --learning-rate or --clip-norm."
+                )
+            state, step = new_state, step + 1
+            window_tokens += int(np.count_nonzero(host_batch["tgt_out"] != cfg.pad_id))
+            if step % tcfg.log_every == 0 or step == tcfg.steps:
+                now = time.perf_counter()
+                tokens_per_s = window_tokens / max(now - window_t0, 1e-9)
+                accuracy = float(metrics["accuracy"])
+                record = {"step": step, "split": "train", "loss": loss, "accuracy": accuracy,
+                          "grad_norm": float(metrics["grad_norm"]), "tokens_per_s": tokens_per_s,
+                          "time_s": now - t_start}
+                log(record)
+                if run.progress:
+                    line = _progress_line(step, tcfg.steps, loss, accuracy, tokens_per_s, now - t_start)
+                    print(line, file=sys.stderr, flush=True)
+                window_tokens, window_t0 = 0, time.perf_counter()
+            if (step % tcfg.eval_every == 0 or step == tcfg.steps) and valid:
+                result = evaluate(state["params"], cfg, run.tokenizer, valid)
+                log({"step": step, "split": "valid", **result, "time_s": time.perf_counter() - t_start})
+                if run.progress:
+                    print(f"eval @ {step}: loss {result['loss']:.4f} exact_match {result['exact_match']:.4f} "
+                          f"char_accuracy {result['char_accuracy']:.4f}", file=sys.stderr, flush=True)
+                summary["valid"] = result
+            if step % tcfg.save_every == 0 and all_finite(state["params"], backend):
+                last_saved = save(state)
+    except KeyboardInterrupt:
+        summary["stopped"] = "interrupted"
+        print(f"\ninterrupted at step {step}: saving a checkpoint", file=sys.stderr)
+    if all_finite(state["params"], backend):
+        last_saved = save(state)
+    summary.update(step=step, checkpoint=str(last_saved), seconds=time.perf_counter() - t_start)
+    plot_metrics(metrics_path, run.out_dir / "curves.png")
+    return {"state": state, "key": key, "summary": summary}
+
+
+def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
+    """A PNG of the training loss and the held-out exact match; None where matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed, so no plot was drawn (pip install matplotlib)", file=sys.stderr)
+        return None
+    if not metrics_path.exists():
+        return None
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [r for r in records if r["split"] == "train"]
+    valid = [r for r in records if r["split"] == "valid"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (smoothed targets)")
+    if valid:
+        ax_loss.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="held-out loss")
+        ax_acc.plot([r["step"] for r in valid], [r["exact_match"] for r in valid], "o-", label="held-out exact match")
+        ax_acc.plot([r["step"] for r in valid], [r["char_accuracy"] for r in valid], "s--", label="held-out char accuracy")
+    ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train token accuracy")
+    ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="loss")
+    ax_acc.set(xlabel="step", ylabel="fraction", ylim=(0, 1.02), title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
