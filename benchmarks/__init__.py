@@ -1,0 +1,7 @@
+"""Benchmarks of the functional Transformer on the NumPy and JAX backends.
+
+Run `python -m benchmarks --help` from the repository root; see benchmarks/README.md for what is
+measured and how FLOPs are counted. This package file imports nothing heavy on purpose:
+`python -m benchmarks` must be able to clean its environment and re-execute itself before NumPy
+is imported (see `benchmarks.env_guard`).
+"""

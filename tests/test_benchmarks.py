@@ -1,0 +1,160 @@
+"""The benchmark harness (benchmarks/): its FLOP formula, its environment guard, and one --quick run
+end to end (output fields, types and the PNG; no timing assertions)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if importlib.util.find_spec("benchmarks") is None:  # a non-editable install: the package lives in the checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import flops  # noqa: E402
+from benchmarks.configs import CONFIGS  # noqa: E402
+from benchmarks.env_guard import REEXEC_MARKER, SLOW_BLAS_ENV_VARS, without_slow_blas_vars  # noqa: E402
+
+HAS_JAX = importlib.util.find_spec("jax") is not None
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+RECORD_FIELDS = {
+    "backend": str, "config": str, "measure": str, "reps": int, "median_s": float, "min_s": float, "max_s": float,
+    "times_s": list, "first_call_s": float, "tokens_per_call": int, "tokens_per_s": float, "model_gflop": float,
+    "gflops": float, "peak_gflops": float, "peak_fraction": float, "peak_mem_method": str,
+}
+
+
+# --- FLOPs ----------------------------------------------------------------------------------------
+
+def _matmuls_of_forward(cfg, b, s, t):
+    """Every matmul of one forward pass as (m, n, k), listed one by one as model.py computes them."""
+    d, f, v, h = cfg.d_model, cfg.d_ff, cfg.tgt_vocab_size, cfg.n_heads
+    dh = d // h
+    out = []
+    for _ in range(cfg.n_encoder_layers):
+        out += [(b * s, d, d)] * 4  # q, k, v, o
+        out += [(s, s, dh)] * (b * h) + [(s, dh, s)] * (b * h)  # scores, weighted sum, per (batch, head)
+        out += [(b * s, f, d), (b * s, d, f)]
+    for _ in range(cfg.n_decoder_layers):
+        out += [(b * t, d, d)] * 4 + [(t, t, dh)] * (b * h) + [(t, dh, t)] * (b * h)  # self-attention
+        out += [(b * t, d, d)] * 2 + [(b * s, d, d)] * 2 + [(t, s, dh)] * (b * h) + [(t, dh, s)] * (b * h)  # cross
+        out += [(b * t, f, d), (b * t, d, f)]
+    out.append((b * t, v, d))
+    return out
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_forward_flops_count_every_matmul(name):
+    bc = CONFIGS[name]
+    cfg = bc.model_config()
+    expected = sum(2 * m * n * k for m, n, k in _matmuls_of_forward(cfg, bc.batch, bc.src_len, bc.tgt_len))
+    assert flops.forward_flops(cfg, bc.batch, bc.src_len, bc.tgt_len) == expected
+    assert flops.train_flops(cfg, bc.batch, bc.src_len, bc.tgt_len) == 3 * expected
+
+
+def test_tiny_forward_flops_value():
+    bc = CONFIGS["tiny"]
+    # 2 encoder layers of 838,860,800 + 2 decoder layers of 1,140,850,688 + the output projection.
+    assert flops.forward_flops(bc.model_config(), bc.batch, bc.src_len, bc.tgt_len) == 3_976_200_192
+
+
+def test_decode_flops_grow_linearly_in_steps_beyond_the_cache_term():
+    bc = CONFIGS["tiny"]
+    cfg = bc.model_config()
+    f = [flops.greedy_decode_flops(cfg, bc.batch, bc.src_len, steps) for steps in (1, 2, 3)]
+    # per-step cost grows with the cache length: the second difference is 2 steps x 4*B*D per layer
+    assert f[2] - 2 * f[1] + f[0] == 2 * cfg.n_decoder_layers * 4 * bc.batch * cfg.d_model
+
+
+# --- the environment guard ------------------------------------------------------------------------
+
+def test_without_slow_blas_vars_removes_only_those():
+    env = {"PATH": "/bin", "OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "1", "OPENBLAS_NUM_THREADS": "2"}
+    cleaned, removed = without_slow_blas_vars(env)
+    assert cleaned == {"PATH": "/bin", "OPENBLAS_NUM_THREADS": "2"}
+    assert removed == list(SLOW_BLAS_ENV_VARS)
+    assert env["OPENBLAS_CORETYPE"] == "Haswell"  # the input is not modified
+    assert without_slow_blas_vars({"PATH": "/bin"}) == ({"PATH": "/bin"}, [])
+
+
+# --- one --quick run end to end -------------------------------------------------------------------
+
+def _run_quick(tmp_path, backend_names):
+    json_path, png_path = tmp_path / "results.json", tmp_path / "results.png"
+    env = dict(os.environ)
+    env.pop(REEXEC_MARKER, None)
+    # A slow-BLAS variable in the parent: `python -m benchmarks` must re-execute itself without it.
+    # (OPENBLAS_L2_SIZE only tunes block sizes, so even an unguarded NumPy would just be slower.)
+    env.setdefault("OPENBLAS_L2_SIZE", "1048576")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--backends", *backend_names,
+         "--json", str(json_path), "--plot", str(png_path)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result, json.loads(json_path.read_text()), png_path
+
+
+def _check_records(payload, backend_names):
+    records = payload["records"]
+    assert {r["backend"] for r in records} == set(backend_names)
+    for record in records:
+        for field, kind in RECORD_FIELDS.items():
+            assert isinstance(record[field], kind), (field, record[field])
+        assert record["config"] == "tiny"
+        assert record["min_s"] <= record["median_s"] <= record["max_s"]
+        assert len(record["times_s"]) == record["reps"] == 2
+        assert record["peak_mem_bytes"] is None or isinstance(record["peak_mem_bytes"], int)
+        if record["backend"] == "jax":
+            assert isinstance(record["compile_s"], float)
+        else:
+            assert record["compile_s"] is None
+    for backend_name in backend_names:
+        measures = {r["measure"] for r in records if r["backend"] == backend_name}
+        assert measures == {"forward", "train", "decode"}
+        assert payload["matmul_peak"][backend_name]["best_gflops"] > 0
+    decode = next(r for r in records if r["measure"] == "decode")
+    assert decode["decode_steps"] == 8 and decode["tokens_per_call"] == 8 * CONFIGS["tiny"].batch
+
+
+def _check_environment(env):
+    assert isinstance(env["cpu_count"], int)
+    assert "threadpool_info" in env["numpy_blas"]
+    guard = env["slow_blas_env_guard"]
+    assert guard["reexecuted"] is True and "OPENBLAS_L2_SIZE" in guard["removed_env_vars"]
+    assert guard["slow_blas_env_vars_present"] == []
+
+
+def _check_png(path):
+    if not HAS_MATPLOTLIB:  # the benchmark then skips the chart with a message
+        return
+    assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_run_numpy(tmp_path):
+    result, payload, png_path = _run_quick(tmp_path, ["numpy"])
+    _check_records(payload, ["numpy"])
+    _check_environment(payload["environment"])
+    assert payload["speedups"] == []
+    _check_png(png_path)
+    assert "| backend | config | measure |" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_JAX, reason="JAX is not installed")
+def test_quick_run_numpy_and_jax(tmp_path):
+    """Compiling the JAX train step takes tens of seconds on a small CPU, hence slow."""
+    result, payload, png_path = _run_quick(tmp_path, ["numpy", "jax"])
+    _check_records(payload, ["numpy", "jax"])
+    _check_environment(payload["environment"])
+    assert payload["environment"]["jax"]["devices"]
+    assert {s["measure"] for s in payload["speedups"]} == {"forward", "train", "decode"}
+    assert all(isinstance(s["speedup"], float) for s in payload["speedups"])
+    train = next(r for r in payload["records"] if r["backend"] == "jax" and r["measure"] == "train")
+    assert train["grad_method"] == "autodiff"
+    _check_png(png_path)
+    assert "### JAX speedup over NumPy" in result.stdout
