@@ -100,6 +100,9 @@ def uniform(key: Array, shape: tuple[int, ...], dtype: Any = None, minval: float
     """Uniform floats in [minval, maxval), float32 (24 random bits) or float64 (53 random bits).
 
     Built from integer words with exact scaling, so both backends give bit-identical results.
+    float32 draws apply minval/maxval in float64 and round once: under jit, XLA may fuse the
+    multiply-add (one rounding instead of two), which would otherwise move a float32 draw by an
+    ulp. float64 draws with a range other than [0, 1) can still differ by an ulp under jit.
     """
     xp = _check_key(key)
     dtype = xp.float32 if dtype is None else dtype
@@ -109,11 +112,11 @@ def uniform(key: Array, shape: tuple[int, ...], dtype: Any = None, minval: float
         hi = xp.astype(words[:n] >> 5, xp.float64)  # 27 bits
         lo = xp.astype(words[n:] >> 6, xp.float64)  # 26 bits
         u = (hi * 2.0**26 + lo) * 2.0**-53
-    elif dtype == xp.float32:
-        u = xp.astype(_words(key, n) >> 8, xp.float32) * 2.0**-24
-    else:
+        return xp.reshape(minval + (maxval - minval) * u, shape)
+    if dtype != xp.float32:
         raise ValueError(f"uniform draws float32 or float64, not {dtype}")
-    return xp.reshape(minval + (maxval - minval) * u, shape)
+    u = xp.astype(_words(key, n) >> 8, xp.float64) * 2.0**-24  # 24 bits, exact in float32 and float64
+    return xp.reshape(xp.astype(minval + (maxval - minval) * u, xp.float32), shape)
 
 
 def normal(key: Array, shape: tuple[int, ...], dtype: Any = None) -> Array:

@@ -51,5 +51,5 @@ def check_dropout_key(cfg, train: bool, key):
 
 def check_params_dtype(params: dict, cfg):
     table = params["src_embed"]["tokens"]
-    if str(table.dtype) != cfg.dtype:
+    if table.dtype != getattr(array_namespace(table), cfg.dtype):
         raise TypeError(f"params are {table.dtype} but cfg.dtype is {cfg.dtype!r}; build them with ft.init(key, cfg)")
