@@ -33,8 +33,11 @@ def _prepare(params, cfg, train, key, **tokens):
 
 
 def init(key, cfg) -> dict:
-    """A parameter tree for `cfg` on the backend of `key` (see model.py for every key and shape)."""
-    return model.init(backend_of(key).asarray(key), cfg)
+    """A parameter tree for `cfg` on the backend of `key` (see model.py for every key and shape).
+
+    Jitted on JAX: eagerly, every random op of every weight shape would compile on its own."""
+    backend = backend_of(key)
+    return backend.jit(model.init, static_argnames=("cfg",))(backend.asarray(key), cfg)
 
 
 def _apply(params, src, tgt_in, cfg, train, key):
