@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a checkpoint on held-out data; the last line is 'exact_match: <fraction>'.")
     p.add_argument("--checkpoint", type=Path, required=True, help="a run folder or its checkpoint.safetensors")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--task", choices=sorted(TASKS), help="fresh held-out strings of this task (default: the run's own held-out set)")
+    src.add_argument("--task", choices=sorted(TASKS),
+                     help="fresh strings of this task, less any seen in training (default: the run's own held-out set)")
     src.add_argument("--data", type=Path, help="a TSV file of 'source<TAB>target' lines")
     p.add_argument("--n", type=int, default=None, help="evaluate at most this many examples")
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
@@ -176,6 +177,9 @@ def _eval(args) -> int:
         pairs = read_tsv(args.data)
     elif args.task:
         pairs = make_task_data(args.task, 0, args.n or 500, spec.get("min_len", 1), spec.get("max_len", 12), args.seed)[1]
+        if spec["kind"] == "task" and spec["task"] == args.task:  # keep them held out: drop strings seen in training
+            seen = {source for source, _ in load_pairs(spec)[0]}
+            pairs = [pair for pair in pairs if pair[0] not in seen]
     else:
         pairs = load_pairs(spec)[1]
     pairs = pairs[: args.n] if args.n else pairs

@@ -90,11 +90,19 @@ def _start(params, src, cfg, max_steps):
     return backend, src, memory, cross_mask
 
 
+def _never_pad(logits, pad_id: int):
+    """Logits with pad ruled out: pad marks "no token" after eos, and a pad inside a prefix would be
+    a key the full decoder masks but the cache keeps."""
+    xp = array_namespace(logits)
+    return xp.where(xp.arange(logits.shape[-1]) == pad_id, xp.asarray(-math.inf, dtype=logits.dtype), logits)
+
+
 def _greedy_step(params, cache, state, position, cross_mask, cfg, eos_id):
     """One greedy step on fixed shapes (one jit compilation for the whole loop)."""
     backend = backend_of(cache)
     xp = backend.xp
     logits, cache = decode_step(params, cache, state["tokens"], position, cross_mask, cfg)
+    logits = _never_pad(logits, cfg.pad_id)
     pad = xp.asarray(cfg.pad_id, dtype=xp.int32)
     tokens = xp.where(state["finished"], pad, xp.astype(xp.argmax(logits, axis=-1), xp.int32))
     return cache, {
@@ -105,7 +113,7 @@ def _greedy_step(params, cache, state, position, cross_mask, cfg, eos_id):
 
 
 def greedy_decode(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, use_cache: bool = True):
-    """src (B, S) -> tokens (B, max_steps): the argmax token each step, pad_id after end-of-sequence.
+    """src (B, S) -> tokens (B, max_steps): the argmax token (never pad) each step, pad_id after end-of-sequence.
 
     Stops early once every row has emitted eos_id (the rest is pad_id)."""
     backend, src, memory, cross_mask = _start(params, src, cfg, max_steps)
@@ -119,7 +127,7 @@ def greedy_decode(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps
     if not use_cache:  # the reference: the full decoder over the whole prefix, every step
         prefix = state["tokens"][:, None]
         for position in range(max_steps):
-            logits = api.decode(params, memory, src, prefix, cfg)[:, -1, :]
+            logits = _never_pad(api.decode(params, memory, src, prefix, cfg)[:, -1, :], cfg.pad_id)
             tokens = xp.where(state["finished"], cfg.pad_id, xp.astype(xp.argmax(logits, axis=-1), xp.int32))
             state["output"] = backend.set_at(state["output"], (slice(None), position), tokens)
             state["finished"] = state["finished"] | (tokens == eos_id)
@@ -154,7 +162,7 @@ def _beam_step(params, cache, state, position, cross_mask, cfg, eos_id):
     batch, k = state["scores"].shape
     vocab = cfg.tgt_vocab_size
     logits, cache = decode_step(params, cache, state["tokens"], position, cross_mask, cfg)
-    log_probs = xp.reshape(_log_softmax(logits), (batch, k, vocab))
+    log_probs = xp.reshape(_log_softmax(_never_pad(logits, cfg.pad_id)), (batch, k, vocab))
     # A finished hypothesis can only continue with pad, at log-probability 0: its score is frozen.
     frozen = xp.astype(xp.where(xp.arange(vocab) == cfg.pad_id, 0.0, -math.inf), log_probs.dtype)
     log_probs = xp.where(state["finished"][..., None], frozen, log_probs)

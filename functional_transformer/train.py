@@ -188,14 +188,16 @@ def fit(run: Run, state: dict | None = None, key=None) -> dict:
             checks.check_token_ids("src", host_batch["src"], cfg.src_vocab_size, cfg.max_len, backend)
             checks.check_token_ids("tgt_in", host_batch["tgt_in"], cfg.tgt_vocab_size, cfg.max_len, backend)
             batch = backend.tree_asarray(host_batch)
-            new_state, metrics = step_fn(state, batch, key)
+            # Rebind at once: on JAX the old state's buffers are donated to the step, so a Ctrl-C
+            # while waiting for the loss below must find (and save) the new state, not the old.
+            state, metrics = step_fn(state, batch, key)
+            step += 1
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
                 raise TrainingDiverged(
-                    f"the loss became {loss} at step {step + 1}; training stopped. The last good checkpoint "
+                    f"the loss became {loss} at step {step}; training stopped. The last good checkpoint "
                     f"({last_saved or 'none was saved yet'}) is kept. Try a lower --learning-rate or --clip-norm."
                 )
-            state, step = new_state, step + 1
             window_tokens += int(np.count_nonzero(host_batch["tgt_out"] != cfg.pad_id))
             if step % tcfg.log_every == 0 or step == tcfg.steps:
                 now = time.perf_counter()
@@ -223,7 +225,8 @@ def fit(run: Run, state: dict | None = None, key=None) -> dict:
         print(f"\ninterrupted at step {step}: saving a checkpoint", file=sys.stderr)
     if all_finite(state["params"], backend):
         last_saved = save(state)
-    summary.update(step=step, checkpoint=str(last_saved), seconds=time.perf_counter() - t_start)
+    summary.update(step=int(backend.to_numpy(state["step"])), checkpoint=str(last_saved),
+                   seconds=time.perf_counter() - t_start)
     plot_metrics(metrics_path, run.out_dir / "curves.png")
     return {"state": state, "key": key, "summary": summary}
 

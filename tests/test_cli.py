@@ -1,0 +1,265 @@
+"""Tests of the command line (functional_transformer.cli): ft train / eval / predict, through
+cli.main([...]) in this process (on the FT_BACKEND backend) and once through `python -m`.
+
+One tiny model is trained once per module (`trained`) and shared by the eval, predict and resume
+tests; each test that writes copies it first.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from functional_transformer import checkpoint, cli
+from functional_transformer.backend_choice import default_backend
+from functional_transformer.data import TASKS
+from functional_transformer.inference import predict
+
+ON_JAX = os.environ.get("FT_BACKEND", "numpy") == "jax"
+slow_on_jax = pytest.mark.slow if ON_JAX else (lambda test: test)
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--d-model", "16", "--n-heads", "2", "--d-ff", "32", "--layers", "1", "--no-progress"]
+TRAIN_FLAGS = ["--task", "--data", "--valid", "--out", "--resume", "--min-len", "--max-len", "--n-train", "--n-valid",
+               "--d-model", "--n-heads", "--d-ff", "--layers", "--drop-rate", "--norm-first", "--tie-embeddings",
+               "--dtype", "--steps", "--batch-size", "--learning-rate", "--warmup-steps", "--schedule", "--optimizer",
+               "--weight-decay", "--clip-norm", "--label-smoothing", "--seed", "--log-every", "--eval-every",
+               "--save-every", "--grad-method", "--no-progress"]
+EVAL_FLAGS = ["--checkpoint", "--task", "--data", "--n", "--beam", "--seed"]
+PREDICT_FLAGS = ["--checkpoint", "--beam", "inputs"]
+
+
+def run_help(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def load_step(path):
+    return int(np.asarray(default_backend().to_numpy(checkpoint.load(path, default_backend())["state"]["step"])))
+
+
+# ---------------------------------------------------------------------------------------------
+# --help
+
+
+def test_top_level_help_lists_the_commands(capsys):
+    out = run_help(capsys, ["--help"])
+    for word in ("train", "eval", "predict", "FT_BACKEND"):
+        assert word in out
+
+
+@pytest.mark.parametrize("command, flags", [("train", TRAIN_FLAGS), ("eval", EVAL_FLAGS), ("predict", PREDICT_FLAGS)])
+def test_subcommand_help_mentions_every_flag(capsys, command, flags):
+    out = run_help(capsys, [command, "--help"])
+    for flag in flags:
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", out), f"{flag} missing from ft {command} --help"
+    # And the parser has no flag that this list forgets.
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    options = {s for a in sub._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
+    positionals = {a.dest for a in sub._actions if not a.option_strings}
+    assert options | positionals == set(flags)
+
+
+def test_train_help_shows_the_task_choices(capsys):
+    out = run_help(capsys, ["train", "--help"])
+    for task in TASKS:
+        assert task in out
+
+
+def test_python_dash_m_help_works():
+    env = dict(os.environ, FT_BACKEND="numpy")
+    proc = subprocess.run([sys.executable, "-m", "functional_transformer", "--help"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "train" in proc.stdout and "predict" in proc.stdout and proc.stdout.startswith("usage: ft")
+
+
+def test_bad_arguments_exit_2(capsys):
+    for argv in ([], ["train", "--task", "no-such-task"], ["eval"], ["predict", "--checkpoint", "x"],
+                 ["train", "--task", "reverse", "--data", "x.tsv"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2, argv
+    capsys.readouterr()
+
+
+# ---------------------------------------------------------------------------------------------
+# train, eval, predict on one tiny run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    argv = ["train", "--task", "reverse", "--steps", "20", "--n-train", "200", "--n-valid", "20", "--max-len", "5",
+            "--out", str(out), "--eval-every", "20", *TINY]
+    return out, cli.main(argv)
+
+
+def test_train_returns_0_and_writes_the_run(trained, capsys):
+    out, code = trained
+    assert code == 0
+    assert (out / checkpoint.CHECKPOINT_NAME).exists()
+    assert (out / "metrics.jsonl").exists()
+    assert load_step(out) == 20
+    loaded = checkpoint.load(out, default_backend())
+    assert loaded["data_spec"] == {"kind": "task", "task": "reverse", "n_train": 200, "n_valid": 20,
+                                   "min_len": 1, "max_len": 5, "seed": 0}
+    cfg = loaded["cfg"]
+    assert (cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.n_encoder_layers, cfg.n_decoder_layers) == (16, 2, 32, 1, 1)
+    assert cfg.max_len == 8  # the longest sequence (5 + eos + 1), rounded up to a multiple of 8
+    assert loaded["train_config"]["steps"] == 20 and loaded["train_config"]["eval_every"] == 20
+
+
+@slow_on_jax
+def test_train_prints_a_summary(tmp_path, capsys):
+    code = cli.main(["train", "--task", "reverse", "--steps", "2", "--n-train", "50", "--n-valid", "5",
+                     "--max-len", "3", "--out", str(tmp_path), "--batch-size", "8", *TINY])
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert re.search(r"^finished at step 2 in [\d.]+ s; checkpoint .*checkpoint\.safetensors$", out, re.M)
+    assert re.search(r"^held-out exact_match: \d\.\d{4}$", out, re.M)
+    assert "backend " + default_backend().name in err
+    assert "[" not in err  # --no-progress: no progress bar
+
+
+def test_eval_ends_with_exact_match(trained, capsys):
+    out_dir, _ = trained
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(out_dir)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    match = re.fullmatch(r"exact_match: (\S+)", lines[-1])
+    assert match, lines
+    assert 0.0 <= float(match.group(1)) <= 1.0
+    assert "n_examples: 20" in lines  # the run's own held-out set
+    for name in ("loss", "token_accuracy", "char_accuracy"):
+        assert any(line.startswith(f"{name}: ") for line in lines)
+
+
+@slow_on_jax  # new batch shapes: JAX compiles the evaluation again
+def test_eval_on_fresh_task_strings_and_tsv(trained, tmp_path, capsys):
+    out_dir, _ = trained
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(out_dir / checkpoint.CHECKPOINT_NAME), "--task", "reverse",
+                     "--n", "7"]) == 0
+    n_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("n_examples: "))
+    assert 1 <= int(n_line.split()[1]) <= 7  # at most --n (strings seen in training may be left out)
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("abc\tcba\nxy\tyx\n")
+    assert cli.main(["eval", "--checkpoint", str(out_dir), "--data", str(tsv)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "n_examples: 2" in lines and lines[-1].startswith("exact_match: ")
+
+
+def test_predict_prints_one_line_per_input(trained, capsys):
+    out_dir, _ = trained
+    capsys.readouterr()
+    assert cli.main(["predict", "--checkpoint", str(out_dir), "apple", "banana"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    loaded = checkpoint.load(out_dir, default_backend())
+    assert lines == predict(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], ["apple", "banana"])
+
+
+def test_predict_with_a_source_longer_than_max_len_exits_2(trained, capsys):
+    out_dir, _ = trained
+    capsys.readouterr()
+    assert cli.main(["predict", "--checkpoint", str(out_dir), "a" * 20]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ft predict: error:") and "max_len=8" in err
+
+
+@slow_on_jax
+def test_resume_continues_from_the_saved_step(trained, tmp_path, capsys):
+    out_dir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(out_dir, copy)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(copy), "--steps", "25", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert f"resuming {copy} at step 20" in err
+    assert "finished at step 25" in out
+    assert load_step(copy) == 25
+    loaded = checkpoint.load(copy, default_backend())
+    assert loaded["train_config"]["steps"] == 25
+    assert loaded["data_spec"]["task"] == "reverse"
+    # Only the 5 new steps ran: the log holds the first run's records (logged and evaluated at its last
+    # step), then the resumed run's.
+    records = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in records] == [(20, "train"), (20, "valid"), (25, "train"), (25, "valid")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: exit code 2 and a message
+
+
+def test_bad_tsv_line_reports_the_line_number_and_exits_2(tmp_path, capsys):
+    data = tmp_path / "train.tsv"
+    data.write_text("abc\tcba\nhello\tolleh\nno tab here\nxy\tyx\n")
+    code = cli.main(["train", "--data", str(data), "--steps", "1", "--out", str(tmp_path / "run"), *TINY])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "ft train: error:" in err and "line 3" in err and "no tab" in err
+    assert "line 1" not in err and "line 2" not in err
+    assert not (tmp_path / "run" / checkpoint.CHECKPOINT_NAME).exists()
+
+
+def test_missing_data_file_exits_2(tmp_path, capsys):
+    code = cli.main(["train", "--data", str(tmp_path / "absent.tsv"), "--steps", "1", "--out", str(tmp_path), *TINY])
+    assert code == 2
+    assert "absent.tsv" in capsys.readouterr().err
+
+
+def test_resume_without_a_checkpoint_exits_2(tmp_path, capsys):
+    assert cli.main(["train", "--resume", "--out", str(tmp_path / "empty"), "--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "ft train: error:" in err and "does not exist" in err
+
+
+def test_damaged_checkpoint_exits_2(trained, tmp_path, capsys):
+    out_dir, _ = trained
+    bad = tmp_path / checkpoint.CHECKPOINT_NAME
+    data = (out_dir / checkpoint.CHECKPOINT_NAME).read_bytes()
+    bad.write_bytes(data[: len(data) // 3])
+    for command in (["eval", "--checkpoint", str(tmp_path)], ["predict", "--checkpoint", str(bad), "abc"]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert f"ft {command[0]}: error:" in err and "truncated" in err
+
+
+def test_invalid_model_flags_exit_2(tmp_path, capsys):
+    code = cli.main(["train", "--task", "reverse", "--steps", "1", "--n-train", "20", "--n-valid", "2", "--max-len", "3",
+                     "--out", str(tmp_path), "--d-model", "10", "--n-heads", "3", "--layers", "1", "--no-progress"])
+    assert code == 2
+    assert "divisible" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Every task
+
+
+@slow_on_jax
+@pytest.mark.parametrize("task", ["identity", "sort", "copy-shift", "addition"])
+def test_every_task_trains_a_couple_of_steps(task, tmp_path, capsys):
+    code = cli.main(["train", "--task", task, "--steps", "2", "--n-train", "40", "--n-valid", "4", "--max-len", "3",
+                     "--batch-size", "8", "--out", str(tmp_path), *TINY])
+    assert code == 0
+    loaded = checkpoint.load(tmp_path, default_backend())
+    assert loaded["data_spec"]["task"] == task
+    assert load_step(tmp_path) == 2
+    alphabet = set(loaded["tokenizer"].chars)
+    if task == "addition":
+        assert alphabet == set("0123456789+")
+    else:
+        assert set("abcxyz") <= alphabet
+    capsys.readouterr()
+    source = "12+345" if task == "addition" else "abc"
+    assert cli.main(["predict", "--checkpoint", str(tmp_path), source]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
