@@ -7,6 +7,7 @@ which takes 10-20 s on a small machine; the tests that call fit() more than once
 when FT_BACKEND=jax.
 """
 
+import importlib.util
 import dataclasses
 import json
 import math
@@ -132,7 +133,10 @@ def test_fit_learns_reverse_and_writes_metrics_curves_and_checkpoint(backend, tm
     assert last < 0.7 * first, (first, last)
 
     png = run.out_dir / "curves.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if importlib.util.find_spec("matplotlib") is None:  # the plot is optional: without matplotlib, no file
+        assert not png.exists()
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     path = run.out_dir / checkpoint.CHECKPOINT_NAME
     assert summary["checkpoint"] == str(path) and path.exists()
     loaded = checkpoint.load(run.out_dir, backend)
