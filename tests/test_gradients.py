@@ -443,8 +443,8 @@ CASES["model_one_layer_each"] = lambda be: _case_model(be, False, True, True, n_
 FLOAT64_CASES = [name for name in CASES if "float32" not in name]
 
 # Eager JAX compiles every operation afresh for each new shape (check_vjp's random directions
-# included), which makes each case take seconds there. On JAX the default run keeps one or two
-# cases per layer; the NumPy run and `-m slow` check them all.
+# included), which makes each case take seconds there. On JAX the default run keeps four cases
+# (the same code is checked against jax.vjp below); the NumPy run and `-m slow` check them all.
 FAST_FD_CASES_ON_JAX = {"linear", "softmax_masked", "dropout_train", "embedding_learned"}
 # For the comparisons with jax.vjp (which run whatever FT_BACKEND is), the default run takes the
 # single layers and one whole model in eval mode (the model composes all the rest), each under one
@@ -452,7 +452,8 @@ FAST_FD_CASES_ON_JAX = {"linear", "softmax_masked", "dropout_train", "embedding_
 # default, and the single layers (dropout included) against jax.vjp.
 FAST_COMPOSITES_FOR_JAX_VJP = {"model_prenorm_tied_eval"}
 SLOW_JAX_VJP_CASES = {"softmax_unmasked", "loss_smoothing_0", "embedding", "dot_product_cross_padding"} | {
-    n for n in CASES if n.startswith(("residual", "encoder", "decoder", "model")) and n not in FAST_COMPOSITES_FOR_JAX_VJP}
+    n for n in CASES
+    if n.startswith(("residual", "encoder", "decoder", "model")) and n not in FAST_COMPOSITES_FOR_JAX_VJP}
 
 
 def _case_params(names, slow):
@@ -542,7 +543,8 @@ FAST_API = "prenorm_tied_gelu_learned_f64"
 API_CASES = [pytest.param(name, id=name) for name in API_CONFIGS] + [
     pytest.param(name, id=name, marks=pytest.mark.slow) for name in SLOW_API_CONFIGS]
 METHOD_CASES = [pytest.param(FAST_API, False, id=f"{FAST_API}-eval", marks=pytest.mark.slow)] + [
-    pytest.param(name, True, id=f"{name}-dropout", marks=pytest.mark.slow) for name in (*API_CONFIGS, *SLOW_API_CONFIGS)]
+    pytest.param(name, True, id=f"{name}-dropout", marks=pytest.mark.slow)
+    for name in (*API_CONFIGS, *SLOW_API_CONFIGS)]
 
 
 def _api_cfg(name):
