@@ -19,7 +19,7 @@ import math
 from backends import array_namespace, backend_of
 
 from . import api, model
-from .layers import attention, embedding, feed_forward, layer_norm, linear, residual
+from .layers import attention, embedding, feed_forward, layer_norm, linear, residual, softmax
 
 
 def init_cache(params: dict, memory, cfg, max_steps: int) -> dict:
@@ -149,12 +149,6 @@ def length_penalty(length, alpha: float):
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def _log_softmax(logits):
-    xp = array_namespace(logits)
-    shifted = logits - xp.max(logits, axis=-1, keepdims=True)
-    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
-
-
 def _beam_step(params, cache, state, position, cross_mask, cfg, eos_id):
     """One beam-search step on fixed shapes: extend every live hypothesis, keep the best k per row."""
     backend = backend_of(cache)
@@ -162,7 +156,7 @@ def _beam_step(params, cache, state, position, cross_mask, cfg, eos_id):
     batch, k = state["scores"].shape
     vocab = cfg.tgt_vocab_size
     logits, cache = decode_step(params, cache, state["tokens"], position, cross_mask, cfg)
-    log_probs = xp.reshape(_log_softmax(_never_pad(logits, cfg.pad_id)), (batch, k, vocab))
+    log_probs = xp.reshape(softmax.log_softmax(_never_pad(logits, cfg.pad_id)), (batch, k, vocab))
     # A finished hypothesis can only continue with pad, at log-probability 0: its score is frozen.
     frozen = xp.astype(xp.where(xp.arange(vocab) == cfg.pad_id, 0.0, -math.inf), log_probs.dtype)
     log_probs = xp.where(state["finished"][..., None], frozen, log_probs)

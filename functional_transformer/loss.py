@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from backends import array_namespace
 
+from .layers.softmax import log_softmax
+
 
 def fwd(logits, targets, pad_id: int, label_smoothing: float = 0.0):
     """logits (B, T, V), targets (B, T) -> (loss (), metrics, res).
@@ -21,8 +23,7 @@ def fwd(logits, targets, pad_id: int, label_smoothing: float = 0.0):
     metrics: {"loss", "n_tokens" (real target tokens), "accuracy" (argmax == target among them)}.
     """
     xp = array_namespace(logits)
-    shifted = logits - xp.max(logits, axis=-1, keepdims=True)
-    log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))  # (B, T, V)
+    log_probs = log_softmax(logits)  # (B, T, V)
     valid = targets != pad_id  # (B, T)
     n_tokens = xp.sum(xp.astype(valid, xp.int32))
     denom = xp.astype(xp.maximum(n_tokens, xp.asarray(1, dtype=xp.int32)), logits.dtype)

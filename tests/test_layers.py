@@ -340,7 +340,6 @@ def test_dropout_train_statistics(backend, drop_rate):
 
 def test_dropout_mean_preserved_per_entry(backend):
     """E[dropout(x)] == x: each entry of x, repeated 400 times, averages back to itself."""
-    xp = backend.xp
     x_np = _rng(11).normal(size=(8, 16))
     x = _to(backend, np.broadcast_to(x_np, (400, 8, 16)))
     ys = _np(backend, _dropout(backend, x, 0.5, backend.random.key(2), train=True))
@@ -351,7 +350,6 @@ def test_dropout_mean_preserved_per_entry(backend):
 
 
 def test_dropout_same_key_same_mask(backend):
-    xp = backend.xp
     x = _to(backend, _rng(12).normal(size=(10, 20)) + 5.0)  # no exact zeros in the input
     k = backend.random.key(7)
     a = _np(backend, _dropout(backend, x, 0.4, k, train=True))

@@ -29,5 +29,12 @@ def bwd(p, g):
     return p * (g - xp.sum(g * p, axis=-1, keepdims=True))
 
 
+def log_softmax(x):
+    """log softmax over the last axis, shifted by the row max so large logits never overflow."""
+    xp = array_namespace(x)
+    shifted = x - xp.max(x, axis=-1, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
+
+
 def apply(x, mask=None):
     return fwd(x, mask)[0]
