@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-MEASURE_ORDER = ("forward", "train", "train_vjp", "decode")
+MEASURE_ORDER = ("forward", "train", "train_vjp", "decode", "dropout")
 
 
 def _fmt(value, spec: str, missing: str = "–") -> str:
@@ -28,7 +28,7 @@ def results_table(records: list[dict]) -> str:
         rows.append(
             f"| {r['backend']} | {r['config']} | {r['measure']} | {r['median_s'] * 1e3:,.1f} "
             f"| {r['min_s'] * 1e3:,.1f}–{r['max_s'] * 1e3:,.1f} | {_fmt(r['compile_s'], '.1f')} "
-            f"| {r['tokens_per_s']:,.0f} | {r['model_gflop']:,.2f} | {r['gflops']:,.1f} "
+            f"| {r['tokens_per_s']:,.0f} | {r['model_gflop']:,.2f} | {_fmt(r['gflops'], ',.1f')} "
             f"| {_fmt(None if r['peak_fraction'] is None else 100 * r['peak_fraction'], '.1f')} "
             f"| {_mib(r['peak_mem_bytes'])} ({r['peak_mem_method']}) |"
         )
@@ -96,19 +96,42 @@ def blas_summary(blas: dict) -> str:
                      for p in pools if p.get("user_api") == "blas") or "none found"
 
 
+def dropout_shares(records: list[dict]) -> list[dict]:
+    """Dropout's share of the train step: the "dropout" median over the "train" median, for each
+    backend and config where both ran."""
+    by_key = {(r["backend"], r["config"], r["measure"]): r for r in records}
+    return [{"backend": backend, "config": config, "dropout_median_s": r["median_s"],
+             "train_median_s": by_key[(backend, config, "train")]["median_s"],
+             "share": r["median_s"] / by_key[(backend, config, "train")]["median_s"]}
+            for (backend, config, measure), r in by_key.items()
+            if measure == "dropout" and (backend, config, "train") in by_key]
+
+
+def dropout_table(records: list[dict]) -> str:
+    rows = ["| backend | config | dropout ms (fwd + bwd, every site) | train step ms | share of the step |",
+            "|---|---|--:|--:|--:|"]
+    for s in dropout_shares(records):
+        rows.append(f"| {s['backend']} | {s['config']} | {s['dropout_median_s'] * 1e3:,.1f} "
+                    f"| {s['train_median_s'] * 1e3:,.1f} | {100 * s['share']:.1f}% |")
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
 def markdown_report(records: list[dict], env: dict, peaks: dict) -> str:
     parts = ["## Functional Transformer benchmarks", "", *environment_lines(env, peaks), "", results_table(records), "",
              "### JAX speedup over NumPy", "", speedup_table(records)]
     grad_table = grad_method_table(records)
     if grad_table:
         parts += ["", "### JAX: jax.grad against the hand-written VJPs (both under jit)", "", grad_table]
+    drop_table = dropout_table(records)
+    if drop_table:
+        parts += ["", "### Dropout's share of the train step", "", drop_table]
     return "\n".join(parts)
 
 
 def write_json(path: Path, records: list[dict], env: dict, peaks: dict, settings: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"environment": env, "settings": settings, "matmul_peak": peaks, "records": records,
-               "speedups": speedups(records)}
+               "speedups": speedups(records), "dropout_shares": dropout_shares(records)}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 

@@ -30,10 +30,10 @@ from .configs import CONFIGS, BenchConfig
 from .environment import environment, jax_info, load_average
 from .peak import matmul_peak
 from .timing import time_workload
-from .workloads import Workload, decode_workload, forward_workload, random_batch, train_workload
+from .workloads import Workload, decode_workload, dropout_workload, forward_workload, random_batch, train_workload
 
-MEASURES = ("forward", "train", "train_vjp", "decode")
-DEFAULT_MEASURES = ("forward", "train", "decode")  # "train" also runs train_vjp on JAX
+MEASURES = ("forward", "train", "train_vjp", "decode", "dropout")
+DEFAULT_MEASURES = ("forward", "train", "decode")  # "train" also runs dropout, and train_vjp on JAX
 HERE = Path(__file__).resolve().parent
 
 
@@ -113,8 +113,9 @@ def installed_backends(requested: tuple[str, ...], notes: list[str]) -> list[str
 
 
 def backend_measures(backend: Backend, measures: tuple[str, ...], with_train_vjp: bool = True) -> list[str]:
-    """The measures to run on `backend`: "train" adds "train_vjp" on JAX when with_train_vjp; NumPy
-    has no train_vjp (its train step is the hand-written VJPs already)."""
+    """The measures to run on `backend`: "train" adds "train_vjp" on JAX when with_train_vjp, and
+    "dropout" (its share of the step); NumPy has no train_vjp (its train step is the hand-written
+    VJPs already)."""
     out = []
     for measure in measures:
         if backend.name == "numpy" and measure == "train_vjp":
@@ -122,6 +123,8 @@ def backend_measures(backend: Backend, measures: tuple[str, ...], with_train_vjp
         out.append(measure)
         if backend.name == "jax" and measure == "train" and with_train_vjp and "train_vjp" not in measures:
             out.append("train_vjp")
+        if measure == "train" and "dropout" not in measures:
+            out.append("dropout")
     return out
 
 
@@ -139,6 +142,8 @@ def workloads(backend: Backend, bc: BenchConfig, measures: list[str], decode_ste
             yield train_workload(backend, bc, host_batch, grad_method="vjp")
         elif measure == "decode":
             yield decode_workload(backend, params, bc, host_batch, steps)
+        elif measure == "dropout":
+            yield dropout_workload(backend, bc)
 
 
 def params_summary(backend: Backend, bc: BenchConfig) -> dict:
@@ -150,7 +155,7 @@ def params_summary(backend: Backend, bc: BenchConfig) -> dict:
 
 def make_record(backend: Backend, bc: BenchConfig, workload: Workload, timing, peak_gflops: float) -> dict:
     median = timing.median_s
-    achieved = workload.flops / median / 1e9
+    achieved = workload.flops / median / 1e9 if workload.flops else None  # None: no matmuls (dropout)
     record = {
         "backend": backend.name,
         "config": bc.name,
@@ -167,7 +172,7 @@ def make_record(backend: Backend, bc: BenchConfig, workload: Workload, timing, p
         "model_gflop": workload.flops / 1e9,
         "gflops": achieved,
         "peak_gflops": peak_gflops,
-        "peak_fraction": achieved / peak_gflops if peak_gflops else None,
+        "peak_fraction": achieved / peak_gflops if achieved is not None and peak_gflops else None,
         "peak_mem_bytes": timing.peak_mem_bytes,
         "peak_mem_method": timing.peak_mem_method,
         "batch": bc.batch,
@@ -201,8 +206,9 @@ def run_backend(name: str, settings: Settings, params_info: dict) -> tuple[list[
             record = make_record(backend, bc, workload, timing, peak["best_gflops"])
             records.append(record)
             compile_note = f", compile {record['compile_s']:.1f} s" if record["compile_s"] is not None else ""
-            progress(f"[{name}] {config_name} {workload.measure}: median {record['median_s'] * 1e3:.1f} ms, "
-                     f"{record['gflops']:.1f} GFLOP/s{compile_note}")
+            rate_note = f", {record['gflops']:.1f} GFLOP/s" if record["gflops"] is not None else ""
+            progress(f"[{name}] {config_name} {workload.measure}: median {record['median_s'] * 1e3:.1f} ms"
+                     f"{rate_note}{compile_note}")
             del workload
             gc.collect()
     return records, peak

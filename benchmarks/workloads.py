@@ -16,6 +16,7 @@ import functional_transformer as ft
 from backends import Backend
 from functional_transformer import train as ft_train
 from functional_transformer.decoding import greedy_decode
+from functional_transformer.layers import dropout
 
 from . import flops
 from .configs import BenchConfig
@@ -28,9 +29,9 @@ NEVER_EOS = -1  # outside every vocabulary: argmax never produces it, so decodin
 class Workload:
     """One benchmarked call. `call()` runs it once and returns the arrays to block on."""
 
-    measure: str  # "forward", "train", "train_vjp" or "decode"
+    measure: str  # "forward", "train", "train_vjp", "decode" or "dropout"
     call: Callable[[], Any]
-    flops: int  # model matmul FLOPs of one call (see flops.py)
+    flops: int  # model matmul FLOPs of one call (see flops.py); 0 for "dropout"
     tokens: int  # target tokens of one call: batch * tgt_len, or batch * steps for decoding
     details: dict = dataclasses.field(default_factory=dict)
     xla_stats: Callable[[], dict] | None = None  # JAX only: XLA's own FLOP and memory estimates
@@ -98,6 +99,35 @@ def decode_workload(backend: Backend, params: dict, bc: BenchConfig, host_batch:
         tokens=bc.batch * steps,
         details={"decode_steps": steps},
     )
+
+
+def dropout_sites(bc: BenchConfig) -> list[tuple[int, int, int]]:
+    """The shape of every dropout of the model's training step: the two embeddings, two sub-layers
+    per encoder layer, three per decoder layer (the paper's residual dropout)."""
+    src, tgt = (bc.batch, bc.src_len, bc.d_model), (bc.batch, bc.tgt_len, bc.d_model)
+    return [src, tgt] + [src] * (2 * bc.n_layers) + [tgt] * (3 * bc.n_layers)
+
+
+def dropout_workload(backend: Backend, bc: BenchConfig) -> Workload:
+    """All the dropout work of one training step, alone: at every site, the forward (draw the mask,
+    apply it) and the backward (apply it to the gradient), jitted as one function on JAX. Its
+    median over the train step's median is dropout's share of the step."""
+    cfg = bc.model_config()
+    shapes = dropout_sites(bc)
+    xs = [backend.xp.ones(shape, dtype=backend.xp.float32) for shape in shapes]
+
+    def all_dropouts(xs, key):
+        keys = dropout.split_keys(key, len(xs))
+        outs = []
+        for x, k in zip(xs, keys):
+            y, scaled_mask = dropout.fwd(x, cfg.drop_rate, k, train=True)
+            outs.append((y, dropout.bwd(scaled_mask, x)))  # x stands in for the incoming gradient
+        return outs
+
+    run = backend.jit(all_dropouts) if backend.name == "jax" else all_dropouts
+    key = backend.random.key(1)
+    return Workload(measure="dropout", call=lambda: run(xs, key), flops=0, tokens=bc.batch * bc.tgt_len,
+                    details={"dropout_sites": len(shapes), "drop_rate": cfg.drop_rate})
 
 
 def _compiled_stats(compiled) -> dict:

@@ -104,6 +104,9 @@ def _check_records(payload, backend_names):
     assert {r["backend"] for r in records} == set(backend_names)
     for record in records:
         for field, kind in RECORD_FIELDS.items():
+            if record["measure"] == "dropout" and field in ("gflops", "peak_fraction"):
+                assert record[field] is None  # no matmuls, so no FLOP rate
+                continue
             assert isinstance(record[field], kind), (field, record[field])
         assert record["config"] == "tiny"
         assert record["min_s"] <= record["median_s"] <= record["max_s"]
@@ -115,8 +118,13 @@ def _check_records(payload, backend_names):
             assert record["compile_s"] is None
     for backend_name in backend_names:
         measures = {r["measure"] for r in records if r["backend"] == backend_name}
-        assert measures == {"forward", "train", "decode"}
+        assert measures == {"forward", "train", "decode", "dropout"}
         assert payload["matmul_peak"][backend_name]["best_gflops"] > 0
+        share = next(s for s in payload["dropout_shares"] if s["backend"] == backend_name)
+        dropout = next(r for r in records if r["backend"] == backend_name and r["measure"] == "dropout")
+        train = next(r for r in records if r["backend"] == backend_name and r["measure"] == "train")
+        assert share["share"] == dropout["median_s"] / train["median_s"]
+        assert dropout["dropout_sites"] == 2 + 5 * CONFIGS["tiny"].n_layers  # embeddings, 2 per encoder, 3 per decoder layer
     decode = next(r for r in records if r["measure"] == "decode")
     assert decode["decode_steps"] == 8 and decode["tokens_per_call"] == 8 * CONFIGS["tiny"].batch
 
@@ -142,6 +150,7 @@ def test_quick_run_numpy(tmp_path):
     assert payload["speedups"] == []
     _check_png(png_path)
     assert "| backend | config | measure |" in result.stdout
+    assert "### Dropout's share of the train step" in result.stdout
 
 
 @pytest.mark.slow
@@ -152,7 +161,7 @@ def test_quick_run_numpy_and_jax(tmp_path):
     _check_records(payload, ["numpy", "jax"])
     _check_environment(payload["environment"])
     assert payload["environment"]["jax"]["devices"]
-    assert {s["measure"] for s in payload["speedups"]} == {"forward", "train", "decode"}
+    assert {s["measure"] for s in payload["speedups"]} == {"forward", "train", "decode", "dropout"}
     assert all(isinstance(s["speedup"], float) for s in payload["speedups"])
     train = next(r for r in payload["records"] if r["backend"] == "jax" and r["measure"] == "train")
     assert train["grad_method"] == "autodiff"

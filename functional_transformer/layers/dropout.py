@@ -20,7 +20,8 @@ def fwd(x, drop_rate: float, key=None, train: bool = False):
     xp = array_namespace(x)
     keep_prob = jrandom.realised_probability(1.0 - drop_rate)
     keep = jrandom.bernoulli(key, keep_prob, x.shape)
-    scaled_mask = xp.astype(keep, x.dtype) * (1.0 / keep_prob)  # reused as is by the backward
+    scaled_mask = xp.astype(keep, x.dtype)  # a new array, so scaling it in place is safe (JAX rebinds)
+    scaled_mask *= 1.0 / keep_prob  # reused as is by the backward
     return x * scaled_mask, scaled_mask
 
 

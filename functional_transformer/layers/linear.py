@@ -26,7 +26,7 @@ def fwd(params: dict, x):
     x2 = xp.reshape(x, (-1, x.shape[-1]))  # (N, d_in)
     y = x2 @ w
     if "b" in params:
-        y = y + params["b"]
+        y += params["b"]  # y is new: in place on NumPy, rebound on JAX
     return xp.reshape(y, (*x.shape[:-1], w.shape[1])), (w, x2, x.shape, "b" in params)
 
 

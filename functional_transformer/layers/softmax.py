@@ -17,16 +17,18 @@ def fwd(x, mask=None):
     row_max = xp.max(x, axis=-1, keepdims=True)
     # A fully masked row has max -inf; shifting by 0 instead keeps exp(-inf) = 0 rather than NaN.
     row_max = xp.where(row_max == -xp.inf, xp.asarray(0, dtype=x.dtype), row_max)
-    e = xp.exp(x - row_max)
-    total = xp.sum(e, axis=-1, keepdims=True)
-    p = e / xp.where(total == 0, xp.asarray(1, dtype=x.dtype), total)
+    p = xp.exp(x - row_max)
+    total = xp.sum(p, axis=-1, keepdims=True)
+    p /= xp.where(total == 0, xp.asarray(1, dtype=x.dtype), total)  # a new array: in place on NumPy
     return p, p
 
 
 def bwd(p, g):
     """dx = p * (g - sum(g * p)); masked entries have p = 0, so their gradient is 0."""
     xp = array_namespace(g)
-    return p * (g - xp.sum(g * p, axis=-1, keepdims=True))
+    dx = g * p
+    dx -= p * xp.sum(dx, axis=-1, keepdims=True)  # p * (g - sum(g * p)), one array fewer
+    return dx
 
 
 def log_softmax(x):

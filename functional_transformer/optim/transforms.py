@@ -172,16 +172,36 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9) -> Gradi
     def update(grads, state, params=None):
         _check_matches(grads, state["mu"], "grads", _STATE_PARAMS)
         xp = _xp(grads)
-        mu = tree_map(lambda g, m: (1 - b1) * g + b1 * m, grads, state["mu"])
-        nu = tree_map(lambda g, v: (1 - b2) * (g * g) + b2 * v, grads, state["nu"])
         count = _increment(state["count"], xp)
         # Computed at the count's (float64) precision and cast after: in float32, b2**count rounds
         # to 1 early and the correction would divide by zero.
         correction1, correction2 = 1 - b1**count, 1 - b2**count
-        updates = tree_map(
-            lambda m, v: (m / _cast(correction1, m, xp)) / (xp.sqrt(v / _cast(correction2, v, xp)) + eps), mu, nu
-        )
-        return updates, {"count": count, "mu": mu, "nu": nu}
+
+        # The augmented assignments below update arrays this function has just made: in place on
+        # NumPy, a rebinding on JAX. With the base model's 46M parameters this halves NumPy's
+        # allocations, and fresh memory is what costs there (the whole update took 1.15 s with
+        # one new array per operation).
+        def first_moment(g, m):  # (1 - b1) g + b1 m
+            mu = (1 - b1) * g
+            mu += b1 * m
+            return mu
+
+        def second_moment(g, v):  # (1 - b2) g^2 + b2 v
+            nu = g * g
+            nu *= 1 - b2
+            nu += b2 * v
+            return nu
+
+        def rescaled(m, v):  # m_hat / (sqrt(v_hat) + eps)
+            denom = xp.sqrt(v / _cast(correction2, v, xp))
+            denom += eps
+            update = m / _cast(correction1, m, xp)
+            update /= denom
+            return update
+
+        mu = tree_map(first_moment, grads, state["mu"])
+        nu = tree_map(second_moment, grads, state["nu"])
+        return tree_map(rescaled, mu, nu), {"count": count, "mu": mu, "nu": nu}
 
     return GradientTransformation(init, update)
 
@@ -254,10 +274,11 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         xp = _xp(grads)
         norm = global_norm(grads)
         keep = norm < max_norm
-        # Where the updates are kept the divisor is unused, but `where` computes both sides: dividing
-        # by max_norm there instead of by the norm avoids 0/0 warnings for all-zero grads.
-        divisor = xp.where(keep, xp.asarray(max_norm, dtype=norm.dtype), norm)
-        return tree_map(lambda g: xp.where(keep, g, (g / _cast(divisor, g, xp)) * max_norm), grads), state
+        # One 0-d factor and one multiply per leaf (x 1.0 is exact where the updates are kept):
+        # a pass over every parameter instead of three. `where` computes both sides, so the
+        # unused side divides by max_norm, not by a norm that may be 0.
+        factor = xp.where(keep, xp.asarray(1.0, dtype=norm.dtype), max_norm / xp.where(keep, max_norm, norm))
+        return tree_map(lambda g: g * _cast(factor, g, xp), grads), state
 
     return GradientTransformation(lambda params: {}, update)
 
