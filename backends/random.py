@@ -37,7 +37,7 @@ def threefry2x32(key: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
     spread being how much fresh memory the allocator must fault in), and dropout hashes millions
     of words per training step.
     """
-    k0, k1 = key[0], key[1]
+    k0, k1 = key[0:1], key[1:2]  # (1,) arrays, not scalars: NumPy warns when scalar arithmetic wraps
     schedule = (k0, k1, k0 ^ k1 ^ _PARITY)
     x0 = x0 + k0  # new arrays: from here on the updates below may happen in place
     x1 = x1 + k1

@@ -35,9 +35,16 @@ def _prepare(params, cfg, train, key, **tokens):
 def init(key, cfg) -> dict:
     """A parameter tree for `cfg` on the backend of `key` (see model.py for every key and shape).
 
-    Jitted on JAX: eagerly, every random op of every weight shape would compile on its own."""
+    On JAX the numbers are drawn on the host with NumPy and the tree is then moved to the device.
+    The generator is one text on both backends (backends/random.py), so the numbers are the same,
+    and this skips compiling a Threefry program per weight: jitted, the default `ft train` model
+    took 6.5 s to trace and compile, against 0.04 s to draw with NumPy (1.9 s for the base
+    model's 63 M numbers). Under a JAX trace (`jax.eval_shape`, `jit`) it is traced as usual."""
     backend = backend_of(key)
-    return backend.jit(model.init, static_argnames=("cfg",))(backend.asarray(key), cfg)
+    if backend.name == "jax" and backend.is_concrete(key):
+        host_params = model.init(backend.to_numpy(key), cfg)
+        return backend.tree_asarray(host_params)
+    return model.init(backend.asarray(key), cfg)
 
 
 def _apply(params, src, tgt_in, cfg, train, key):

@@ -7,7 +7,7 @@ import numpy as np
 from backends import backend_of
 
 from . import api
-from .data import CharTokenizer, encode_pairs, iterate_batches, make_batch
+from .data import CharTokenizer, encode_pairs, iterate_batches
 from .decoding import beam_search, greedy_decode
 
 
@@ -19,16 +19,15 @@ def predict(params: dict, cfg, tokenizer: CharTokenizer, sources: list[str], *, 
     max_steps = max_steps or cfg.max_len
     examples = encode_pairs([(s, "") for s in sources], tokenizer, cfg.max_len)
     outputs = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        src = make_batch(chunk, tokenizer.pad_id)["src"]
+    for batch in iterate_batches(examples, batch_size, pad_id=tokenizer.pad_id, fill_last=True):
+        src = batch["src"]
         kwargs = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, max_steps=max_steps)
         if beam_size == 1:
             tokens = greedy_decode(params, src, cfg, **kwargs)
         else:
             tokens = beam_search(params, src, cfg, beam_size=beam_size, **kwargs)
         outputs.extend(tokenizer.decode(row) for row in np.asarray(backend_of(params).to_numpy(tokens)))
-    return outputs
+    return outputs[: len(sources)]  # the last batch's fill rows decode a copy of a source
 
 
 def evaluate(params: dict, cfg, tokenizer: CharTokenizer, pairs: list[tuple[str, str]], *, beam_size: int = 1,
@@ -39,7 +38,7 @@ def evaluate(params: dict, cfg, tokenizer: CharTokenizer, pairs: list[tuple[str,
     fraction of target characters that the prediction has at the same position."""
     examples = encode_pairs(pairs, tokenizer, cfg.max_len)
     total_loss = total_correct = total_tokens = 0.0
-    for batch in iterate_batches(examples, batch_size, pad_id=tokenizer.pad_id):
+    for batch in iterate_batches(examples, batch_size, pad_id=tokenizer.pad_id, fill_last=True):
         metrics = api.loss_and_metrics(params, batch, cfg, label_smoothing=0.0)
         n = float(metrics["n_tokens"])
         total_loss += float(metrics["loss"]) * n

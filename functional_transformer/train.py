@@ -113,8 +113,9 @@ def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend) -> Call
 
 
 def all_finite(tree, backend: Backend) -> bool:
-    xp = backend.xp
-    return all(bool(xp.all(xp.isfinite(leaf))) for leaf in backend.tree_leaves(tree))
+    # Checked on the host, where the checkpoint that follows copies the tree anyway: on JAX an
+    # eager isfinite per leaf shape compiles a small program each (1.1 s for the default model).
+    return all(np.isfinite(leaf).all() for leaf in backend.tree_leaves(backend.tree_to_numpy(tree)))
 
 
 class TrainingDiverged(RuntimeError):

@@ -18,8 +18,8 @@ import pytest
 
 from functional_transformer import checkpoint, cli
 from functional_transformer.backend_choice import default_backend
-from functional_transformer.data import TASKS
-from functional_transformer.inference import predict
+from functional_transformer.data import TASKS, make_task_data
+from functional_transformer.inference import evaluate, predict
 
 ON_JAX = os.environ.get("FT_BACKEND", "numpy") == "jax"
 slow_on_jax = pytest.mark.slow if ON_JAX else (lambda test: test)
@@ -166,6 +166,23 @@ def test_predict_prints_one_line_per_input(trained, capsys):
     assert len(lines) == 2
     loaded = checkpoint.load(out_dir, default_backend())
     assert lines == predict(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], ["apple", "banana"])
+
+
+@slow_on_jax  # two more batch shapes to compile
+def test_evaluate_and_predict_do_not_depend_on_batch_size(trained):
+    """A batch size of 6 splits the 20 held-out pairs into 4 batches, the last filled up with rows
+    that have no targets (iterate_batches' fill_last); one batch of 20 has no fill rows."""
+    out_dir, _ = trained
+    loaded = checkpoint.load(out_dir, default_backend())
+    params, cfg, tokenizer = loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"]
+    pairs = make_task_data("reverse", n_train=0, n_valid=20, min_len=1, max_len=5, seed=3)[1]
+    small, whole = (evaluate(params, cfg, tokenizer, pairs, batch_size=b) for b in (6, 64))
+    assert small["exact_match"] == whole["exact_match"] and small["char_accuracy"] == whole["char_accuracy"]
+    assert small["n_examples"] == whole["n_examples"] == 20
+    np.testing.assert_allclose(small["loss"], whole["loss"], rtol=1e-5)
+    np.testing.assert_allclose(small["token_accuracy"], whole["token_accuracy"], rtol=1e-6)
+    sources = [s for s, _ in pairs]
+    assert predict(params, cfg, tokenizer, sources, batch_size=6) == predict(params, cfg, tokenizer, sources)
 
 
 def test_predict_with_a_source_longer_than_max_len_exits_2(trained, capsys):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from functional_transformer.data import (
+    PAD_ID,
     TASKS,
     CharTokenizer,
     DataError,
@@ -367,3 +368,15 @@ def test_iterate_batches_is_one_ordered_pass():
     examples = _indexed_examples(10)
     batches = list(iterate_batches(examples, 4))
     assert [_example_ids(b) for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_iterate_batches_fill_last_adds_rows_without_targets():
+    examples = _indexed_examples(10)
+    batches = list(iterate_batches(examples, 4, fill_last=True))
+    assert [_example_ids(b) for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 8, 8]]
+    last = batches[-1]
+    assert (last["tgt_out"][2:] == PAD_ID).all()  # the fill rows: nothing to score
+    assert (last["tgt_out"][:2] == 2).any() and (last["tgt_in"][2:] == last["tgt_in"][0]).all()
+    assert (batches[0]["tgt_out"] != PAD_ID).any(axis=1).all()
+    # One batch in all: nothing to fill, so a short list is not padded up to batch_size.
+    assert [_example_ids(b) for b in iterate_batches(examples[:3], 4, fill_last=True)] == [[0, 1, 2]]

@@ -31,9 +31,8 @@ BASE = dict(
 )
 CFG32 = ft.TransformerConfig(**BASE)
 CFG64 = ft.TransformerConfig(**BASE, dtype="float64")
-# For the tests that draw params on the backend. On JAX ft.init runs op by op and every op compiles
-# once per shape, so this config has one matrix shape, (16, 16), for every weight, and learned
-# positions and pre-norm so that every kind of leaf is drawn.
+# For the tests that draw params on the backend: small, with one matrix shape, (16, 16), for every
+# weight, and learned positions and pre-norm so that every kind of leaf is drawn.
 CFG_INIT = dataclasses.replace(
     CFG32, src_vocab_size=16, tgt_vocab_size=16, d_ff=16, max_len=16, positional="learned", norm_first=True
 )
@@ -124,6 +123,20 @@ def test_init_same_on_numpy_and_jax(numpy_backend, jax_backend, dtype):
     for path in n:
         assert n[path].dtype == j[path].dtype == np.dtype(dtype), path
         _close(j[path], n[path], 1e-6 if dtype == "float32" else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_init_traced_under_jit_same_as_drawn_on_host(jax_backend, dtype):
+    """ft.init on a concrete JAX key draws on the host; under jit it is traced and runs in XLA.
+    Both give the same numbers (float64 ranges may differ by an ulp under jit)."""
+    cfg = dataclasses.replace(CFG_INIT, dtype=dtype)
+    key = jax_backend.random.key(5)
+    host = backends.tree_flatten(jax_backend.tree_to_numpy(ft.init(key, cfg)))
+    traced = backends.tree_flatten(jax_backend.tree_to_numpy(jax_backend.jax.jit(lambda k: ft.init(k, cfg))(key)))
+    assert list(host) == list(traced)
+    for path in host:
+        assert host[path].dtype == traced[path].dtype == np.dtype(dtype), path
+        _close(traced[path], host[path], 1e-6 if dtype == "float32" else 1e-12)
 
 
 # --- the parameter tree ---------------------------------------------------------------------------

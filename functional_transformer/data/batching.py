@@ -15,7 +15,8 @@ Contract:
   order is a permutation drawn from (seed, e) alone, so batch k is a pure function of
   (examples, batch_size, seed, k): `batch_iterator(..., start_step=k)` yields the same batches as a
   fresh iterator after k batches, without building the k skipped ones.
-- `iterate_batches` is one pass in the given order, the last batch possibly smaller: for evaluation.
+- `iterate_batches` is one pass in the given order, the last batch possibly smaller, or filled up
+  with rows that have no targets (`fill_last`): for evaluation.
 """
 
 from __future__ import annotations
@@ -159,10 +160,21 @@ def _batches_from(examples, batch_size, seed, start_step, pad_id, pad_to_multipl
 
 
 def iterate_batches(
-    examples: Sequence[EncodedPair], batch_size: int, *, pad_id: int = PAD_ID, pad_to_multiple: int = 1
+    examples: Sequence[EncodedPair], batch_size: int, *, pad_id: int = PAD_ID, pad_to_multiple: int = 1,
+    fill_last: bool = False,
 ) -> Iterator[Batch]:
-    """One pass over the examples in order, `batch_size` at a time (the last batch may be smaller)."""
+    """One pass over the examples in order, `batch_size` at a time (the last batch may be smaller).
+
+    With `fill_last`, when there is more than one batch, the last is filled up to `batch_size`
+    rows with copies of its first example whose `tgt_out` is all `pad_id`: a masked loss counts
+    nothing there. Every batch then has the same number of rows, so JAX compiles one program
+    rather than a second one for the remainder (3.3 s of the first evaluation of the default
+    `ft train` model, loss and decoding together)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     for start in range(0, len(examples), batch_size):
-        yield make_batch(examples[start : start + batch_size], pad_id, pad_to_multiple)
+        chunk = list(examples[start : start + batch_size])
+        n_fill = batch_size - len(chunk) if fill_last and len(examples) > batch_size else 0
+        batch = make_batch(chunk + [chunk[0]] * n_fill, pad_id, pad_to_multiple)
+        batch["tgt_out"][len(chunk) :] = pad_id
+        yield batch
