@@ -114,15 +114,18 @@ def _init_on(b, cfg, seed=5):
     return backends.tree_flatten(b.tree_to_numpy(ft.init(b.random.key(seed), cfg)))
 
 
+def _assert_same_params(actual: dict, expected: dict, dtype: str):
+    """Two flattened param trees: the same paths, all of `dtype`, the same numbers."""
+    assert list(actual) == list(expected)
+    for path in expected:
+        assert actual[path].dtype == expected[path].dtype == np.dtype(dtype), path
+        _close(actual[path], expected[path], 1e-6 if dtype == "float32" else 1e-12)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_init_same_on_numpy_and_jax(numpy_backend, jax_backend, dtype):
     cfg = dataclasses.replace(CFG_INIT, dtype=dtype)
-    n = _init_on(numpy_backend, cfg)
-    j = _init_on(jax_backend, cfg)
-    assert list(n) == list(j)
-    for path in n:
-        assert n[path].dtype == j[path].dtype == np.dtype(dtype), path
-        _close(j[path], n[path], 1e-6 if dtype == "float32" else 1e-12)
+    _assert_same_params(_init_on(jax_backend, cfg), _init_on(numpy_backend, cfg), dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -133,10 +136,7 @@ def test_init_traced_under_jit_same_as_drawn_on_host(jax_backend, dtype):
     key = jax_backend.random.key(5)
     host = backends.tree_flatten(jax_backend.tree_to_numpy(ft.init(key, cfg)))
     traced = backends.tree_flatten(jax_backend.tree_to_numpy(jax_backend.jax.jit(lambda k: ft.init(k, cfg))(key)))
-    assert list(host) == list(traced)
-    for path in host:
-        assert host[path].dtype == traced[path].dtype == np.dtype(dtype), path
-        _close(traced[path], host[path], 1e-6 if dtype == "float32" else 1e-12)
+    _assert_same_params(traced, host, dtype)
 
 
 # --- the parameter tree ---------------------------------------------------------------------------
