@@ -5,6 +5,12 @@
     params = ft.init(ft.random.key(0), cfg)
     logits = ft.apply(params, src, tgt_in, cfg)
 
+Training and using a model from Python (see runs.py):
+
+    result = ft.fit(data="reverse", train_config=ft.TrainConfig(steps=300), out_dir="runs/quick")
+    model = ft.load("runs/quick")
+    ft.predict(model, ["apple"])
+
 The backend is FT_BACKEND ("numpy", the default, or "jax"), read once at import: `ft.backend`.
 """
 
@@ -22,11 +28,23 @@ from .api import (
 )
 from .backend_choice import default_backend
 from .config import TransformerConfig
+from .runs import FitResult, RunFolderError, TrainedModel, evaluate, fit, load, predict, task_data, tsv_data
+from .train import TrainConfig
 
 backend = default_backend()
 
 __all__ = [
+    "FitResult",
+    "RunFolderError",
+    "TrainConfig",
+    "TrainedModel",
     "TransformerConfig",
+    "evaluate",
+    "fit",
+    "load",
+    "predict",
+    "task_data",
+    "tsv_data",
     "apply",
     "backend",
     "decode",

@@ -22,18 +22,33 @@ from .config import TransformerConfig
 from .data import CharTokenizer
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+BEST_NAME = "best.safetensors"
+FILE_NAMES = {"last": CHECKPOINT_NAME, "best": BEST_NAME}
 FORMAT = "functional_transformer.checkpoint.v1"
 
 
-def checkpoint_path(path: str | os.PathLike) -> Path:
-    """A run folder's checkpoint file, or the file itself when given one."""
+def checkpoint_path(path: str | os.PathLike, which: str = "last") -> Path:
+    """A run folder's checkpoint file ("last": checkpoint.safetensors, the one training resumes
+    from; "best": best.safetensors, the best held-out exact match), or the file itself when given one."""
+    if which not in FILE_NAMES:
+        raise ValueError(f"which must be one of {sorted(FILE_NAMES)}, got {which!r}")
     path = Path(path)
-    return path / CHECKPOINT_NAME if path.is_dir() or path.suffix != ".safetensors" else path
+    return path / FILE_NAMES[which] if path.is_dir() or path.suffix != ".safetensors" else path
+
+
+def resolve(path: str | os.PathLike, which: str | None = None) -> Path:
+    """The checkpoint file that `ft eval`/`ft predict` read: with which=None, a run folder's best
+    checkpoint where it has one (runs from before best checkpoints existed have only the last)."""
+    if which is None:
+        best = checkpoint_path(path, "best")
+        return best if best.exists() else checkpoint_path(path, "last")
+    return checkpoint_path(path, which)
 
 
 def save(path, state: dict, backend: Backend, *, cfg: TransformerConfig, tokenizer: CharTokenizer,
-         train_config: dict, data_spec: dict, key) -> Path:
-    """Write the training state (params, opt_state, step) and everything around it to `path`."""
+         train_config: dict, data_spec: dict, key, progress: dict | None = None) -> Path:
+    """Write the training state (params, opt_state, step) and everything around it to `path`
+    (a file, or a run folder for its last checkpoint); progress is the loop's best-so-far record."""
     path = checkpoint_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     trees = {
@@ -48,13 +63,15 @@ def save(path, state: dict, backend: Backend, *, cfg: TransformerConfig, tokeniz
         "data_spec": json.dumps(data_spec),
         "vocabulary": tokenizer.to_json(),
         "backend": backend.name,
+        "progress": json.dumps(progress or {}),
     }
     save_tree(path, trees, metadata)
     return path
 
 
 def load(path, backend: Backend) -> dict[str, Any]:
-    """Read a checkpoint onto `backend`: {"state", "key", "cfg", "tokenizer", "train_config", "data_spec", "backend"}."""
+    """Read a checkpoint onto `backend`: {"state", "key", "cfg", "tokenizer", "train_config", "data_spec",
+    "backend", "progress", "path"}. `path` is a file or a run folder (its last checkpoint)."""
     path = checkpoint_path(path)
     trees, metadata = load_tree(path)
     if metadata.get("format") != FORMAT:
@@ -70,6 +87,7 @@ def load(path, backend: Backend) -> dict[str, Any]:
         tokenizer = CharTokenizer.from_json(metadata["vocabulary"])
         train_config = json.loads(metadata["train_config"])
         data_spec = json.loads(metadata["data_spec"])
+        progress = json.loads(metadata.get("progress", "{}"))  # absent before best checkpoints
     except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"{path} has unreadable metadata ({err}); the file is damaged") from err
     state = {
@@ -85,4 +103,6 @@ def load(path, backend: Backend) -> dict[str, Any]:
         "train_config": train_config,
         "data_spec": data_spec,
         "backend": metadata.get("backend"),
+        "progress": progress,
+        "path": path,
     }

@@ -10,81 +10,95 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from . import checkpoint
 from .backend_choice import default_backend
 from .checkpoint_format import CheckpointError
-from .config import TransformerConfig
-from .data import CharTokenizer, DataError, TASKS, encode_pairs, make_task_data, read_tsv, task_alphabet
+from .config import DTYPES, TransformerConfig
+from .data import DataError, TASKS, make_task_data, read_tsv
 from .inference import evaluate, predict
-from .train import OPTIMIZERS, SCHEDULES, Run, TrainConfig, TrainingDiverged, fit
+from .runs import MODEL_DEFAULTS, TASK_DATA_DEFAULTS, fit, load_pairs, task_data, tsv_data
+from .train import GRAD_METHODS, OPTIMIZERS, SCHEDULES, TrainConfig, TrainingDiverged
 
-DEFAULTS = TrainConfig()
-
-
-def load_pairs(spec: dict) -> tuple[list, list]:
-    """(train pairs, held-out pairs) from a data spec: a built-in task or TSV files."""
-    if spec["kind"] == "task":
-        return make_task_data(spec["task"], spec["n_train"], spec["n_valid"], spec["min_len"], spec["max_len"],
-                              spec["seed"])
-    train = read_tsv(spec["train"])
-    if spec.get("valid"):
-        valid = read_tsv(spec["valid"])
-    else:  # hold out a deterministic 5% whose sources never occur in training
-        order = np.random.default_rng(spec["seed"]).permutation(len(train))
-        n_valid = max(1, len(train) // 20) if len(train) > 1 else 0
-        valid = [train[i] for i in order[:n_valid]]
-        held_out = {s for s, _ in valid}
-        train = [train[i] for i in order[n_valid:] if train[i][0] not in held_out]
-        if not train:
-            raise DataError(f"{spec['train']} has too few distinct examples to hold some out; pass --valid")
-    return train, valid
+TRAIN_DEFAULTS = TrainConfig()
 
 
-def _tokenizer_for(spec: dict, train, valid) -> CharTokenizer:
-    if spec["kind"] == "task":
-        return CharTokenizer.from_texts([task_alphabet(spec["task"])])
-    return CharTokenizer.from_texts([text for pair in train + valid for text in pair])
-
-
-def _round_up(n: int, multiple: int = 8) -> int:
-    return -(-n // multiple) * multiple
+def _model_flag_defaults() -> dict:
+    fields = {f.name: f.default for f in dataclasses.fields(TransformerConfig) if f.default is not dataclasses.MISSING}
+    return {**fields, **MODEL_DEFAULTS}
 
 
 def _add_model_flags(p):
+    # Every flag defaults to None, so that `--resume` can tell what was given (and must agree with
+    # the run) from what was not; the defaults shown are runs.MODEL_DEFAULTS over TransformerConfig's.
+    d = _model_flag_defaults()
     g = p.add_argument_group("model")
-    g.add_argument("--d-model", type=int, default=128, help="model width (default 128; the paper's base uses 512)")
-    g.add_argument("--n-heads", type=int, default=4, help="attention heads; must divide --d-model (default 4)")
-    g.add_argument("--d-ff", type=int, default=512, help="feed-forward inner width (default 512)")
-    g.add_argument("--layers", type=int, default=2, help="encoder and decoder layers each (default 2)")
-    g.add_argument("--drop-rate", type=float, default=0.1, help="residual and embedding dropout (default 0.1)")
-    g.add_argument("--norm-first", action="store_true", help="pre-norm residuals instead of the paper's post-norm")
-    g.add_argument("--tie-embeddings", action="store_true", help="share the target embedding with the output layer")
-    g.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="parameter dtype")
+    g.add_argument("--d-model", type=int, help=f"model width (default {d['d_model']}; the paper's base uses 512)")
+    g.add_argument("--n-heads", type=int, help=f"attention heads; must divide --d-model (default {d['n_heads']})")
+    g.add_argument("--d-ff", type=int, help=f"feed-forward inner width (default {d['d_ff']})")
+    g.add_argument("--layers", type=int, help=f"encoder and decoder layers each (default {d['n_encoder_layers']})")
+    g.add_argument("--drop-rate", type=float, help=f"residual and embedding dropout (default {d['drop_rate']})")
+    g.add_argument("--norm-first", action="store_true", default=None, help="pre-norm residuals instead of the paper's post-norm")
+    g.add_argument("--tie-embeddings", action="store_true", default=None, help="share the target embedding with the output layer")
+    g.add_argument("--dtype", choices=DTYPES, help=f"parameter dtype (default {d['dtype']})")
+
+
+def _model_flags(args) -> dict:
+    """The TransformerConfig fields given on the command line."""
+    fields = {"d_model": args.d_model, "n_heads": args.n_heads, "d_ff": args.d_ff, "n_encoder_layers": args.layers,
+              "n_decoder_layers": args.layers, "drop_rate": args.drop_rate, "norm_first": args.norm_first,
+              "tie_embeddings": args.tie_embeddings, "dtype": args.dtype}
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+# TrainConfig field -> (type, help); each becomes --field-name with the dataclass's default.
+TRAIN_FLAGS = {
+    "steps": (int, "optimizer steps"),
+    "batch_size": (int, "sequences per step"),
+    "learning_rate": (float, "peak learning rate; with --schedule transformer, the scale of the paper's schedule"),
+    "warmup_steps": (int, "warmup steps"),
+    "schedule": (SCHEDULES, "learning-rate schedule: cosine (linear warmup, cosine decay), transformer (paper eq. 3), "
+                            "constant"),
+    "optimizer": (OPTIMIZERS, "adam/adamw use the paper's beta1 0.9, beta2 0.98, eps 1e-9; sgd uses momentum 0.9"),
+    "weight_decay": (float, "decoupled weight decay for adamw"),
+    "clip_norm": (float, "global gradient-norm clip, 0 for none"),
+    "label_smoothing": (float, "label smoothing (paper: 0.1)"),
+    "seed": (int, "seed of the data, the init and dropout"),
+    "log_every": (int, "steps between progress lines"),
+    "eval_every": (int, "steps between held-out evaluations (each may write best.safetensors)"),
+    "save_every": (int, "steps between checkpoints"),
+    "patience": (int, "stop after this many evaluations without a better held-out exact match (0: never)"),
+    "grad_method": (GRAD_METHODS, "gradients from the hand-written VJPs or jax.grad (default: vjp on numpy, "
+                                  "autodiff on jax)"),
+}
 
 
 def _add_train_flags(p):
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=DEFAULTS.steps, help=f"optimizer steps (default {DEFAULTS.steps})")
-    g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help=f"sequences per step (default {DEFAULTS.batch_size})")
-    g.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate,
-                   help="peak learning rate; with --schedule transformer, the scale of the paper's schedule "
-                        f"(default {DEFAULTS.learning_rate})")
-    g.add_argument("--warmup-steps", type=int, default=DEFAULTS.warmup_steps, help=f"warmup steps (default {DEFAULTS.warmup_steps})")
-    g.add_argument("--schedule", choices=SCHEDULES, default=DEFAULTS.schedule,
-                   help="learning-rate schedule: cosine (linear warmup, cosine decay), transformer (paper eq. 3), constant")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer,
-                   help="adam/adamw use the paper's beta1 0.9, beta2 0.98, eps 1e-9; sgd uses momentum 0.9")
-    g.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="decoupled weight decay for adamw")
-    g.add_argument("--clip-norm", type=float, default=DEFAULTS.clip_norm, help="global gradient-norm clip, 0 for none")
-    g.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing, help="label smoothing (paper: 0.1)")
-    g.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the data, the init and dropout")
-    g.add_argument("--log-every", type=int, default=DEFAULTS.log_every, help="steps between progress lines")
-    g.add_argument("--eval-every", type=int, default=DEFAULTS.eval_every, help="steps between held-out evaluations")
-    g.add_argument("--save-every", type=int, default=DEFAULTS.save_every, help="steps between checkpoints")
-    g.add_argument("--grad-method", choices=("vjp", "autodiff"), default=None,
-                   help="gradients from the hand-written VJPs or jax.grad (default: vjp on numpy, autodiff on jax)")
+    for name, (kind, text) in TRAIN_FLAGS.items():
+        default = getattr(TRAIN_DEFAULTS, name)
+        text = f"{text} (default {default})" if default is not None else text
+        if isinstance(kind, tuple):
+            g.add_argument("--" + name.replace("_", "-"), choices=kind, help=text)
+        else:
+            g.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+
+
+def _train_flags(args) -> dict:
+    """The TrainConfig fields given on the command line."""
+    return {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
+
+
+def _data_flags(args) -> tuple[str | None, dict]:
+    """(the data source given, if any, and the task-size flags given)."""
+    sizes = {name: getattr(args, name) for name in TASK_DATA_DEFAULTS if getattr(args, name) is not None}
+    return args.task, sizes
+
+
+def _add_checkpoint_flags(p):
+    p.add_argument("--checkpoint", type=Path, required=True, help="a run folder or a .safetensors checkpoint file")
+    p.add_argument("--which", choices=sorted(checkpoint.FILE_NAMES),
+                   help="a run folder's best checkpoint (best held-out exact match: best.safetensors) or its last "
+                        "(checkpoint.safetensors); default: best where the folder has one, else last")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,19 +112,25 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", type=Path, help="training TSV: one 'source<TAB>target' per line")
     p.add_argument("--valid", type=Path, help="held-out TSV for --data (default: 5%% of --data held out)")
     p.add_argument("--out", type=Path, help="run folder for checkpoint, metrics.jsonl, curves.png (default runs/<task>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with its own settings and schedule")
+    p.add_argument("--overwrite", action="store_true", help="replace the run --out holds with a new one")
+    p.add_argument("--extend", action="store_true",
+                   help="with --resume and a larger --steps: train a finished run further (a cosine schedule "
+                        "restarts: warmup, then decay over the added steps; the others continue)")
+    d = TASK_DATA_DEFAULTS
     g = p.add_argument_group("task data")
-    g.add_argument("--min-len", type=int, default=1, help="shortest task string (default 1)")
-    g.add_argument("--max-len", type=int, default=12, help="longest task string; digits per operand for addition (default 12)")
-    g.add_argument("--n-train", type=int, default=50_000, help="task training examples (default 50000)")
-    g.add_argument("--n-valid", type=int, default=500, help="task held-out examples, never seen in training (default 500)")
+    g.add_argument("--min-len", type=int, help=f"shortest task string (default {d['min_len']})")
+    g.add_argument("--max-len", type=int, help=f"longest task string; digits per operand for addition (default {d['max_len']})")
+    g.add_argument("--n-train", type=int, help=f"task training examples (default {d['n_train']})")
+    g.add_argument("--n-valid", type=int, help=f"task held-out examples, never seen in training (default {d['n_valid']})")
     _add_model_flags(p)
     _add_train_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
     p = sub.add_parser("eval", help="exact match and character accuracy of a checkpoint",
                        description="Evaluate a checkpoint on held-out data; the last line is 'exact_match: <fraction>'.")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a run folder or its checkpoint.safetensors")
+    _add_checkpoint_flags(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--task", choices=sorted(TASKS),
                      help="fresh strings of this task, less any seen in training (default: the run's own held-out set)")
@@ -120,58 +140,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="seed of the fresh --task strings")
 
     p = sub.add_parser("predict", help="decode the given strings", description="Print one prediction per input string.")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a run folder or its checkpoint.safetensors")
+    _add_checkpoint_flags(p)
     p.add_argument("inputs", nargs="+", help="source strings")
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy; the paper uses 4, with alpha 0.6)")
     return parser
 
 
 def _train(args) -> int:
-    backend = default_backend()
     out = args.out or Path("runs") / (args.task or (args.data.stem if args.data else "reverse"))
+    task, sizes = _data_flags(args)
+    train_fields = _train_flags(args)
     if args.resume:
-        loaded = checkpoint.load(out, backend)
-        cfg, tokenizer, spec = loaded["cfg"], loaded["tokenizer"], loaded["data_spec"]
-        tcfg = dataclasses.replace(TrainConfig(**loaded["train_config"]), steps=args.steps)
-        state, key = loaded["state"], loaded["key"]
-        print(f"resuming {out} at step {int(backend.to_numpy(state['step']))}", file=sys.stderr)
-    else:
+        data = {**({"task": task} if task else {}), **sizes}
         if args.data:
-            spec = {"kind": "tsv", "train": str(args.data), "valid": str(args.valid) if args.valid else None,
-                    "seed": args.seed}
-        else:
-            spec = {"kind": "task", "task": args.task or "reverse", "n_train": args.n_train, "n_valid": args.n_valid,
-                    "min_len": args.min_len, "max_len": args.max_len, "seed": args.seed}
-        state = key = None
-        tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                           warmup_steps=args.warmup_steps, schedule=args.schedule, optimizer=args.optimizer,
-                           weight_decay=args.weight_decay, clip_norm=args.clip_norm,
-                           label_smoothing=args.label_smoothing, seed=args.seed, log_every=args.log_every,
-                           eval_every=args.eval_every, save_every=args.save_every, grad_method=args.grad_method)
-    train_pairs, valid_pairs = load_pairs(spec)
-    if not args.resume:
-        tokenizer = _tokenizer_for(spec, train_pairs, valid_pairs)
-        longest = max(max(len(s), len(t) + 1) for s, t in train_pairs + valid_pairs)
-        cfg = TransformerConfig(
-            src_vocab_size=tokenizer.vocab_size, tgt_vocab_size=tokenizer.vocab_size, d_model=args.d_model,
-            n_heads=args.n_heads, d_ff=args.d_ff, n_encoder_layers=args.layers, n_decoder_layers=args.layers,
-            max_len=_round_up(longest + 1), drop_rate=args.drop_rate, pad_id=tokenizer.pad_id,
-            norm_first=args.norm_first, tie_embeddings=args.tie_embeddings, dtype=args.dtype)
-    run = Run(cfg=cfg, tcfg=tcfg, tokenizer=tokenizer, train_examples=encode_pairs(train_pairs, tokenizer, cfg.max_len),
-              valid_pairs=valid_pairs, out_dir=out, data_spec=spec, backend=backend, progress=not args.no_progress)
-    print(f"backend {backend.name}; {len(train_pairs)} training and {len(valid_pairs)} held-out pairs; "
-          f"vocabulary {tokenizer.vocab_size}; writing to {out}", file=sys.stderr)
-    result = fit(run, state, key)
-    summary = result["summary"]
-    print(f"{summary['stopped']} at step {summary['step']} in {summary['seconds']:.1f} s; checkpoint {summary['checkpoint']}")
-    if "valid" in summary:
-        print(f"held-out exact_match: {summary['valid']['exact_match']:.4f}")
-    return 0 if summary["stopped"] == "finished" else 130
+            data.update(kind="tsv", train=str(args.data), valid=str(args.valid) if args.valid else None)
+    elif args.data:
+        if sizes:
+            raise DataError(f"{sorted(sizes)} size the built-in tasks; they do not apply to --data")
+        data = tsv_data(args.data, args.valid, seed=train_fields.get("seed", TRAIN_DEFAULTS.seed))
+    else:
+        data = task_data(task or "reverse", seed=train_fields.get("seed", TRAIN_DEFAULTS.seed), **sizes)
+    if args.extend and not args.resume:
+        raise ValueError("--extend trains a finished run further: give it with --resume")
+    result = fit(_model_flags(args) or None, train_fields if args.resume else TrainConfig(**train_fields), data or None,
+                 out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
+                 progress=not args.no_progress)
+    print(f"{result.stopped} at step {result.step} in {result.seconds:.1f} s; checkpoint {result.path}")
+    if result.best_exact_match is not None:
+        print(f"best held-out exact_match: {result.best_exact_match:.4f} at step {result.best_step} "
+              f"({checkpoint.checkpoint_path(out, 'best')})")
+    last_valid = [r for r in result.history if r["split"] == "valid"]
+    if last_valid:
+        print(f"held-out exact_match: {last_valid[-1]['exact_match']:.4f}")
+    return 130 if result.stopped == "interrupted" else 0
 
 
 def _eval(args) -> int:
     backend = default_backend()
-    loaded = checkpoint.load(args.checkpoint, backend)
+    loaded = checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), backend)
     cfg, tokenizer, spec = loaded["cfg"], loaded["tokenizer"], loaded["data_spec"]
     if args.data:
         pairs = read_tsv(args.data)
@@ -192,7 +198,7 @@ def _eval(args) -> int:
 
 def _predict(args) -> int:
     backend = default_backend()
-    loaded = checkpoint.load(args.checkpoint, backend)
+    loaded = checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), backend)
     for line in predict(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], args.inputs, beam_size=args.beam):
         print(line)
     return 0

@@ -5,10 +5,14 @@ The train step is a pure function `(state, batch, key) -> (state, metrics)`, whe
 count, so step k always draws the same masks). On JAX the whole step (forward, backward,
 optimizer) is one jitted function whose old state is donated.
 
-The loop adds what a person training wants: a progress line (loss, token accuracy, tokens/s,
-ETA), evaluation on the held-out set, metrics as JSON lines, a PNG of the curves, a checkpoint
-every `save_every` steps, at the end, and on Ctrl-C; a NaN or inf loss stops the run and keeps the
-last good checkpoint. Batch k is a pure function of (seed, k), so resuming is exact.
+The loop (`run_loop`) adds what a person training wants: a progress line (loss, token accuracy,
+tokens/s, ETA), evaluation on the held-out set, metrics as JSON lines, a PNG of the curves, the last
+checkpoint every `save_every` steps, at the end and on Ctrl-C, and the best one (by held-out exact
+match) at each evaluation that improves it; a NaN or inf loss stops the run and keeps the last good
+checkpoint. Callbacks see every logged record and may stop the run; `patience` stops it after that
+many evaluations without improvement. Batch k is a pure function of (seed, k), so resuming is exact.
+
+The public entry point, with run folders, resume rules and data loading, is `runs.fit` (`ft.fit`).
 """
 
 from __future__ import annotations
@@ -19,18 +23,19 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from backends import Backend, backend_of
-from backends import random as jrandom
+from backends import random as ftrandom
 
 from . import api, checkpoint, checks, optim
 from .data import CharTokenizer, EncodedPair, batch_iterator
 
 SCHEDULES = ("transformer", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+GRAD_METHODS = api.GRAD_METHODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +57,22 @@ class TrainConfig:
     eval_every: int = 500
     save_every: int = 500
     grad_method: str | None = None
+    # Stop after this many held-out evaluations without a better exact match (0: never).
+    patience: int = 0
+    # The step at which the schedule (re)started: 0, or where `ft train --resume --extend` added
+    # steps to a finished run (a warm restart of the cosine schedule; see make_optimizer).
+    schedule_start: int = 0
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be 0 (off) or positive, got {self.patience}")
+        if not 0 <= self.schedule_start < self.steps:
+            raise ValueError(f"schedule_start must be in [0, steps), got {self.schedule_start} with steps {self.steps}")
+        if self.grad_method not in (None, *GRAD_METHODS):
+            raise ValueError(f"grad_method must be one of {GRAD_METHODS} or None, got {self.grad_method!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -68,10 +84,16 @@ class TrainConfig:
 
 
 def make_optimizer(tcfg: TrainConfig, cfg) -> optim.GradientTransformation:
+    """The optimizer of `tcfg`. The cosine schedule runs from `schedule_start` to `steps`: a run that
+    was extended restarts it there (warmup, then decay to 0 at the new end); the other two schedules
+    have no horizon, so an extended run simply continues them."""
     if tcfg.schedule == "transformer":
         schedule = optim.transformer_schedule(cfg.d_model, tcfg.warmup_steps, scale=tcfg.learning_rate)
     elif tcfg.schedule == "cosine":
-        schedule = optim.warmup_cosine(tcfg.learning_rate, tcfg.warmup_steps, max(tcfg.steps, tcfg.warmup_steps + 1))
+        horizon = tcfg.steps - tcfg.schedule_start
+        cosine = optim.warmup_cosine(tcfg.learning_rate, tcfg.warmup_steps, max(horizon, tcfg.warmup_steps + 1))
+        start = tcfg.schedule_start
+        schedule = cosine if start == 0 else (lambda count: cosine(count - start))
     else:
         schedule = optim.constant(tcfg.learning_rate)
     if tcfg.optimizer == "adam":
@@ -99,7 +121,7 @@ def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend) -> Call
     train = cfg.drop_rate > 0
 
     def train_step(state, batch, key):
-        dropout_key = jrandom.fold_in(key, state["step"]) if train else None
+        dropout_key = ftrandom.fold_in(key, state["step"]) if train else None
         grads, metrics = grad_fn(state["params"], batch, cfg, train, dropout_key, tcfg.label_smoothing)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         metrics = dict(metrics, grad_norm=optim.global_norm(grads))
@@ -122,20 +144,27 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+Callback = Callable[[int, dict], object]
+"""`callback(step, record)` after each logged training record and each held-out evaluation; record
+is the metrics dict ("split" is "train" or "valid"). A truthy return stops the run after that step
+(saved as at the end: last checkpoint, curves); the summary's "stopped" is then "callback"."""
+
+
 @dataclasses.dataclass
 class Run:
-    """Everything the loop needs besides the state: data, vocabulary, where to write."""
+    """Everything the loop needs besides the state: data, vocabulary, where to write (None: nowhere)."""
 
     cfg: object
     tcfg: TrainConfig
     tokenizer: CharTokenizer
     train_examples: list[EncodedPair]
     valid_pairs: list[tuple[str, str]]
-    out_dir: Path
+    out_dir: Path | None
     data_spec: dict
     backend: Backend
     eval_examples: int = 500
     progress: bool = True
+    callbacks: Sequence[Callback] = ()
 
 
 def _format_eta(seconds: float) -> str:
@@ -151,29 +180,60 @@ def _progress_line(step, total, loss, accuracy, tokens_per_s, elapsed) -> str:
             f"{tokens_per_s:,.0f} tok/s eta {_format_eta(eta)}")
 
 
-def fit(run: Run, state: dict | None = None, key=None) -> dict:
-    """Train from `state` (a fresh one when None) to run.tcfg.steps; returns a summary dict."""
+def fresh_progress() -> dict:
+    """The loop's own state beside the model's: the best held-out exact match so far, the step it
+    was reached at, and evaluations since then (for patience). Saved in every checkpoint, so a
+    resumed run keeps its best checkpoint and its patience count."""
+    return {"best_exact_match": None, "best_step": None, "evals_since_best": 0}
+
+
+def _keep_records_up_to(metrics_path: Path, step: int) -> None:
+    # A run killed after logging past its last checkpoint logs those steps again when resumed.
+    if metrics_path.exists():
+        lines = [line for line in metrics_path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        if len(kept) != len(lines):
+            metrics_path.write_text("".join(line + "\n" for line in kept))
+
+
+def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | None = None) -> dict:
+    """Train from `state` (a fresh one when None) to run.tcfg.steps.
+
+    -> {"state", "key", "progress", "history" (this call's records), "summary"}; summary["stopped"]
+    is "finished", "interrupted" (Ctrl-C), "callback" or "patience"."""
     from .inference import evaluate  # decoding imports api; keep train importable on its own
 
     cfg, tcfg, backend = run.cfg, run.tcfg, run.backend
     optimizer = make_optimizer(tcfg, cfg)
     if state is None:
-        init_key, key = jrandom.split(backend.random.key(tcfg.seed), 2)
+        init_key, key = ftrandom.split(backend.random.key(tcfg.seed), 2)
         state = init_state(init_key, cfg, optimizer)
+    progress = dict(progress or fresh_progress())
     step_fn = make_train_step(cfg, tcfg, optimizer, backend)
-    run.out_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run.out_dir / "metrics.jsonl"
     start_step = int(backend.to_numpy(state["step"]))
-    if start_step == 0 and metrics_path.exists():
-        metrics_path.unlink()  # a fresh run into an old folder starts a fresh log
+    metrics_path = None
+    if run.out_dir is not None:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = run.out_dir / "metrics.jsonl"
+        if start_step == 0 and metrics_path.exists():
+            metrics_path.unlink()  # a fresh run into an old folder starts a fresh log
+        _keep_records_up_to(metrics_path, start_step)
 
-    def save(s):
-        return checkpoint.save(run.out_dir, s, backend, cfg=cfg, tokenizer=run.tokenizer,
-                               train_config=dataclasses.asdict(tcfg), data_spec=run.data_spec, key=key)
+    def save(s, which="last"):
+        if run.out_dir is None:
+            return None
+        return checkpoint.save(checkpoint.checkpoint_path(run.out_dir, which), s, backend, cfg=cfg,
+                               tokenizer=run.tokenizer, train_config=dataclasses.asdict(tcfg),
+                               data_spec=run.data_spec, key=key, progress=progress)
 
-    def log(record):
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+    history: list[dict] = []
+
+    def log(record) -> bool:
+        history.append(record)
+        if metrics_path is not None:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        return any([bool(callback(record["step"], record)) for callback in run.callbacks])
 
     batches = batch_iterator(run.train_examples, tcfg.batch_size, tcfg.seed, start_step,
                              pad_id=cfg.pad_id, pad_to_multiple=8)
@@ -200,6 +260,7 @@ def fit(run: Run, state: dict | None = None, key=None) -> dict:
                     f"({last_saved or 'none was saved yet'}) is kept. Try a lower --learning-rate or --clip-norm."
                 )
             window_tokens += int(np.count_nonzero(host_batch["tgt_out"] != cfg.pad_id))
+            stop = None
             if step % tcfg.log_every == 0 or step == tcfg.steps:
                 now = time.perf_counter()
                 tokens_per_s = window_tokens / max(now - window_t0, 1e-9)
@@ -207,29 +268,48 @@ def fit(run: Run, state: dict | None = None, key=None) -> dict:
                 record = {"step": step, "split": "train", "loss": loss, "accuracy": accuracy,
                           "grad_norm": float(metrics["grad_norm"]), "tokens_per_s": tokens_per_s,
                           "time_s": now - t_start}
-                log(record)
+                if log(record):
+                    stop = "callback"
                 if run.progress:
                     line = _progress_line(step, tcfg.steps, loss, accuracy, tokens_per_s, now - t_start)
                     print(line, file=sys.stderr, flush=True)
                 window_tokens, window_t0 = 0, time.perf_counter()
             if (step % tcfg.eval_every == 0 or step == tcfg.steps) and valid:
                 result = evaluate(state["params"], cfg, run.tokenizer, valid)
-                log({"step": step, "split": "valid", **result, "time_s": time.perf_counter() - t_start})
                 if run.progress:
                     print(f"eval @ {step}: loss {result['loss']:.4f} exact_match {result['exact_match']:.4f} "
                           f"char_accuracy {result['char_accuracy']:.4f}", file=sys.stderr, flush=True)
                 summary["valid"] = result
+                best = progress["best_exact_match"]
+                if best is None or result["exact_match"] > best:
+                    progress.update(best_exact_match=result["exact_match"], best_step=step, evals_since_best=0)
+                    if all_finite(state["params"], backend):
+                        save(state, "best")
+                else:
+                    progress["evals_since_best"] += 1
+                if log({"step": step, "split": "valid", **result, "time_s": time.perf_counter() - t_start}):
+                    stop = "callback"
+                if tcfg.patience and progress["evals_since_best"] >= tcfg.patience and step < tcfg.steps:
+                    stop = stop or "patience"
+                    if run.progress:
+                        print(f"no better exact match in {tcfg.patience} evaluations (best "
+                              f"{progress['best_exact_match']:.4f} at step {progress['best_step']}): stopping",
+                              file=sys.stderr, flush=True)
             if step % tcfg.save_every == 0 and all_finite(state["params"], backend):
                 last_saved = save(state)
+            if stop:
+                summary["stopped"] = stop
+                break
     except KeyboardInterrupt:
         summary["stopped"] = "interrupted"
         print(f"\ninterrupted at step {step}: saving a checkpoint", file=sys.stderr)
     if all_finite(state["params"], backend):
         last_saved = save(state)
-    summary.update(step=int(backend.to_numpy(state["step"])), checkpoint=str(last_saved),
-                   seconds=time.perf_counter() - t_start)
-    plot_metrics(metrics_path, run.out_dir / "curves.png")
-    return {"state": state, "key": key, "summary": summary}
+    summary.update(step=int(backend.to_numpy(state["step"])), checkpoint=str(last_saved) if last_saved else None,
+                   seconds=time.perf_counter() - t_start, **progress)
+    if run.out_dir is not None:
+        plot_metrics(metrics_path, run.out_dir / "curves.png")
+    return {"state": state, "key": key, "progress": progress, "history": history, "summary": summary}
 
 
 def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:

@@ -29,9 +29,9 @@ TRAIN_FLAGS = ["--task", "--data", "--valid", "--out", "--resume", "--min-len", 
                "--d-model", "--n-heads", "--d-ff", "--layers", "--drop-rate", "--norm-first", "--tie-embeddings",
                "--dtype", "--steps", "--batch-size", "--learning-rate", "--warmup-steps", "--schedule", "--optimizer",
                "--weight-decay", "--clip-norm", "--label-smoothing", "--seed", "--log-every", "--eval-every",
-               "--save-every", "--grad-method", "--no-progress"]
-EVAL_FLAGS = ["--checkpoint", "--task", "--data", "--n", "--beam", "--seed"]
-PREDICT_FLAGS = ["--checkpoint", "--beam", "inputs"]
+               "--save-every", "--grad-method", "--no-progress", "--overwrite", "--extend", "--patience"]
+EVAL_FLAGS = ["--checkpoint", "--which", "--task", "--data", "--n", "--beam", "--seed"]
+PREDICT_FLAGS = ["--checkpoint", "--which", "--beam", "inputs"]
 
 
 def run_help(capsys, argv):
@@ -199,7 +199,10 @@ def test_resume_continues_from_the_saved_step(trained, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(out_dir, copy)
     capsys.readouterr()
-    assert cli.main(["train", "--resume", "--out", str(copy), "--steps", "25", "--no-progress"]) == 0
+    # Past the planned 20 steps only with --extend (issue 11: never a silent change of schedule).
+    assert cli.main(["train", "--resume", "--out", str(copy), "--steps", "25", "--no-progress"]) == 2
+    assert "pass --extend" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", "--extend", "--out", str(copy), "--steps", "25", "--no-progress"]) == 0
     out, err = capsys.readouterr()
     assert f"resuming {copy} at step 20" in err
     assert "finished at step 25" in out

@@ -81,7 +81,7 @@ def step_of(backend, state):
 
 
 def wrap_train_step(monkeypatch, wrapper):
-    """Make fit() build its step with train.make_train_step and then pass it through `wrapper(step)`."""
+    """Make run_loop() build its step with train.make_train_step and then pass it through `wrapper(step)`."""
     real = train.make_train_step
     monkeypatch.setattr(train, "make_train_step", lambda *args: wrapper(real(*args)))
 
@@ -108,7 +108,7 @@ def interrupt_at_call(n):
 def test_fit_learns_reverse_and_writes_metrics_curves_and_checkpoint(backend, tmp_path):
     run = make_run(backend, tmp_path / "run", steps=60, cfg=make_cfg(), valid=True, batch_size=32, eval_every=30,
                    grad_method=None)
-    result = train.fit(run)
+    result = train.run_loop(run)
     summary = result["summary"]
     assert summary["stopped"] == "finished" and summary["step"] == 60
     assert step_of(backend, result["state"]) == 60
@@ -157,7 +157,7 @@ def test_periodic_checkpoints_and_a_fresh_run_restarts_the_log(backend, tmp_path
         return real_save(path, state, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint, "save", spy)
-    train.fit(make_run(backend, out, steps=7, save_every=3, log_every=2))
+    train.run_loop(make_run(backend, out, steps=7, save_every=3, log_every=2))
     assert saved_steps == [3, 6, 7]  # every save_every steps, and at the end
     assert [r["step"] for r in read_metrics(out)] == [2, 4, 6, 7]  # the old log was dropped
 
@@ -175,13 +175,13 @@ def test_resume_from_a_checkpoint_equals_one_uninterrupted_run(backend, tmp_path
     Bit-for-bit on both backends: the resumed run executes the same operations on the same inputs (on JAX
     one compiled program, deterministic on CPU), so not even float32 rounding differs."""
     n = 5
-    one = train.fit(make_run(backend, tmp_path / "one", steps=2 * n, schedule="constant", grad_method=None))
-    train.fit(make_run(backend, tmp_path / "two", steps=n, schedule="constant", grad_method=None))
+    one = train.run_loop(make_run(backend, tmp_path / "one", steps=2 * n, schedule="constant", grad_method=None))
+    train.run_loop(make_run(backend, tmp_path / "two", steps=n, schedule="constant", grad_method=None))
     half = tmp_path / "half.safetensors"
     shutil.copy(tmp_path / "two" / checkpoint.CHECKPOINT_NAME, half)
     loaded = checkpoint.load(half, backend)
     assert step_of(backend, loaded["state"]) == n
-    resumed = train.fit(make_run(backend, tmp_path / "two", steps=2 * n, schedule="constant", grad_method=None),
+    resumed = train.run_loop(make_run(backend, tmp_path / "two", steps=2 * n, schedule="constant", grad_method=None),
                         loaded["state"], loaded["key"])
     assert step_of(backend, resumed["state"]) == 2 * n
     assert_states_equal(backend, resumed["state"], one["state"])
@@ -192,8 +192,8 @@ def test_resume_from_a_checkpoint_equals_one_uninterrupted_run(backend, tmp_path
     assert [r["loss"] for r in read_metrics(tmp_path / "two")] == [r["loss"] for r in read_metrics(tmp_path / "one")]
 
     # The key matters: the same step-n state resumed with another key (other dropout masks) ends elsewhere.
-    # (Reloaded: on JAX fit() donates the state it is given.)
-    other = train.fit(make_run(backend, tmp_path / "three", steps=2 * n, schedule="constant", grad_method=None),
+    # (Reloaded: on JAX run_loop() donates the state it is given.)
+    other = train.run_loop(make_run(backend, tmp_path / "three", steps=2 * n, schedule="constant", grad_method=None),
                       checkpoint.load(half, backend)["state"], backend.random.key(12345))
     assert not np.array_equal(flat(backend, other["state"]["params"])["decoder.layer_0.ffn.w_1"],
                               flat(backend, one["state"]["params"])["decoder.layer_0.ffn.w_1"])
@@ -204,11 +204,11 @@ def test_ctrl_c_saves_the_step_reached_and_resuming_finishes_the_same_run(backen
     """KeyboardInterrupt before step k + 1 saves a checkpoint at step k; resuming it with the same
     TrainConfig (cosine schedule, dropout on) gives exactly the uninterrupted run."""
     k, total = 4, 8
-    uninterrupted = train.fit(make_run(backend, tmp_path / "full", steps=total, grad_method=None))
+    uninterrupted = train.run_loop(make_run(backend, tmp_path / "full", steps=total, grad_method=None))
 
     with monkeypatch.context() as mp:
         wrap_train_step(mp, interrupt_at_call(k + 1))
-        stopped = train.fit(make_run(backend, tmp_path / "cut", steps=total, grad_method=None))
+        stopped = train.run_loop(make_run(backend, tmp_path / "cut", steps=total, grad_method=None))
     assert stopped["summary"]["stopped"] == "interrupted"
     assert stopped["summary"]["step"] == k
     assert step_of(backend, stopped["state"]) == k
@@ -216,7 +216,7 @@ def test_ctrl_c_saves_the_step_reached_and_resuming_finishes_the_same_run(backen
     assert step_of(backend, loaded["state"]) == k
     assert_states_equal(backend, loaded["state"], stopped["state"])
 
-    resumed = train.fit(make_run(backend, tmp_path / "cut", steps=total, grad_method=None), loaded["state"],
+    resumed = train.run_loop(make_run(backend, tmp_path / "cut", steps=total, grad_method=None), loaded["state"],
                         loaded["key"])
     assert resumed["summary"]["stopped"] == "finished"
     assert_states_equal(backend, resumed["state"], uninterrupted["state"])
@@ -238,7 +238,7 @@ def test_ctrl_c_while_waiting_for_the_loss_still_saves(backend, tmp_path, monkey
         return step
 
     wrap_train_step(monkeypatch, wrapper)
-    result = train.fit(make_run(backend, tmp_path, steps=6))
+    result = train.run_loop(make_run(backend, tmp_path, steps=6))
     assert result["summary"]["stopped"] == "interrupted"
     saved = step_of(backend, checkpoint.load(tmp_path, backend)["state"])
     assert saved in (2, 3) and saved == result["summary"]["step"] == step_of(backend, result["state"])
@@ -266,7 +266,7 @@ def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(backend, tmp_path, m
     wrap_train_step(monkeypatch, wrapper)
     path = tmp_path / checkpoint.CHECKPOINT_NAME
     with pytest.raises(train.TrainingDiverged, match=r"the loss became nan at step 7") as info:
-        train.fit(make_run(backend, tmp_path, steps=20, save_every=3))
+        train.run_loop(make_run(backend, tmp_path, steps=20, save_every=3))
     assert str(path) in str(info.value)
     loaded = checkpoint.load(tmp_path, backend)
     assert step_of(backend, loaded["state"]) == 3
@@ -281,7 +281,7 @@ def test_a_real_divergence_before_any_checkpoint_writes_none(backend, tmp_path):
     """SGD at an absurd learning rate without clipping blows the loss up for real; nothing was saved
     yet, so nothing is written (no checkpoint of the broken params)."""
     with pytest.raises(train.TrainingDiverged, match="none was saved yet"):
-        train.fit(make_run(backend, tmp_path, steps=20, optimizer="sgd", learning_rate=1e30, clip_norm=0.0,
+        train.run_loop(make_run(backend, tmp_path, steps=20, optimizer="sgd", learning_rate=1e30, clip_norm=0.0,
                            schedule="constant", grad_method=None))
     assert not (tmp_path / checkpoint.CHECKPOINT_NAME).exists()
 
@@ -306,7 +306,7 @@ def save_fresh(backend, path, *, seed=0, step=0):
 def test_checkpoint_round_trips_everything(backend, tmp_path):
     state, key, cfg, tcfg = save_fresh(backend, tmp_path, step=17)
     loaded = checkpoint.load(tmp_path, backend)
-    assert set(loaded) == {"state", "key", "cfg", "tokenizer", "train_config", "data_spec", "backend"}
+    assert set(loaded) == {"state", "key", "cfg", "tokenizer", "train_config", "data_spec", "backend", "progress", "path"}
     assert_states_equal(backend, loaded["state"], state)
     assert step_of(backend, loaded["state"]) == 17
     assert np.array_equal(backend.to_numpy(loaded["key"]), backend.to_numpy(key))
@@ -322,7 +322,7 @@ def test_checkpoint_round_trips_everything(backend, tmp_path):
 
 
 def test_numpy_checkpoint_loads_on_jax_and_predicts_the_same(numpy_backend, jax_backend, tmp_path):
-    train.fit(make_run(numpy_backend, tmp_path, steps=20))
+    train.run_loop(make_run(numpy_backend, tmp_path, steps=20))
     on_numpy = checkpoint.load(tmp_path, numpy_backend)
     on_jax = checkpoint.load(tmp_path, jax_backend)
     assert on_jax["backend"] == "numpy"  # the backend that wrote it
@@ -473,7 +473,7 @@ def test_a_failed_save_during_fit_keeps_the_last_checkpoint(backend, tmp_path, m
 
     monkeypatch.setattr(checkpoint_format, "save_file", fail_second)
     with pytest.raises(OSError, match="No space left"):
-        train.fit(make_run(backend, tmp_path, steps=9, save_every=3))
+        train.run_loop(make_run(backend, tmp_path, steps=9, save_every=3))
     assert step_of(backend, checkpoint.load(tmp_path, backend)["state"]) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.CHECKPOINT_NAME, "metrics.jsonl"]
 

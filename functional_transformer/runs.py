@@ -1,0 +1,400 @@
+"""Training runs from Python: `fit` a model on a task or your own pairs, `load` it back, `predict`.
+
+    import functional_transformer as ft
+    result = ft.fit(data="reverse", train_config=ft.TrainConfig(steps=300), out_dir="runs/quick")
+    model = ft.load("runs/quick")                  # the best checkpoint of the run folder
+    print(ft.predict(model, ["apple", "banana"]))  # greedy; beam_size=4 for beam search
+
+`ft train` is a thin layer over `fit`, so both follow the same rules for a run folder:
+- a folder that holds a checkpoint is never overwritten silently: `resume=True` continues it,
+  `overwrite=True` starts again (saying what it replaces), anything else is an error;
+- one process at a time: `fit` holds an OS file lock on `DIR/.lock` while it runs (released by the
+  OS when the process ends, even by SIGKILL, so a crash never leaves the folder locked);
+- a resumed run keeps its own settings and schedule: a setting given with `resume=True` that
+  differs from the checkpoint's is an error naming it, and training past the planned number of
+  steps needs `extend=True` (a finished cosine run then restarts its schedule: warmup and cosine
+  decay over the added steps; the "transformer" and "constant" schedules have no end and continue).
+Only `log_every`, `eval_every`, `save_every` and `patience` may change on resume: they change what
+is logged, evaluated and saved, never the trajectory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+import backends
+from backends import Backend
+
+from . import checkpoint, inference
+from .backend_choice import default_backend
+from .config import TransformerConfig
+from .data import CharTokenizer, DataError, TASKS, encode_pairs, make_task_data, read_tsv, task_alphabet
+from .train import Callback, Run, TrainConfig, run_loop
+
+# The model `ft train` and `fit` build when not told otherwise: small enough to train on a laptop's
+# CPU in minutes, large enough to learn every built-in task (TransformerConfig's own defaults are
+# the paper's base model).
+MODEL_DEFAULTS = {"d_model": 128, "n_heads": 4, "d_ff": 512, "n_encoder_layers": 2, "n_decoder_layers": 2,
+                  "drop_rate": 0.1}
+# Fields that follow from the data: the vocabulary and the longest sequence.
+DATA_FIELDS = ("src_vocab_size", "tgt_vocab_size", "max_len", "pad_id")
+# TrainConfig fields that change what is logged, evaluated and saved, never the trajectory.
+OPERATIONAL_FIELDS = ("log_every", "eval_every", "save_every", "patience")
+TASK_DATA_DEFAULTS = {"n_train": 50_000, "n_valid": 500, "min_len": 1, "max_len": 12}
+
+
+class RunFolderError(ValueError):
+    """A run folder cannot be used as asked: it holds a run, is locked, or conflicts with a resume."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def task_data(task: str, *, seed: int = 0, **sizes) -> dict:
+    """The data spec of a built-in task: {"kind": "task", "task", "n_train", "n_valid", "min_len",
+    "max_len", "seed"}; sizes default to TASK_DATA_DEFAULTS (the CLI's)."""
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}: choose one of {sorted(TASKS)}")
+    unknown = set(sizes) - set(TASK_DATA_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown task data options {sorted(unknown)}: choose from {sorted(TASK_DATA_DEFAULTS)}")
+    return {"kind": "task", "task": task, **TASK_DATA_DEFAULTS, **sizes, "seed": seed}
+
+
+def tsv_data(train: str | os.PathLike, valid: str | os.PathLike | None = None, *, seed: int = 0) -> dict:
+    """The data spec of TSV files; without `valid`, a deterministic 5% of `train` is held out."""
+    return {"kind": "tsv", "train": str(train), "valid": str(valid) if valid else None, "seed": seed}
+
+
+def load_pairs(spec: dict) -> tuple[list, list]:
+    """(train pairs, held-out pairs) from a data spec: a built-in task or TSV files."""
+    if spec["kind"] == "task":
+        return make_task_data(spec["task"], spec["n_train"], spec["n_valid"], spec["min_len"], spec["max_len"],
+                              spec["seed"])
+    if spec["kind"] != "tsv":
+        raise DataError(f"this run's data ({spec['kind']!r}) was given in memory; pass the pairs again")
+    train = read_tsv(spec["train"])
+    if spec.get("valid"):
+        valid = read_tsv(spec["valid"])
+    else:  # hold out a deterministic 5% whose sources never occur in training
+        order = np.random.default_rng(spec["seed"]).permutation(len(train))
+        n_valid = max(1, len(train) // 20) if len(train) > 1 else 0
+        valid = [train[i] for i in order[:n_valid]]
+        held_out = {s for s, _ in valid}
+        train = [train[i] for i in order[n_valid:] if train[i][0] not in held_out]
+        if not train:
+            raise DataError(f"{spec['train']} has too few distinct examples to hold some out; pass --valid")
+    return train, valid
+
+
+def tokenizer_for(spec: dict, train, valid) -> CharTokenizer:
+    """A task's alphabet, or every character of the pairs (held-out ones too, so none is unknown)."""
+    if spec["kind"] == "task":
+        return CharTokenizer.from_texts([task_alphabet(spec["task"])])
+    return CharTokenizer.from_texts([text for pair in train + valid for text in pair])
+
+
+def _round_up(n: int, multiple: int = 8) -> int:
+    return -(-n // multiple) * multiple
+
+
+def model_config(tokenizer: CharTokenizer, pairs, model: dict | TransformerConfig | None = None) -> TransformerConfig:
+    """The TransformerConfig for data: vocabulary sizes, pad id and max_len (the longest source or
+    target + end-of-sequence, rounded up to 8) from the tokenizer and pairs, the rest from `model`
+    (a dict of TransformerConfig fields over MODEL_DEFAULTS, or a whole config, checked against the data)."""
+    longest = max(max(len(s), len(t) + 1) for s, t in pairs)
+    derived = {"src_vocab_size": tokenizer.vocab_size, "tgt_vocab_size": tokenizer.vocab_size,
+               "max_len": _round_up(longest + 1), "pad_id": tokenizer.pad_id}
+    if isinstance(model, TransformerConfig):
+        for name in ("src_vocab_size", "tgt_vocab_size", "pad_id"):
+            if getattr(model, name) != derived[name]:
+                raise ValueError(f"the model's {name} is {getattr(model, name)} but the data's tokenizer needs "
+                                 f"{derived[name]}; pass a dict of the other fields and let fit fill these in")
+        if model.max_len < longest:
+            raise ValueError(f"the model's max_len ({model.max_len}) is shorter than the data's longest "
+                             f"sequence ({longest} tokens)")
+        return model
+    fields = dict(model or {})
+    given = sorted(set(fields) & set(DATA_FIELDS))
+    if given:
+        raise ValueError(f"{given} follow from the data; leave them out (or pass a whole TransformerConfig)")
+    return TransformerConfig.from_dict({**MODEL_DEFAULTS, **fields, **derived})
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders
+
+
+@contextlib.contextmanager
+def locked(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock on out_dir/.lock, or fail at once naming the process that holds it."""
+    import fcntl  # POSIX; the lock dies with its process, so a killed run never leaves it stuck
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunFolderError(f"{out_dir} is in use by {holder}; wait for it to finish or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"ft train (pid {os.getpid()})")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+
+
+def describe_run(out_dir: Path) -> str:
+    """One line on the run a folder holds: its step, planned steps and best exact match."""
+    try:
+        loaded = checkpoint.load(out_dir, backends.get_backend("numpy"))
+    except ValueError as err:
+        return f"a checkpoint that does not load ({err})"
+    step = int(loaded["state"]["step"])
+    line = f"a run at step {step} of {loaded['train_config'].get('steps', '?')}"
+    best = loaded["progress"].get("best_exact_match")
+    if best is not None:
+        line += f", best held-out exact match {best:.4f} at step {loaded['progress']['best_step']}"
+    return line
+
+
+RUN_FILES = (checkpoint.CHECKPOINT_NAME, checkpoint.BEST_NAME, "metrics.jsonl", "curves.png")
+
+
+def _start_fresh(out_dir: Path, overwrite: bool, verbose: bool) -> None:
+    if not checkpoint.checkpoint_path(out_dir).exists() and not checkpoint.checkpoint_path(out_dir, "best").exists():
+        return
+    what = describe_run(out_dir)
+    if not overwrite:
+        raise RunFolderError(f"{out_dir} already holds {what}. Pass --resume (resume=True) to continue it, "
+                             f"--overwrite (overwrite=True) to replace it with a new run, or choose another --out")
+    if verbose:
+        print(f"--overwrite: replacing {out_dir}, which held {what}", file=sys.stderr)
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def resumed_train_config(saved: TrainConfig, changes: dict, step: int, extend: bool) -> TrainConfig:
+    """The TrainConfig a resumed run continues with: the saved one, with operational changes, and
+    more steps only when extending a finished run. Any other difference is an error naming it."""
+    unknown = set(changes) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+    for name, value in changes.items():
+        if name in (*OPERATIONAL_FIELDS, "steps", "schedule_start") or value == getattr(saved, name):
+            continue
+        raise RunFolderError(f"{name}={value!r} conflicts with the resumed run's {name}={getattr(saved, name)!r}; "
+                             "a resumed run keeps its settings: leave it out, or start a new run (--overwrite)")
+    operational = {name: changes[name] for name in OPERATIONAL_FIELDS if name in changes}
+    steps = changes.get("steps", saved.steps)
+    if steps == saved.steps:
+        return dataclasses.replace(saved, **operational)
+    if steps < saved.steps:
+        raise RunFolderError(f"steps={steps} would cut this run's schedule of {saved.steps} steps short (the learning "
+                             "rate would change under it); to stop earlier use patience or Ctrl-C")
+    if not extend:
+        raise RunFolderError(f"this run was planned for {saved.steps} steps and its schedule ends there; to train it "
+                             f"to {steps}, pass --extend (extend=True): a cosine schedule restarts (warmup, then "
+                             "decay over the added steps), the others continue")
+    if step < saved.steps:
+        raise RunFolderError(f"the run is at step {step} of {saved.steps}: finish it first (--resume without --steps), "
+                             "then extend it")
+    start = saved.steps if saved.schedule == "cosine" else saved.schedule_start
+    return dataclasses.replace(saved, steps=steps, schedule_start=start, **operational)
+
+
+def _check_resumed(kind: str, saved: dict, given: dict) -> None:
+    for name, value in given.items():
+        if name in saved and saved[name] != value:
+            raise RunFolderError(f"{name}={value!r} conflicts with the resumed run's {kind} {name}={saved[name]!r}; "
+                                 "a resumed run keeps its settings: leave it out, or start a new run (--overwrite)")
+
+
+# ---------------------------------------------------------------------------------------------
+# fit, load, predict, evaluate
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """What `predict` and `evaluate` need: params with their config and tokenizer."""
+
+    params: dict
+    cfg: TransformerConfig
+    tokenizer: CharTokenizer
+    train_config: TrainConfig | None = None
+    data_spec: dict | None = None
+    step: int = 0
+    path: Path | None = None
+
+
+@dataclasses.dataclass
+class FitResult(TrainedModel):
+    """A finished (or stopped) `fit`: the model, its metrics history and how it ended.
+
+    history: every record of the run (metrics.jsonl's, where it has a folder), train and valid;
+    stopped: "finished", "interrupted", "callback" or "patience"; best_exact_match: the best held-out
+    exact match of the whole run (None without held-out data)."""
+
+    state: dict | None = None
+    key: Any = None
+    history: list[dict] = dataclasses.field(default_factory=list)
+    best_exact_match: float | None = None
+    best_step: int | None = None
+    stopped: str = "finished"
+    seconds: float = 0.0
+    out_dir: Path | None = None
+
+
+def _as_data_spec(data, seed: int) -> tuple[dict, tuple | None]:
+    """(spec, in-memory pairs or None) from a task name, a spec dict or (train_pairs, valid_pairs)."""
+    if isinstance(data, str):
+        return task_data(data, seed=seed), None
+    if isinstance(data, dict):
+        return data, None
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        train, valid = list(data[0]), list(data[1])
+        if not train:
+            raise DataError("no training pairs were given")
+        return {"kind": "pairs", "n_train": len(train), "n_valid": len(valid), "seed": seed}, (train, valid)
+    raise TypeError("data must be a task name, a data spec (ft.task_data / ft.tsv_data) or (train_pairs, valid_pairs)")
+
+
+def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig | dict | None = None,
+        data: str | dict | tuple = "reverse", *, out_dir: str | os.PathLike | None = None, resume: bool = False,
+        overwrite: bool = False, extend: bool = False, callbacks: Sequence[Callback] = (),
+        backend: Backend | None = None, progress: bool = True, verbose: bool = True,
+        eval_examples: int = 500) -> FitResult:
+    """Train a Transformer and return the result (see the module docstring for run folders).
+
+    model: TransformerConfig fields over MODEL_DEFAULTS (vocabulary and max_len follow from the data),
+      or a whole TransformerConfig. train_config: a TrainConfig, or a dict of its fields.
+    data: a task name ("reverse"), a spec from `task_data`/`tsv_data`, or (train_pairs, valid_pairs)
+      of (source, target) strings. out_dir: the run folder (checkpoints, metrics.jsonl, curves.png),
+      or None to keep everything in memory. callbacks: `callback(step, record)` after each logged
+      record and evaluation; a truthy return stops the run (see train.Callback).
+    progress: progress lines on stderr; verbose: a line on the data and the run folder on stderr.
+    With resume=True, model, data and train_config may be left out; what is given must agree with
+    the run (train_config's steps may grow with extend=True).
+    """
+    backend = backend or default_backend()
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+    if resume and out_dir is None:
+        raise ValueError("resume needs the out_dir of the run to continue")
+    out = Path(out_dir) if out_dir is not None else None
+    if resume and not out.is_dir():
+        raise RunFolderError(f"{out} does not exist: there is no run to resume; leave out --resume to start one there")
+    with (locked(out) if out is not None else contextlib.nullcontext()):
+        if resume:
+            return _resume(out, model, train_config, data, extend, callbacks, backend, progress, verbose, eval_examples)
+        if isinstance(train_config, dict):
+            train_config = TrainConfig(**train_config)
+        tcfg = train_config or TrainConfig()
+        spec, pairs = _as_data_spec(data, tcfg.seed)
+        train_pairs, valid_pairs = pairs or load_pairs(spec)
+        tokenizer = tokenizer_for(spec, train_pairs, valid_pairs)
+        cfg = model_config(tokenizer, train_pairs + valid_pairs, model)
+        if out is not None:
+            _start_fresh(out, overwrite, verbose)
+        run = Run(cfg=cfg, tcfg=tcfg, tokenizer=tokenizer, train_examples=encode_pairs(train_pairs, tokenizer, cfg.max_len),
+                  valid_pairs=valid_pairs, out_dir=out, data_spec=spec, backend=backend, eval_examples=eval_examples,
+                  progress=progress, callbacks=tuple(callbacks))
+        if verbose:
+            print(f"backend {backend.name}; {len(train_pairs)} training and {len(valid_pairs)} held-out pairs; "
+                  f"vocabulary {tokenizer.vocab_size}; writing to {out if out else 'memory only'}", file=sys.stderr)
+        return _result(run, run_loop(run))
+
+
+def _resume(out: Path, model, train_config, data, extend, callbacks, backend, progress, verbose,
+            eval_examples) -> FitResult:
+    if not checkpoint.checkpoint_path(out).exists():
+        raise RunFolderError(f"{out} holds no checkpoint to resume; leave out --resume to start a run there")
+    loaded = checkpoint.load(out, backend)
+    cfg, tokenizer, spec = loaded["cfg"], loaded["tokenizer"], loaded["data_spec"]
+    if isinstance(model, TransformerConfig):
+        model = model.to_dict()
+    _check_resumed("model", cfg.to_dict(), dict(model or {}))
+    if isinstance(data, str):
+        data = {"task": data}
+    elif isinstance(data, (tuple, list)):
+        pairs = (list(data[0]), list(data[1]))
+        data = None
+    else:
+        pairs = None
+    _check_resumed("data", spec, dict(data or {}))
+    if isinstance(train_config, TrainConfig):
+        train_config = dataclasses.asdict(train_config)
+    step = int(backend.to_numpy(loaded["state"]["step"]))
+    tcfg = resumed_train_config(TrainConfig(**loaded["train_config"]), dict(train_config or {}), step, extend)
+    if spec["kind"] == "pairs" and pairs is None:
+        raise RunFolderError(f"{out} was trained on pairs given in memory; pass them again as data=(train, valid)")
+    train_pairs, valid_pairs = pairs or load_pairs(spec)
+    run = Run(cfg=cfg, tcfg=tcfg, tokenizer=tokenizer, train_examples=encode_pairs(train_pairs, tokenizer, cfg.max_len),
+              valid_pairs=valid_pairs, out_dir=out, data_spec=spec, backend=backend, eval_examples=eval_examples,
+              progress=progress, callbacks=tuple(callbacks))
+    if verbose:
+        print(f"resuming {out} at step {step} of {tcfg.steps}", file=sys.stderr)
+    return _result(run, run_loop(run, loaded["state"], loaded["key"], loaded["progress"] or None))
+
+
+def read_history(out_dir: Path) -> list[dict]:
+    """The records of a run folder's metrics.jsonl, in order."""
+    path = Path(out_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _result(run: Run, looped: dict) -> FitResult:
+    summary, state = looped["summary"], looped["state"]
+    return FitResult(params=state["params"], cfg=run.cfg, tokenizer=run.tokenizer, train_config=run.tcfg,
+                     data_spec=run.data_spec, step=summary["step"],
+                     path=Path(summary["checkpoint"]) if summary["checkpoint"] else None, state=state,
+                     key=looped["key"], history=read_history(run.out_dir) if run.out_dir else looped["history"],
+                     best_exact_match=summary["best_exact_match"], best_step=summary["best_step"],
+                     stopped=summary["stopped"], seconds=summary["seconds"], out_dir=run.out_dir)
+
+
+def load(path: str | os.PathLike, which: str | None = None, backend: Backend | None = None) -> TrainedModel:
+    """A trained model from a run folder or a checkpoint file, on `backend` (default FT_BACKEND).
+
+    which: "best" (the best held-out exact match), "last" (where training stopped), or None: the
+    best where the folder has one, else the last."""
+    backend = backend or default_backend()
+    loaded = checkpoint.load(checkpoint.resolve(path, which), backend)
+    return TrainedModel(params=loaded["state"]["params"], cfg=loaded["cfg"], tokenizer=loaded["tokenizer"],
+                        train_config=TrainConfig(**loaded["train_config"]), data_spec=loaded["data_spec"],
+                        step=int(backend.to_numpy(loaded["state"]["step"])), path=loaded["path"])
+
+
+def predict(model: TrainedModel, sources: Sequence[str], *, beam_size: int = 1, **options) -> list[str]:
+    """One decoded string per source (greedy, or beam search with beam_size > 1)."""
+    if isinstance(sources, str):
+        sources = [sources]
+    return inference.predict(model.params, model.cfg, model.tokenizer, list(sources), beam_size=beam_size, **options)
+
+
+def evaluate(model: TrainedModel, pairs: Sequence[tuple[str, str]], *, beam_size: int = 1, **options) -> dict:
+    """{"loss", "token_accuracy", "exact_match", "char_accuracy", "n_examples"} on (source, target) pairs."""
+    return inference.evaluate(model.params, model.cfg, model.tokenizer, list(pairs), beam_size=beam_size, **options)
+
+
+__all__ = ["FitResult", "MODEL_DEFAULTS", "RunFolderError", "TrainedModel", "evaluate", "fit", "load", "load_pairs",
+           "model_config", "predict", "task_data", "tokenizer_for", "tsv_data"]
