@@ -17,7 +17,8 @@ from .config import DTYPES, TransformerConfig
 from .data import DataError, TASKS, make_task_data, read_tsv
 from .inference import evaluate, predict
 from .runs import MODEL_DEFAULTS, TASK_DATA_DEFAULTS, fit, load_pairs, task_data, tsv_data
-from .train import GRAD_METHODS, OPTIMIZERS, SCHEDULES, TrainConfig, TrainingDiverged
+from .train import GRAD_METHODS, OPTIMIZERS, SCHEDULES, SaveFailed, TrainConfig, TrainingDiverged
+from .tuning.sweep import PRUNERS
 
 TRAIN_DEFAULTS = TrainConfig()
 
@@ -143,6 +144,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_flags(p)
     p.add_argument("inputs", nargs="+", help="source strings")
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy; the paper uses 4, with alpha 0.6)")
+
+    p = sub.add_parser("sweep", help="tune model size and training settings with Optuna (the [sweep] extra)",
+                       description="Run Optuna trials of `ft train` settings; each trial trains for --steps and scores "
+                                   "the mean held-out exact match over its evaluations. Run it again with the same "
+                                   "--study and --storage to add trials; point several processes at one storage to "
+                                   "share a study (journal: files or a database server; not SQLite).")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--task", choices=sorted(TASKS), help="a built-in task (default reverse)")
+    src.add_argument("--data", type=Path, help="training TSV: one 'source<TAB>target' per line")
+    p.add_argument("--valid", type=Path, help="held-out TSV for --data (default: 5%% of --data held out)")
+    g = p.add_argument_group("task data")
+    g.add_argument("--min-len", type=int, help=f"shortest task string (default {d['min_len']})")
+    g.add_argument("--max-len", type=int, help=f"longest task string (default {d['max_len']})")
+    g.add_argument("--n-train", type=int, help=f"task training examples (default {d['n_train']})")
+    g.add_argument("--n-valid", type=int, help=f"task held-out examples (default {d['n_valid']})")
+    p.add_argument("--trials", type=int, default=10, help="trials to run in this process (default 10)")
+    p.add_argument("--study", default="ft-sweep", help="the study's name in the storage (default ft-sweep)")
+    p.add_argument("--storage", help="an Optuna storage: journal:PATH (default journal:<out>/study.journal; safe for "
+                                     "concurrent workers), sqlite:///PATH (one worker at a time), postgresql://...")
+    p.add_argument("--out", type=Path, help="folder for the trials' run folders (default runs/sweep-<study>)")
+    p.add_argument("--space", type=Path, help="a TOML search space over the default (see ft sweep --help's epilog)")
+    p.add_argument("--steps", type=int, default=300, help="training steps per trial (default 300)")
+    p.add_argument("--evals", type=int, default=6, help="held-out evaluations per trial; the score is their mean "
+                                                        "(default 6)")
+    p.add_argument("--eval-examples", type=int, default=500, help="held-out examples per evaluation (default 500)")
+    p.add_argument("--pruner", choices=PRUNERS, default="median", help="stop hopeless trials early (default median)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, every trial's init and dropout, and the "
+                                                       "sampler (give concurrent workers different seeds)")
+
+    p = sub.add_parser("sweep-report", help="a study's best trials and plots",
+                       description="Write best_trials.md, trials.csv and PNG plots of a study into --out.")
+    p.add_argument("--study", default="ft-sweep", help="the study's name (default ft-sweep)")
+    p.add_argument("--storage", required=True, help="the study's Optuna storage URL (as given to ft sweep)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the table and plots")
     return parser
 
 
@@ -204,11 +239,54 @@ def _predict(args) -> int:
     return 0
 
 
+def _sweep_data(args) -> dict:
+    sizes = {name: getattr(args, name) for name in TASK_DATA_DEFAULTS if getattr(args, name) is not None}
+    if args.data:
+        if sizes:
+            raise DataError(f"{sorted(sizes)} size the built-in tasks; they do not apply to --data")
+        return tsv_data(args.data, args.valid, seed=args.seed)
+    return task_data(args.task or "reverse", seed=args.seed, **sizes)
+
+
+def _sweep(args) -> int:
+    from .tuning import SweepConfig, load_space, run_sweep
+    from .tuning.sweep import summary_lines
+
+    out = args.out or Path("runs") / f"sweep-{args.study}"
+    storage = args.storage or f"journal:{out / 'study.journal'}"
+    config = SweepConfig(data=_sweep_data(args), steps=args.steps, n_evals=args.evals,
+                         eval_examples=args.eval_examples, seed=args.seed)
+    space = load_space(args.space)
+    print(f"backend {default_backend().name}; study {args.study!r} in {storage}; {args.trials} trials of "
+          f"{args.steps} steps; trial folders in {out}", file=sys.stderr)
+    study = run_sweep(args.study, storage, config, n_trials=args.trials, out_dir=out, space=space,
+                      pruner=args.pruner)
+    for line in summary_lines(study):
+        print(line)
+    return 0
+
+
+def _sweep_report(args) -> int:
+    from .tuning.report import best_trials_table, write_report
+    from .tuning.sweep import SweepError, import_optuna, open_storage
+
+    optuna = import_optuna()
+    try:
+        study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage))
+    except KeyError:
+        raise SweepError(f"there is no study {args.study!r} in {args.storage}") from None
+    files = write_report(study, args.out)
+    print(best_trials_table(study))
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "predict": _predict}[args.command](args)
-    except (CheckpointError, DataError, FileNotFoundError, TrainingDiverged) as err:
+        commands = {"train": _train, "eval": _eval, "predict": _predict, "sweep": _sweep, "sweep-report": _sweep_report}
+        return commands[args.command](args)
+    except (CheckpointError, DataError, FileNotFoundError, TrainingDiverged, SaveFailed) as err:
         print(f"ft {args.command}: error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:

@@ -175,6 +175,14 @@ def describe_run(out_dir: Path) -> str:
     return line
 
 
+def _remove_stale_temp_files(out_dir: Path) -> None:
+    # A process killed mid-save leaves its temporary file (the checkpoint itself is untouched, as the
+    # save renames into place); under the lock no other process can be writing one.
+    for name in checkpoint.FILE_NAMES.values():
+        for stale in out_dir.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
 RUN_FILES = (checkpoint.CHECKPOINT_NAME, checkpoint.BEST_NAME, "metrics.jsonl", "curves.png")
 
 
@@ -302,6 +310,8 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
     if resume and not out.is_dir():
         raise RunFolderError(f"{out} does not exist: there is no run to resume; leave out --resume to start one there")
     with (locked(out) if out is not None else contextlib.nullcontext()):
+        if out is not None:
+            _remove_stale_temp_files(out)
         if resume:
             return _resume(out, model, train_config, data, extend, callbacks, backend, progress, verbose, eval_examples)
         if isinstance(train_config, dict):

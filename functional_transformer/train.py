@@ -83,19 +83,24 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
-def make_optimizer(tcfg: TrainConfig, cfg) -> optim.GradientTransformation:
-    """The optimizer of `tcfg`. The cosine schedule runs from `schedule_start` to `steps`: a run that
-    was extended restarts it there (warmup, then decay to 0 at the new end); the other two schedules
-    have no horizon, so an extended run simply continues them."""
+def make_schedule(tcfg: TrainConfig, cfg) -> optim.Schedule:
+    """The learning rate at each update count. The cosine schedule runs from `schedule_start` to
+    `steps`: a run that was extended restarts it there (warmup, then decay to 0 at the new end);
+    the other two schedules have no horizon, so an extended run simply continues them. (Steps
+    before `schedule_start` were taken under the earlier schedule, which is done with.)"""
     if tcfg.schedule == "transformer":
-        schedule = optim.transformer_schedule(cfg.d_model, tcfg.warmup_steps, scale=tcfg.learning_rate)
-    elif tcfg.schedule == "cosine":
-        horizon = tcfg.steps - tcfg.schedule_start
-        cosine = optim.warmup_cosine(tcfg.learning_rate, tcfg.warmup_steps, max(horizon, tcfg.warmup_steps + 1))
-        start = tcfg.schedule_start
-        schedule = cosine if start == 0 else (lambda count: cosine(count - start))
-    else:
-        schedule = optim.constant(tcfg.learning_rate)
+        return optim.transformer_schedule(cfg.d_model, tcfg.warmup_steps, scale=tcfg.learning_rate)
+    if tcfg.schedule == "constant":
+        return optim.constant(tcfg.learning_rate)
+    horizon = tcfg.steps - tcfg.schedule_start
+    cosine = optim.warmup_cosine(tcfg.learning_rate, tcfg.warmup_steps, max(horizon, tcfg.warmup_steps + 1))
+    start = tcfg.schedule_start
+    return cosine if start == 0 else (lambda count: cosine(count - start))
+
+
+def make_optimizer(tcfg: TrainConfig, cfg) -> optim.GradientTransformation:
+    """The optimizer of `tcfg`, with its schedule and clipping."""
+    schedule = make_schedule(tcfg, cfg)
     if tcfg.optimizer == "adam":
         base = optim.adam(schedule)
     elif tcfg.optimizer == "adamw":
@@ -142,6 +147,10 @@ def all_finite(tree, backend: Backend) -> bool:
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class SaveFailed(RuntimeError):
+    """A checkpoint could not be written; the previous one is intact (saves are atomic)."""
 
 
 Callback = Callable[[int, dict], object]
@@ -222,9 +231,15 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
     def save(s, which="last"):
         if run.out_dir is None:
             return None
-        return checkpoint.save(checkpoint.checkpoint_path(run.out_dir, which), s, backend, cfg=cfg,
-                               tokenizer=run.tokenizer, train_config=dataclasses.asdict(tcfg),
-                               data_spec=run.data_spec, key=key, progress=progress)
+        path = checkpoint.checkpoint_path(run.out_dir, which)
+        try:
+            return checkpoint.save(path, s, backend, cfg=cfg, tokenizer=run.tokenizer,
+                                   train_config=dataclasses.asdict(tcfg), data_spec=run.data_spec, key=key,
+                                   progress=progress)
+        except OSError as err:  # a full disk, a lost mount: the write is atomic, so the old file stands
+            raise SaveFailed(f"saving {path} at step {int(backend.to_numpy(s['step']))} failed ({err}); the "
+                             f"previous checkpoint ({last_saved or 'none was saved yet'}) is intact. Free some "
+                             "space or fix the folder, then resume") from err
 
     history: list[dict] = []
 

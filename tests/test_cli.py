@@ -283,3 +283,62 @@ def test_every_task_trains_a_couple_of_steps(task, tmp_path, capsys):
     source = "12+345" if task == "addition" else "abc"
     assert cli.main(["predict", "--checkpoint", str(tmp_path), source]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Never lose a trained model (issue 11): protected folders, one writer, honest resume
+
+
+def test_a_trained_run_is_not_replaced_without_overwrite(trained, tmp_path, capsys):
+    """Case 1: `ft train --out runs/reverse --steps 3` over a trained run used to replace it silently."""
+    out_dir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(out_dir, copy)
+    before = (copy / checkpoint.CHECKPOINT_NAME).read_bytes()
+    capsys.readouterr()
+    argv = ["train", "--task", "reverse", "--steps", "3", "--n-train", "200", "--n-valid", "20", "--max-len", "5",
+            "--out", str(copy), *TINY]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ft train: error: ")
+    assert "already holds a run at step 20 of 20" in err and "--resume" in err and "--overwrite" in err
+    assert (copy / checkpoint.CHECKPOINT_NAME).read_bytes() == before
+    assert cli.main([*argv, "--overwrite"]) == 0
+    assert "--overwrite: replacing" in capsys.readouterr().err
+    assert load_step(copy) == 3
+
+
+def test_resume_refuses_a_flag_that_conflicts_with_the_run(trained, tmp_path, capsys):
+    """Case 5: every flag given with --resume used to be ignored silently."""
+    out_dir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(out_dir, copy)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(copy), "--learning-rate", "0.5", "--no-progress"]) == 2
+    assert "learning_rate=0.5 conflicts with the resumed run's learning_rate=0.002" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", "--out", str(copy), "--d-model", "64", "--no-progress"]) == 2
+    assert "d_model=64 conflicts" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", "--out", str(copy), "--steps", "10", "--no-progress"]) == 2
+    assert "would cut this run's schedule of 20 steps short" in capsys.readouterr().err
+    # The same values as the run's, and operational flags, are fine: a finished run resumes to its end.
+    assert cli.main(["train", "--resume", "--out", str(copy), "--d-model", "16", "--eval-every", "5",
+                     "--no-progress"]) == 0
+    assert load_step(copy) == 20
+
+
+def test_a_second_ft_train_on_the_same_folder_refuses_at_once(tmp_path, capsys):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    first = subprocess.Popen([sys.executable, "-m", "functional_transformer", "train", "--task", "reverse",
+                              "--steps", "100000", "--n-train", "100", "--n-valid", "5", "--max-len", "3", "--out",
+                              str(out), *TINY], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert "writing to" in first.stderr.readline()  # it holds the lock from before this line on
+        assert cli.main(["train", "--task", "reverse", "--steps", "2", "--out", str(out), *TINY]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by ft train (pid {first.pid})" in err
+        assert cli.main(["train", "--resume", "--out", str(out), "--no-progress"]) == 2
+    finally:
+        first.kill()
+        first.wait(timeout=60)

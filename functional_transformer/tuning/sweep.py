@@ -1,0 +1,280 @@
+"""`ft sweep`: many training runs, their settings chosen by Optuna, on either backend.
+
+Each trial draws its settings from the search space (space.py), trains with `runs.fit` for the
+sweep's step budget with `eval_every = steps // n_evals`, and scores
+
+    objective = the mean held-out exact match over the run's n_evals evaluations
+
+(the normalised area under its exact-match curve): it rewards a run that ends right *and* one that
+gets there early, so it still ranks settings when many of them end at 1.0. Each evaluation's exact
+match is reported to Optuna, whose pruner (median or hyperband) stops hopeless trials early. A run
+whose loss diverges scores its evaluations so far, the rest as 0. Settings the model refuses
+(d_model not divisible by n_heads) are failed trials with that reason; the sweep goes on.
+
+Every trial keeps its run folder `OUT/trial_NNNN` (metrics.jsonl, curves.png); a trial keeps its
+checkpoints only if it was the study's best when it finished, so disk use stays small.
+
+Storage: a study lives in an Optuna storage, so `ft sweep` run again with the same --study and
+--storage continues it, and several `ft sweep` processes pointed at one storage share its trials.
+- `journal:PATH` (the default, `journal:OUT/study.journal`): Optuna's journal file, safe for
+  concurrent workers on one machine (it locks the file), or on a shared file system.
+- `sqlite:///PATH`: one file, fine for one worker at a time; Optuna advises against SQLite for
+  parallel workers (it locks the whole database).
+- `postgresql://...`, `mysql://...`: a database server, for workers on many machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from backends import Backend
+
+from .. import checkpoint, runs
+from ..backend_choice import default_backend
+from ..data import DataError
+from ..train import TrainConfig, TrainingDiverged
+from . import space as search_space
+
+PRUNERS = ("median", "hyperband", "none")
+TARGET_EXACT_MATCH = 0.995
+
+
+class SweepError(ValueError):
+    """A sweep that cannot start: Optuna missing, a storage that does not open, a study that differs."""
+
+
+class InvalidSettings(ValueError):
+    """A trial's settings that the model or the trainer refuses; the trial fails with this reason."""
+
+
+def import_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise SweepError("ft sweep needs Optuna, an optional extra: pip install 'functional-transformer[sweep]' "
+                         "(or, in a checkout, uv sync --extra sweep)") from None
+    return optuna
+
+
+def open_storage(url: str):
+    """An Optuna storage from a URL: `journal:PATH` for a journal file, anything else an RDB URL."""
+    optuna = import_optuna()
+    if url.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal:"):])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as err:
+            raise SweepError(f"cannot open the journal storage {path}: {err}") from None
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as err:  # SQLAlchemy's errors for a bad URL, a missing driver, a server not there
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SweepError(f"cannot open the storage {url!r}: {reason}") from None
+
+
+def make_pruner(name: str, n_evals: int):
+    optuna = import_optuna()
+    if name == "median":
+        # Prune a trial worse than the median of earlier ones at the same step, once two trials
+        # have finished and from the second evaluation on (the first is too noisy to judge).
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2, interval_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_evals)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise SweepError(f"unknown pruner {name!r}: choose one of {PRUNERS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """What every trial of a study shares; a resumed study must have the same."""
+
+    data: dict  # a data spec (runs.task_data / runs.tsv_data)
+    steps: int = 300
+    n_evals: int = 6
+    eval_examples: int = 500
+    seed: int = 0
+
+    @property
+    def eval_every(self) -> int:
+        return max(1, self.steps // self.n_evals)
+
+    def __post_init__(self):
+        if self.steps < 1 or self.n_evals < 1 or self.eval_examples < 1:
+            raise SweepError(f"steps, n_evals and eval_examples must be positive, got {self.steps}, {self.n_evals}, "
+                             f"{self.eval_examples}")
+
+
+def study_settings(config: SweepConfig, space: dict) -> dict[str, str]:
+    """The study's user attributes that fix what it searches and how trials are scored."""
+    return {"space": search_space.space_json(space),
+            "data": json.dumps(config.data, sort_keys=True),
+            "objective": f"mean held-out exact match over {config.n_evals} evaluations in {config.steps} steps "
+                         f"({config.eval_examples} examples)",
+            "steps": str(config.steps), "n_evals": str(config.n_evals), "eval_examples": str(config.eval_examples)}
+
+
+def open_study(name: str, storage_url: str, config: SweepConfig, space: dict, pruner: str):
+    """Create the study, or load it and check it searches the same space on the same data."""
+    optuna = import_optuna()
+    storage = open_storage(storage_url)
+    settings = study_settings(config, space)
+    n_before = 0
+    try:
+        existing = optuna.load_study(study_name=name, storage=storage)
+        n_before = len(existing.trials)
+    except KeyError:
+        existing = None
+    if existing is not None and existing.user_attrs:
+        different = [key for key, value in settings.items() if existing.user_attrs.get(key) != value]
+        if different:
+            details = "; ".join(f"{key}: the study has {existing.user_attrs.get(key)}, this sweep {settings[key]}"
+                                for key in different)
+            raise SweepError(f"the study {name!r} in {storage_url} was made with other settings ({details}). Use "
+                             "another --study name, or the same settings to continue it")
+    # A new sampler seed per session, so a resumed study does not redraw its first random trials.
+    # Multivariate TPE models the settings jointly (learning rate and model size interact).
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=config.seed + n_before, multivariate=True, group=True)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize",
+                                pruner=make_pruner(pruner, config.n_evals), load_if_exists=True)
+    if not study.user_attrs:
+        for key, value in settings.items():
+            study.set_user_attr(key, value)
+    return study
+
+
+def n_params(params: dict, backend: Backend) -> int:
+    return int(sum(leaf.size for leaf in backend.tree_leaves(params)))
+
+
+def _remove_checkpoints(run_dir: Path) -> None:
+    for name in checkpoint.FILE_NAMES.values():
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Backend, progress: bool = True):
+    """The function Optuna calls per trial: settings -> fit -> the mean exact match."""
+    optuna = import_optuna()
+    data = dict(config.data)
+    pairs = runs.load_pairs(data)  # to check each trial's model against the data before it trains
+
+    def objective(trial) -> float:
+        values = search_space.suggest(trial, space)
+        model, train_fields = search_space.split_settings(values)
+        try:
+            tcfg = TrainConfig(**{**train_fields, "steps": config.steps, "seed": config.seed,
+                                  "eval_every": config.eval_every, "save_every": config.steps,
+                                  "log_every": config.eval_every})
+            runs.model_config(runs.tokenizer_for(data, *pairs), pairs[0] + pairs[1], model)
+        except ValueError as err:
+            raise InvalidSettings(str(err)) from None
+        run_dir = out_dir / f"trial_{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("backend", backend.name)
+        exact_matches: list[float] = []
+        pruned = []
+
+        def report(step, record):
+            if record["split"] != "valid":
+                return False
+            exact_matches.append(record["exact_match"])
+            trial.report(record["exact_match"], len(exact_matches))
+            if trial.should_prune():
+                pruned.append(step)
+                return True
+            return False
+
+        t0 = time.perf_counter()
+        stopped = "finished"
+        try:
+            result = runs.fit(model, tcfg, data, out_dir=run_dir, overwrite=True, callbacks=[report],
+                              backend=backend, progress=False, verbose=False, eval_examples=config.eval_examples)
+            trial.set_user_attr("n_params", n_params(result.params, backend))
+        except TrainingDiverged:
+            stopped = "diverged"
+        seconds = time.perf_counter() - t0
+        reached = [i for i, em in enumerate(exact_matches) if em >= TARGET_EXACT_MATCH]
+        score = sum(exact_matches) / config.n_evals
+        trial.set_user_attr("seconds", round(seconds, 2))
+        trial.set_user_attr("final_exact_match", exact_matches[-1] if exact_matches else None)
+        trial.set_user_attr("best_exact_match", max(exact_matches, default=None))
+        trial.set_user_attr("steps_to_target",
+                            (reached[0] + 1) * config.eval_every if reached else None)
+        trial.set_user_attr("stopped", "pruned" if pruned else stopped)
+        if progress:
+            print(f"trial {trial.number}: {'pruned at step ' + str(pruned[0]) if pruned else stopped}; "
+                  f"exact match {[round(em, 3) for em in exact_matches]} score {score:.4f} in {seconds:.0f} s; {values}",
+                  file=sys.stderr, flush=True)
+        if pruned:
+            _remove_checkpoints(run_dir)
+            raise optuna.TrialPruned(f"exact match {exact_matches[-1]:.4f} at evaluation {len(exact_matches)}")
+        _keep_checkpoints_if_best(trial, score, run_dir)
+        return score
+
+    return objective
+
+
+def _keep_checkpoints_if_best(trial, score: float, run_dir: Path) -> None:
+    """Keep a trial's checkpoints only if it beats every trial finished so far (ties keep the first)."""
+    optuna = import_optuna()
+    done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if any(t.value is not None and t.value >= score for t in done):
+        _remove_checkpoints(run_dir)
+
+
+def run_sweep(study_name: str, storage_url: str, config: SweepConfig, *, n_trials: int, out_dir: str | os.PathLike,
+              space: dict | None = None, pruner: str = "median", backend: Backend | None = None,
+              progress: bool = True):
+    """Run n_trials more trials of the study (created or continued); -> the Optuna study."""
+    optuna = import_optuna()
+    space = search_space.check_space(space or search_space.load_space(None))
+    if pruner not in PRUNERS:
+        raise SweepError(f"unknown pruner {pruner!r}: choose one of {PRUNERS}")
+    if n_trials < 1:
+        raise SweepError(f"--trials must be at least 1, got {n_trials}")
+    backend = backend or default_backend()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(study_name, storage_url, config, space, pruner)
+    objective = make_objective(config, space, out_dir, backend, progress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.optimize(objective, n_trials=n_trials, catch=(InvalidSettings,))
+    return study
+
+
+def summary_lines(study) -> list[str]:
+    """A few lines on a study: trials by state and the best one."""
+    optuna = import_optuna()
+    states = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    lines = [f"study {study.study_name}: {len(study.trials)} trials ("
+             + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"]
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if complete:
+        best = study.best_trial
+        lines.append(f"best: trial {best.number}, score {best.value:.4f}, final exact match "
+                     f"{best.user_attrs.get('final_exact_match')}, {best.user_attrs.get('n_params')} params, "
+                     f"run folder {best.user_attrs.get('run_dir')}")
+        lines.append("best settings: " + json.dumps(best.params, sort_keys=True))
+    return lines
+
+
+__all__ = ["PRUNERS", "SweepConfig", "SweepError", "open_storage", "open_study", "run_sweep", "summary_lines"]
