@@ -5,7 +5,9 @@
     params = ft.init(ft.random.key(0), cfg)
     logits = ft.apply(params, src, tgt_in, cfg)
 
-The backend is FT_BACKEND ("numpy", the default, or "jax"), read once at import: `ft.backend`.
+The backend is FT_BACKEND ("numpy", the default, or "jax"), read once, on first use: `ft.backend`.
+Importing the package never fails on a bad FT_BACKEND; using the backend does (ValueError for an
+unknown name, ImportError when JAX is asked for and not installed), so that `ft` can report it.
 """
 
 from . import layers, random
@@ -23,7 +25,12 @@ from .api import (
 from .backend_choice import default_backend
 from .config import TransformerConfig
 
-backend = default_backend()
+
+def __getattr__(name: str):
+    if name == "backend":  # resolved lazily (PEP 562), so that a bad FT_BACKEND does not break the import
+        return default_backend()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "TransformerConfig",
