@@ -11,7 +11,9 @@ Training and using a model from Python (see runs.py):
     model = ft.load("runs/quick")
     ft.predict(model, ["apple"])
 
-The backend is FT_BACKEND ("numpy", the default, or "jax"), read once at import: `ft.backend`.
+The backend is FT_BACKEND ("numpy", the default, or "jax"), read once, on first use: `ft.backend`.
+Importing the package never fails on a bad FT_BACKEND; using the backend does (ValueError for an
+unknown name, ImportError when JAX is asked for and not installed), so that `ft` can report it.
 """
 
 from . import layers, random
@@ -31,7 +33,12 @@ from .config import TransformerConfig
 from .runs import FitResult, RunFolderError, TrainedModel, evaluate, fit, load, predict, task_data, tsv_data
 from .train import TrainConfig
 
-backend = default_backend()
+
+def __getattr__(name: str):
+    if name == "backend":  # resolved lazily (PEP 562), so that a bad FT_BACKEND does not break the import
+        return default_backend()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FitResult",

@@ -1,4 +1,4 @@
-"""The default backend: FT_BACKEND ("numpy" or "jax"), read once, when the library is imported."""
+"""The default backend: FT_BACKEND ("numpy" or "jax"), read once, on first use (`default_backend()`)."""
 
 from __future__ import annotations
 

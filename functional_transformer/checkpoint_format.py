@@ -18,10 +18,23 @@ The contract:
 - `save_file` writes atomically: it writes a temporary file in the same directory, flushes and
   fsyncs it, then renames it onto the path with `os.replace`. A crash or an error mid-save leaves
   the previous file at the path as it was (or no file), never half of a new one, and the temporary
-  file is removed on error.
-- `load_file` checks everything (header size, JSON, dtypes, shapes, offsets, file length) before it
-  returns, and raises `CheckpointError` (a ValueError) naming the file and the problem for anything
-  missing, truncated, corrupt or not a safetensors file. It never guesses and never unpickles.
+  file is removed on error. A failed write (a full disk, a permission) raises
+  `CheckpointWriteError` (an OSError, with the errno of the cause) naming the path.
+- `save_file` stores checksums in the metadata, as two string entries:
+  "functional_transformer.sha256", a JSON object mapping each tensor name to the SHA-256 (hex) of
+  its bytes as stored, and "functional_transformer.header_sha256", the SHA-256 of the rest of the
+  header (every other metadata entry and every tensor's dtype, shape and offsets, as canonical
+  JSON: `_header_digest`). These keys are reserved: `save_file` refuses them in the caller's
+  metadata and `load_file` does not return them. SHA-256 is cryptographic, so a deliberate edit is
+  caught as surely as a flipped bit, unless the editor recomputes the checksums too.
+- `load_file` checks everything (header size, JSON, dtypes, shapes, offsets, file length, then the
+  checksums) before it returns, and raises `CheckpointError` (a ValueError) naming the file and the
+  problem for anything missing, truncated, corrupt, edited or not a safetensors file: a tensor
+  whose bytes do not match its checksum (the error names the tensor), a header that does not match
+  its checksum, a checksum for a tensor the file does not hold, a tensor without a checksum, or one
+  of the two checksum entries without the other. It never guesses and never unpickles. A file with
+  neither checksum entry (written before checksums were added here, or by another tool) still
+  loads, with an `UncheckedCheckpointWarning` saying that it could not be verified.
 - Arrays come back as writable NumPy arrays in native byte order; convert them for a backend with
   `backend.asarray` / `backend.tree_asarray`.
 - `save_tree` / `load_tree` store several named trees (nested dicts of arrays, the only pytree this
@@ -35,18 +48,28 @@ F8_E5M2 where the `ml_dtypes` package (which JAX installs) is present. Other saf
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import sys
 import tempfile
+import warnings
 from typing import Any
 
 import numpy as np
 
 from backends.tree import tree_flatten, tree_unflatten
 
-__all__ = ["CheckpointError", "load_file", "load_tree", "save_file", "save_tree"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointWriteError",
+    "UncheckedCheckpointWarning",
+    "load_file",
+    "load_tree",
+    "save_file",
+    "save_tree",
+]
 
 # The reference implementation refuses headers over 100 MB; so do we, which also stops a random
 # 8-byte prefix from making us try to read gigabytes of "header".
@@ -55,6 +78,11 @@ METADATA_KEY = "__metadata__"
 # `save_tree` records the tree names here so that an empty tree (say, the state of a stateless
 # optimiser) survives the round trip: it has no tensors to carry its name.
 TREE_NAMES_KEY = "functional_transformer.tree_names"
+# `save_file` records checksums here (see the module docstring); both keys are reserved.
+CHECKSUMS_KEY = "functional_transformer.sha256"
+HEADER_CHECKSUM_KEY = "functional_transformer.header_sha256"
+_RESERVED_KEYS = (CHECKSUMS_KEY, HEADER_CHECKSUM_KEY)
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 # safetensors dtype name -> little-endian NumPy dtype.
 _CORE_DTYPES: dict[str, np.dtype] = {
@@ -80,6 +108,15 @@ _UNSUPPORTED_DTYPES = {"F4", "F6_E2M3", "F6_E3M2", "F8_E8M0"}
 class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupt or not a safetensors file, or a value cannot
     be stored faithfully."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (the disk is full, say); the file at the path is as it was.
+    `errno` is the cause's; the message names the path."""
+
+
+class UncheckedCheckpointWarning(UserWarning):
+    """A checkpoint loaded but carries no checksums, so damage to it could not be detected."""
 
 
 def _file_dtype(name: str, tensor_name: str, path: Any) -> np.dtype:
@@ -124,6 +161,9 @@ def _encode(tensors: dict[str, Any], metadata: dict[str, str] | None) -> tuple[b
         isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
     ):
         raise CheckpointError(f"metadata must be a dict of str to str, got {metadata!r}")
+    reserved = sorted(set(metadata or ()) & set(_RESERVED_KEYS))
+    if reserved:
+        raise CheckpointError(f"metadata keys {reserved} are reserved for the checksums that save_file writes")
     arrays = {}
     for name, value in tensors.items():
         if not isinstance(name, str) or name == METADATA_KEY:
@@ -135,20 +175,37 @@ def _encode(tensors: dict[str, Any], metadata: dict[str, str] | None) -> tuple[b
     # Largest itemsize first, as the reference writer does: the data starts 8-byte aligned (the
     # header is padded), so every tensor then starts at a multiple of its itemsize.
     order = sorted(arrays, key=lambda name: (-arrays[name].dtype.itemsize, name))
-    header: dict[str, Any] = {} if metadata is None else {METADATA_KEY: dict(metadata)}
-    chunks, offset = [], 0
+    entries, digests, chunks, offset = {}, {}, [], 0
     for name in order:
         chunk = _little_endian_bytes(arrays[name])
-        header[name] = {
+        entries[name] = {
             "dtype": dtype_names[name],
             "shape": list(arrays[name].shape),
             "data_offsets": [offset, offset + chunk.size],
         }
+        digests[name] = hashlib.sha256(chunk).hexdigest()
         chunks.append(chunk)
         offset += chunk.size
+    metadata = {**(metadata or {}), CHECKSUMS_KEY: json.dumps(digests, sort_keys=True, separators=(",", ":"))}
+    metadata[HEADER_CHECKSUM_KEY] = _header_digest(metadata, entries)
+    header = {METADATA_KEY: metadata, **entries}
     header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)
     return len(header_bytes).to_bytes(8, "little") + header_bytes, chunks
+
+
+def _header_digest(metadata: dict[str, str], entries: dict[str, dict]) -> str:
+    """SHA-256 (hex) of the header less its own checksum entry: the metadata and each tensor's
+    dtype, shape and data_offsets, as canonical JSON (sorted keys, ASCII, no spaces)."""
+    canonical = {
+        "metadata": {k: v for k, v in metadata.items() if k != HEADER_CHECKSUM_KEY},
+        "tensors": {
+            name: {"dtype": e["dtype"], "shape": e["shape"], "data_offsets": e["data_offsets"]}
+            for name, e in entries.items()
+        },
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def _current_umask() -> int:
@@ -160,12 +217,16 @@ def _current_umask() -> int:
 
 def save_file(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write `tensors` (name -> array; anything `numpy.asarray` takes) and `metadata` to `path`
-    as a safetensors file, atomically: the previous file at `path` survives any failure."""
+    as a safetensors file with checksums, atomically: the previous file at `path` survives any
+    failure. A failed write raises `CheckpointWriteError` naming `path`."""
     path = os.fspath(path)
     # Everything that can be refused is refused here, before a byte is written.
     header, chunks = _encode(tensors, metadata)
     directory, basename = os.path.split(os.path.abspath(path))
-    fd, temp_path = tempfile.mkstemp(prefix=f".{basename}.", suffix=".tmp", dir=directory)
+    try:
+        fd, temp_path = tempfile.mkstemp(prefix=f".{basename}.", suffix=".tmp", dir=directory)
+    except OSError as err:
+        raise _write_error(path, err) from err
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(header)
@@ -176,13 +237,22 @@ def save_file(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata:
         # mkstemp makes the file 0600; give it the mode a plain open() would have.
         os.chmod(temp_path, 0o666 & ~_current_umask())
         os.replace(temp_path, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(temp_path)
         except FileNotFoundError:
             pass
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from err
         raise
     _fsync_directory(directory)
+
+
+def _write_error(path: str, err: OSError) -> CheckpointWriteError:
+    reason = err.strerror or str(err) or type(err).__name__
+    error = CheckpointWriteError(f"could not save {path}: {reason}; the file at that path, if any, is unchanged")
+    error.errno = err.errno
+    return error
 
 
 def _fsync_directory(directory: str) -> None:
@@ -328,6 +398,7 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
         data = bytearray(data_size)
         if file.readinto(data) != data_size:
             raise CheckpointError(f"{path} got shorter while it was being read")
+    _verify_checksums(path, entries, metadata, data)
     tensors = {}
     for name, entry in entries.items():
         begin, end = entry["data_offsets"]
@@ -338,6 +409,62 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
             array = array.copy()
         tensors[name] = array.astype(dtype.newbyteorder("="), copy=False)
     return tensors, metadata
+
+
+def _verify_checksums(path: Any, entries: dict[str, dict], metadata: dict[str, str], data: bytearray) -> None:
+    """Check the tensors and the header against the checksums `save_file` stored, and take those
+    out of `metadata`; warn (UncheckedCheckpointWarning) where the file has none."""
+    present = [key for key in _RESERVED_KEYS if key in metadata]
+    if not present:
+        warnings.warn(
+            UncheckedCheckpointWarning(
+                f"{path} carries no checksums (it was written before checksums were added, or by another "
+                "tool), so damage to it cannot be detected"
+            ),
+            stacklevel=3,
+        )
+        return
+    damaged = "the file is damaged or was edited"
+    if len(present) == 1:
+        (missing,) = set(_RESERVED_KEYS) - set(present)
+        raise CheckpointError(
+            f"{path}: its header has the checksum entry {present[0]!r} but not {missing!r}; {damaged}"
+        )
+    try:
+        digests = json.loads(metadata[CHECKSUMS_KEY])
+    except json.JSONDecodeError:
+        digests = None
+    if not (
+        isinstance(digests, dict)
+        and all(isinstance(d, str) and len(d) == 64 and set(d) <= _HEX_DIGITS for d in digests.values())
+    ):
+        raise CheckpointError(
+            f"{path}: its checksum entry {CHECKSUMS_KEY!r} is not a JSON object of SHA-256 digests; {damaged}"
+        )
+    strays = sorted(set(digests) - set(entries))
+    if strays:
+        raise CheckpointError(
+            f"{path}: the checksums name tensors {strays} that the file does not hold; a tensor was removed, "
+            f"or {damaged}"
+        )
+    unchecked = sorted(set(entries) - set(digests))
+    if unchecked:
+        raise CheckpointError(
+            f"{path}: tensors {unchecked} have no checksum though the file carries checksums; a tensor was added, "
+            f"or {damaged}"
+        )
+    with memoryview(data) as view:
+        for name in sorted(entries, key=lambda name: tuple(entries[name]["data_offsets"])):
+            begin, end = entries[name]["data_offsets"]
+            if hashlib.sha256(view[begin:end]).hexdigest() != digests[name]:
+                raise CheckpointError(f"{path}: tensor {name!r} does not match its SHA-256 checksum; {damaged}")
+    if _header_digest(metadata, entries) != metadata[HEADER_CHECKSUM_KEY]:
+        raise CheckpointError(
+            f"{path}: the header (metadata, tensor dtypes, shapes or offsets) does not match its SHA-256 "
+            f"checksum; {damaged}"
+        )
+    for key in _RESERVED_KEYS:
+        del metadata[key]
 
 
 def _check_keys(tree: Any, where: str) -> None:

@@ -1,6 +1,9 @@
 """The command line: `ft train`, `ft eval`, `ft predict` (also `python -m functional_transformer`).
 
 The backend is FT_BACKEND (numpy by default, or jax).
+
+A failure the user can cause (a bad flag, file, checkpoint, input or backend) prints one line,
+"ft <command>: error: ...", on stderr and exits with 2; `ft --debug <command>` shows the traceback.
 """
 
 from __future__ import annotations
@@ -8,11 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import warnings
 from pathlib import Path
 
 from . import checkpoint
 from .backend_choice import default_backend
-from .checkpoint_format import CheckpointError
+from .checkpoint_format import CheckpointError, UncheckedCheckpointWarning
 from .config import DTYPES, TransformerConfig
 from .data import DataError, TASKS, make_task_data, read_tsv
 from .inference import evaluate, predict
@@ -104,6 +108,9 @@ def _add_checkpoint_flags(p):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ft", description=__doc__.splitlines()[0] + " Backend: FT_BACKEND=numpy|jax.")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the full traceback instead of the one-line message "
+                             "(give it before the command: ft --debug predict ...)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on a built-in task or your own TSV data",
@@ -139,11 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="evaluate at most this many examples")
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the fresh --task strings")
+    p.add_argument("--allow-unknown", action="store_true",
+                   help="read characters outside the model's vocabulary as the unknown token (default: refuse "
+                        "them); n_with_unknown counts the examples that hold one")
 
     p = sub.add_parser("predict", help="decode the given strings", description="Print one prediction per input string.")
     _add_checkpoint_flags(p)
     p.add_argument("inputs", nargs="+", help="source strings")
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy; the paper uses 4, with alpha 0.6)")
+    p.add_argument("--allow-unknown", action="store_true",
+                   help="read characters outside the model's vocabulary as the unknown token (default: refuse them)")
 
     p = sub.add_parser("sweep", help="tune model size and training settings with Optuna (the [sweep] extra)",
                        description="Run Optuna trials of `ft train` settings; each trial trains for --steps and scores "
@@ -224,8 +236,9 @@ def _eval(args) -> int:
     else:
         pairs = load_pairs(spec)[1]
     pairs = pairs[: args.n] if args.n else pairs
-    result = evaluate(loaded["state"]["params"], cfg, tokenizer, pairs, beam_size=args.beam)
-    for name in ("n_examples", "loss", "token_accuracy", "char_accuracy"):
+    result = evaluate(loaded["state"]["params"], cfg, tokenizer, pairs, beam_size=args.beam,
+                      allow_unknown=args.allow_unknown)
+    for name in ("n_examples", "n_with_unknown", "loss", "token_accuracy", "char_accuracy"):
         print(f"{name}: {result[name]}")
     print(f"exact_match: {result['exact_match']}")
     return 0
@@ -234,7 +247,8 @@ def _eval(args) -> int:
 def _predict(args) -> int:
     backend = default_backend()
     loaded = checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), backend)
-    for line in predict(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], args.inputs, beam_size=args.beam):
+    for line in predict(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], args.inputs, beam_size=args.beam,
+                        allow_unknown=args.allow_unknown):
         print(line)
     return 0
 
@@ -283,15 +297,41 @@ def _sweep_report(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        commands = {"train": _train, "eval": _eval, "predict": _predict, "sweep": _sweep, "sweep-report": _sweep_report}
-        return commands[args.command](args)
-    except (CheckpointError, DataError, FileNotFoundError, TrainingDiverged, SaveFailed) as err:
-        print(f"ft {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        print(f"ft {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    commands = {"train": _train, "eval": _eval, "predict": _predict, "sweep": _sweep, "sweep-report": _sweep_report}
+    command = commands[args.command]
+    with warnings.catch_warnings():
+        _show_checkpoint_warnings_as_one_line(args.command)
+        try:  # FT_BACKEND: an unknown name is a ValueError, JAX not installed an ImportError
+            default_backend()
+        except (ValueError, ImportError) as err:
+            return _fail(args, err)
+        try:
+            return command(args)
+        except (CheckpointError, DataError, OSError, TrainingDiverged, SaveFailed, ValueError) as err:
+            # What a user can cause: a flag, a file, a checkpoint, an input.
+            return _fail(args, err)
+
+
+def _fail(args, err: BaseException) -> int:
+    """One line on stderr and exit status 2; with --debug, the traceback instead."""
+    if args.debug:
+        raise err
+    print(f"ft {args.command}: error: {err}", file=sys.stderr)
+    return 2
+
+
+def _show_checkpoint_warnings_as_one_line(command: str) -> None:
+    """Inside a warnings.catch_warnings() block: a checkpoint without checksums is reported as
+    "ft <command>: warning: ..." on stderr; other warnings are shown as usual."""
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UncheckedCheckpointWarning):
+            print(f"ft {command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
 
 
 if __name__ == "__main__":

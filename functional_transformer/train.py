@@ -149,7 +149,7 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class SaveFailed(RuntimeError):
+class SaveFailed(OSError):
     """A checkpoint could not be written; the previous one is intact (saves are atomic)."""
 
 
@@ -231,14 +231,13 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
     def save(s, which="last"):
         if run.out_dir is None:
             return None
-        path = checkpoint.checkpoint_path(run.out_dir, which)
         try:
-            return checkpoint.save(path, s, backend, cfg=cfg, tokenizer=run.tokenizer,
-                                   train_config=dataclasses.asdict(tcfg), data_spec=run.data_spec, key=key,
-                                   progress=progress)
+            return checkpoint.save(checkpoint.checkpoint_path(run.out_dir, which), s, backend, cfg=cfg,
+                                   tokenizer=run.tokenizer, train_config=dataclasses.asdict(tcfg),
+                                   data_spec=run.data_spec, key=key, progress=progress)
         except OSError as err:  # a full disk, a lost mount: the write is atomic, so the old file stands
-            raise SaveFailed(f"saving {path} at step {int(backend.to_numpy(s['step']))} failed ({err}); the "
-                             f"previous checkpoint ({last_saved or 'none was saved yet'}) is intact. Free some "
+            raise SaveFailed(f"training stopped at step {int(backend.to_numpy(s['step']))}: {err}. The last "
+                             f"checkpoint saved before ({last_saved or 'none was saved yet'}) is intact; free some "
                              "space or fix the folder, then resume") from err
 
     history: list[dict] = []

@@ -84,9 +84,12 @@ def test_get_backend_unknown_name(name):
     assert "numpy" in message and "jax" in message
 
 
-def test_import_with_bogus_ft_backend_fails_clearly():
-    proc = _run_python("import functional_transformer", FT_BACKEND="bogus")
+def test_bogus_ft_backend_fails_clearly_on_first_use_not_on_import():
+    # The import succeeds (so that `ft` can turn the error into one line); ft.backend raises.
+    proc = _run_python("import functional_transformer as ft; print('imported', flush=True); ft.backend",
+                       FT_BACKEND="bogus")
     assert proc.returncode != 0
+    assert proc.stdout == "imported\n"
     assert "bogus" in proc.stderr
     assert "numpy" in proc.stderr and "jax" in proc.stderr
     assert "ValueError" in proc.stderr

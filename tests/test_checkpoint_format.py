@@ -1,6 +1,7 @@
 """The safetensors reader/writer: exact bytes, round trips, interop with the `safetensors` package,
 refusal of truncated, corrupt and foreign files, and atomic saves."""
 
+import hashlib
 import json
 import os
 import pickle
@@ -60,13 +61,27 @@ def test_exact_bytes_of_a_small_file(tmp_path):
     header_size = struct.unpack("<Q", raw[:8])[0]
     assert header_size % 8 == 0
     header = json.loads(raw[8 : 8 + header_size])
-    # Larger itemsize first, so "b" (4 bytes) comes before "a" (1 byte) and stays aligned.
-    assert header == {
-        "__metadata__": {"k": "v"},
+    data = raw[8 + header_size :]
+    assert data == struct.pack("<f", 1.0) + b"\x01\x02"
+    # The checksums: SHA-256 of each tensor's bytes, and of the rest of the header as canonical JSON.
+    digests = {"a": hashlib.sha256(b"\x01\x02").hexdigest(), "b": hashlib.sha256(data[:4]).hexdigest()}
+    checksums = json.dumps(digests, sort_keys=True, separators=(",", ":"))
+    tensors = {
         "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
         "a": {"dtype": "U8", "shape": [2], "data_offsets": [4, 6]},
     }
-    assert raw[8 + header_size :] == struct.pack("<f", 1.0) + b"\x01\x02"
+    canonical = json.dumps({"metadata": {"k": "v", cf.CHECKSUMS_KEY: checksums}, "tensors": tensors},
+                           sort_keys=True, separators=(",", ":"))
+    # Larger itemsize first, so "b" (4 bytes) comes before "a" (1 byte) and stays aligned.
+    assert header == {
+        "__metadata__": {
+            "k": "v",
+            "functional_transformer.sha256": checksums,
+            "functional_transformer.header_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
+        },
+        **tensors,
+    }
+    assert list(header) == ["__metadata__", "b", "a"]
 
 
 def test_every_tensor_we_write_is_aligned_in_the_file(tmp_path):
@@ -95,8 +110,8 @@ def test_round_trip_of_dtypes_and_shapes_with_metadata(tmp_path):
 
 def test_without_metadata_loads_empty_metadata(tmp_path):
     save_file(tmp_path / "x.safetensors", {"x": np.ones(2)})
-    assert load_file(tmp_path / "x.safetensors")[1] == {}
-    assert b"__metadata__" not in (tmp_path / "x.safetensors").read_bytes()
+    assert load_file(tmp_path / "x.safetensors")[1] == {}  # the checksum entries are not returned
+    assert b"__metadata__" in (tmp_path / "x.safetensors").read_bytes()  # they are there, though
 
 
 def test_non_contiguous_and_big_endian_arrays_are_written_as_their_values(tmp_path):
@@ -150,14 +165,18 @@ def test_files_we_write_load_with_safetensors(tmp_path):
     from safetensors import safe_open
 
     with safe_open(tmp_path / "ours.safetensors", framework="np") as f:
-        assert f.metadata() == {"step": "3"}
+        metadata = f.metadata()
+    assert sorted(metadata) == ["functional_transformer.header_sha256", "functional_transformer.sha256", "step"]
+    assert metadata["step"] == "3"
+    assert sorted(json.loads(metadata["functional_transformer.sha256"])) == sorted(tensors)
 
 
 def test_files_safetensors_writes_load_here(tmp_path):
     st = pytest.importorskip("safetensors.numpy")
     tensors = sample_tensors()
     st.save_file(tensors, tmp_path / "theirs.safetensors", metadata={"format": "np", "step": "3"})
-    got, metadata = load_file(tmp_path / "theirs.safetensors")
+    with pytest.warns(cf.UncheckedCheckpointWarning, match="theirs.safetensors carries no checksums"):
+        got, metadata = load_file(tmp_path / "theirs.safetensors")
     assert_same_tensors(got, tensors)
     assert metadata == {"format": "np", "step": "3"}
 
@@ -290,7 +309,8 @@ def test_corrupt_headers_are_refused(tmp_path, contents, message):
     path = tmp_path / "corrupt.safetensors"
     path.write_bytes(contents)
     if message is None:
-        np.testing.assert_array_equal(load_file(path)[0]["w"], np.zeros(2, np.float32))
+        with pytest.warns(cf.UncheckedCheckpointWarning):
+            np.testing.assert_array_equal(load_file(path)[0]["w"], np.zeros(2, np.float32))
         return
     with pytest.raises(CheckpointError, match=message):
         load_file(path)
@@ -303,7 +323,8 @@ def test_unaligned_tensors_from_other_writers_load_aligned(tmp_path):
         "w": {"dtype": "F64", "shape": [2], "data_offsets": [1, 17]},
     }
     (tmp_path / "u.safetensors").write_bytes(header_file(header, b"\x09" + np.array([1.25, -7.0]).tobytes()))
-    got = load_file(tmp_path / "u.safetensors")[0]
+    with pytest.warns(cf.UncheckedCheckpointWarning):
+        got = load_file(tmp_path / "u.safetensors")[0]
     np.testing.assert_array_equal(got["w"], [1.25, -7.0])
     assert got["w"].flags.aligned
     assert got["b"].tolist() == [9]

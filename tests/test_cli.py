@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from functional_transformer import checkpoint, cli
+from functional_transformer import checkpoint_format as cf
 from functional_transformer.backend_choice import default_backend
-from functional_transformer.data import TASKS, make_task_data
-from functional_transformer.inference import evaluate, predict
+from functional_transformer.data import TASKS, DataError, make_task_data
+from functional_transformer.inference import UnknownSymbolError, evaluate, predict
 
 ON_JAX = os.environ.get("FT_BACKEND", "numpy") == "jax"
 slow_on_jax = pytest.mark.slow if ON_JAX else (lambda test: test)
@@ -30,8 +31,8 @@ TRAIN_FLAGS = ["--task", "--data", "--valid", "--out", "--resume", "--min-len", 
                "--dtype", "--steps", "--batch-size", "--learning-rate", "--warmup-steps", "--schedule", "--optimizer",
                "--weight-decay", "--clip-norm", "--label-smoothing", "--seed", "--log-every", "--eval-every",
                "--save-every", "--grad-method", "--no-progress", "--overwrite", "--extend", "--patience"]
-EVAL_FLAGS = ["--checkpoint", "--which", "--task", "--data", "--n", "--beam", "--seed"]
-PREDICT_FLAGS = ["--checkpoint", "--which", "--beam", "inputs"]
+EVAL_FLAGS = ["--checkpoint", "--which", "--task", "--data", "--n", "--beam", "--seed", "--allow-unknown"]
+PREDICT_FLAGS = ["--checkpoint", "--which", "--beam", "inputs", "--allow-unknown"]
 
 
 def run_help(capsys, argv):
@@ -51,7 +52,7 @@ def load_step(path):
 
 def test_top_level_help_lists_the_commands(capsys):
     out = run_help(capsys, ["--help"])
-    for word in ("train", "eval", "predict", "FT_BACKEND"):
+    for word in ("train", "eval", "predict", "FT_BACKEND", "--debug", "traceback"):
         assert word in out
 
 
@@ -191,6 +192,172 @@ def test_predict_with_a_source_longer_than_max_len_exits_2(trained, capsys):
     assert cli.main(["predict", "--checkpoint", str(out_dir), "a" * 20]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ft predict: error:") and "max_len=8" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Symbols outside the vocabulary: refused unless --allow-unknown / allow_unknown=True
+
+UNKNOWN_MESSAGE = ("'!', 'A' are not in this model's vocabulary (it knows: a-z); pass --allow-unknown "
+                   "(allow_unknown=True in Python) to map them to the unknown token")
+
+
+def test_predict_refuses_unknown_symbols(trained):
+    out_dir, _ = trained
+    loaded = checkpoint.load(out_dir, default_backend())
+    with pytest.raises(UnknownSymbolError) as info:
+        predict(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], ["banana", "Apple!"])
+    assert isinstance(info.value, DataError)
+    assert info.value.symbols == ["!", "A"]
+    assert str(info.value) == UNKNOWN_MESSAGE
+
+
+def test_predict_with_allow_unknown_reads_them_as_the_unknown_token(trained):
+    out_dir, _ = trained
+    loaded = checkpoint.load(out_dir, default_backend())
+    params, cfg, tokenizer = loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"]
+    # U+FFFD is outside the vocabulary too: both inputs encode to the same ids.
+    got = predict(params, cfg, tokenizer, ["Apple!", "banana"], allow_unknown=True)
+    assert got == predict(params, cfg, tokenizer, ["\ufffdpple\ufffd", "banana"], allow_unknown=True)
+    assert len(got) == 2
+
+
+def held_out_with_unknowns(out_dir):
+    """The run's held-out pairs (whose shapes JAX has compiled) with an 'A' in the first target and a
+    '!' in the second source."""
+    pairs = cli.load_pairs(checkpoint.load(out_dir, default_backend())["data_spec"])[1]
+    (s0, t0), (s1, t1) = pairs[:2]
+    return [(s0, "A" + t0[1:]), ("!" + s1[1:], t1), *pairs[2:]]
+
+
+def test_evaluate_refuses_unknown_symbols_in_sources_and_targets(trained):
+    out_dir, _ = trained
+    loaded = checkpoint.load(out_dir, default_backend())
+    pairs = held_out_with_unknowns(out_dir)
+    with pytest.raises(UnknownSymbolError) as info:
+        evaluate(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], pairs)
+    assert info.value.symbols == ["!", "A"]
+    assert str(info.value).startswith("'!', 'A' (in 2 of 20 examples) are not in this model's vocabulary "
+                                      "(it knows: a-z); pass --allow-unknown")
+    for pair in pairs[:2]:  # one unknown symbol, in the target or in the source, is enough
+        with pytest.raises(UnknownSymbolError):
+            evaluate(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], [pair])
+
+
+def test_evaluate_with_allow_unknown_counts_the_examples(trained):
+    out_dir, _ = trained
+    loaded = checkpoint.load(out_dir, default_backend())
+    params, cfg, tokenizer = loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"]
+    pairs = held_out_with_unknowns(out_dir)
+    result = evaluate(params, cfg, tokenizer, pairs, allow_unknown=True)
+    assert result["n_with_unknown"] == 2 and result["n_examples"] == 20
+    clean = evaluate(params, cfg, tokenizer, cli.load_pairs(loaded["data_spec"])[1])
+    assert clean["n_with_unknown"] == 0
+    # The target "A..." can never be matched: the model cannot write an 'A'.
+    assert result["exact_match"] <= clean["exact_match"]
+
+
+def test_cli_predict_and_eval_refuse_unknown_symbols_in_one_line(trained, tmp_path, capsys):
+    out_dir, _ = trained
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("".join(f"{s}\t{t}\n" for s, t in held_out_with_unknowns(out_dir)))
+    capsys.readouterr()
+    assert cli.main(["predict", "--checkpoint", str(out_dir), "banana", "Apple!"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"ft predict: error: {UNKNOWN_MESSAGE}\n"
+    assert cli.main(["eval", "--checkpoint", str(out_dir), "--data", str(tsv)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("ft eval: error: '!', 'A' (in 2 of 20 examples) are not in this model's vocabulary")
+
+
+def test_cli_allow_unknown(trained, tmp_path, capsys):
+    out_dir, _ = trained
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("".join(f"{s}\t{t}\n" for s, t in held_out_with_unknowns(out_dir)))
+    capsys.readouterr()
+    assert cli.main(["predict", "--checkpoint", str(out_dir), "--allow-unknown", "Apple!", "banana"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert cli.main(["eval", "--checkpoint", str(out_dir), "--data", str(tsv), "--allow-unknown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "n_examples: 20" in lines and "n_with_unknown: 2" in lines and lines[-1].startswith("exact_match: ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checksums: a damaged checkpoint is refused, one without checksums loads with a warning
+
+
+def test_a_checkpoint_with_a_flipped_data_byte_exits_2(trained, tmp_path, capsys):
+    out_dir, _ = trained
+    raw = bytearray((out_dir / checkpoint.CHECKPOINT_NAME).read_bytes())
+    raw[-3] ^= 0x01  # in the last tensor's data
+    bad = tmp_path / checkpoint.CHECKPOINT_NAME
+    bad.write_bytes(bytes(raw))
+    capsys.readouterr()
+    for command in (["eval", "--checkpoint", str(tmp_path)], ["predict", "--checkpoint", str(bad), "abc"]):
+        assert cli.main(command) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1
+        assert err.startswith(f"ft {command[0]}: error: {bad}: tensor ")
+        assert "does not match its SHA-256 checksum; the file is damaged or was edited" in err
+
+
+def test_a_checkpoint_without_checksums_loads_with_a_one_line_warning(trained, tmp_path, capsys):
+    out_dir, _ = trained
+    raw = (out_dir / checkpoint.CHECKPOINT_NAME).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    for key in (cf.CHECKSUMS_KEY, cf.HEADER_CHECKSUM_KEY):  # as written before checksums were added
+        del header["__metadata__"][key]
+    header_bytes = json.dumps(header).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    old = tmp_path / checkpoint.CHECKPOINT_NAME
+    old.write_bytes(len(header_bytes).to_bytes(8, "little") + header_bytes + raw[8 + n :])
+    capsys.readouterr()
+    assert cli.main(["predict", "--checkpoint", str(old), "apple", "banana"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (f"ft predict: warning: {old} carries no checksums (it was written before checksums were added, "
+                   "or by another tool), so damage to it cannot be detected\n")
+    loaded = checkpoint.load(out_dir, default_backend())
+    params, cfg, tokenizer = loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"]
+    assert out.splitlines() == predict(params, cfg, tokenizer, ["apple", "banana"])
+
+
+# ---------------------------------------------------------------------------------------------
+# FT_BACKEND errors: one line and exit 2, a traceback with --debug
+
+NO_JAX = "import sys; sys.modules['jax'] = None; from functional_transformer.cli import main; sys.exit(main())"
+
+
+def run_ft(args, backend, without_jax=False):
+    env = dict(os.environ, FT_BACKEND=backend)
+    if without_jax:
+        command = [sys.executable, "-c", NO_JAX, *args]
+    else:
+        command = [sys.executable, "-m", "functional_transformer", *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("backend, without_jax, message", [
+    ("torch", False, "ft predict: error: unknown backend 'torch': choose one of numpy, jax"),
+    ("jax", True, "ft predict: error: FT_BACKEND=jax needs JAX, which is not installed."),
+], ids=["unknown-backend", "jax-missing"])
+def test_a_bad_backend_is_one_line_and_exit_2(tmp_path, backend, without_jax, message):
+    args = ["predict", "--checkpoint", str(tmp_path), "abc"]
+    proc = run_ft(args, backend, without_jax)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
+    debug = run_ft(["--debug", *args], backend, without_jax)
+    assert debug.returncode == 1
+    assert debug.stderr.startswith("Traceback (most recent call last):")
+    expected_type = "ValueError" if backend == "torch" else "ImportError"
+    assert debug.stderr.splitlines()[-1].startswith(f"{expected_type}: {message.split('error: ')[1]}")
+
+
+def test_debug_shows_the_traceback_of_a_user_error(tmp_path, capsys):
+    with pytest.raises(cf.CheckpointError, match="does not exist"):
+        cli.main(["--debug", "predict", "--checkpoint", str(tmp_path), "abc"])
+    assert capsys.readouterr().err == ""
 
 
 @slow_on_jax

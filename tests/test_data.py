@@ -52,6 +52,32 @@ def test_tokenizer_unknown_character_is_unk():
     assert tok.decode(tok.encode("aXb")) == "a\N{REPLACEMENT CHARACTER}b"
 
 
+def test_tokenizer_unknown_symbols_are_what_encode_maps_to_unk():
+    tok = CharTokenizer.from_texts(["abc"])
+    texts = ["Apple!", "cab", "", "zz!"]
+    assert tok.unknown_symbols(texts) == ["!", "A", "e", "l", "p", "z"]
+    assert tok.unknown_symbols("cab") == [] and tok.unknown_symbols("dab") == ["d"]  # a lone string is one text
+    assert tok.unknown_symbols(t for t in ("a", "bX")) == ["X"]  # any iterable of texts
+    for text in texts:
+        assert {c for c, i in zip(text, tok.encode(text)) if i == tok.unk_id} == set(tok.unknown_symbols([text]))
+
+
+@pytest.mark.parametrize("texts, want", [
+    ([string.ascii_lowercase], "a-z"),
+    (["0123456789+"], "+, 0-9"),
+    (["abXYZ"], "X-Z, a, b"),
+    (["a b,c-d'e\t"], "'\\t', ' ', \"'\", ',', '-', a-e"),
+    ([""], "no characters"),
+])
+def test_tokenizer_describe(texts, want):
+    assert CharTokenizer.from_texts(texts).describe() == want
+
+
+def test_tokenizer_describe_shortens_a_long_vocabulary():
+    tok = CharTokenizer.from_texts(["".join(chr(0x4E00 + 2 * i) for i in range(100))])
+    assert tok.describe(limit=3) == "\u4e00, \u4e02, \u4e04, ... (100 characters in all)"
+
+
 def test_tokenizer_decode_stops_at_eos_and_skips_pad_and_bos():
     tok = CharTokenizer.from_texts(["ab"])
     a, b = tok.encode("ab")

@@ -5,6 +5,7 @@ Contract:
 - the characters follow in sorted (code point) order, so the same set of characters always gives
   the same ids, whatever order the texts that built it came in;
 - `encode` maps a character outside the vocabulary to the unk id and adds no special tokens;
+  `unknown_symbols` lists the characters it would map so, for callers that refuse them;
 - `decode` stops at the first eos, skips pad and bos, and writes unk as U+FFFD;
 - `to_json` / `from_json` round-trip exactly, so a checkpoint can carry its vocabulary;
 - two tokenizers are equal when their characters are equal.
@@ -69,6 +70,36 @@ class CharTokenizer:
         ids = self._ids
         return [ids.get(c, UNK_ID) for c in text]
 
+    def unknown_symbols(self, texts: Iterable[str]) -> list[str]:
+        """The characters of `texts` outside the vocabulary (those `encode` maps to unk), each once,
+        in sorted order."""
+        if isinstance(texts, str):
+            texts = [texts]
+        ids = self._ids
+        return sorted({c for text in texts for c in text if c not in ids})
+
+    def describe(self, limit: int = 40) -> str:
+        """The characters, short and readable: runs of three or more consecutive code points as
+        ranges ("a-z"), spaces, controls and the separators , - ' as Python literals; at most
+        `limit` items, then a count."""
+        items: list[str] = []
+        chars = self.chars
+        i = 0
+        while i < len(chars):
+            j = i
+            while j + 1 < len(chars) and ord(chars[j + 1]) == ord(chars[j]) + 1:
+                j += 1
+            if j - i >= 2:
+                items.append(f"{_show(chars[i])}-{_show(chars[j])}")
+            else:
+                items.extend(_show(c) for c in chars[i : j + 1])
+            i = j + 1
+        if not items:
+            return "no characters"
+        if len(items) > limit:
+            return ", ".join(items[:limit]) + f", ... ({len(chars)} characters in all)"
+        return ", ".join(items)
+
     def decode(self, ids: Iterable[int]) -> str:
         """The text of `ids` up to the first eos; pad and bos are skipped, unk becomes U+FFFD."""
         out = []
@@ -107,3 +138,7 @@ class CharTokenizer:
         if not isinstance(chars, list):
             raise ValueError("tokenizer JSON must have a list of characters under 'chars'")
         return cls(tuple(chars))
+
+
+def _show(c: str) -> str:
+    return c if c.isprintable() and not c.isspace() and c not in ",-'" else repr(c)
