@@ -24,9 +24,9 @@ from typing import Callable
 import numpy as np
 
 from backends import Backend, backend_of
-from backends import random as jrandom
+from backends import random as ftrandom
 
-from . import api, checkpoint, checks, optim
+from . import api, checkpoint, checks, gradients, optim
 from .data import CharTokenizer, EncodedPair, batch_iterator
 
 SCHEDULES = ("transformer", "cosine", "constant")
@@ -95,11 +95,11 @@ def init_state(key, cfg, optimizer) -> dict:
 def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend) -> Callable:
     """The pure step `(state, batch, key) -> (state, metrics)`, jitted (state donated) on JAX."""
     method = tcfg.grad_method or api.default_grad_method(backend)
-    grad_fn = api._grad_vjp if method == "vjp" else api._grad_autodiff
+    grad_fn = gradients.grad_vjp if method == "vjp" else gradients.grad_autodiff
     train = cfg.drop_rate > 0
 
     def train_step(state, batch, key):
-        dropout_key = jrandom.fold_in(key, state["step"]) if train else None
+        dropout_key = ftrandom.fold_in(key, state["step"]) if train else None
         grads, metrics = grad_fn(state["params"], batch, cfg, train, dropout_key, tcfg.label_smoothing)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         metrics = dict(metrics, grad_norm=optim.global_norm(grads))
@@ -158,7 +158,7 @@ def fit(run: Run, state: dict | None = None, key=None) -> dict:
     cfg, tcfg, backend = run.cfg, run.tcfg, run.backend
     optimizer = make_optimizer(tcfg, cfg)
     if state is None:
-        init_key, key = jrandom.split(backend.random.key(tcfg.seed), 2)
+        init_key, key = ftrandom.split(backend.random.key(tcfg.seed), 2)
         state = init_state(init_key, cfg, optimizer)
     step_fn = make_train_step(cfg, tcfg, optimizer, backend)
     run.out_dir.mkdir(parents=True, exist_ok=True)
