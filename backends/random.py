@@ -32,9 +32,9 @@ def threefry2x32(key: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
 
     The rounds use augmented assignments (`x0 += x1`): NumPy updates its arrays in place, JAX
     rebinds the name to a new immutable array, so one text serves both. Only the two arrays made
-    by the first additions are ever updated, never the caller's. On NumPy this is 1.6x to 3.8x
-    faster than a new array per operation (262,144 words: 3.3-3.9 ms against 5.4-14.5 ms, the
-    spread being how much fresh memory the allocator must fault in), and dropout hashes millions
+    by the first additions are ever updated, never the caller's. On NumPy this is several times
+    faster than a new array per operation, most of whose cost is fresh memory for the allocator to
+    fault in (benchmarks/README.md, "Timings behind design choices"), and dropout hashes millions
     of words per training step.
     """
     k0, k1 = key[0:1], key[1:2]  # (1,) arrays, not scalars: NumPy warns when scalar arithmetic wraps
@@ -166,7 +166,6 @@ def bernoulli(key: Array, p: float, shape: tuple[int, ...]) -> Array:
         return xp.ones(shape, dtype=xp.bool)
     words = _words(key, (n + 1) // 2)
     # `(word >> 16) < threshold` is `word < threshold << 16`: comparing whole words skips a
-    # shift and its array, which halves this function's time on NumPy (3.8 ms against 7.7 ms
-    # for 524,288 draws).
+    # shift and its array, which halves this function's time on NumPy (benchmarks/README.md).
     draws_kept = xp.concat([(words & 0xFFFF) < threshold, words < (threshold << BERNOULLI_BITS)])
     return xp.reshape(draws_kept[:n], shape)

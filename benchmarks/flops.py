@@ -16,7 +16,7 @@ N_e / N_d encoder / decoder layers. Heads do not change the count (H heads of D/
                      forward matmul (the input gradient and the weight/other-operand gradient).
 
 Embedding gathers, layer norm, softmax, dropout, the loss and the optimizer are not counted.
-Greedy decoding with the cache of `decoding.greedy_decode` runs the encoder once, projects the
+Greedy decoding with the cache of `generate.greedy` runs the encoder once, projects the
 memory to cross-attention keys/values once per decoder layer, then each of `steps` steps runs
 one token (T = 1) through the decoder whose self-attention scores span the whole cache of
 `steps` positions (masked, not skipped), and the output projection.

@@ -15,7 +15,7 @@ import numpy as np
 import functional_transformer as ft
 from backends import Backend
 from functional_transformer import train as ft_train
-from functional_transformer.decoding import greedy_decode
+from functional_transformer.generate import greedy
 from functional_transformer.layers import dropout
 
 from . import flops
@@ -88,13 +88,13 @@ def train_workload(backend: Backend, bc: BenchConfig, host_batch: dict, grad_met
 
 
 def decode_workload(backend: Backend, params: dict, bc: BenchConfig, host_batch: dict, steps: int) -> Workload:
-    """greedy_decode with the KV cache, `steps` tokens per row: src (B, S) -> tokens (B, steps).
+    """generate.greedy with the KV cache, `steps` tokens per row: src (B, S) -> tokens (B, steps).
     eos_id is NEVER_EOS, so every call runs all `steps` steps."""
     cfg = bc.model_config()
     src = backend.asarray(host_batch["src"])
     return Workload(
         measure="decode",
-        call=lambda: greedy_decode(params, src, cfg, bos_id=BOS_ID, eos_id=NEVER_EOS, max_steps=steps),
+        call=lambda: greedy(params, src, cfg, bos_id=BOS_ID, eos_id=NEVER_EOS, max_steps=steps),
         flops=flops.greedy_decode_flops(cfg, bc.batch, bc.src_len, steps),
         tokens=bc.batch * steps,
         details={"decode_steps": steps},
@@ -120,7 +120,7 @@ def dropout_workload(backend: Backend, bc: BenchConfig) -> Workload:
         keys = dropout.split_keys(key, len(xs))
         outs = []
         for x, k in zip(xs, keys):
-            y, scaled_mask = dropout.fwd(x, cfg.drop_rate, k, train=True)
+            y, scaled_mask = dropout.fwd(x, cfg.drop_rate, train=True, key=k)
             outs.append((y, dropout.bwd(scaled_mask, x)))  # x stands in for the incoming gradient
         return outs
 

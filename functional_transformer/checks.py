@@ -6,7 +6,7 @@ their values can still be read (inside a jit trace only shapes and dtypes can be
 
 from __future__ import annotations
 
-from backends import Backend, array_namespace
+from backends import Backend, array_namespace, backend_of
 
 
 def check_token_ids(name: str, ids, vocab_size: int, max_len: int, backend: Backend):
@@ -53,3 +53,21 @@ def check_params_dtype(params: dict, cfg):
     table = params["src_embed"]["tokens"]
     if table.dtype != getattr(array_namespace(table), cfg.dtype):
         raise TypeError(f"params are {table.dtype} but cfg.dtype is {cfg.dtype!r}; build them with ft.init(key, cfg)")
+
+
+def prepare_inputs(params: dict, cfg, train: bool, key, **tokens):
+    """Check params, the dropout key and the token arrays (named "src", "tgt_in", "tgt_out"), and move
+    the tokens to the params' backend -> (backend, {name: ids})."""
+    backend = backend_of(params)
+    check_params_dtype(params, cfg)
+    check_dropout_key(cfg, train, key)
+    arrays = {}
+    for name, ids in tokens.items():
+        ids = backend.asarray(ids)
+        vocab = cfg.src_vocab_size if name == "src" else cfg.tgt_vocab_size
+        check_token_ids(name, ids, vocab, cfg.max_len, backend)
+        arrays[name] = ids
+    names = list(arrays)
+    for other in names[1:]:
+        check_same_batch(names[0], arrays[names[0]], other, arrays[other])
+    return backend, arrays

@@ -7,9 +7,10 @@ For random directions v (in the inputs) and u (in the output) it compares the VJ
 <bwd(u), v> with the central difference <u, (f(x + eps v) - f(x - eps v)) / (2 eps)>: one scalar
 per direction, exact for any correct VJP up to O(eps^2) truncation and rounding (the random
 projection check of HIPS autograd's check_vjp). Use float64 inputs; inputs that are not
-differentiated (token ids, masks, config) are closed over in `fwd`.
+differentiated (token ids, masks, config) are closed over in `fwd`, and the settings a `bwd` takes
+(n_heads, the activation) in `bwd`: `lambda saved, g: attention.bwd(saved, g, n_heads)`.
 
-`fwd(*primals) -> (out, res)` and `bwd(res, g) -> cotangents` follow the layers' contract:
+`fwd(*primals) -> (out, saved)` and `bwd(saved, g) -> cotangents` follow the layers' contract:
 cotangents is one tree per primal (a tuple when there are several; the first `len(primals)`
 entries are used, so a bwd that returns more, such as attention's dx_kv, can be sliced by the caller).
 """
@@ -17,14 +18,14 @@ entries are used, so a bwd that returns more, such as attention's dx_kv, can be 
 from __future__ import annotations
 
 from backends import backend_of, tree_leaves, tree_map
-from backends import random as jrandom
+from backends import random as ftrandom
 
 
 def _random_like(key, tree):
     leaves = tree_leaves(tree)
-    keys = jrandom.split(key, max(len(leaves), 1))
+    keys = ftrandom.split(key, max(len(leaves), 1))
     it = iter(range(len(leaves)))
-    return tree_map(lambda leaf: jrandom.normal(keys[next(it)], tuple(leaf.shape), leaf.dtype), tree)
+    return tree_map(lambda leaf: ftrandom.normal(keys[next(it)], tuple(leaf.shape), leaf.dtype), tree)
 
 
 def _as_tree(values) -> dict:
@@ -46,13 +47,13 @@ def vjp_error(fwd, bwd, primals: tuple, *, key, eps: float = 1e-6, n_directions:
     for leaf in tree_leaves(tree):
         if leaf.dtype != xp.float64:
             raise TypeError(f"check_vjp needs float64 inputs for accurate finite differences, got {leaf.dtype}")
-    out, res = fwd(*primals)
+    out, saved = fwd(*primals)
     worst = 0.0
-    for direction_key in jrandom.split(key, n_directions):
-        k_in, k_out = jrandom.split(direction_key, 2)
+    for direction_key in ftrandom.split(key, n_directions):
+        k_in, k_out = ftrandom.split(direction_key, 2)
         v = _random_like(k_in, tree)
         u = _random_like(k_out, _as_tree(out))
-        cotangents = bwd(res, u)
+        cotangents = bwd(saved, u)
         if len(primals) == 1:
             cotangents = (cotangents,)
         analytic = _vdot(_as_tree(tuple(cotangents[: len(primals)])), v, xp)

@@ -13,7 +13,7 @@ from backends import backend_of
 
 from . import api
 from .data import CharTokenizer, DataError, encode_pairs, iterate_batches
-from .decoding import beam_search, greedy_decode
+from .generate import beam_search, greedy
 
 _MAX_LISTED = 20
 
@@ -52,7 +52,7 @@ def predict(params: dict, cfg, tokenizer: CharTokenizer, sources: list[str], *, 
         src = batch["src"]
         kwargs = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, max_steps=max_steps)
         if beam_size == 1:
-            tokens = greedy_decode(params, src, cfg, **kwargs)
+            tokens = greedy(params, src, cfg, **kwargs)
         else:
             tokens = beam_search(params, src, cfg, beam_size=beam_size, **kwargs)
         outputs.extend(tokenizer.decode(row) for row in np.asarray(backend_of(params).to_numpy(tokens)))

@@ -12,13 +12,22 @@ logits never overflow.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from backends import array_namespace
 
 from .layers.softmax import log_softmax
 
 
+class Saved(NamedTuple):
+    log_probs: Any  # (B, T, V)
+    targets: Any  # (B, T)
+    valid: Any  # (B, T) boolean, True at real target tokens
+    denom: Any  # (), the number of real target tokens (at least 1)
+
+
 def fwd(logits, targets, pad_id: int, label_smoothing: float = 0.0):
-    """logits (B, T, V), targets (B, T) -> (loss (), metrics, res).
+    """logits (B, T, V), targets (B, T) -> (loss (), metrics, saved).
 
     metrics: {"loss", "n_tokens" (real target tokens), "accuracy" (argmax == target among them)}.
     """
@@ -37,12 +46,13 @@ def fwd(logits, targets, pad_id: int, label_smoothing: float = 0.0):
         "n_tokens": n_tokens,
         "accuracy": xp.sum(xp.astype(correct, logits.dtype)) / denom,
     }
-    return loss, metrics, (log_probs, targets, valid, denom, label_smoothing)
+    return loss, metrics, Saved(log_probs, targets, valid, denom)
 
 
-def bwd(res, g=1.0):
-    """-> d_logits (B, T, V) = g * (softmax - target distribution) / n_tokens at real tokens, 0 at padding."""
-    log_probs, targets, valid, denom, label_smoothing = res
+def bwd(saved: Saved, g, label_smoothing: float):
+    """g () -> d_logits (B, T, V) = g * (softmax - target distribution) / n_tokens at real tokens, 0 at
+    padding; label_smoothing as given to fwd."""
+    log_probs, targets, valid, denom = saved
     xp = array_namespace(log_probs)
     vocab = log_probs.shape[-1]
     one_hot = xp.astype(xp.arange(vocab) == targets[..., None], log_probs.dtype)

@@ -15,10 +15,30 @@ and run these under `jit` on JAX.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from backends import array_namespace
-from backends import random as jrandom
+from backends import random as ftrandom
 
 from .layers import dropout, embedding, linear, stacks
+
+
+class EncodeSaved(NamedTuple):
+    embed: Any  # the source ids (embedding.fwd)
+    drop: Any  # dropout's scaled mask, or None
+    stack: stacks.StackSaved
+
+
+class DecodeSaved(NamedTuple):
+    embed: Any  # the target ids
+    drop: Any
+    stack: stacks.StackSaved
+    out: linear.Saved
+
+
+class Saved(NamedTuple):
+    encode: EncodeSaved
+    decode: DecodeSaved
 
 
 def init(key, cfg) -> dict:
@@ -26,7 +46,7 @@ def init(key, cfg) -> dict:
     xp = array_namespace(key)
     dtype = getattr(xp, cfg.dtype)
     learned = cfg.positional == "learned"
-    k_src, k_tgt, k_enc, k_dec, k_out = jrandom.split(key, 5)
+    k_src, k_tgt, k_enc, k_dec, k_out = ftrandom.split(key, 5)
     out_proj = linear.init(k_out, cfg.d_model, cfg.tgt_vocab_size, dtype)
     return {
         "src_embed": embedding.init(k_src, cfg.src_vocab_size, cfg.d_model, cfg.max_len, dtype, learned),
@@ -56,58 +76,76 @@ def output_projection(params: dict, cfg) -> dict:
     return params["out_proj"]
 
 
-def encode_fwd(params: dict, src, cfg, key=None, train: bool = False):
-    """src (B, S) -> memory (B, S, D)."""
+def _learned_positions(cfg) -> int | None:
+    """The rows of a learned position table (embedding.bwd's n_positions); None with sinusoidal positions."""
+    return cfg.max_len if cfg.positional == "learned" else None
+
+
+def encode_fwd(params: dict, src, cfg, train: bool = False, key=None):
+    """src (B, S) -> (memory (B, S, D), saved)."""
     k_embed, k_stack = dropout.split_keys(key, 2)
-    x, res_embed = embedding.fwd(params["src_embed"], src)
-    x, res_drop = dropout.fwd(x, cfg.drop_rate, k_embed, train)
-    memory, res_stack = stacks.encoder_fwd(params["encoder"], x, padding_mask(src, cfg.pad_id), cfg, k_stack, train)
-    return memory, (res_embed, res_drop, res_stack)
+    x, saved_embed = embedding.fwd(params["src_embed"], src)
+    x, saved_drop = dropout.fwd(x, cfg.drop_rate, train, k_embed)
+    memory, saved_stack = stacks.encoder_fwd(params["encoder"], x, padding_mask(src, cfg.pad_id), cfg, train, k_stack)
+    return memory, EncodeSaved(saved_embed, saved_drop, saved_stack)
 
 
-def encode_bwd(res, d_memory, cfg) -> dict:
+def encode_bwd(saved: EncodeSaved, d_memory, cfg) -> dict:
     """-> grads of {"src_embed", "encoder"}."""
-    res_embed, res_drop, res_stack = res
-    d_encoder, dx = stacks.encoder_bwd(res_stack, d_memory, cfg)
-    return {"src_embed": embedding.bwd(res_embed, dropout.bwd(res_drop, dx)), "encoder": d_encoder}
+    d_encoder, dx = stacks.encoder_bwd(saved.stack, d_memory, cfg)
+    d_embed = embedding.bwd(saved.embed, dropout.bwd(saved.drop, dx), cfg.src_vocab_size, _learned_positions(cfg))
+    return {"src_embed": d_embed, "encoder": d_encoder}
 
 
-def decode_fwd(params: dict, memory, src, tgt_in, cfg, key=None, train: bool = False):
-    """tgt_in (B, T) over memory (B, S, D) of src (B, S) -> logits (B, T, V_tgt)."""
+def decode_fwd(params: dict, memory, src, tgt_in, cfg, train: bool = False, key=None):
+    """tgt_in (B, T) over memory (B, S, D) of src (B, S) -> (logits (B, T, V_tgt), saved): teacher forcing."""
     xp = array_namespace(memory)
     k_embed, k_stack = dropout.split_keys(key, 2)
-    y, res_embed = embedding.fwd(params["tgt_embed"], tgt_in)
-    y, res_drop = dropout.fwd(y, cfg.drop_rate, k_embed, train)
+    y, saved_embed = embedding.fwd(params["tgt_embed"], tgt_in)
+    y, saved_drop = dropout.fwd(y, cfg.drop_rate, train, k_embed)
     self_mask = causal_mask(tgt_in.shape[1], xp) & padding_mask(tgt_in, cfg.pad_id)  # (B, 1, T, T)
     cross_mask = padding_mask(src, cfg.pad_id)  # (B, 1, 1, S)
-    h, res_stack = stacks.decoder_fwd(params["decoder"], y, memory, self_mask, cross_mask, cfg, k_stack, train)
-    logits, res_out = linear.fwd(output_projection(params, cfg), h)
-    return logits, (res_embed, res_drop, res_stack, res_out)
+    h, saved_stack = stacks.decoder_fwd(params["decoder"], y, memory, self_mask, cross_mask, cfg, train, k_stack)
+    logits, saved_out = linear.fwd(output_projection(params, cfg), h)
+    return logits, DecodeSaved(saved_embed, saved_drop, saved_stack, saved_out)
 
 
-def decode_bwd(res, d_logits, cfg):
+def decode_bwd(saved: DecodeSaved, d_logits, cfg):
     """-> (grads of {"tgt_embed", "decoder", "out_proj"}, d_memory)."""
-    res_embed, res_drop, res_stack, res_out = res
-    d_out, dh = linear.bwd(res_out, d_logits)
-    d_decoder, dy, d_memory = stacks.decoder_bwd(res_stack, dh, cfg)
-    d_tgt_embed = embedding.bwd(res_embed, dropout.bwd(res_drop, dy))
+    d_out, dh = linear.bwd(saved.out, d_logits)
+    d_decoder, dy, d_memory = stacks.decoder_bwd(saved.stack, dh, cfg)
+    d_tgt_embed = embedding.bwd(saved.embed, dropout.bwd(saved.drop, dy), cfg.tgt_vocab_size, _learned_positions(cfg))
     if cfg.tie_embeddings:  # the shared matrix gets both contributions
         d_tgt_embed["tokens"] = d_tgt_embed["tokens"] + d_out["w"].mT
         d_out = {"b": d_out["b"]}
     return {"tgt_embed": d_tgt_embed, "decoder": d_decoder, "out_proj": d_out}, d_memory
 
 
-def fwd(params: dict, src, tgt_in, cfg, key=None, train: bool = False):
-    """src (B, S), tgt_in (B, T) -> (logits (B, T, V_tgt), res)."""
+def fwd(params: dict, src, tgt_in, cfg, train: bool = False, key=None):
+    """src (B, S), tgt_in (B, T) -> (logits (B, T, V_tgt), saved)."""
     k_encode, k_decode = dropout.split_keys(key, 2)
-    memory, res_encode = encode_fwd(params, src, cfg, k_encode, train)
-    logits, res_decode = decode_fwd(params, memory, src, tgt_in, cfg, k_decode, train)
-    return logits, (res_encode, res_decode)
+    memory, saved_encode = encode_fwd(params, src, cfg, train, k_encode)
+    logits, saved_decode = decode_fwd(params, memory, src, tgt_in, cfg, train, k_decode)
+    return logits, Saved(saved_encode, saved_decode)
 
 
-def bwd(res, d_logits, cfg) -> dict:
+def bwd(saved: Saved, d_logits, cfg) -> dict:
     """-> grads, a tree of exactly the structure of params."""
-    res_encode, res_decode = res
-    grads, d_memory = decode_bwd(res_decode, d_logits, cfg)
-    grads.update(encode_bwd(res_encode, d_memory, cfg))
+    grads, d_memory = decode_bwd(saved.decode, d_logits, cfg)
+    grads.update(encode_bwd(saved.encode, d_memory, cfg))
     return grads
+
+
+def apply(params: dict, src, tgt_in, cfg, train: bool = False, key=None):
+    """fwd without the residuals: logits (B, T, V_tgt)."""
+    return fwd(params, src, tgt_in, cfg, train, key)[0]
+
+
+def encode(params: dict, src, cfg, train: bool = False, key=None):
+    """encode_fwd without the residuals: memory (B, S, D)."""
+    return encode_fwd(params, src, cfg, train, key)[0]
+
+
+def decode(params: dict, memory, src, tgt_in, cfg, train: bool = False, key=None):
+    """decode_fwd without the residuals: logits (B, T, V_tgt)."""
+    return decode_fwd(params, memory, src, tgt_in, cfg, train, key)[0]

@@ -30,12 +30,13 @@ import numpy as np
 from backends import Backend, backend_of
 from backends import random as ftrandom
 
-from . import api, checkpoint, checks, optim
+from . import api, checkpoint, checks, gradients, optim
+from .inference import evaluate
 from .data import CharTokenizer, EncodedPair, batch_iterator
 
 SCHEDULES = ("transformer", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-GRAD_METHODS = api.GRAD_METHODS
+GRAD_METHODS = gradients.GRAD_METHODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +122,8 @@ def init_state(key, cfg, optimizer) -> dict:
 
 def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend) -> Callable:
     """The pure step `(state, batch, key) -> (state, metrics)`, jitted (state donated) on JAX."""
-    method = tcfg.grad_method or api.default_grad_method(backend)
-    grad_fn = api._grad_vjp if method == "vjp" else api._grad_autodiff
+    method = tcfg.grad_method or gradients.default_grad_method(backend)
+    grad_fn = gradients.grad_vjp if method == "vjp" else gradients.grad_autodiff
     train = cfg.drop_rate > 0
 
     def train_step(state, batch, key):
@@ -210,8 +211,6 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
 
     -> {"state", "key", "progress", "history" (this call's records), "summary"}; summary["stopped"]
     is "finished", "interrupted" (Ctrl-C), "callback" or "patience"."""
-    from .inference import evaluate  # decoding imports api; keep train importable on its own
-
     cfg, tcfg, backend = run.cfg, run.tcfg, run.backend
     optimizer = make_optimizer(tcfg, cfg)
     if state is None:

@@ -165,7 +165,7 @@ def _np_params(cfg, seed=0, noise=0.1):
 
 
 # --- the VJP cases: each builds (fwd, bwd, primals) on a backend ---------------------------------
-# fwd(*primals) -> (out, res); bwd(res, g) -> one cotangent per primal (a bare tree for one primal).
+# fwd(*primals) -> (out, saved); bwd(saved, g) -> one cotangent per primal (a bare tree for one primal).
 
 
 def _case_linear(backend, bias=True):
@@ -173,7 +173,7 @@ def _case_linear(backend, bias=True):
     if bias:
         params["b"] = _normal(2, (F,))
     x = _normal(3, (B, S, D))
-    return linear.fwd, linear.bwd, _convert(backend, (params, x))
+    return linear.fwd, (lambda saved, g: linear.bwd(saved, g, bias)), _convert(backend, (params, x))
 
 
 def _case_layer_norm(backend):
@@ -214,7 +214,7 @@ def _case_gelu(backend):
 def _case_dropout(backend):
     key = backend.random.key(7)
     x = _normal(1, (B, T, D))
-    return (lambda x: dropout.fwd(x, 0.3, key, True)), dropout.bwd, (backend.asarray(x),)
+    return (lambda x: dropout.fwd(x, 0.3, True, key)), dropout.bwd, (backend.asarray(x),)
 
 
 def _embedding_ids():
@@ -228,7 +228,9 @@ def _case_embedding(backend, learned=False):
     if learned:
         params["positions"] = _normal(2, (MAX_LEN, D), 0.7)
     ids = backend.asarray(_embedding_ids())
-    return (lambda p: embedding.fwd(p, ids)), embedding.bwd, (_convert(backend, params),)
+    n_positions = MAX_LEN if learned else None
+    return ((lambda p: embedding.fwd(p, ids)), (lambda saved, g: embedding.bwd(saved, g, V_SRC, n_positions)),
+            (_convert(backend, params),))
 
 
 def _dot_product_mask():
@@ -265,8 +267,8 @@ def _case_attention_self(backend):
     def fwd(p, x):
         return attention.fwd(p, x, x, mask, H)
 
-    def bwd(res, g):
-        dp, dx_q, dx_kv = attention.bwd(res, g)
+    def bwd(saved, g):
+        dp, dx_q, dx_kv = attention.bwd(saved, g, H)
         return dp, dx_q + dx_kv
 
     return fwd, bwd, _convert(backend, (_attention_params(), _normal(2, (B, T, D))))
@@ -275,7 +277,8 @@ def _case_attention_self(backend):
 def _case_attention_cross(backend):
     mask = backend.asarray(_src_key_mask())
     primals = (_attention_params(), _normal(2, (B, T, D)), _normal(3, (B, S, D)))
-    return (lambda p, xq, xkv: attention.fwd(p, xq, xkv, mask, H)), attention.bwd, _convert(backend, primals)
+    return ((lambda p, xq, xkv: attention.fwd(p, xq, xkv, mask, H)), (lambda saved, g: attention.bwd(saved, g, H)),
+            _convert(backend, primals))
 
 
 def _ffn_params(seed=1):
@@ -283,7 +286,8 @@ def _ffn_params(seed=1):
 
 
 def _case_feed_forward(backend, activation):
-    return ((lambda p, x: feed_forward.fwd(p, x, activation)), feed_forward.bwd,
+    return ((lambda p, x: feed_forward.fwd(p, x, activation)),
+            (lambda saved, g: feed_forward.bwd(saved, g, activation)),
             _convert(backend, (_ffn_params(), _normal(2, (B, T, D)))))
 
 
@@ -296,10 +300,11 @@ def _case_residual_ffn(backend, norm_first, train):
 
     def fwd(ln, ffn, x):
         return residual.fwd(ln, x, lambda h: feed_forward.fwd(ffn, h, "gelu"), norm_first=norm_first,
-                            drop_rate=DROP, key=key, train=train)
+                            drop_rate=DROP, train=train, key=key)
 
-    def bwd(res, g):
-        d_ln, d_ffn, dx, extra = residual.bwd(res, g, feed_forward.bwd, norm_first=norm_first)
+    def bwd(saved, g):
+        d_ln, d_ffn, dx, extra = residual.bwd(saved, g, lambda s, g_ffn: feed_forward.bwd(s, g_ffn, "gelu"),
+                                              norm_first=norm_first)
         assert list(extra) == []
         return d_ln, d_ffn, dx
 
@@ -313,10 +318,11 @@ def _case_residual_cross_attention(backend, norm_first):
 
     def fwd(ln, attn, x, memory):
         return residual.fwd(ln, x, lambda h: attention.fwd(attn, h, memory, mask, H), norm_first=norm_first,
-                            drop_rate=DROP, key=key, train=True)
+                            drop_rate=DROP, train=True, key=key)
 
-    def bwd(res, g):
-        d_ln, d_attn, dx, (d_memory,) = residual.bwd(res, g, attention.bwd, norm_first=norm_first)
+    def bwd(saved, g):
+        d_ln, d_attn, dx, (d_memory,) = residual.bwd(saved, g, lambda s, g_attn: attention.bwd(s, g_attn, H),
+                                                     norm_first=norm_first)
         return d_ln, d_attn, dx, d_memory
 
     primals = (_ln_params(5), _attention_params(), _normal(2, (B, T, D)), _normal(3, (B, S, D)))
@@ -331,8 +337,8 @@ def _case_encoder_block(backend, norm_first, train):
     cfg = _layer_cfg(norm_first, "gelu")
     params = _randomize(blocks.encoder_block_init(NP.random.key(3), cfg), 103, 0.1)
     mask, key = backend.asarray(_src_key_mask()), backend.random.key(13)
-    return ((lambda p, x: blocks.encoder_block_fwd(p, x, mask, cfg, key, train)),
-            (lambda res, g: blocks.encoder_block_bwd(res, g, cfg)),
+    return ((lambda p, x: blocks.encoder_block_fwd(p, x, mask, cfg, train, key)),
+            (lambda saved, g: blocks.encoder_block_bwd(saved, g, cfg)),
             _convert(backend, (params, _normal(2, (B, S, D)))))
 
 
@@ -341,8 +347,8 @@ def _case_decoder_block(backend, norm_first, train):
     params = _randomize(blocks.decoder_block_init(NP.random.key(4), cfg), 104, 0.1)
     self_mask, cross_mask = backend.asarray(_tgt_self_mask()), backend.asarray(_src_key_mask())
     key = backend.random.key(14)
-    return ((lambda p, x, mem: blocks.decoder_block_fwd(p, x, mem, self_mask, cross_mask, cfg, key, train)),
-            (lambda res, g: blocks.decoder_block_bwd(res, g, cfg)),
+    return ((lambda p, x, mem: blocks.decoder_block_fwd(p, x, mem, self_mask, cross_mask, cfg, train, key)),
+            (lambda saved, g: blocks.decoder_block_bwd(saved, g, cfg)),
             _convert(backend, (params, _normal(2, (B, T, D)), _normal(3, (B, S, D)))))
 
 
@@ -350,8 +356,8 @@ def _case_encoder_stack(backend, norm_first, train):
     cfg = _layer_cfg(norm_first, "gelu")
     params = _randomize(stacks.encoder_init(NP.random.key(5), cfg), 105, 0.1)
     mask, key = backend.asarray(_src_key_mask()), backend.random.key(15)
-    return ((lambda p, x: stacks.encoder_fwd(p, x, mask, cfg, key, train)),
-            (lambda res, g: stacks.encoder_bwd(res, g, cfg)),
+    return ((lambda p, x: stacks.encoder_fwd(p, x, mask, cfg, train, key)),
+            (lambda saved, g: stacks.encoder_bwd(saved, g, cfg)),
             _convert(backend, (params, _normal(2, (B, S, D)))))
 
 
@@ -360,8 +366,8 @@ def _case_decoder_stack(backend, norm_first, train):
     params = _randomize(stacks.decoder_init(NP.random.key(6), cfg), 106, 0.1)
     self_mask, cross_mask = backend.asarray(_tgt_self_mask()), backend.asarray(_src_key_mask())
     key = backend.random.key(16)
-    return ((lambda p, x, mem: stacks.decoder_fwd(p, x, mem, self_mask, cross_mask, cfg, key, train)),
-            (lambda res, g: stacks.decoder_bwd(res, g, cfg)),
+    return ((lambda p, x, mem: stacks.decoder_fwd(p, x, mem, self_mask, cross_mask, cfg, train, key)),
+            (lambda saved, g: stacks.decoder_bwd(saved, g, cfg)),
             _convert(backend, (params, _normal(2, (B, T, D)), _normal(3, (B, S, D)))))
 
 
@@ -369,21 +375,22 @@ def _case_loss(backend, label_smoothing):
     targets = backend.asarray(_batch()["tgt_out"])
 
     def fwd(logits):
-        value, _, res = loss.fwd(logits, targets, PAD, label_smoothing)
-        return value, res
+        value, _, saved = loss.fwd(logits, targets, PAD, label_smoothing)
+        return value, saved
 
-    return fwd, loss.bwd, (backend.asarray(_normal(1, (B, T, V_TGT), 2.0)),)
+    logits = backend.asarray(_normal(1, (B, T, V_TGT), 2.0))
+    return fwd, (lambda saved, g: loss.bwd(saved, g, label_smoothing)), (logits,)
 
 
 def _model_loss_fns(cfg, batch, key, train, label_smoothing=0.1):
     def fwd(params):
-        logits, res_model = model.fwd(params, batch["src"], batch["tgt_in"], cfg, key, train)
-        value, _, res_loss = loss.fwd(logits, batch["tgt_out"], cfg.pad_id, label_smoothing)
-        return value, (res_model, res_loss)
+        logits, saved_model = model.fwd(params, batch["src"], batch["tgt_in"], cfg, train, key)
+        value, _, saved_loss = loss.fwd(logits, batch["tgt_out"], cfg.pad_id, label_smoothing)
+        return value, (saved_model, saved_loss)
 
-    def bwd(res, g):
-        res_model, res_loss = res
-        return model.bwd(res_model, loss.bwd(res_loss, g), cfg)
+    def bwd(saved, g):
+        saved_model, saved_loss = saved
+        return model.bwd(saved_model, loss.bwd(saved_loss, g, label_smoothing), cfg)
 
     return fwd, bwd
 
@@ -573,6 +580,31 @@ def test_grad_method_vjp_matches_autodiff(jax_backend, name, train):
     assert int(m_vjp["n_tokens"]) == int(m_auto["n_tokens"]) == sum(TGT_LENGTHS)
 
 
+@pytest.mark.parametrize("name", ["linear", "layer_norm", "attention_cross"])
+def test_layer_fwd_bwd_serve_as_jax_custom_vjp(jax_backend, name):
+    """A layer's fwd and bwd are jax.custom_vjp's fwd and bwd as they stand: the residuals are a
+    NamedTuple of arrays (a pytree), the static settings (attention's n_heads) are closed over. Under
+    jit, jax.grad through the custom_vjp (which runs our bwd) equals jax.grad of the plain forward."""
+    jax = jax_backend.jax
+    fwd, bwd, primals = CASES[name](jax_backend)
+
+    @jax.custom_vjp
+    def layer(*args):
+        return fwd(*args)[0]
+
+    layer.defvjp(fwd, lambda saved, g: tuple(bwd(saved, g)))
+    u = jax_backend.asarray(_normal(99, tuple(jax.eval_shape(layer, *primals).shape)))
+    argnums = tuple(range(len(primals)))
+
+    def objective(f):
+        return jax.jit(jax.grad(lambda *args: jax_backend.xp.sum(f(*args) * u), argnums=argnums))
+
+    ours = objective(layer)(*primals)
+    expected = objective(lambda *args: fwd(*args)[0])(*primals)
+    assert len(ours) == len(primals)
+    assert_trees_close(ours, expected, JAX_RTOL, name)
+
+
 # --- 3. NumPy against JAX ----------------------------------------------------------------------------
 
 
@@ -603,9 +635,9 @@ def test_numpy_and_jax_agree_layer_by_layer(numpy_backend, jax_backend, name):
     outs = []
     for be in (numpy_backend, jax_backend):
         fwd, bwd, primals = CASES[name](be)
-        out, res = fwd(*primals)
+        out, saved = fwd(*primals)
         g = be.asarray(_normal(99, tuple(out.shape)), dtype=out.dtype)
-        outs.append((be.to_numpy(out), be.tree_to_numpy(_as_tree(bwd(res, g)))))
+        outs.append((be.to_numpy(out), be.tree_to_numpy(_as_tree(bwd(saved, g)))))
     (y_np, d_np), (y_jax, d_jax) = outs
     assert _rel_err(y_jax, y_np) <= rtol, name
     assert_trees_close(d_jax, d_np, rtol, name)
@@ -649,22 +681,22 @@ def _loss_inputs(scale=2.0):
 
 def test_label_smoothing_zero_is_cross_entropy(backend):
     logits, targets = _loss_inputs()
-    value, metrics, res = loss.fwd(backend.asarray(logits), backend.asarray(targets), PAD, 0.0)
+    value, metrics, saved = loss.fwd(backend.asarray(logits), backend.asarray(targets), PAD, 0.0)
     assert abs(float(value) - _reference_cross_entropy(logits, targets, PAD)) <= 1e-12
     assert int(metrics["n_tokens"]) == sum(TGT_LENGTHS)
     _, grad = _reference_smoothed(logits, targets, PAD, 0.0)
-    np.testing.assert_allclose(np.asarray(loss.bwd(res, 1.0)), grad, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(loss.bwd(saved, 1.0, 0.0)), grad, rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("eps", [0.1, 0.3])
 def test_label_smoothing_matches_pytorch_convention(backend, eps):
     logits, targets = _loss_inputs()
-    value, _, res = loss.fwd(backend.asarray(logits), backend.asarray(targets), PAD, eps)
+    value, _, saved = loss.fwd(backend.asarray(logits), backend.asarray(targets), PAD, eps)
     ref_value, ref_grad = _reference_smoothed(logits, targets, PAD, eps)
     assert abs(float(value) - ref_value) <= 1e-12 * abs(ref_value)
-    np.testing.assert_allclose(np.asarray(loss.bwd(res, 1.0)), ref_grad, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(loss.bwd(saved, 1.0, eps)), ref_grad, rtol=1e-10, atol=1e-14)
     # g scales the cotangent linearly
-    np.testing.assert_allclose(np.asarray(loss.bwd(res, 2.5)), 2.5 * ref_grad, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(loss.bwd(saved, 2.5, eps)), 2.5 * ref_grad, rtol=1e-10, atol=1e-14)
 
 
 def _vjp_loss_and_grads(params, batch, cfg, train=False, key=None, label_smoothing=0.1):
@@ -672,8 +704,8 @@ def _vjp_loss_and_grads(params, batch, cfg, train=False, key=None, label_smoothi
     backend = backends.backend_of(params)
     batch = _convert(backend, batch)
     fwd, bwd = _model_loss_fns(cfg, batch, key, train, label_smoothing)
-    value, res = fwd(params)
-    return value, bwd(res, 1.0)
+    value, saved = fwd(params)
+    return value, bwd(saved, 1.0)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -718,8 +750,8 @@ def test_huge_logits_do_not_overflow(backend, dtype):
     logits[0, 0, :] = 1e4  # a tie at the top
     logits[1, 1, :] = -1e4
     logits = logits.astype(dtype)
-    value, _, res = loss.fwd(backend.asarray(logits), backend.asarray(targets), PAD, 0.1)
-    grad = np.asarray(loss.bwd(res, 1.0))
+    value, _, saved = loss.fwd(backend.asarray(logits), backend.asarray(targets), PAD, 0.1)
+    grad = np.asarray(loss.bwd(saved, 1.0, 0.1))
     assert np.isfinite(float(value)) and np.all(np.isfinite(grad))
     ref_value, ref_grad = _reference_smoothed(logits.astype(np.float64), targets, PAD, 0.1)
     assert abs(float(value) - ref_value) <= (1e-6 if dtype == "float32" else 1e-12) * abs(ref_value)
@@ -731,8 +763,8 @@ def test_huge_logits_do_not_overflow(backend, dtype):
 
 def test_softmax_bwd_is_exactly_zero_at_masked_entries(backend):
     fwd, bwd, (x,) = _case_softmax(backend)
-    p, res = fwd(x)
-    d = np.asarray(bwd(res, backend.asarray(_normal(8, tuple(x.shape)))))
+    p, saved = fwd(x)
+    d = np.asarray(bwd(saved, backend.asarray(_normal(8, tuple(x.shape)))))
     mask = _softmax_mask()
     assert np.all(d[~mask] == 0)
     assert np.all(np.asarray(p)[~mask] == 0)
@@ -743,8 +775,8 @@ def test_padded_keys_get_exactly_zero_gradient(backend):
     """A key/value position that every query has masked out gets exactly zero dk, dv and dx_kv."""
     _, bwd, (q, k, v) = _case_dot_product_cross(backend)
     mask = backend.asarray(_src_key_mask())
-    out, res = attention.dot_product_fwd(q, k, v, mask)
-    dq, dk, dv = (np.asarray(a) for a in bwd(res, backend.asarray(_normal(8, tuple(out.shape)))))
+    out, saved = attention.dot_product_fwd(q, k, v, mask)
+    dq, dk, dv = (np.asarray(a) for a in bwd(saved, backend.asarray(_normal(8, tuple(out.shape)))))
     padded = ~_lengths_mask(SRC_LENGTHS, S)  # (B, S)
     assert padded.any()
     for d in (dk, dv):
@@ -752,8 +784,8 @@ def test_padded_keys_get_exactly_zero_gradient(backend):
         assert np.all(np.abs(d.transpose(0, 2, 1, 3)[~padded]).sum(axis=-1) > 0)
 
     fwd, bwd, (params, x_q, x_kv) = _case_attention_cross(backend)
-    y, res = fwd(params, x_q, x_kv)
-    _, _, dx_kv = bwd(res, backend.asarray(_normal(8, tuple(y.shape))))
+    y, saved = fwd(params, x_q, x_kv)
+    _, _, dx_kv = bwd(saved, backend.asarray(_normal(8, tuple(y.shape))))
     dx_kv = np.asarray(dx_kv)
     assert np.all(dx_kv[padded] == 0)
     assert np.all(np.abs(dx_kv[~padded]).sum(axis=-1) > 0)
@@ -763,8 +795,8 @@ def test_key_bias_gets_no_gradient(backend):
     """q.b_k shifts all the key scores of a query alike and the softmax ignores such a shift, so the
     gradient of b_k is zero up to rounding (the reason assert_trees_close treats b_k apart)."""
     fwd, bwd, (params, x_q, x_kv) = _case_attention_cross(backend)
-    y, res = fwd(params, x_q, x_kv)
-    dparams, _, _ = bwd(res, backend.asarray(_normal(8, tuple(y.shape))))
+    y, saved = fwd(params, x_q, x_kv)
+    dparams, _, _ = bwd(saved, backend.asarray(_normal(8, tuple(y.shape))))
     scale = max(float(np.max(np.abs(np.asarray(dparams[k])))) for k in ("b_q", "b_v", "w_k"))
     assert float(np.max(np.abs(np.asarray(dparams["b_k"])))) <= 1e-13 * scale
 
@@ -818,9 +850,9 @@ def test_grads_structure_equals_params(backend, overrides):
     cfg = _cfg(n_encoder_layers=1, n_decoder_layers=2, **overrides)
     params = ft.init(backend.random.key(0), cfg)
     batch = _batch()
-    logits, res = model.fwd(params, backend.asarray(batch["src"]), backend.asarray(batch["tgt_in"]), cfg,
-                            backend.random.key(1), True)
-    grads = model.bwd(res, backend.asarray(_normal(3, tuple(logits.shape))), cfg)
+    logits, saved = model.fwd(params, backend.asarray(batch["src"]), backend.asarray(batch["tgt_in"]), cfg,
+                              True, backend.random.key(1))
+    grads = model.bwd(saved, backend.asarray(_normal(3, tuple(logits.shape))), cfg)
     assert tree_structure(grads) == tree_structure(params)
     for (path, g), (_, p) in zip(tree_items(grads), tree_items(params), strict=True):
         assert g.dtype == p.dtype, path
@@ -842,23 +874,23 @@ def test_api_grads_structure_equals_params(backend, method, name):
 # --- 7. check_vjp catches a wrong VJP --------------------------------------------------------------
 
 
-def _bwd_bias_forgotten(res, g):
-    dparams, dx = linear.bwd(res, g)
+def _bwd_bias_forgotten(saved, g):
+    dparams, dx = linear.bwd(saved, g)
     return {"w": dparams["w"], "b": 0 * dparams["b"]}, dx
 
 
-def _bwd_dx_doubled(res, g):
-    dparams, dx = linear.bwd(res, g)
+def _bwd_dx_doubled(saved, g):
+    dparams, dx = linear.bwd(saved, g)
     return dparams, 2 * dx
 
 
-def _bwd_dw_slightly_off(res, g):
-    dparams, dx = linear.bwd(res, g)
+def _bwd_dw_slightly_off(saved, g):
+    dparams, dx = linear.bwd(saved, g)
     return {"w": dparams["w"] * (1 + 1e-3), "b": dparams["b"]}, dx
 
 
-def _bwd_dw_rows_reversed(res, g):
-    dparams, dx = linear.bwd(res, g)
+def _bwd_dw_rows_reversed(saved, g):
+    dparams, dx = linear.bwd(saved, g)
     return {"w": dparams["w"][::-1], "b": dparams["b"]}, dx
 
 
@@ -878,8 +910,8 @@ def test_check_vjp_catches_a_wrong_model_gradient(backend):
     """A subtle slip deep inside the model (the tied-embedding contribution dropped) is caught too."""
     fwd, bwd, primals = _case_model(backend, norm_first=False, tie=True, train=False)
 
-    def wrong_bwd(res, g):
-        grads = bwd(res, g)
+    def wrong_bwd(saved, g):
+        grads = bwd(saved, g)
         grads["out_proj"] = {"b": grads["out_proj"]["b"] * 0.9}
         return grads
 

@@ -73,7 +73,7 @@ def _embedding(backend, p, ids):
 
 
 def _dropout(backend, x, drop_rate, key, train):
-    return _jit(backend, dropout.apply, "drop_rate", "train")(x, drop_rate, key, train)
+    return _jit(backend, dropout.apply, "drop_rate", "train")(x, drop_rate, train, key)
 
 
 def _feed_forward(backend, p, x, activation):
@@ -85,13 +85,13 @@ def _attention(backend, p, x_q, x_kv, mask, n_heads):
 
 
 def _dropout_grad_of_ones(x, drop_rate, key):
-    _, res = dropout.fwd(x, drop_rate, key, train=True)
-    return dropout.bwd(res, x * 0 + 1)
+    _, scaled_mask = dropout.fwd(x, drop_rate, True, key)
+    return dropout.bwd(scaled_mask, x * 0 + 1)
 
 
 def _softmax_fwd_bwd(x, mask, g):
-    p, res = softmax.fwd(x, mask)
-    return p, softmax.bwd(res, g)
+    p, saved = softmax.fwd(x, mask)
+    return p, softmax.bwd(saved, g)
 
 
 # --- linear ---------------------------------------------------------------------------------------
@@ -318,9 +318,9 @@ def test_dropout_eval_is_identity(backend):
         np.testing.assert_array_equal(_np(backend, y), _np(backend, x))
     # drop_rate 0 in training is the identity too, with or without a key.
     np.testing.assert_array_equal(_np(backend, _dropout(backend, x, 0.0, None, train=True)), _np(backend, x))
-    y, res = dropout.fwd(x, 0.5, None, train=False)
+    y, scaled_mask = dropout.fwd(x, 0.5, train=False)
     g = xp.ones_like(x)
-    np.testing.assert_array_equal(_np(backend, dropout.bwd(res, g)), np.ones((4, 5)))
+    np.testing.assert_array_equal(_np(backend, dropout.bwd(scaled_mask, g)), np.ones((4, 5)))
 
 
 @pytest.mark.parametrize("drop_rate", [0.1, 0.3, 0.5])
@@ -521,6 +521,39 @@ def test_cross_attention(backend, dtype):
     expected = _attention_ref(p, x_q, x_kv, mask, n_heads)
     _close(y_np, expected, dtype)
     _close(y_np[1], np.broadcast_to(p["b_o"], (3, d)), dtype)  # nothing to attend to: just the output bias
+
+
+def _cached_self_attention(p, x_t, cache, mask, n_heads, position):
+    return attention.fwd(p, x_t, x_t, mask, n_heads, cache, position)
+
+
+def _cached_cross_attention(p, x_q, memory, mask, n_heads):
+    return attention.fwd(p, x_q, None, mask, n_heads, attention.project_kv(p, memory, n_heads))[0]
+
+
+def test_attention_with_a_key_value_cache_equals_attention_over_the_whole_sequence(backend):
+    """Self-attention one position at a time, each writing its keys/values into the cache, gives
+    the causal attention over the whole sequence; cross-attention over project_kv's cache gives
+    cross-attention over the memory."""
+    xp = backend.xp
+    rng = _rng(19)
+    batch, t, s, d, n_heads = 2, 5, 4, 8, 2
+    p = _to(backend, _attention_params(rng, d))
+    x, memory = _to(backend, rng.normal(size=(batch, t, d))), _to(backend, rng.normal(size=(batch, s, d)))
+    full = _np(backend, _attention(backend, p, x, x, model.causal_mask(t, xp), n_heads))
+    empty = xp.zeros((batch, n_heads, t, d // n_heads), dtype=xp.float64)
+    cache = attention.KVCache(empty, empty)
+    step = _jit(backend, _cached_self_attention, "n_heads")  # the position is traced on JAX
+    for i in range(t):
+        mask = xp.reshape(xp.arange(t) <= i, (1, 1, 1, t))  # the positions written so far
+        y, cache = step(p, x[:, i:i + 1], cache, mask, n_heads, xp.asarray(i))
+        _close(_np(backend, y)[:, 0], full[:, i], "float64")
+    k_full = attention.split_heads(linear.apply(attention.projection(p, "k"), x), n_heads)
+    _close(_np(backend, cache.k), _np(backend, k_full), "float64")
+
+    cross_mask = xp.asarray(np.array([[True, True, False, False], [True] * 4])[:, None, None, :])
+    cached = _jit(backend, _cached_cross_attention, "n_heads")(p, x, memory, cross_mask, n_heads)
+    _close(_np(backend, cached), _np(backend, _attention(backend, p, x, memory, cross_mask, n_heads)), "float64")
 
 
 def test_attention_without_mask(backend):

@@ -9,23 +9,24 @@ from __future__ import annotations
 import math
 
 from backends import array_namespace, backend_of
-from backends import random as jrandom
+from backends import random as ftrandom
 
 from .positional import sinusoidal
 
 
 def init(key, vocab_size: int, d_model: int, max_len: int, dtype, learned_positions: bool = False) -> dict:
     """tokens ~ N(0, 1/d_model), so the scaled embedding has unit variance."""
-    k_tokens, k_positions = jrandom.split(key, 2)
-    params = {"tokens": jrandom.normal(k_tokens, (vocab_size, d_model), dtype) * (d_model**-0.5)}
+    k_tokens, k_positions = ftrandom.split(key, 2)
+    params = {"tokens": ftrandom.normal(k_tokens, (vocab_size, d_model), dtype) * (d_model**-0.5)}
     if learned_positions:
         # The same root-mean-square as the sinusoidal table (1/sqrt(2)).
-        params["positions"] = jrandom.normal(k_positions, (max_len, d_model), dtype) * (0.5**0.5)
+        params["positions"] = ftrandom.normal(k_positions, (max_len, d_model), dtype) * (0.5**0.5)
     return params
 
 
 def fwd(params: dict, ids, offset=0):
-    """ids (B, T) integer at positions offset .. offset + T - 1 -> x (B, T, d_model).
+    """ids (B, T) integer at positions offset .. offset + T - 1 -> (x (B, T, d_model), flat_ids (B*T,)),
+    the ids being all the backward needs.
 
     A non-zero offset serves cached decoding, which embeds one new token at a time."""
     tokens = params["tokens"]
@@ -38,21 +39,20 @@ def fwd(params: dict, ids, offset=0):
         x = x + xp.take(params["positions"], xp.arange(length) + offset, axis=0)
     else:
         x = x + sinusoidal(length, d_model, x.dtype, xp, offset)
-    positions_shape = params["positions"].shape if "positions" in params else None
-    return x, (flat_ids, tokens.shape, positions_shape)
+    return x, flat_ids
 
 
-def bwd(res, g):
-    """-> dparams. The token gradient is a scatter-add over the ids (no one-hot of vocab size)."""
-    flat_ids, tokens_shape, positions_shape = res
+def bwd(flat_ids, g, vocab_size: int, n_positions: int | None = None):
+    """g (B, T, d_model) -> dparams. The token gradient is a scatter-add over the ids (no one-hot of
+    vocab size). n_positions: the rows of the learned position table; None with sinusoidal positions."""
     xp = array_namespace(g)
-    d_model = tokens_shape[1]
+    d_model = g.shape[-1]
     g_rows = xp.reshape(g, (-1, d_model)) * math.sqrt(d_model)
-    zeros = xp.zeros(tokens_shape, dtype=g.dtype)
+    zeros = xp.zeros((vocab_size, d_model), dtype=g.dtype)
     dparams = {"tokens": backend_of(g).scatter_add(zeros, flat_ids, g_rows)}
-    if positions_shape is not None:
+    if n_positions is not None:
         length = g.shape[1]
-        unused = xp.zeros((positions_shape[0] - length, d_model), dtype=g.dtype)
+        unused = xp.zeros((n_positions - length, d_model), dtype=g.dtype)
         dparams["positions"] = xp.concat([xp.sum(g, axis=0), unused], axis=0)
     return dparams
 

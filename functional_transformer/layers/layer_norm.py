@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from backends import array_namespace
 
 EPS = 1e-5
+
+
+class Saved(NamedTuple):
+    x_hat: Any  # (..., d), the normalised input
+    inv_std: Any  # (..., 1)
+    scale: Any  # (d,)
 
 
 def init(key, d: int, dtype) -> dict:
@@ -22,12 +30,12 @@ def fwd(params: dict, x):
     x_hat *= inv_std
     y = x_hat * params["scale"]
     y += params["bias"]
-    return y, (x_hat, inv_std, params["scale"])
+    return y, Saved(x_hat, inv_std, params["scale"])
 
 
-def bwd(res, g):
+def bwd(saved: Saved, g):
     """-> (dparams, dx). dx = inv_std * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))."""
-    x_hat, inv_std, scale = res
+    x_hat, inv_std, scale = saved
     xp = array_namespace(g)
     lead = tuple(range(g.ndim - 1))
     dparams = {"scale": xp.sum(g * x_hat, axis=lead), "bias": xp.sum(g, axis=lead)}

@@ -3,36 +3,43 @@
 post-norm (the paper):  y = LayerNorm(x + Dropout(Sublayer(x)))
 pre-norm:               y = x + Dropout(Sublayer(LayerNorm(x)))
 
-The sublayer comes in as a pair of closures: `sublayer_fwd(h) -> (out, res)` and
-`sublayer_bwd(res, g) -> (dparams, dh, *extra)`, where extra holds cotangents of other inputs
+The sublayer comes in as a pair of closures: `sublayer_fwd(h) -> (out, saved)` and
+`sublayer_bwd(saved, g) -> (dparams, dh, *extra)`, where extra holds cotangents of other inputs
 (cross-attention's memory), passed through to the caller.
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from . import dropout, layer_norm
 
 
-def fwd(ln_params: dict, x, sublayer_fwd, *, norm_first: bool, drop_rate: float, key=None, train: bool = False):
-    """x (B, T, D) -> (y (B, T, D), res)."""
+class Saved(NamedTuple):
+    ln: layer_norm.Saved
+    sublayer: Any  # what sublayer_fwd saved
+    drop: Any  # dropout's scaled mask, or None in eval mode
+
+
+def fwd(ln_params: dict, x, sublayer_fwd, *, norm_first: bool, drop_rate: float, train: bool = False, key=None):
+    """x (B, T, D) -> (y (B, T, D), saved)."""
     if norm_first:
-        h, res_ln = layer_norm.fwd(ln_params, x)
-        out, res_sub = sublayer_fwd(h)
-        out, res_drop = dropout.fwd(out, drop_rate, key, train)
-        return x + out, (res_ln, res_sub, res_drop)
-    out, res_sub = sublayer_fwd(x)
-    out, res_drop = dropout.fwd(out, drop_rate, key, train)
-    y, res_ln = layer_norm.fwd(ln_params, x + out)
-    return y, (res_ln, res_sub, res_drop)
+        h, saved_ln = layer_norm.fwd(ln_params, x)
+        out, saved_sub = sublayer_fwd(h)
+        out, saved_drop = dropout.fwd(out, drop_rate, train, key)
+        return x + out, Saved(saved_ln, saved_sub, saved_drop)
+    out, saved_sub = sublayer_fwd(x)
+    out, saved_drop = dropout.fwd(out, drop_rate, train, key)
+    y, saved_ln = layer_norm.fwd(ln_params, x + out)
+    return y, Saved(saved_ln, saved_sub, saved_drop)
 
 
-def bwd(res, g, sublayer_bwd, *, norm_first: bool):
+def bwd(saved: Saved, g, sublayer_bwd, *, norm_first: bool):
     """-> (d_ln_params, d_sublayer_params, dx, extra)."""
-    res_ln, res_sub, res_drop = res
     if norm_first:
-        d_sub, dh, *extra = sublayer_bwd(res_sub, dropout.bwd(res_drop, g))
-        d_ln, dx_ln = layer_norm.bwd(res_ln, dh)
+        d_sub, dh, *extra = sublayer_bwd(saved.sublayer, dropout.bwd(saved.drop, g))
+        d_ln, dx_ln = layer_norm.bwd(saved.ln, dh)
         return d_ln, d_sub, g + dx_ln, extra
-    d_ln, d_sum = layer_norm.bwd(res_ln, g)
-    d_sub, dx_sub, *extra = sublayer_bwd(res_sub, dropout.bwd(res_drop, d_sum))
+    d_ln, d_sum = layer_norm.bwd(saved.ln, g)
+    d_sub, dx_sub, *extra = sublayer_bwd(saved.sublayer, dropout.bwd(saved.drop, d_sum))
     return d_ln, d_sub, d_sum + dx_sub, extra

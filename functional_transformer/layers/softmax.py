@@ -10,7 +10,7 @@ from backends import array_namespace
 
 
 def fwd(x, mask=None):
-    """x (..., n), mask broadcastable to x -> (p, res) with p (..., n)."""
+    """x (..., n), mask broadcastable to x -> (p, p) with p (..., n): the backward needs only p."""
     xp = array_namespace(x)
     if mask is not None:
         x = xp.where(mask, x, xp.asarray(-xp.inf, dtype=x.dtype))

@@ -1,4 +1,4 @@
-"""Tests of functional_transformer.decoding: greedy decoding, beam search and the key/value cache.
+"""Tests of functional_transformer.generate: greedy decoding, beam search and the key/value cache.
 
 The models are tiny and random (untrained). An untrained model may pick the pad id as its next
 token, which a trained one never does (pad is never a training target); most tests give the pad
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import functional_transformer as ft
-from functional_transformer import decoding, model
+from functional_transformer import generate, model
 
 PAD, BOS, EOS = 0, 1, 2
 ON_JAX = os.environ.get("FT_BACKEND", "numpy") == "jax"
@@ -86,7 +86,7 @@ def sequence_log_probs(np_params, cfg, src_row, seqs):
 def objective(np_params, cfg, src_row, row, alpha=0.6):
     """What beam_search ranks its final hypotheses by: log p(Y) / ((5 + |Y|) / 6) ** alpha, |Y| with eos."""
     seq = trim(row)
-    return sequence_log_probs(np_params, cfg, src_row, [seq])[0] / decoding.length_penalty(len(seq), alpha)
+    return sequence_log_probs(np_params, cfg, src_row, [seq])[0] / generate.length_penalty(len(seq), alpha)
 
 
 def reference_beam(np_params, cfg, src_row, *, beam_size, max_steps, alpha=0.6):
@@ -112,7 +112,7 @@ def reference_beam(np_params, cfg, src_row, *, beam_size, max_steps, alpha=0.6):
         hyps = [(tokens, score, finished) for _, _, tokens, score, finished in candidates[:beam_size]]
         if all(finished for _, _, finished in hyps):
             break
-    best = max(hyps, key=lambda h: h[1] / decoding.length_penalty(len(trim(h[0])), alpha))[0]
+    best = max(hyps, key=lambda h: h[1] / generate.length_penalty(len(trim(h[0])), alpha))[0]
     return best + [PAD] * (max_steps - len(best)), [trim(tokens) for tokens, _, _ in hyps]
 
 
@@ -123,11 +123,11 @@ def assert_only_pad_after_eos(tokens):
             assert all(t == PAD for t in row[row.index(EOS) + 1:]), row
 
 
-def decode_both(backend, params, cfg, src, **kwargs):
+def generate_both(backend, params, cfg, src, **kwargs):
     """(greedy, beam search with beam 4) on the backend, as NumPy."""
     kwargs = dict(bos_id=BOS, eos_id=EOS, max_steps=MAX_STEPS) | kwargs
-    greedy = to_np(backend, decoding.greedy_decode(params, src, cfg, **kwargs))
-    beam = to_np(backend, decoding.beam_search(params, src, cfg, beam_size=4, **kwargs))
+    greedy = to_np(backend, generate.greedy(params, src, cfg, **kwargs))
+    beam = to_np(backend, generate.beam_search(params, src, cfg, beam_size=4, **kwargs))
     return greedy, beam
 
 
@@ -136,7 +136,7 @@ def decode_both(backend, params, cfg, src, **kwargs):
 
 
 @pytest.mark.parametrize("norm_first, positional", CONFIGS)
-def test_decode_step_logits_equal_apply_on_the_same_prefix(backend, norm_first, positional):
+def test_step_logits_equal_apply_on_the_same_prefix(backend, norm_first, positional):
     cfg, params, _ = make_model(backend, norm_first=norm_first, positional=positional, seed=1)
     src = make_src(1)
     prefix = np.random.default_rng(7).integers(3, 13, size=(BATCH, MAX_STEPS)).astype(np.int32)  # no pad
@@ -144,8 +144,8 @@ def test_decode_step_logits_equal_apply_on_the_same_prefix(backend, norm_first, 
     full = to_np(backend, ft.apply(params, src, prefix, cfg))  # (B, T, V): position t sees prefix[:, :t + 1]
     memory = ft.encode(params, src, cfg)
     cross_mask = model.padding_mask(backend.asarray(src), cfg.pad_id)
-    cache = backend.jit(decoding.init_cache, static_argnames=("cfg", "max_steps"))(params, memory, cfg, MAX_STEPS)
-    step = backend.jit(decoding.decode_step, static_argnames=("cfg",))  # the position is traced on JAX
+    cache = backend.jit(generate.init_cache, static_argnames=("cfg", "max_steps"))(params, memory, cfg, MAX_STEPS)
+    step = backend.jit(generate.step, static_argnames=("cfg",))  # the position is traced on JAX
     for t in range(MAX_STEPS):
         logits, cache = step(params, cache, backend.asarray(prefix[:, t]), backend.asarray(t), cross_mask, cfg)
         assert logits.shape == (BATCH, cfg.tgt_vocab_size)
@@ -157,7 +157,7 @@ def test_decode_step_logits_equal_apply_on_the_same_prefix(backend, norm_first, 
 def test_init_cache_shapes(backend):
     cfg, params, _ = make_model(backend)
     memory = ft.encode(params, make_src(0), cfg)
-    cache = decoding.init_cache(params, memory, cfg, 5)
+    cache = generate.init_cache(params, memory, cfg, 5)
     assert sorted(cache) == ["layer_0", "layer_1"]
     for layer in cache.values():
         assert layer["self_k"].shape == layer["self_v"].shape == (BATCH, 4, 5, 4)
@@ -177,8 +177,8 @@ def test_cached_greedy_equals_uncached_greedy(backend, norm_first, positional):
                                     eos_bias=eos_bias)
         src = make_src(seed)
         kwargs = dict(bos_id=BOS, eos_id=EOS, max_steps=MAX_STEPS)
-        cached = to_np(backend, decoding.greedy_decode(params, src, cfg, **kwargs))
-        uncached = to_np(backend, decoding.greedy_decode(params, src, cfg, use_cache=False, **kwargs))
+        cached = to_np(backend, generate.greedy(params, src, cfg, **kwargs))
+        uncached = to_np(backend, generate.greedy(params, src, cfg, use_cache=False, **kwargs))
         assert cached.shape == (BATCH, MAX_STEPS) and cached.dtype == np.int32
         np.testing.assert_array_equal(cached, uncached, err_msg=f"seed {seed}")
 
@@ -189,7 +189,7 @@ def test_greedy_picks_the_argmax_of_the_teacher_forced_logits(backend):
     for seed, eos_bias in ((3, 0.0), (4, 1.0)):
         cfg, params, np_params = make_model(backend, seed=seed, eos_bias=eos_bias)
         src = make_src(seed)
-        out = to_np(backend, decoding.greedy_decode(params, src, cfg, bos_id=BOS, eos_id=EOS, max_steps=MAX_STEPS))
+        out = to_np(backend, generate.greedy(params, src, cfg, bos_id=BOS, eos_id=EOS, max_steps=MAX_STEPS))
         tgt_in = np.concatenate([np.full((BATCH, 1), BOS, np.int32), out[:, :-1]], axis=1)
         argmax = np.asarray(ft.apply(np_params, src, tgt_in, cfg)).argmax(axis=-1)
         for row, seq in enumerate(out):
@@ -204,11 +204,11 @@ def test_cached_greedy_matches_uncached_when_the_model_emits_pad(backend):
     cfg, params, _ = make_model(backend, norm_first=True, positional="sinusoidal", seed=4, suppress_pad=False)
     src = make_src(4)
     kwargs = dict(bos_id=BOS, eos_id=EOS, max_steps=MAX_STEPS)
-    cached = to_np(backend, decoding.greedy_decode(params, src, cfg, **kwargs))
-    uncached = to_np(backend, decoding.greedy_decode(params, src, cfg, use_cache=False, **kwargs))
+    cached = to_np(backend, generate.greedy(params, src, cfg, **kwargs))
+    uncached = to_np(backend, generate.greedy(params, src, cfg, use_cache=False, **kwargs))
     # No row emits eos and rows 0-3 emit pad: cached row 1 is [7, 4, 4, 0, 0, 0, 0, 0], uncached
     # [7, 4, 4, 0, 0, 0, 0, 4]; row 0 is [0, 0, 12, 6, 0, ...] cached and all pad uncached. Either fix
-    # (never emit pad, or mask pad keys in decode_step) makes this pass.
+    # (never emit pad, or mask pad keys in generate.step) makes this pass.
     np.testing.assert_array_equal(cached, uncached)
 
 
@@ -216,7 +216,7 @@ def test_only_pad_after_eos(backend):
     ended_early = 0
     for seed, eos_bias in ((0, 1.0), (1, 2.0), (2, 3.0)):
         cfg, params, _ = make_model(backend, seed=seed, eos_bias=eos_bias)
-        for out in decode_both(backend, params, cfg, make_src(seed)):
+        for out in generate_both(backend, params, cfg, make_src(seed)):
             assert_only_pad_after_eos(out)
             ended_early += sum(EOS in row.tolist()[:-1] for row in out)
     assert ended_early > 0, "no row ended before max_steps, so the test checked nothing"
@@ -227,7 +227,7 @@ def test_every_row_ending_at_once_gives_eos_then_pad(backend):
     cfg, params, _ = make_model(backend, seed=0, eos_bias=1e3)
     expected = np.full((BATCH, MAX_STEPS), PAD, np.int32)
     expected[:, 0] = EOS
-    for out in decode_both(backend, params, cfg, make_src(0)):
+    for out in generate_both(backend, params, cfg, make_src(0)):
         np.testing.assert_array_equal(out, expected)
 
 
@@ -243,8 +243,8 @@ def test_beam_size_one_is_greedy(backend, norm_first, positional):
                                         eos_bias=eos_bias, suppress_pad=suppress_pad)
             src = make_src(seed)
             kwargs = dict(bos_id=BOS, eos_id=EOS, max_steps=MAX_STEPS)
-            greedy = to_np(backend, decoding.greedy_decode(params, src, cfg, **kwargs))
-            beam = to_np(backend, decoding.beam_search(params, src, cfg, beam_size=1, **kwargs))
+            greedy = to_np(backend, generate.greedy(params, src, cfg, **kwargs))
+            beam = to_np(backend, generate.beam_search(params, src, cfg, beam_size=1, **kwargs))
             np.testing.assert_array_equal(beam, greedy)
 
 
@@ -261,7 +261,7 @@ def test_beam_search_matches_a_reference_beam_search(backend, norm_first, positi
         cfg, params, np_params = make_model(backend, norm_first=norm_first, positional=positional, seed=seed,
                                             eos_bias=eos_bias)
         src = make_src(seed)
-        greedy, beam = decode_both(backend, params, cfg, src)
+        greedy, beam = generate_both(backend, params, cfg, src)
         for row in range(BATCH):
             expected, final_beam = reference_beam(np_params, cfg, src[row], beam_size=4, max_steps=MAX_STEPS)
             assert beam[row].tolist() == expected, f"seed {seed} row {row}"
@@ -285,20 +285,20 @@ def test_exhaustive_beam_finds_the_best_sequence(backend):
         cfg, params, np_params = make_model(backend, vocab=vocab, seed=seed, eos_bias=eos_bias)
         src = make_src(seed)
         kwargs = dict(bos_id=BOS, eos_id=EOS, max_steps=max_steps, alpha=alpha)
-        wide = to_np(backend, decoding.beam_search(params, src, cfg, beam_size=vocab ** max_steps, **kwargs))
-        greedy, beam4 = decode_both(backend, params, cfg, src, max_steps=max_steps)
+        wide = to_np(backend, generate.beam_search(params, src, cfg, beam_size=vocab ** max_steps, **kwargs))
+        greedy, beam4 = generate_both(backend, params, cfg, src, max_steps=max_steps)
         for row in range(BATCH):
             scores = sequence_log_probs(np_params, cfg, src[row], seqs)
-            normalized = [s / decoding.length_penalty(len(q), alpha) for s, q in zip(scores, seqs)]
+            normalized = [s / generate.length_penalty(len(q), alpha) for s, q in zip(scores, seqs)]
             assert trim(wide[row]) == seqs[int(np.argmax(normalized))], f"seed {seed} row {row}"
             for other in (greedy[row], beam4[row]):
                 assert objective(np_params, cfg, src[row], other, alpha) <= max(normalized) + 1e-5
 
 
 def test_length_penalty():
-    assert decoding.length_penalty(1, 0.6) == 1.0
-    assert decoding.length_penalty(7, 0.0) == 1.0
-    assert math.isclose(decoding.length_penalty(7, 0.6), 2.0 ** 0.6)
+    assert generate.length_penalty(1, 0.6) == 1.0
+    assert generate.length_penalty(7, 0.0) == 1.0
+    assert math.isclose(generate.length_penalty(7, 0.6), 2.0 ** 0.6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,18 +310,18 @@ def test_max_steps_out_of_range_is_a_value_error(backend, max_steps):
     cfg, params, _ = make_model(backend)  # max_len == MAX_STEPS
     src = make_src(0)
     with pytest.raises(ValueError, match="max_steps"):
-        decoding.greedy_decode(params, src, cfg, bos_id=BOS, eos_id=EOS, max_steps=max_steps)
+        generate.greedy(params, src, cfg, bos_id=BOS, eos_id=EOS, max_steps=max_steps)
     with pytest.raises(ValueError, match="max_steps"):
-        decoding.greedy_decode(params, src, cfg, bos_id=BOS, eos_id=EOS, max_steps=max_steps, use_cache=False)
+        generate.greedy(params, src, cfg, bos_id=BOS, eos_id=EOS, max_steps=max_steps, use_cache=False)
     with pytest.raises(ValueError, match="max_steps"):
-        decoding.beam_search(params, src, cfg, bos_id=BOS, eos_id=EOS, max_steps=max_steps)
+        generate.beam_search(params, src, cfg, bos_id=BOS, eos_id=EOS, max_steps=max_steps)
 
 
 def test_max_steps_at_the_bounds_is_accepted(backend):
     cfg, params, _ = make_model(backend)
-    out = decoding.greedy_decode(params, make_src(0), cfg, bos_id=BOS, eos_id=EOS, max_steps=1)
+    out = generate.greedy(params, make_src(0), cfg, bos_id=BOS, eos_id=EOS, max_steps=1)
     assert out.shape == (BATCH, 1)
-    for out in decode_both(backend, params, cfg, make_src(0), max_steps=cfg.max_len):
+    for out in generate_both(backend, params, cfg, make_src(0), max_steps=cfg.max_len):
         assert out.shape == (BATCH, cfg.max_len)
 
 
@@ -329,7 +329,7 @@ def test_max_steps_at_the_bounds_is_accepted(backend):
 def test_beam_size_below_one_is_a_value_error(backend, beam_size):
     cfg, params, _ = make_model(backend)
     with pytest.raises(ValueError, match="beam_size"):
-        decoding.beam_search(params, make_src(0), cfg, bos_id=BOS, eos_id=EOS, max_steps=4, beam_size=beam_size)
+        generate.beam_search(params, make_src(0), cfg, bos_id=BOS, eos_id=EOS, max_steps=4, beam_size=beam_size)
 
 
 def test_out_of_vocabulary_source_is_refused(backend):
@@ -337,7 +337,7 @@ def test_out_of_vocabulary_source_is_refused(backend):
     src = make_src(0)
     src[1, 0] = 13
     with pytest.raises(ValueError):
-        decoding.greedy_decode(params, src, cfg, bos_id=BOS, eos_id=EOS, max_steps=4)
+        generate.greedy(params, src, cfg, bos_id=BOS, eos_id=EOS, max_steps=4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,6 +354,6 @@ def test_greedy_and_beam_identical_on_numpy_and_jax(numpy_backend, jax_backend, 
                                        eos_bias=1.0)
         jax_params = jax_backend.tree_asarray(np_params)
         src = make_src(seed)
-        for on_numpy, on_jax in zip(decode_both(numpy_backend, np_params, cfg, src),
-                                    decode_both(jax_backend, jax_params, cfg, src)):
+        for on_numpy, on_jax in zip(generate_both(numpy_backend, np_params, cfg, src),
+                                    generate_both(jax_backend, jax_params, cfg, src)):
             np.testing.assert_array_equal(on_jax, on_numpy, err_msg=f"seed {seed}")

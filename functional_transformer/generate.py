@@ -1,15 +1,15 @@
-"""Autoregressive decoding: greedy and beam search, with a key/value cache.
+"""Autoregressive generation: greedy and beam search, with a key/value cache.
 
-The cache holds, per decoder layer, the self-attention keys/values of the tokens decoded so far,
+The cache holds, per decoder layer, the self-attention keys/values of the tokens generated so far,
 (B, H, max_steps, Dh), written one position per step, and the cross-attention keys/values of the
 encoder memory, (B, H, S, Dh), computed once per source. One step then costs O(t) attention for
 the new token instead of re-running the decoder over the whole prefix (O(t^2)).
 
-A step reuses the layers' own forward functions (residual, layer norm, feed-forward, attention
-projections) in eval mode, so cached decoding computes exactly what `model.decode_fwd` computes;
-`greedy_decode(..., use_cache=False)` re-runs the full decoder each step as a reference.
-On JAX the step is jitted once (the position is a traced integer) and the loop stays in Python,
-stopping as soon as every sequence has produced end-of-sequence.
+A step runs the decoder stack's own single-position step (layers.stacks.decoder_step: the same
+block code as training, in eval mode), so cached generation computes exactly what
+`model.decode_fwd` computes; `greedy(..., use_cache=False)` re-runs the full decoder each step as
+a reference. On JAX the step is jitted once (the position is a traced integer) and the loop stays
+in Python, stopping as soon as every sequence has produced end-of-sequence.
 """
 
 from __future__ import annotations
@@ -18,70 +18,29 @@ import math
 
 from backends import array_namespace, backend_of
 
-from . import api, model
-from .layers import attention, embedding, feed_forward, layer_norm, linear, residual, softmax
+from . import api, checks, model
+from .layers import embedding, linear, softmax, stacks
 
 
 def init_cache(params: dict, memory, cfg, max_steps: int) -> dict:
-    """Per decoder layer: empty self-attention k/v (B, H, max_steps, Dh) and the memory's cross k/v."""
-    xp = array_namespace(memory)
-    batch = memory.shape[0]
-    empty = xp.zeros((batch, cfg.n_heads, max_steps, cfg.d_head), dtype=memory.dtype)
-    cache = {}
-    for i in range(cfg.n_decoder_layers):
-        cross = params["decoder"][f"layer_{i}"]["cross_attn"]
-        cache[f"layer_{i}"] = {
-            "self_k": empty,
-            "self_v": empty,
-            "cross_k": attention.split_heads(linear.apply(attention.projection(cross, "k"), memory), cfg.n_heads),
-            "cross_v": attention.split_heads(linear.apply(attention.projection(cross, "v"), memory), cfg.n_heads),
-        }
-    return cache
+    """{"layer_i": {"self_k", "self_v", "cross_k", "cross_v"}}: empty self-attention keys/values
+    (B, H, max_steps, Dh) and the memory's cross-attention keys/values (B, H, S, Dh)."""
+    return stacks.decoder_cache(params["decoder"], memory, cfg, max_steps)
 
 
-def _cached_attention(params, h, keys, values, mask, n_heads):
-    """h (B, 1, D) attends to cached keys/values (B, H, S, Dh) -> (B, 1, D)."""
-    q = attention.split_heads(linear.apply(attention.projection(params, "q"), h), n_heads)
-    heads, _ = attention.dot_product_fwd(q, keys, values, mask)
-    return linear.apply(attention.projection(params, "o"), attention.merge_heads(heads))
-
-
-def decode_step(params: dict, cache: dict, tokens, position, cross_mask, cfg):
+def step(params: dict, cache: dict, tokens, position, cross_mask, cfg):
     """The next-token logits (B, V) for tokens (B,) at `position`, and the cache with them written in."""
-    backend = backend_of(cache)
-    xp = backend.xp
+    xp = backend_of(cache).xp
     x = embedding.apply(params["tgt_embed"], xp.reshape(tokens, (-1, 1)), position)  # (B, 1, D)
     max_steps = next(iter(cache.values()))["self_k"].shape[2]
-    self_mask = xp.reshape(xp.arange(max_steps) <= position, (1, 1, 1, max_steps))  # keys decoded so far
-    eval_mode = dict(norm_first=cfg.norm_first, drop_rate=0.0)
-    new_cache = {}
-    for i in range(cfg.n_decoder_layers):
-        layer, layer_cache = params["decoder"][f"layer_{i}"], dict(cache[f"layer_{i}"])
-        self_attn = layer["self_attn"]
-
-        def self_attention(h):
-            k = attention.split_heads(linear.apply(attention.projection(self_attn, "k"), h), cfg.n_heads)
-            v = attention.split_heads(linear.apply(attention.projection(self_attn, "v"), h), cfg.n_heads)
-            layer_cache["self_k"] = backend.set_at(layer_cache["self_k"], (slice(None), slice(None), position), k[:, :, 0])
-            layer_cache["self_v"] = backend.set_at(layer_cache["self_v"], (slice(None), slice(None), position), v[:, :, 0])
-            return _cached_attention(self_attn, h, layer_cache["self_k"], layer_cache["self_v"], self_mask, cfg.n_heads), None
-
-        def cross_attention(h):
-            out = _cached_attention(layer["cross_attn"], h, layer_cache["cross_k"], layer_cache["cross_v"], cross_mask, cfg.n_heads)
-            return out, None
-
-        x, _ = residual.fwd(layer["ln1"], x, self_attention, **eval_mode)
-        x, _ = residual.fwd(layer["ln2"], x, cross_attention, **eval_mode)
-        x, _ = residual.fwd(layer["ln3"], x, lambda h: feed_forward.fwd(layer["ffn"], h, cfg.activation), **eval_mode)
-        new_cache[f"layer_{i}"] = layer_cache
-    if cfg.norm_first:
-        x = layer_norm.apply(params["decoder"]["final_ln"], x)
-    logits = linear.apply(model.output_projection(params, cfg), x)  # (B, 1, V)
-    return logits[:, 0, :], new_cache
+    self_mask = xp.reshape(xp.arange(max_steps) <= position, (1, 1, 1, max_steps))  # keys generated so far
+    h, cache = stacks.decoder_step(params["decoder"], x, cache, position, self_mask, cross_mask, cfg)
+    logits = linear.apply(model.output_projection(params, cfg), h)  # (B, 1, V)
+    return logits[:, 0, :], cache
 
 
 def _start(params, src, cfg, max_steps):
-    backend, a = api._prepare(params, cfg, False, None, src=src)
+    backend, a = checks.prepare_inputs(params, cfg, False, None, src=src)
     src = a["src"]
     if max_steps < 1 or max_steps > cfg.max_len:
         raise ValueError(f"max_steps must be in [1, max_len={cfg.max_len}], got {max_steps}")
@@ -101,7 +60,7 @@ def _greedy_step(params, cache, state, position, cross_mask, cfg, eos_id):
     """One greedy step on fixed shapes (one jit compilation for the whole loop)."""
     backend = backend_of(cache)
     xp = backend.xp
-    logits, cache = decode_step(params, cache, state["tokens"], position, cross_mask, cfg)
+    logits, cache = step(params, cache, state["tokens"], position, cross_mask, cfg)
     logits = _never_pad(logits, cfg.pad_id)
     pad = xp.asarray(cfg.pad_id, dtype=xp.int32)
     tokens = xp.where(state["finished"], pad, xp.astype(xp.argmax(logits, axis=-1), xp.int32))
@@ -112,7 +71,7 @@ def _greedy_step(params, cache, state, position, cross_mask, cfg, eos_id):
     }
 
 
-def greedy_decode(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, use_cache: bool = True):
+def greedy(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, use_cache: bool = True):
     """src (B, S) -> tokens (B, max_steps): the argmax token (never pad) each step, pad_id after end-of-sequence.
 
     Stops early once every row has emitted eos_id (the rest is pad_id)."""
@@ -136,9 +95,9 @@ def greedy_decode(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps
                 break
         return state["output"]
     cache = backend.jit(init_cache, static_argnames=("cfg", "max_steps"))(params, memory, cfg, max_steps)
-    step = backend.jit(_greedy_step, static_argnames=("cfg", "eos_id"))
+    greedy_step = backend.jit(_greedy_step, static_argnames=("cfg", "eos_id"))
     for position in range(max_steps):
-        cache, state = step(params, cache, state, xp.asarray(position), cross_mask, cfg, eos_id)
+        cache, state = greedy_step(params, cache, state, xp.asarray(position), cross_mask, cfg, eos_id)
         if bool(xp.all(state["finished"])):
             break
     return state["output"]
@@ -155,7 +114,7 @@ def _beam_step(params, cache, state, position, cross_mask, cfg, eos_id):
     xp = backend.xp
     batch, k = state["scores"].shape
     vocab = cfg.tgt_vocab_size
-    logits, cache = decode_step(params, cache, state["tokens"], position, cross_mask, cfg)
+    logits, cache = step(params, cache, state["tokens"], position, cross_mask, cfg)
     log_probs = xp.reshape(softmax.log_softmax(_never_pad(logits, cfg.pad_id)), (batch, k, vocab))
     # A finished hypothesis can only continue with pad, at log-probability 0: its score is frozen.
     frozen = xp.astype(xp.where(xp.arange(vocab) == cfg.pad_id, 0.0, -math.inf), log_probs.dtype)
@@ -182,7 +141,7 @@ def beam_search(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: 
     """src (B, S) -> tokens (B, max_steps), the best of `beam_size` hypotheses by log p / length_penalty.
 
     Each step keeps the beam_size best continuations by total log-probability; a hypothesis that
-    has emitted eos_id is finished and its score frozen. With beam_size=1 this is greedy decoding."""
+    has emitted eos_id is finished and its score frozen. With beam_size=1 this is greedy."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
     backend, src, memory, cross_mask = _start(params, src, cfg, max_steps)
@@ -200,9 +159,9 @@ def beam_search(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: 
         "lengths": xp.zeros((batch, k), dtype=memory.dtype),
         "history": xp.full((batch, k, max_steps), cfg.pad_id, dtype=xp.int32),
     }
-    step = backend.jit(_beam_step, static_argnames=("cfg", "eos_id"))
+    beam_step = backend.jit(_beam_step, static_argnames=("cfg", "eos_id"))
     for position in range(max_steps):
-        cache, state = step(params, cache, state, xp.asarray(position), cross_mask, cfg, eos_id)
+        cache, state = beam_step(params, cache, state, xp.asarray(position), cross_mask, cfg, eos_id)
         if bool(xp.all(state["finished"])):
             break
     best_beam = xp.argmax(state["scores"] / length_penalty(state["lengths"], alpha), axis=-1)  # (B,)

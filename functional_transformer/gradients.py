@@ -1,0 +1,53 @@
+"""The gradient of the loss on one batch, by the hand-written VJPs ("vjp") or by jax.grad
+("autodiff"), for the public entry points (api) and the train step (train), which jit them.
+
+These take a batch already checked and on the params' backend ({"src", "tgt_in", "tgt_out"}, see
+api.grad_and_metrics) and return (grads, metrics) with metrics {"loss", "n_tokens", "accuracy"}.
+"""
+
+from __future__ import annotations
+
+from backends import Backend
+
+from . import loss, model
+
+GRAD_METHODS = ("vjp", "autodiff")
+
+
+def default_grad_method(backend: Backend) -> str:
+    """ "vjp" on NumPy (the only method there), "autodiff" on JAX."""
+    return "autodiff" if backend.name == "jax" else "vjp"
+
+
+def batch_metrics(params: dict, batch: dict, cfg, train: bool, key, label_smoothing: float) -> dict:
+    """The loss and metrics of one batch, without gradients."""
+    logits = model.apply(params, batch["src"], batch["tgt_in"], cfg, train, key)
+    _, metrics, _ = loss.fwd(logits, batch["tgt_out"], cfg.pad_id, label_smoothing)
+    return metrics
+
+
+def grad_vjp(params: dict, batch: dict, cfg, train: bool, key, label_smoothing: float):
+    """-> (grads, metrics) from the hand-written VJPs: forward with residuals, then backward."""
+    logits, saved_model = model.fwd(params, batch["src"], batch["tgt_in"], cfg, train, key)
+    _, metrics, saved_loss = loss.fwd(logits, batch["tgt_out"], cfg.pad_id, label_smoothing)
+    grads = model.bwd(saved_model, loss.bwd(saved_loss, 1.0, label_smoothing), cfg)
+    return grads, metrics
+
+
+def grad_autodiff(params: dict, batch: dict, cfg, train: bool, key, label_smoothing: float):
+    """-> (grads, metrics) from jax.grad of the same forward pass (JAX only)."""
+    import jax
+
+    def objective(p):
+        metrics = batch_metrics(p, batch, cfg, train, key, label_smoothing)
+        return metrics["loss"], metrics
+
+    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    return grads, metrics
+
+
+def grad_function(method: str):
+    """grad_vjp or grad_autodiff by name."""
+    if method not in GRAD_METHODS:
+        raise ValueError(f"unknown gradient method {method!r}: choose one of {GRAD_METHODS}")
+    return grad_vjp if method == "vjp" else grad_autodiff
