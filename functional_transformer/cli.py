@@ -271,8 +271,6 @@ def _sweep(args) -> int:
     config = SweepConfig(data=_sweep_data(args), steps=args.steps, n_evals=args.evals,
                          eval_examples=args.eval_examples, seed=args.seed)
     space = load_space(args.space)
-    print(f"backend {default_backend().name}; study {args.study!r} in {storage}; {args.trials} trials of "
-          f"{args.steps} steps; trial folders in {out}", file=sys.stderr)
     study = run_sweep(args.study, storage, config, n_trials=args.trials, out_dir=out, space=space,
                       pruner=args.pruner)
     for line in summary_lines(study):

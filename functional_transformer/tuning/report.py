@@ -14,7 +14,7 @@ import csv
 import warnings
 from pathlib import Path
 
-from .sweep import SweepError, import_optuna
+from .sweep import SETTINGS_ATTR, SweepError, import_optuna
 
 COLUMNS = ("number", "state", "value", "final_exact_match", "steps_to_target", "n_params", "seconds")
 
@@ -25,7 +25,7 @@ def _trial_row(trial) -> dict:
             "final_exact_match": attrs.get("final_exact_match"), "steps_to_target": attrs.get("steps_to_target"),
             "n_params": attrs.get("n_params"), "seconds": attrs.get("seconds"),
             **{f"param:{k}": v for k, v in sorted(trial.params.items())},
-            "fail_reason": trial.system_attrs.get("fail_reason", "")}
+            "fail_reason": attrs.get("fail_reason", "")}
 
 
 def _fmt(value) -> str:
@@ -114,7 +114,7 @@ def write_report(study, out_dir: Path) -> list[Path]:
     written = []
     table = out_dir / "best_trials.md"
     table.write_text(f"# Study {study.study_name}: best trials\n\n"
-                     f"Objective: {study.user_attrs.get('objective', 'see ft sweep --help')}\n\n"
+                     f"Objective: {study.user_attrs.get(SETTINGS_ATTR, {}).get('objective', 'see ft sweep --help')}\n\n"
                      + best_trials_table(study) + "\n")
     written.append(table)
     write_csv(study, out_dir / "trials.csv")

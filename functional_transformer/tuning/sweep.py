@@ -76,9 +76,9 @@ def open_storage(url: str):
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as err:
             raise SweepError(f"cannot open the journal storage {path}: {err}") from None
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # SQLAlchemy's errors for a bad URL, a missing driver, a server not there
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -118,8 +118,11 @@ class SweepConfig:
                              f"{self.eval_examples}")
 
 
+SETTINGS_ATTR = "ft_sweep"  # one user attribute, written at once, so a second worker never sees half of it
+
+
 def study_settings(config: SweepConfig, space: dict) -> dict[str, str]:
-    """The study's user attributes that fix what it searches and how trials are scored."""
+    """What a study searches and how it scores trials; a resumed study must have the same."""
     return {"space": search_space.space_json(space),
             "data": json.dumps(config.data, sort_keys=True),
             "objective": f"mean held-out exact match over {config.n_evals} evaluations in {config.steps} steps "
@@ -138,10 +141,11 @@ def open_study(name: str, storage_url: str, config: SweepConfig, space: dict, pr
         n_before = len(existing.trials)
     except KeyError:
         existing = None
-    if existing is not None and existing.user_attrs:
-        different = [key for key, value in settings.items() if existing.user_attrs.get(key) != value]
+    recorded = existing.user_attrs.get(SETTINGS_ATTR) if existing is not None else None
+    if recorded is not None:
+        different = [key for key, value in settings.items() if recorded.get(key) != value]
         if different:
-            details = "; ".join(f"{key}: the study has {existing.user_attrs.get(key)}, this sweep {settings[key]}"
+            details = "; ".join(f"{key}: the study has {recorded.get(key)}, this sweep {settings[key]}"
                                 for key in different)
             raise SweepError(f"the study {name!r} in {storage_url} was made with other settings ({details}). Use "
                              "another --study name, or the same settings to continue it")
@@ -153,9 +157,8 @@ def open_study(name: str, storage_url: str, config: SweepConfig, space: dict, pr
         sampler = optuna.samplers.TPESampler(seed=config.seed + n_before, multivariate=True, group=True)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize",
                                 pruner=make_pruner(pruner, config.n_evals), load_if_exists=True)
-    if not study.user_attrs:
-        for key, value in settings.items():
-            study.set_user_attr(key, value)
+    if recorded is None:
+        study.set_user_attr(SETTINGS_ATTR, settings)
     return study
 
 
@@ -183,6 +186,7 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
                                   "log_every": config.eval_every})
             runs.model_config(runs.tokenizer_for(data, *pairs), pairs[0] + pairs[1], model)
         except ValueError as err:
+            trial.set_user_attr("fail_reason", str(err))
             raise InvalidSettings(str(err)) from None
         run_dir = out_dir / f"trial_{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
@@ -252,6 +256,9 @@ def run_sweep(study_name: str, storage_url: str, config: SweepConfig, *, n_trial
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(study_name, storage_url, config, space, pruner)
+    if progress:
+        print(f"backend {backend.name}; study {study_name!r} in {storage_url} ({len(study.trials)} trials so far); "
+              f"{n_trials} more of {config.steps} steps; trial folders in {out_dir}", file=sys.stderr)
     objective = make_objective(config, space, out_dir, backend, progress)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
