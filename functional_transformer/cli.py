@@ -182,8 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(default 6)")
     p.add_argument("--eval-examples", type=int, default=500, help="held-out examples per evaluation (default 500)")
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="stop hopeless trials early (default median)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data, every trial's init and dropout, and the "
-                                                       "sampler (give concurrent workers different seeds)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and of every trial's init and dropout; "
+                                                       "part of the study (default 0)")
+    p.add_argument("--sampler-seed", type=int, help="seed of Optuna's sampler (default: --seed); give workers that "
+                                                    "share a study different ones")
 
     p = sub.add_parser("sweep-report", help="a study's best trials and plots",
                        description="Write best_trials.md, trials.csv and PNG plots of a study into --out.")
@@ -272,7 +274,7 @@ def _sweep(args) -> int:
                          eval_examples=args.eval_examples, seed=args.seed)
     space = load_space(args.space)
     study = run_sweep(args.study, storage, config, n_trials=args.trials, out_dir=out, space=space,
-                      pruner=args.pruner)
+                      pruner=args.pruner, sampler_seed=args.sampler_seed)
     for line in summary_lines(study):
         print(line)
     return 0

@@ -104,6 +104,14 @@ def trained(tmp_path_factory):
     return out, cli.main(argv)
 
 
+@pytest.fixture
+def trained_copy(trained, tmp_path):
+    """A copy of the module's trained run folder, for a test that changes it."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained[0], copy)
+    return copy
+
+
 def test_train_returns_0_and_writes_the_run(trained, capsys):
     out, code = trained
     assert code == 0
@@ -361,10 +369,8 @@ def test_debug_shows_the_traceback_of_a_user_error(tmp_path, capsys):
 
 
 @slow_on_jax
-def test_resume_continues_from_the_saved_step(trained, tmp_path, capsys):
-    out_dir, _ = trained
-    copy = tmp_path / "run"
-    shutil.copytree(out_dir, copy)
+def test_resume_continues_from_the_saved_step(trained_copy, capsys):
+    copy = trained_copy
     capsys.readouterr()
     # Past the planned 20 steps only with --extend (issue 11: never a silent change of schedule).
     assert cli.main(["train", "--resume", "--out", str(copy), "--steps", "25", "--no-progress"]) == 2
@@ -456,11 +462,9 @@ def test_every_task_trains_a_couple_of_steps(task, tmp_path, capsys):
 # Never lose a trained model (issue 11): protected folders, one writer, honest resume
 
 
-def test_a_trained_run_is_not_replaced_without_overwrite(trained, tmp_path, capsys):
+def test_a_trained_run_is_not_replaced_without_overwrite(trained_copy, capsys):
     """Case 1: `ft train --out runs/reverse --steps 3` over a trained run used to replace it silently."""
-    out_dir, _ = trained
-    copy = tmp_path / "run"
-    shutil.copytree(out_dir, copy)
+    copy = trained_copy
     before = (copy / checkpoint.CHECKPOINT_NAME).read_bytes()
     capsys.readouterr()
     argv = ["train", "--task", "reverse", "--steps", "3", "--n-train", "200", "--n-valid", "20", "--max-len", "5",
@@ -475,11 +479,9 @@ def test_a_trained_run_is_not_replaced_without_overwrite(trained, tmp_path, caps
     assert load_step(copy) == 3
 
 
-def test_resume_refuses_a_flag_that_conflicts_with_the_run(trained, tmp_path, capsys):
+def test_resume_refuses_a_flag_that_conflicts_with_the_run(trained_copy, capsys):
     """Case 5: every flag given with --resume used to be ignored silently."""
-    out_dir, _ = trained
-    copy = tmp_path / "run"
-    shutil.copytree(out_dir, copy)
+    copy = trained_copy
     capsys.readouterr()
     assert cli.main(["train", "--resume", "--out", str(copy), "--learning-rate", "0.5", "--no-progress"]) == 2
     assert "learning_rate=0.5 conflicts with the resumed run's learning_rate=0.002" in capsys.readouterr().err

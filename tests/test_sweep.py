@@ -131,7 +131,7 @@ def test_two_workers_on_one_journal_share_the_study(tmp_path, space_file):
             "--eval-examples", "30", "--space", str(space_file), "--study", "shared", "--storage", storage,
             "--out", str(tmp_path / "trials"), "--pruner", "none", "--trials", "3"]
     env = dict(os.environ, FT_BACKEND="numpy")  # the storage is what is tested; NumPy starts fastest
-    workers = [subprocess.Popen([*argv, "--seed", str(seed)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+    workers = [subprocess.Popen([*argv, "--sampler-seed", str(seed)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
     try:
         outputs = [w.communicate(timeout=240) for w in workers]

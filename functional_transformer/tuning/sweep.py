@@ -130,8 +130,11 @@ def study_settings(config: SweepConfig, space: dict) -> dict[str, str]:
             "steps": str(config.steps), "n_evals": str(config.n_evals), "eval_examples": str(config.eval_examples)}
 
 
-def open_study(name: str, storage_url: str, config: SweepConfig, space: dict, pruner: str):
-    """Create the study, or load it and check it searches the same space on the same data."""
+def open_study(name: str, storage_url: str, config: SweepConfig, space: dict, pruner: str,
+               sampler_seed: int | None = None):
+    """Create the study, or load it and check it searches the same space on the same data.
+    sampler_seed (default: config.seed) seeds Optuna's sampler; workers sharing a study give
+    different ones, or they would draw the same settings."""
     optuna = import_optuna()
     storage = open_storage(storage_url)
     settings = study_settings(config, space)
@@ -154,7 +157,8 @@ def open_study(name: str, storage_url: str, config: SweepConfig, space: dict, pr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=config.seed + n_before, multivariate=True, group=True)
+        seed = (config.seed if sampler_seed is None else sampler_seed) + n_before
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize",
                                 pruner=make_pruner(pruner, config.n_evals), load_if_exists=True)
     if recorded is None:
@@ -244,7 +248,7 @@ def _keep_checkpoints_if_best(trial, score: float, run_dir: Path) -> None:
 
 def run_sweep(study_name: str, storage_url: str, config: SweepConfig, *, n_trials: int, out_dir: str | os.PathLike,
               space: dict | None = None, pruner: str = "median", backend: Backend | None = None,
-              progress: bool = True):
+              sampler_seed: int | None = None, progress: bool = True):
     """Run n_trials more trials of the study (created or continued); -> the Optuna study."""
     optuna = import_optuna()
     space = search_space.check_space(space or search_space.load_space(None))
@@ -255,7 +259,7 @@ def run_sweep(study_name: str, storage_url: str, config: SweepConfig, *, n_trial
     backend = backend or default_backend()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    study = open_study(study_name, storage_url, config, space, pruner)
+    study = open_study(study_name, storage_url, config, space, pruner, sampler_seed)
     if progress:
         print(f"backend {backend.name}; study {study_name!r} in {storage_url} ({len(study.trials)} trials so far); "
               f"{n_trials} more of {config.steps} steps; trial folders in {out_dir}", file=sys.stderr)
