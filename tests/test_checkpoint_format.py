@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from backends import tree_structure
+from disk_faults import disk_full_after
 from functional_transformer import checkpoint_format as cf
 from functional_transformer.checkpoint_format import CheckpointError, load_file, load_tree, save_file, save_tree
 
@@ -362,37 +363,11 @@ def test_failed_rename_keeps_the_previous_file(previous_checkpoint, monkeypatch)
 
 def test_disk_full_mid_write_keeps_the_previous_file(previous_checkpoint, monkeypatch):
     path, contents = previous_checkpoint
-    real_fdopen = os.fdopen
-    written = []
-
-    class DiskFullAfter1000Bytes:
-        """A file that, like a full disk, writes what fits and then fails."""
-
-        def __init__(self, file):
-            self.file = file
-
-        def write(self, data):
-            data = memoryview(data).cast("B")
-            room = 1000 - sum(written)
-            written.append(min(room, len(data)))
-            self.file.write(data[:room])
-            if len(data) > room:
-                raise OSError(28, "No space left on device")
-            return len(data)
-
-        def __getattr__(self, name):
-            return getattr(self.file, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.file.close()
-
-    monkeypatch.setattr(os, "fdopen", lambda fd, mode: DiskFullAfter1000Bytes(real_fdopen(fd, mode)))
+    fdopen, written = disk_full_after(1000)
+    monkeypatch.setattr(os, "fdopen", fdopen)
     with pytest.raises(OSError, match="No space left"):
         save_file(path, {"w": np.full(100, 4.0), "v": np.ones(1000)}, {"step": "2"})
-    assert sum(written) == 1000, "the failure should come after part of the data was written"
+    assert written[0] == 1000, "the failure should come after part of the data was written"
     assert_previous_file_intact(path, contents)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from backends import tree_flatten
+from disk_faults import disk_full_after
 from functional_transformer import api, optim
 from functional_transformer import checkpoint_format as cf
 from functional_transformer.checkpoint_format import (
@@ -366,36 +367,6 @@ def test_the_reserved_keys_are_refused_in_metadata(tmp_path):
 
 
 # --- a save that fails half-way ---------------------------------------------------------------------
-
-
-def disk_full_after(limit):
-    """An os.fdopen whose files write `limit` bytes, then fail as a full disk does."""
-    real_fdopen = os.fdopen
-    written = [0]
-
-    class DiskFull:
-        def __init__(self, file):
-            self.file = file
-
-        def write(self, data):
-            data = memoryview(data).cast("B")
-            room = max(limit - written[0], 0)
-            self.file.write(data[:room])
-            written[0] += min(room, len(data))
-            if len(data) > room:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return len(data)
-
-        def __getattr__(self, name):
-            return getattr(self.file, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.file.close()
-
-    return (lambda fd, mode: DiskFull(real_fdopen(fd, mode))), written
 
 
 def assert_previous_checkpoint_intact(path, contents, model_trees):
