@@ -84,6 +84,7 @@ def test_a_sweep_records_trials_prunes_reports_and_resumes(tmp_path, space_file,
     study = sweep.run_sweep("s", storage, CONFIG, n_trials=3, out_dir=out, space=space, progress=False)
     assert states(study) == ["COMPLETE", "COMPLETE", "PRUNED"]
     good = study.trials[0]
+    assert CONFIG.eval_steps == [10, 20, 30, 40]
     assert good.value == pytest.approx(sum(good.intermediate_values.values()) / CONFIG.n_evals)
     assert 0 < good.value <= 1 and good.user_attrs["n_params"] > 0
     assert good.user_attrs["final_exact_match"] == good.intermediate_values[CONFIG.n_evals]
@@ -191,6 +192,11 @@ def test_a_bad_space_file_is_a_clear_error(tmp_path):
             load_space(path)
     with pytest.raises(SpaceError, match="does not exist"):
         load_space(tmp_path / "missing.toml")
+
+
+def test_a_trial_is_scored_over_every_evaluation_it_makes():
+    uneven = sweep.SweepConfig(data=DATA, steps=200, n_evals=6)
+    assert uneven.eval_every == 33 and uneven.eval_steps == [33, 66, 99, 132, 165, 198, 200]
 
 
 def test_the_default_space_is_valid_and_every_setting_is_known():

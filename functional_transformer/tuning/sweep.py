@@ -1,9 +1,9 @@
 """`ft sweep`: many training runs, their settings chosen by Optuna, on either backend.
 
 Each trial draws its settings from the search space (space.py), trains with `runs.fit` for the
-sweep's step budget with `eval_every = steps // n_evals`, and scores
+sweep's step budget, evaluating every `steps // n_evals` steps and at the last step, and scores
 
-    objective = the mean held-out exact match over the run's n_evals evaluations
+    objective = the mean held-out exact match over those evaluations
 
 (the normalised area under its exact-match curve): it rewards a run that ends right *and* one that
 gets there early, so it still ranks settings when many of them end at 1.0. Each evaluation's exact
@@ -92,7 +92,7 @@ def make_pruner(name: str, n_evals: int):
         # have finished and from the second evaluation on (the first is too noisy to judge).
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2, interval_steps=1)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_evals)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_evals + 1)
     if name == "none":
         return optuna.pruners.NopPruner()
     raise SweepError(f"unknown pruner {name!r}: choose one of {PRUNERS}")
@@ -112,6 +112,12 @@ class SweepConfig:
     def eval_every(self) -> int:
         return max(1, self.steps // self.n_evals)
 
+    @property
+    def eval_steps(self) -> list[int]:
+        """The steps a trial is evaluated at: every eval_every, and the last step (as run_loop does)."""
+        steps = list(range(self.eval_every, self.steps + 1, self.eval_every))
+        return steps if steps[-1] == self.steps else [*steps, self.steps]
+
     def __post_init__(self):
         if self.steps < 1 or self.n_evals < 1 or self.eval_examples < 1:
             raise SweepError(f"steps, n_evals and eval_examples must be positive, got {self.steps}, {self.n_evals}, "
@@ -125,7 +131,7 @@ def study_settings(config: SweepConfig, space: dict) -> dict[str, str]:
     """What a study searches and how it scores trials; a resumed study must have the same."""
     return {"space": search_space.space_json(space),
             "data": json.dumps(config.data, sort_keys=True),
-            "objective": f"mean held-out exact match over {config.n_evals} evaluations in {config.steps} steps "
+            "objective": f"mean held-out exact match over the evaluations at steps {config.eval_steps} "
                          f"({config.eval_examples} examples)",
             "steps": str(config.steps), "n_evals": str(config.n_evals), "eval_examples": str(config.eval_examples)}
 
@@ -146,7 +152,8 @@ def open_study(name: str, storage_url: str, config: SweepConfig, space: dict, pr
         existing = None
     recorded = existing.user_attrs.get(SETTINGS_ATTR) if existing is not None else None
     if recorded is not None:
-        different = [key for key, value in settings.items() if recorded.get(key) != value]
+        # (The objective's text is derived from the others and may be reworded between versions.)
+        different = [key for key, value in settings.items() if key != "objective" and recorded.get(key) != value]
         if different:
             details = "; ".join(f"{key}: the study has {recorded.get(key)}, this sweep {settings[key]}"
                                 for key in different)
@@ -218,12 +225,11 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
             stopped = "diverged"
         seconds = time.perf_counter() - t0
         reached = [i for i, em in enumerate(exact_matches) if em >= TARGET_EXACT_MATCH]
-        score = sum(exact_matches) / config.n_evals
+        score = sum(exact_matches) / len(config.eval_steps)
         trial.set_user_attr("seconds", round(seconds, 2))
         trial.set_user_attr("final_exact_match", exact_matches[-1] if exact_matches else None)
         trial.set_user_attr("best_exact_match", max(exact_matches, default=None))
-        trial.set_user_attr("steps_to_target",
-                            (reached[0] + 1) * config.eval_every if reached else None)
+        trial.set_user_attr("steps_to_target", config.eval_steps[reached[0]] if reached else None)
         trial.set_user_attr("stopped", "pruned" if pruned else stopped)
         if progress:
             print(f"trial {trial.number}: {'pruned at step ' + str(pruned[0]) if pruned else stopped}; "
