@@ -93,10 +93,32 @@ def _train_flags(args) -> dict:
     return {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
 
 
-def _data_flags(args) -> tuple[str | None, dict]:
-    """(the data source given, if any, and the task-size flags given)."""
-    sizes = {name: getattr(args, name) for name in TASK_DATA_DEFAULTS if getattr(args, name) is not None}
-    return args.task, sizes
+def _add_data_flags(p):
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--task", choices=sorted(TASKS), help="a built-in task (default reverse)")
+    src.add_argument("--data", type=Path, help="training TSV: one 'source<TAB>target' per line")
+    p.add_argument("--valid", type=Path, help="held-out TSV for --data (default: 5%% of --data held out)")
+    d = TASK_DATA_DEFAULTS
+    g = p.add_argument_group("task data")
+    g.add_argument("--min-len", type=int, help=f"shortest task string (default {d['min_len']})")
+    g.add_argument("--max-len", type=int, help=f"longest task string; digits per operand for addition (default {d['max_len']})")
+    g.add_argument("--n-train", type=int, help=f"task training examples (default {d['n_train']})")
+    g.add_argument("--n-valid", type=int, help=f"task held-out examples, never seen in training (default {d['n_valid']})")
+
+
+def _task_sizes(args) -> dict:
+    """The task-size flags given."""
+    return {name: getattr(args, name) for name in TASK_DATA_DEFAULTS if getattr(args, name) is not None}
+
+
+def _data_spec(args, seed: int) -> dict:
+    """A new run's data spec from --task/--data/--valid and the task sizes."""
+    sizes = _task_sizes(args)
+    if args.data:
+        if sizes:
+            raise DataError(f"{sorted(sizes)} size the built-in tasks; they do not apply to --data")
+        return tsv_data(args.data, args.valid, seed=seed)
+    return task_data(args.task or "reverse", seed=seed, **sizes)
 
 
 def _add_checkpoint_flags(p):
@@ -115,10 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on a built-in task or your own TSV data",
                        description="Train a Transformer on a character task (--task) or TSV files (--data).")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--task", choices=sorted(TASKS), help="a built-in task (default reverse)")
-    src.add_argument("--data", type=Path, help="training TSV: one 'source<TAB>target' per line")
-    p.add_argument("--valid", type=Path, help="held-out TSV for --data (default: 5%% of --data held out)")
+    _add_data_flags(p)
     p.add_argument("--out", type=Path, help="run folder for checkpoint, metrics.jsonl, curves.png (default runs/<task>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with its own settings and schedule")
@@ -126,12 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extend", action="store_true",
                    help="with --resume and a larger --steps: train a finished run further (a cosine schedule "
                         "restarts: warmup, then decay over the added steps; the others continue)")
-    d = TASK_DATA_DEFAULTS
-    g = p.add_argument_group("task data")
-    g.add_argument("--min-len", type=int, help=f"shortest task string (default {d['min_len']})")
-    g.add_argument("--max-len", type=int, help=f"longest task string; digits per operand for addition (default {d['max_len']})")
-    g.add_argument("--n-train", type=int, help=f"task training examples (default {d['n_train']})")
-    g.add_argument("--n-valid", type=int, help=f"task held-out examples, never seen in training (default {d['n_valid']})")
     _add_model_flags(p)
     _add_train_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
@@ -162,15 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the mean held-out exact match over its evaluations. Run it again with the same "
                                    "--study and --storage to add trials; point several processes at one storage to "
                                    "share a study (journal: files or a database server; not SQLite).")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--task", choices=sorted(TASKS), help="a built-in task (default reverse)")
-    src.add_argument("--data", type=Path, help="training TSV: one 'source<TAB>target' per line")
-    p.add_argument("--valid", type=Path, help="held-out TSV for --data (default: 5%% of --data held out)")
-    g = p.add_argument_group("task data")
-    g.add_argument("--min-len", type=int, help=f"shortest task string (default {d['min_len']})")
-    g.add_argument("--max-len", type=int, help=f"longest task string (default {d['max_len']})")
-    g.add_argument("--n-train", type=int, help=f"task training examples (default {d['n_train']})")
-    g.add_argument("--n-valid", type=int, help=f"task held-out examples (default {d['n_valid']})")
+    _add_data_flags(p)
     p.add_argument("--trials", type=int, default=10, help="trials to run in this process (default 10)")
     p.add_argument("--study", default="ft-sweep", help="the study's name in the storage (default ft-sweep)")
     p.add_argument("--storage", help="an Optuna storage: journal:PATH (default journal:<out>/study.journal; safe for "
@@ -197,18 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     out = args.out or Path("runs") / (args.task or (args.data.stem if args.data else "reverse"))
-    task, sizes = _data_flags(args)
     train_fields = _train_flags(args)
-    if args.resume:
-        data = {**({"task": task} if task else {}), **sizes}
+    if args.resume:  # only what was given, to be checked against the run's own data
+        data = {**({"task": args.task} if args.task else {}), **_task_sizes(args)}
         if args.data:
             data.update(kind="tsv", train=str(args.data), valid=str(args.valid) if args.valid else None)
-    elif args.data:
-        if sizes:
-            raise DataError(f"{sorted(sizes)} size the built-in tasks; they do not apply to --data")
-        data = tsv_data(args.data, args.valid, seed=train_fields.get("seed", TRAIN_DEFAULTS.seed))
     else:
-        data = task_data(task or "reverse", seed=train_fields.get("seed", TRAIN_DEFAULTS.seed), **sizes)
+        data = _data_spec(args, seed=train_fields.get("seed", TRAIN_DEFAULTS.seed))
     if args.extend and not args.resume:
         raise ValueError("--extend trains a finished run further: give it with --resume")
     result = fit(_model_flags(args) or None, train_fields if args.resume else TrainConfig(**train_fields), data or None,
@@ -255,22 +255,13 @@ def _predict(args) -> int:
     return 0
 
 
-def _sweep_data(args) -> dict:
-    sizes = {name: getattr(args, name) for name in TASK_DATA_DEFAULTS if getattr(args, name) is not None}
-    if args.data:
-        if sizes:
-            raise DataError(f"{sorted(sizes)} size the built-in tasks; they do not apply to --data")
-        return tsv_data(args.data, args.valid, seed=args.seed)
-    return task_data(args.task or "reverse", seed=args.seed, **sizes)
-
-
 def _sweep(args) -> int:
     from .tuning import SweepConfig, load_space, run_sweep
     from .tuning.sweep import summary_lines
 
     out = args.out or Path("runs") / f"sweep-{args.study}"
     storage = args.storage or f"journal:{out / 'study.journal'}"
-    config = SweepConfig(data=_sweep_data(args), steps=args.steps, n_evals=args.evals,
+    config = SweepConfig(data=_data_spec(args, seed=args.seed), steps=args.steps, n_evals=args.evals,
                          eval_examples=args.eval_examples, seed=args.seed)
     space = load_space(args.space)
     study = run_sweep(args.study, storage, config, n_trials=args.trials, out_dir=out, space=space,
