@@ -341,13 +341,11 @@ def _resume(out: Path, model, train_config, data, extend, callbacks, backend, pr
     if isinstance(model, TransformerConfig):
         model = model.to_dict()
     _check_resumed("model", cfg.to_dict(), dict(model or {}))
+    pairs = None
     if isinstance(data, str):
         data = {"task": data}
     elif isinstance(data, (tuple, list)):
-        pairs = (list(data[0]), list(data[1]))
-        data = None
-    else:
-        pairs = None
+        pairs, data = (list(data[0]), list(data[1])), None
     _check_resumed("data", spec, dict(data or {}))
     if isinstance(train_config, TrainConfig):
         train_config = dataclasses.asdict(train_config)

@@ -205,6 +205,7 @@ def test_resume_through_fit_continues_and_refuses_a_conflict(tmp_path):
         quiet_fit({"d_model": 32}, None, None, out_dir=out, resume=True)
     with pytest.raises(ft.RunFolderError, match=r"n_train=10 conflicts with the resumed run's data n_train=200"):
         quiet_fit(None, None, {"n_train": 10}, out_dir=out, resume=True)
+    assert quiet_fit(out_dir=out, resume=True).step == 4  # finished: nothing to do (data defaults to "reverse")
     extended = quiet_fit(None, {"steps": 6}, None, out_dir=out, resume=True, extend=True)
     assert extended.step == 6 and extended.train_config.schedule_start == 4
     assert [r["step"] for r in extended.history if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
