@@ -128,6 +128,13 @@ def _add_checkpoint_flags(p):
                         "(checkpoint.safetensors); default: best where the folder has one, else last")
 
 
+def _space_help() -> str:
+    from .tuning import space
+
+    default = "\n".join(f"  {name}: {entry}" for name, entry in space.DEFAULT_SPACE.items())
+    return space.__doc__.split("\n", 2)[2].strip() + "\n\nThe default space:\n" + default
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ft", description=__doc__.splitlines()[0] + " Backend: FT_BACKEND=numpy|jax.")
     parser.add_argument("--debug", action="store_true",
@@ -174,14 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run Optuna trials of `ft train` settings; each trial trains for --steps and scores "
                                    "the mean held-out exact match over its evaluations. Run it again with the same "
                                    "--study and --storage to add trials; point several processes at one storage to "
-                                   "share a study (journal: files or a database server; not SQLite).")
+                                   "share a study (journal: files or a database server; not SQLite).",
+                       epilog=_space_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_data_flags(p)
     p.add_argument("--trials", type=int, default=10, help="trials to run in this process (default 10)")
     p.add_argument("--study", default="ft-sweep", help="the study's name in the storage (default ft-sweep)")
     p.add_argument("--storage", help="an Optuna storage: journal:PATH (default journal:<out>/study.journal; safe for "
                                      "concurrent workers), sqlite:///PATH (one worker at a time), postgresql://...")
     p.add_argument("--out", type=Path, help="folder for the trials' run folders (default runs/sweep-<study>)")
-    p.add_argument("--space", type=Path, help="a TOML search space over the default (see ft sweep --help's epilog)")
+    p.add_argument("--space", type=Path, help="a TOML file whose entries replace the default search space's (see below)")
     p.add_argument("--steps", type=int, default=300, help="training steps per trial (default 300)")
     p.add_argument("--evals", type=int, default=6, help="held-out evaluations per trial; the score is their mean "
                                                         "(default 6)")
