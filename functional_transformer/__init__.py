@@ -10,6 +10,7 @@ Training and using a model from Python (see runs.py):
     result = ft.fit(data="reverse", train_config=ft.TrainConfig(steps=300), out_dir="runs/quick")
     model = ft.load("runs/quick")
     ft.predict(model, ["apple"])
+    maps = ft.attention_maps(model.params, model.cfg, model.tokenizer, "apple")   # inspect/
 
 The backend is FT_BACKEND ("numpy", the default, or "jax"), read once, on first use: `ft.backend`.
 Importing the package never fails on a bad FT_BACKEND; using the backend does (ValueError for an
@@ -30,6 +31,7 @@ from .api import (
 )
 from .backend_choice import default_backend
 from .config import TransformerConfig
+from .inspect import attention_maps
 from .runs import FitResult, RunFolderError, TrainedModel, evaluate, fit, load, predict, task_data, tsv_data
 from .train import TrainConfig
 
@@ -53,6 +55,7 @@ __all__ = [
     "task_data",
     "tsv_data",
     "apply",
+    "attention_maps",
     "backend",
     "decode",
     "default_grad_method",

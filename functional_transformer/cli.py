@@ -20,6 +20,7 @@ from .checkpoint_format import CheckpointError, UncheckedCheckpointWarning
 from .config import DTYPES, TransformerConfig
 from .data import DataError, TASKS, make_task_data, read_tsv
 from .inference import evaluate, predict
+from .inspect import KINDS as ATTENTION_KINDS
 from .runs import MODEL_DEFAULTS, TASK_DATA_DEFAULTS, fit, load_pairs, task_data, tsv_data
 from .train import GRAD_METHODS, OPTIMIZERS, SCHEDULES, SaveFailed, TrainConfig, TrainingDiverged
 from .tuning.sweep import PRUNERS
@@ -205,6 +206,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default="ft-sweep", help="the study's name (default ft-sweep)")
     p.add_argument("--storage", required=True, help="the study's Optuna storage URL (as given to ft sweep)")
     p.add_argument("--out", type=Path, required=True, help="folder for the table and plots")
+
+    p = sub.add_parser("attention", help="draw every attention weight of one example (matplotlib: the [plot] extra)",
+                       description="Draw the attention maps of one forward pass: encoder self-attention, decoder "
+                                   "causal self-attention and cross-attention, a heatmap per layer and head, labelled "
+                                   "with the tokens. The target is the model's greedy output unless --target is given.")
+    _add_checkpoint_flags(p)
+    p.add_argument("source", help="the source string")
+    p.add_argument("--target", help="teacher-force this target instead of the model's greedy output")
+    p.add_argument("--kind", choices=("all", *ATTENTION_KINDS), default="all",
+                   help="which attention to draw (default all, one grid above the other)")
+    p.add_argument("--out", type=Path, default=Path("attention.png"), help="the PNG to write (default attention.png)")
+    p.add_argument("--allow-unknown", action="store_true",
+                   help="read characters outside the model's vocabulary as the unknown token (default: refuse them)")
+
+    p = sub.add_parser("report", help="one self-contained HTML page about a run (matplotlib: the [plot] extra)",
+                       description="Write an HTML page with the run's configs, curves, sample predictions (greedy "
+                                   "and beam), attention maps and checkpoint sizes; images are embedded, so the page "
+                                   "needs no network and no other file.")
+    _add_checkpoint_flags(p)
+    p.add_argument("--out", type=Path, help="the HTML file to write (default report.html in the run folder)")
+    p.add_argument("--n", type=int, default=100, help="held-out examples to decode for the predictions (default 100)")
     return parser
 
 
@@ -294,9 +316,35 @@ def _sweep_report(args) -> int:
     return 0
 
 
+def _attention(args) -> int:
+    from .inspect import attention_maps, plots
+
+    plots.require_matplotlib("ft attention")  # before loading anything, so a missing extra fails at once
+    loaded = checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), default_backend())
+    maps = attention_maps(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], args.source, args.target,
+                          allow_unknown=args.allow_unknown)
+    kinds = tuple(ATTENTION_KINDS) if args.kind == "all" else (args.kind,)
+    path = plots.save_png(plots.attention_figure(maps, kinds), args.out)
+    print(f"source: {maps['source']}")
+    print(f"target ({maps['target_from']}): {maps['target']}")
+    print(f"wrote {path}: {', '.join(kinds)}; {maps[kinds[0]].shape[0]} layers x {maps[kinds[0]].shape[1]} heads each")
+    return 0
+
+
+def _report(args) -> int:
+    from .inspect.report import write_report
+
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    path = write_report(args.checkpoint, args.out, args.which, n_examples=args.n)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"train": _train, "eval": _eval, "predict": _predict, "sweep": _sweep, "sweep-report": _sweep_report}
+    commands = {"train": _train, "eval": _eval, "predict": _predict, "sweep": _sweep, "sweep-report": _sweep_report,
+                "attention": _attention, "report": _report}
     command = commands[args.command]
     with warnings.catch_warnings():
         _show_checkpoint_warnings_as_one_line(args.command)
