@@ -1,4 +1,4 @@
-"""The scripts behind the NumPy-against-JAX comparison (docs/seeing_inside.md): the backward-line
+"""The scripts behind the NumPy-against-JAX comparison (README.md, "Seeing inside"): the backward-line
 count, the planted VJP slips (each must be caught, the code as it is must pass), the edit the
 mistakes script makes, one compile-time measure, and (slow, with JAX) the gradient agreement.
 """

@@ -168,7 +168,10 @@ def test_the_same_trials_give_the_same_results_on_both_backends(tmp_path, space_
     assert results["numpy"][0] == results["jax"][0]
     assert results["numpy"][1] == results["jax"][1]  # the same exact matches at every evaluation
     for a, b in zip(results["numpy"][2], results["jax"][2]):
-        assert a == pytest.approx(b, rel=1e-4)  # one trajectory, float32 on both
+        # One trajectory in float32 on both; 40 steps at learning rate 1e-2 let rounding grow to
+        # about 1e-3 (test_training's trajectory test allows the same over its longer run).
+        assert a[:10] == pytest.approx(b[:10], rel=1e-4)
+        assert a == pytest.approx(b, rel=2e-3)
 
 
 # ---------------------------------------------------------------------------------------------
