@@ -294,8 +294,13 @@ def _sweep(args) -> int:
     config = SweepConfig(data=_data_spec(args, seed=args.seed), steps=args.steps, n_evals=args.evals,
                          eval_examples=args.eval_examples, seed=args.seed)
     space = load_space(args.space)
-    study = run_sweep(args.study, storage, config, n_trials=args.trials, out_dir=out, space=space,
-                      pruner=args.pruner, sampler_seed=args.sampler_seed)
+    try:
+        study = run_sweep(args.study, storage, config, n_trials=args.trials, out_dir=out, space=space,
+                          pruner=args.pruner, sampler_seed=args.sampler_seed)
+    except KeyboardInterrupt:
+        print(f"interrupted: the trial that was running is marked failed; the study keeps the others. Run the same "
+              f"command to continue it", file=sys.stderr)
+        return 130
     for line in summary_lines(study):
         print(line)
     return 0

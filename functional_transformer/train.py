@@ -142,7 +142,7 @@ def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend) -> Call
 
 def all_finite(tree, backend: Backend) -> bool:
     # Checked on the host, where the checkpoint that follows copies the tree anyway: on JAX an
-    # eager isfinite per leaf shape compiles a small program each (1.1 s for the default model).
+    # eager isfinite per leaf shape compiles a small program each (timed in benchmarks/README.md).
     return all(np.isfinite(leaf).all() for leaf in backend.tree_leaves(backend.tree_to_numpy(tree)))
 
 

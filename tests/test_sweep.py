@@ -260,3 +260,33 @@ def test_sweep_settings_are_recorded_in_the_study(tmp_path, space_file):
     study = sweep.open_study("s", storage, CONFIG, load_space(space_file), "median")
     settings = study.user_attrs[sweep.SETTINGS_ATTR]
     assert json.loads(settings["data"]) == DATA and settings["steps"] == "40"
+
+
+@needs_optuna
+def test_ctrl_c_stops_the_sweep_and_keeps_the_finished_trials(tmp_path, space_file, monkeypatch, capsys):
+    """A trial cut short by Ctrl-C is no result: it is marked failed and the sweep stops (exit 130)."""
+    storage = f"journal:{tmp_path / 'study.journal'}"
+    space = load_space(space_file)
+    enqueue(storage, space, [GOOD, GOOD, GOOD])
+    real_fit, calls = runs.fit, []
+
+    def fit_interrupted_the_second_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            kwargs["callbacks"] = [*kwargs["callbacks"], lambda step, record: _raise(KeyboardInterrupt)]
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "fit", fit_interrupted_the_second_time)
+    argv = ["sweep", "--task", "reverse", "--n-train", "200", "--n-valid", "30", "--min-len", "1", "--max-len", "2",
+            "--steps", "40", "--evals", "4", "--eval-examples", "30", "--space", str(space_file), "--study", "s",
+            "--storage", storage, "--out", str(tmp_path / "t"), "--trials", "3"]
+    assert cli.main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    import optuna
+
+    study = optuna.load_study(study_name="s", storage=sweep.open_storage(storage))
+    assert states(study)[:2] == ["COMPLETE", "FAIL"] and len(study.trials) == 3  # the third never ran
+
+
+def _raise(error):
+    raise error

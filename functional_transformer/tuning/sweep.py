@@ -221,6 +221,8 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
             result = runs.fit(model, tcfg, data, out_dir=run_dir, overwrite=True, callbacks=[report],
                               backend=backend, progress=False, verbose=False, eval_examples=config.eval_examples)
             trial.set_user_attr("n_params", n_params(result.params, backend))
+            if result.stopped == "interrupted":  # Ctrl-C: stop the sweep; a cut-short run is no result
+                raise KeyboardInterrupt
         except TrainingDiverged:
             stopped = "diverged"
         seconds = time.perf_counter() - t0
