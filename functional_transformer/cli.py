@@ -236,7 +236,9 @@ def _train(args) -> int:
     if args.resume:  # only what was given, to be checked against the run's own data
         data = {**({"task": args.task} if args.task else {}), **_task_sizes(args)}
         if args.data:
-            data.update(kind="tsv", train=str(args.data), valid=str(args.valid) if args.valid else None)
+            data.update(kind="tsv", train=str(args.data))
+        if args.valid:
+            data.update(valid=str(args.valid))
     else:
         data = _data_spec(args, seed=train_fields.get("seed", TRAIN_DEFAULTS.seed))
     if args.extend and not args.resume:

@@ -38,7 +38,7 @@ from . import checkpoint, inference
 from .backend_choice import default_backend
 from .config import TransformerConfig
 from .data import CharTokenizer, DataError, TASKS, encode_pairs, make_task_data, read_tsv, task_alphabet
-from .train import Callback, Run, TrainConfig, run_loop
+from .train import Callback, Run, TrainConfig, read_records, run_loop
 
 # The model `ft train` and `fit` build when not told otherwise: small enough to train on a laptop's
 # CPU in minutes, large enough to learn every built-in task (TransformerConfig's own defaults are
@@ -149,10 +149,11 @@ def locked(out_dir: Path) -> Iterator[None]:
                 raise
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise RunFolderError(f"{out_dir} is in use by {holder}; wait for it to finish or choose another --out") from None
+            raise RunFolderError(f"{out_dir} is in use by {holder}; wait for it to finish or choose another "
+                                 "folder") from None
         f.seek(0)
         f.truncate()
-        f.write(f"ft train (pid {os.getpid()})")
+        f.write(f"process {os.getpid()}")
         f.flush()
         try:
             yield
@@ -163,6 +164,8 @@ def locked(out_dir: Path) -> Iterator[None]:
 
 def describe_run(out_dir: Path) -> str:
     """One line on the run a folder holds: its step, planned steps and best exact match."""
+    if not checkpoint.checkpoint_path(out_dir).exists():
+        return "only a best checkpoint (best.safetensors; the run was stopped before its last one was saved)"
     try:
         loaded = checkpoint.load(out_dir, backends.get_backend("numpy"))
     except ValueError as err:
@@ -228,9 +231,20 @@ def resumed_train_config(saved: TrainConfig, changes: dict, step: int, extend: b
     return dataclasses.replace(saved, steps=steps, schedule_start=start, **operational)
 
 
+def _describe_spec(spec: dict) -> str:
+    if spec["kind"] == "task":
+        return f"the task {spec['task']!r}"
+    if spec["kind"] == "tsv":
+        return f"{spec['train']}" + (f" and {spec['valid']}" if spec.get("valid") else "")
+    return f"{spec['n_train']} + {spec['n_valid']} pairs given in memory"
+
+
 def _check_resumed(kind: str, saved: dict, given: dict) -> None:
     for name, value in given.items():
-        if name in saved and saved[name] != value:
+        if name not in saved:
+            raise RunFolderError(f"{name}={value!r} does not apply to the resumed run's {kind} ({sorted(saved)}); "
+                                 "a resumed run keeps its settings: leave it out, or start a new run (--overwrite)")
+        if saved[name] != value:
             raise RunFolderError(f"{name}={value!r} conflicts with the resumed run's {kind} {name}={saved[name]!r}; "
                                  "a resumed run keeps its settings: leave it out, or start a new run (--overwrite)")
 
@@ -285,7 +299,7 @@ def _as_data_spec(data, seed: int) -> tuple[dict, tuple | None]:
 
 
 def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig | dict | None = None,
-        data: str | dict | tuple = "reverse", *, out_dir: str | os.PathLike | None = None, resume: bool = False,
+        data: str | dict | tuple | None = None, *, out_dir: str | os.PathLike | None = None, resume: bool = False,
         overwrite: bool = False, extend: bool = False, callbacks: Sequence[Callback] = (),
         backend: Backend | None = None, progress: bool = True, verbose: bool = True,
         eval_examples: int = 500) -> FitResult:
@@ -293,8 +307,8 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
 
     model: TransformerConfig fields over MODEL_DEFAULTS (vocabulary and max_len follow from the data),
       or a whole TransformerConfig. train_config: a TrainConfig, or a dict of its fields.
-    data: a task name ("reverse"), a spec from `task_data`/`tsv_data`, or (train_pairs, valid_pairs)
-      of (source, target) strings. out_dir: the run folder (checkpoints, metrics.jsonl, curves.png),
+    data: a task name (default "reverse"), a spec from `task_data`/`tsv_data`, or (train_pairs,
+      valid_pairs) of (source, target) strings. out_dir: the run folder (checkpoints, metrics.jsonl, curves.png),
       or None to keep everything in memory. callbacks: `callback(step, record)` after each logged
       record and evaluation; a truthy return stops the run (see train.Callback).
     progress: progress lines on stderr; verbose: a line on the data and the run folder on stderr.
@@ -317,7 +331,7 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         if isinstance(train_config, dict):
             train_config = TrainConfig(**train_config)
         tcfg = train_config or TrainConfig()
-        spec, pairs = _as_data_spec(data, tcfg.seed)
+        spec, pairs = _as_data_spec("reverse" if data is None else data, tcfg.seed)
         train_pairs, valid_pairs = pairs or load_pairs(spec)
         tokenizer = tokenizer_for(spec, train_pairs, valid_pairs)
         cfg = model_config(tokenizer, train_pairs + valid_pairs, model)
@@ -346,6 +360,9 @@ def _resume(out: Path, model, train_config, data, extend, callbacks, backend, pr
         data = {"task": data}
     elif isinstance(data, (tuple, list)):
         pairs, data = (list(data[0]), list(data[1])), None
+        if spec["kind"] != "pairs" or (len(pairs[0]), len(pairs[1])) != (spec["n_train"], spec["n_valid"]):
+            raise RunFolderError(f"{out} was trained on {_describe_spec(spec)}, not on the {len(pairs[0])} + "
+                                 f"{len(pairs[1])} pairs given; a resumed run keeps its data")
     _check_resumed("data", spec, dict(data or {}))
     if isinstance(train_config, TrainConfig):
         train_config = dataclasses.asdict(train_config)
@@ -364,10 +381,7 @@ def _resume(out: Path, model, train_config, data, extend, callbacks, backend, pr
 
 def read_history(out_dir: Path) -> list[dict]:
     """The records of a run folder's metrics.jsonl, in order."""
-    path = Path(out_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_records(Path(out_dir) / "metrics.jsonl")
 
 
 def _result(run: Run, looped: dict) -> FitResult:

@@ -182,10 +182,11 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _progress_line(step, total, loss, accuracy, tokens_per_s, elapsed) -> str:
+def _progress_line(step, total, loss, accuracy, tokens_per_s, elapsed, start_step=0) -> str:
     done = step / total
     bar = "#" * int(20 * done) + "-" * (20 - int(20 * done))
-    eta = elapsed / max(done, 1e-9) - elapsed
+    # This session's pace: a resumed run has done only step - start_step steps in `elapsed`.
+    eta = elapsed * (total - step) / max(step - start_step, 1)
     return (f"[{bar}] {step}/{total} loss {loss:.4f} acc {accuracy:.3f} "
             f"{tokens_per_s:,.0f} tok/s eta {_format_eta(eta)}")
 
@@ -197,13 +198,29 @@ def fresh_progress() -> dict:
     return {"best_exact_match": None, "best_step": None, "evals_since_best": 0}
 
 
+def read_records(metrics_path: Path) -> list[dict]:
+    """The records of a metrics.jsonl. A last line that does not parse is a write cut short (the
+    process was killed, the disk filled) and is dropped; a bad line before it is an error."""
+    if not metrics_path.exists():
+        return []
+    lines = [line for line in metrics_path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise ValueError(f"{metrics_path}:{number} is not a JSON record ({err}); the file is damaged") from None
+    return records
+
+
 def _keep_records_up_to(metrics_path: Path, step: int) -> None:
     # A run killed after logging past its last checkpoint logs those steps again when resumed.
     if metrics_path.exists():
-        lines = [line for line in metrics_path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line)["step"] <= step]
-        if len(kept) != len(lines):
-            metrics_path.write_text("".join(line + "\n" for line in kept))
+        records = read_records(metrics_path)
+        kept = [record for record in records if record["step"] <= step]
+        metrics_path.write_text("".join(json.dumps(record) + "\n" for record in kept))
 
 
 def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | None = None) -> dict:
@@ -227,13 +244,13 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
             metrics_path.unlink()  # a fresh run into an old folder starts a fresh log
         _keep_records_up_to(metrics_path, start_step)
 
-    def save(s, which="last"):
+    def save(s, which="last", stored_progress=None):
         if run.out_dir is None:
             return None
         try:
             return checkpoint.save(checkpoint.checkpoint_path(run.out_dir, which), s, backend, cfg=cfg,
                                    tokenizer=run.tokenizer, train_config=dataclasses.asdict(tcfg),
-                                   data_spec=run.data_spec, key=key, progress=progress)
+                                   data_spec=run.data_spec, key=key, progress=stored_progress or progress)
         except OSError as err:  # a full disk, a lost mount: the write is atomic, so the old file stands
             raise SaveFailed(f"training stopped at step {int(backend.to_numpy(s['step']))}: {err}. The last "
                              f"checkpoint saved before ({last_saved or 'none was saved yet'}) is intact; free some "
@@ -284,7 +301,7 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                 if log(record):
                     stop = "callback"
                 if run.progress:
-                    line = _progress_line(step, tcfg.steps, loss, accuracy, tokens_per_s, now - t_start)
+                    line = _progress_line(step, tcfg.steps, loss, accuracy, tokens_per_s, now - t_start, start_step)
                     print(line, file=sys.stderr, flush=True)
                 window_tokens, window_t0 = 0, time.perf_counter()
             if (step % tcfg.eval_every == 0 or step == tcfg.steps) and valid:
@@ -294,10 +311,12 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                           f"char_accuracy {result['char_accuracy']:.4f}", file=sys.stderr, flush=True)
                 summary["valid"] = result
                 best = progress["best_exact_match"]
-                if best is None or result["exact_match"] > best:
-                    progress.update(best_exact_match=result["exact_match"], best_step=step, evals_since_best=0)
-                    if all_finite(state["params"], backend):
-                        save(state, "best")
+                if (best is None or result["exact_match"] > best) and all_finite(state["params"], backend):
+                    # Recorded only once best.safetensors holds it, so the two never disagree.
+                    improved = dict(progress, best_exact_match=result["exact_match"], best_step=step,
+                                    evals_since_best=0)
+                    save(state, "best", improved)
+                    progress = improved
                 else:
                     progress["evals_since_best"] += 1
                 if log({"step": step, "split": "valid", **result, "time_s": time.perf_counter() - t_start}):
@@ -316,6 +335,17 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
     except KeyboardInterrupt:
         summary["stopped"] = "interrupted"
         print(f"\ninterrupted at step {step}: saving a checkpoint", file=sys.stderr)
+    except (TrainingDiverged, SaveFailed):
+        raise
+    except Exception:
+        # A callback, an evaluation or the metrics file failed: keep the steps done so far, then
+        # report the error. (Best effort: on JAX a step that failed may have consumed the state.)
+        try:
+            if all_finite(state["params"], backend):
+                save(state)
+        except Exception:
+            pass
+        raise
     if all_finite(state["params"], backend):
         last_saved = save(state)
     summary.update(step=int(backend.to_numpy(state["step"])), checkpoint=str(last_saved) if last_saved else None,

@@ -506,7 +506,7 @@ def test_a_second_ft_train_on_the_same_folder_refuses_at_once(tmp_path, capsys):
         assert "writing to" in first.stderr.readline()  # it holds the lock from before this line on
         assert cli.main(["train", "--task", "reverse", "--steps", "2", "--out", str(out), *TINY]) == 2
         err = capsys.readouterr().err
-        assert f"is in use by ft train (pid {first.pid})" in err
+        assert f"is in use by process {first.pid}" in err
         assert cli.main(["train", "--resume", "--out", str(out), "--no-progress"]) == 2
     finally:
         first.kill()

@@ -133,7 +133,7 @@ def test_a_folder_with_a_run_is_never_overwritten_silently(tmp_path, capsys):
 def test_a_locked_folder_is_refused_at_once(tmp_path):
     out = tmp_path / "run"
     with runs.locked(out):
-        with pytest.raises(ft.RunFolderError, match=rf"{out} is in use by ft train \(pid {os.getpid()}\)"):
+        with pytest.raises(ft.RunFolderError, match=rf"{out} is in use by process {os.getpid()}"):
             quiet_fit(TINY, tcfg(), DATA, out_dir=out)
     assert not (out / checkpoint.CHECKPOINT_NAME).exists()
 
@@ -151,7 +151,7 @@ def test_the_lock_of_a_killed_process_is_released(tmp_path):
         """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "FT_BACKEND": "numpy"})
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ft.RunFolderError, match=rf"in use by ft train \(pid {holder.pid}\)"):
+        with pytest.raises(ft.RunFolderError, match=rf"in use by process {holder.pid}"):
             quiet_fit(TINY, tcfg(), DATA, out_dir=out)
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -216,3 +216,48 @@ def test_resume_of_nothing_is_a_clear_error(tmp_path):
         quiet_fit(out_dir=tmp_path / "none", resume=True)
     with pytest.raises(ValueError, match="resume and overwrite exclude each other"):
         quiet_fit(out_dir=tmp_path, resume=True, overwrite=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Found in review: resume with the default data, data that does not apply, a cut-short log, errors
+# mid-run, the progress line after a resume
+
+
+def test_resume_of_another_task_with_the_default_data(tmp_path):
+    out = tmp_path / "run"
+    quiet_fit(TINY, tcfg(steps=2, eval_every=2), ft.task_data("sort", n_train=100, n_valid=4, max_len=3), out_dir=out)
+    assert quiet_fit(out_dir=out, resume=True).step == 2
+    with pytest.raises(ft.RunFolderError, match=r"task='reverse' conflicts with the resumed run's data task='sort'"):
+        quiet_fit(data="reverse", out_dir=out, resume=True)
+    with pytest.raises(ft.RunFolderError, match=r"train='x.tsv' does not apply to the resumed run's data"):
+        quiet_fit(data={"train": "x.tsv"}, out_dir=out, resume=True)
+    with pytest.raises(ft.RunFolderError, match=r"trained on the task 'sort', not on the 1 \+ 1 pairs given"):
+        quiet_fit(data=([("a", "a")], [("b", "b")]), out_dir=out, resume=True)
+
+
+def test_a_cut_short_last_line_of_the_log_does_not_block_resume(tmp_path):
+    out = tmp_path / "run"
+    quiet_fit(TINY, tcfg(steps=4, eval_every=4, save_every=2), DATA, out_dir=out)
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "spl')  # a write cut short by a kill or a full disk
+    assert [r["step"] for r in runs.read_history(out)][-1] == 4
+    (out / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not a JSON record"):
+        runs.read_history(out)
+
+
+def test_an_error_mid_run_keeps_the_steps_done_so_far(tmp_path):
+    def fails_at_step_3(step, record):
+        if step == 3:
+            raise RuntimeError("a callback's own bug")
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="a callback's own bug"):
+        quiet_fit(TINY, tcfg(steps=10, save_every=100, eval_every=100), DATA, out_dir=out, callbacks=[fails_at_step_3])
+    assert int(ft.backend.to_numpy(checkpoint.load(out, ft.backend)["state"]["step"])) == 3
+
+
+def test_the_eta_of_a_resumed_run_uses_this_sessions_pace():
+    line = train._progress_line(1050, 2000, 0.1, 0.9, 1000.0, elapsed=10.0, start_step=1000)
+    assert line.endswith("eta 0:03:10")  # 50 steps in 10 s, 950 to go
+    assert train._progress_line(50, 100, 0.1, 0.9, 1.0, elapsed=10.0).endswith("eta 0:00:10")

@@ -290,3 +290,12 @@ def test_ctrl_c_stops_the_sweep_and_keeps_the_finished_trials(tmp_path, space_fi
 
 def _raise(error):
     raise error
+
+
+@needs_optuna
+def test_an_int_range_on_a_log_scale_draws_ints():
+    import optuna
+
+    trial = optuna.create_study().ask()
+    values = search_space.suggest(trial, {"d_ff": {"low": 64, "high": 512, "log": True}})
+    assert isinstance(values["d_ff"], int) and 64 <= values["d_ff"] <= 512

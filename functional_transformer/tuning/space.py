@@ -108,8 +108,9 @@ def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
             values[name] = entry["value"]
         elif "choices" in entry:
             values[name] = trial.suggest_categorical(name, entry["choices"])
-        elif isinstance(entry["low"], int) and isinstance(entry["high"], int) and not entry.get("log"):
-            values[name] = trial.suggest_int(name, entry["low"], entry["high"], step=entry.get("step", 1))
+        elif isinstance(entry["low"], int) and isinstance(entry["high"], int):
+            values[name] = trial.suggest_int(name, entry["low"], entry["high"], step=entry.get("step", 1),
+                                             log=bool(entry.get("log")))
         else:
             values[name] = trial.suggest_float(name, float(entry["low"]), float(entry["high"]),
                                                log=bool(entry.get("log")), step=entry.get("step"))

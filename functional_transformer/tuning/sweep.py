@@ -34,9 +34,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import backends
 from backends import Backend
 
-from .. import checkpoint, runs
+from .. import api, checkpoint, runs
 from ..backend_choice import default_backend
 from ..data import DataError
 from ..train import TrainConfig, TrainingDiverged
@@ -173,8 +174,10 @@ def open_study(name: str, storage_url: str, config: SweepConfig, space: dict, pr
     return study
 
 
-def n_params(params: dict, backend: Backend) -> int:
-    return int(sum(leaf.size for leaf in backend.tree_leaves(params)))
+def n_params(cfg) -> int:
+    """The parameter count of a model config (drawn on NumPy: milliseconds for these sizes)."""
+    host = backends.get_backend("numpy")
+    return int(sum(leaf.size for leaf in host.tree_leaves(api.init(host.random.key(0), cfg))))
 
 
 def _remove_checkpoints(run_dir: Path) -> None:
@@ -195,13 +198,14 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
             tcfg = TrainConfig(**{**train_fields, "steps": config.steps, "seed": config.seed,
                                   "eval_every": config.eval_every, "save_every": config.steps,
                                   "log_every": config.eval_every})
-            runs.model_config(runs.tokenizer_for(data, *pairs), pairs[0] + pairs[1], model)
+            cfg = runs.model_config(runs.tokenizer_for(data, *pairs), pairs[0] + pairs[1], model)
         except ValueError as err:
             trial.set_user_attr("fail_reason", str(err))
             raise InvalidSettings(str(err)) from None
         run_dir = out_dir / f"trial_{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("backend", backend.name)
+        trial.set_user_attr("n_params", n_params(cfg))  # before training: a diverged trial has a size too
         exact_matches: list[float] = []
         pruned = []
 
@@ -220,7 +224,6 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
         try:
             result = runs.fit(model, tcfg, data, out_dir=run_dir, overwrite=True, callbacks=[report],
                               backend=backend, progress=False, verbose=False, eval_examples=config.eval_examples)
-            trial.set_user_attr("n_params", n_params(result.params, backend))
             if result.stopped == "interrupted":  # Ctrl-C: stop the sweep; a cut-short run is no result
                 raise KeyboardInterrupt
         except TrainingDiverged:
