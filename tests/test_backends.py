@@ -169,8 +169,9 @@ def test_agrees_with_jax_random(jax_backend, seed):
     import jax
 
     ours = jax_backend.random
-    with jax.threefry_partitionable(False):
+    with jax.threefry_partitionable(True):  # per-element counters: what lets a shard draw its slice
         jax_key = jax.random.PRNGKey(seed)
+        np.testing.assert_array_equal(np.asarray(jax.random.fold_in(jax_key, 7)), np.asarray(ours.fold_in(ours.key(seed), 7)))
         np.testing.assert_array_equal(np.asarray(jax_key), np.asarray(ours.key(seed)))
         np.testing.assert_array_equal(np.asarray(jax.random.split(jax_key, 3)), np.asarray(ours.split(ours.key(seed), 3)))
         np.testing.assert_array_equal(np.asarray(jax.random.split(jax_key)), np.asarray(ours.split(ours.key(seed))))
