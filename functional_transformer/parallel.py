@@ -19,6 +19,7 @@ global batch on its devices (`put_batch`), and `to_host` gathers state to every 
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -40,16 +41,16 @@ def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
     """Join a multi-process run (one process per host) before any other JAX call."""
     if not 0 <= process_id < num_processes:
         raise ParallelError(f"--process-id must be in [0, {num_processes}), got {process_id}")
-    _jax().distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    jax = _jax()
+    # CPU devices of different processes talk through gloo (GPUs and TPUs bring their own collectives).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
 
 
 def process_index() -> int:
     """This process's index (0 without jax.distributed, or on NumPy)."""
-    try:
-        import jax
-    except ImportError:
-        return 0
-    return jax.process_index()
+    jax = sys.modules.get("jax")  # not imported (NumPy backend): one process, and no need to start JAX
+    return 0 if jax is None else jax.process_index()
 
 
 def make_mesh(devices, backend) -> Any | None:
@@ -141,8 +142,9 @@ def place_state(state, mesh, shard_params: bool):
     shardings = state_shardings(state, mesh, shard_params)
     if jax.process_count() == 1:
         return jax.device_put(state, shardings)
-    # Every process holds the same host copy; each contributes the shards its devices own.
-    host = jax.tree_util.tree_map(np.asarray, to_host(state))
+    # Every process holds the same whole state (drawn from the same seed, or read from the same
+    # checkpoint) on one of its own devices; each contributes the shards its devices own.
+    host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), state)
     return jax.tree_util.tree_map(
         lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]), host, shardings)
 

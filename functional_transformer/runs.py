@@ -314,8 +314,10 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
     out = Path(out_dir) if out_dir is not None else None
     if resume and not out.is_dir():
         raise RunFolderError(f"{out} does not exist: there is no run to resume; leave out --resume to start one there")
-    with (locked(out) if out is not None else contextlib.nullcontext()):
-        if out is not None:
+    # With many processes only process 0 owns the run folder (it alone writes there).
+    lead = parallel.process_index() == 0
+    with (locked(out) if out is not None and lead else contextlib.nullcontext()):
+        if out is not None and lead:
             _remove_stale_temp_files(out)
         if resume:
             return _resume(out, model, train_config, data, extend, callbacks, backend, progress, verbose, eval_examples,
@@ -329,7 +331,7 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         cfg = model_config(tokenizer, train_pairs + valid_pairs, model)
         if mesh is not None:
             parallel.check_batch_size(tcfg.batch_size, mesh)  # before a run folder is made
-        if out is not None:
+        if out is not None and lead:
             _start_fresh(out, overwrite, verbose)
         run = Run(cfg=cfg, tcfg=tcfg, tokenizer=tokenizer, train_examples=encode_pairs(train_pairs, tokenizer, cfg.max_len),
                   valid_pairs=valid_pairs, out_dir=out, data_spec=spec, backend=backend, eval_examples=eval_examples,
