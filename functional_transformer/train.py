@@ -233,7 +233,8 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
         parallel.check_batch_size(tcfg.batch_size, mesh)
         state = parallel.place_state(state, mesh, run.shard_params)
         key = backend.jax.device_put(key, parallel.replicated(mesh))
-    step_fn = make_train_step(cfg, tcfg, optimizer, backend, mesh=mesh, state=state, shard_params=run.shard_params)
+    sharded = {} if mesh is None else {"mesh": mesh, "state": state, "shard_params": run.shard_params}
+    step_fn = make_train_step(cfg, tcfg, optimizer, backend, **sharded)
     # With many processes every one trains; only process 0 writes (checkpoints, metrics, plots).
     writes = run.out_dir is not None and parallel.process_index() == 0
     metrics_path = None
