@@ -136,3 +136,40 @@ def test_cli_parallel_flag_errors_are_one_line(tmp_path, capsys, argv, message):
         assert want in err
     else:
         assert message in err
+
+
+TINY_RUN = ["--steps", "6", "--batch-size", "16", "--log-every", "2", "--eval-every", "6", "--n-train", "256",
+            "--n-valid", "8", "--max-len", "6", "--d-model", "16", "--n-heads", "2", "--d-ff", "32", "--layers", "1"]
+
+
+def _train_losses(out: Path) -> list[float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["split"] == "train"]
+
+
+@jax_suite
+@pytest.mark.slow
+def test_two_processes_train_like_one_device(tmp_path):
+    """Two processes with 2 CPU devices each (jax.distributed, gloo), params sharded over all 4:
+    the same losses as one device; only process 0 writes."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, FT_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen([sys.executable, "-m", "functional_transformer", "train", *TINY_RUN,
+                               "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i),
+                               "--devices", "all", "--shard-params", "--out", str(tmp_path / f"p{i}")],
+                              env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    subprocess.run([sys.executable, "-m", "functional_transformer", "train", *TINY_RUN, "--no-progress",
+                    "--out", str(tmp_path / "one")],
+                   env=dict(os.environ, FT_BACKEND="jax"), cwd=ROOT, check=True, timeout=600)
+    np.testing.assert_allclose(_train_losses(tmp_path / "p0"), _train_losses(tmp_path / "one"), rtol=1e-5)
+    assert not (tmp_path / "p1" / "metrics.jsonl").exists() and not (tmp_path / "p1" / "checkpoint.safetensors").exists()
+    # Evaluation is the same on every process (the progress lines print it on each).
+    evals = [[line for line in out.splitlines() if line.startswith("eval @")] for out in outputs]
+    assert evals[0] and evals[0] == evals[1]
