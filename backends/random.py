@@ -173,6 +173,6 @@ def bernoulli(key: Array, p: float, shape: tuple[int, ...]) -> Array:
     y0, y1 = _lanes(key, (n + 1) // 2)
     # `(word >> 16) < threshold` is `word < threshold << 16`: comparing whole words skips a
     # shift and its array, which halves this function's time on NumPy (benchmarks/README.md).
-    limit = threshold << BERNOULLI_BITS
+    limit = xp.asarray(threshold << BERNOULLI_BITS, dtype=xp.uint32)  # a Python int above 2**31 overflows JAX's int32
     draws_kept = xp.reshape(xp.stack([y0 < limit, y1 < limit], axis=1), (-1,))
     return xp.reshape(draws_kept[:n], shape)
