@@ -5,10 +5,14 @@ The generator is Threefry-2x32 with 20 rounds (Salmon et al., "Parallel random n
 takes a key and derives its numbers from (key, counter) alone, so there is no global state and the
 same key gives bit-identical integers on NumPy, JAX (CPU, GPU, TPU) and any Array API namespace.
 
-Key derivation follows JAX's original (non-partitionable) threefry scheme exactly:
-`key(seed)` is `[seed >> 32, seed & 0xFFFFFFFF]`, `split(key, n)` and `bits(key, shape)` hash the
-counters `0, 1, 2, ...`; so with `jax_threefry_partitionable=False` they agree with
-`jax.random.PRNGKey`, `jax.random.split` and `jax.random.bits` bit for bit (a test checks this).
+Key derivation follows JAX's partitionable threefry scheme (`jax_threefry_partitionable=True`, JAX's
+default): `key(seed)` is `[seed >> 32, seed & 0xFFFFFFFF]`, and element i of any draw hashes its own
+counter pair (i >> 32, i & 0xFFFFFFFF) and nothing else, so `split`, `fold_in` and `bits` agree
+with `jax.random.PRNGKey`, `jax.random.split`, `jax.random.fold_in` and `jax.random.bits` bit for
+bit (a test checks this). Because element i depends on (key, i) alone, a device holding a slice of
+a sharded array (a slice of the batch) draws exactly its slice: the numbers do not depend on how
+an array is split over devices. (Until the sharding work the layout hashed element i together with
+element i + n/2, JAX's older scheme; draws made since differ, saved params are unaffected.)
 
 Like JAX: use a key once, either to split it or to draw from it.
 """
@@ -71,21 +75,21 @@ def _check_key(key: Array) -> ModuleType:
     return xp
 
 
-def _words(key: Array, n: int) -> Array:
-    """n uint32 words: Threefry of the counters 0..n-1, taken in two halves as JAX does."""
+def _lanes(key: Array, n: int) -> tuple[Array, Array]:
+    """Threefry of the counter pairs (i >> 32, i & 0xFFFFFFFF) for i in 0..n-1: two uint32 (n,) arrays.
+
+    One lane per element, as in JAX's partitionable scheme; n < 2**32 here, so the high word is 0."""
     xp = _check_key(key)
-    counts = xp.arange(n, dtype=xp.uint32)
-    if n % 2:  # an odd count is padded with one zero word, as in JAX
-        counts = xp.concat([counts, xp.zeros(1, dtype=xp.uint32)])
-    half = counts.shape[0] // 2
-    y0, y1 = threefry2x32(key, counts[:half], counts[half:])
-    return xp.concat([y0, y1])[:n]
+    if n >= 2**32:
+        raise ValueError(f"at most 2**32 - 1 random lanes per draw, got {n}")
+    return threefry2x32(key, xp.zeros(n, dtype=xp.uint32), xp.arange(n, dtype=xp.uint32))
 
 
 def split(key: Array, num: int = 2) -> Array:
     """`num` new independent keys, shape (num, 2)."""
     xp = _check_key(key)
-    return xp.reshape(_words(key, 2 * num), (num, 2))
+    y0, y1 = _lanes(key, num)
+    return xp.stack([y0, y1], axis=1)
 
 
 def fold_in(key: Array, data) -> Array:
@@ -98,9 +102,10 @@ def fold_in(key: Array, data) -> Array:
 
 
 def bits(key: Array, shape: tuple[int, ...]) -> Array:
-    """Uniform uint32 words of the given shape."""
+    """Uniform uint32 words of the given shape: element i is the xor of lane i's two words (as JAX)."""
     xp = _check_key(key)
-    return xp.reshape(_words(key, math.prod(shape)), shape)
+    y0, y1 = _lanes(key, math.prod(shape))
+    return xp.reshape(y0 ^ y1, shape)
 
 
 def uniform(key: Array, shape: tuple[int, ...], dtype: Any = None, minval: float = 0.0, maxval: float = 1.0) -> Array:
@@ -115,14 +120,14 @@ def uniform(key: Array, shape: tuple[int, ...], dtype: Any = None, minval: float
     dtype = xp.float32 if dtype is None else dtype
     n = math.prod(shape)
     if dtype == xp.float64:
-        words = _words(key, 2 * n)
-        hi = xp.astype(words[:n] >> 5, xp.float64)  # 27 bits
-        lo = xp.astype(words[n:] >> 6, xp.float64)  # 26 bits
+        y0, y1 = _lanes(key, n)  # element i takes both words of its own lane
+        hi = xp.astype(y0 >> 5, xp.float64)  # 27 bits
+        lo = xp.astype(y1 >> 6, xp.float64)  # 26 bits
         u = (hi * 2.0**26 + lo) * 2.0**-53
         return xp.reshape(minval + (maxval - minval) * u, shape)
     if dtype != xp.float32:
         raise ValueError(f"uniform draws float32 or float64, not {dtype}")
-    u = xp.astype(_words(key, n) >> 8, xp.float64) * 2.0**-24  # 24 bits, exact in float32 and float64
+    u = xp.astype(bits(key, (n,)) >> 8, xp.float64) * 2.0**-24  # 24 bits, exact in float32 and float64
     return xp.reshape(xp.astype(minval + (maxval - minval) * u, xp.float32), shape)
 
 
@@ -135,9 +140,10 @@ def normal(key: Array, shape: tuple[int, ...], dtype: Any = None) -> Array:
     xp = _check_key(key)
     dtype = xp.float32 if dtype is None else dtype
     n = math.prod(shape)
-    u = uniform(key, (2, n), xp.float64)
-    radius = xp.sqrt(-2.0 * xp.log1p(-u[0]))  # 1 - u is in (0, 1], so the log is finite
-    z = radius * xp.cos((2.0 * math.pi) * u[1])
+    # Element i uses uniforms 2i and 2i + 1: its own, so a slice of the draw needs only its lanes.
+    u = uniform(key, (n, 2), xp.float64)
+    radius = xp.sqrt(-2.0 * xp.log1p(-u[:, 0]))  # 1 - u is in (0, 1], so the log is finite
+    z = radius * xp.cos((2.0 * math.pi) * u[:, 1])
     return xp.astype(xp.reshape(z, shape), dtype)
 
 
@@ -154,18 +160,19 @@ def realised_probability(p: float) -> float:
 def bernoulli(key: Array, p: float, shape: tuple[int, ...]) -> Array:
     """Booleans that are True with probability `realised_probability(p)` (p to 16 bits).
 
-    Each 32-bit word yields two 16-bit draws: half the hashing of one word per draw. Dropout
-    draws millions of these per training step, so this halves its cost against a float
-    comparison, with the probability off by at most 2**-17. Draw i is the low half of word i and
-    draw m + i the high half of word i (m words in all).
+    Draws 2j and 2j + 1 compare the two words of lane j (their high 16 bits): one Threefry lane
+    per two draws, half the hashing of a lane per draw, and a slice of the draw that starts at an
+    even element (a shard of a batch of sequences padded to a multiple of 8) needs only its own
+    lanes. The probability is off by at most 2**-17.
     """
     xp = _check_key(key)
     n = math.prod(shape)
     threshold = round(realised_probability(p) * 2**BERNOULLI_BITS)
     if threshold == 2**BERNOULLI_BITS:  # p == 1: `threshold << 16` below would not fit in 32 bits
         return xp.ones(shape, dtype=xp.bool)
-    words = _words(key, (n + 1) // 2)
+    y0, y1 = _lanes(key, (n + 1) // 2)
     # `(word >> 16) < threshold` is `word < threshold << 16`: comparing whole words skips a
     # shift and its array, which halves this function's time on NumPy (benchmarks/README.md).
-    draws_kept = xp.concat([(words & 0xFFFF) < threshold, words < (threshold << BERNOULLI_BITS)])
+    limit = xp.asarray(threshold << BERNOULLI_BITS, dtype=xp.uint32)  # a Python int above 2**31 overflows JAX's int32
+    draws_kept = xp.reshape(xp.stack([y0 < limit, y1 < limit], axis=1), (-1,))
     return xp.reshape(draws_kept[:n], shape)

@@ -94,6 +94,44 @@ def _train_flags(args) -> dict:
     return {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
 
 
+def _device_count(text: str):
+    if text == "all":
+        return "all"
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"a positive device count or 'all', got {text!r}")
+    return count
+
+
+def _add_parallel_flags(p):
+    g = p.add_argument_group("many devices and hosts (JAX backend)")
+    g.add_argument("--devices", type=_device_count, default=1,
+                   help="devices to split each batch over: a count or 'all' (every device of every process); "
+                        "--batch-size is the global batch and must be a multiple of it (default 1)")
+    g.add_argument("--shard-params", action="store_true",
+                   help="also split the params' and optimizer state's matrices over the devices (ZeRO-3/FSDP)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, for a run over several hosts")
+    g.add_argument("--num-processes", type=int, help="processes (hosts) in the run, with --coordinator")
+    g.add_argument("--process-id", type=int, help="this process's index in [0, --num-processes), with --coordinator")
+
+
+def _start_processes(args) -> None:
+    """jax.distributed.initialize for a multi-host run, before any other JAX call."""
+    given = [args.coordinator is not None, args.num_processes is not None, args.process_id is not None]
+    if not any(given):
+        return
+    if not all(given):
+        raise ValueError("a run over several hosts needs all of --coordinator, --num-processes and --process-id")
+    if default_backend().name != "jax":
+        raise ValueError("--coordinator needs the JAX backend (FT_BACKEND=jax)")
+    from . import parallel
+
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
 def _add_data_flags(p):
     src = p.add_mutually_exclusive_group()
     src.add_argument("--task", choices=sorted(TASKS), help="a built-in task (default reverse)")
@@ -155,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "restarts: warmup, then decay over the added steps; the others continue)")
     _add_model_flags(p)
     _add_train_flags(p)
+    _add_parallel_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
     p = sub.add_parser("eval", help="exact match and character accuracy of a checkpoint",
@@ -243,9 +282,10 @@ def _train(args) -> int:
         data = _data_spec(args, seed=train_fields.get("seed", TRAIN_DEFAULTS.seed))
     if args.extend and not args.resume:
         raise ValueError("--extend trains a finished run further: give it with --resume")
+    _start_processes(args)
     result = fit(_model_flags(args) or None, train_fields if args.resume else TrainConfig(**train_fields), data or None,
                  out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params)
     print(f"{result.stopped} at step {result.step} in {result.seconds:.1f} s; checkpoint {result.path}")
     if result.best_exact_match is not None:
         print(f"best held-out exact_match: {result.best_exact_match:.4f} at step {result.best_step} "

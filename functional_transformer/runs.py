@@ -34,7 +34,7 @@ import numpy as np
 import backends
 from backends import Backend
 
-from . import checkpoint, inference
+from . import checkpoint, inference, parallel
 from .backend_choice import default_backend
 from .config import TransformerConfig
 from .data import CharTokenizer, DataError, TASKS, encode_pairs, make_task_data, read_tsv, task_alphabet
@@ -302,7 +302,7 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         data: str | dict | tuple | None = None, *, out_dir: str | os.PathLike | None = None, resume: bool = False,
         overwrite: bool = False, extend: bool = False, callbacks: Sequence[Callback] = (),
         backend: Backend | None = None, progress: bool = True, verbose: bool = True,
-        eval_examples: int = 500) -> FitResult:
+        eval_examples: int = 500, devices=1, shard_params: bool = False) -> FitResult:
     """Train a Transformer and return the result (see the module docstring for run folders).
 
     model: TransformerConfig fields over MODEL_DEFAULTS (vocabulary and max_len follow from the data),
@@ -314,8 +314,13 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
     progress: progress lines on stderr; verbose: a line on the data and the run folder on stderr.
     With resume=True, model, data and train_config may be left out; what is given must agree with
     the run (train_config's steps may grow with extend=True).
+    devices: 1, a count, "all" or a jax.sharding.Mesh with the one axis "data" (JAX only): the
+      global batch (train_config's batch_size, which the count must divide) is split over them;
+      shard_params also splits the params' and optimizer's matrices (see parallel.py). The
+      trajectory is the same at any count, and a run may resume on another count.
     """
     backend = backend or default_backend()
+    mesh = parallel.make_mesh(devices, backend)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
     if resume and out_dir is None:
@@ -323,11 +328,14 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
     out = Path(out_dir) if out_dir is not None else None
     if resume and not out.is_dir():
         raise RunFolderError(f"{out} does not exist: there is no run to resume; leave out --resume to start one there")
-    with (locked(out) if out is not None else contextlib.nullcontext()):
-        if out is not None:
+    # With many processes only process 0 owns the run folder (it alone writes there).
+    lead = parallel.process_index() == 0
+    with (locked(out) if out is not None and lead else contextlib.nullcontext()):
+        if out is not None and lead:
             _remove_stale_temp_files(out)
         if resume:
-            return _resume(out, model, train_config, data, extend, callbacks, backend, progress, verbose, eval_examples)
+            return _resume(out, model, train_config, data, extend, callbacks, backend, progress, verbose, eval_examples,
+                           mesh, shard_params)
         if isinstance(train_config, dict):
             train_config = TrainConfig(**train_config)
         tcfg = train_config or TrainConfig()
@@ -335,19 +343,21 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         train_pairs, valid_pairs = pairs or load_pairs(spec)
         tokenizer = tokenizer_for(spec, train_pairs, valid_pairs)
         cfg = model_config(tokenizer, train_pairs + valid_pairs, model)
-        if out is not None:
+        if mesh is not None:
+            parallel.check_batch_size(tcfg.batch_size, mesh)  # before a run folder is made
+        if out is not None and lead:
             _start_fresh(out, overwrite, verbose)
         run = Run(cfg=cfg, tcfg=tcfg, tokenizer=tokenizer, train_examples=encode_pairs(train_pairs, tokenizer, cfg.max_len),
                   valid_pairs=valid_pairs, out_dir=out, data_spec=spec, backend=backend, eval_examples=eval_examples,
-                  progress=progress, callbacks=tuple(callbacks))
+                  progress=progress, callbacks=tuple(callbacks), mesh=mesh, shard_params=shard_params)
         if verbose:
-            print(f"backend {backend.name}; {len(train_pairs)} training and {len(valid_pairs)} held-out pairs; "
+            print(f"backend {backend.name}; {parallel.describe(mesh, shard_params)}{len(train_pairs)} training and {len(valid_pairs)} held-out pairs; "
                   f"vocabulary {tokenizer.vocab_size}; writing to {out if out else 'memory only'}", file=sys.stderr)
         return _result(run, run_loop(run))
 
 
 def _resume(out: Path, model, train_config, data, extend, callbacks, backend, progress, verbose,
-            eval_examples) -> FitResult:
+            eval_examples, mesh=None, shard_params=False) -> FitResult:
     if not checkpoint.checkpoint_path(out).exists():
         raise RunFolderError(f"{out} holds no checkpoint to resume; leave out --resume to start a run there")
     loaded = checkpoint.load(out, backend)
@@ -373,7 +383,7 @@ def _resume(out: Path, model, train_config, data, extend, callbacks, backend, pr
     train_pairs, valid_pairs = pairs or load_pairs(spec)
     run = Run(cfg=cfg, tcfg=tcfg, tokenizer=tokenizer, train_examples=encode_pairs(train_pairs, tokenizer, cfg.max_len),
               valid_pairs=valid_pairs, out_dir=out, data_spec=spec, backend=backend, eval_examples=eval_examples,
-              progress=progress, callbacks=tuple(callbacks))
+              progress=progress, callbacks=tuple(callbacks), mesh=mesh, shard_params=shard_params)
     if verbose:
         print(f"resuming {out} at step {step} of {tcfg.steps}", file=sys.stderr)
     return _result(run, run_loop(run, loaded["state"], loaded["key"], loaded["progress"] or None))
@@ -389,7 +399,8 @@ def _result(run: Run, looped: dict) -> FitResult:
     return FitResult(params=state["params"], cfg=run.cfg, tokenizer=run.tokenizer, train_config=run.tcfg,
                      data_spec=run.data_spec, step=summary["step"],
                      path=Path(summary["checkpoint"]) if summary["checkpoint"] else None, state=state,
-                     key=looped["key"], history=read_history(run.out_dir) if run.out_dir else looped["history"],
+                     key=looped["key"],
+                     history=read_history(run.out_dir) if run.out_dir and parallel.process_index() == 0 else looped["history"],
                      best_exact_match=summary["best_exact_match"], best_step=summary["best_step"],
                      stopped=summary["stopped"], seconds=summary["seconds"], out_dir=run.out_dir)
 

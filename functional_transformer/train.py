@@ -30,7 +30,7 @@ import numpy as np
 from backends import Backend, backend_of
 from backends import random as ftrandom
 
-from . import api, checkpoint, checks, gradients, optim
+from . import api, checkpoint, checks, gradients, optim, parallel
 from .inference import evaluate
 from .data import CharTokenizer, EncodedPair, batch_iterator
 
@@ -120,8 +120,13 @@ def init_state(key, cfg, optimizer) -> dict:
     return {"params": params, "opt_state": optimizer.init(params), "step": xp.asarray(0, dtype=xp.int32)}
 
 
-def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend) -> Callable:
-    """The pure step `(state, batch, key) -> (state, metrics)`, jitted (state donated) on JAX."""
+def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend, *, mesh=None, state=None,
+                    shard_params: bool = False) -> Callable:
+    """The pure step `(state, batch, key) -> (state, metrics)`, jitted (state donated) on JAX.
+
+    With a device mesh (parallel.make_mesh) the same step is jitted with the shardings of
+    parallel.jit_step: batch rows split over the devices, the state (shaped like `state`)
+    replicated, or its matrices split with shard_params; XLA adds the collectives."""
     method = tcfg.grad_method or gradients.default_grad_method(backend)
     grad_fn = gradients.grad_vjp if method == "vjp" else gradients.grad_autodiff
     train = cfg.drop_rate > 0
@@ -135,6 +140,8 @@ def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend) -> Call
                      "step": state["step"] + 1}
         return new_state, metrics
 
+    if mesh is not None:
+        return parallel.jit_step(train_step, mesh, state, shard_params)
     if backend.name == "jax":
         return backend.jax.jit(train_step, donate_argnames=("state",))
     return train_step
@@ -175,6 +182,9 @@ class Run:
     eval_examples: int = 500
     progress: bool = True
     callbacks: Sequence[Callback] = ()
+    # A device mesh (parallel.make_mesh; None: one device) and whether to shard the state over it.
+    mesh: object = None
+    shard_params: bool = False
 
 
 def _format_eta(seconds: float) -> str:
@@ -234,23 +244,38 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
         init_key, key = ftrandom.split(backend.random.key(tcfg.seed), 2)
         state = init_state(init_key, cfg, optimizer)
     progress = dict(progress or fresh_progress())
-    step_fn = make_train_step(cfg, tcfg, optimizer, backend)
     start_step = int(backend.to_numpy(state["step"]))
+    mesh = run.mesh
+    if mesh is not None:
+        parallel.check_batch_size(tcfg.batch_size, mesh)
+        state = parallel.place_state(state, mesh, run.shard_params)
+        key = backend.jax.device_put(key, parallel.replicated(mesh))
+    sharded = {} if mesh is None else {"mesh": mesh, "state": state, "shard_params": run.shard_params}
+    step_fn = make_train_step(cfg, tcfg, optimizer, backend, **sharded)
+    # With many processes every one trains; only process 0 writes (checkpoints, metrics, plots).
+    writes = run.out_dir is not None and parallel.process_index() == 0
     metrics_path = None
-    if run.out_dir is not None:
+    if writes:
         run.out_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = run.out_dir / "metrics.jsonl"
         if start_step == 0 and metrics_path.exists():
             metrics_path.unlink()  # a fresh run into an old folder starts a fresh log
         _keep_records_up_to(metrics_path, start_step)
 
+    def host(tree):
+        # Sharded arrays gathered to NumPy (a collective with many processes: every one calls it).
+        return parallel.to_host(tree) if mesh is not None else tree
+
     def save(s, which="last", stored_progress=None):
         if run.out_dir is None:
+            return None
+        s, saved_key = host(s), host(key)
+        if not writes:
             return None
         try:
             return checkpoint.save(checkpoint.checkpoint_path(run.out_dir, which), s, backend, cfg=cfg,
                                    tokenizer=run.tokenizer, train_config=dataclasses.asdict(tcfg),
-                                   data_spec=run.data_spec, key=key, progress=stored_progress or progress)
+                                   data_spec=run.data_spec, key=saved_key, progress=stored_progress or progress)
         except OSError as err:  # a full disk, a lost mount: the write is atomic, so the old file stands
             raise SaveFailed(f"training stopped at step {int(backend.to_numpy(s['step']))}: {err}. The last "
                              f"checkpoint saved before ({last_saved or 'none was saved yet'}) is intact; free some "
@@ -278,11 +303,13 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
             host_batch = next(batches)
             checks.check_token_ids("src", host_batch["src"], cfg.src_vocab_size, cfg.max_len, backend)
             checks.check_token_ids("tgt_in", host_batch["tgt_in"], cfg.tgt_vocab_size, cfg.max_len, backend)
-            batch = backend.tree_asarray(host_batch)
+            batch = parallel.put_batch(host_batch, mesh) if mesh is not None else backend.tree_asarray(host_batch)
             # Rebind at once: on JAX the old state's buffers are donated to the step, so a Ctrl-C
             # while waiting for the loss below must find (and save) the new state, not the old.
             state, metrics = step_fn(state, batch, key)
             step += 1
+            if mesh is not None:  # replicated scalars: this process's own copy, no collective
+                metrics = {name: np.asarray(value.addressable_data(0)) for name, value in metrics.items()}
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
                 raise TrainingDiverged(
@@ -305,13 +332,15 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                     print(line, file=sys.stderr, flush=True)
                 window_tokens, window_t0 = 0, time.perf_counter()
             if (step % tcfg.eval_every == 0 or step == tcfg.steps) and valid:
-                result = evaluate(state["params"], cfg, run.tokenizer, valid)
+                # Sharded params are gathered to one device: each process evaluates the same whole model.
+                eval_params = backend.tree_asarray(host(state["params"])) if mesh is not None else state["params"]
+                result = evaluate(eval_params, cfg, run.tokenizer, valid)
                 if run.progress:
                     print(f"eval @ {step}: loss {result['loss']:.4f} exact_match {result['exact_match']:.4f} "
                           f"char_accuracy {result['char_accuracy']:.4f}", file=sys.stderr, flush=True)
                 summary["valid"] = result
                 best = progress["best_exact_match"]
-                if (best is None or result["exact_match"] > best) and all_finite(state["params"], backend):
+                if (best is None or result["exact_match"] > best) and all_finite(host(state["params"]), backend):
                     # Recorded only once best.safetensors holds it, so the two never disagree.
                     improved = dict(progress, best_exact_match=result["exact_match"], best_step=step,
                                     evals_since_best=0)
@@ -327,7 +356,7 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                         print(f"no better exact match in {tcfg.patience} evaluations (best "
                               f"{progress['best_exact_match']:.4f} at step {progress['best_step']}): stopping",
                               file=sys.stderr, flush=True)
-            if step % tcfg.save_every == 0 and all_finite(state["params"], backend):
+            if step % tcfg.save_every == 0 and all_finite(host(state["params"]), backend):
                 last_saved = save(state)
             if stop:
                 summary["stopped"] = stop
@@ -339,18 +368,19 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
         raise
     except Exception:
         # A callback, an evaluation or the metrics file failed: keep the steps done so far, then
-        # report the error. (Best effort: on JAX a step that failed may have consumed the state.)
+        # report the error. (Best effort: on JAX a step that failed may have consumed the state;
+        # with many processes gathering the state is a collective the others would not join.)
         try:
-            if all_finite(state["params"], backend):
+            if parallel.process_count() == 1 and all_finite(host(state["params"]), backend):
                 save(state)
         except Exception:
             pass
         raise
-    if all_finite(state["params"], backend):
+    if all_finite(host(state["params"]), backend):
         last_saved = save(state)
-    summary.update(step=int(backend.to_numpy(state["step"])), checkpoint=str(last_saved) if last_saved else None,
+    summary.update(step=int(np.asarray(host(state["step"]))), checkpoint=str(last_saved) if last_saved else None,
                    seconds=time.perf_counter() - t_start, **progress)
-    if run.out_dir is not None:
+    if writes:
         plot_metrics(metrics_path, run.out_dir / "curves.png")
     return {"state": state, "key": key, "progress": progress, "history": history, "summary": summary}
 

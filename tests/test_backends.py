@@ -169,8 +169,9 @@ def test_agrees_with_jax_random(jax_backend, seed):
     import jax
 
     ours = jax_backend.random
-    with jax.threefry_partitionable(False):
+    with jax.threefry_partitionable(True):  # per-element counters: what lets a shard draw its slice
         jax_key = jax.random.PRNGKey(seed)
+        np.testing.assert_array_equal(np.asarray(jax.random.fold_in(jax_key, 7)), np.asarray(ours.fold_in(ours.key(seed), 7)))
         np.testing.assert_array_equal(np.asarray(jax_key), np.asarray(ours.key(seed)))
         np.testing.assert_array_equal(np.asarray(jax.random.split(jax_key, 3)), np.asarray(ours.split(ours.key(seed), 3)))
         np.testing.assert_array_equal(np.asarray(jax.random.split(jax_key)), np.asarray(ours.split(ours.key(seed))))
@@ -492,3 +493,28 @@ def test_scatter_add_and_set_at(backend):
     y = backend.set_at(x, 2, 7.0)
     np.testing.assert_array_equal(backend.to_numpy(y), [0, 1, 7, 3, 4])
     np.testing.assert_array_equal(backend.to_numpy(x), np.arange(5.0))
+
+
+def test_each_element_depends_on_its_own_counter_alone(numpy_backend):
+    """The per-element layout that lets a device draw just its slice of a sharded array: element i
+    hashes counter i (bits, uniform, normal) or counter i // 2 (bernoulli), so a slice of a draw is
+    computable from its own counters, and a longer draw starts with a shorter one."""
+    key = R.key(7, np)
+    words = R.bits(key, (40,))
+    y0, y1 = R.threefry2x32(key, np.zeros(8, np.uint32), np.arange(24, 32, dtype=np.uint32))
+    np.testing.assert_array_equal(words[24:32], y0 ^ y1)
+    for draw in (lambda n: R.bits(key, (n,)), lambda n: R.uniform(key, (n,)), lambda n: R.normal(key, (n,)),
+                 lambda n: R.uniform(key, (n,), np.float64), lambda n: R.bernoulli(key, 0.3, (n,))):
+        np.testing.assert_array_equal(draw(64)[:24], draw(24))
+    # A (B, T, D) dropout mask split over the batch: each shard's rows are the global mask's rows.
+    mask = R.bernoulli(key, 0.9, (8, 4, 6))
+    flat = R.bernoulli(key, 0.9, (8 * 4 * 6,))
+    np.testing.assert_array_equal(mask.reshape(-1), flat)
+
+
+def test_bernoulli_with_high_probability_under_jit(numpy_backend, jax_backend):
+    """p above 1/2 compares words with a threshold above 2**31 (once an overflow of JAX's int32)."""
+    import jax
+
+    got = jax.jit(lambda k: R.bernoulli(k, 0.9, (4, 8, 6)))(jax_backend.random.key(0))
+    np.testing.assert_array_equal(np.asarray(got), R.bernoulli(R.key(0, np), 0.9, (4, 8, 6)))

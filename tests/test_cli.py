@@ -30,7 +30,8 @@ TRAIN_FLAGS = ["--task", "--data", "--valid", "--out", "--resume", "--min-len", 
                "--d-model", "--n-heads", "--d-ff", "--layers", "--drop-rate", "--norm-first", "--tie-embeddings",
                "--dtype", "--steps", "--batch-size", "--learning-rate", "--warmup-steps", "--schedule", "--optimizer",
                "--weight-decay", "--clip-norm", "--label-smoothing", "--seed", "--log-every", "--eval-every",
-               "--save-every", "--grad-method", "--no-progress", "--overwrite", "--extend", "--patience"]
+               "--save-every", "--grad-method", "--no-progress", "--overwrite", "--extend", "--patience",
+               "--devices", "--shard-params", "--coordinator", "--num-processes", "--process-id"]
 EVAL_FLAGS = ["--checkpoint", "--which", "--task", "--data", "--n", "--beam", "--seed", "--allow-unknown"]
 PREDICT_FLAGS = ["--checkpoint", "--which", "--beam", "inputs", "--allow-unknown"]
 
