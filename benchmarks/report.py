@@ -125,7 +125,24 @@ def markdown_report(records: list[dict], env: dict, peaks: dict) -> str:
     drop_table = dropout_table(records)
     if drop_table:
         parts += ["", "### Dropout's share of the train step", "", drop_table]
+    dev_table = devices_table(records)
+    if dev_table:
+        parts += ["", "### The train step by device count", "", dev_table]
     return "\n".join(parts)
+
+
+def devices_table(records: list[dict]) -> str:
+    """One row per config x device count, for the records of `--devices` (they carry tokens_per_s_per_device)."""
+    rows = ["| config | devices | params | median ms | min–max ms | compile s | tokens/s | tokens/s per device |",
+            "|---|--:|---|--:|--:|--:|--:|--:|"]
+    for r in records:
+        if "tokens_per_s_per_device" not in r:
+            continue
+        layout = "sharded" if r["shard_params"] else ("one device" if r["devices"] == 1 else "replicated")
+        rows.append(f"| {r['config']} | {r['devices']} | {layout} | {r['median_s'] * 1e3:,.1f} "
+                    f"| {r['min_s'] * 1e3:,.1f}–{r['max_s'] * 1e3:,.1f} | {_fmt(r['compile_s'], '.1f')} "
+                    f"| {r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_device']:,.0f} |")
+    return "\n".join(rows) if len(rows) > 2 else ""
 
 
 def write_json(path: Path, records: list[dict], env: dict, peaks: dict, settings: dict) -> None:

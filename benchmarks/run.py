@@ -3,6 +3,7 @@
     python -m benchmarks                       # all backends, configs and measures
     python -m benchmarks --quick               # tiny config, 2 reps, 8 decode steps
     python -m benchmarks --backends numpy --configs tiny small --measure train --reps 3
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks --configs tiny --devices 1 2 8
 
 Progress goes to stderr; the Markdown report goes to stdout.
 """
@@ -24,6 +25,7 @@ import numpy as np
 import backends
 import functional_transformer as ft
 from backends import Backend
+from functional_transformer import parallel
 
 from . import report
 from .configs import CONFIGS, BenchConfig
@@ -51,6 +53,8 @@ class Settings:
     json_path: Path
     plot_path: Path
     quick: bool
+    devices: tuple[int, ...] = ()  # JAX only: time the train step on each of these device counts
+    shard_params: bool = False  # with devices: params sharded over them (else data parallel)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,6 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=HERE / "results.png", help="chart (default benchmarks/results.png)")
     parser.add_argument("--blas-threads", type=int, default=None,
                         help="limit NumPy's BLAS to this many threads (threadpoolctl; default: leave it alone)")
+    parser.add_argument("--devices", nargs="+", type=int, default=None, metavar="N",
+                        help="JAX only: time the train step on each of these device counts (on CPU, simulate "
+                             "devices with XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+    parser.add_argument("--shard-params", action="store_true",
+                        help="with --devices: shard the params over the devices (default: data parallel)")
     parser.add_argument("--quick", action="store_true",
                         help="a small subset: tiny config, 2 reps, 8 decode steps, no train_vjp unless asked for")
     return parser.parse_args(argv)
@@ -85,11 +94,21 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     reps = pick(args.reps, 5, 2)
     if reps < 1:
         raise SystemExit("--reps must be at least 1")
+    devices = tuple(args.devices or ())
+    if args.shard_params and not devices:
+        raise SystemExit("--shard-params needs --devices")
+    if devices:
+        if any(n < 1 for n in devices):
+            raise SystemExit(f"--devices must be positive counts, got {' '.join(map(str, devices))}")
+        if args.backends and tuple(args.backends) != ("jax",):
+            raise SystemExit("--devices needs the JAX backend (--backends jax); the NumPy backend runs on one device")
+        if args.measure and tuple(args.measure) != ("train",):
+            raise SystemExit("--devices times the train step only (--measure train)")
     return Settings(
-        backends=tuple(args.backends or backends.BACKEND_NAMES),
+        backends=("jax",) if devices else tuple(args.backends or backends.BACKEND_NAMES),
         configs=tuple(pick(args.configs, list(CONFIGS), ["tiny"])),
-        measures=tuple(args.measure or DEFAULT_MEASURES),
-        with_train_vjp=not quick,
+        measures=("train",) if devices else tuple(args.measure or DEFAULT_MEASURES),
+        with_train_vjp=not quick and not devices,
         reps=reps,
         decode_steps=pick(args.decode_steps, None, 8),
         peak_n=pick(args.peak_size, 2048, 1024),
@@ -98,6 +117,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         json_path=args.json,
         plot_path=args.plot,
         quick=quick,
+        devices=devices,
+        shard_params=args.shard_params,
     )
 
 
@@ -126,6 +147,24 @@ def backend_measures(backend: Backend, measures: tuple[str, ...], with_train_vjp
         if measure == "train" and "dropout" not in measures:
             out.append("dropout")
     return out
+
+
+def check_devices(backend: Backend, devices: tuple[int, ...]) -> None:
+    """SystemExit naming what is missing when `devices` cannot all be had (before anything is timed)."""
+    for n in devices:
+        try:
+            mesh = parallel.make_mesh(n, backend)
+        except parallel.ParallelError as err:
+            raise SystemExit(f"--devices: {err}") from err
+        if mesh is not None and backend.jax.process_count() > 1:
+            raise SystemExit("--devices measures one process's devices; run it without jax.distributed")
+
+
+def device_workloads(backend: Backend, bc: BenchConfig, devices: tuple[int, ...], shard_params: bool) -> Iterator[Workload]:
+    """The train step on each device count: data parallel, or with the params sharded."""
+    host_batch = random_batch(bc)
+    for n in devices:
+        yield train_workload(backend, bc, host_batch, mesh=parallel.make_mesh(n, backend), shard_params=shard_params)
 
 
 def workloads(backend: Backend, bc: BenchConfig, measures: list[str], decode_steps: int | None) -> Iterator[Workload]:
@@ -192,6 +231,8 @@ def progress(message: str) -> None:
 def run_backend(name: str, settings: Settings, params_info: dict) -> tuple[list[dict], dict]:
     """-> (records, matmul peak) for one backend over every config and measure."""
     backend = backends.get_backend(name)
+    if settings.devices:
+        check_devices(backend, settings.devices)
     progress(f"[{name}] matmul peak, {settings.peak_n}x{settings.peak_n} float32 ...")
     peak = matmul_peak(backend, settings.peak_n, settings.peak_reps)
     progress(f"[{name}] peak {peak['best_gflops']:.1f} GFLOP/s")
@@ -200,10 +241,17 @@ def run_backend(name: str, settings: Settings, params_info: dict) -> tuple[list[
         bc = CONFIGS[config_name]
         params_info.setdefault(config_name, {})[name] = params_summary(backend, bc)
         measures = backend_measures(backend, settings.measures, settings.with_train_vjp)
-        for workload in workloads(backend, bc, measures, settings.decode_steps):
-            progress(f"[{name}] {config_name} {workload.measure} ...")
+        if settings.devices:
+            planned = device_workloads(backend, bc, settings.devices, settings.shard_params)
+        else:
+            planned = workloads(backend, bc, measures, settings.decode_steps)
+        for workload in planned:
+            where = f" on {workload.details['devices']} device(s)" if settings.devices else ""
+            progress(f"[{name}] {config_name} {workload.measure}{where} ...")
             timing = time_workload(workload.call, backend, settings.reps)
             record = make_record(backend, bc, workload, timing, peak["best_gflops"])
+            if settings.devices:
+                record["tokens_per_s_per_device"] = record["tokens_per_s"] / record["devices"]
             records.append(record)
             compile_note = f", compile {record['compile_s']:.1f} s" if record["compile_s"] is not None else ""
             rate_note = f", {record['gflops']:.1f} GFLOP/s" if record["gflops"] is not None else ""

@@ -14,6 +14,7 @@ import numpy as np
 
 import functional_transformer as ft
 from backends import Backend
+from functional_transformer import parallel
 from functional_transformer import train as ft_train
 from functional_transformer.generate import greedy
 from functional_transformer.layers import dropout
@@ -56,17 +57,29 @@ def forward_workload(backend: Backend, params: dict, bc: BenchConfig, host_batch
     )
 
 
-def train_workload(backend: Backend, bc: BenchConfig, host_batch: dict, grad_method: str | None = None) -> Workload:
+def train_workload(backend: Backend, bc: BenchConfig, host_batch: dict, grad_method: str | None = None,
+                   mesh=None, shard_params: bool = False) -> Workload:
     """The full step of train.make_train_step: forward and backward with dropout 0.1, global-norm
     clipping, Adam. grad_method None is the backend's default ("vjp" on NumPy, "autodiff" i.e.
-    jax.grad on JAX); "vjp" on JAX runs the hand-written VJPs under jit."""
+    jax.grad on JAX); "vjp" on JAX runs the hand-written VJPs under jit. With a device `mesh`
+    (parallel.make_mesh) the step is the sharded one of train.run_loop: the batch's rows split over
+    the devices, the state replicated or (shard_params) its matrices split."""
     cfg = bc.model_config()
     tcfg = ft_train.TrainConfig(batch_size=bc.batch, grad_method=grad_method)
     optimizer = ft_train.make_optimizer(tcfg, cfg)
-    step = ft_train.make_train_step(cfg, tcfg, optimizer, backend)
-    holder = {"state": ft_train.init_state(backend.random.key(0), cfg, optimizer)}
-    batch = backend.tree_asarray(host_batch)
+    state = ft_train.init_state(backend.random.key(0), cfg, optimizer)
     dropout_key = backend.random.key(1)
+    if mesh is None:
+        step = ft_train.make_train_step(cfg, tcfg, optimizer, backend)
+        batch = backend.tree_asarray(host_batch)
+    else:
+        parallel.check_batch_size(bc.batch, mesh)
+        state = parallel.place_state(state, mesh, shard_params)
+        step = ft_train.make_train_step(cfg, tcfg, optimizer, backend, mesh=mesh, state=state,
+                                        shard_params=shard_params)
+        batch = parallel.put_batch(host_batch, mesh)
+        dropout_key = backend.jax.device_put(dropout_key, parallel.replicated(mesh))
+    holder = {"state": state}
 
     def call():
         holder["state"], metrics = step(holder["state"], batch, dropout_key)  # the old state is donated on JAX
@@ -82,7 +95,8 @@ def train_workload(backend: Backend, bc: BenchConfig, host_batch: dict, grad_met
         call=call,
         flops=flops.train_flops(cfg, bc.batch, bc.src_len, bc.tgt_len),
         tokens=bc.batch * bc.tgt_len,
-        details={"grad_method": method},
+        details={"grad_method": method, "devices": parallel.device_count(mesh),
+                 "shard_params": bool(shard_params and mesh is not None)},
         xla_stats=xla_stats if backend.name == "jax" else None,
     )
 

@@ -13,8 +13,8 @@ XLA inserts the collectives (all-reduce of gradients, all-gather of sharded weig
 Because the jitted step is the same global computation whatever the mesh, the loss is a mean over
 all real tokens of the global batch, and dropout masks are drawn per element of the global array
 (backends/random.py), the trajectory does not depend on the device count (up to float32 summation
-order). Many hosts: `initialize` starts jax.distributed; each process puts its own rows of each
-global batch on its devices (`put_batch`), and `to_host` gathers state to every process.
+order). Many hosts: `initialize` starts jax.distributed; each process builds only its own rows of each
+global batch and puts them on its devices (`put_batch`), and `to_host` gathers state to every process.
 """
 
 from __future__ import annotations
@@ -156,18 +156,18 @@ def place_state(state, mesh, shard_params: bool):
 
 
 def put_batch(host_batch: dict, mesh) -> dict:
-    """The global batch (every process builds the same one: batch k is a function of (seed, k), and
-    its padded length is the global one) as arrays split by rows over the mesh. With many
-    processes each passes only its own rows to jax.make_array_from_process_local_data."""
+    """A batch as arrays split by rows over the mesh. With one process `host_batch` is the global
+    batch; with many it is this process's own rows of it (data.process_batch: batch k is a function
+    of (seed, k), and every process pads to the global batch's lengths), which
+    jax.make_array_from_process_local_data joins into the global array."""
     jax = _jax()
     sharding = batch_sharding(mesh)
     if jax.process_count() == 1:
         return jax.device_put(host_batch, sharding)
-    rank, count = jax.process_index(), jax.process_count()
+    count = jax.process_count()
 
     def local(x):
-        rows = x.shape[0] // count
-        return jax.make_array_from_process_local_data(sharding, x[rank * rows:(rank + 1) * rows], x.shape)
+        return jax.make_array_from_process_local_data(sharding, x, (x.shape[0] * count, *x.shape[1:]))
 
     return {name: local(np.asarray(x)) for name, x in host_batch.items()}
 

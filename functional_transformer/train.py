@@ -32,7 +32,7 @@ from backends import random as ftrandom
 
 from . import api, checkpoint, checks, gradients, optim, parallel
 from .inference import evaluate
-from .data import CharTokenizer, EncodedPair, batch_iterator
+from .data import CharTokenizer, EncodedPair, batch_indices, batch_iterator
 
 SCHEDULES = ("transformer", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -290,8 +290,11 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                 f.write(json.dumps(record) + "\n")
         return any([bool(callback(record["step"], record)) for callback in run.callbacks])
 
+    # With many processes each builds only its own rows of every global batch.
+    n_processes = parallel.process_count()
     batches = batch_iterator(run.train_examples, tcfg.batch_size, tcfg.seed, start_step,
-                             pad_id=cfg.pad_id, pad_to_multiple=8)
+                             pad_id=cfg.pad_id, pad_to_multiple=8, process_index=parallel.process_index(),
+                             process_count=n_processes)
     valid = run.valid_pairs[: run.eval_examples]
     t_start = time.perf_counter()
     window_tokens, window_t0 = 0, time.perf_counter()
@@ -316,7 +319,11 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                     f"the loss became {loss} at step {step}; training stopped. The last good checkpoint "
                     f"({last_saved or 'none was saved yet'}) is kept. Try a lower --learning-rate or --clip-norm."
                 )
-            window_tokens += int(np.count_nonzero(host_batch["tgt_out"] != cfg.pad_id))
+            if n_processes == 1:
+                window_tokens += int(np.count_nonzero(host_batch["tgt_out"] != cfg.pad_id))
+            else:  # the global batch's tokens, from the examples' lengths (this process holds only its rows)
+                window_tokens += sum(len(run.train_examples[i].tgt) - 1 for i in batch_indices(
+                    len(run.train_examples), tcfg.batch_size, tcfg.seed, step - 1))
             stop = None
             if step % tcfg.log_every == 0 or step == tcfg.steps:
                 now = time.perf_counter()

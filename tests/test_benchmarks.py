@@ -167,3 +167,54 @@ def test_quick_run_numpy_and_jax(tmp_path):
     assert train["grad_method"] == "autodiff"
     _check_png(png_path)
     assert "### JAX speedup over NumPy" in result.stdout
+
+
+# --- --devices (the train step on many devices; the timings themselves are not run here) ----------
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shard-params"], "--shard-params needs --devices"),
+    (["--devices", "0"], "--devices must be positive"),
+    (["--devices", "2", "--backends", "numpy"], "needs the JAX backend"),
+    (["--devices", "2", "--backends", "numpy", "jax"], "needs the JAX backend"),
+    (["--devices", "2", "--measure", "forward"], "train step only"),
+])
+def test_devices_flag_errors(argv, message):
+    from benchmarks.run import parse_args, resolve_settings
+
+    with pytest.raises(SystemExit, match=message):
+        resolve_settings(parse_args(argv))
+
+
+def test_devices_flag_settings():
+    from benchmarks.run import parse_args, resolve_settings
+
+    settings = resolve_settings(parse_args(["--configs", "tiny", "--devices", "1", "2", "8", "--shard-params"]))
+    assert settings.devices == (1, 2, 8) and settings.shard_params
+    assert settings.backends == ("jax",) and settings.measures == ("train",) and not settings.with_train_vjp
+    plain = resolve_settings(parse_args(["--quick"]))
+    assert plain.devices == () and not plain.shard_params
+
+
+def test_devices_check_names_what_is_missing():
+    import backends
+    from benchmarks.run import check_devices
+
+    with pytest.raises(SystemExit, match="needs the JAX backend"):
+        check_devices(backends.get_backend("numpy"), (1, 2))
+    if HAS_JAX:
+        with pytest.raises(SystemExit, match="4096 devices were asked for"):
+            check_devices(backends.get_backend("jax"), (1, 4096))
+
+
+def test_devices_table():
+    from benchmarks import report
+
+    base = {"config": "tiny", "median_s": 0.1, "min_s": 0.09, "max_s": 0.2, "compile_s": 3.0, "tokens_per_s": 20480.0}
+    records = [dict(base, devices=1, shard_params=False, tokens_per_s_per_device=20480.0),
+               dict(base, devices=8, shard_params=True, tokens_per_s_per_device=2560.0),
+               dict(base, measure="forward")]  # not a --devices record: left out
+    lines = report.devices_table(records).splitlines()
+    assert len(lines) == 4
+    assert lines[2] == "| tiny | 1 | one device | 100.0 | 90.0–200.0 | 3.0 | 20,480 | 20,480 |"
+    assert "| 8 | sharded |" in lines[3] and lines[3].endswith("| 2,560 |")
+    assert report.devices_table([records[2]]) == ""

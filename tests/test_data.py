@@ -18,6 +18,7 @@ from functional_transformer.data import (
     iterate_batches,
     make_batch,
     make_task_data,
+    process_batch,
     read_tsv,
     task_alphabet,
     write_tsv,
@@ -388,6 +389,38 @@ def test_batch_iterator_skips_ahead_without_building_skipped_batches():
     far = 10**12  # building that many batches would never finish
     batch = next(batch_iterator(examples, 2, seed=0, start_step=far))
     assert _example_ids(batch) == batch_indices(5, 2, 0, far).tolist()
+
+
+@pytest.mark.parametrize("pad_to_multiple", [1, 8])
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_process_slices_concatenate_to_the_global_batch(process_count, pad_to_multiple):
+    # Examples of varied lengths, so that a slice's own longest row is often shorter than the global one.
+    rng = np.random.default_rng(0)
+    examples = [EncodedPair(tuple(range(4, 5 + int(rng.integers(0, 9)))), (1, *[5] * int(rng.integers(0, 11)), 2))
+                for _ in range(13)]
+    for step in (0, 1, 3, 7):
+        whole = next(batch_iterator(examples, 8, seed=3, start_step=step, pad_to_multiple=pad_to_multiple))
+        slices = [process_batch(examples, 8, 3, step, rank, process_count, pad_to_multiple=pad_to_multiple)
+                  for rank in range(process_count)]
+        for name in whole:
+            assert {s[name].shape for s in slices} == {(8 // process_count, whole[name].shape[1])}
+            np.testing.assert_array_equal(np.concatenate([s[name] for s in slices]), whole[name])
+        # The iterator gives the same slices, and one process gets the whole batch.
+        for rank in range(process_count):
+            mine = next(batch_iterator(examples, 8, seed=3, start_step=step, pad_to_multiple=pad_to_multiple,
+                                       process_index=rank, process_count=process_count))
+            for name in whole:
+                np.testing.assert_array_equal(mine[name], slices[rank][name])
+        for name in whole:
+            np.testing.assert_array_equal(process_batch(examples, 8, 3, step, pad_to_multiple=pad_to_multiple)[name], whole[name])
+
+
+def test_process_batch_rejects_uneven_splits_and_bad_ranks():
+    examples = _indexed_examples(5)
+    with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
+        process_batch(examples, 4, 0, 0, 0, 3)
+    with pytest.raises(ValueError, match="process_index"):
+        process_batch(examples, 4, 0, 0, 2, 2)
 
 
 def test_iterate_batches_is_one_ordered_pass():

@@ -20,6 +20,7 @@ from .batching import (
     epoch_permutation,
     iterate_batches,
     make_batch,
+    process_batch,
 )
 from .tasks import DEFAULT_ALPHABET, TASKS, Task, get_task, make_task_data, task_alphabet
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, CharTokenizer
@@ -46,6 +47,7 @@ __all__ = [
     "iterate_batches",
     "make_batch",
     "make_task_data",
+    "process_batch",
     "read_tsv",
     "task_alphabet",
     "write_tsv",

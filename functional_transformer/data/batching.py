@@ -15,6 +15,10 @@ Contract:
   order is a permutation drawn from (seed, e) alone, so batch k is a pure function of
   (examples, batch_size, seed, k): `batch_iterator(..., start_step=k)` yields the same batches as a
   fresh iterator after k batches, without building the k skipped ones.
+- With many processes (`process_index`, `process_count`), each builds only its contiguous share of
+  batch k's rows (`process_batch`), padded to the whole global batch's lengths (computed from the
+  examples' lengths alone), so every process's arrays have the same shape and the processes'
+  slices, concatenated in process order, are the global batch.
 - `iterate_batches` is one pass in the given order, the last batch possibly smaller, or filled up
   with rows that have no targets (`fill_last`): for evaluation.
 """
@@ -81,8 +85,16 @@ def make_batch(examples: Sequence[EncodedPair], pad_id: int = PAD_ID, pad_to_mul
         raise ValueError("make_batch needs at least one example")
     if pad_to_multiple < 1:
         raise ValueError(f"pad_to_multiple must be at least 1, got {pad_to_multiple}")
-    src_len = _round_up(max(len(e.src) for e in examples), pad_to_multiple)
-    tgt_len = _round_up(max(len(e.tgt) - 1 for e in examples), pad_to_multiple)
+    src_len, tgt_len = _padded_lengths(examples, pad_to_multiple)
+    return _fill_batch(examples, pad_id, src_len, tgt_len)
+
+
+def _padded_lengths(examples: Sequence[EncodedPair], pad_to_multiple: int) -> tuple[int, int]:
+    return (_round_up(max(len(e.src) for e in examples), pad_to_multiple),
+            _round_up(max(len(e.tgt) - 1 for e in examples), pad_to_multiple))
+
+
+def _fill_batch(examples: Sequence[EncodedPair], pad_id: int, src_len: int, tgt_len: int) -> Batch:
     src = np.full((len(examples), src_len), pad_id, dtype=np.int32)
     tgt_in = np.full((len(examples), tgt_len), pad_id, dtype=np.int32)
     tgt_out = np.full((len(examples), tgt_len), pad_id, dtype=np.int32)
@@ -124,6 +136,35 @@ def _batch_indices(n_examples: int, batch_size: int, seed: int, step: int, permu
     return indices
 
 
+def _check_processes(batch_size: int, process_index: int, process_count: int) -> None:
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, process_count), got {process_index} of {process_count}")
+    if batch_size % process_count:
+        raise ValueError(f"batch_size {batch_size} does not split evenly over {process_count} processes")
+
+
+def _local_batch(examples, indices, process_index, process_count, pad_id, pad_to_multiple) -> Batch:
+    """This process's contiguous share of the rows `indices`, padded to the lengths of all of them."""
+    if process_count == 1:
+        return make_batch([examples[i] for i in indices], pad_id, pad_to_multiple)
+    src_len, tgt_len = _padded_lengths([examples[i] for i in indices], pad_to_multiple)
+    rows = len(indices) // process_count
+    mine = indices[process_index * rows:(process_index + 1) * rows]
+    return _fill_batch([examples[i] for i in mine], pad_id, src_len, tgt_len)
+
+
+def process_batch(
+    examples: Sequence[EncodedPair], batch_size: int, seed: int, step: int, process_index: int = 0,
+    process_count: int = 1, *, pad_id: int = PAD_ID, pad_to_multiple: int = 1,
+) -> Batch:
+    """Process `process_index`'s rows of global batch `step` (batch_size // process_count of them,
+    padded to the global batch's lengths); with one process, the whole batch."""
+    _check_batching(len(examples), batch_size, seed)
+    _check_processes(batch_size, process_index, process_count)
+    indices = batch_indices(len(examples), batch_size, seed, step)
+    return _local_batch(examples, indices, process_index, process_count, pad_id, pad_to_multiple)
+
+
 def batch_iterator(
     examples: Sequence[EncodedPair],
     batch_size: int,
@@ -132,16 +173,22 @@ def batch_iterator(
     *,
     pad_id: int = PAD_ID,
     pad_to_multiple: int = 1,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> Iterator[Batch]:
-    """Training batches for step start_step, start_step + 1, ...; batch k depends only on (seed, k)."""
+    """Training batches for step start_step, start_step + 1, ...; batch k depends only on (seed, k).
+    With process_count > 1, each is this process's share of the global batch (`process_batch`)."""
     n = len(examples)
     _check_batching(n, batch_size, seed)
+    _check_processes(batch_size, process_index, process_count)
     if start_step < 0:
         raise ValueError(f"start_step must be non-negative, got {start_step}")
-    return _batches_from(examples, batch_size, seed, start_step, pad_id, pad_to_multiple)
+    return _batches_from(examples, batch_size, seed, start_step, pad_id, pad_to_multiple, process_index,
+                         process_count)
 
 
-def _batches_from(examples, batch_size, seed, start_step, pad_id, pad_to_multiple) -> Iterator[Batch]:
+def _batches_from(examples, batch_size, seed, start_step, pad_id, pad_to_multiple, process_index=0,
+                  process_count=1) -> Iterator[Batch]:
     n = len(examples)
     cache: dict[int, np.ndarray] = {}  # the permutations in use; a batch spans at most a few epochs
 
@@ -155,7 +202,7 @@ def _batches_from(examples, batch_size, seed, start_step, pad_id, pad_to_multipl
     step = start_step
     while True:
         indices = _batch_indices(n, batch_size, seed, step, permutation)
-        yield make_batch([examples[i] for i in indices], pad_id, pad_to_multiple)
+        yield _local_batch(examples, indices, process_index, process_count, pad_id, pad_to_multiple)
         step += 1
 
 
