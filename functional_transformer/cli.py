@@ -340,8 +340,8 @@ def _sweep(args) -> int:
         study = run_sweep(args.study, storage, config, n_trials=args.trials, out_dir=out, space=space,
                           pruner=args.pruner, sampler_seed=args.sampler_seed)
     except KeyboardInterrupt:
-        print(f"interrupted: the trial that was running is marked failed; the study keeps the others. Run the same "
-              f"command to continue it", file=sys.stderr)
+        print("interrupted: the trial that was running is marked failed; the study keeps the others. Run the same "
+              "command to continue it", file=sys.stderr)
         return 130
     for line in summary_lines(study):
         print(line)

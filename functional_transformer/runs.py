@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import json
 import os
 import sys
 from pathlib import Path
@@ -333,9 +332,11 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
     with (locked(out) if out is not None and lead else contextlib.nullcontext()):
         if out is not None and lead:
             _remove_stale_temp_files(out)
+        # What the loop needs besides the model, data and TrainConfig: the same for a new run and a resumed one.
+        loop_options = dict(out_dir=out, backend=backend, eval_examples=eval_examples, progress=progress,
+                            callbacks=tuple(callbacks), mesh=mesh, shard_params=shard_params)
         if resume:
-            return _resume(out, model, train_config, data, extend, callbacks, backend, progress, verbose, eval_examples,
-                           mesh, shard_params)
+            return _resume(out, model, train_config, data, extend, verbose, loop_options)
         if isinstance(train_config, dict):
             train_config = TrainConfig(**train_config)
         tcfg = train_config or TrainConfig()
@@ -347,17 +348,21 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
             parallel.check_batch_size(tcfg.batch_size, mesh)  # before a run folder is made
         if out is not None and lead:
             _start_fresh(out, overwrite, verbose)
-        run = Run(cfg=cfg, tcfg=tcfg, tokenizer=tokenizer, train_examples=encode_pairs(train_pairs, tokenizer, cfg.max_len),
-                  valid_pairs=valid_pairs, out_dir=out, data_spec=spec, backend=backend, eval_examples=eval_examples,
-                  progress=progress, callbacks=tuple(callbacks), mesh=mesh, shard_params=shard_params)
+        run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options)
         if verbose:
-            print(f"backend {backend.name}; {parallel.describe(mesh, shard_params)}{len(train_pairs)} training and {len(valid_pairs)} held-out pairs; "
-                  f"vocabulary {tokenizer.vocab_size}; writing to {out if out else 'memory only'}", file=sys.stderr)
+            print(f"backend {backend.name}; {parallel.describe(mesh, shard_params)}{len(train_pairs)} training and "
+                  f"{len(valid_pairs)} held-out pairs; vocabulary {tokenizer.vocab_size}; writing to "
+                  f"{out if out else 'memory only'}", file=sys.stderr)
         return _result(run, run_loop(run))
 
 
-def _resume(out: Path, model, train_config, data, extend, callbacks, backend, progress, verbose,
-            eval_examples, mesh=None, shard_params=False) -> FitResult:
+def _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options) -> Run:
+    return Run(cfg=cfg, tcfg=tcfg, tokenizer=tokenizer, data_spec=spec, valid_pairs=valid_pairs,
+               train_examples=encode_pairs(train_pairs, tokenizer, cfg.max_len), **loop_options)
+
+
+def _resume(out: Path, model, train_config, data, extend, verbose, loop_options) -> FitResult:
+    backend = loop_options["backend"]
     if not checkpoint.checkpoint_path(out).exists():
         raise RunFolderError(f"{out} holds no checkpoint to resume; leave out --resume to start a run there")
     loaded = checkpoint.load(out, backend)
@@ -381,9 +386,7 @@ def _resume(out: Path, model, train_config, data, extend, callbacks, backend, pr
     if spec["kind"] == "pairs" and pairs is None:
         raise RunFolderError(f"{out} was trained on pairs given in memory; pass them again as data=(train, valid)")
     train_pairs, valid_pairs = pairs or load_pairs(spec)
-    run = Run(cfg=cfg, tcfg=tcfg, tokenizer=tokenizer, train_examples=encode_pairs(train_pairs, tokenizer, cfg.max_len),
-              valid_pairs=valid_pairs, out_dir=out, data_spec=spec, backend=backend, eval_examples=eval_examples,
-              progress=progress, callbacks=tuple(callbacks), mesh=mesh, shard_params=shard_params)
+    run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options)
     if verbose:
         print(f"resuming {out} at step {step} of {tcfg.steps}", file=sys.stderr)
     return _result(run, run_loop(run, loaded["state"], loaded["key"], loaded["progress"] or None))

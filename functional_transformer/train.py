@@ -258,9 +258,7 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
     if writes:
         run.out_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = run.out_dir / "metrics.jsonl"
-        if start_step == 0 and metrics_path.exists():
-            metrics_path.unlink()  # a fresh run into an old folder starts a fresh log
-        _keep_records_up_to(metrics_path, start_step)
+        _keep_records_up_to(metrics_path, start_step)  # at step 0: a fresh log
 
     def host(tree):
         # Sharded arrays gathered to NumPy (a collective with many processes: every one calls it).

@@ -32,14 +32,12 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import backends
 from backends import Backend
 
 from .. import api, checkpoint, runs
 from ..backend_choice import default_backend
-from ..data import DataError
 from ..train import TrainConfig, TrainingDiverged
 from . import space as search_space
 
