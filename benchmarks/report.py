@@ -7,6 +7,8 @@ import math
 import sys
 from pathlib import Path
 
+from .peers import PEER_TITLES, PEERS
+
 MEASURE_ORDER = ("forward", "train", "train_vjp", "decode", "dropout")
 
 
@@ -71,6 +73,54 @@ def grad_method_table(records: list[dict]) -> str:
     return "\n".join(rows) if len(rows) > 2 else ""
 
 
+def vs_peer(records: list[dict], peer: str) -> list[dict]:
+    """Our median over the peer's, for each record of ours whose config and measure the peer ran
+    (train_vjp against the peer's train): below 1 we are faster."""
+    theirs = {(r["config"], r["measure"]): r for r in records if r["backend"] == peer}
+    out = []
+    for r in records:
+        peer_record = theirs.get((r["config"], _panel_measure(r["measure"])))
+        if r["backend"] not in PEERS and peer_record:
+            out.append({"backend": r["backend"], "config": r["config"], "measure": r["measure"],
+                        "median_s": r["median_s"], "peer_median_s": peer_record["median_s"],
+                        "ratio": r["median_s"] / peer_record["median_s"]})
+    return out
+
+
+def _ours_label(backend: str, measure: str) -> str:
+    return f"{backend} VJPs" if measure == "train_vjp" else backend
+
+
+def peer_table(records: list[dict], peer: str) -> str:
+    """One row per config x measure the peer ran: its median, and each of ours as a multiple of it."""
+    ratios = vs_peer(records, peer)
+    columns = list(dict.fromkeys(_ours_label(s["backend"], s["measure"]) for s in ratios))
+    cells = {(s["config"], _panel_measure(s["measure"]), _ours_label(s["backend"], s["measure"])): s["ratio"]
+             for s in ratios}
+    title = PEER_TITLES.get(peer, peer)
+    rows = [f"| config | measure | {title} median ms | " + " | ".join(columns) + " |",
+            "|---|---|--:|" + "--:|" * len(columns)]
+    for r in records:
+        if r["backend"] != peer:
+            continue
+        row = [_fmt(cells.get((r["config"], r["measure"], c)), ".2f") for c in columns]
+        rows.append(f"| {r['config']} | {r['measure']} | {r['median_s'] * 1e3:,.1f} | "
+                    + " | ".join(v if v == "–" else v + "x" for v in row) + " |")
+    return "\n".join(rows) if columns and len(rows) > 2 else ""
+
+
+def peer_lines(env: dict) -> list[str]:
+    """What each peer ran on, and the evidence that it is our model, from env["peers"]."""
+    lines = []
+    for peer, info in (env.get("peers") or {}).items():
+        setup = ", ".join(f"{k} {v}" for k, v in info.items() if k != "same_model")
+        lines.append(f"- peer {peer}: {setup}")
+        for config, same in info.get("same_model", {}).items():
+            lines.append(f"- peer {peer}, {config}: {same['n_params']:,} parameters (ours {same['our_n_params']:,}); "
+                         f"eval logits within {same['max_abs_logit_diff_vs_ours']:.1e} of ours on NumPy")
+    return lines
+
+
 def environment_lines(env: dict, peaks: dict) -> list[str]:
     lines = [f"- CPU: {env.get('cpu_model')} ({env.get('usable_cpus')} usable of {env.get('cpu_count')}); "
              f"load average at start {env.get('load_average')}",
@@ -83,6 +133,7 @@ def environment_lines(env: dict, peaks: dict) -> list[str]:
     for backend, peak in peaks.items():
         lines.append(f"- {backend} matmul peak ({peak['n']}x{peak['n']} float32, best of {peak['reps']}): "
                      f"{peak['best_gflops']:,.1f} GFLOP/s (median {peak['median_gflops']:,.1f})")
+    lines += peer_lines(env)
     for note in env.get("notes", []):
         lines.append(f"- note: {note}")
     return lines
@@ -125,6 +176,10 @@ def markdown_report(records: list[dict], env: dict, peaks: dict) -> str:
     drop_table = dropout_table(records)
     if drop_table:
         parts += ["", "### Dropout's share of the train step", "", drop_table]
+    for peer in PEERS:
+        table = peer_table(records, peer)
+        if table:
+            parts += ["", f"### Against {PEER_TITLES[peer]} (our median / theirs: below 1.00x we are faster)", "", table]
     dev_table = devices_table(records)
     if dev_table:
         parts += ["", "### The train step by device count", "", dev_table]
@@ -148,12 +203,14 @@ def devices_table(records: list[dict]) -> str:
 def write_json(path: Path, records: list[dict], env: dict, peaks: dict, settings: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"environment": env, "settings": settings, "matmul_peak": peaks, "records": records,
-               "speedups": speedups(records), "dropout_shares": dropout_shares(records)}
+               "speedups": speedups(records), "dropout_shares": dropout_shares(records),
+               **{f"vs_{peer}": vs_peer(records, peer) for peer in PEERS}}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def plot(path: Path, records: list[dict]) -> Path | None:
-    """Median time per call by config, one panel per measure (log scale), and JAX's speedup."""
+    """Median time per call by config, one panel per measure (log scale), JAX's speedup, and our
+    time over each peer's (benchmarks/peers) where one ran."""
     try:
         import matplotlib
 
@@ -164,7 +221,9 @@ def plot(path: Path, records: list[dict]) -> Path | None:
         return None
     measures = [m for m in ("forward", "train", "decode") if any(_panel_measure(r["measure"]) == m for r in records)]
     configs = list(dict.fromkeys(r["config"] for r in records))
-    fig, axes = plt.subplots(1, len(measures) + 1, figsize=(4.2 * (len(measures) + 1), 4), squeeze=False)
+    peer_ratios = {peer: vs_peer(records, peer) for peer in PEERS if vs_peer(records, peer)}
+    n_panels = len(measures) + 1 + len(peer_ratios)
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels, 4), squeeze=False)
     for ax, measure in zip(axes[0], measures):
         series = [(b, m) for b, m in dict.fromkeys((r["backend"], r["measure"]) for r in records)
                   if _panel_measure(m) == measure]
@@ -175,7 +234,7 @@ def plot(path: Path, records: list[dict]) -> Path | None:
         ax.set(yscale="log", ylabel="seconds per call (median; bars: min-max)", title=f"{measure}: time per call")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    ax = axes[0][-1]
+    ax = axes[0][len(measures)]
     ups = speedups(records)
     if ups:
         kinds = list(dict.fromkeys(s["measure"] for s in ups))
@@ -188,11 +247,24 @@ def plot(path: Path, records: list[dict]) -> Path | None:
     else:
         ax.text(0.5, 0.5, "JAX and NumPy not both measured", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
+    for ax, (peer, ratios) in zip(axes[0][len(measures) + 1:], peer_ratios.items()):
+        _ratio_panel(ax, configs, ratios, PEER_TITLES[peer])
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _ratio_panel(ax, configs: list[str], ratios: list[dict], peer_title: str) -> None:
+    """Grouped bars per config: each of our (backend, measure) medians over the peer's."""
+    series = list(dict.fromkeys((s["backend"], s["measure"]) for s in ratios))
+    found = {(s["backend"], s["measure"], s["config"]): s["ratio"] for s in ratios}
+    values = [[found.get((backend, measure, c), math.nan) for c in configs] for backend, measure in series]
+    _grouped_bars(ax, configs, [f"{backend} {measure}" for backend, measure in series], values)
+    ax.set_ylim(0, 1.3 * max((v for row in values for v in row if not math.isnan(v)), default=1.0))
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set(ylabel=f"our time / {peer_title}'s", title=f"against {peer_title} (below 1: we are faster)")
 
 
 def _panel_measure(measure: str) -> str:

@@ -4,6 +4,7 @@
     python -m benchmarks --quick               # tiny config, 2 reps, 8 decode steps
     python -m benchmarks --backends numpy --configs tiny small --measure train --reps 3
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks --configs tiny --devices 1 2 8
+    uv run --group peers python -m benchmarks --peers torch   # PyTorch eager in the same run
 
 Progress goes to stderr; the Markdown report goes to stdout.
 """
@@ -14,6 +15,7 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import importlib
 import importlib.util
 import sys
 import time
@@ -31,6 +33,7 @@ from . import report
 from .configs import CONFIGS, BenchConfig
 from .environment import environment, jax_info, load_average
 from .peak import matmul_peak
+from .peers import PEER_MEASURES, PEERS, check_installed
 from .timing import time_workload
 from .workloads import Workload, decode_workload, dropout_workload, forward_workload, random_batch, train_workload
 
@@ -55,6 +58,7 @@ class Settings:
     quick: bool
     devices: tuple[int, ...] = ()  # JAX only: time the train step on each of these device counts
     shard_params: bool = False  # with devices: params sharded over them (else data parallel)
+    peers: tuple[str, ...] = ()  # other libraries' implementations timed in the same run (benchmarks/peers)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,6 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "devices with XLA_FLAGS=--xla_force_host_platform_device_count=8)")
     parser.add_argument("--shard-params", action="store_true",
                         help="with --devices: shard the params over the devices (default: data parallel)")
+    parser.add_argument("--peers", nargs="+", choices=PEERS, default=None,
+                        help="also time these libraries' implementations of the same model and calls, and our time "
+                             "over theirs (needs the optional group: uv run --group peers python -m benchmarks ...)")
     parser.add_argument("--quick", action="store_true",
                         help="a small subset: tiny config, 2 reps, 8 decode steps, no train_vjp unless asked for")
     return parser.parse_args(argv)
@@ -104,6 +111,10 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             raise SystemExit("--devices needs the JAX backend (--backends jax); the NumPy backend runs on one device")
         if args.measure and tuple(args.measure) != ("train",):
             raise SystemExit("--devices times the train step only (--measure train)")
+        if args.peers:
+            raise SystemExit("--peers compares one device with one device: run it without --devices")
+    peers = tuple(dict.fromkeys(args.peers or ()))
+    check_installed(peers)
     return Settings(
         backends=("jax",) if devices else tuple(args.backends or backends.BACKEND_NAMES),
         configs=tuple(pick(args.configs, list(CONFIGS), ["tiny"])),
@@ -119,6 +130,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         quick=quick,
         devices=devices,
         shard_params=args.shard_params,
+        peers=peers,
     )
 
 
@@ -167,11 +179,16 @@ def device_workloads(backend: Backend, bc: BenchConfig, devices: tuple[int, ...]
         yield train_workload(backend, bc, host_batch, mesh=parallel.make_mesh(n, backend), shard_params=shard_params)
 
 
+def decode_steps_of(bc: BenchConfig, decode_steps: int | None) -> int:
+    """Tokens decoded per row: --decode-steps (None: the config's target length), at most max_len."""
+    return min(decode_steps or bc.tgt_len, bc.model_config().max_len)
+
+
 def workloads(backend: Backend, bc: BenchConfig, measures: list[str], decode_steps: int | None) -> Iterator[Workload]:
     """Workloads built one at a time, so that each one's arrays can be freed before the next."""
     host_batch = random_batch(bc)
     params = ft.init(backend.random.key(0), bc.model_config())
-    steps = min(decode_steps or bc.tgt_len, bc.model_config().max_len)
+    steps = decode_steps_of(bc, decode_steps)
     for measure in measures:
         if measure == "forward":
             yield forward_workload(backend, params, bc, host_batch)
@@ -233,19 +250,45 @@ def run_backend(name: str, settings: Settings, params_info: dict) -> tuple[list[
     backend = backends.get_backend(name)
     if settings.devices:
         check_devices(backend, settings.devices)
+
+    def plan(bc: BenchConfig) -> Iterator[Workload]:
+        params_info.setdefault(bc.name, {})[name] = params_summary(backend, bc)
+        if settings.devices:
+            return device_workloads(backend, bc, settings.devices, settings.shard_params)
+        return workloads(backend, bc, backend_measures(backend, settings.measures, settings.with_train_vjp),
+                         settings.decode_steps)
+
+    return time_workloads(backend, settings, plan)
+
+
+def run_peer(name: str, settings: Settings) -> tuple[list[dict], dict, dict]:
+    """-> (records, matmul peak, info) for a peer library (benchmarks/peers) over every config and
+    the measures it implements, timed as ours are. info: its versions and threads, and per config
+    the evidence that it is our model ("same_model": parameter counts, logits against ours)."""
+    peer = importlib.import_module(f"benchmarks.peers.{name}_peer")
+    runtime = peer.runtime()
+    measures = [m for m in settings.measures if m in PEER_MEASURES[name]]
+    same_model = {}
+
+    def plan(bc: BenchConfig) -> Iterator[Workload]:
+        same_model[bc.name] = peer.params_summary(bc)
+        return peer.workloads(bc, measures, random_batch(bc), decode_steps_of(bc, settings.decode_steps))
+
+    records, peak = time_workloads(runtime, settings, plan)
+    return records, peak, {**peer.info(), "same_model": same_model}
+
+
+def time_workloads(backend, settings: Settings, plan) -> tuple[list[dict], dict]:
+    """The matmul peak, then every workload of `plan(bc)` for each config, timed by time_workload.
+    `backend`: one of ours, or a peers.PeerRuntime. -> (records, matmul peak)."""
+    name = backend.name
     progress(f"[{name}] matmul peak, {settings.peak_n}x{settings.peak_n} float32 ...")
     peak = matmul_peak(backend, settings.peak_n, settings.peak_reps)
     progress(f"[{name}] peak {peak['best_gflops']:.1f} GFLOP/s")
     records = []
     for config_name in settings.configs:
         bc = CONFIGS[config_name]
-        params_info.setdefault(config_name, {})[name] = params_summary(backend, bc)
-        measures = backend_measures(backend, settings.measures, settings.with_train_vjp)
-        if settings.devices:
-            planned = device_workloads(backend, bc, settings.devices, settings.shard_params)
-        else:
-            planned = workloads(backend, bc, measures, settings.decode_steps)
-        for workload in planned:
+        for workload in plan(bc):
             where = f" on {workload.details['devices']} device(s)" if settings.devices else ""
             progress(f"[{name}] {config_name} {workload.measure}{where} ...")
             timing = time_workload(workload.call, backend, settings.reps)
@@ -296,6 +339,10 @@ def run(settings: Settings) -> int:
     for name in names:
         backend_records, peaks[name] = run_backend(name, settings, params_info)
         records += backend_records
+    env["peers"] = {}
+    for name in settings.peers:
+        peer_records, peaks[name], env["peers"][name] = run_peer(name, settings)
+        records += peer_records
     env["jax"] = env["jax"] or jax_info()  # JAX is imported only once its backend has run
     env["load_average_at_end"] = load_average()
     env["total_seconds"] = time.perf_counter() - start

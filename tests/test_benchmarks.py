@@ -147,7 +147,7 @@ def test_quick_run_numpy(tmp_path):
     result, payload, png_path = _run_quick(tmp_path, ["numpy"])
     _check_records(payload, ["numpy"])
     _check_environment(payload["environment"])
-    assert payload["speedups"] == []
+    assert payload["speedups"] == [] and payload["vs_torch"] == [] and payload["environment"]["peers"] == {}
     _check_png(png_path)
     assert "| backend | config | measure |" in result.stdout
     assert "### Dropout's share of the train step" in result.stdout
@@ -177,6 +177,7 @@ def test_quick_run_numpy_and_jax(tmp_path):
     (["--devices", "2", "--backends", "numpy"], "needs the JAX backend"),
     (["--devices", "2", "--backends", "numpy", "jax"], "needs the JAX backend"),
     (["--devices", "2", "--measure", "forward"], "train step only"),
+    (["--devices", "2", "--peers", "torch"], "without --devices"),
 ])
 def test_devices_flag_errors(argv, message):
     from benchmarks.run import parse_args, resolve_settings
@@ -218,3 +219,72 @@ def test_devices_table():
     assert lines[2] == "| tiny | 1 | one device | 100.0 | 90.0–200.0 | 3.0 | 20,480 | 20,480 |"
     assert "| 8 | sharded |" in lines[3] and lines[3].endswith("| 2,560 |")
     assert report.devices_table([records[2]]) == ""
+
+
+# --- peers (other libraries' runs of the same model; the ratios, from made-up records) -------------
+
+def _fake_record(backend, measure, median_s, config="tiny"):
+    return {"backend": backend, "config": config, "measure": measure, "median_s": median_s}
+
+
+PEER_RECORDS = [
+    _fake_record("numpy", "forward", 0.1), _fake_record("numpy", "train", 0.5), _fake_record("numpy", "dropout", 0.05),
+    _fake_record("jax", "forward", 0.05), _fake_record("jax", "train", 0.2), _fake_record("jax", "train_vjp", 0.3),
+    _fake_record("numpy", "forward", 2.0, config="base"),  # a config the peer did not run
+    _fake_record("torch", "forward", 0.2), _fake_record("torch", "train", 0.4),
+]
+
+
+def test_vs_peer_is_our_median_over_the_peers():
+    from benchmarks import report
+
+    ratios = {(s["backend"], s["config"], s["measure"]): s for s in report.vs_peer(PEER_RECORDS, "torch")}
+    assert set(ratios) == {("numpy", "tiny", "forward"), ("numpy", "tiny", "train"), ("jax", "tiny", "forward"),
+                           ("jax", "tiny", "train"), ("jax", "tiny", "train_vjp")}  # no dropout, no base, no torch
+    assert ratios[("numpy", "tiny", "forward")]["ratio"] == 0.1 / 0.2
+    assert ratios[("jax", "tiny", "train_vjp")]["peer_median_s"] == 0.4  # the VJP step against the peer's step
+    assert ratios[("jax", "tiny", "train_vjp")]["ratio"] == 0.3 / 0.4
+    assert report.vs_peer([r for r in PEER_RECORDS if r["backend"] != "torch"], "torch") == []
+
+
+def test_peer_table():
+    from benchmarks import report
+
+    lines = report.peer_table(PEER_RECORDS, "torch").splitlines()
+    assert lines[0] == "| config | measure | PyTorch eager median ms | numpy | jax | jax VJPs |"
+    assert lines[2] == "| tiny | forward | 200.0 | 0.50x | 0.25x | – |"
+    assert lines[3] == "| tiny | train | 400.0 | 1.25x | 0.50x | 0.75x |"
+    assert len(lines) == 4
+    assert report.peer_table(PEER_RECORDS[:-2], "torch") == ""  # no peer ran: no table
+
+
+def test_report_and_json_show_the_peer(tmp_path):
+    from benchmarks import report
+
+    env = {"peers": {"torch": {"torch_version": "2.0", "num_threads": 2, "same_model": {
+        "tiny": {"n_params": 1000, "our_n_params": 1000, "max_abs_logit_diff_vs_ours": 3e-6}}}}}
+    text = report.markdown_report([], env, {})
+    assert "- peer torch: torch_version 2.0, num_threads 2" in text
+    assert "- peer torch, tiny: 1,000 parameters (ours 1,000); eval logits within 3.0e-06 of ours" in text
+    records = [dict(r, min_s=r["median_s"], max_s=r["median_s"], compile_s=None, tokens_per_s=1.0, model_gflop=1.0,
+                    gflops=1.0, peak_fraction=0.5, peak_mem_bytes=None, peak_mem_method="maxrss_delta")
+               for r in PEER_RECORDS]
+    assert "### Against PyTorch eager" in report.markdown_report(records, env, {})
+    json_path = tmp_path / "results.json"
+    report.write_json(json_path, records, env, {}, {})
+    assert json.loads(json_path.read_text())["vs_torch"] == report.vs_peer(records, "torch")
+    png = report.plot(tmp_path / "results.png", records)
+    _check_png(tmp_path / "results.png")
+    assert png is None or png == tmp_path / "results.png"
+
+
+def test_peers_flag_without_the_library_is_one_clear_error(monkeypatch):
+    from benchmarks import peers
+    from benchmarks.run import parse_args, resolve_settings
+
+    monkeypatch.setitem(peers.PEER_MODULES, "torch", "a_module_that_is_not_installed")
+    with pytest.raises(SystemExit, match=r"--peers torch: PyTorch is not installed: run `uv run --group peers"):
+        resolve_settings(parse_args(["--peers", "torch"]))
+    assert resolve_settings(parse_args(["--quick"])).peers == ()
+    monkeypatch.setitem(peers.PEER_MODULES, "torch", "json")  # any installed module: the check passes
+    assert resolve_settings(parse_args(["--peers", "torch", "torch"])).peers == ("torch",)

@@ -12,11 +12,13 @@ import importlib.util
 from typing import Any, Callable
 
 PEERS = ("torch",)
+PEER_TITLES = {"torch": "PyTorch eager"}
 PEER_INSTALL = {
     "torch": "PyTorch is not installed: run `uv run --group peers python -m benchmarks --peers torch ...` "
              "(PyTorch's CPU build; installing it elsewhere: benchmarks/README.md)",
 }
 PEER_MODULES = {"torch": "torch"}
+PEER_MEASURES = {"torch": ("forward", "train", "decode")}  # the measures of ours each peer implements
 
 
 def check_installed(peers: tuple[str, ...]) -> None:

@@ -202,15 +202,22 @@ class TrainStep:
         loss = self.loss_fn(logits.reshape(-1, self.vocab), batch["tgt_out"].reshape(-1))
         self.optimizer.zero_grad()
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), self.tcfg.clip_norm)
-        for group in self.optimizer.param_groups:
-            group["lr"] = float(self.schedule(np.asarray(self.count, dtype=np.float64)))
-        self.optimizer.step()
-        self.count += 1
+        grad_norm = self.update()
         with torch.no_grad():
             valid = batch["tgt_out"] != self.pad_id
             accuracy = ((logits.argmax(-1) == batch["tgt_out"]) & valid).sum() / valid.sum().clamp(min=1)
         return loss, {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm}
+
+
+    def update(self):
+        """The optimizer's part of the step, from the parameters' .grad: clipping, the learning
+        rate of our schedule at this step, Adam. -> the gradient norm before clipping."""
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.clip_norm)
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(self.schedule(np.asarray(self.count, dtype=np.float64)))
+        self.optimizer.step()
+        self.count += 1
+        return grad_norm
 
 
 def _heads(x, n_heads: int):
