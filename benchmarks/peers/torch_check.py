@@ -28,7 +28,12 @@ from ..configs import CONFIGS, BenchConfig
 from ..workloads import BOS_ID, NEVER_EOS, random_batch
 from . import torch_peer
 
-TOLERANCES = {"logits": 1e-4, "loss": 1e-5, "grads": 1e-4, "updates": 1e-4}
+# A different model (a missing dropout switch, a transposed weight, another scale) is off by O(1).
+# PyTorch's float32 gradients lie up to ~6e-4 (per leaf, small config) from a float64 run of our
+# model, where ours lie within ~1e-6 of it: hence the gradients' 1e-3. The parameters move by about
+# the learning rate early in warmup (1e-5, 2e-5), and a float32 parameter near 1 (a layer norm's
+# scale) rounds to 1.2e-7, so their change is compared to 1e-3 too.
+TOLERANCES = {"logits": 1e-4, "loss": 1e-5, "grads": 1e-3, "updates": 1e-3}
 
 
 def torch_tree(model: torch_peer.TorchTransformer, params_like: dict, tensor_of) -> dict:
