@@ -262,9 +262,9 @@ def _ratio_panel(ax, configs: list[str], ratios: list[dict], peer_title: str) ->
     found = {(s["backend"], s["measure"], s["config"]): s["ratio"] for s in ratios}
     values = [[found.get((backend, measure, c), math.nan) for c in configs] for backend, measure in series]
     _grouped_bars(ax, configs, [f"{backend} {measure}" for backend, measure in series], values)
-    ax.set_ylim(0, 1.3 * max((v for row in values for v in row if not math.isnan(v)), default=1.0))
     ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set(ylabel=f"our time / {peer_title}'s", title=f"against {peer_title} (below 1: we are faster)")
+    # Log scale: 0.5x and 2x lie equally far from 1.
+    ax.set(yscale="log", ylabel=f"our time / {peer_title}'s (log)", title=f"against {peer_title} (below 1: we are faster)")
 
 
 def _panel_measure(measure: str) -> str:
