@@ -91,6 +91,13 @@ def _ours_label(backend: str, measure: str) -> str:
     return f"{backend} VJPs" if measure == "train_vjp" else backend
 
 
+def _ratio(value: float | None) -> str:
+    """1.25x, 0.50x; two significant digits below 0.1 (0.0047x), "–" for none."""
+    if value is None:
+        return "–"
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x"
+
+
 def peer_table(records: list[dict], peer: str) -> str:
     """One row per config x measure the peer ran: its median, and each of ours as a multiple of it."""
     ratios = vs_peer(records, peer)
@@ -103,9 +110,8 @@ def peer_table(records: list[dict], peer: str) -> str:
     for r in records:
         if r["backend"] != peer:
             continue
-        row = [_fmt(cells.get((r["config"], r["measure"], c)), ".2f") for c in columns]
-        rows.append(f"| {r['config']} | {r['measure']} | {r['median_s'] * 1e3:,.1f} | "
-                    + " | ".join(v if v == "–" else v + "x" for v in row) + " |")
+        row = [_ratio(cells.get((r["config"], r["measure"], c))) for c in columns]
+        rows.append(f"| {r['config']} | {r['measure']} | {r['median_s'] * 1e3:,.1f} | " + " | ".join(row) + " |")
     return "\n".join(rows) if columns and len(rows) > 2 else ""
 
 

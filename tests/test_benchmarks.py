@@ -256,6 +256,8 @@ def test_peer_table():
     assert lines[3] == "| tiny | train | 400.0 | 1.25x | 0.50x | 0.75x |"
     assert len(lines) == 4
     assert report.peer_table(PEER_RECORDS[:-2], "torch") == ""  # no peer ran: no table
+    faster = report.peer_table([_fake_record("jax", "decode", 0.0047), _fake_record("torch", "decode", 1.0)], "torch")
+    assert faster.splitlines()[2] == "| tiny | decode | 1,000.0 | 0.0047x |"
 
 
 def test_report_and_json_show_the_peer(tmp_path):
