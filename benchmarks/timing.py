@@ -7,6 +7,7 @@ Peak memory, by backend:
 - JAX on CPU (no memory_stats): the growth of the process's maximum resident set size
   (ru_maxrss) over the warm-up call. ru_maxrss is a high-water mark of the whole process, so 0
   means "no higher than what an earlier measurement already reached".
+- A peer library (benchmarks/peers, a `PeerRuntime` in place of the backend): as JAX on CPU.
 """
 
 from __future__ import annotations
