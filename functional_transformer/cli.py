@@ -359,10 +359,6 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    if bool(args.inputs) == (args.input is not None):
-        raise ValueError("give the sources either as arguments or as a file with --input FILE (- for standard "
-                         "input), not both" if args.inputs else "no sources: give them as arguments or with "
-                         "--input FILE (- for standard input)")
     backend = default_backend()
     loaded = checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), backend)
     cfg, tokenizer = loaded["cfg"], loaded["tokenizer"]
@@ -448,7 +444,11 @@ def _report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "predict" and bool(args.inputs) == (args.input is not None):
+        parser.error("ft predict: give the sources as arguments or as a file with --input FILE ('-' for standard "
+                     "input)" + (", not both" if args.inputs else ""))
     commands = {"train": _train, "eval": _eval, "predict": _predict, "sweep": _sweep, "sweep-report": _sweep_report,
                 "attention": _attention, "report": _report}
     command = commands[args.command]
