@@ -72,6 +72,9 @@ def tokenizer_spec(kind: str = "char", vocab_size: int | None = None, joint: boo
             raise ValueError("the char tokenizer's vocabulary is the data's characters; --vocab-size is for "
                              "--tokenizer bpe")
         return {"kind": "char"}
+    from .data.bpe import import_tokenizers
+
+    import_tokenizers()  # a missing extra is said before any data is read
     if vocab_size is None or vocab_size < 1:
         raise ValueError(f"--tokenizer bpe needs a positive --vocab-size (e.g. 1000), got {vocab_size}")
     return {"kind": "bpe", "vocab_size": vocab_size, "joint": bool(joint)}

@@ -23,6 +23,10 @@ INSTALL_HINT = "pip install 'functional-transformer[text]' (in a checkout: uv sy
 
 _JSON_KIND = "bpe"
 _JSON_VERSION = 1
+# The special tokens' names inside the library's vocabulary: each has a space after its first
+# character, and the pre-tokenizer splits before every space, so no merge of text can spell one
+# (a merge that spelled "<eos>" would otherwise be read as the end of the sequence).
+_HF_SPECIAL_TOKENS = tuple(f"{name[0]} {name[1:]}" for name in SPECIAL_TOKENS)
 
 
 class TextExtraMissing(DataError):
@@ -60,8 +64,8 @@ class BpeTokenizer:
         tokens = [""] * len(vocab)
         for token, i in vocab.items():
             tokens[i] = token
-        if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
-            raise ValueError(f"a BPE tokenizer's first ids must be the special tokens {SPECIAL_TOKENS}, "
+        if tuple(tokens[: len(SPECIAL_TOKENS)]) != _HF_SPECIAL_TOKENS:
+            raise ValueError(f"a BPE tokenizer's first ids must be the special tokens {_HF_SPECIAL_TOKENS}, "
                              f"got {tokens[: len(SPECIAL_TOKENS)]}")
         object.__setattr__(self, "_hf", hf)
         object.__setattr__(self, "_tokens", tuple(tokens))
@@ -83,13 +87,13 @@ class BpeTokenizer:
             raise DataError(f"--vocab-size {vocab_size} is too small for the {len(chars)} distinct characters of the "
                             f"{what} data: BPE needs at least {smallest} ids ({len(SPECIAL_TOKENS)} special tokens + "
                             f"one per character); raise --vocab-size")
-        hf = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token=SPECIAL_TOKENS[UNK_ID]))
+        hf = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token=_HF_SPECIAL_TOKENS[UNK_ID]))
         hf.pre_tokenizer = tokenizers.pre_tokenizers.Split(" ", behavior="merged_with_next")
-        trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+        trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(_HF_SPECIAL_TOKENS),
                                                  initial_alphabet=chars, show_progress=False)
         hf.train_from_iterator(texts, trainer)
-        # The special tokens stay in the vocabulary (ids 0-3) but are no longer matched in text, so
-        # a source that spells "<eos>" is read as characters, as CharTokenizer reads it.
+        # The special tokens stay in the vocabulary (ids 0-3) but are not matched in text either, so
+        # every text is read as its characters, as CharTokenizer reads it.
         serialised = json.loads(hf.to_str())
         serialised["added_tokens"] = []
         return cls(json.dumps(serialised, ensure_ascii=False))
@@ -127,7 +131,7 @@ class BpeTokenizer:
 
     def token_text(self, token_id: int) -> str:
         """The text of one id: its piece, or the special token's name."""
-        return self._tokens[token_id]
+        return SPECIAL_TOKENS[token_id] if token_id < len(SPECIAL_TOKENS) else self._tokens[token_id]
 
     def unknown_symbols(self, texts: Iterable[str]) -> list[str]:
         """The characters of `texts` that have no id (those `encode` maps to unk), each once, sorted."""
