@@ -26,6 +26,8 @@ HAS_JAX = importlib.util.find_spec("jax") is not None
 needs_tokenizers = pytest.mark.skipif(not HAS_TOKENIZERS, reason="tokenizers is the [text] extra, not installed here")
 needs_sacrebleu = pytest.mark.skipif(not HAS_SACREBLEU, reason="sacrebleu is the [text] extra, not installed here")
 BACKEND_NAME = os.environ.get("FT_BACKEND", "numpy")
+# The training loop's bookkeeping is the same on both backends: tested on NumPy, slow (compiles) on JAX.
+slow_on_jax = pytest.mark.slow if BACKEND_NAME == "jax" else (lambda test: test)
 
 TINY = {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_encoder_layers": 1, "n_decoder_layers": 1}
 TINY_FLAGS = ["--d-model", "16", "--n-heads", "2", "--d-ff", "32", "--layers", "1", "--no-progress"]
@@ -273,6 +275,7 @@ def test_without_sacrebleu_eval_leaves_bleu_out_and_says_so(char_run, capsys, hi
     assert not (char_run / "bleu-run" / checkpoint.CHECKPOINT_NAME).exists()
 
 
+@slow_on_jax
 @pytest.mark.parametrize("best_by", ["loss", "char_accuracy", pytest.param("chrf", marks=needs_sacrebleu)])
 def test_best_by_keeps_the_step_with_the_best_value_of_that_metric(best_by, tmp_path):
     pairs = sentence_pairs(120, 0), sentence_pairs(10, 1)
@@ -287,6 +290,7 @@ def test_best_by_keeps_the_step_with_the_best_value_of_that_metric(best_by, tmp_
     assert len(set(values)) > 1, "every evaluation scored the same: the test could not tell steps apart"
 
 
+@slow_on_jax
 def test_patience_counts_evaluations_without_a_better_best_by(tmp_path):
     pairs = sentence_pairs(120, 0), sentence_pairs(10, 1)
     # The loss falls at every early evaluation while exact match stays at 0: patience 2 by exact match
