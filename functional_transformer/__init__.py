@@ -32,7 +32,8 @@ from .api import (
 from .backend_choice import default_backend
 from .config import TransformerConfig
 from .inspect import attention_maps
-from .runs import FitResult, RunFolderError, TrainedModel, evaluate, fit, load, predict, task_data, tsv_data
+from .runs import (FitResult, RunFolderError, TrainedModel, evaluate, fit, load, predict, task_data,
+                   tokenizer_spec, tsv_data)
 from .train import TrainConfig
 
 
@@ -53,6 +54,7 @@ __all__ = [
     "load",
     "predict",
     "task_data",
+    "tokenizer_spec",
     "tsv_data",
     "apply",
     "attention_maps",

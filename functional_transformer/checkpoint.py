@@ -2,7 +2,7 @@
 
 Stored trees: "params", "opt_state" and "train" ({"step", "key"}: the step count, which is also
 the data position, and the run's RNG key). Stored metadata (JSON strings): the model config,
-the training config, the vocabulary, the data spec and the backend that wrote it. Writes are
+the training config, the tokenizer (any kind: tokenizer_from_json reads it back), the data spec and the backend that wrote it. Writes are
 atomic (checkpoint_format.save_file writes a temporary file, then renames it), so a crash
 mid-save leaves the previous checkpoint intact. A checkpoint written on one backend loads on the
 other: arrays come back as NumPy and are moved to the backend asked for.
@@ -19,7 +19,8 @@ from backends import Backend
 
 from .checkpoint_format import CheckpointError, load_tree, save_tree
 from .config import TransformerConfig
-from .data import CharTokenizer
+from .data import Tokenizer, tokenizer_from_json
+from .data.bpe import TextExtraMissing
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 BEST_NAME = "best.safetensors"
@@ -45,7 +46,7 @@ def resolve(path: str | os.PathLike, which: str | None = None) -> Path:
     return checkpoint_path(path, which)
 
 
-def save(path, state: dict, backend: Backend, *, cfg: TransformerConfig, tokenizer: CharTokenizer,
+def save(path, state: dict, backend: Backend, *, cfg: TransformerConfig, tokenizer: Tokenizer,
          train_config: dict, data_spec: dict, key, progress: dict | None = None) -> Path:
     """Write the training state (params, opt_state, step) and everything around it to `path`
     (a file, or a run folder for its last checkpoint); progress is the loop's best-so-far record."""
@@ -84,10 +85,12 @@ def load(path, backend: Backend) -> dict[str, Any]:
         raise CheckpointError(f"{path} lacks the trees {sorted(missing)}; it may have been written by another tool")
     try:
         cfg = TransformerConfig.from_dict(json.loads(metadata["model_config"]))
-        tokenizer = CharTokenizer.from_json(metadata["vocabulary"])
+        tokenizer = tokenizer_from_json(metadata["vocabulary"])
         train_config = json.loads(metadata["train_config"])
         data_spec = json.loads(metadata["data_spec"])
         progress = json.loads(metadata.get("progress", "{}"))  # absent before best checkpoints
+    except TextExtraMissing as err:
+        raise TextExtraMissing(f"{path} holds a BPE tokenizer: {err}") from None
     except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"{path} has unreadable metadata ({err}); the file is damaged") from err
     state = {

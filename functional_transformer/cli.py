@@ -14,15 +14,15 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import checkpoint
+from . import checkpoint, metrics
 from .backend_choice import default_backend
 from .checkpoint_format import CheckpointError, UncheckedCheckpointWarning
 from .config import DTYPES, TransformerConfig
-from .data import DataError, TASKS, make_task_data, read_tsv
-from .inference import evaluate, predict
+from .data import DataError, TASKS, make_task_data, read_lines, read_tsv
+from .inference import check_sources, evaluate, predict
 from .inspect import KINDS as ATTENTION_KINDS
-from .runs import MODEL_DEFAULTS, TASK_DATA_DEFAULTS, fit, load_pairs, task_data, tsv_data
-from .train import GRAD_METHODS, OPTIMIZERS, SCHEDULES, SaveFailed, TrainConfig, TrainingDiverged
+from .runs import MODEL_DEFAULTS, TASK_DATA_DEFAULTS, TOKENIZERS, fit, load_pairs, task_data, tokenizer_spec, tsv_data
+from .train import BEST_BY, GRAD_METHODS, OPTIMIZERS, SCHEDULES, SaveFailed, TrainConfig, TrainingDiverged
 from .tuning.sweep import PRUNERS
 
 TRAIN_DEFAULTS = TrainConfig()
@@ -72,7 +72,9 @@ TRAIN_FLAGS = {
     "log_every": (int, "steps between progress lines"),
     "eval_every": (int, "steps between held-out evaluations (each may write best.safetensors)"),
     "save_every": (int, "steps between checkpoints"),
-    "patience": (int, "stop after this many evaluations without a better held-out exact match (0: never)"),
+    "patience": (int, "stop after this many evaluations without a better held-out --best-by (0: never)"),
+    "best_by": (tuple(BEST_BY), "the held-out metric that picks best.safetensors and that --patience watches "
+                                "(bleu and chrf need the [text] extra; loss is minimised, the others maximised)"),
     "grad_method": (GRAD_METHODS, "gradients from the hand-written VJPs or jax.grad (default: vjp on numpy, "
                                   "autodiff on jax)"),
 }
@@ -143,6 +145,20 @@ def _add_data_flags(p):
     g.add_argument("--max-len", type=int, help=f"longest task string; digits per operand for addition (default {d['max_len']})")
     g.add_argument("--n-train", type=int, help=f"task training examples (default {d['n_train']})")
     g.add_argument("--n-valid", type=int, help=f"task held-out examples, never seen in training (default {d['n_valid']})")
+    g = p.add_argument_group("tokenizer")
+    g.add_argument("--tokenizer", metavar="|".join(TOKENIZERS),
+                   help="char: one id per character (default); bpe: subword pieces learned from the training data "
+                        "with Hugging Face tokenizers (the [text] extra), stored in the checkpoint")
+    g.add_argument("--vocab-size", type=int, help="most ids of a BPE vocabulary (each, unless --joint-vocab)")
+    g.add_argument("--joint-vocab", action="store_true", default=None,
+                   help="one BPE vocabulary for sources and targets (default: one each)")
+
+
+def _tokenizer_flags(args) -> dict | None:
+    """The tokenizer spec the flags ask for (runs.tokenizer_spec), or None where none was given."""
+    if args.tokenizer is None and args.vocab_size is None and args.joint_vocab is None:
+        return None
+    return tokenizer_spec(args.tokenizer or "char", args.vocab_size, bool(args.joint_vocab))
 
 
 def _task_sizes(args) -> dict:
@@ -153,11 +169,12 @@ def _task_sizes(args) -> dict:
 def _data_spec(args, seed: int) -> dict:
     """A new run's data spec from --task/--data/--valid and the task sizes."""
     sizes = _task_sizes(args)
+    tokenizer = _tokenizer_flags(args)
     if args.data:
         if sizes:
             raise DataError(f"{sorted(sizes)} size the built-in tasks; they do not apply to --data")
-        return tsv_data(args.data, args.valid, seed=seed)
-    return task_data(args.task or "reverse", seed=seed, **sizes)
+        return tsv_data(args.data, args.valid, seed=seed, tokenizer=tokenizer)
+    return task_data(args.task or "reverse", seed=seed, tokenizer=tokenizer, **sizes)
 
 
 def _add_checkpoint_flags(p):
@@ -165,6 +182,10 @@ def _add_checkpoint_flags(p):
     p.add_argument("--which", choices=sorted(checkpoint.FILE_NAMES),
                    help="a run folder's best checkpoint (best held-out exact match: best.safetensors) or its last "
                         "(checkpoint.safetensors); default: best where the folder has one, else last")
+
+
+def _add_batch_size_flag(p):
+    p.add_argument("--batch-size", type=int, default=64, help="sources decoded together (default 64)")
 
 
 def _space_help() -> str:
@@ -196,8 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_parallel_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
-    p = sub.add_parser("eval", help="exact match and character accuracy of a checkpoint",
-                       description="Evaluate a checkpoint on held-out data; the last line is 'exact_match: <fraction>'.")
+    p = sub.add_parser("eval", help="exact match, character accuracy, BLEU and chrF of a checkpoint",
+                       description="Evaluate a checkpoint on held-out data: loss, token and character accuracy, "
+                                   "corpus BLEU and chrF with their sacreBLEU signatures (the [text] extra); the last "
+                                   "line is 'exact_match: <fraction>'.")
     _add_checkpoint_flags(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--task", choices=sorted(TASKS),
@@ -206,13 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="evaluate at most this many examples")
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the fresh --task strings")
+    p.add_argument("--output", type=Path, help="write the hypotheses (the decoded outputs) here, one per line, in "
+                                               "the order of the examples")
+    _add_batch_size_flag(p)
     p.add_argument("--allow-unknown", action="store_true",
                    help="read characters outside the model's vocabulary as the unknown token (default: refuse "
                         "them); n_with_unknown counts the examples that hold one")
 
-    p = sub.add_parser("predict", help="decode the given strings", description="Print one prediction per input string.")
+    p = sub.add_parser("predict", help="decode the given strings, or a file of them",
+                       description="Write one prediction per source: the source strings given, or each line of "
+                                   "--input, in order.")
     _add_checkpoint_flags(p)
-    p.add_argument("inputs", nargs="+", help="source strings")
+    p.add_argument("inputs", nargs="*", help="source strings (or give --input)")
+    p.add_argument("--input", help="a UTF-8 file of sources, one per line ('-': standard input)")
+    p.add_argument("--output", type=Path, help="write the predictions here, one per line (default: standard output)")
+    _add_batch_size_flag(p)
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy; the paper uses 4, with alpha 0.6)")
     p.add_argument("--allow-unknown", action="store_true",
                    help="read characters outside the model's vocabulary as the unknown token (default: refuse them)")
@@ -278,6 +309,9 @@ def _train(args) -> int:
             data.update(kind="tsv", train=str(args.data))
         if args.valid:
             data.update(valid=str(args.valid))
+        tokenizer = _tokenizer_flags(args)
+        if tokenizer:
+            data.update(tokenizer=tokenizer)
     else:
         data = _data_spec(args, seed=train_fields.get("seed", TRAIN_DEFAULTS.seed))
     if args.extend and not args.resume:
@@ -287,8 +321,8 @@ def _train(args) -> int:
                  out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
                  progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params)
     print(f"{result.stopped} at step {result.step} in {result.seconds:.1f} s; checkpoint {result.path}")
-    if result.best_exact_match is not None:
-        print(f"best held-out exact_match: {result.best_exact_match:.4f} at step {result.best_step} "
+    if result.best_value is not None:
+        print(f"best held-out {result.train_config.best_by}: {result.best_value:.4f} at step {result.best_step} "
               f"({checkpoint.checkpoint_path(out, 'best')})")
     last_valid = [r for r in result.history if r["split"] == "valid"]
     if last_valid:
@@ -310,10 +344,16 @@ def _eval(args) -> int:
     else:
         pairs = load_pairs(spec)[1]
     pairs = pairs[: args.n] if args.n else pairs
+    if not metrics.sacrebleu_available():
+        print(f"ft eval: note: {metrics.MISSING_NOTE}", file=sys.stderr)
     result = evaluate(loaded["state"]["params"], cfg, tokenizer, pairs, beam_size=args.beam,
-                      allow_unknown=args.allow_unknown)
-    for name in ("n_examples", "n_with_unknown", "loss", "token_accuracy", "char_accuracy"):
-        print(f"{name}: {result[name]}")
+                      batch_size=args.batch_size, allow_unknown=args.allow_unknown, keep_predictions=True)
+    if args.output:
+        _write_lines(args.output, result["predictions"])
+    for name in ("n_examples", "n_with_unknown", "loss", "token_accuracy", "char_accuracy", "bleu", "bleu_signature",
+                 "chrf", "chrf_signature"):
+        if name in result:
+            print(f"{name}: {result[name]}")
     print(f"exact_match: {result['exact_match']}")
     return 0
 
@@ -321,10 +361,25 @@ def _eval(args) -> int:
 def _predict(args) -> int:
     backend = default_backend()
     loaded = checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), backend)
-    for line in predict(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], args.inputs, beam_size=args.beam,
-                        allow_unknown=args.allow_unknown):
-        print(line)
+    cfg, tokenizer = loaded["cfg"], loaded["tokenizer"]
+    if args.input is not None:
+        sources = read_lines(args.input)
+        check_sources(sources, tokenizer, cfg.max_len, f"{'standard input' if args.input == '-' else args.input}: line")
+    else:
+        sources = args.inputs
+        check_sources(sources, tokenizer, cfg.max_len, "source")
+    outputs = predict(loaded["state"]["params"], cfg, tokenizer, sources, beam_size=args.beam,
+                      batch_size=args.batch_size, allow_unknown=args.allow_unknown)
+    if args.output:
+        _write_lines(args.output, outputs)
+    else:
+        for line in outputs:
+            print(line)
     return 0
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 def _sweep(args) -> int:
@@ -389,7 +444,11 @@ def _report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "predict" and bool(args.inputs) == (args.input is not None):
+        parser.error("ft predict: give the sources as arguments or as a file with --input FILE ('-' for standard "
+                     "input)" + (", not both" if args.inputs else ""))
     commands = {"train": _train, "eval": _eval, "predict": _predict, "sweep": _sweep, "sweep-report": _sweep_report,
                 "attention": _attention, "report": _report}
     command = commands[args.command]

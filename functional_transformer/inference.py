@@ -2,7 +2,11 @@
 
 Characters outside the model's vocabulary are refused (`UnknownSymbolError`, naming them) unless
 the caller passes `allow_unknown=True`, which maps them to the unknown token as the tokenizer's
-`encode` does: a model never silently answers a question it could not read.
+`encode` does: a model never silently answers a question it could not read. A source longer than
+the model's max_len is an error naming it, never cut.
+
+`evaluate` grades whole outputs (exact match), characters (character accuracy) and, with sacreBLEU
+installed (the [text] extra), partly right outputs (corpus BLEU and chrF, see metrics.py).
 """
 
 from __future__ import annotations
@@ -12,16 +16,18 @@ import numpy as np
 from backends import backend_of
 
 from . import api
-from .data import CharTokenizer, DataError, encode_pairs, iterate_batches
+from .metrics import corpus_scores
+from .data import DataError, Tokenizer, encode_pairs, iterate_batches
 from .generate import beam_search, greedy
 
 _MAX_LISTED = 20
+_MAX_REPORTED = 3
 
 
 class UnknownSymbolError(DataError):
     """Input holds characters outside the model's vocabulary; `symbols` lists them (sorted)."""
 
-    def __init__(self, symbols: list[str], tokenizer: CharTokenizer, where: str = ""):
+    def __init__(self, symbols: list[str], tokenizer: Tokenizer, where: str = ""):
         self.symbols = list(symbols)
         listed = ", ".join(repr(c) for c in self.symbols[:_MAX_LISTED])
         if len(self.symbols) > _MAX_LISTED:
@@ -33,43 +39,76 @@ class UnknownSymbolError(DataError):
         )
 
 
-def predict(params: dict, cfg, tokenizer: CharTokenizer, sources: list[str], *, beam_size: int = 1,
+def predict(params: dict, cfg, tokenizer: Tokenizer, sources: list[str], *, beam_size: int = 1,
             batch_size: int = 64, max_steps: int | None = None, allow_unknown: bool = False) -> list[str]:
-    """Decode each source string (greedy with beam_size=1, else beam search).
+    """Decode each source string (greedy with beam_size=1, else beam search), in batches of
+    `batch_size` sources of similar length; the outputs come back in the order of `sources`.
 
     A source character outside the vocabulary raises UnknownSymbolError, unless `allow_unknown`
     (then it is read as the unknown token)."""
     if not allow_unknown:
-        unknown = tokenizer.unknown_symbols(sources)
+        unknown = tokenizer.source.unknown_symbols(sources)
         if unknown:
             raise UnknownSymbolError(unknown, tokenizer)
     if not sources:
         return []
     max_steps = max_steps or cfg.max_len
     examples = encode_pairs([(s, "") for s in sources], tokenizer, cfg.max_len)
+    # Similar lengths together: less padding, and decoding stops sooner (a batch ends with its longest output);
+    # lengths rounded up to 8 (where that stays within max_len) so that JAX compiles a few shapes, not one per batch.
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].src))
     outputs = []
-    for batch in iterate_batches(examples, batch_size, pad_id=tokenizer.pad_id, fill_last=True):
+    for batch in iterate_batches([examples[i] for i in order], batch_size, pad_id=tokenizer.pad_id,
+                                 pad_to_multiple=8 if cfg.max_len % 8 == 0 else 1, fill_last=True):
         src = batch["src"]
         kwargs = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, max_steps=max_steps)
         if beam_size == 1:
             tokens = greedy(params, src, cfg, **kwargs)
         else:
             tokens = beam_search(params, src, cfg, beam_size=beam_size, **kwargs)
-        outputs.extend(tokenizer.decode(row) for row in np.asarray(backend_of(params).to_numpy(tokens)))
-    return outputs[: len(sources)]  # the last batch's fill rows decode a copy of a source
+        outputs.extend(tokenizer.target.decode(row) for row in np.asarray(backend_of(params).to_numpy(tokens)))
+    in_order = [""] * len(sources)
+    for position, output in zip(order, outputs):  # the last batch's fill rows (copies of a source) are left out
+        in_order[position] = output
+    return in_order
 
 
-def evaluate(params: dict, cfg, tokenizer: CharTokenizer, pairs: list[tuple[str, str]], *, beam_size: int = 1,
-             batch_size: int = 64, allow_unknown: bool = False) -> dict:
-    """Teacher-forced loss and token accuracy, plus exact match and character accuracy of decoding.
+def check_sources(sources: list[str], tokenizer: Tokenizer, max_len: int, where: str = "source") -> None:
+    """A DataError naming (as `where` and the 1-based number) every source that is empty or longer
+    than `max_len` tokens, the first few listed; such a source is never cut short."""
+    problems = []
+    for number, source in enumerate(sources, start=1):
+        n_tokens = len(tokenizer.source.encode(source))
+        if not source:
+            problems.append(f"{where} {number} is empty (the encoder needs at least one token)")
+        elif n_tokens > max_len:
+            problems.append(f"{where} {number} has {n_tokens} tokens, more than this model's max_len={max_len} "
+                            "(inputs are never cut: shorten or split it)")
+    if problems:
+        more = f"; and {len(problems) - _MAX_REPORTED} more" if len(problems) > _MAX_REPORTED else ""
+        raise DataError("; ".join(problems[:_MAX_REPORTED]) + more)
+
+
+def unknown_in_pairs(tokenizer: Tokenizer, pairs) -> list[str]:
+    """The characters of the pairs' sources and targets that their side's tokenizer has no id for."""
+    return sorted({*tokenizer.source.unknown_symbols(s for s, _ in pairs),
+                   *tokenizer.target.unknown_symbols(t for _, t in pairs)})
+
+
+def evaluate(params: dict, cfg, tokenizer: Tokenizer, pairs: list[tuple[str, str]], *, beam_size: int = 1,
+             batch_size: int = 64, allow_unknown: bool = False, keep_predictions: bool = False) -> dict:
+    """Teacher-forced loss and token accuracy, plus exact match, character accuracy and (with
+    sacreBLEU) corpus BLEU and chrF of decoding.
 
     exact_match: the fraction of sources decoded to exactly their target. char_accuracy: the
-    fraction of target characters that the prediction has at the same position. A character
+    fraction of target characters that the prediction has at the same position. bleu, chrf (0-100)
+    and their sacreBLEU signatures: see metrics.corpus_scores; absent without sacreBLEU. A character
     outside the vocabulary, in a source or a target, raises UnknownSymbolError unless
-    `allow_unknown`; n_with_unknown counts the examples that hold one (0 unless `allow_unknown`)."""
-    with_unknown = [i for i, pair in enumerate(pairs) if tokenizer.unknown_symbols(pair)]
+    `allow_unknown`; n_with_unknown counts the examples that hold one (0 unless `allow_unknown`).
+    keep_predictions adds "predictions": the decoded outputs, in the order of `pairs`."""
+    with_unknown = [i for i, pair in enumerate(pairs) if unknown_in_pairs(tokenizer, [pair])]
     if with_unknown and not allow_unknown:
-        symbols = tokenizer.unknown_symbols(text for i in with_unknown for text in pairs[i])
+        symbols = unknown_in_pairs(tokenizer, [pairs[i] for i in with_unknown])
         raise UnknownSymbolError(symbols, tokenizer, f" (in {len(with_unknown)} of {len(pairs)} examples)")
     examples = encode_pairs(pairs, tokenizer, cfg.max_len)
     total_loss = total_correct = total_tokens = 0.0
@@ -85,14 +124,18 @@ def evaluate(params: dict, cfg, tokenizer: CharTokenizer, pairs: list[tuple[str,
     exact = sum(p == t for p, (_, t) in zip(predictions, pairs))
     chars = sum(len(t) for _, t in pairs)
     char_hits = sum(a == b for p, (_, t) in zip(predictions, pairs) for a, b in zip(p, t))
-    return {
+    result = {
         "loss": total_loss / max(total_tokens, 1.0),
         "token_accuracy": total_correct / max(total_tokens, 1.0),
         "exact_match": exact / len(pairs),
         "char_accuracy": char_hits / max(chars, 1),
+        **corpus_scores(predictions, [t for _, t in pairs]),
         "n_examples": len(pairs),
         "n_with_unknown": len(with_unknown),
     }
+    if keep_predictions:
+        result["predictions"] = predictions
+    return result
 
 
-__all__ = ["UnknownSymbolError", "evaluate", "predict"]
+__all__ = ["UnknownSymbolError", "check_sources", "evaluate", "predict", "unknown_in_pairs"]

@@ -36,8 +36,9 @@ from backends import Backend
 from . import checkpoint, inference, parallel
 from .backend_choice import default_backend
 from .config import TransformerConfig
-from .data import CharTokenizer, DataError, TASKS, encode_pairs, make_task_data, read_tsv, task_alphabet
-from .train import Callback, Run, TrainConfig, read_records, run_loop
+from .data import (CharTokenizer, DataError, TASKS, Tokenizer, TokenizerPair, encode_pairs, make_task_data, read_tsv,
+                   task_alphabet)
+from .train import Callback, Run, TrainConfig, check_best_by, read_records, run_loop
 
 # The model `ft train` and `fit` build when not told otherwise: small enough to train on a laptop's
 # CPU in minutes, large enough to learn every built-in task (TransformerConfig's own defaults are
@@ -49,6 +50,7 @@ DATA_FIELDS = ("src_vocab_size", "tgt_vocab_size", "max_len", "pad_id")
 # TrainConfig fields that change what is logged, evaluated and saved, never the trajectory.
 OPERATIONAL_FIELDS = ("log_every", "eval_every", "save_every", "patience")
 TASK_DATA_DEFAULTS = {"n_train": 50_000, "n_valid": 500, "min_len": 1, "max_len": 12}
+TOKENIZERS = ("char", "bpe")
 
 
 class RunFolderError(ValueError):
@@ -59,20 +61,48 @@ class RunFolderError(ValueError):
 # Data
 
 
-def task_data(task: str, *, seed: int = 0, **sizes) -> dict:
+def tokenizer_spec(kind: str = "char", vocab_size: int | None = None, joint: bool = False) -> dict:
+    """How to build a run's tokenizer: {"kind": "char"} (one id per character, both sides sharing
+    them), or {"kind": "bpe", "vocab_size", "joint"}: byte-pair encoding learned from the training
+    pairs with at most vocab_size ids, one vocabulary for sources and targets (joint) or one each."""
+    if kind not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {kind!r}: choose one of {', '.join(TOKENIZERS)}")
+    if kind == "char":
+        if vocab_size is not None:
+            raise ValueError("the char tokenizer's vocabulary is the data's characters; --vocab-size is for "
+                             "--tokenizer bpe")
+        return {"kind": "char"}
+    from .data.bpe import import_tokenizers
+
+    import_tokenizers()  # a missing extra is said before any data is read
+    if vocab_size is None or vocab_size < 1:
+        raise ValueError(f"--tokenizer bpe needs a positive --vocab-size (e.g. 1000), got {vocab_size}")
+    return {"kind": "bpe", "vocab_size": vocab_size, "joint": bool(joint)}
+
+
+def task_data(task: str, *, seed: int = 0, tokenizer: dict | None = None, **sizes) -> dict:
     """The data spec of a built-in task: {"kind": "task", "task", "n_train", "n_valid", "min_len",
-    "max_len", "seed"}; sizes default to TASK_DATA_DEFAULTS (the CLI's)."""
+    "max_len", "seed"} and "tokenizer" (a `tokenizer_spec`) where given; sizes default to
+    TASK_DATA_DEFAULTS (the CLI's)."""
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}: choose one of {sorted(TASKS)}")
     unknown = set(sizes) - set(TASK_DATA_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown task data options {sorted(unknown)}: choose from {sorted(TASK_DATA_DEFAULTS)}")
-    return {"kind": "task", "task": task, **TASK_DATA_DEFAULTS, **sizes, "seed": seed}
+    return {"kind": "task", "task": task, **TASK_DATA_DEFAULTS, **sizes, "seed": seed, **_tokenizer_entry(tokenizer)}
 
 
-def tsv_data(train: str | os.PathLike, valid: str | os.PathLike | None = None, *, seed: int = 0) -> dict:
-    """The data spec of TSV files; without `valid`, a deterministic 5% of `train` is held out."""
-    return {"kind": "tsv", "train": str(train), "valid": str(valid) if valid else None, "seed": seed}
+def tsv_data(train: str | os.PathLike, valid: str | os.PathLike | None = None, *, seed: int = 0,
+             tokenizer: dict | None = None) -> dict:
+    """The data spec of TSV files; without `valid`, a deterministic 5% of `train` is held out.
+    tokenizer: a `tokenizer_spec` (default: characters)."""
+    return {"kind": "tsv", "train": str(train), "valid": str(valid) if valid else None, "seed": seed,
+            **_tokenizer_entry(tokenizer)}
+
+
+def _tokenizer_entry(tokenizer: dict | None) -> dict:
+    # Left out for characters unless asked for, so a spec reads as it did before tokenizers had kinds.
+    return {} if tokenizer is None else {"tokenizer": tokenizer_spec(**tokenizer)}
 
 
 def load_pairs(spec: dict) -> tuple[list, list]:
@@ -96,23 +126,36 @@ def load_pairs(spec: dict) -> tuple[list, list]:
     return train, valid
 
 
-def tokenizer_for(spec: dict, train, valid) -> CharTokenizer:
-    """A task's alphabet, or every character of the pairs (held-out ones too, so none is unknown)."""
-    if spec["kind"] == "task":
-        return CharTokenizer.from_texts([task_alphabet(spec["task"])])
-    return CharTokenizer.from_texts([text for pair in train + valid for text in pair])
+def tokenizer_for(spec: dict, train, valid) -> Tokenizer:
+    """The tokenizer of the spec's "tokenizer" entry (default: characters) for these pairs.
+
+    Characters: a task's alphabet, or every character of the pairs. BPE: learned from the training
+    pairs; every character of the held-out pairs (and of a task's alphabet) gets an id too, so, as
+    with characters, none is unknown."""
+    options = spec.get("tokenizer") or {"kind": "char"}
+    alphabet = [task_alphabet(spec["task"])] if spec["kind"] == "task" else []
+    if options["kind"] == "char":
+        return CharTokenizer.from_texts(alphabet or [text for pair in train + valid for text in pair])
+    from .data.bpe import BpeTokenizer
+
+    size = options["vocab_size"]
+    if options["joint"]:
+        return BpeTokenizer.train([text for pair in train for text in pair], size,
+                                  alphabet + [text for pair in valid for text in pair], "source and target")
+    return TokenizerPair(BpeTokenizer.train([s for s, _ in train], size, alphabet + [s for s, _ in valid], "source"),
+                         BpeTokenizer.train([t for _, t in train], size, alphabet + [t for _, t in valid], "target"))
 
 
 def _round_up(n: int, multiple: int = 8) -> int:
     return -(-n // multiple) * multiple
 
 
-def model_config(tokenizer: CharTokenizer, pairs, model: dict | TransformerConfig | None = None) -> TransformerConfig:
+def model_config(tokenizer: Tokenizer, pairs, model: dict | TransformerConfig | None = None) -> TransformerConfig:
     """The TransformerConfig for data: vocabulary sizes, pad id and max_len (the longest source or
-    target + end-of-sequence, rounded up to 8) from the tokenizer and pairs, the rest from `model`
+    target + end-of-sequence in tokens, rounded up to 8) from the tokenizer and pairs, the rest from `model`
     (a dict of TransformerConfig fields over MODEL_DEFAULTS, or a whole config, checked against the data)."""
-    longest = max(max(len(s), len(t) + 1) for s, t in pairs)
-    derived = {"src_vocab_size": tokenizer.vocab_size, "tgt_vocab_size": tokenizer.vocab_size,
+    longest = max(max(len(tokenizer.source.encode(s)), len(tokenizer.target.encode(t)) + 1) for s, t in pairs)
+    derived = {"src_vocab_size": tokenizer.source.vocab_size, "tgt_vocab_size": tokenizer.target.vocab_size,
                "max_len": _round_up(longest + 1), "pad_id": tokenizer.pad_id}
     if isinstance(model, TransformerConfig):
         for name in ("src_vocab_size", "tgt_vocab_size", "pad_id"):
@@ -258,7 +301,7 @@ class TrainedModel:
 
     params: dict
     cfg: TransformerConfig
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
     train_config: TrainConfig | None = None
     data_spec: dict | None = None
     step: int = 0
@@ -270,13 +313,15 @@ class FitResult(TrainedModel):
     """A finished (or stopped) `fit`: the model, its metrics history and how it ended.
 
     history: every record of the run (metrics.jsonl's, where it has a folder), train and valid;
-    stopped: "finished", "interrupted", "callback" or "patience"; best_exact_match: the best held-out
-    exact match of the whole run (None without held-out data)."""
+    stopped: "finished", "interrupted", "callback" or "patience"; best_value: the best held-out value
+    of the run's best_by metric, reached at best_step (None without held-out data); best_exact_match:
+    the held-out exact match at best_step (the best of the run when best_by is exact_match)."""
 
     state: dict | None = None
     key: Any = None
     history: list[dict] = dataclasses.field(default_factory=list)
     best_exact_match: float | None = None
+    best_value: float | None = None
     best_step: int | None = None
     stopped: str = "finished"
     seconds: float = 0.0
@@ -346,14 +391,21 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         cfg = model_config(tokenizer, train_pairs + valid_pairs, model)
         if mesh is not None:
             parallel.check_batch_size(tcfg.batch_size, mesh)  # before a run folder is made
+        check_best_by(tcfg)
         if out is not None and lead:
             _start_fresh(out, overwrite, verbose)
         run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options)
         if verbose:
             print(f"backend {backend.name}; {parallel.describe(mesh, shard_params)}{len(train_pairs)} training and "
-                  f"{len(valid_pairs)} held-out pairs; vocabulary {tokenizer.vocab_size}; writing to "
+                  f"{len(valid_pairs)} held-out pairs; {_describe_vocabulary(cfg)}; writing to "
                   f"{out if out else 'memory only'}", file=sys.stderr)
         return _result(run, run_loop(run))
+
+
+def _describe_vocabulary(cfg: TransformerConfig) -> str:
+    if cfg.src_vocab_size == cfg.tgt_vocab_size:
+        return f"vocabulary {cfg.src_vocab_size}"
+    return f"vocabularies {cfg.src_vocab_size} (source) and {cfg.tgt_vocab_size} (target)"
 
 
 def _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options) -> Run:
@@ -378,7 +430,7 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
         if spec["kind"] != "pairs" or (len(pairs[0]), len(pairs[1])) != (spec["n_train"], spec["n_valid"]):
             raise RunFolderError(f"{out} was trained on {_describe_spec(spec)}, not on the {len(pairs[0])} + "
                                  f"{len(pairs[1])} pairs given; a resumed run keeps its data")
-    _check_resumed("data", spec, dict(data or {}))
+    _check_resumed("data", {"tokenizer": {"kind": "char"}, **spec}, dict(data or {}))  # characters, if not said
     if isinstance(train_config, TrainConfig):
         train_config = dataclasses.asdict(train_config)
     step = int(backend.to_numpy(loaded["state"]["step"]))
@@ -404,7 +456,8 @@ def _result(run: Run, looped: dict) -> FitResult:
                      path=Path(summary["checkpoint"]) if summary["checkpoint"] else None, state=state,
                      key=looped["key"],
                      history=read_history(run.out_dir) if run.out_dir and parallel.process_index() == 0 else looped["history"],
-                     best_exact_match=summary["best_exact_match"], best_step=summary["best_step"],
+                     best_exact_match=summary["best_exact_match"], best_value=summary["best_value"],
+                     best_step=summary["best_step"],
                      stopped=summary["stopped"], seconds=summary["seconds"], out_dir=run.out_dir)
 
 
@@ -428,9 +481,10 @@ def predict(model: TrainedModel, sources: Sequence[str], *, beam_size: int = 1, 
 
 
 def evaluate(model: TrainedModel, pairs: Sequence[tuple[str, str]], *, beam_size: int = 1, **options) -> dict:
-    """{"loss", "token_accuracy", "exact_match", "char_accuracy", "n_examples"} on (source, target) pairs."""
+    """{"loss", "token_accuracy", "exact_match", "char_accuracy", "n_examples"}, and "bleu", "chrf" with
+    their signatures where sacreBLEU is installed, on (source, target) pairs."""
     return inference.evaluate(model.params, model.cfg, model.tokenizer, list(pairs), beam_size=beam_size, **options)
 
 
 __all__ = ["FitResult", "MODEL_DEFAULTS", "RunFolderError", "TrainedModel", "evaluate", "fit", "load", "load_pairs",
-           "model_config", "predict", "task_data", "tokenizer_for", "tsv_data"]
+           "model_config", "predict", "task_data", "tokenizer_for", "tokenizer_spec", "tsv_data"]

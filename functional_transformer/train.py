@@ -7,8 +7,8 @@ optimizer) is one jitted function whose old state is donated.
 
 The loop (`run_loop`) adds what a person training wants: a progress line (loss, token accuracy,
 tokens/s, ETA), evaluation on the held-out set, metrics as JSON lines, a PNG of the curves, the last
-checkpoint every `save_every` steps, at the end and on Ctrl-C, and the best one (by held-out exact
-match) at each evaluation that improves it; a NaN or inf loss stops the run and keeps the last good
+checkpoint every `save_every` steps, at the end and on Ctrl-C, and the best one (by the held-out
+metric `best_by`, exact match unless told otherwise) at each evaluation that improves it; a NaN or inf loss stops the run and keeps the last good
 checkpoint. Callbacks see every logged record and may stop the run; `patience` stops it after that
 many evaluations without improvement. Batch k is a pure function of (seed, k), so resuming is exact.
 
@@ -32,11 +32,15 @@ from backends import random as ftrandom
 
 from . import api, checkpoint, checks, gradients, optim, parallel
 from .inference import evaluate
-from .data import CharTokenizer, EncodedPair, batch_indices, batch_iterator
+from .metrics import MISSING_NOTE, TEXT_METRICS, require_sacrebleu, sacrebleu_available
+from .data import EncodedPair, Tokenizer, batch_indices, batch_iterator
 
 SCHEDULES = ("transformer", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 GRAD_METHODS = gradients.GRAD_METHODS
+# The held-out metrics that can choose the best checkpoint, each with the direction that is better.
+BEST_BY = {"exact_match": "max", "char_accuracy": "max", "token_accuracy": "max", "bleu": "max", "chrf": "max",
+           "loss": "min"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +62,10 @@ class TrainConfig:
     eval_every: int = 500
     save_every: int = 500
     grad_method: str | None = None
-    # Stop after this many held-out evaluations without a better exact match (0: never).
+    # Stop after this many held-out evaluations without a better `best_by` (0: never).
     patience: int = 0
+    # The held-out metric (a key of BEST_BY) that picks best.safetensors and that patience watches.
+    best_by: str = "exact_match"
     # The step at which the schedule (re)started: 0, or where `ft train --resume --extend` added
     # steps to a finished run (a warm restart of the cosine schedule; see make_optimizer).
     schedule_start: int = 0
@@ -76,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"grad_method must be one of {GRAD_METHODS} or None, got {self.grad_method!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.best_by not in BEST_BY:
+            raise ValueError(f"best_by must be one of {tuple(BEST_BY)}, got {self.best_by!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if not self.learning_rate > 0:
@@ -111,6 +119,17 @@ def make_optimizer(tcfg: TrainConfig, cfg) -> optim.GradientTransformation:
     if tcfg.clip_norm > 0:
         return optim.chain(optim.clip_by_global_norm(tcfg.clip_norm), base)
     return base
+
+
+def check_best_by(tcfg: TrainConfig) -> None:
+    """A best_by that needs sacreBLEU where it is not installed is an error saying how to install it."""
+    if tcfg.best_by in TEXT_METRICS:
+        require_sacrebleu(f"best_by={tcfg.best_by!r} (--best-by {tcfg.best_by})")
+
+
+def is_better(value: float, best: float | None, best_by: str) -> bool:
+    """Whether held-out `value` of the metric `best_by` beats the best so far (None: nothing yet)."""
+    return best is None or (value < best if BEST_BY[best_by] == "min" else value > best)
 
 
 def init_state(key, cfg, optimizer) -> dict:
@@ -173,7 +192,7 @@ class Run:
 
     cfg: object
     tcfg: TrainConfig
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
     train_examples: list[EncodedPair]
     valid_pairs: list[tuple[str, str]]
     out_dir: Path | None
@@ -202,10 +221,11 @@ def _progress_line(step, total, loss, accuracy, tokens_per_s, elapsed, start_ste
 
 
 def fresh_progress() -> dict:
-    """The loop's own state beside the model's: the best held-out exact match so far, the step it
-    was reached at, and evaluations since then (for patience). Saved in every checkpoint, so a
-    resumed run keeps its best checkpoint and its patience count."""
-    return {"best_exact_match": None, "best_step": None, "evals_since_best": 0}
+    """The loop's own state beside the model's: the best held-out value of the metric `best_by` so
+    far ("best_value"), the step it was reached at, the exact match there ("best_exact_match": the
+    best exact match when best_by is exact_match), and evaluations since then (for patience). Saved
+    in every checkpoint, so a resumed run keeps its best checkpoint and its patience count."""
+    return {"best_value": None, "best_exact_match": None, "best_step": None, "evals_since_best": 0}
 
 
 def read_records(metrics_path: Path) -> list[dict]:
@@ -239,11 +259,14 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
     -> {"state", "key", "progress", "history" (this call's records), "summary"}; summary["stopped"]
     is "finished", "interrupted" (Ctrl-C), "callback" or "patience"."""
     cfg, tcfg, backend = run.cfg, run.tcfg, run.backend
+    check_best_by(tcfg)
     optimizer = make_optimizer(tcfg, cfg)
     if state is None:
         init_key, key = ftrandom.split(backend.random.key(tcfg.seed), 2)
         state = init_state(init_key, cfg, optimizer)
     progress = dict(progress or fresh_progress())
+    # Runs saved before best_by existed kept only the best exact match, which is what they chose by.
+    progress.setdefault("best_value", progress["best_exact_match"])
     start_step = int(backend.to_numpy(state["step"]))
     mesh = run.mesh
     if mesh is not None:
@@ -294,6 +317,8 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                              pad_id=cfg.pad_id, pad_to_multiple=8, process_index=parallel.process_index(),
                              process_count=n_processes)
     valid = run.valid_pairs[: run.eval_examples]
+    if valid and run.progress and not sacrebleu_available():
+        print(f"held-out evaluations: {MISSING_NOTE}", file=sys.stderr, flush=True)
     t_start = time.perf_counter()
     window_tokens, window_t0 = 0, time.perf_counter()
     step = start_step
@@ -341,14 +366,15 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                 eval_params = backend.tree_asarray(host(state["params"])) if mesh is not None else state["params"]
                 result = evaluate(eval_params, cfg, run.tokenizer, valid)
                 if run.progress:
+                    scores = "".join(f" {name} {result[name]:.2f}" for name in TEXT_METRICS if name in result)
                     print(f"eval @ {step}: loss {result['loss']:.4f} exact_match {result['exact_match']:.4f} "
-                          f"char_accuracy {result['char_accuracy']:.4f}", file=sys.stderr, flush=True)
+                          f"char_accuracy {result['char_accuracy']:.4f}{scores}", file=sys.stderr, flush=True)
                 summary["valid"] = result
-                best = progress["best_exact_match"]
-                if (best is None or result["exact_match"] > best) and all_finite(host(state["params"]), backend):
+                value = result[tcfg.best_by]
+                if is_better(value, progress["best_value"], tcfg.best_by) and all_finite(host(state["params"]), backend):
                     # Recorded only once best.safetensors holds it, so the two never disagree.
-                    improved = dict(progress, best_exact_match=result["exact_match"], best_step=step,
-                                    evals_since_best=0)
+                    improved = dict(progress, best_value=value, best_exact_match=result["exact_match"],
+                                    best_step=step, evals_since_best=0)
                     save(state, "best", improved)
                     progress = improved
                 else:
@@ -358,8 +384,8 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                 if tcfg.patience and progress["evals_since_best"] >= tcfg.patience and step < tcfg.steps:
                     stop = stop or "patience"
                     if run.progress:
-                        print(f"no better exact match in {tcfg.patience} evaluations (best "
-                              f"{progress['best_exact_match']:.4f} at step {progress['best_step']}): stopping",
+                        print(f"no better {tcfg.best_by} in {tcfg.patience} evaluations (best "
+                              f"{progress['best_value']:.4f} at step {progress['best_step']}): stopping",
                               file=sys.stderr, flush=True)
             if step % tcfg.save_every == 0 and all_finite(host(state["params"]), backend):
                 last_saved = save(state)

@@ -123,8 +123,8 @@ def test_unknown_characters_are_refused_unless_allowed(params, cfg):
 
 @pytest.mark.parametrize("source, target, message", [
     ("", None, "the source is empty"),
-    ("a" * 11, None, "the source has 11 characters; this model reads at most max_len=10"),
-    ("abc", "a" * 10, "the target has 10 characters; this model's decoder reads at most 9"),
+    ("a" * 11, None, "the source has 11 tokens; this model reads at most max_len=10"),
+    ("abc", "a" * 10, "the target has 10 tokens; this model's decoder reads at most 9"),
 ])
 def test_lengths_the_model_cannot_read_are_one_line_errors(params, cfg, source, target, message):
     with pytest.raises(ValueError, match=message) as info:

@@ -31,9 +31,11 @@ TRAIN_FLAGS = ["--task", "--data", "--valid", "--out", "--resume", "--min-len", 
                "--dtype", "--steps", "--batch-size", "--learning-rate", "--warmup-steps", "--schedule", "--optimizer",
                "--weight-decay", "--clip-norm", "--label-smoothing", "--seed", "--log-every", "--eval-every",
                "--save-every", "--grad-method", "--no-progress", "--overwrite", "--extend", "--patience",
-               "--devices", "--shard-params", "--coordinator", "--num-processes", "--process-id"]
-EVAL_FLAGS = ["--checkpoint", "--which", "--task", "--data", "--n", "--beam", "--seed", "--allow-unknown"]
-PREDICT_FLAGS = ["--checkpoint", "--which", "--beam", "inputs", "--allow-unknown"]
+               "--devices", "--shard-params", "--coordinator", "--num-processes", "--process-id",
+               "--tokenizer", "--vocab-size", "--joint-vocab", "--best-by"]
+EVAL_FLAGS = ["--checkpoint", "--which", "--task", "--data", "--n", "--beam", "--seed", "--allow-unknown", "--output",
+              "--batch-size"]
+PREDICT_FLAGS = ["--checkpoint", "--which", "--beam", "inputs", "--allow-unknown", "--input", "--output", "--batch-size"]
 
 
 def run_help(capsys, argv):

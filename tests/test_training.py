@@ -23,6 +23,7 @@ from functional_transformer import checkpoint, checkpoint_format, train
 from functional_transformer.checkpoint_format import CheckpointError
 from functional_transformer.data import CharTokenizer, batch_iterator, encode_pairs, make_task_data, task_alphabet
 from functional_transformer.inference import predict
+from functional_transformer.metrics import sacrebleu_available
 
 ON_JAX = os.environ.get("FT_BACKEND", "numpy") == "jax"
 slow_on_jax = pytest.mark.slow if ON_JAX else (lambda test: test)
@@ -32,7 +33,7 @@ TRAIN_PAIRS, VALID_PAIRS = make_task_data("reverse", 300, 20, 1, 5, seed=0)
 DATA_SPEC = {"kind": "task", "task": "reverse", "n_train": 300, "n_valid": 20, "min_len": 1, "max_len": 5, "seed": 0}
 TRAIN_FIELDS = {"step", "split", "loss", "accuracy", "grad_norm", "tokens_per_s", "time_s"}
 VALID_FIELDS = {"step", "split", "loss", "token_accuracy", "exact_match", "char_accuracy", "n_examples", "n_with_unknown",
-                "time_s"}
+                "time_s"} | ({"bleu", "bleu_signature", "chrf", "chrf_signature"} if sacrebleu_available() else set())
 
 
 def make_cfg(d_model=32, n_heads=2, d_ff=64, drop_rate=0.1):

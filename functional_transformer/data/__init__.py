@@ -1,4 +1,4 @@
-"""Data for sequence-to-sequence training: a character tokenizer, built-in character tasks, TSV files,
+"""Data for sequence-to-sequence training: tokenizers (characters; BPE in `bpe`, the [text] extra), built-in character tasks, TSV files,
 and padded NumPy batches in a reproducible order.
 
 Everything here is plain Python and NumPy: batches are int32 NumPy arrays, which the training loop
@@ -23,8 +23,9 @@ from .batching import (
     process_batch,
 )
 from .tasks import DEFAULT_ALPHABET, TASKS, Task, get_task, make_task_data, task_alphabet
-from .tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, CharTokenizer
-from .tsv import DataError, read_tsv, write_tsv
+from .tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, CharTokenizer, Tokenizer, TokenizerPair,
+                        tokenizer_from_json)
+from .tsv import DataError, read_lines, read_tsv, write_tsv
 
 __all__ = [
     "BOS_ID",
@@ -38,6 +39,8 @@ __all__ = [
     "SPECIAL_TOKENS",
     "TASKS",
     "Task",
+    "Tokenizer",
+    "TokenizerPair",
     "UNK_ID",
     "batch_indices",
     "batch_iterator",
@@ -48,7 +51,9 @@ __all__ = [
     "make_batch",
     "make_task_data",
     "process_batch",
+    "read_lines",
     "read_tsv",
     "task_alphabet",
+    "tokenizer_from_json",
     "write_tsv",
 ]

@@ -2,7 +2,7 @@
 
 Contract:
 - `encode_pairs` turns (source, target) strings into `EncodedPair(src, tgt)`: `src` is the source's
-  ids, `tgt` is `[bos] + target ids + [eos]`. The decoder reads `tgt[:-1]` (`[bos] + target`) and is
+  ids (from `tokenizer.source`), `tgt` is `[bos] + target ids + [eos]`. The decoder reads `tgt[:-1]` (`[bos] + target`) and is
   trained to predict `tgt[1:]` (`target + [eos]`). An example whose source, or whose decoder
   sequence (target + 1), is longer than `max_len` is an error, never silently truncated; so is an
   empty source (the encoder would have nothing to attend to).
@@ -29,7 +29,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from .tokenizer import PAD_ID, CharTokenizer
+from .tokenizer import PAD_ID, Tokenizer
 
 Batch = dict[str, np.ndarray]
 _MAX_REPORTED = 5
@@ -46,15 +46,15 @@ def _shorten(text: str, limit: int = 40) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
-def encode_pairs(pairs: Sequence[tuple[str, str]], tokenizer: CharTokenizer, max_len: int | None) -> list[EncodedPair]:
+def encode_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_len: int | None) -> list[EncodedPair]:
     """The pairs as ids (see the module docstring); ValueError naming every example too long or empty."""
     if max_len is not None and max_len < 1:
         raise ValueError(f"max_len must be at least 1 (or None for no limit), got {max_len}")
     encoded: list[EncodedPair] = []
     problems: list[str] = []
     for index, (source, target) in enumerate(pairs):
-        src = tuple(tokenizer.encode(source))
-        tgt = (tokenizer.bos_id, *tokenizer.encode(target), tokenizer.eos_id)
+        src = tuple(tokenizer.source.encode(source))
+        tgt = (tokenizer.bos_id, *tokenizer.target.encode(target), tokenizer.eos_id)
         where = f"example {index} (source {_shorten(source)}, target {_shorten(target)})"
         if not src:
             problems.append(f"{where}: empty source")

@@ -1,4 +1,15 @@
-"""A character-level tokenizer: one id per character, four special ids first.
+"""Tokenizers: one interface for characters (`CharTokenizer`) and subwords (`bpe.BpeTokenizer`).
+
+Every tokenizer has pad_id, bos_id, eos_id, unk_id (0, 1, 2, 3, the ids the model and the decoders
+use), `vocab_size`, `encode(text) -> ids` (no special tokens added), `pieces(text)` (the text each of
+those ids stands for), `decode(ids) -> text` (up to the first eos; pad and bos skipped; unk
+written as U+FFFD), `token_text(id)`, `unknown_symbols(texts)`,
+`describe()` and `to_json()`; `tokenizer_from_json` reads back any of them. `source` and `target`
+are the tokenizers of each side: the tokenizer itself where the two sides share a vocabulary, the
+two halves of a `TokenizerPair` where they do not. Code that encodes a source or decodes a target
+goes through `.source` / `.target`, so it works with either.
+
+A character-level tokenizer: one id per character, four special ids first.
 
 Contract:
 - ids 0, 1, 2, 3 are the special tokens pad, bos, eos and unk, on every `CharTokenizer`;
@@ -15,7 +26,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Protocol
 
 PAD_ID = 0
 BOS_ID = 1
@@ -26,6 +37,25 @@ UNK_CHAR = "\N{REPLACEMENT CHARACTER}"
 
 _JSON_KIND = "char"
 _JSON_VERSION = 1
+
+
+class Tokenizer(Protocol):
+    """What training, prediction and checkpoints need of a tokenizer (CharTokenizer, BpeTokenizer or
+    TokenizerPair): the special ids, each side's tokenizer, a description and the JSON."""
+
+    pad_id: int
+    bos_id: int
+    eos_id: int
+
+    @property
+    def source(self): ...
+
+    @property
+    def target(self): ...
+
+    def describe(self, limit: int = 40) -> str: ...
+
+    def to_json(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -55,10 +85,27 @@ class CharTokenizer:
             texts = [texts]  # a lone string is one text, not an iterable of one-character texts
         return cls(tuple(sorted({c for text in texts for c in text})))
 
+    kind = _JSON_KIND
     pad_id = PAD_ID
     bos_id = BOS_ID
     eos_id = EOS_ID
     unk_id = UNK_ID
+
+    @property
+    def source(self) -> CharTokenizer:
+        """The source side's tokenizer: this one (the two sides share characters)."""
+        return self
+
+    @property
+    def target(self) -> CharTokenizer:
+        """The target side's tokenizer: this one."""
+        return self
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one id: its character, or the special token's name."""
+        if token_id < len(SPECIAL_TOKENS):
+            return SPECIAL_TOKENS[token_id]
+        return self.chars[token_id - len(SPECIAL_TOKENS)]
 
     @property
     def vocab_size(self) -> int:
@@ -69,6 +116,10 @@ class CharTokenizer:
         """The id of each character of `text` (unk for characters outside the vocabulary)."""
         ids = self._ids
         return [ids.get(c, UNK_ID) for c in text]
+
+    def pieces(self, text: str) -> list[str]:
+        """The part of `text` that each id of `encode(text)` stands for: its characters."""
+        return list(text)
 
     def unknown_symbols(self, texts: Iterable[str]) -> list[str]:
         """The characters of `texts` outside the vocabulary (those `encode` maps to unk), each once,
@@ -102,21 +153,7 @@ class CharTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of `ids` up to the first eos; pad and bos are skipped, unk becomes U+FFFD."""
-        out = []
-        n_special = len(SPECIAL_TOKENS)
-        for raw in ids:
-            i = int(raw)
-            if i == EOS_ID:
-                break
-            if i in (PAD_ID, BOS_ID):
-                continue
-            if i == UNK_ID:
-                out.append(UNK_CHAR)
-            elif n_special <= i < self.vocab_size:
-                out.append(self.chars[i - n_special])
-            else:
-                raise ValueError(f"token id {i} is outside this tokenizer's vocabulary of {self.vocab_size} ids")
-        return "".join(out)
+        return decode_ids(ids, self.token_text, self.vocab_size)
 
     def to_json(self) -> str:
         """The vocabulary as a JSON string that `from_json` reads back."""
@@ -138,6 +175,67 @@ class CharTokenizer:
         if not isinstance(chars, list):
             raise ValueError("tokenizer JSON must have a list of characters under 'chars'")
         return cls(tuple(chars))
+
+
+def decode_ids(ids: Iterable[int], token_text: Callable[[int], str], vocab_size: int) -> str:
+    """The text of `ids` up to the first eos: pad and bos skipped, unk written as U+FFFD, every other
+    id as `token_text(id)`; an id outside [0, vocab_size) is a ValueError."""
+    out = []
+    for raw in ids:
+        i = int(raw)
+        if i == EOS_ID:
+            break
+        if i in (PAD_ID, BOS_ID):
+            continue
+        if i == UNK_ID:
+            out.append(UNK_CHAR)
+        elif len(SPECIAL_TOKENS) <= i < vocab_size:
+            out.append(token_text(i))
+        else:
+            raise ValueError(f"token id {i} is outside this tokenizer's vocabulary of {vocab_size} ids")
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class TokenizerPair:
+    """Separate vocabularies: `source` encodes the sources, `target` the targets (and decodes outputs).
+
+    Both keep the special ids 0-3, so pad, bos and eos mean the same on each side."""
+
+    source: object
+    target: object
+    kind = "pair"
+    pad_id = PAD_ID
+    bos_id = BOS_ID
+    eos_id = EOS_ID
+    unk_id = UNK_ID
+
+    def describe(self, limit: int = 40) -> str:
+        """Both sides' vocabularies, each as its tokenizer describes it."""
+        return f"source: {self.source.describe(limit)}; target: {self.target.describe(limit)}"
+
+    def to_json(self) -> str:
+        """Both tokenizers as one JSON string that `tokenizer_from_json` reads back."""
+        return json.dumps({"kind": self.kind, "version": _JSON_VERSION, "source": self.source.to_json(),
+                           "target": self.target.to_json()}, ensure_ascii=False)
+
+
+def tokenizer_from_json(text: str):
+    """The tokenizer (CharTokenizer, BpeTokenizer or TokenizerPair) that its `to_json` wrote.
+
+    A checkpoint from before tokenizers had kinds holds a CharTokenizer's JSON, which reads as before."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"tokenizer JSON is not valid JSON: {err}") from err
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    if kind == TokenizerPair.kind:
+        return TokenizerPair(tokenizer_from_json(obj["source"]), tokenizer_from_json(obj["target"]))
+    if kind == "bpe":
+        from .bpe import BpeTokenizer  # needs the [text] extra, so only imported for a BPE tokenizer
+
+        return BpeTokenizer.from_json(text)
+    return CharTokenizer.from_json(text)
 
 
 def _show(c: str) -> str:

@@ -8,13 +8,15 @@ Contract of `read_tsv(path)`:
   file and lists the first `MAX_REPORTED` bad lines by 1-based line number, with what is wrong;
 - a file with no pairs is a `DataError`; a missing file is a `FileNotFoundError` naming the path.
 
-`write_tsv(path, pairs)` writes pairs that `read_tsv` reads back unchanged.
+`write_tsv(path, pairs)` writes pairs that `read_tsv` reads back unchanged. `read_lines(path)` reads
+a file of one text per line (for `ft predict --input`), "-" being standard input.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -77,6 +79,23 @@ def read_tsv(path: str | os.PathLike) -> list[Pair]:
     if not pairs:
         raise DataError(f"{path}: no source<TAB>target pairs (the file is empty or only blank lines)")
     return pairs
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a UTF-8 file ("-": standard input), without their "\\n" or "\\r\\n"; a final line
+    break ends the last line rather than starting an empty one. No lines at all is a DataError."""
+    name = "standard input" if str(path) == "-" else str(path)
+    if str(path) == "-":
+        raw = sys.stdin.buffer.read()
+    else:
+        if not Path(path).exists():
+            raise FileNotFoundError(errno.ENOENT, "input file not found", str(path))
+        raw = Path(path).read_bytes()
+    text = _decode(Path(name), raw)
+    if not text:
+        raise DataError(f"{name} is empty: give one source per line")
+    lines = text.removesuffix("\n").split("\n")  # not splitlines(): that also splits at characters a line may hold
+    return [line.removesuffix("\r") for line in lines]
 
 
 def write_tsv(path: str | os.PathLike, pairs: Iterable[Pair]) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from backends import array_namespace
 
 from .. import checks, inference, model
-from ..data import SPECIAL_TOKENS, CharTokenizer, encode_pairs, make_batch
+from ..data import Tokenizer, encode_pairs, make_batch
 
 # kind -> what a plot calls it; each is a (layers, heads, queries, keys) array in attention_maps.
 KINDS = {
@@ -43,25 +43,26 @@ def _weights(params: dict, src, tgt_in, cfg) -> dict:
     }
 
 
-def token_label(tokenizer: CharTokenizer, token_id: int) -> str:
-    """The text of one id for an axis label: its character, or the special token's name."""
-    if token_id < len(SPECIAL_TOKENS):
-        return SPECIAL_TOKENS[token_id]
-    return tokenizer.chars[token_id - len(SPECIAL_TOKENS)]
+def token_label(tokenizer, token_id: int) -> str:
+    """The text of one id for an axis label: its character or piece, or the special token's name
+    (`tokenizer` is one side's: a Tokenizer's .source or .target)."""
+    return tokenizer.token_text(token_id)
 
 
-def _check_lengths(source: str, target: str | None, max_len: int) -> None:
+def _check_lengths(tokenizer: Tokenizer, source: str, target: str | None, max_len: int) -> None:
     # One line each, where encode_pairs (made for data files) lists every bad example.
     if not source:
         raise ValueError("the source is empty: the encoder needs at least one character to attend to")
-    if len(source) > max_len:
-        raise ValueError(f"the source has {len(source)} characters; this model reads at most max_len={max_len}")
-    if target is not None and len(target) + 1 > max_len:
-        raise ValueError(f"the target has {len(target)} characters; this model's decoder reads at most "
+    n_source = len(tokenizer.source.encode(source))
+    if n_source > max_len:
+        raise ValueError(f"the source has {n_source} tokens; this model reads at most max_len={max_len}")
+    n_target = None if target is None else len(tokenizer.target.encode(target))
+    if n_target is not None and n_target + 1 > max_len:
+        raise ValueError(f"the target has {n_target} tokens; this model's decoder reads at most "
                          f"{max_len - 1} (max_len={max_len}, less one for beginning-of-sequence)")
 
 
-def attention_maps(params: dict, cfg, tokenizer: CharTokenizer, source: str, target: str | None = None, *,
+def attention_maps(params: dict, cfg, tokenizer: Tokenizer, source: str, target: str | None = None, *,
                    allow_unknown: bool = False) -> dict:
     """Every attention weight of the forward pass on one example, on the params' backend.
 
@@ -69,16 +70,15 @@ def attention_maps(params: dict, cfg, tokenizer: CharTokenizer, source: str, tar
     answer). Characters outside the vocabulary raise inference.UnknownSymbolError unless allow_unknown.
 
     -> {"source": str, "target": str, "target_from": "given" | "greedy",
-        "source_tokens": S labels (the source's characters),
+        "source_tokens": S labels (the source's characters or pieces),
         "target_in": T labels (<bos> + target: what each decoder position reads),
         "target_out": T labels (target + <eos>: what each position writes),
         "predicted": T labels (the model's argmax at each position, teacher-forced on target),
         "encoder_self": (L_enc, H, S, S), "decoder_self": (L_dec, H, T, T), "cross": (L_dec, H, T, S)}
     with T = len(target) + 1; the maps are NumPy float arrays, queries by keys, each row summing to 1.
     """
-    _check_lengths(source, target, cfg.max_len)
-    texts = [source] if target is None else [source, target]
-    unknown = tokenizer.unknown_symbols(texts)
+    _check_lengths(tokenizer, source, target, cfg.max_len)
+    unknown = inference.unknown_in_pairs(tokenizer, [(source, target or "")])
     if unknown and not allow_unknown:
         raise inference.UnknownSymbolError(unknown, tokenizer)
     target_from = "given"
@@ -95,10 +95,10 @@ def attention_maps(params: dict, cfg, tokenizer: CharTokenizer, source: str, tar
         "source": source,
         "target": target,
         "target_from": target_from,
-        "source_tokens": list(source),
-        "target_in": [token_label(tokenizer, i) for i in example.tgt[:-1]],
-        "target_out": [token_label(tokenizer, i) for i in example.tgt[1:]],
-        "predicted": [token_label(tokenizer, int(i)) for i in host["predicted"][0]],
+        "source_tokens": tokenizer.source.pieces(source),
+        "target_in": [token_label(tokenizer.target, i) for i in example.tgt[:-1]],
+        "target_out": [token_label(tokenizer.target, i) for i in example.tgt[1:]],
+        "predicted": [token_label(tokenizer.target, int(i)) for i in host["predicted"][0]],
         **{kind: host[kind][:, 0] for kind in KINDS},  # the batch of one dropped: (L, H, queries, keys)
     }
 
