@@ -28,7 +28,7 @@ from backends import Backend
 from functional_transformer import parallel
 
 from . import report
-from .configs import CONFIGS, BenchConfig
+from .configs import CONFIGS, DEFAULT_CONFIGS, BenchConfig
 from .environment import environment, jax_info, load_average
 from .peak import matmul_peak
 from .timing import time_workload
@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backends", nargs="+", choices=backends.BACKEND_NAMES, default=None,
                         help="backends to measure (default: every one installed)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None,
-                        help="model configs (default: all; tiny with --quick)")
+                        help=f"model configs (default: {' '.join(DEFAULT_CONFIGS)}; tiny with --quick)")
     parser.add_argument("--measure", nargs="+", choices=MEASURES, default=None,
                         help="what to time (default: forward train decode; train also times train_vjp on JAX)")
     parser.add_argument("--reps", type=int, default=None, help="timed calls after the warm-up (default 5; 2 with --quick)")
@@ -106,7 +106,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             raise SystemExit("--devices times the train step only (--measure train)")
     return Settings(
         backends=("jax",) if devices else tuple(args.backends or backends.BACKEND_NAMES),
-        configs=tuple(pick(args.configs, list(CONFIGS), ["tiny"])),
+        configs=tuple(pick(args.configs, list(DEFAULT_CONFIGS), ["tiny"])),
         measures=("train",) if devices else tuple(args.measure or DEFAULT_MEASURES),
         with_train_vjp=not quick and not devices,
         reps=reps,
