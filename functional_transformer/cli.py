@@ -318,8 +318,7 @@ def _eval(args) -> int:
     loaded = checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), backend)
     cfg, tokenizer, spec = loaded["cfg"], loaded["tokenizer"], loaded["data_spec"]
     if args.data:
-        pairs = read_tsv(args.data)[: args.n or None]
-        check_held_out_lengths(pairs, tokenizer, cfg.max_len, args.data)
+        pairs = read_tsv(args.data)
     elif args.task:
         pairs = make_task_data(args.task, 0, args.n or 500, spec.get("min_len", 1), spec.get("max_len", 12), args.seed)[1]
         if spec["kind"] == "task" and spec["task"] == args.task:  # keep them held out: drop strings seen in training
@@ -328,6 +327,8 @@ def _eval(args) -> int:
     else:  # the run's own held-out pairs, fitted to its max_len as in training
         pairs = fit_held_out(spec, tokenizer, cfg.max_len, load_pairs(spec)[1])
     pairs = pairs[: args.n] if args.n else pairs
+    if args.data:  # an over-long line is an error naming it, before anything is decoded
+        check_held_out_lengths(pairs, tokenizer, cfg.max_len, args.data)
     result = evaluate(loaded["state"]["params"], cfg, tokenizer, pairs, beam_size=args.beam,
                       allow_unknown=args.allow_unknown)
     for name in ("n_examples", "n_with_unknown", "loss", "token_accuracy", "char_accuracy"):
