@@ -255,8 +255,8 @@ def run_backend(name: str, settings: Settings, params_info: dict) -> tuple[list[
             records.append(record)
             compile_note = f", compile {record['compile_s']:.1f} s" if record["compile_s"] is not None else ""
             rate_note = f", {record['gflops']:.1f} GFLOP/s" if record["gflops"] is not None else ""
-            progress(f"[{name}] {config_name} {workload.measure}: median {record['median_s'] * 1e3:.1f} ms"
-                     f"{rate_note}{compile_note}")
+            progress(f"[{name}] {config_name} {workload.measure}: median {record['median_s'] * 1e3:.1f} ms, "
+                     f"{record['tokens_per_s']:,.0f} tokens/s{rate_note}{compile_note}")
             del workload
             gc.collect()
     return records, peak
