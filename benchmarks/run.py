@@ -30,7 +30,7 @@ from backends import Backend
 from functional_transformer import parallel
 
 from . import report
-from .configs import CONFIGS, BenchConfig
+from .configs import CONFIGS, DEFAULT_CONFIGS, BenchConfig
 from .environment import environment, jax_info, load_average
 from .peak import matmul_peak
 from .peers import PEER_MEASURES, PEERS, check_installed
@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backends", nargs="+", choices=backends.BACKEND_NAMES, default=None,
                         help="backends to measure (default: every one installed)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None,
-                        help="model configs (default: all; tiny with --quick)")
+                        help=f"model configs (default: {' '.join(DEFAULT_CONFIGS)}; tiny with --quick)")
     parser.add_argument("--measure", nargs="+", choices=MEASURES, default=None,
                         help="what to time (default: forward train decode; train also times train_vjp on JAX)")
     parser.add_argument("--reps", type=int, default=None, help="timed calls after the warm-up (default 5; 2 with --quick)")
@@ -117,7 +117,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     check_installed(peers)
     return Settings(
         backends=("jax",) if devices else tuple(args.backends or backends.BACKEND_NAMES),
-        configs=tuple(pick(args.configs, list(CONFIGS), ["tiny"])),
+        configs=tuple(pick(args.configs, list(DEFAULT_CONFIGS), ["tiny"])),
         measures=("train",) if devices else tuple(args.measure or DEFAULT_MEASURES),
         with_train_vjp=not quick and not devices,
         reps=reps,
@@ -298,8 +298,8 @@ def time_workloads(backend, settings: Settings, plan) -> tuple[list[dict], dict]
             records.append(record)
             compile_note = f", compile {record['compile_s']:.1f} s" if record["compile_s"] is not None else ""
             rate_note = f", {record['gflops']:.1f} GFLOP/s" if record["gflops"] is not None else ""
-            progress(f"[{name}] {config_name} {workload.measure}: median {record['median_s'] * 1e3:.1f} ms"
-                     f"{rate_note}{compile_note}")
+            progress(f"[{name}] {config_name} {workload.measure}: median {record['median_s'] * 1e3:.1f} ms, "
+                     f"{record['tokens_per_s']:,.0f} tokens/s{rate_note}{compile_note}")
             del workload
             gc.collect()
     return records, peak

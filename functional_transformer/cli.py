@@ -21,7 +21,8 @@ from .config import DTYPES, TransformerConfig
 from .data import DataError, TASKS, make_task_data, read_lines, read_tsv
 from .inference import check_sources, evaluate, predict
 from .inspect import KINDS as ATTENTION_KINDS
-from .runs import MODEL_DEFAULTS, TASK_DATA_DEFAULTS, TOKENIZERS, fit, load_pairs, task_data, tokenizer_spec, tsv_data
+from .runs import (MODEL_DEFAULTS, TASK_DATA_DEFAULTS, TOKENIZERS, check_held_out_lengths, fit, fit_held_out,
+                   load_pairs, task_data, tokenizer_spec, tsv_data)
 from .train import BEST_BY, GRAD_METHODS, OPTIMIZERS, SCHEDULES, SaveFailed, TrainConfig, TrainingDiverged
 from .tuning.sweep import PRUNERS
 
@@ -60,6 +61,8 @@ def _model_flags(args) -> dict:
 TRAIN_FLAGS = {
     "steps": (int, "optimizer steps"),
     "batch_size": (int, "sequences per step"),
+    "max_tokens": (int, "instead of --batch-size: batches of at most this many padded tokens (rows x length) from "
+                        "examples of similar length (length buckets; fewer padding tokens)"),
     "learning_rate": (float, "peak learning rate; with --schedule transformer, the scale of the paper's schedule"),
     "warmup_steps": (int, "warmup steps"),
     "schedule": (SCHEDULES, "learning-rate schedule: cosine (linear warmup, cosine decay), transformer (paper eq. 3), "
@@ -140,9 +143,16 @@ def _add_data_flags(p):
     src.add_argument("--data", type=Path, help="training TSV: one 'source<TAB>target' per line")
     p.add_argument("--valid", type=Path, help="held-out TSV for --data (default: 5%% of --data held out)")
     d = TASK_DATA_DEFAULTS
-    g = p.add_argument_group("task data")
+    g = p.add_argument_group("task data and lengths")
     g.add_argument("--min-len", type=int, help=f"shortest task string (default {d['min_len']})")
-    g.add_argument("--max-len", type=int, help=f"longest task string; digits per operand for addition (default {d['max_len']})")
+    g.add_argument("--max-len", type=int,
+                   help=f"with --task: the longest task string; digits per operand for addition (default {d['max_len']}). "
+                        "With --data: the model's longest sequence in tokens (a source, or bos + target); longer "
+                        "training pairs are dropped and counted, a longer --valid line is an error (default: the "
+                        "data's longest)")
+    g.add_argument("--truncate-long", action="store_true", default=None,
+                   help="with --data and --max-len: cut training pairs longer than --max-len to fit, instead of "
+                        "dropping them")
     g.add_argument("--n-train", type=int, help=f"task training examples (default {d['n_train']})")
     g.add_argument("--n-valid", type=int, help=f"task held-out examples, never seen in training (default {d['n_valid']})")
     g = p.add_argument_group("tokenizer")
@@ -171,9 +181,13 @@ def _data_spec(args, seed: int) -> dict:
     sizes = _task_sizes(args)
     tokenizer = _tokenizer_flags(args)
     if args.data:
+        max_len = sizes.pop("max_len", None)
         if sizes:
             raise DataError(f"{sorted(sizes)} size the built-in tasks; they do not apply to --data")
-        return tsv_data(args.data, args.valid, seed=seed, tokenizer=tokenizer)
+        return tsv_data(args.data, args.valid, seed=seed, tokenizer=tokenizer, max_len=max_len,
+                        truncate_long=bool(args.truncate_long))
+    if args.truncate_long:
+        raise DataError("--truncate-long cuts pairs of --data files longer than --max-len; a task's strings all fit")
     return task_data(args.task or "reverse", seed=seed, tokenizer=tokenizer, **sizes)
 
 
@@ -312,8 +326,12 @@ def _train(args) -> int:
         tokenizer = _tokenizer_flags(args)
         if tokenizer:
             data.update(tokenizer=tokenizer)
+        if args.truncate_long:
+            data.update(truncate_long=True)
     else:
         data = _data_spec(args, seed=train_fields.get("seed", TRAIN_DEFAULTS.seed))
+    if train_fields.get("max_tokens") is not None and train_fields.get("batch_size") is not None:
+        raise ValueError("--max-tokens sizes the batches by tokens instead of --batch-size: give one of them")
     if args.extend and not args.resume:
         raise ValueError("--extend trains a finished run further: give it with --resume")
     _start_processes(args)
@@ -341,11 +359,13 @@ def _eval(args) -> int:
         if spec["kind"] == "task" and spec["task"] == args.task:  # keep them held out: drop strings seen in training
             seen = {source for source, _ in load_pairs(spec)[0]}
             pairs = [pair for pair in pairs if pair[0] not in seen]
-    else:
-        pairs = load_pairs(spec)[1]
+    else:  # the run's own held-out pairs, fitted to its max_len as in training
+        pairs = fit_held_out(spec, tokenizer, cfg.max_len, load_pairs(spec)[1])
     pairs = pairs[: args.n] if args.n else pairs
     if not metrics.sacrebleu_available():
         print(f"ft eval: note: {metrics.MISSING_NOTE}", file=sys.stderr)
+    if args.data:  # an over-long line is an error naming it, before anything is decoded
+        check_held_out_lengths(pairs, tokenizer, cfg.max_len, args.data)
     result = evaluate(loaded["state"]["params"], cfg, tokenizer, pairs, beam_size=args.beam,
                       batch_size=args.batch_size, allow_unknown=args.allow_unknown, keep_predictions=True)
     if args.output:

@@ -36,9 +36,10 @@ from backends import Backend
 from . import checkpoint, inference, parallel
 from .backend_choice import default_backend
 from .config import TransformerConfig
-from .data import (CharTokenizer, DataError, TASKS, Tokenizer, TokenizerPair, encode_pairs, make_task_data, read_tsv,
-                   task_alphabet)
-from .train import Callback, Run, TrainConfig, check_best_by, read_records, run_loop
+from .data import (CharTokenizer, DataError, TASKS, Tokenizer, TokenizerPair, encode_pairs, fit_to_length,
+                   length_problem, make_task_data, read_tsv, task_alphabet, tsv_line_numbers)
+from .data.batching import encode_pair
+from .train import Callback, Run, TrainConfig, check_batches_split, check_best_by, read_records, run_loop
 
 # The model `ft train` and `fit` build when not told otherwise: small enough to train on a laptop's
 # CPU in minutes, large enough to learn every built-in task (TransformerConfig's own defaults are
@@ -93,16 +94,88 @@ def task_data(task: str, *, seed: int = 0, tokenizer: dict | None = None, **size
 
 
 def tsv_data(train: str | os.PathLike, valid: str | os.PathLike | None = None, *, seed: int = 0,
-             tokenizer: dict | None = None) -> dict:
+             tokenizer: dict | None = None, max_len: int | None = None, truncate_long: bool = False) -> dict:
     """The data spec of TSV files; without `valid`, a deterministic 5% of `train` is held out.
-    tokenizer: a `tokenizer_spec` (default: characters)."""
-    return {"kind": "tsv", "train": str(train), "valid": str(valid) if valid else None, "seed": seed,
+
+    tokenizer: a `tokenizer_spec` (default: characters).
+
+    max_len: the model's longest sequence in tokens (TransformerConfig.max_len; default: the data's
+    longest): training pairs whose source, or bos + target, is longer are dropped, or with
+    `truncate_long` cut to fit, and counted (see `fit_data`); so are the pairs held out of `train`;
+    a longer line in `valid` is an error naming it (held-out data is never cut)."""
+    spec = {"kind": "tsv", "train": str(train), "valid": str(valid) if valid else None, "seed": seed,
             **_tokenizer_entry(tokenizer)}
+    if max_len is not None:
+        if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 2:
+            raise ValueError(f"max_len must be an integer of at least 2 (a token and eos), got {max_len!r}")
+        spec.update(max_len=max_len, truncate_long=bool(truncate_long))
+    elif truncate_long:
+        raise ValueError("truncate_long cuts pairs longer than max_len: give max_len (--max-len) too")
+    return spec
 
 
 def _tokenizer_entry(tokenizer: dict | None) -> dict:
     # Left out for characters unless asked for, so a spec reads as it did before tokenizers had kinds.
     return {} if tokenizer is None else {"tokenizer": tokenizer_spec(**tokenizer)}
+
+
+def spec_max_len(spec: dict) -> int | None:
+    """The model max_len a data spec asks for: a TSV spec's max_len (a task's max_len sizes its strings)."""
+    return spec.get("max_len") if spec["kind"] == "tsv" else None
+
+
+def check_held_out_lengths(pairs, tokenizer: Tokenizer, max_len: int, path) -> None:
+    """A DataError naming the file and line of each pair of `pairs` (read_tsv(path), or its first
+    len(pairs)) that does not fit max_len: held-out data is never silently cut."""
+    problems = [(i, problem) for i, (source, target) in enumerate(pairs)
+                if (problem := length_problem(encode_pair(source, target, tokenizer), max_len)) is not None]
+    if problems:
+        lines = tsv_line_numbers(path)
+        shown = "; ".join(f"line {lines[i]}: {problem}" for i, problem in problems[:5])
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise DataError(f"{path}: {len(problems)} line(s) longer than this model reads (max_len={max_len} tokens): "
+                        f"{shown}{more}. Held-out data is never cut: shorten or remove those lines, or train with "
+                        "a larger --max-len")
+
+
+def fit_data(spec: dict, tokenizer: Tokenizer, max_len: int, train_pairs, valid_pairs) -> tuple[list, list, dict | None]:
+    """(training examples, held-out pairs, report) for a model of max_len.
+
+    Without a max_len in the spec the model fits all the data (an over-long pair is an error, as in
+    encode_pairs) and the report is None. With one, over-long training pairs are dropped (or cut:
+    truncate_long), over-long pairs held out of the training file are dropped, and a `valid` file's
+    over-long line is an error; the report counts them."""
+    if spec_max_len(spec) is None:
+        return encode_pairs(train_pairs, tokenizer, max_len), valid_pairs, None
+    truncate = spec.get("truncate_long", False)
+    examples, n_long = fit_to_length(encode_pairs(train_pairs, tokenizer, None), max_len, truncate)
+    kept_valid = fit_held_out(spec, tokenizer, max_len, valid_pairs)
+    if not examples:
+        raise DataError(f"every training pair of {spec['train']} is longer than max_len={max_len} tokens; raise --max-len")
+    return examples, kept_valid, {"max_len": max_len, "n_train": len(examples),
+                                  "truncated" if truncate else "dropped": n_long,
+                                  "held_out_dropped": len(valid_pairs) - len(kept_valid)}
+
+
+def fit_held_out(spec: dict, tokenizer: Tokenizer, max_len: int, valid_pairs) -> list:
+    """The held-out pairs of a run with a max_len (fit_data): all of a `valid` file's, each checked
+    (an over-long line is an error naming it), or those held out of the training file that fit."""
+    if spec_max_len(spec) is None:
+        return valid_pairs
+    if spec.get("valid"):
+        check_held_out_lengths(valid_pairs, tokenizer, max_len, spec["valid"])
+        return valid_pairs
+    return [pair for pair in valid_pairs if length_problem(encode_pair(*pair, tokenizer), max_len) is None]
+
+
+def describe_data_report(report: dict) -> str:
+    """One line on what fit_data did, for the log."""
+    n_long = report.get("truncated", report.get("dropped"))
+    line = (f"max_len {report['max_len']}: {'truncated' if 'truncated' in report else 'dropped'} {n_long} of "
+            f"{report['n_train'] + (0 if 'truncated' in report else n_long)} training pairs longer than that")
+    if report["held_out_dropped"]:
+        line += f"; dropped {report['held_out_dropped']} held-out pairs longer than that"
+    return line
 
 
 def load_pairs(spec: dict) -> tuple[list, list]:
@@ -150,18 +223,25 @@ def _round_up(n: int, multiple: int = 8) -> int:
     return -(-n // multiple) * multiple
 
 
-def model_config(tokenizer: Tokenizer, pairs, model: dict | TransformerConfig | None = None) -> TransformerConfig:
+def model_config(tokenizer: Tokenizer, pairs, model: dict | TransformerConfig | None = None,
+                 max_len: int | None = None) -> TransformerConfig:
     """The TransformerConfig for data: vocabulary sizes, pad id and max_len (the longest source or
-    target + end-of-sequence in tokens, rounded up to 8) from the tokenizer and pairs, the rest from `model`
-    (a dict of TransformerConfig fields over MODEL_DEFAULTS, or a whole config, checked against the data)."""
-    longest = max(max(len(tokenizer.source.encode(s)), len(tokenizer.target.encode(t)) + 1) for s, t in pairs)
+    target + end-of-sequence in tokens, rounded up to 8; or `max_len` where given, which the data is
+    then fitted to: fit_data) from the tokenizer and pairs, the rest from `model` (a dict of
+    TransformerConfig fields over MODEL_DEFAULTS, or a whole config, checked against the data)."""
+    if max_len is None:
+        longest = max(max(len(tokenizer.source.encode(s)), len(tokenizer.target.encode(t)) + 1) for s, t in pairs)
+        max_len = _round_up(longest + 1)
     derived = {"src_vocab_size": tokenizer.source.vocab_size, "tgt_vocab_size": tokenizer.target.vocab_size,
-               "max_len": _round_up(longest + 1), "pad_id": tokenizer.pad_id}
+               "max_len": max_len, "pad_id": tokenizer.pad_id}
     if isinstance(model, TransformerConfig):
         for name in ("src_vocab_size", "tgt_vocab_size", "pad_id"):
             if getattr(model, name) != derived[name]:
                 raise ValueError(f"the model's {name} is {getattr(model, name)} but the data's tokenizer needs "
                                  f"{derived[name]}; pass a dict of the other fields and let fit fill these in")
+        if max_len is not None and model.max_len != max_len:
+            raise ValueError(f"the model's max_len ({model.max_len}) differs from the data's max_len ({max_len}); "
+                             "give one of them")
         if model.max_len < longest:
             raise ValueError(f"the model's max_len ({model.max_len}) is shorter than the data's longest "
                              f"sequence ({longest} tokens)")
@@ -388,16 +468,16 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         spec, pairs = _as_data_spec("reverse" if data is None else data, tcfg.seed)
         train_pairs, valid_pairs = pairs or load_pairs(spec)
         tokenizer = tokenizer_for(spec, train_pairs, valid_pairs)
-        cfg = model_config(tokenizer, train_pairs + valid_pairs, model)
+        cfg = model_config(tokenizer, train_pairs + valid_pairs, model, spec_max_len(spec))
+        run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose)
         if mesh is not None:
-            parallel.check_batch_size(tcfg.batch_size, mesh)  # before a run folder is made
+            check_batches_split(run, mesh)  # before a run folder is made
         check_best_by(tcfg)
         if out is not None and lead:
             _start_fresh(out, overwrite, verbose)
-        run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options)
         if verbose:
-            print(f"backend {backend.name}; {parallel.describe(mesh, shard_params)}{len(train_pairs)} training and "
-                  f"{len(valid_pairs)} held-out pairs; {_describe_vocabulary(cfg)}; writing to "
+            print(f"backend {backend.name}; {parallel.describe(mesh, shard_params)}{len(run.train_examples)} training "
+                  f"and {len(run.valid_pairs)} held-out pairs; {_describe_vocabulary(cfg)}; writing to "
                   f"{out if out else 'memory only'}", file=sys.stderr)
         return _result(run, run_loop(run))
 
@@ -408,9 +488,12 @@ def _describe_vocabulary(cfg: TransformerConfig) -> str:
     return f"vocabularies {cfg.src_vocab_size} (source) and {cfg.tgt_vocab_size} (target)"
 
 
-def _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options) -> Run:
+def _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose) -> Run:
+    examples, valid_pairs, report = fit_data(spec, tokenizer, cfg.max_len, train_pairs, valid_pairs)
+    if verbose and report:
+        print(describe_data_report(report), file=sys.stderr)
     return Run(cfg=cfg, tcfg=tcfg, tokenizer=tokenizer, data_spec=spec, valid_pairs=valid_pairs,
-               train_examples=encode_pairs(train_pairs, tokenizer, cfg.max_len), **loop_options)
+               train_examples=examples, data_report=report, **loop_options)
 
 
 def _resume(out: Path, model, train_config, data, extend, verbose, loop_options) -> FitResult:
@@ -438,7 +521,7 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
     if spec["kind"] == "pairs" and pairs is None:
         raise RunFolderError(f"{out} was trained on pairs given in memory; pass them again as data=(train, valid)")
     train_pairs, valid_pairs = pairs or load_pairs(spec)
-    run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options)
+    run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose)
     if verbose:
         print(f"resuming {out} at step {step} of {tcfg.steps}", file=sys.stderr)
     return _result(run, run_loop(run, loaded["state"], loaded["key"], loaded["progress"] or None))
@@ -486,5 +569,5 @@ def evaluate(model: TrainedModel, pairs: Sequence[tuple[str, str]], *, beam_size
     return inference.evaluate(model.params, model.cfg, model.tokenizer, list(pairs), beam_size=beam_size, **options)
 
 
-__all__ = ["FitResult", "MODEL_DEFAULTS", "RunFolderError", "TrainedModel", "evaluate", "fit", "load", "load_pairs",
-           "model_config", "predict", "task_data", "tokenizer_for", "tokenizer_spec", "tsv_data"]
+__all__ = ["FitResult", "MODEL_DEFAULTS", "RunFolderError", "TrainedModel", "evaluate", "fit", "fit_data", "load",
+           "load_pairs", "model_config", "predict", "task_data", "tokenizer_for", "tokenizer_spec", "tsv_data"]

@@ -8,9 +8,12 @@ optimizer) is one jitted function whose old state is donated.
 The loop (`run_loop`) adds what a person training wants: a progress line (loss, token accuracy,
 tokens/s, ETA), evaluation on the held-out set, metrics as JSON lines, a PNG of the curves, the last
 checkpoint every `save_every` steps, at the end and on Ctrl-C, and the best one (by the held-out
-metric `best_by`, exact match unless told otherwise) at each evaluation that improves it; a NaN or inf loss stops the run and keeps the last good
-checkpoint. Callbacks see every logged record and may stop the run; `patience` stops it after that
-many evaluations without improvement. Batch k is a pure function of (seed, k), so resuming is exact.
+metric `best_by`, exact match unless told otherwise) at each evaluation that improves it; a NaN or
+inf loss stops the run and keeps the last good checkpoint. Callbacks see every logged record and may stop the run; `patience` stops it after that
+many evaluations without improvement. Batch k is a pure function of (seed, k), so resuming is exact;
+that holds for both batchings: `batch_size` examples padded to the longest, or (`max_tokens`)
+batches of about max_tokens padded tokens from examples of similar length (data.token_batch_plans).
+Each training record carries `pad_fraction`, the share of the batches' token slots that is padding.
 
 The public entry point, with run folders, resume rules and data loading, is `runs.fit` (`ft.fit`).
 """
@@ -23,7 +26,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -33,7 +36,8 @@ from backends import random as ftrandom
 from . import api, checkpoint, checks, gradients, optim, parallel
 from .inference import evaluate
 from .metrics import MISSING_NOTE, TEXT_METRICS, require_sacrebleu, sacrebleu_available
-from .data import EncodedPair, Tokenizer, batch_indices, batch_iterator
+from .data import (BatchPlan, EncodedPair, Tokenizer, fixed_batch_plans, plan_batch, plan_counts,
+                   token_batch_plans, token_buckets)
 
 SCHEDULES = ("transformer", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -50,6 +54,9 @@ class TrainConfig:
 
     steps: int = 2000
     batch_size: int = 64
+    # Batches of at most this many padded tokens (rows x length) from examples of similar length,
+    # instead of batch_size examples (None: batch_size).
+    max_tokens: int | None = None
     learning_rate: float = 2e-3
     warmup_steps: int = 200
     schedule: str = "cosine"
@@ -74,6 +81,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1 (or None for batch_size batches), got {self.max_tokens}")
         if self.patience < 0:
             raise ValueError(f"patience must be 0 (off) or positive, got {self.patience}")
         if not 0 <= self.schedule_start < self.steps:
@@ -204,6 +213,25 @@ class Run:
     # A device mesh (parallel.make_mesh; None: one device) and whether to shard the state over it.
     mesh: object = None
     shard_params: bool = False
+    # What fitting the data to the model's max_len did (runs.fit_data): logged once as the "data" record.
+    data_report: dict | None = None
+
+
+def batch_plans(run: Run, start_step: int) -> Iterator[BatchPlan]:
+    """The run's global batches from start_step: batch_size examples padded to the longest (rounded
+    up to 8), or with max_tokens, token-budget batches from length buckets."""
+    tcfg = run.tcfg
+    if tcfg.max_tokens:
+        return token_batch_plans(run.train_examples, tcfg.max_tokens, tcfg.seed, start_step, max_len=run.cfg.max_len)
+    return fixed_batch_plans(run.train_examples, tcfg.batch_size, tcfg.seed, start_step, pad_to_multiple=8)
+
+
+def check_batches_split(run: Run, mesh) -> None:
+    """An error naming the fix unless every global batch's rows split evenly over the mesh's devices."""
+    if run.tcfg.max_tokens:
+        token_buckets(run.train_examples, run.tcfg.max_tokens, run.cfg.max_len).check_split(parallel.device_count(mesh))
+    else:
+        parallel.check_batch_size(run.tcfg.batch_size, mesh)
 
 
 def _format_eta(seconds: float) -> str:
@@ -270,7 +298,7 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
     start_step = int(backend.to_numpy(state["step"]))
     mesh = run.mesh
     if mesh is not None:
-        parallel.check_batch_size(tcfg.batch_size, mesh)
+        check_batches_split(run, mesh)
         state = parallel.place_state(state, mesh, run.shard_params)
         key = backend.jax.device_put(key, parallel.replicated(mesh))
     sharded = {} if mesh is None else {"mesh": mesh, "state": state, "shard_params": run.shard_params}
@@ -282,6 +310,12 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
         run.out_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = run.out_dir / "metrics.jsonl"
         _keep_records_up_to(metrics_path, start_step)  # at step 0: a fresh log
+    history: list[dict] = []
+    if start_step == 0 and run.data_report:  # once per run; kept in the log when it resumes
+        history.append({"step": 0, "split": "data", **run.data_report})
+        if metrics_path is not None:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(history[-1]) + "\n")
 
     def host(tree):
         # Sharded arrays gathered to NumPy (a collective with many processes: every one calls it).
@@ -302,8 +336,6 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                              f"checkpoint saved before ({last_saved or 'none was saved yet'}) is intact; free some "
                              "space or fix the folder, then resume") from err
 
-    history: list[dict] = []
-
     def log(record) -> bool:
         history.append(record)
         if metrics_path is not None:
@@ -312,21 +344,20 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
         return any([bool(callback(record["step"], record)) for callback in run.callbacks])
 
     # With many processes each builds only its own rows of every global batch.
-    n_processes = parallel.process_count()
-    batches = batch_iterator(run.train_examples, tcfg.batch_size, tcfg.seed, start_step,
-                             pad_id=cfg.pad_id, pad_to_multiple=8, process_index=parallel.process_index(),
-                             process_count=n_processes)
+    plans, rank, n_processes = batch_plans(run, start_step), parallel.process_index(), parallel.process_count()
     valid = run.valid_pairs[: run.eval_examples]
     if valid and run.progress and not sacrebleu_available():
         print(f"held-out evaluations: {MISSING_NOTE}", file=sys.stderr, flush=True)
     t_start = time.perf_counter()
-    window_tokens, window_t0 = 0, time.perf_counter()
+    # Target tokens, source + decoder tokens and token slots of the global batches since the last record.
+    window_tokens, window_filled, window_slots, window_t0 = 0, 0, 0, time.perf_counter()
     step = start_step
     last_saved = None
     summary: dict = {"stopped": "finished"}
     try:
         while step < tcfg.steps:
-            host_batch = next(batches)
+            plan = next(plans)
+            host_batch = plan_batch(run.train_examples, plan, cfg.pad_id, rank, n_processes)
             checks.check_token_ids("src", host_batch["src"], cfg.src_vocab_size, cfg.max_len, backend)
             checks.check_token_ids("tgt_in", host_batch["tgt_in"], cfg.tgt_vocab_size, cfg.max_len, backend)
             batch = parallel.put_batch(host_batch, mesh) if mesh is not None else backend.tree_asarray(host_batch)
@@ -342,11 +373,10 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                     f"the loss became {loss} at step {step}; training stopped. The last good checkpoint "
                     f"({last_saved or 'none was saved yet'}) is kept. Try a lower --learning-rate or --clip-norm."
                 )
-            if n_processes == 1:
-                window_tokens += int(np.count_nonzero(host_batch["tgt_out"] != cfg.pad_id))
-            else:  # the global batch's tokens, from the examples' lengths (this process holds only its rows)
-                window_tokens += sum(len(run.train_examples[i].tgt) - 1 for i in batch_indices(
-                    len(run.train_examples), tcfg.batch_size, tcfg.seed, step - 1))
+            # The global batch's counts, from the examples' lengths (a process may hold only its rows).
+            counts = plan_counts(run.train_examples, plan)
+            window_tokens, window_filled, window_slots = (total + count for total, count in zip(
+                (window_tokens, window_filled, window_slots), counts))
             stop = None
             if step % tcfg.log_every == 0 or step == tcfg.steps:
                 now = time.perf_counter()
@@ -354,13 +384,13 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                 accuracy = float(metrics["accuracy"])
                 record = {"step": step, "split": "train", "loss": loss, "accuracy": accuracy,
                           "grad_norm": float(metrics["grad_norm"]), "tokens_per_s": tokens_per_s,
-                          "time_s": now - t_start}
+                          "pad_fraction": 1 - window_filled / window_slots, "time_s": now - t_start}
                 if log(record):
                     stop = "callback"
                 if run.progress:
                     line = _progress_line(step, tcfg.steps, loss, accuracy, tokens_per_s, now - t_start, start_step)
                     print(line, file=sys.stderr, flush=True)
-                window_tokens, window_t0 = 0, time.perf_counter()
+                window_tokens, window_filled, window_slots, window_t0 = 0, 0, 0, time.perf_counter()
             if (step % tcfg.eval_every == 0 or step == tcfg.steps) and valid:
                 # Sharded params are gathered to one device: each process evaluates the same whole model.
                 eval_params = backend.tree_asarray(host(state["params"])) if mesh is not None else state["params"]

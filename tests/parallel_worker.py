@@ -2,7 +2,7 @@
 be set before JAX starts, so not in the pytest process). Trains the same tiny run at several
 device counts and writes each run's losses and final params, and how its params are laid out, to
 an .npz file: `python tests/parallel_worker.py OUT.npz RUNS_JSON [CHECKPOINT_DIR]`, where RUNS_JSON
-is a list of [devices, shard_params, grad_method]."""
+is a list of [devices, shard_params, grad_method] or [devices, shard_params, grad_method, max_tokens]."""
 
 import json
 import sys
@@ -23,10 +23,11 @@ def flat(tree, prefix):
 
 def main(out, runs, checkpoint_dir=None):
     arrays = {}
-    for devices, shard_params, grad_method in runs:
-        label = f"{devices}-{'fsdp' if shard_params else 'dp'}-{grad_method}"
+    for devices, shard_params, grad_method, *max_tokens in runs:
+        label = f"{devices}-{'fsdp' if shard_params else 'dp'}-{grad_method}" + "".join(f"-tok{n}" for n in max_tokens)
+        batching = {"max_tokens": max_tokens[0]} if max_tokens else {"batch_size": 16}
         to_disk = checkpoint_dir if (checkpoint_dir and devices == 8 and shard_params) else None
-        result = ft.fit(MODEL, {"steps": STEPS, "batch_size": 16, "log_every": 1, "eval_every": STEPS,
+        result = ft.fit(MODEL, {"steps": STEPS, **batching, "log_every": 1, "eval_every": STEPS,
                                 "save_every": STEPS, "grad_method": grad_method}, DATA,
                         out_dir=to_disk, overwrite=True, progress=False, verbose=False,
                         devices=devices, shard_params=shard_params)

@@ -290,3 +290,19 @@ def test_peers_flag_without_the_library_is_one_clear_error(monkeypatch):
     assert resolve_settings(parse_args(["--quick"])).peers == ()
     monkeypatch.setitem(peers.PEER_MODULES, "torch", "json")  # any installed module: the check passes
     assert resolve_settings(parse_args(["--peers", "torch", "torch"])).peers == ("torch",)
+
+def test_token_batching_benchmark_reports_both_batchings():
+    """benchmarks.token_batching on a tiny workload (NumPy: nothing to compile): padding, shapes and tokens/s."""
+    import argparse
+
+    from benchmarks import token_batching
+
+    args = argparse.Namespace(n=60, low=2, high=20, batch_size=4, max_tokens=None, steps=1, reps=2)
+    result = token_batching.measure("numpy", args)
+    assert result["budget_tokens"] == 4 * 24 and result["max_len"] == 24
+    for name in ("fixed", "max_tokens"):
+        r = result[name]
+        assert 0 <= r["pad_fraction"] < 1 and r["shapes"] >= 1 and len(r["times_s"]) == 2 and r["tokens_per_s"] > 0
+    assert result["max_tokens"]["pad_fraction"] < result["fixed"]["pad_fraction"]
+    table = token_batching.table([result])
+    assert "| numpy | --batch-size 4 |" in table and "| numpy | --max-tokens 96 |" in table

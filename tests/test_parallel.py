@@ -69,6 +69,14 @@ def test_same_trajectory_at_1_2_and_8_devices(tmp_path, grad_method):
 
 
 @jax_suite
+def test_max_tokens_batches_give_the_same_trajectory_on_8_devices(tmp_path):
+    # 128 tokens of rows padded to 8 (max_len 8): 16 rows per batch, split 2 to each device.
+    got = run_worker(tmp_path, [[1, False, "vjp", 128], [8, False, "vjp", 128]])
+    assert len(got["1-dp-vjp-tok128/loss"]) == 20
+    assert_same_run(got, got, "8-dp-vjp-tok128", "1-dp-vjp-tok128")
+
+
+@jax_suite
 @pytest.mark.slow
 def test_same_trajectory_full_matrix(tmp_path):
     """Every count with both layouts and both gradient methods against one device."""

@@ -9,27 +9,42 @@ Typical use:
     tokenizer = CharTokenizer.from_texts([task_alphabet("reverse")])
     examples = encode_pairs(train, tokenizer, max_len=16)
     batches = batch_iterator(examples, batch_size=64, seed=0, start_step=step)
+    # or batches of about 4096 padded tokens from examples of similar length:
+    batches = token_batch_iterator(examples, max_tokens=4096, seed=0, start_step=step, max_len=16)
 """
 
 from .batching import (
     Batch,
+    BatchPlan,
     EncodedPair,
+    TokenBuckets,
     batch_indices,
     batch_iterator,
+    bucket_lengths,
     encode_pairs,
     epoch_permutation,
+    fit_to_length,
+    fixed_batch_plans,
     iterate_batches,
+    length_problem,
     make_batch,
+    plan_batch,
+    plan_counts,
     process_batch,
+    token_batch_iterator,
+    token_batch_plans,
+    token_buckets,
+    token_rows,
 )
 from .tasks import DEFAULT_ALPHABET, TASKS, Task, get_task, make_task_data, task_alphabet
 from .tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, CharTokenizer, Tokenizer, TokenizerPair,
                         tokenizer_from_json)
-from .tsv import DataError, read_lines, read_tsv, write_tsv
+from .tsv import DataError, read_lines, read_tsv, tsv_line_numbers, write_tsv
 
 __all__ = [
     "BOS_ID",
     "Batch",
+    "BatchPlan",
     "CharTokenizer",
     "DEFAULT_ALPHABET",
     "DataError",
@@ -38,22 +53,34 @@ __all__ = [
     "PAD_ID",
     "SPECIAL_TOKENS",
     "TASKS",
+    "TokenBuckets",
     "Task",
     "Tokenizer",
     "TokenizerPair",
     "UNK_ID",
     "batch_indices",
     "batch_iterator",
+    "bucket_lengths",
     "encode_pairs",
     "epoch_permutation",
+    "fit_to_length",
+    "fixed_batch_plans",
     "get_task",
     "iterate_batches",
+    "length_problem",
     "make_batch",
     "make_task_data",
+    "plan_batch",
+    "plan_counts",
     "process_batch",
     "read_lines",
     "read_tsv",
     "task_alphabet",
+    "token_batch_iterator",
+    "token_batch_plans",
+    "token_buckets",
+    "token_rows",
     "tokenizer_from_json",
+    "tsv_line_numbers",
     "write_tsv",
 ]

@@ -19,13 +19,26 @@ Contract:
   batch k's rows (`process_batch`), padded to the whole global batch's lengths (computed from the
   examples' lengths alone), so every process's arrays have the same shape and the processes'
   slices, concatenated in process order, are the global batch.
+- `token_batch_plans` (`--max-tokens`) groups examples of similar length instead: an example's size
+  is max(source length, decoder length); it falls in the first of `bucket_lengths(max_len)` at
+  least that long (multiples of 8 to 64, then four steps per doubling), and a batch of bucket
+  length L has `token_rows(max_tokens, L)` rows (max_tokens // L rounded down to a multiple of 8,
+  or a power of two below 8), its source and target both padded to L. Each epoch permutes every
+  bucket's examples and cuts them into full batches; the few left over join the next longer
+  bucket, and those of the longest end in one last batch filled up with rows that have no targets
+  (index -1: a copy of the batch's first example whose `tgt_out` is all pad). The epoch's batches
+  are then shuffled. The number of batches per epoch depends only on the lengths, so batch k is a
+  pure function of (examples, max_tokens, max_len, seed, k), and the shapes are one per bucket
+  used: JAX compiles a handful of programs, not one per batch.
+- A `BatchPlan` (the example indices of one global batch and its padded lengths) is what both
+  orders produce; `plan_batch` builds a process's rows of it and `plan_counts` its token counts.
 - `iterate_batches` is one pass in the given order, the last batch possibly smaller, or filled up
   with rows that have no targets (`fill_last`): for evaluation.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -46,33 +59,64 @@ def _shorten(text: str, limit: int = 40) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
-def encode_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_len: int | None) -> list[EncodedPair]:
-    """The pairs as ids (see the module docstring); ValueError naming every example too long or empty."""
+def length_problem(example: EncodedPair, max_len: int | None) -> str | None:
+    """Why `example` does not fit a model of `max_len` (its source, or bos + target, is longer), or None."""
+    if not example.src:
+        return "empty source"
+    if max_len is not None and len(example.src) > max_len:
+        return f"source has {len(example.src)} tokens, more than max_len={max_len}"
+    if max_len is not None and len(example.tgt) - 1 > max_len:
+        return (f"target has {len(example.tgt) - 2} tokens, so the decoder sequence (target + bos/eos) has "
+                f"{len(example.tgt) - 1}, more than max_len={max_len}")
+    return None
+
+
+def encode_pair(source: str, target: str, tokenizer: Tokenizer) -> EncodedPair:
+    """One pair as ids, `tgt` between bos and eos; no length check."""
+    return EncodedPair(tuple(tokenizer.source.encode(source)),
+                       (tokenizer.bos_id, *tokenizer.target.encode(target), tokenizer.eos_id))
+
+
+def encode_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_len: int | None,
+                 where: Callable[[int], str] | None = None) -> list[EncodedPair]:
+    """The pairs as ids (see the module docstring); ValueError naming every example too long or empty.
+
+    where(i) names example i in that error (default "example i (source ..., target ...)"), e.g.
+    a file and line."""
     if max_len is not None and max_len < 1:
         raise ValueError(f"max_len must be at least 1 (or None for no limit), got {max_len}")
-    encoded: list[EncodedPair] = []
-    problems: list[str] = []
-    for index, (source, target) in enumerate(pairs):
-        src = tuple(tokenizer.source.encode(source))
-        tgt = (tokenizer.bos_id, *tokenizer.target.encode(target), tokenizer.eos_id)
-        where = f"example {index} (source {_shorten(source)}, target {_shorten(target)})"
-        if not src:
-            problems.append(f"{where}: empty source")
-        elif max_len is not None and len(src) > max_len:
-            problems.append(f"{where}: source has {len(src)} tokens, more than max_len={max_len}")
-        elif max_len is not None and len(tgt) - 1 > max_len:
-            problems.append(
-                f"{where}: target has {len(tgt) - 2} tokens, so the decoder sequence (target + bos/eos) has "
-                f"{len(tgt) - 1}, more than max_len={max_len}"
-            )
-        encoded.append(EncodedPair(src, tgt))
+    encoded = [encode_pair(source, target, tokenizer) for source, target in pairs]
+    problems = [(index, problem) for index, example in enumerate(encoded)
+                if (problem := length_problem(example, max_len)) is not None]
     if problems:
-        shown = "\n".join(f"  {p}" for p in problems[:_MAX_REPORTED])
+        def name(index):
+            if where is not None:
+                return where(index)
+            source, target = pairs[index]
+            return f"example {index} (source {_shorten(source)}, target {_shorten(target)})"
+
+        shown = "\n".join(f"  {name(index)}: {problem}" for index, problem in problems[:_MAX_REPORTED])
         more = f"\n  ... and {len(problems) - _MAX_REPORTED} more" if len(problems) > _MAX_REPORTED else ""
         raise ValueError(
-            f"{len(problems)} example(s) cannot be used (raise max_len, or filter the data):\n{shown}{more}"
+            f"{len(problems)} example(s) cannot be used (each must fit the model's max_len: shorten or remove "
+            f"them, or use a model with a larger max_len):\n{shown}{more}"
         )
     return encoded
+
+
+def fit_to_length(examples: Sequence[EncodedPair], max_len: int, truncate: bool = False) -> tuple[list[EncodedPair], int]:
+    """(the examples that fit max_len, how many did not): those are dropped, or with `truncate` cut
+    to fit (the source to max_len ids, the target to max_len - 1 ids and eos; see `length_problem`)."""
+    kept, n_long = [], 0
+    for example in examples:
+        if length_problem(example, max_len) is None:
+            kept.append(example)
+            continue
+        n_long += 1
+        if truncate:
+            tgt = example.tgt if len(example.tgt) - 1 <= max_len else (*example.tgt[:max_len], example.tgt[-1])
+            kept.append(EncodedPair(example.src[:max_len], tgt))
+    return kept, n_long
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -143,14 +187,39 @@ def _check_processes(batch_size: int, process_index: int, process_count: int) ->
         raise ValueError(f"batch_size {batch_size} does not split evenly over {process_count} processes")
 
 
+class BatchPlan(NamedTuple):
+    """One global training batch before it is built: which examples, and the lengths it is padded to."""
+
+    indices: np.ndarray  # (rows,) example indices; -1 marks a filler row (no targets), only at the end
+    src_len: int
+    tgt_len: int
+
+
+def plan_batch(examples: Sequence[EncodedPair], plan: BatchPlan, pad_id: int = PAD_ID, process_index: int = 0,
+               process_count: int = 1) -> Batch:
+    """Process `process_index`'s contiguous share of the plan's rows (all of them with one process),
+    padded to the plan's lengths. A filler row is a copy of the batch's first example whose
+    `tgt_out` is all `pad_id`, so a masked loss counts nothing there."""
+    rows = len(plan.indices) // process_count
+    mine = plan.indices[process_index * rows:(process_index + 1) * rows]
+    first = examples[plan.indices[0]]
+    batch = _fill_batch([examples[i] if i >= 0 else first for i in mine], pad_id, plan.src_len, plan.tgt_len)
+    batch["tgt_out"][mine < 0] = pad_id
+    return batch
+
+
+def plan_counts(examples: Sequence[EncodedPair], plan: BatchPlan) -> tuple[int, int, int]:
+    """(target tokens, source + decoder tokens, source + decoder slots) of the global batch: the
+    padding fraction is 1 - tokens / slots (filler rows are all padding)."""
+    real = [examples[i] for i in plan.indices if i >= 0]
+    targets = sum(len(e.tgt) - 1 for e in real)
+    return targets, targets + sum(len(e.src) for e in real), len(plan.indices) * (plan.src_len + plan.tgt_len)
+
+
 def _local_batch(examples, indices, process_index, process_count, pad_id, pad_to_multiple) -> Batch:
     """This process's contiguous share of the rows `indices`, padded to the lengths of all of them."""
-    if process_count == 1:
-        return make_batch([examples[i] for i in indices], pad_id, pad_to_multiple)
-    src_len, tgt_len = _padded_lengths([examples[i] for i in indices], pad_to_multiple)
-    rows = len(indices) // process_count
-    mine = indices[process_index * rows:(process_index + 1) * rows]
-    return _fill_batch([examples[i] for i in mine], pad_id, src_len, tgt_len)
+    plan = BatchPlan(indices, *_padded_lengths([examples[i] for i in indices], pad_to_multiple))
+    return plan_batch(examples, plan, pad_id, process_index, process_count)
 
 
 def process_batch(
@@ -178,17 +247,22 @@ def batch_iterator(
 ) -> Iterator[Batch]:
     """Training batches for step start_step, start_step + 1, ...; batch k depends only on (seed, k).
     With process_count > 1, each is this process's share of the global batch (`process_batch`)."""
+    _check_processes(batch_size, process_index, process_count)
+    plans = fixed_batch_plans(examples, batch_size, seed, start_step, pad_to_multiple=pad_to_multiple)
+    return (plan_batch(examples, plan, pad_id, process_index, process_count) for plan in plans)
+
+
+def fixed_batch_plans(examples: Sequence[EncodedPair], batch_size: int, seed: int, start_step: int = 0, *,
+                      pad_to_multiple: int = 1) -> Iterator[BatchPlan]:
+    """The plans of `batch_iterator`: batch_size rows each, padded to the longest rounded up to pad_to_multiple."""
     n = len(examples)
     _check_batching(n, batch_size, seed)
-    _check_processes(batch_size, process_index, process_count)
     if start_step < 0:
         raise ValueError(f"start_step must be non-negative, got {start_step}")
-    return _batches_from(examples, batch_size, seed, start_step, pad_id, pad_to_multiple, process_index,
-                         process_count)
+    return _fixed_plans_from(examples, batch_size, seed, start_step, pad_to_multiple)
 
 
-def _batches_from(examples, batch_size, seed, start_step, pad_id, pad_to_multiple, process_index=0,
-                  process_count=1) -> Iterator[Batch]:
+def _fixed_plans_from(examples, batch_size, seed, start_step, pad_to_multiple) -> Iterator[BatchPlan]:
     n = len(examples)
     cache: dict[int, np.ndarray] = {}  # the permutations in use; a batch spans at most a few epochs
 
@@ -202,8 +276,125 @@ def _batches_from(examples, batch_size, seed, start_step, pad_id, pad_to_multipl
     step = start_step
     while True:
         indices = _batch_indices(n, batch_size, seed, step, permutation)
-        yield _local_batch(examples, indices, process_index, process_count, pad_id, pad_to_multiple)
+        yield BatchPlan(indices, *_padded_lengths([examples[i] for i in indices], pad_to_multiple))
         step += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches of about max_tokens tokens from length buckets (see the module docstring)
+
+
+def bucket_lengths(max_len: int) -> tuple[int, ...]:
+    """The padded lengths of token-budget batches: 8, 16, ..., 64, then four steps per doubling
+    (80, 96, 112, 128, 160, ...), below max_len, and max_len itself."""
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, got {max_len}")
+    lengths, length = [], 8
+    while length < max_len:
+        lengths.append(length)
+        length += 8 if length < 64 else 2 ** (length.bit_length() - 3)
+    return (*lengths, max_len)
+
+
+def token_rows(max_tokens: int, length: int) -> int:
+    """Rows of a batch of `length` within max_tokens: max_tokens // length rounded down to a multiple
+    of 8, or to a power of two below 8 (so that 1, 2, 4 or 8 devices split every batch); 0 if none fits."""
+    rows = max_tokens // length
+    return rows - rows % 8 if rows >= 8 else (1 << (rows.bit_length() - 1) if rows else 0)
+
+
+def example_size(example: EncodedPair) -> int:
+    """The length an example needs: the longer of its source and its decoder sequence (bos + target)."""
+    return max(len(example.src), len(example.tgt) - 1)
+
+
+class TokenBuckets(NamedTuple):
+    """The examples grouped by padded length for a token budget; `epoch_plans` orders one epoch."""
+
+    bucket_of: np.ndarray  # (n_examples,) index into `lengths` of each example's bucket
+    lengths: tuple[int, ...]  # the padded length of each bucket that holds examples, ascending
+    rows: tuple[int, ...]  # rows of a batch of each bucket
+    batches_per_epoch: int
+
+    def epoch_plans(self, seed: int, epoch: int) -> list[BatchPlan]:
+        """Epoch `epoch`'s batches in training order, from (seed, epoch) alone."""
+        rng = np.random.default_rng([int(seed), int(epoch)])
+        plans, carried = [], np.empty(0, dtype=np.int64)
+        for bucket, (length, rows) in enumerate(zip(self.lengths, self.rows)):
+            pool = np.concatenate([carried, rng.permutation(np.flatnonzero(self.bucket_of == bucket))])
+            n_full = len(pool) // rows
+            plans += [BatchPlan(pool[k * rows:(k + 1) * rows], length, length) for k in range(n_full)]
+            carried = pool[n_full * rows:]  # shorter than the next bucket's length: they join it
+        if len(carried):
+            filler = np.full(self.rows[-1] - len(carried), -1, dtype=np.int64)
+            plans.append(BatchPlan(np.concatenate([carried, filler]), self.lengths[-1], self.lengths[-1]))
+        return [plans[i] for i in rng.permutation(len(plans))]
+
+    def check_split(self, count: int, what: str = "devices") -> None:
+        """ValueError unless every batch's rows split evenly over `count` devices (or processes)."""
+        bad = [(rows, length) for rows, length in zip(self.rows, self.lengths) if rows % count]
+        if bad:
+            rows, length = bad[-1]
+            raise ValueError(f"batches of {length} tokens per row have {rows} rows within --max-tokens, which do not "
+                             f"split evenly over {count} {what}; raise --max-tokens to at least {count * length}, "
+                             "or use 1, 2, 4 or 8 of them")
+
+
+def token_buckets(examples: Sequence[EncodedPair], max_tokens: int, max_len: int) -> TokenBuckets:
+    """The buckets of `token_batch_plans`; ValueError if a used bucket's length exceeds max_tokens."""
+    if not examples:
+        raise ValueError("no examples to batch")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    all_lengths = np.asarray(bucket_lengths(max_len))
+    sizes = np.fromiter((example_size(e) for e in examples), dtype=np.int64, count=len(examples))
+    if sizes.max() > max_len:
+        raise ValueError(f"an example needs {sizes.max()} tokens, more than max_len={max_len}")
+    used, bucket_of = np.unique(np.searchsorted(all_lengths, sizes), return_inverse=True)
+    lengths = tuple(int(n) for n in all_lengths[used])
+    rows = tuple(token_rows(max_tokens, n) for n in lengths)
+    if rows[-1] == 0:
+        raise ValueError(f"--max-tokens {max_tokens} is less than one row of the longest examples, padded to "
+                         f"{lengths[-1]} tokens; raise it to at least {lengths[-1]}")
+    counts = np.bincount(bucket_of, minlength=len(lengths))
+    n_batches, carried = 0, 0
+    for count, n_rows in zip(counts, rows):
+        n_batches += (carried + count) // n_rows
+        carried = (carried + count) % n_rows
+    return TokenBuckets(bucket_of.reshape(-1), lengths, rows, n_batches + (carried > 0))
+
+
+def token_batch_plans(examples: Sequence[EncodedPair], max_tokens: int, seed: int, start_step: int = 0, *,
+                      max_len: int) -> Iterator[BatchPlan]:
+    """Plans of batches of at most max_tokens padded tokens (rows x length) from length buckets,
+    for step start_step, start_step + 1, ...; batch k depends only on (examples, max_tokens, max_len, seed, k)."""
+    return _token_plans_from(token_buckets(examples, max_tokens, max_len), seed, start_step)
+
+
+def _token_plans_from(buckets: TokenBuckets, seed: int, start_step: int) -> Iterator[BatchPlan]:
+    _check_batching(len(buckets.bucket_of), 1, seed)
+    if start_step < 0:
+        raise ValueError(f"start_step must be non-negative, got {start_step}")
+    return _token_plans_after(buckets, seed, start_step)
+
+
+def _token_plans_after(buckets: TokenBuckets, seed: int, start_step: int) -> Iterator[BatchPlan]:
+    epoch, offset = divmod(start_step, buckets.batches_per_epoch)
+    while True:
+        yield from buckets.epoch_plans(seed, epoch)[offset:]
+        epoch, offset = epoch + 1, 0
+
+
+def token_batch_iterator(examples: Sequence[EncodedPair], max_tokens: int, seed: int, start_step: int = 0, *,
+                         max_len: int, pad_id: int = PAD_ID, process_index: int = 0,
+                         process_count: int = 1) -> Iterator[Batch]:
+    """The batches of `token_batch_plans` (this process's rows of each)."""
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, process_count), got {process_index} of {process_count}")
+    buckets = token_buckets(examples, max_tokens, max_len)
+    buckets.check_split(process_count, "processes")
+    plans = _token_plans_from(buckets, seed, start_step)
+    return (plan_batch(examples, plan, pad_id, process_index, process_count) for plan in plans)
 
 
 def iterate_batches(

@@ -53,12 +53,22 @@ def _decode(path: Path, raw: bytes) -> str:
 
 def read_tsv(path: str | os.PathLike) -> list[Pair]:
     """The (source, target) pairs of a `source<TAB>target` file, in file order."""
+    return [pair for _, pair in _read_numbered(path)]
+
+
+def tsv_line_numbers(path: str | os.PathLike) -> list[int]:
+    """The 1-based line number of each pair `read_tsv(path)` returns (blank lines are skipped), to
+    name a line in an error."""
+    return [number for number, _ in _read_numbered(path)]
+
+
+def _read_numbered(path: str | os.PathLike) -> list[tuple[int, Pair]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, "TSV data file not found", str(path))
     text = _decode(path, path.read_bytes())
 
-    pairs: list[Pair] = []
+    pairs: list[tuple[int, Pair]] = []
     problems: list[tuple[int, str]] = []
     lines = text.split("\n")  # not splitlines(): that also splits at characters a source may hold
     for line_number, line in enumerate(lines, start=1):
@@ -68,7 +78,7 @@ def read_tsv(path: str | os.PathLike) -> list[Pair]:
         problem = _line_problem(line)
         if problem is None:
             source, target = line.split("\t")
-            pairs.append((source, target))
+            pairs.append((line_number, (source, target)))
         else:
             problems.append((line_number, problem))
 
