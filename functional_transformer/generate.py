@@ -109,6 +109,15 @@ def _greedy_pick(logits, state, position, cfg, eos_id):
     }
 
 
+def _greedy_start(xp, batch: int, cfg, bos_id: int, max_steps: int) -> dict:
+    """Greedy's state before the first step: every row live, at bos, its output all pad."""
+    return {
+        "tokens": xp.full((batch,), bos_id, dtype=xp.int32),
+        "finished": xp.zeros((batch,), dtype=xp.bool),
+        "output": xp.full((batch, max_steps), cfg.pad_id, dtype=xp.int32),
+    }
+
+
 def _greedy_step(params, cache, state, position, cross_mask, cfg, eos_id):
     """One greedy step on fixed shapes over the cache -> (cache, state)."""
     logits, cache = step(params, cache, state["tokens"], position, cross_mask, cfg)
@@ -121,12 +130,7 @@ def greedy(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, 
     Stops early once every row has emitted eos_id (the rest is pad_id)."""
     backend, src = _checked_src(src, params, cfg, max_steps)
     xp = backend.xp
-    batch = src.shape[0]
-    state = {
-        "tokens": xp.full((batch,), bos_id, dtype=xp.int32),
-        "finished": xp.zeros((batch,), dtype=xp.bool),
-        "output": xp.full((batch, max_steps), cfg.pad_id, dtype=xp.int32),
-    }
+    state = _greedy_start(xp, src.shape[0], cfg, bos_id, max_steps)
     if use_cache:
         return _run_decode(backend, params, src, state, cfg, _greedy_step, eos_id, max_steps)["output"]
     # The reference: the full decoder over the whole prefix every step, a Python loop on every backend.
@@ -143,6 +147,19 @@ def greedy(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, 
 def length_penalty(length, alpha: float):
     """GNMT's ((5 + |Y|) / 6) ** alpha (Wu et al. 2016), which the paper uses with alpha = 0.6."""
     return ((5.0 + length) / 6.0) ** alpha
+
+
+def _beam_start(xp, batch: int, k: int, cfg, bos_id: int, max_steps: int) -> dict:
+    """Beam search's state before the first step, k hypotheses per row (tokens flat, (B * k,))."""
+    dtype = getattr(xp, cfg.dtype)
+    return {
+        "tokens": xp.full((batch * k,), bos_id, dtype=xp.int32),
+        # Only the first beam of a row starts live, so step one does not pick k copies of one token.
+        "scores": xp.asarray([[0.0] + [-math.inf] * (k - 1)] * batch, dtype=dtype),
+        "finished": xp.zeros((batch, k), dtype=xp.bool),
+        "lengths": xp.zeros((batch, k), dtype=dtype),
+        "history": xp.full((batch, k, max_steps), cfg.pad_id, dtype=xp.int32),
+    }
 
 
 def _beam_step(params, cache, state, position, cross_mask, cfg, eos_id):
@@ -173,6 +190,13 @@ def _beam_step(params, cache, state, position, cross_mask, cfg, eos_id):
     }
 
 
+def _best_hypothesis(state: dict, alpha: float):
+    """The history (B, max_steps) of each row's best final hypothesis by score / length_penalty."""
+    xp = array_namespace(state["scores"])
+    best_beam = xp.argmax(state["scores"] / length_penalty(state["lengths"], alpha), axis=-1)  # (B,)
+    return xp.take_along_axis(state["history"], best_beam[:, None, None], axis=1)[:, 0, :]
+
+
 def beam_search(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, beam_size: int = 4,
                 alpha: float = 0.6):
     """src (B, S) -> tokens (B, max_steps), the best of `beam_size` hypotheses by log p / length_penalty.
@@ -183,16 +207,6 @@ def beam_search(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: 
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
     backend, src = _checked_src(src, params, cfg, max_steps)
     xp = backend.xp
-    batch, k = src.shape[0], beam_size
-    dtype = getattr(xp, cfg.dtype)
-    state = {
-        "tokens": xp.full((batch * k,), bos_id, dtype=xp.int32),
-        # Only the first beam of a row starts live, so step one does not pick k copies of one token.
-        "scores": xp.asarray([[0.0] + [-math.inf] * (k - 1)] * batch, dtype=dtype),
-        "finished": xp.zeros((batch, k), dtype=xp.bool),
-        "lengths": xp.zeros((batch, k), dtype=dtype),
-        "history": xp.full((batch, k, max_steps), cfg.pad_id, dtype=xp.int32),
-    }
-    state = _run_decode(backend, params, src, state, cfg, _beam_step, eos_id, max_steps, beam_size=k)
-    best_beam = xp.argmax(state["scores"] / length_penalty(state["lengths"], alpha), axis=-1)  # (B,)
-    return xp.take_along_axis(state["history"], best_beam[:, None, None], axis=1)[:, 0, :]
+    state = _beam_start(xp, src.shape[0], beam_size, cfg, bos_id, max_steps)
+    state = _run_decode(backend, params, src, state, cfg, _beam_step, eos_id, max_steps, beam_size=beam_size)
+    return _best_hypothesis(state, alpha)
