@@ -167,8 +167,12 @@ class JaxBackend(Backend):
         return self.jax.jit(fn, static_argnames=static_argnames, donate_argnames=donate_argnames)
 
     def while_loop(self, cond, body, state):
-        # Traced once; under jit the whole loop is one XLA While, with no return to Python per pass.
-        return self.jax.lax.while_loop(cond, body, state)
+        # Under jit the whole loop is one XLA While, with no return to Python per pass. The barrier
+        # makes the initial state real arrays: without it XLA sank the transpose that made the
+        # decoding cache's cross-attention keys head-major into the loop body, redoing it every
+        # pass (benchmarks/README.md, "Decoding as one compiled loop").
+        lax = self.jax.lax
+        return lax.while_loop(cond, body, lax.optimization_barrier(state))
 
     def to_numpy(self, x):
         return np.asarray(self.jax.device_get(x))
