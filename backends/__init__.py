@@ -3,6 +3,8 @@
 This package knows nothing about Transformers. A `Backend` offers:
 - `xp`, the array namespace (`numpy` or `jax.numpy`);
 - `jit(fn, static_argnames=..., donate_argnames=...)`: `jax.jit` on JAX, the identity on NumPy;
+- `while_loop(cond, body, state)`: `jax.lax.while_loop` on JAX (one compiled loop under `jit`),
+  a plain Python `while` on NumPy;
 - tree helpers for nested dicts (`tree_map`, `tree_leaves`, `tree_flatten`, `tree_unflatten`);
 - `asarray` / `to_numpy` to move arrays in and out;
 - `scatter_add` and `set_at`, the two functional index updates the standard lacks;
@@ -71,6 +73,13 @@ class Backend:
 
     def jit(self, fn: Callable, static_argnames: tuple[str, ...] = (), donate_argnames: tuple[str, ...] = ()) -> Callable:
         return fn
+
+    def while_loop(self, cond: Callable[[Any], Any], body: Callable[[Any], Any], state: Any) -> Any:
+        """`state = body(state)` while `cond(state)` holds -> the last state. `body` must keep the
+        shapes and dtypes of every array in `state` (a tree), as `jax.lax.while_loop` requires."""
+        while bool(cond(state)):
+            state = body(state)
+        return state
 
     def asarray(self, x: Any, dtype: Any = None) -> Any:
         return self.xp.asarray(x, dtype=dtype)
@@ -156,6 +165,14 @@ class JaxBackend(Backend):
     def jit(self, fn, static_argnames=(), donate_argnames=()):
         # Memoised so that wrapping the same function twice reuses one compilation cache.
         return self.jax.jit(fn, static_argnames=static_argnames, donate_argnames=donate_argnames)
+
+    def while_loop(self, cond, body, state):
+        # Under jit the whole loop is one XLA While, with no return to Python per pass. The barrier
+        # makes the initial state real arrays: without it XLA sank the transpose that made the
+        # decoding cache's cross-attention keys head-major into the loop body, redoing it every
+        # pass (benchmarks/README.md, "Decoding as one compiled loop").
+        lax = self.jax.lax
+        return lax.while_loop(cond, body, lax.optimization_barrier(state))
 
     def to_numpy(self, x):
         return np.asarray(self.jax.device_get(x))

@@ -8,8 +8,13 @@ the new token instead of re-running the decoder over the whole prefix (O(t^2)).
 A step runs the decoder stack's own single-position step (layers.stacks.decoder_step: the same
 block code as training, in eval mode), so cached generation computes exactly what
 `model.decode_fwd` computes; `greedy(..., use_cache=False)` re-runs the full decoder each step as
-a reference. On JAX the step is jitted once (the position is a traced integer) and the loop stays
-in Python, stopping as soon as every sequence has produced end-of-sequence.
+a reference.
+
+Both searches are one step function on fixed shapes (`_greedy_step`, `_beam_step`) driven by
+`_decode`, which encodes the source, builds the cache and steps until every row has ended or
+max_steps, through `Backend.while_loop`: on JAX `_decode` is jitted whole and the loop is one
+`lax.while_loop` with the cache and the per-row state as its carry (no return to Python per token;
+one compilation per shape), on NumPy it is a Python `while` over the same step.
 """
 
 from __future__ import annotations
@@ -39,14 +44,47 @@ def step(params: dict, cache: dict, tokens, position, cross_mask, cfg):
     return logits[:, 0, :], cache
 
 
-def _start(params, src, cfg, max_steps):
+def _checked_src(src, params, cfg, max_steps):
+    """-> (backend, src on it), after the input checks (token ids are read here, outside any jit)."""
     backend, a = checks.prepare_inputs(params, cfg, False, None, src=src)
-    src = a["src"]
     if max_steps < 1 or max_steps > cfg.max_len:
         raise ValueError(f"max_steps must be in [1, max_len={cfg.max_len}], got {max_steps}")
-    memory = api.encode(params, src, cfg)
+    return backend, a["src"]
+
+
+def _decode(params: dict, src, state: dict, cfg, step_fn, eos_id: int, max_steps: int, beam_size: int) -> dict:
+    """Encode src (B, S), build the cache, then `cache, state = step_fn(...)` at positions 0, 1, ...
+    until every row has ended (all of state["finished"]) or max_steps -> the last state.
+
+    With beam_size > 1 every row's memory is repeated for its beams, (B, ...) -> (B * k, ...),
+    beams of a row adjacent. Jitted whole on JAX, where the loop is one lax.while_loop."""
+    backend = backend_of(params)
+    xp = backend.xp
+    memory = model.encode(params, src, cfg)
     cross_mask = model.padding_mask(src, cfg.pad_id)
-    return backend, src, memory, cross_mask
+    if beam_size > 1:
+        batch = src.shape[0]
+        repeat = xp.reshape(xp.broadcast_to(xp.reshape(xp.arange(batch), (batch, 1)), (batch, beam_size)), (-1,))
+        memory, cross_mask = xp.take(memory, repeat, axis=0), xp.take(cross_mask, repeat, axis=0)
+    cache = init_cache(params, memory, cfg, max_steps)
+
+    def running(carry):
+        position, _, state = carry
+        return (position < max_steps) & ~xp.all(state["finished"])
+
+    def advance(carry):
+        position, cache, state = carry
+        cache, state = step_fn(params, cache, state, position, cross_mask, cfg, eos_id)
+        return position + 1, cache, state
+
+    return backend.while_loop(running, advance, (xp.asarray(0), cache, state))[2]
+
+
+def _run_decode(backend, params, src, state, cfg, step_fn, eos_id, max_steps, beam_size=1) -> dict:
+    """_decode, jitted on JAX: one compilation per config, step function, eos_id, max_steps and shape."""
+    decode = backend.jit(_decode, static_argnames=("cfg", "step_fn", "eos_id", "max_steps", "beam_size"))
+    return decode(params, src, state, cfg=cfg, step_fn=step_fn, eos_id=eos_id, max_steps=max_steps,
+                  beam_size=beam_size)
 
 
 def _never_pad(logits, pad_id: int):
@@ -56,48 +94,51 @@ def _never_pad(logits, pad_id: int):
     return xp.where(xp.arange(logits.shape[-1]) == pad_id, xp.asarray(-math.inf, dtype=logits.dtype), logits)
 
 
-def _greedy_step(params, cache, state, position, cross_mask, cfg, eos_id):
-    """One greedy step on fixed shapes (one jit compilation for the whole loop)."""
-    backend = backend_of(cache)
+def _greedy_pick(logits, state, position, cfg, eos_id):
+    """The greedy state after the logits (B, V) at `position`: the argmax token (never pad) for a
+    live row, pad for a row that has ended."""
+    backend = backend_of(logits)
     xp = backend.xp
-    logits, cache = step(params, cache, state["tokens"], position, cross_mask, cfg)
     logits = _never_pad(logits, cfg.pad_id)
     pad = xp.asarray(cfg.pad_id, dtype=xp.int32)
     tokens = xp.where(state["finished"], pad, xp.astype(xp.argmax(logits, axis=-1), xp.int32))
-    return cache, {
+    return {
         "tokens": tokens,
         "finished": state["finished"] | (tokens == eos_id),
         "output": backend.set_at(state["output"], (slice(None), position), tokens),
     }
 
 
-def greedy(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, use_cache: bool = True):
-    """src (B, S) -> tokens (B, max_steps): the argmax token (never pad) each step, pad_id after end-of-sequence.
-
-    Stops early once every row has emitted eos_id (the rest is pad_id)."""
-    backend, src, memory, cross_mask = _start(params, src, cfg, max_steps)
-    xp = backend.xp
-    batch = src.shape[0]
-    state = {
+def _greedy_start(xp, batch: int, cfg, bos_id: int, max_steps: int) -> dict:
+    """Greedy's state before the first step: every row live, at bos, its output all pad."""
+    return {
         "tokens": xp.full((batch,), bos_id, dtype=xp.int32),
         "finished": xp.zeros((batch,), dtype=xp.bool),
         "output": xp.full((batch, max_steps), cfg.pad_id, dtype=xp.int32),
     }
-    if not use_cache:  # the reference: the full decoder over the whole prefix, every step
-        prefix = state["tokens"][:, None]
-        for position in range(max_steps):
-            logits = _never_pad(api.decode(params, memory, src, prefix, cfg)[:, -1, :], cfg.pad_id)
-            tokens = xp.where(state["finished"], cfg.pad_id, xp.astype(xp.argmax(logits, axis=-1), xp.int32))
-            state["output"] = backend.set_at(state["output"], (slice(None), position), tokens)
-            state["finished"] = state["finished"] | (tokens == eos_id)
-            prefix = xp.concat([prefix, tokens[:, None]], axis=1)
-            if bool(xp.all(state["finished"])):
-                break
-        return state["output"]
-    cache = backend.jit(init_cache, static_argnames=("cfg", "max_steps"))(params, memory, cfg, max_steps)
-    greedy_step = backend.jit(_greedy_step, static_argnames=("cfg", "eos_id"))
+
+
+def _greedy_step(params, cache, state, position, cross_mask, cfg, eos_id):
+    """One greedy step on fixed shapes over the cache -> (cache, state)."""
+    logits, cache = step(params, cache, state["tokens"], position, cross_mask, cfg)
+    return cache, _greedy_pick(logits, state, position, cfg, eos_id)
+
+
+def greedy(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, use_cache: bool = True):
+    """src (B, S) -> tokens (B, max_steps): the argmax token (never pad) each step, pad_id after end-of-sequence.
+
+    Stops early once every row has emitted eos_id (the rest is pad_id)."""
+    backend, src = _checked_src(src, params, cfg, max_steps)
+    xp = backend.xp
+    state = _greedy_start(xp, src.shape[0], cfg, bos_id, max_steps)
+    if use_cache:
+        return _run_decode(backend, params, src, state, cfg, _greedy_step, eos_id, max_steps)["output"]
+    # The reference: the full decoder over the whole prefix every step, a Python loop on every backend.
+    memory = api.encode(params, src, cfg)
+    prefix = state["tokens"][:, None]
     for position in range(max_steps):
-        cache, state = greedy_step(params, cache, state, xp.asarray(position), cross_mask, cfg, eos_id)
+        state = _greedy_pick(api.decode(params, memory, src, prefix, cfg)[:, -1, :], state, position, cfg, eos_id)
+        prefix = xp.concat([prefix, state["tokens"][:, None]], axis=1)
         if bool(xp.all(state["finished"])):
             break
     return state["output"]
@@ -106,6 +147,19 @@ def greedy(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, 
 def length_penalty(length, alpha: float):
     """GNMT's ((5 + |Y|) / 6) ** alpha (Wu et al. 2016), which the paper uses with alpha = 0.6."""
     return ((5.0 + length) / 6.0) ** alpha
+
+
+def _beam_start(xp, batch: int, k: int, cfg, bos_id: int, max_steps: int) -> dict:
+    """Beam search's state before the first step, k hypotheses per row (tokens flat, (B * k,))."""
+    dtype = getattr(xp, cfg.dtype)
+    return {
+        "tokens": xp.full((batch * k,), bos_id, dtype=xp.int32),
+        # Only the first beam of a row starts live, so step one does not pick k copies of one token.
+        "scores": xp.asarray([[0.0] + [-math.inf] * (k - 1)] * batch, dtype=dtype),
+        "finished": xp.zeros((batch, k), dtype=xp.bool),
+        "lengths": xp.zeros((batch, k), dtype=dtype),
+        "history": xp.full((batch, k, max_steps), cfg.pad_id, dtype=xp.int32),
+    }
 
 
 def _beam_step(params, cache, state, position, cross_mask, cfg, eos_id):
@@ -136,6 +190,13 @@ def _beam_step(params, cache, state, position, cross_mask, cfg, eos_id):
     }
 
 
+def _best_hypothesis(state: dict, alpha: float):
+    """The history (B, max_steps) of each row's best final hypothesis by score / length_penalty."""
+    xp = array_namespace(state["scores"])
+    best_beam = xp.argmax(state["scores"] / length_penalty(state["lengths"], alpha), axis=-1)  # (B,)
+    return xp.take_along_axis(state["history"], best_beam[:, None, None], axis=1)[:, 0, :]
+
+
 def beam_search(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, beam_size: int = 4,
                 alpha: float = 0.6):
     """src (B, S) -> tokens (B, max_steps), the best of `beam_size` hypotheses by log p / length_penalty.
@@ -144,25 +205,8 @@ def beam_search(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: 
     has emitted eos_id is finished and its score frozen. With beam_size=1 this is greedy."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
-    backend, src, memory, cross_mask = _start(params, src, cfg, max_steps)
+    backend, src = _checked_src(src, params, cfg, max_steps)
     xp = backend.xp
-    batch, k = src.shape[0], beam_size
-    # Every beam of a row shares the row's memory: (B, ...) -> (B * k, ...), beams of a row adjacent.
-    repeat = xp.reshape(xp.broadcast_to(xp.reshape(xp.arange(batch), (batch, 1)), (batch, k)), (-1,))
-    memory, cross_mask = xp.take(memory, repeat, axis=0), xp.take(cross_mask, repeat, axis=0)
-    cache = backend.jit(init_cache, static_argnames=("cfg", "max_steps"))(params, memory, cfg, max_steps)
-    state = {
-        "tokens": xp.full((batch * k,), bos_id, dtype=xp.int32),
-        # Only the first beam of a row starts live, so step one does not pick k copies of one token.
-        "scores": xp.asarray([[0.0] + [-math.inf] * (k - 1)] * batch, dtype=memory.dtype),
-        "finished": xp.zeros((batch, k), dtype=xp.bool),
-        "lengths": xp.zeros((batch, k), dtype=memory.dtype),
-        "history": xp.full((batch, k, max_steps), cfg.pad_id, dtype=xp.int32),
-    }
-    beam_step = backend.jit(_beam_step, static_argnames=("cfg", "eos_id"))
-    for position in range(max_steps):
-        cache, state = beam_step(params, cache, state, xp.asarray(position), cross_mask, cfg, eos_id)
-        if bool(xp.all(state["finished"])):
-            break
-    best_beam = xp.argmax(state["scores"] / length_penalty(state["lengths"], alpha), axis=-1)  # (B,)
-    return xp.take_along_axis(state["history"], best_beam[:, None, None], axis=1)[:, 0, :]
+    state = _beam_start(xp, src.shape[0], beam_size, cfg, bos_id, max_steps)
+    state = _run_decode(backend, params, src, state, cfg, _beam_step, eos_id, max_steps, beam_size=beam_size)
+    return _best_hypothesis(state, alpha)

@@ -495,6 +495,24 @@ def test_scatter_add_and_set_at(backend):
     np.testing.assert_array_equal(backend.to_numpy(x), np.arange(5.0))
 
 
+def test_while_loop_runs_body_until_cond_fails(backend):
+    """Collatz from 6 (6 3 10 5 16 8 4 2 1): 8 passes; under jit on JAX too; a false cond runs no pass."""
+    xp = backend.xp
+
+    def collatz(n0):
+        def body(s):
+            n = s["n"]
+            return {"n": xp.where(n % 2 == 0, n // 2, 3 * n + 1), "passes": s["passes"] + 1}
+
+        return backend.while_loop(lambda s: s["n"] != 1, body, {"n": n0, "passes": xp.asarray(0)})
+
+    for run in (collatz, backend.jit(collatz)):
+        out = run(xp.asarray(6))
+        assert (int(out["n"]), int(out["passes"])) == (1, 8)
+        out = run(xp.asarray(1))
+        assert (int(out["n"]), int(out["passes"])) == (1, 0)
+
+
 def test_each_element_depends_on_its_own_counter_alone(numpy_backend):
     """The per-element layout that lets a device draw just its slice of a sharded array: element i
     hashes counter i (bits, uniform, normal) or counter i // 2 (bernoulli), so a slice of a draw is

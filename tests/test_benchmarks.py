@@ -70,6 +70,19 @@ def test_decode_flops_grow_linearly_in_steps_beyond_the_cache_term():
     assert f[2] - 2 * f[1] + f[0] == 2 * cfg.n_decoder_layers * 4 * bc.batch * cfg.d_model
 
 
+def test_decode_bytes_read_per_step_tiny():
+    """Per decoder layer: self-attention 4 (D^2 + D), cross-attention's q and o 2 (D^2 + D), the
+    feed-forward 2 D F + F + D, three layer norms 2 D each; then the output projection D V + V and
+    the batch's embedding rows B D; float32. The cache: keys and values over T positions and S."""
+    from benchmarks.decode_bound import bytes_read_per_step
+
+    bc = CONFIGS["tiny"]
+    b, d, f, v, t, s, n = bc.batch, bc.d_model, bc.d_ff, bc.vocab_size, bc.tgt_len, bc.src_len, bc.n_layers
+    per_layer = 6 * (d * d + d) + 2 * d * f + f + d + 3 * 2 * d
+    weights = 4 * (n * per_layer + d * v + v + b * d)
+    assert bytes_read_per_step(bc) == {"weights": weights, "cache": n * 4 * 2 * b * d * (t + s)}
+
+
 # --- the environment guard ------------------------------------------------------------------------
 
 def test_without_slow_blas_vars_removes_only_those():

@@ -6,6 +6,7 @@ logit a large negative bias (`make_model(suppress_pad=True)`) so that decoded pr
 `test_cached_greedy_matches_uncached_when_the_model_emits_pad` covers the other case.
 """
 
+import functools
 import itertools
 import math
 import os
@@ -121,6 +122,30 @@ def assert_only_pad_after_eos(tokens):
         row = row.tolist()
         if EOS in row:
             assert all(t == PAD for t in row[row.index(EOS) + 1:]), row
+
+
+def python_loop(backend, params, src, cfg, *, beam_size=None, max_steps=MAX_STEPS, alpha=0.6):
+    """Decoding as it ran before the compiled loop: the search's step, jitted alone, called from a Python
+    loop that stops once every row has ended. beam_size None is greedy.
+    -> (tokens (B, max_steps), the number of steps run, the last state), as NumPy."""
+    xp = backend.xp
+    src = backend.asarray(src)
+    batch, k = src.shape[0], beam_size or 1
+    rows = backend.asarray(np.repeat(np.arange(batch), k))  # each row's memory once per beam
+    memory = xp.take(ft.encode(params, src, cfg), rows, axis=0)
+    cross_mask = xp.take(model.padding_mask(src, cfg.pad_id), rows, axis=0)
+    cache = backend.jit(generate.init_cache, static_argnames=("cfg", "max_steps"))(params, memory, cfg, max_steps)
+    if beam_size is None:
+        state, step = generate._greedy_start(xp, batch, cfg, BOS, max_steps), generate._greedy_step
+    else:
+        state, step = generate._beam_start(xp, batch, k, cfg, BOS, max_steps), generate._beam_step
+    step = backend.jit(step, static_argnames=("cfg", "eos_id"))
+    steps = 0
+    while steps < max_steps and not bool(xp.all(state["finished"])):
+        cache, state = step(params, cache, state, xp.asarray(steps), cross_mask, cfg, EOS)
+        steps += 1
+    tokens = state["output"] if beam_size is None else generate._best_hypothesis(state, alpha)
+    return to_np(backend, tokens), steps, backend.tree_to_numpy(state)
 
 
 def generate_both(backend, params, cfg, src, **kwargs):
@@ -299,6 +324,59 @@ def test_length_penalty():
     assert generate.length_penalty(1, 0.6) == 1.0
     assert generate.length_penalty(7, 0.0) == 1.0
     assert math.isclose(generate.length_penalty(7, 0.6), 2.0 ** 0.6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoding loop: one compiled lax.while_loop on JAX, a Python loop on NumPy
+
+# (vocab, seed, eos_bias, beam_size): models whose rows end at different steps, every row (every beam)
+# before max_steps, so the loop stops early (the test checks that it does).
+EARLY_STOP_CASES = [(6, 0, 1.5, 4), pytest.param(13, 5, 1.25, 2, marks=(pytest.mark.slow,) if ON_JAX else ())]
+
+
+@pytest.mark.parametrize("vocab, seed, eos_bias, beam_size", EARLY_STOP_CASES)
+def test_decoding_loop_equals_a_python_loop_of_jitted_steps(backend, vocab, seed, eos_bias, beam_size):
+    """greedy and beam_search give what the same steps give driven one by one from Python (as decoding ran
+    before the compiled loop), and cached greedy what the uncached reference gives."""
+    cfg, params, _ = make_model(backend, vocab=vocab, seed=seed, eos_bias=eos_bias)
+    src = make_src(seed)
+    kwargs = dict(bos_id=BOS, eos_id=EOS, max_steps=MAX_STEPS)
+    greedy_expected, greedy_steps, _ = python_loop(backend, params, src, cfg)
+    beam_expected, beam_steps, beam_state = python_loop(backend, params, src, cfg, beam_size=beam_size)
+    # Rows end at different steps and all before max_steps (a row's beams end with its longest one).
+    assert all(EOS in row for row in greedy_expected.tolist())
+    assert len({len(trim(row)) for row in greedy_expected}) > 1 and greedy_steps < MAX_STEPS
+    assert len(set(beam_state["lengths"].max(axis=1).tolist())) > 1 and beam_steps < MAX_STEPS
+    assert beam_state["finished"].all()
+    np.testing.assert_array_equal(to_np(backend, generate.greedy(params, src, cfg, **kwargs)), greedy_expected)
+    np.testing.assert_array_equal(to_np(backend, generate.greedy(params, src, cfg, use_cache=False, **kwargs)),
+                                  greedy_expected)
+    beam = generate.beam_search(params, src, cfg, beam_size=beam_size, **kwargs)
+    np.testing.assert_array_equal(to_np(backend, beam), beam_expected)
+
+
+def test_decoding_compiles_once_per_shape(jax_backend, monkeypatch):
+    """A second call with the same shapes (other token values) reuses the compiled loop; a new batch
+    size traces it again. Counted by a Python side effect in the step, which runs only while tracing.
+    Batch 3 and max_steps 5 are this test's own shapes, so the first call must trace."""
+    cfg, params, _ = make_model(jax_backend, seed=0, eos_bias=1.0)
+    traces = []
+    traced_step = generate.step
+
+    def counting_step(*args):
+        traces.append(args[2].shape)  # the tokens (B * beams,)
+        return traced_step(*args)
+
+    monkeypatch.setattr(generate, "step", counting_step)
+    kwargs = dict(bos_id=BOS, eos_id=EOS, max_steps=5)
+    for search in (generate.greedy, functools.partial(generate.beam_search, beam_size=2)):
+        traces.clear()
+        search(params, make_src(0, batch=3), cfg, **kwargs)
+        assert len(traces) == 1
+        search(params, make_src(1, batch=3), cfg, **kwargs)
+        assert len(traces) == 1, "the same shapes traced the decoding loop again"
+        search(params, make_src(1, batch=2), cfg, **kwargs)
+        assert len(traces) == 2
 
 
 # ---------------------------------------------------------------------------------------------
