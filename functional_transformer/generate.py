@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from backends import array_namespace, backend_of
+from backends import array_namespace, backend_of, with_x64_scope
 
 from . import api, checks, model
 from .layers import embedding, linear, softmax, stacks
@@ -71,6 +71,7 @@ def _greedy_step(params, cache, state, position, cross_mask, cfg, eos_id):
     }
 
 
+@with_x64_scope
 def greedy(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, use_cache: bool = True):
     """src (B, S) -> tokens (B, max_steps): the argmax token (never pad) each step, pad_id after end-of-sequence.
 
@@ -136,6 +137,7 @@ def _beam_step(params, cache, state, position, cross_mask, cfg, eos_id):
     }
 
 
+@with_x64_scope
 def beam_search(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, beam_size: int = 4,
                 alpha: float = 0.6):
     """src (B, S) -> tokens (B, max_steps), the best of `beam_size` hypotheses by log p / length_penalty.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends import backend_of
+from backends import backend_of, with_x64_scope
 
 from . import api
 from .data import CharTokenizer, DataError, encode_pairs, iterate_batches
@@ -33,6 +33,7 @@ class UnknownSymbolError(DataError):
         )
 
 
+@with_x64_scope
 def predict(params: dict, cfg, tokenizer: CharTokenizer, sources: list[str], *, beam_size: int = 1,
             batch_size: int = 64, max_steps: int | None = None, allow_unknown: bool = False) -> list[str]:
     """Decode each source string (greedy with beam_size=1, else beam search).
@@ -59,6 +60,7 @@ def predict(params: dict, cfg, tokenizer: CharTokenizer, sources: list[str], *, 
     return outputs[: len(sources)]  # the last batch's fill rows decode a copy of a source
 
 
+@with_x64_scope
 def evaluate(params: dict, cfg, tokenizer: CharTokenizer, pairs: list[tuple[str, str]], *, beam_size: int = 1,
              batch_size: int = 64, allow_unknown: bool = False) -> dict:
     """Teacher-forced loss and token accuracy, plus exact match and character accuracy of decoding.

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from backends import Backend, backend_of
+from backends import Backend, backend_of, with_x64_scope
 from backends import random as ftrandom
 
 from . import api, checkpoint, checks, gradients, optim, parallel
@@ -113,6 +113,7 @@ def make_optimizer(tcfg: TrainConfig, cfg) -> optim.GradientTransformation:
     return base
 
 
+@with_x64_scope
 def init_state(key, cfg, optimizer) -> dict:
     """{"params", "opt_state", "step"} for a fresh run; params drawn from `key`."""
     params = api.init(key, cfg)
@@ -141,9 +142,9 @@ def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend, *, mesh
         return new_state, metrics
 
     if mesh is not None:
-        return parallel.jit_step(train_step, mesh, state, shard_params)
+        return backend.in_x64_scope(parallel.jit_step(train_step, mesh, state, shard_params))
     if backend.name == "jax":
-        return backend.jax.jit(train_step, donate_argnames=("state",))
+        return backend.in_x64_scope(backend.jax.jit(train_step, donate_argnames=("state",)))
     return train_step
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from backends import array_namespace
+from backends import array_namespace, with_x64_scope
 
 EPS = 1e-5
 
@@ -15,6 +15,7 @@ class Saved(NamedTuple):
     scale: Any  # (d,)
 
 
+@with_x64_scope
 def init(key, d: int, dtype) -> dict:
     xp = array_namespace(key)
     return {"scale": xp.ones((d,), dtype=dtype), "bias": xp.zeros((d,), dtype=dtype)}
