@@ -23,6 +23,7 @@ def init(key, cfg) -> dict:
     the numbers (benchmarks/README.md, "Timings behind design choices"). Under a JAX trace
     (`jax.eval_shape`, `jit`) it is traced as usual."""
     backend = backend_of(key)
+    checks.check_compute_dtype(cfg, backend)
     if backend.name == "jax" and backend.is_concrete(key):
         host_params = model.init(backend.to_numpy(key), cfg)
         return backend.tree_asarray(host_params)
@@ -78,6 +79,7 @@ def grad_and_metrics(params: dict, batch: dict, cfg, train: bool = False, key=No
     backend, a = _prepare_batch(params, batch, cfg, train, key)
     method = method or default_grad_method(backend)
     fn = gradients.grad_function(method)
+    checks.check_compute_dtype(cfg, backend, method)
     if method == "autodiff" and backend.name != "jax":
         raise ValueError(f"method='autodiff' needs the JAX backend (params are on {backend.name}); use method='vjp'")
     return backend.jit(fn, static_argnames=("cfg", "train", "label_smoothing"))(

@@ -20,23 +20,25 @@ from backends import array_namespace, backend_of, with_x64_scope
 
 from . import api, checks, model
 from .layers import embedding, linear, softmax, stacks
+from .layers.precision import as_dtype
 
 
 def init_cache(params: dict, memory, cfg, max_steps: int) -> dict:
     """{"layer_i": {"self_k", "self_v", "cross_k", "cross_v"}}: empty self-attention keys/values
     (B, H, max_steps, Dh) and the memory's cross-attention keys/values (B, H, S, Dh)."""
-    return stacks.decoder_cache(params["decoder"], memory, cfg, max_steps)
+    return stacks.decoder_cache(model.compute_params(params, cfg)["decoder"], memory, cfg, max_steps)
 
 
 def step(params: dict, cache: dict, tokens, position, cross_mask, cfg):
     """The next-token logits (B, V) for tokens (B,) at `position`, and the cache with them written in."""
     xp = backend_of(cache).xp
+    params = model.compute_params(params, cfg)  # under jit: fused into the step's reads of the weights
     x = embedding.apply(params["tgt_embed"], xp.reshape(tokens, (-1, 1)), position)  # (B, 1, D)
     max_steps = next(iter(cache.values()))["self_k"].shape[2]
     self_mask = xp.reshape(xp.arange(max_steps) <= position, (1, 1, 1, max_steps))  # keys generated so far
     h, cache = stacks.decoder_step(params["decoder"], x, cache, position, self_mask, cross_mask, cfg)
     logits = linear.apply(model.output_projection(params, cfg), h)  # (B, 1, V)
-    return logits[:, 0, :], cache
+    return as_dtype(logits[:, 0, :], getattr(xp, cfg.dtype)), cache
 
 
 def _start(params, src, cfg, max_steps):
@@ -156,9 +158,9 @@ def beam_search(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: 
     state = {
         "tokens": xp.full((batch * k,), bos_id, dtype=xp.int32),
         # Only the first beam of a row starts live, so step one does not pick k copies of one token.
-        "scores": xp.asarray([[0.0] + [-math.inf] * (k - 1)] * batch, dtype=memory.dtype),
+        "scores": xp.asarray([[0.0] + [-math.inf] * (k - 1)] * batch, dtype=getattr(xp, cfg.dtype)),
         "finished": xp.zeros((batch, k), dtype=xp.bool),
-        "lengths": xp.zeros((batch, k), dtype=memory.dtype),
+        "lengths": xp.zeros((batch, k), dtype=getattr(xp, cfg.dtype)),
         "history": xp.full((batch, k, max_steps), cfg.pad_id, dtype=xp.int32),
     }
     beam_step = backend.jit(_beam_step, static_argnames=("cfg", "eos_id"))

@@ -129,6 +129,7 @@ def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend, *, mesh
     parallel.jit_step: batch rows split over the devices, the state (shaped like `state`)
     replicated, or its matrices split with shard_params; XLA adds the collectives."""
     method = tcfg.grad_method or gradients.default_grad_method(backend)
+    checks.check_compute_dtype(cfg, backend, method)
     grad_fn = gradients.grad_vjp if method == "vjp" else gradients.grad_autodiff
     train = cfg.drop_rate > 0
 
