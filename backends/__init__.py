@@ -156,8 +156,12 @@ class JaxBackend(Backend):
     the whole process. But that changed every other user of JAX in the process (`jnp.zeros(2)`
     became float64), so now the flag is set only in a scope around the library's own calls
     (`jax.enable_x64`, thread-local): around each call of a jitted function, not its definition,
-    since jit traces at call time and keys its cache on the flag; and around `asarray`, so that
-    float64 data moved to JAX stays float64. Every array the library makes names its dtype or
+    since jit traces at call time and keys its cache on the flag; around `asarray`, so that
+    float64 data moved to JAX stays float64; and around the library's entry points, random draws,
+    schedules and layer inits (`with_x64_scope`), whose eager steps see the same dtypes. Why a
+    scope rather than an error asking float64 users to turn x64 on: float32 models need the
+    float64 intermediates above too, and a scope keeps their numbers what they were (the same
+    compiled programs, benchmarks/README.md) without asking anything of the user. Every array the library makes names its dtype or
     follows its inputs, so float32 models stay float32 inside the scope; outside it the process
     keeps whatever the user chose. Arrays the library returns keep their dtype; a user computing
     on float64 results with `jax.numpy` turns x64 on themselves (or uses `backend.x64_scope()`).

@@ -17,11 +17,11 @@ from conftest import requires_jax
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run_python(code: str, **env_overrides) -> subprocess.CompletedProcess:
+def _run_python(code: str, timeout: float = 120, **env_overrides) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.update(env_overrides)
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -105,7 +105,8 @@ print("defaults", zeros, arange, flag)
 def test_using_the_library_leaves_the_users_jax_defaults_alone():
     """float64 is local to the library's calls: after init, a forward, a train step and decoding,
     in float32 and float64, a user's `jnp.zeros` is float32 and `jnp.arange` int32 as before."""
-    done = _run_python(_USER_DEFAULTS_PROGRAM, FT_BACKEND="jax", JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
+    # Compiling a forward, a train step and a decoding step in two dtypes: minutes on a loaded machine.
+    done = _run_python(_USER_DEFAULTS_PROGRAM, timeout=900, FT_BACKEND="jax", JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "defaults float32 int32 False" in done.stdout
 
