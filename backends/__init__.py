@@ -5,6 +5,9 @@ This package knows nothing about Transformers. A `Backend` offers:
 - `jit(fn, static_argnames=..., donate_argnames=...)`: `jax.jit` on JAX, the identity on NumPy;
 - `while_loop(cond, body, state)`: `jax.lax.while_loop` on JAX (one compiled loop under `jit`),
   a plain Python `while` on NumPy;
+- `x64_scope()`: a context in which JAX computes with 64-bit types, and `in_x64_scope(fn)`, fn
+  called in it (both do nothing on NumPy), so that the library's float64 never leaks out to the
+  process (see JaxBackend); `with_x64_scope`, the decorator of the library's entry points;
 - tree helpers for nested dicts (`tree_map`, `tree_leaves`, `tree_flatten`, `tree_unflatten`);
 - `asarray` / `to_numpy` to move arrays in and out;
 - `scatter_add` and `set_at`, the two functional index updates the standard lacks;
@@ -17,6 +20,7 @@ belongs to, so that library code can run on whatever arrays it is handed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from types import ModuleType, SimpleNamespace
 from typing import Any, Callable
@@ -24,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import random as _random
+from .scope import with_x64_scope
 from .namespace import array_namespace
 from .tree import tree_flatten, tree_items, tree_leaves, tree_map, tree_structure, tree_unflatten
 
@@ -35,6 +40,7 @@ __all__ = [
     "array_namespace",
     "backend_of",
     "get_backend",
+    "with_x64_scope",
     "tree_flatten",
     "tree_items",
     "tree_leaves",
@@ -80,6 +86,14 @@ class Backend:
         while bool(cond(state)):
             state = body(state)
         return state
+
+    def x64_scope(self) -> contextlib.AbstractContextManager:
+        """A context in which the backend computes with 64-bit types (NumPy always does)."""
+        return contextlib.nullcontext()
+
+    def in_x64_scope(self, fn: Callable) -> Callable:
+        """`fn` (a jitted function too: calls and `.lower`) run inside `x64_scope()`."""
+        return fn
 
     def asarray(self, x: Any, dtype: Any = None) -> Any:
         return self.xp.asarray(x, dtype=dtype)
@@ -141,9 +155,26 @@ class NumpyBackend(Backend):
 
 
 class JaxBackend(Backend):
-    """JAX: `jax.numpy` plus `jax.jit`. Creating it turns on `jax_enable_x64`, so that
-    `dtype="float64"` models really run in float64; every array this project makes names its
-    dtype, so float32 models stay float32."""
+    """JAX: `jax.numpy` plus `jax.jit`, every call of a jitted function inside `jax.enable_x64(True)`.
+
+    The library computes some things in float64 on every backend, float32 models too: the
+    learning-rate schedules and Adam's bias corrections, the sinusoidal position table, the
+    float64 intermediates of `random.uniform`/`normal` that make both backends draw the same
+    numbers; and `dtype="float64"` models are float64 throughout. So its JAX programs are traced
+    and run with 64-bit types on, as they were when this backend turned on `jax_enable_x64` for
+    the whole process. But that changed every other user of JAX in the process (`jnp.zeros(2)`
+    became float64), so now the flag is set only in a scope around the library's own calls
+    (`jax.enable_x64`, thread-local): around each call of a jitted function, not its definition,
+    since jit traces at call time and keys its cache on the flag; around `asarray`, so that
+    float64 data moved to JAX stays float64; and around the library's entry points, random draws,
+    schedules and layer inits (`with_x64_scope`), whose eager steps see the same dtypes. Why a
+    scope rather than an error asking float64 users to turn x64 on: float32 models need the
+    float64 intermediates above too, and a scope keeps their numbers what they were (the same
+    compiled programs, benchmarks/README.md) without asking anything of the user. Every array the library makes names its dtype or
+    follows its inputs, so float32 models stay float32 inside the scope; outside it the process
+    keeps whatever the user chose. Arrays the library returns keep their dtype; a user computing
+    on float64 results with `jax.numpy` turns x64 on themselves (or uses `backend.x64_scope()`).
+    """
 
     name = "jax"
 
@@ -157,14 +188,27 @@ class JaxBackend(Backend):
                 "`pip install 'functional-transformer[jax]'` (or `pip install jax`), or `uv sync` in a "
                 "checkout, or choose the NumPy backend with FT_BACKEND=numpy."
             ) from err
-        jax.config.update("jax_enable_x64", True)
         self.jax = jax
         super().__init__(jnp)
 
     @functools.lru_cache(maxsize=None)
     def jit(self, fn, static_argnames=(), donate_argnames=()):
         # Memoised so that wrapping the same function twice reuses one compilation cache.
-        return self.jax.jit(fn, static_argnames=static_argnames, donate_argnames=donate_argnames)
+        return self.in_x64_scope(self.jax.jit(fn, static_argnames=static_argnames, donate_argnames=donate_argnames))
+
+    def x64_scope(self):
+        return self.jax.enable_x64(True)  # the one setting with_x64_scope (backends/scope.py) enters too
+
+    def in_x64_scope(self, fn):
+        return _InX64Scope(fn, self)
+
+    def asarray(self, x, dtype=None):
+        with self.x64_scope():
+            return self.xp.asarray(x, dtype=dtype)
+
+    def tree_asarray(self, tree):
+        with self.x64_scope():
+            return tree_map(self.xp.asarray, tree)
 
     def while_loop(self, cond, body, state):
         # Under jit the whole loop is one XLA While, with no return to Python per pass. The barrier
@@ -188,6 +232,22 @@ class JaxBackend(Backend):
 
     def set_at(self, x, index, value):
         return x.at[index].set(value)
+
+
+class _InX64Scope:
+    """A function (a `jax.jit` one: also its `.lower`) whose every call runs in `backend.x64_scope()`."""
+
+    def __init__(self, fn: Callable, backend: Backend):
+        self.fn, self.backend = fn, backend
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        with self.backend.x64_scope():
+            return self.fn(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        with self.backend.x64_scope():
+            return self.fn.lower(*args, **kwargs)
 
 
 @functools.cache

@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from .namespace import array_namespace
+from .scope import with_x64_scope
 
 Array = Any
 
@@ -57,6 +58,7 @@ def threefry2x32(key: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
     return x0, x1
 
 
+@with_x64_scope
 def key(seed: int, xp: ModuleType) -> Array:
     """A key from a non-negative integer seed below 2**64, as a uint32 (2,) array of namespace `xp`."""
     seed = int(seed)
@@ -85,6 +87,7 @@ def _lanes(key: Array, n: int) -> tuple[Array, Array]:
     return threefry2x32(key, xp.zeros(n, dtype=xp.uint32), xp.arange(n, dtype=xp.uint32))
 
 
+@with_x64_scope
 def split(key: Array, num: int = 2) -> Array:
     """`num` new independent keys, shape (num, 2)."""
     xp = _check_key(key)
@@ -92,6 +95,7 @@ def split(key: Array, num: int = 2) -> Array:
     return xp.stack([y0, y1], axis=1)
 
 
+@with_x64_scope
 def fold_in(key: Array, data) -> Array:
     """A new key from `key` and a non-negative integer (or integer array) `data` below 2**32, such
     as a step count: the same as jax.random.fold_in (Threefry of the counter pair (0, data))."""
@@ -101,6 +105,7 @@ def fold_in(key: Array, data) -> Array:
     return xp.concat([y0, y1])
 
 
+@with_x64_scope
 def bits(key: Array, shape: tuple[int, ...]) -> Array:
     """Uniform uint32 words of the given shape: element i is the xor of lane i's two words (as JAX)."""
     xp = _check_key(key)
@@ -108,6 +113,7 @@ def bits(key: Array, shape: tuple[int, ...]) -> Array:
     return xp.reshape(y0 ^ y1, shape)
 
 
+@with_x64_scope
 def uniform(key: Array, shape: tuple[int, ...], dtype: Any = None, minval: float = 0.0, maxval: float = 1.0) -> Array:
     """Uniform floats in [minval, maxval), float32 (24 random bits) or float64 (53 random bits).
 
@@ -131,6 +137,7 @@ def uniform(key: Array, shape: tuple[int, ...], dtype: Any = None, minval: float
     return xp.reshape(xp.astype(minval + (maxval - minval) * u, xp.float32), shape)
 
 
+@with_x64_scope
 def normal(key: Array, shape: tuple[int, ...], dtype: Any = None) -> Array:
     """Standard normal floats (Box-Muller, computed in float64 and then cast to `dtype`).
 
@@ -157,6 +164,7 @@ def realised_probability(p: float) -> float:
     return round(p * 2**BERNOULLI_BITS) / 2**BERNOULLI_BITS
 
 
+@with_x64_scope
 def bernoulli(key: Array, p: float, shape: tuple[int, ...]) -> Array:
     """Booleans that are True with probability `realised_probability(p)` (p to 16 bits).
 

@@ -20,9 +20,11 @@ class BenchConfig:
     batch: int
     src_len: int
     tgt_len: int
+    compute_dtype: str | None = None  # TransformerConfig.compute_dtype (--compute-dtype)
 
     def model_config(self, drop_rate: float = 0.1) -> TransformerConfig:
-        """The float32, post-norm, untied model of the paper with this shape (dropout 0.1)."""
+        """The float32, post-norm, untied model of the paper with this shape (dropout 0.1), computing
+        in compute_dtype when one is set."""
         return TransformerConfig(
             src_vocab_size=self.vocab_size,
             tgt_vocab_size=self.vocab_size,
@@ -34,6 +36,7 @@ class BenchConfig:
             max_len=max(self.src_len, self.tgt_len),
             drop_rate=drop_rate,
             dtype="float32",
+            compute_dtype=self.compute_dtype,
         )
 
 
@@ -44,6 +47,9 @@ CONFIGS = {
     # Sentence-length sequences (a subword vocabulary, 128 tokens each way): training and decoding
     # tokens/s where attention's length-squared terms start to count. Not in the default run.
     "long": BenchConfig("long", vocab_size=1000, d_model=256, n_heads=4, d_ff=1024, n_layers=3, batch=8, src_len=128, tgt_len=128),
+    # For a GPU (about 0.5 PFLOP per train step): not in the default list, and hours per step on a CPU.
+    "big": BenchConfig("big", vocab_size=32000, d_model=1024, n_heads=16, d_ff=4096, n_layers=6, batch=128, src_len=256,
+                       tgt_len=256),
 }
 # What `python -m benchmarks` measures without --configs (results.json holds these).
 DEFAULT_CONFIGS = ("tiny", "small", "base")

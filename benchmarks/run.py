@@ -3,6 +3,7 @@
     python -m benchmarks                       # all backends, configs and measures
     python -m benchmarks --quick               # tiny config, 2 reps, 8 decode steps
     python -m benchmarks --backends numpy --configs tiny small --measure train --reps 3
+    python -m benchmarks --backends jax --configs big --measure train --compute-dtype bfloat16 --peak-tflops 989  # a GPU
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks --configs tiny --devices 1 2 8
     uv run --group peers python -m benchmarks --peers torch   # PyTorch eager in the same run
 
@@ -28,6 +29,7 @@ import backends
 import functional_transformer as ft
 from backends import Backend
 from functional_transformer import parallel
+from functional_transformer.config import COMPUTE_DTYPES
 
 from . import report
 from .configs import CONFIGS, DEFAULT_CONFIGS, BenchConfig
@@ -57,6 +59,8 @@ class Settings:
     plot_path: Path
     quick: bool
     devices: tuple[int, ...] = ()  # JAX only: time the train step on each of these device counts
+    compute_dtype: str | None = None  # TransformerConfig.compute_dtype of every config (None: float32)
+    peak_tflops: float | None = None  # "% of peak" against this given peak instead of the measured matmul peak
     shard_params: bool = False  # with devices: params sharded over them (else data parallel)
     peers: tuple[str, ...] = ()  # other libraries' implementations timed in the same run (benchmarks/peers)
 
@@ -67,13 +71,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backends", nargs="+", choices=backends.BACKEND_NAMES, default=None,
                         help="backends to measure (default: every one installed)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None,
-                        help=f"model configs (default: {' '.join(DEFAULT_CONFIGS)}; tiny with --quick)")
+                        help=f"model configs (default: {' '.join(DEFAULT_CONFIGS)}; tiny with --quick; big is for a GPU)")
     parser.add_argument("--measure", nargs="+", choices=MEASURES, default=None,
                         help="what to time (default: forward train decode; train also times train_vjp on JAX)")
     parser.add_argument("--reps", type=int, default=None, help="timed calls after the warm-up (default 5; 2 with --quick)")
     parser.add_argument("--decode-steps", type=int, default=None,
                         help="tokens decoded per row (default: the config's target length; 8 with --quick)")
     parser.add_argument("--peak-size", type=int, default=None, help="n of the n x n matmul peak (default 2048; 1024 with --quick)")
+    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default=None,
+                        help="JAX only: matmuls and activations in this dtype over float32 params (default float32)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="report %% of peak (model FLOPs utilisation) against this peak in TFLOP/s, such as the "
+                             "card's dense bf16 peak, instead of the measured float32 matmul peak")
     parser.add_argument("--json", type=Path, default=HERE / "results.json", help="results file (default benchmarks/results.json)")
     parser.add_argument("--plot", type=Path, default=HERE / "results.png", help="chart (default benchmarks/results.png)")
     parser.add_argument("--blas-threads", type=int, default=None,
@@ -104,6 +113,10 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     devices = tuple(args.devices or ())
     if args.shard_params and not devices:
         raise SystemExit("--shard-params needs --devices")
+    if args.compute_dtype and args.backends != ["jax"]:
+        raise SystemExit(f"--compute-dtype {args.compute_dtype} needs --backends jax (NumPy computes in float32 and float64 only)")
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        raise SystemExit(f"--peak-tflops must be positive, got {args.peak_tflops}")
     if devices:
         if any(n < 1 for n in devices):
             raise SystemExit(f"--devices must be positive counts, got {' '.join(map(str, devices))}")
@@ -119,7 +132,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         backends=("jax",) if devices else tuple(args.backends or backends.BACKEND_NAMES),
         configs=tuple(pick(args.configs, list(DEFAULT_CONFIGS), ["tiny"])),
         measures=("train",) if devices else tuple(args.measure or DEFAULT_MEASURES),
-        with_train_vjp=not quick and not devices,
+        with_train_vjp=not quick and not devices and args.compute_dtype is None,  # the VJPs run in float32 only
         reps=reps,
         decode_steps=pick(args.decode_steps, None, 8),
         peak_n=pick(args.peak_size, 2048, 1024),
@@ -131,6 +144,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         devices=devices,
         shard_params=args.shard_params,
         peers=peers,
+        compute_dtype=args.compute_dtype,
+        peak_tflops=args.peak_tflops,
     )
 
 
@@ -234,6 +249,7 @@ def make_record(backend: Backend, bc: BenchConfig, workload: Workload, timing, p
         "batch": bc.batch,
         "src_len": bc.src_len,
         "tgt_len": bc.tgt_len,
+        "compute_dtype": bc.model_config().activations_dtype,
         **workload.details,
     }
     if workload.xla_stats is not None:
@@ -285,14 +301,15 @@ def time_workloads(backend, settings: Settings, plan) -> tuple[list[dict], dict]
     progress(f"[{name}] matmul peak, {settings.peak_n}x{settings.peak_n} float32 ...")
     peak = matmul_peak(backend, settings.peak_n, settings.peak_reps)
     progress(f"[{name}] peak {peak['best_gflops']:.1f} GFLOP/s")
+    peak_gflops = settings.peak_tflops * 1e3 if settings.peak_tflops else peak["best_gflops"]
     records = []
     for config_name in settings.configs:
-        bc = CONFIGS[config_name]
+        bc = dataclasses.replace(CONFIGS[config_name], compute_dtype=settings.compute_dtype)
         for workload in plan(bc):
             where = f" on {workload.details['devices']} device(s)" if settings.devices else ""
             progress(f"[{name}] {config_name} {workload.measure}{where} ...")
             timing = time_workload(workload.call, backend, settings.reps)
-            record = make_record(backend, bc, workload, timing, peak["best_gflops"])
+            record = make_record(backend, bc, workload, timing, peak_gflops)
             if settings.devices:
                 record["tokens_per_s_per_device"] = record["tokens_per_s"] / record["devices"]
             records.append(record)
@@ -331,6 +348,11 @@ def run(settings: Settings) -> int:
         return 1
     env = environment()
     env["notes"] = notes
+    if settings.compute_dtype:
+        notes.append(f"every model computes in {settings.compute_dtype} over float32 params (--compute-dtype)")
+    if settings.peak_tflops:
+        notes.append(f"% of peak is the model FLOPs utilisation against the given peak of {settings.peak_tflops:g} "
+                     "TFLOP/s (--peak-tflops), not the measured matmul peak")
     if env["slow_blas_env_guard"]["slow_blas_env_vars_present"]:
         notes.append("OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set in this process (main() was called without the "
                      "`python -m benchmarks` guard): NumPy timings may be slow")

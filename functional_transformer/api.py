@@ -7,12 +7,13 @@ so a new config or new shapes compile once and are cached.
 
 from __future__ import annotations
 
-from backends import backend_of
+from backends import backend_of, with_x64_scope
 
 from . import checks, gradients, model
 from .gradients import default_grad_method
 
 
+@with_x64_scope
 def init(key, cfg) -> dict:
     """A parameter tree for `cfg` on the backend of `key` (see model.py for every key and shape).
 
@@ -22,24 +23,28 @@ def init(key, cfg) -> dict:
     the numbers (benchmarks/README.md, "Timings behind design choices"). Under a JAX trace
     (`jax.eval_shape`, `jit`) it is traced as usual."""
     backend = backend_of(key)
+    checks.check_compute_dtype(cfg, backend)
     if backend.name == "jax" and backend.is_concrete(key):
         host_params = model.init(backend.to_numpy(key), cfg)
         return backend.tree_asarray(host_params)
     return model.init(backend.asarray(key), cfg)
 
 
+@with_x64_scope
 def apply(params: dict, src, tgt_in, cfg, train: bool = False, key=None):
     """src (B, S), tgt_in (B, T) integer -> logits (B, T, V_tgt). Dropout only with train=True and a key."""
     backend, a = checks.prepare_inputs(params, cfg, train, key, src=src, tgt_in=tgt_in)
     return backend.jit(model.apply, static_argnames=("cfg", "train"))(params, a["src"], a["tgt_in"], cfg, train, key)
 
 
+@with_x64_scope
 def encode(params: dict, src, cfg, train: bool = False, key=None):
     """src (B, S) -> memory (B, S, d_model): the encoder alone."""
     backend, a = checks.prepare_inputs(params, cfg, train, key, src=src)
     return backend.jit(model.encode, static_argnames=("cfg", "train"))(params, a["src"], cfg, train, key)
 
 
+@with_x64_scope
 def decode(params: dict, memory, src, tgt_in, cfg, train: bool = False, key=None):
     """tgt_in (B, T) over memory (B, S, d_model) of src (B, S) -> logits (B, T, V_tgt): the decoder
     alone, teacher-forced (generation is in generate.py)."""
@@ -63,6 +68,7 @@ def _prepare_batch(params, batch, cfg, train, key):
     return backend, a
 
 
+@with_x64_scope
 def grad_and_metrics(params: dict, batch: dict, cfg, train: bool = False, key=None, label_smoothing: float = 0.1,
                      method: str | None = None):
     """-> (grads, metrics) with metrics {"loss", "n_tokens", "accuracy"}; what the training step uses.
@@ -73,6 +79,7 @@ def grad_and_metrics(params: dict, batch: dict, cfg, train: bool = False, key=No
     backend, a = _prepare_batch(params, batch, cfg, train, key)
     method = method or default_grad_method(backend)
     fn = gradients.grad_function(method)
+    checks.check_compute_dtype(cfg, backend, method)
     if method == "autodiff" and backend.name != "jax":
         raise ValueError(f"method='autodiff' needs the JAX backend (params are on {backend.name}); use method='vjp'")
     return backend.jit(fn, static_argnames=("cfg", "train", "label_smoothing"))(
@@ -86,6 +93,7 @@ def loss_and_grad(params: dict, batch: dict, cfg, train: bool = False, key=None,
     return metrics["loss"], grads
 
 
+@with_x64_scope
 def loss_and_metrics(params: dict, batch: dict, cfg, train: bool = False, key=None, label_smoothing: float = 0.1):
     """-> metrics {"loss", "n_tokens", "accuracy"} of one batch, without gradients."""
     backend, a = _prepare_batch(params, batch, cfg, train, key)

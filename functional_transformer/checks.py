@@ -49,6 +49,23 @@ def check_dropout_key(cfg, train: bool, key):
         )
 
 
+def check_compute_dtype(cfg, backend: Backend, grad_method: str | None = None):
+    """bfloat16 compute needs JAX (NumPy has no bfloat16 arithmetic) and jax.grad (the hand-written
+    VJPs run in the params' dtype)."""
+    if cfg.activations_dtype == cfg.dtype:
+        return
+    if backend.name != "jax":
+        raise ValueError(
+            f"compute_dtype={cfg.compute_dtype!r} needs the JAX backend ({backend.name} cannot compute in "
+            f"{cfg.compute_dtype}): run with FT_BACKEND=jax, or leave compute_dtype unset to compute in {cfg.dtype}"
+        )
+    if grad_method == "vjp":
+        raise ValueError(
+            f"compute_dtype={cfg.compute_dtype!r} trains with jax.grad: use grad method 'autodiff' (the default "
+            "on JAX), not 'vjp', whose hand-written backward passes run in the params' dtype"
+        )
+
+
 def check_params_dtype(params: dict, cfg):
     table = params["src_embed"]["tokens"]
     if table.dtype != getattr(array_namespace(table), cfg.dtype):
@@ -60,6 +77,7 @@ def prepare_inputs(params: dict, cfg, train: bool, key, **tokens):
     the tokens to the params' backend -> (backend, {name: ids})."""
     backend = backend_of(params)
     check_params_dtype(params, cfg)
+    check_compute_dtype(cfg, backend)
     check_dropout_key(cfg, train, key)
     arrays = {}
     for name, ids in tokens.items():

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import checkpoint, metrics
 from .backend_choice import default_backend
 from .checkpoint_format import CheckpointError, UncheckedCheckpointWarning
-from .config import DTYPES, TransformerConfig
+from .config import COMPUTE_DTYPES, DTYPES, TransformerConfig
 from .data import DataError, TASKS, make_task_data, read_lines, read_tsv
 from .inference import check_sources, evaluate, predict
 from .inspect import KINDS as ATTENTION_KINDS
@@ -47,13 +47,15 @@ def _add_model_flags(p):
     g.add_argument("--norm-first", action="store_true", default=None, help="pre-norm residuals instead of the paper's post-norm")
     g.add_argument("--tie-embeddings", action="store_true", default=None, help="share the target embedding with the output layer")
     g.add_argument("--dtype", choices=DTYPES, help=f"parameter dtype (default {d['dtype']})")
+    g.add_argument("--compute-dtype", choices=COMPUTE_DTYPES,
+                   help="matmuls and activations in this dtype over --dtype params (JAX only; default: --dtype)")
 
 
 def _model_flags(args) -> dict:
     """The TransformerConfig fields given on the command line."""
     fields = {"d_model": args.d_model, "n_heads": args.n_heads, "d_ff": args.d_ff, "n_encoder_layers": args.layers,
               "n_decoder_layers": args.layers, "drop_rate": args.drop_rate, "norm_first": args.norm_first,
-              "tie_embeddings": args.tie_embeddings, "dtype": args.dtype}
+              "tie_embeddings": args.tie_embeddings, "dtype": args.dtype, "compute_dtype": args.compute_dtype}
     return {name: value for name, value in fields.items() if value is not None}
 
 

@@ -7,6 +7,8 @@ import dataclasses
 ACTIVATIONS = ("relu", "gelu")
 POSITIONAL = ("sinusoidal", "learned")
 DTYPES = ("float32", "float64")
+# Besides the parameter dtype itself: bfloat16 matmuls and activations over float32 master params.
+COMPUTE_DTYPES = ("bfloat16",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,6 +19,9 @@ class TransformerConfig:
     True is pre-norm `x + Dropout(Sublayer(LayerNorm(x)))` with a final LayerNorm per stack.
     tie_embeddings=True shares the target embedding with the output projection (paper §3.4).
     drop_rate is the residual and embedding dropout of paper §5.4.
+    dtype is the parameters' (and the optimizer state's) dtype; compute_dtype="bfloat16" runs the
+    matmuls and activations in bfloat16 over them (JAX only), with softmax, layer-norm statistics,
+    the logits and the loss in dtype; None computes in dtype.
     """
 
     src_vocab_size: int
@@ -34,6 +39,7 @@ class TransformerConfig:
     dtype: str = "float32"
     activation: str = "relu"
     positional: str = "sinusoidal"
+    compute_dtype: str | None = None
 
     def __post_init__(self):
         for name in (
@@ -53,10 +59,20 @@ class TransformerConfig:
             raise ValueError(f"pad_id ({self.pad_id}) must be a valid token id of both vocabularies")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.compute_dtype not in (None, self.dtype, *COMPUTE_DTYPES):
+            raise ValueError(
+                f"compute_dtype must be None (compute in dtype={self.dtype!r}) or one of {COMPUTE_DTYPES}, "
+                f"got {self.compute_dtype!r}"
+            )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.positional not in POSITIONAL:
             raise ValueError(f"positional must be one of {POSITIONAL}, got {self.positional!r}")
+
+    @property
+    def activations_dtype(self) -> str:
+        """The dtype of the matmuls and activations: compute_dtype, or dtype when that is None."""
+        return self.compute_dtype or self.dtype
 
     @property
     def d_head(self) -> int:

@@ -21,27 +21,29 @@ from __future__ import annotations
 
 import math
 
-from backends import array_namespace, backend_of
+from backends import array_namespace, backend_of, with_x64_scope
 
 from . import api, checks, model
 from .layers import embedding, linear, softmax, stacks
+from .layers.precision import as_dtype
 
 
 def init_cache(params: dict, memory, cfg, max_steps: int) -> dict:
     """{"layer_i": {"self_k", "self_v", "cross_k", "cross_v"}}: empty self-attention keys/values
     (B, H, max_steps, Dh) and the memory's cross-attention keys/values (B, H, S, Dh)."""
-    return stacks.decoder_cache(params["decoder"], memory, cfg, max_steps)
+    return stacks.decoder_cache(model.compute_params(params, cfg)["decoder"], memory, cfg, max_steps)
 
 
 def step(params: dict, cache: dict, tokens, position, cross_mask, cfg):
     """The next-token logits (B, V) for tokens (B,) at `position`, and the cache with them written in."""
     xp = backend_of(cache).xp
+    params = model.compute_params(params, cfg)  # under jit: fused into the step's reads of the weights
     x = embedding.apply(params["tgt_embed"], xp.reshape(tokens, (-1, 1)), position)  # (B, 1, D)
     max_steps = next(iter(cache.values()))["self_k"].shape[2]
     self_mask = xp.reshape(xp.arange(max_steps) <= position, (1, 1, 1, max_steps))  # keys generated so far
     h, cache = stacks.decoder_step(params["decoder"], x, cache, position, self_mask, cross_mask, cfg)
     logits = linear.apply(model.output_projection(params, cfg), h)  # (B, 1, V)
-    return logits[:, 0, :], cache
+    return as_dtype(logits[:, 0, :], getattr(xp, cfg.dtype)), cache
 
 
 def _checked_src(src, params, cfg, max_steps):
@@ -124,6 +126,7 @@ def _greedy_step(params, cache, state, position, cross_mask, cfg, eos_id):
     return cache, _greedy_pick(logits, state, position, cfg, eos_id)
 
 
+@with_x64_scope
 def greedy(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, use_cache: bool = True):
     """src (B, S) -> tokens (B, max_steps): the argmax token (never pad) each step, pad_id after end-of-sequence.
 
@@ -197,6 +200,7 @@ def _best_hypothesis(state: dict, alpha: float):
     return xp.take_along_axis(state["history"], best_beam[:, None, None], axis=1)[:, 0, :]
 
 
+@with_x64_scope
 def beam_search(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, beam_size: int = 4,
                 alpha: float = 0.6):
     """src (B, S) -> tokens (B, max_steps), the best of `beam_size` hypotheses by log p / length_penalty.

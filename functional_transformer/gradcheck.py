@@ -17,7 +17,7 @@ entries are used, so a bwd that returns more, such as attention's dx_kv, can be 
 
 from __future__ import annotations
 
-from backends import backend_of, tree_leaves, tree_map
+from backends import backend_of, tree_leaves, tree_map, with_x64_scope
 from backends import random as ftrandom
 
 
@@ -64,6 +64,7 @@ def vjp_error(fwd, bwd, primals: tuple, *, key, eps: float = 1e-6, n_directions:
     return worst
 
 
+@with_x64_scope
 def check_vjp(fwd, bwd, primals: tuple, *, key, rtol: float = 1e-6, eps: float = 1e-6, n_directions: int = 3) -> float:
     """Raise AssertionError if the VJP disagrees with finite differences by more than rtol; return the error."""
     error = vjp_error(fwd, bwd, primals, key=key, eps=eps, n_directions=n_directions)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends import backend_of
+from backends import backend_of, with_x64_scope
 
 from . import api
 from .metrics import corpus_scores
@@ -39,6 +39,7 @@ class UnknownSymbolError(DataError):
         )
 
 
+@with_x64_scope
 def predict(params: dict, cfg, tokenizer: Tokenizer, sources: list[str], *, beam_size: int = 1,
             batch_size: int = 64, max_steps: int | None = None, allow_unknown: bool = False) -> list[str]:
     """Decode each source string (greedy with beam_size=1, else beam search), in batches of
@@ -95,6 +96,7 @@ def unknown_in_pairs(tokenizer: Tokenizer, pairs) -> list[str]:
                    *tokenizer.target.unknown_symbols(t for _, t in pairs)})
 
 
+@with_x64_scope
 def evaluate(params: dict, cfg, tokenizer: Tokenizer, pairs: list[tuple[str, str]], *, beam_size: int = 1,
              batch_size: int = 64, allow_unknown: bool = False, keep_predictions: bool = False) -> dict:
     """Teacher-forced loss and token accuracy, plus exact match, character accuracy and (with

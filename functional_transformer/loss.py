@@ -36,7 +36,7 @@ def fwd(logits, targets, pad_id: int, label_smoothing: float = 0.0):
     valid = targets != pad_id  # (B, T)
     n_tokens = xp.sum(xp.astype(valid, xp.int32))
     denom = xp.astype(xp.maximum(n_tokens, xp.asarray(1, dtype=xp.int32)), logits.dtype)
-    log_p_true = xp.take_along_axis(log_probs, xp.astype(targets, xp.int64)[..., None], axis=-1)[..., 0]  # (B, T)
+    log_p_true = xp.take_along_axis(log_probs, xp.astype(targets, xp.int32)[..., None], axis=-1)[..., 0]  # (B, T)
     per_token = -((1.0 - label_smoothing) * log_p_true + label_smoothing * xp.mean(log_probs, axis=-1))
     zero = xp.asarray(0, dtype=logits.dtype)
     loss = xp.sum(xp.where(valid, per_token, zero)) / denom

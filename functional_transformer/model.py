@@ -10,17 +10,20 @@ Parameter tree (D = d_model, F = d_ff, V = vocabulary sizes, L = max_len):
     out_proj    {"w": (D, V_tgt), "b": (V_tgt,)}   ("b" alone with tie_embeddings: w = tgt tokens^T)
 
 The functions here take arrays already checked; the public entry points in `api` check inputs
-and run these under `jit` on JAX.
+and run these under `jit` on JAX. With cfg.compute_dtype (bfloat16) the encoder and the decoder
+cast the params to it first, so jax.grad carries the gradients back through the casts to the
+float32 params, and the decoder returns its logits in cfg.dtype (see layers/precision.py).
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from backends import array_namespace
+from backends import array_namespace, tree_leaves, tree_map
 from backends import random as ftrandom
 
 from .layers import dropout, embedding, linear, stacks
+from .layers.precision import as_dtype
 
 
 class EncodeSaved(NamedTuple):
@@ -57,6 +60,15 @@ def init(key, cfg) -> dict:
     }
 
 
+def compute_params(params: dict, cfg) -> dict:
+    """params in cfg.compute_dtype (params itself without one): the matmuls' operands."""
+    if cfg.activations_dtype == cfg.dtype:
+        return params
+    xp = array_namespace(*tree_leaves(params))
+    dtype = getattr(xp, cfg.activations_dtype)
+    return tree_map(lambda leaf: as_dtype(leaf, dtype), params)
+
+
 def padding_mask(ids, pad_id: int):
     """(B, L) token ids -> (B, 1, 1, L) boolean, True at real tokens: keys a query may attend to."""
     xp = array_namespace(ids)
@@ -84,6 +96,7 @@ def _learned_positions(cfg) -> int | None:
 def encode_fwd(params: dict, src, cfg, train: bool = False, key=None):
     """src (B, S) -> (memory (B, S, D), saved)."""
     k_embed, k_stack = dropout.split_keys(key, 2)
+    params = compute_params(params, cfg)
     x, saved_embed = embedding.fwd(params["src_embed"], src)
     x, saved_drop = dropout.fwd(x, cfg.drop_rate, train, k_embed)
     memory, saved_stack = stacks.encoder_fwd(params["encoder"], x, padding_mask(src, cfg.pad_id), cfg, train, k_stack)
@@ -101,12 +114,15 @@ def decode_fwd(params: dict, memory, src, tgt_in, cfg, train: bool = False, key=
     """tgt_in (B, T) over memory (B, S, D) of src (B, S) -> (logits (B, T, V_tgt), saved): teacher forcing."""
     xp = array_namespace(memory)
     k_embed, k_stack = dropout.split_keys(key, 2)
+    params = compute_params(params, cfg)
+    memory = as_dtype(memory, getattr(xp, cfg.activations_dtype))
     y, saved_embed = embedding.fwd(params["tgt_embed"], tgt_in)
     y, saved_drop = dropout.fwd(y, cfg.drop_rate, train, k_embed)
     self_mask = causal_mask(tgt_in.shape[1], xp) & padding_mask(tgt_in, cfg.pad_id)  # (B, 1, T, T)
     cross_mask = padding_mask(src, cfg.pad_id)  # (B, 1, 1, S)
     h, saved_stack = stacks.decoder_fwd(params["decoder"], y, memory, self_mask, cross_mask, cfg, train, k_stack)
     logits, saved_out = linear.fwd(output_projection(params, cfg), h)
+    logits = as_dtype(logits, getattr(xp, cfg.dtype))  # the softmax of the loss and of decoding in cfg.dtype
     return logits, DecodeSaved(saved_embed, saved_drop, saved_stack, saved_out)
 
 

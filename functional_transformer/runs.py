@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 import backends
-from backends import Backend
+from backends import Backend, with_x64_scope
 
 from . import checkpoint, inference, parallel
 from .backend_choice import default_backend
@@ -422,6 +422,7 @@ def _as_data_spec(data, seed: int) -> tuple[dict, tuple | None]:
     raise TypeError("data must be a task name, a data spec (ft.task_data / ft.tsv_data) or (train_pairs, valid_pairs)")
 
 
+@with_x64_scope
 def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig | dict | None = None,
         data: str | dict | tuple | None = None, *, out_dir: str | os.PathLike | None = None, resume: bool = False,
         overwrite: bool = False, extend: bool = False, callbacks: Sequence[Callback] = (),

@@ -30,7 +30,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from backends import Backend, backend_of
+from backends import Backend, backend_of, with_x64_scope
 from backends import random as ftrandom
 
 from . import api, checkpoint, checks, gradients, optim, parallel
@@ -141,6 +141,7 @@ def is_better(value: float, best: float | None, best_by: str) -> bool:
     return best is None or (value < best if BEST_BY[best_by] == "min" else value > best)
 
 
+@with_x64_scope
 def init_state(key, cfg, optimizer) -> dict:
     """{"params", "opt_state", "step"} for a fresh run; params drawn from `key`."""
     params = api.init(key, cfg)
@@ -156,6 +157,7 @@ def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend, *, mesh
     parallel.jit_step: batch rows split over the devices, the state (shaped like `state`)
     replicated, or its matrices split with shard_params; XLA adds the collectives."""
     method = tcfg.grad_method or gradients.default_grad_method(backend)
+    checks.check_compute_dtype(cfg, backend, method)
     grad_fn = gradients.grad_vjp if method == "vjp" else gradients.grad_autodiff
     train = cfg.drop_rate > 0
 
@@ -169,9 +171,9 @@ def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend, *, mesh
         return new_state, metrics
 
     if mesh is not None:
-        return parallel.jit_step(train_step, mesh, state, shard_params)
+        return backend.in_x64_scope(parallel.jit_step(train_step, mesh, state, shard_params))
     if backend.name == "jax":
-        return backend.jax.jit(train_step, donate_argnames=("state",))
+        return backend.in_x64_scope(backend.jax.jit(train_step, donate_argnames=("state",)))
     return train_step
 
 

@@ -32,6 +32,17 @@ def jax_backend():
     return backends.get_backend("jax")
 
 
+@pytest.fixture
+def x64():
+    """JAX's 64-bit types on for the test, as a user who works in float64 on JAX turns them on
+    (the library turns them on only inside its own calls); nothing on NumPy."""
+    if not HAS_JAX:
+        yield
+        return
+    with backends.get_backend("jax").x64_scope():
+        yield
+
+
 @pytest.fixture(scope="session")
 def numpy_backend():
     return backends.get_backend("numpy")

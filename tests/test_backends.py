@@ -12,15 +12,16 @@ import pytest
 
 import backends
 from backends import random as R
+from conftest import requires_jax
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run_python(code: str, **env_overrides) -> subprocess.CompletedProcess:
+def _run_python(code: str, timeout: float = 120, **env_overrides) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.update(env_overrides)
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -67,8 +68,47 @@ def test_get_backend_jax(jax_backend):
     assert b.name == "jax"
     assert b.xp is jnp
     x = b.asarray([1.0, 2.0], dtype=jnp.float64)
-    assert x.dtype == jnp.float64  # x64 is on, so float64 is really float64
+    assert x.dtype == jnp.float64  # asarray runs in the backend's x64 scope, so float64 is really float64
     np.testing.assert_array_equal(b.to_numpy(x), [1.0, 2.0])
+
+
+# A user's program: their JAX defaults before the library is imported, the library used in float32
+# (no x64 needed) and float64 (x64 inside the library's calls only), the defaults checked again.
+_USER_DEFAULTS_PROGRAM = """
+import warnings
+warnings.simplefilter("error")  # JAX's warning when float64 is truncated outside an x64 scope
+import jax, jax.numpy as jnp, numpy as np
+zeros, arange, flag = jnp.zeros(2).dtype, jnp.arange(3).dtype, jax.config.jax_enable_x64
+import functional_transformer as ft
+from functional_transformer import generate, train
+src, tgt = np.array([[3, 4, 5, 0], [6, 7, 0, 0]]), np.array([[1, 3, 4, 5], [1, 6, 7, 0]])
+batch = {"src": src, "tgt_in": tgt, "tgt_out": np.roll(tgt, -1, axis=1)}
+for dtype in ("float32", "float64"):
+    cfg = ft.TransformerConfig(src_vocab_size=9, tgt_vocab_size=9, d_model=8, n_heads=2, d_ff=16,
+                               n_encoder_layers=1, n_decoder_layers=1, max_len=8, dtype=dtype)
+    tcfg = ft.TrainConfig(steps=2)
+    optimizer = train.make_optimizer(tcfg, cfg)
+    state = train.init_state(ft.random.key(0), cfg, optimizer)
+    logits = ft.apply(state["params"], src, tgt, cfg)
+    step = train.make_train_step(cfg, tcfg, optimizer, ft.backend)
+    state, metrics = step(state, {k: jnp.asarray(v, dtype=jnp.int32) for k, v in batch.items()}, ft.random.key(1))
+    tokens = generate.greedy(state["params"], src, cfg, bos_id=1, eos_id=2, max_steps=3)
+    assert logits.dtype == dtype and state["params"]["out_proj"]["w"].dtype == dtype, (logits.dtype, dtype)
+    assert metrics["loss"].dtype == dtype and np.isfinite(float(metrics["loss"])) and tokens.shape == (2, 3)
+assert (jnp.zeros(2).dtype, jnp.arange(3).dtype) == (zeros, arange), (jnp.zeros(2).dtype, jnp.arange(3).dtype)
+assert jax.config.jax_enable_x64 == flag
+print("defaults", zeros, arange, flag)
+"""
+
+
+@requires_jax
+def test_using_the_library_leaves_the_users_jax_defaults_alone():
+    """float64 is local to the library's calls: after init, a forward, a train step and decoding,
+    in float32 and float64, a user's `jnp.zeros` is float32 and `jnp.arange` int32 as before."""
+    # Compiling a forward, a train step and a decoding step in two dtypes: minutes on a loaded machine.
+    done = _run_python(_USER_DEFAULTS_PROGRAM, timeout=900, FT_BACKEND="jax", JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "defaults float32 int32 False" in done.stdout
 
 
 def test_backend_fixture_matches_env(backend):
@@ -169,7 +209,8 @@ def test_agrees_with_jax_random(jax_backend, seed):
     import jax
 
     ours = jax_backend.random
-    with jax.threefry_partitionable(True):  # per-element counters: what lets a shard draw its slice
+    # x64 on: jax.random.PRNGKey keeps a seed's high 32 bits only with 64-bit integers.
+    with jax.threefry_partitionable(True), jax_backend.x64_scope():  # per-element counters: a shard draws its slice
         jax_key = jax.random.PRNGKey(seed)
         np.testing.assert_array_equal(np.asarray(jax.random.fold_in(jax_key, 7)), np.asarray(ours.fold_in(ours.key(seed), 7)))
         np.testing.assert_array_equal(np.asarray(jax_key), np.asarray(ours.key(seed)))
@@ -483,7 +524,7 @@ def test_backend_of_array_api_strict():
         backends.backend_of(aas.asarray([1.0]), np.ones(1))
 
 
-def test_scatter_add_and_set_at(backend):
+def test_scatter_add_and_set_at(backend, x64):
     xp = backend.xp
     target = xp.zeros((4, 2), dtype=xp.float64)
     out = backend.scatter_add(target, xp.asarray([1, 3, 1]), xp.asarray([[1.0, 2.0], [3.0, 4.0], [10.0, 20.0]]))

@@ -304,6 +304,7 @@ def test_peers_flag_without_the_library_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(peers.PEER_MODULES, "torch", "json")  # any installed module: the check passes
     assert resolve_settings(parse_args(["--peers", "torch", "torch"])).peers == ("torch",)
 
+
 def test_token_batching_benchmark_reports_both_batchings():
     """benchmarks.token_batching on a tiny workload (NumPy: nothing to compile): padding, shapes and tokens/s."""
     import argparse
@@ -319,3 +320,54 @@ def test_token_batching_benchmark_reports_both_batchings():
     assert result["max_tokens"]["pad_fraction"] < result["fixed"]["pad_fraction"]
     table = token_batching.table([result])
     assert "| numpy | --batch-size 4 |" in table and "| numpy | --max-tokens 96 |" in table
+
+
+# --- big, --compute-dtype and --peak-tflops (for a GPU: only the settings and the shapes are checked here) ---
+
+def test_big_is_not_a_default_config_and_compute_dtype_settings():
+    from benchmarks.configs import DEFAULT_CONFIGS
+    from benchmarks.run import parse_args, resolve_settings
+
+    assert "big" in CONFIGS and "big" not in DEFAULT_CONFIGS
+    assert resolve_settings(parse_args([])).configs == DEFAULT_CONFIGS
+    settings = resolve_settings(parse_args(["--backends", "jax", "--configs", "big", "--compute-dtype", "bfloat16",
+                                            "--peak-tflops", "989"]))
+    assert settings.compute_dtype == "bfloat16" and settings.peak_tflops == 989.0
+    assert not settings.with_train_vjp  # the hand-written VJPs run in float32 only
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--compute-dtype", "bfloat16"], "needs --backends jax"),
+    (["--compute-dtype", "bfloat16", "--backends", "numpy"], "needs --backends jax"),
+    (["--peak-tflops", "0"], "must be positive"),
+])
+def test_compute_dtype_and_peak_flag_errors(argv, message):
+    from benchmarks.run import parse_args, resolve_settings
+
+    with pytest.raises(SystemExit, match=message):
+        resolve_settings(parse_args(argv))
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="JAX is not installed")
+def test_big_train_step_builds_in_bfloat16():
+    """The big config's train step traced for shapes only (jax.eval_shape): nothing runs on the CPU."""
+    import dataclasses
+
+    import jax
+
+    import backends
+    import functional_transformer as ft
+    from functional_transformer import train
+
+    bc = dataclasses.replace(CONFIGS["big"], compute_dtype="bfloat16")
+    cfg, tcfg = bc.model_config(), ft.TrainConfig()
+    optimizer = train.make_optimizer(tcfg, cfg)
+    jax_backend = backends.get_backend("jax")
+    key = jax_backend.random.key(0)
+    state = jax.eval_shape(lambda k: train.init_state(k, cfg, optimizer), key)
+    batch = {name: jax.ShapeDtypeStruct((bc.batch, bc.src_len if name == "src" else bc.tgt_len), "int32")
+             for name in ("src", "tgt_in", "tgt_out")}
+    new_state, metrics = jax.eval_shape(train.make_train_step(cfg, tcfg, optimizer, jax_backend), state, batch, key)
+    assert sum(leaf.size for leaf in jax.tree_util.tree_leaves(state["params"])) > 250e6
+    assert {str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(new_state["params"])} == {"float32"}
+    assert str(metrics["loss"].dtype) == "float32"

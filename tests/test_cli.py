@@ -29,7 +29,7 @@ TINY = ["--d-model", "16", "--n-heads", "2", "--d-ff", "32", "--layers", "1", "-
 TRAIN_FLAGS = ["--task", "--data", "--valid", "--out", "--resume", "--min-len", "--max-len", "--truncate-long", "--n-train",
                "--n-valid", "--max-tokens",
                "--d-model", "--n-heads", "--d-ff", "--layers", "--drop-rate", "--norm-first", "--tie-embeddings",
-               "--dtype", "--steps", "--batch-size", "--learning-rate", "--warmup-steps", "--schedule", "--optimizer",
+               "--dtype", "--compute-dtype", "--steps", "--batch-size", "--learning-rate", "--warmup-steps", "--schedule", "--optimizer",
                "--weight-decay", "--clip-norm", "--label-smoothing", "--seed", "--log-every", "--eval-every",
                "--save-every", "--grad-method", "--no-progress", "--overwrite", "--extend", "--patience",
                "--devices", "--shard-params", "--coordinator", "--num-processes", "--process-id",

@@ -35,6 +35,10 @@ from functional_transformer.layers import (
     stacks,
 )
 
+# These gradient checks build float64 arrays on JAX themselves (and call layers outside the library's
+# entry points), so they run with JAX's 64-bit types on, as a float64 user of JAX does.
+pytestmark = pytest.mark.usefixtures("x64")
+
 NP = backends.get_backend("numpy")
 
 B, S, T = 3, 5, 7  # batch, source length, target length

@@ -22,6 +22,10 @@ from functional_transformer.layers import (  # noqa: E402
 )
 from backends import random as R  # noqa: E402
 
+# These layer tests build float64 arrays on JAX themselves (and call layers outside the library's
+# entry points), so they run with JAX's 64-bit types on, as a float64 user of JAX does.
+pytestmark = pytest.mark.usefixtures("x64")
+
 RTOL64 = 1e-12
 RTOL32 = 2e-5
 

@@ -64,9 +64,15 @@ def _trajectory(optimizer, to_backend, to_numpy, apply_updates, jit, steps=STEPS
 
 @pytest.fixture(scope="module")
 def optax():
-    optax = pytest.importorskip("optax")
-    backends.get_backend("jax")  # turns on jax_enable_x64, so that optax runs in float64 too
-    return optax
+    return pytest.importorskip("optax")
+
+
+@pytest.fixture
+def optax_x64(optax):
+    """optax with JAX's 64-bit types on for the test, so that it runs in float64 like our side
+    (the library turns them on only inside its own calls)."""
+    with backends.get_backend("jax").x64_scope():
+        yield optax
 
 
 def _paper_transformer_schedule_jnp(d_model, warmup_steps):
@@ -109,7 +115,8 @@ OPTAX_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(OPTAX_CASES))
-def test_matches_optax_trajectory(backend, optax, case):
+def test_matches_optax_trajectory(backend, optax_x64, case):
+    optax = optax_x64
     ours, theirs = OPTAX_CASES[case]
     import jax
     import jax.numpy as jnp
@@ -241,7 +248,8 @@ def test_warmup_cosine_formula(backend, xp):
     assert np.all(np.isfinite(no_warmup)) and no_warmup[0] == peak
 
 
-def test_warmup_cosine_matches_optax(backend, xp, optax):
+def test_warmup_cosine_matches_optax(backend, xp, optax_x64):
+    optax = optax_x64
     import jax
     import jax.numpy as jnp
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends import array_namespace
+from backends import array_namespace, with_x64_scope
 
 from .. import checks, inference, model
 from ..data import Tokenizer, encode_pairs, make_batch
@@ -62,6 +62,7 @@ def _check_lengths(tokenizer: Tokenizer, source: str, target: str | None, max_le
                          f"{max_len - 1} (max_len={max_len}, less one for beginning-of-sequence)")
 
 
+@with_x64_scope
 def attention_maps(params: dict, cfg, tokenizer: Tokenizer, source: str, target: str | None = None, *,
                    allow_unknown: bool = False) -> dict:
     """Every attention weight of the forward pass on one example, on the params' backend.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from backends import array_namespace, backend_of
+from backends import array_namespace, backend_of, with_x64_scope
 from backends import random as ftrandom
 
 from . import linear, softmax
@@ -46,6 +46,7 @@ class KVCache(NamedTuple):
     v: Any
 
 
+@with_x64_scope
 def init(key, d_model: int, dtype) -> dict:
     params = {}
     for name, k in zip(PROJECTIONS, ftrandom.split(key, len(PROJECTIONS))):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from backends import array_namespace
+from backends import array_namespace, with_x64_scope
 from backends import random as ftrandom
 
 from . import attention, dropout, feed_forward, layer_norm, residual
@@ -62,6 +62,7 @@ def _residual_settings(cfg, train):
     return dict(norm_first=cfg.norm_first, drop_rate=cfg.drop_rate, train=train)
 
 
+@with_x64_scope
 def encoder_block_init(key, cfg) -> dict:
     dtype = getattr(array_namespace(key), cfg.dtype)
     k_attn, k_ffn = ftrandom.split(key, 2)
@@ -91,6 +92,7 @@ def encoder_block_bwd(saved: EncoderBlockSaved, g, cfg):
     return {"self_attn": d_attn, "ln1": d_ln1, "ffn": d_ffn, "ln2": d_ln2}, g
 
 
+@with_x64_scope
 def decoder_block_init(key, cfg) -> dict:
     dtype = getattr(array_namespace(key), cfg.dtype)
     k_self, k_cross, k_ffn = ftrandom.split(key, 3)

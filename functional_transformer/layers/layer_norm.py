@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from backends import array_namespace
+from backends import array_namespace, with_x64_scope
+
+from .precision import as_dtype, at_least_float32
 
 EPS = 1e-5
 
@@ -15,6 +17,7 @@ class Saved(NamedTuple):
     scale: Any  # (d,)
 
 
+@with_x64_scope
 def init(key, d: int, dtype) -> dict:
     xp = array_namespace(key)
     return {"scale": xp.ones((d,), dtype=dtype), "bias": xp.zeros((d,), dtype=dtype)}
@@ -23,6 +26,8 @@ def init(key, d: int, dtype) -> dict:
 def fwd(params: dict, x):
     """x (..., d) -> (x - mean) / sqrt(var + eps) * scale + bias, same shape."""
     xp = array_namespace(x)
+    dtype = x.dtype
+    x = at_least_float32(x)  # bfloat16 activations: mean, variance and normalisation in float32
     # The augmented assignments update arrays made here (in place on NumPy, rebound on JAX):
     # NumPy's cost is mostly fresh memory, and this saves two of five (B, T, d) arrays.
     x_hat = x - xp.mean(x, axis=-1, keepdims=True)
@@ -30,7 +35,7 @@ def fwd(params: dict, x):
     x_hat *= inv_std
     y = x_hat * params["scale"]
     y += params["bias"]
-    return y, Saved(x_hat, inv_std, params["scale"])
+    return as_dtype(y, dtype), Saved(x_hat, inv_std, params["scale"])
 
 
 def bwd(saved: Saved, g):

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from backends import with_x64_scope
 
+
+@with_x64_scope
 def sinusoidal(n_positions: int, d_model: int, dtype, xp: ModuleType, offset=0):
     """Rows offset .. offset + n_positions - 1 of the table, (n_positions, d_model), computed in
     float64 and cast to `dtype`, so that every backend gives the same float32 numbers. `offset`

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from backends import array_namespace
 
+from .precision import as_dtype, at_least_float32
+
 
 def fwd(x, mask=None):
     """x (..., n), mask broadcastable to x -> (p, p) with p (..., n): the backward needs only p."""
     xp = array_namespace(x)
+    dtype = x.dtype
+    x = at_least_float32(x)  # bfloat16 scores: the exponentials and their sum in float32
     if mask is not None:
         x = xp.where(mask, x, xp.asarray(-xp.inf, dtype=x.dtype))
     row_max = xp.max(x, axis=-1, keepdims=True)
@@ -20,6 +24,7 @@ def fwd(x, mask=None):
     p = xp.exp(x - row_max)
     total = xp.sum(p, axis=-1, keepdims=True)
     p /= xp.where(total == 0, xp.asarray(1, dtype=x.dtype), total)  # a new array: in place on NumPy
+    p = as_dtype(p, dtype)
     return p, p
 
 

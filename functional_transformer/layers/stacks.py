@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from backends import array_namespace
+from backends import array_namespace, with_x64_scope
 from backends import random as ftrandom
 
 from . import blocks, dropout, layer_norm
@@ -33,10 +33,12 @@ def _init(key, cfg, n_layers, block_init) -> dict:
     return params
 
 
+@with_x64_scope
 def encoder_init(key, cfg) -> dict:
     return _init(key, cfg, cfg.n_encoder_layers, blocks.encoder_block_init)
 
 
+@with_x64_scope
 def decoder_init(key, cfg) -> dict:
     return _init(key, cfg, cfg.n_decoder_layers, blocks.decoder_block_init)
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from backends import array_namespace
+from backends import array_namespace, with_x64_scope
 
 Schedule = Callable[[Any], Any]
 
@@ -30,6 +30,7 @@ def constant(value: float) -> Schedule:
     """The schedule that is `value` at every count."""
     value = float(value)
 
+    @with_x64_scope
     def schedule(count):
         xp, count = _as_float64(count)
         return xp.full_like(count, value)
@@ -52,6 +53,7 @@ def transformer_schedule(d_model: int, warmup_steps: int, scale: float = 1.0) ->
     factor = float(scale) * float(d_model) ** -0.5
     warmup_factor = float(warmup_steps) ** -1.5
 
+    @with_x64_scope
     def schedule(count):
         xp, count = _as_float64(count)
         step_num = count + 1.0
@@ -76,6 +78,7 @@ def warmup_cosine(peak_value: float, warmup_steps: int, decay_steps: int, end_va
     # computed, so its denominator must not be 0.
     warmup_denominator = float(max(warmup_steps, 1))
 
+    @with_x64_scope
     def schedule(count):
         xp, count = _as_float64(count)
         warming = peak_value * (xp.clip(count, 0.0, None) / warmup_denominator)

@@ -12,7 +12,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from backends import backend_of, tree_leaves, tree_map
+from backends import backend_of, tree_leaves, tree_map, with_x64_scope
 
 from .schedules import Schedule
 
@@ -169,6 +169,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9) -> Gradi
     def init(params):
         return {"count": _zero_count(params), "mu": _zeros_like(params), "nu": _zeros_like(params)}
 
+    @with_x64_scope  # the bias corrections are float64 also when JAX is called without x64 (see _cast)
     def update(grads, state, params=None):
         _check_matches(grads, state["mu"], "grads", _STATE_PARAMS)
         xp = _xp(grads)

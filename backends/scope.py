@@ -1,0 +1,24 @@
+"""`with_x64_scope`: the decorator of the library's entry points on JAX (see backends.JaxBackend)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+
+def with_x64_scope(fn: Callable) -> Callable:
+    """`fn` run with JAX's 64-bit types on (`jax.enable_x64(True)`, thread-local) whenever JAX is
+    loaded: the decorator of the library's entry points, whose eager steps (moving token ids, the
+    decoding loop, random draws with float64 intermediates) must see the dtypes the jitted
+    functions they call see. Without JAX loaded there are no JAX arrays to handle."""
+
+    @functools.wraps(fn)
+    def scoped(*args, **kwargs):
+        jax = sys.modules.get("jax")
+        if jax is None:
+            return fn(*args, **kwargs)
+        with jax.enable_x64(True):
+            return fn(*args, **kwargs)
+
+    return scoped
