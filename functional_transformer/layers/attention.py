@@ -83,7 +83,7 @@ def _project_heads(params: dict, x, names: tuple, n_heads: int):
     d_head = x.shape[-1] // n_heads
     # One transpose for all of them: (B, T, n, H, Dh) -> (n, B, H, T, Dh).
     heads = xp.permute_dims(xp.reshape(y, (batch, length, len(names), n_heads, d_head)), (2, 0, 3, 1, 4))
-    return tuple(heads[i] for i in range(len(names))), saved
+    return tuple(heads[i, ...] for i in range(len(names))), saved
 
 
 def _project_heads_bwd(saved: linear.Saved, d_heads: tuple, splits: tuple):
