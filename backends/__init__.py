@@ -11,6 +11,8 @@ This package knows nothing about Transformers. A `Backend` offers:
 - tree helpers for nested dicts (`tree_map`, `tree_leaves`, `tree_flatten`, `tree_unflatten`);
 - `asarray` / `to_numpy` to move arrays in and out;
 - `scatter_add` and `set_at`, the two functional index updates the standard lacks;
+- `stop_gradient` and `relu`, for forward code whose `jax.grad` should be as lean as a
+  hand-written backward (the identity and `maximum(x, 0)` where nothing differentiates);
 - `random`: pure keyed random numbers (`key(seed)`, `split`, `uniform`, `normal`, `bernoulli`),
   the same numbers on every backend for the same key (see `backends.random`).
 
@@ -122,6 +124,14 @@ class Backend:
         """A copy of `x` with `x[index] = value`."""
         raise NotImplementedError(f"set_at is not available on the {self.name} backend")
 
+    def stop_gradient(self, x: Any) -> Any:
+        """x, with a zero derivative under autodiff (the identity where nothing differentiates)."""
+        return x
+
+    def relu(self, x: Any) -> Any:
+        """max(x, 0) element-wise, same dtype."""
+        return self.xp.maximum(x, self.xp.asarray(0, dtype=x.dtype))
+
 
 class NumpyBackend(Backend):
     name = "numpy"
@@ -232,6 +242,14 @@ class JaxBackend(Backend):
 
     def set_at(self, x, index, value):
         return x.at[index].set(value)
+
+    def stop_gradient(self, x):
+        return self.jax.lax.stop_gradient(x)
+
+    def relu(self, x):
+        # The same values as maximum(x, 0), but a derivative of select(x > 0, g, 0): jnp.maximum's
+        # splits ties in half, a compare, select and divide more per element (benchmarks/README.md).
+        return self.jax.nn.relu(x)
 
 
 class _InX64Scope:

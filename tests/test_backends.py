@@ -577,3 +577,27 @@ def test_bernoulli_with_high_probability_under_jit(numpy_backend, jax_backend):
 
     got = jax.jit(lambda k: R.bernoulli(k, 0.9, (4, 8, 6)))(jax_backend.random.key(0))
     np.testing.assert_array_equal(np.asarray(got), R.bernoulli(R.key(0, np), 0.9, (4, 8, 6)))
+
+
+def test_relu_and_stop_gradient_values(backend):
+    x = backend.xp.asarray([-2.0, -0.0, 0.0, 3.0], dtype=backend.xp.float32)
+    y = backend.relu(x)
+    assert y.dtype == x.dtype
+    np.testing.assert_array_equal(backend.to_numpy(y), [0.0, 0.0, 0.0, 3.0])
+    np.testing.assert_array_equal(backend.to_numpy(backend.stop_gradient(x)), backend.to_numpy(x))
+
+
+def test_relu_and_stop_gradient_derivatives_match_the_hand_written_backward(jax_backend):
+    """jax.grad of relu is the hand-written relu_bwd's 0/1 mask, 0 at x = 0 as well (jnp.maximum
+    would give 0.5 there); stop_gradient passes no gradient."""
+    import jax
+
+    from functional_transformer.layers import activations
+
+    x = jax_backend.xp.asarray([-2.0, 0.0, 3.0])
+    g_relu = jax.grad(lambda v: jax_backend.xp.sum(jax_backend.relu(v)))(x)
+    y, saved = activations.relu_fwd(x)
+    np.testing.assert_array_equal(np.asarray(g_relu), np.asarray(activations.relu_bwd(saved, jax_backend.xp.ones(3))))
+    np.testing.assert_array_equal(np.asarray(g_relu), [0.0, 0.0, 1.0])
+    g_stopped = jax.grad(lambda v: jax_backend.xp.sum(v * jax_backend.stop_gradient(v)))(x)
+    np.testing.assert_array_equal(np.asarray(g_stopped), np.asarray(x))  # d/dv of v * const(v) is v

@@ -371,3 +371,37 @@ def test_big_train_step_builds_in_bfloat16():
     assert sum(leaf.size for leaf in jax.tree_util.tree_leaves(state["params"])) > 250e6
     assert {str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(new_state["params"])} == {"float32"}
     assert str(metrics["loss"].dtype) == "float32"
+
+
+def test_hlo_stats_counts_the_entry_computations_thunks():
+    from benchmarks.hlo_stats import entry_thunks
+
+    hlo = """HloModule m
+
+%fused_computation (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  ROOT %n = f32[4]{0} negate(%p)
+}
+
+ENTRY %main (a: f32[4,4], b: f32[4,4]) -> f32[4] {
+  %a = f32[4,4]{1,0} parameter(0)
+  %b = f32[4,4]{1,0} parameter(1)
+  %dot = f32[4,4]{1,0} dot(%a, %b), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %copy = f32[4,4]{0,1} copy(%dot)
+  %bitcast = f32[16]{0} bitcast(%copy)
+  ROOT %fusion = f32[4]{0} fusion(%bitcast), kind=kLoop, calls=%fused_computation
+}
+"""
+    assert entry_thunks(hlo) == 3  # the dot, the copy and the fusion; not the fused negate
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="hlo_stats compiles the JAX train step; JAX is not installed")
+@pytest.mark.slow
+def test_hlo_stats_of_the_tiny_steps(monkeypatch):
+    monkeypatch.setenv("FT_BACKEND", "jax")
+    from benchmarks.hlo_stats import step_stats
+
+    for method in ("autodiff", "vjp"):
+        stats = step_stats("tiny", method)
+        assert stats["thunks"] > 100 and stats["bytes_accessed"] > 0 and stats["temp_bytes"] > 0
+        assert stats["flops"] == pytest.approx(flops.train_flops(CONFIGS["tiny"].model_config(), 64, 32, 32), rel=0.1)

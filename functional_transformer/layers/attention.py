@@ -4,6 +4,12 @@ Multi-head params: {"w_q", "b_q", "w_k", "b_k", "w_v", "b_v", "w_o", "b_o"}, eac
 d_model). Heads are a batch axis of the matmuls, (B, H, T, Dh): no Python loop over heads.
 Masks are boolean, True where a query may attend, broadcastable to (B, H, T_q, T_kv).
 
+The input projections that read the same input run as one matmul on the weights side by side:
+q, k, v (d_model, 3 d_model) for self-attention, k, v (d_model, 2 d_model) for cross-attention's
+memory, as PyTorch's in_proj_weight. One wider matmul is faster than three narrow ones on both
+backends, concatenating the weights included (benchmarks/README.md); the params keep one matrix
+per projection.
+
 For decoding, `fwd` takes an optional key/value cache (`KVCache`): the keys and values of earlier
 positions (self-attention) or of the encoder's memory (cross-attention), so that one new query
 costs one projection instead of re-projecting every key.
@@ -20,6 +26,9 @@ from backends import random as ftrandom
 from . import linear, softmax
 
 PROJECTIONS = ("q", "k", "v", "o")
+# The input projections, grouped by the input they read (one matmul per group).
+SELF_INPUTS = (("q", "k", "v"),)
+CROSS_INPUTS = (("q",), ("k", "v"))
 
 
 class DotProductSaved(NamedTuple):
@@ -30,11 +39,9 @@ class DotProductSaved(NamedTuple):
 
 
 class Saved(NamedTuple):
-    """The four projections' residuals and the dot product's."""
+    """The input projections' residuals, the dot product's and the output projection's."""
 
-    q: linear.Saved
-    k: linear.Saved
-    v: linear.Saved
+    inputs: tuple  # linear.Saved per group of SELF_INPUTS (one) or CROSS_INPUTS (two)
     dot_product: DotProductSaved
     o: linear.Saved
 
@@ -58,6 +65,46 @@ def init(key, d_model: int, dtype) -> dict:
 def projection(params: dict, name: str) -> dict:
     """The linear-layer params of projection `name` ("q", "k", "v" or "o")."""
     return {"w": params[f"w_{name}"], "b": params[f"b_{name}"]}
+
+
+def fused_projection(params: dict, names: tuple) -> dict:
+    """The linear-layer params of projections `names` side by side: w (D, len(names) D), b (len(names) D)."""
+    if len(names) == 1:
+        return projection(params, names[0])
+    xp = array_namespace(params["w_q"])
+    return {"w": xp.concat([params[f"w_{name}"] for name in names], axis=1),
+            "b": xp.concat([params[f"b_{name}"] for name in names])}
+
+
+def _project_heads(params: dict, x, names: tuple, n_heads: int):
+    """x (B, T, D) -> ((B, H, T, Dh) per name, saved): the projections `names` as one matmul."""
+    xp = array_namespace(x)
+    y, saved = linear.fwd(fused_projection(params, names), x)  # (B, T, n D)
+    batch, length, _ = x.shape
+    d_head = x.shape[-1] // n_heads
+    # One transpose for all of them: (B, T, n, H, Dh) -> (n, B, H, T, Dh).
+    heads = xp.permute_dims(xp.reshape(y, (batch, length, len(names), n_heads, d_head)), (2, 0, 3, 1, 4))
+    return tuple(heads[i, ...] for i in range(len(names))), saved
+
+
+def _project_heads_bwd(saved: linear.Saved, d_heads: tuple, splits: tuple):
+    """The backward of _project_heads: d_heads (B, H, T, Dh) per name -> (dparams per name, dx per
+    group), the names grouped as `splits` gives: one matmul for the weights' gradient, one per group
+    for the input's (self-attention's caller adds the queries' and the keys/values' parts)."""
+    xp = array_namespace(d_heads[0])
+    n, (batch, n_heads, length, d_head) = len(d_heads), d_heads[0].shape
+    d_model = n_heads * d_head
+    g = xp.reshape(xp.permute_dims(xp.stack(d_heads), (1, 3, 0, 2, 4)), (batch * length, n * d_model))
+    d_w, d_b = saved.x2.mT @ g, xp.sum(g, axis=0)
+    dparams, dxs, start = [], [], 0
+    for size in splits:
+        block = slice(start * d_model, (start + size) * d_model)
+        dxs.append(xp.reshape(g[:, block] @ saved.w[:, block].mT, (batch, length, d_model)))
+        start += size
+    for i in range(n):
+        block = slice(i * d_model, (i + 1) * d_model)
+        dparams.append({"w": d_w[:, block], "b": d_b[block]})
+    return dparams, dxs
 
 
 def split_heads(x, n_heads: int):
@@ -95,9 +142,7 @@ def dot_product_bwd(saved: DotProductSaved, g):
 
 def project_kv(params: dict, x_kv, n_heads: int) -> KVCache:
     """x_kv (B, S, D) -> its keys and values, (B, H, S, Dh) each: a cache of the memory for cross-attention."""
-    k = linear.apply(projection(params, "k"), x_kv)
-    v = linear.apply(projection(params, "v"), x_kv)
-    return KVCache(split_heads(k, n_heads), split_heads(v, n_heads))
+    return KVCache(*_project_heads(params, x_kv, ("k", "v"), n_heads)[0])
 
 
 def _write(cache: KVCache, new: KVCache, position) -> KVCache:
@@ -114,34 +159,45 @@ def fwd(params: dict, x_q, x_kv, mask, n_heads: int, cache: KVCache | None = Non
     and the second value returned is the updated cache, not residuals. x_kv None attends to the
     cache as it is (cross-attention over the memory, see project_kv); x_kv (B, 1, D) first writes
     its keys and values in at `position` (self-attention over the positions decoded so far). The
-    mask then covers the cache's positions."""
-    q, saved_q = linear.fwd(projection(params, "q"), x_q)
-    if cache is None:
-        k, saved_k = linear.fwd(projection(params, "k"), x_kv)
-        v, saved_v = linear.fwd(projection(params, "v"), x_kv)
-        k, v = split_heads(k, n_heads), split_heads(v, n_heads)
+    mask then covers the cache's positions. x_kv given as the very object x_q is self-attention:
+    its q, k and v are one matmul."""
+    if x_kv is x_q:  # self-attention
+        (q, k, v), saved_qkv = _project_heads(params, x_q, ("q", "k", "v"), n_heads)
+        saved_inputs = (saved_qkv,)
+        if cache is not None:
+            cache = _write(cache, KVCache(k, v), position)
     else:
-        if x_kv is not None:
+        (q,), saved_q = _project_heads(params, x_q, ("q",), n_heads)
+        saved_inputs = (saved_q,)
+        if cache is None:
+            (k, v), saved_kv = _project_heads(params, x_kv, ("k", "v"), n_heads)
+            saved_inputs += (saved_kv,)
+        elif x_kv is not None:
             cache = _write(cache, project_kv(params, x_kv, n_heads), position)
+    if cache is not None:
         k, v = cache
-    heads, saved_dot = dot_product_fwd(split_heads(q, n_heads), k, v, mask)
+    heads, saved_dot = dot_product_fwd(q, k, v, mask)
     y, saved_o = linear.fwd(projection(params, "o"), merge_heads(heads))
     if cache is not None:
         return y, cache
-    return y, Saved(saved_q, saved_k, saved_v, saved_dot, saved_o)
+    return y, Saved(saved_inputs, saved_dot, saved_o)
 
 
 def bwd(saved: Saved, g, n_heads: int):
     """-> (dparams, dx_q, dx_kv). For self-attention the caller adds dx_q and dx_kv."""
     d_o, d_heads = linear.bwd(saved.o, g)
-    dq, dk, dv = dot_product_bwd(saved.dot_product, split_heads(d_heads, n_heads))
-    d_q, dx_q = linear.bwd(saved.q, merge_heads(dq))
-    d_k, dx_k = linear.bwd(saved.k, merge_heads(dk))
-    d_v, dx_v = linear.bwd(saved.v, merge_heads(dv))
-    dparams = {}
-    for name, d in zip(PROJECTIONS, (d_q, d_k, d_v, d_o)):
-        dparams[f"w_{name}"], dparams[f"b_{name}"] = d["w"], d["b"]
-    return dparams, dx_q, dx_k + dx_v
+    d_qkv = dict(zip(("q", "k", "v"), dot_product_bwd(saved.dot_product, split_heads(d_heads, n_heads))))
+    dparams, dxs = {}, []
+    groups = SELF_INPUTS if len(saved.inputs) == 1 else CROSS_INPUTS
+    for names, saved_in in zip(groups, saved.inputs):
+        splits = (1, 2) if len(names) == 3 else (len(names),)  # dx_q apart from dx_kv
+        d_in, dx_in = _project_heads_bwd(saved_in, tuple(d_qkv[name] for name in names), splits)
+        for name, d in zip(names, d_in):
+            dparams[f"w_{name}"], dparams[f"b_{name}"] = d["w"], d["b"]
+        dxs += dx_in
+    dparams["w_o"], dparams["b_o"] = d_o["w"], d_o["b"]
+    dx_q, dx_kv = dxs
+    return {f"{kind}_{name}": dparams[f"{kind}_{name}"] for name in PROJECTIONS for kind in "wb"}, dx_q, dx_kv
 
 
 def apply(params: dict, x_q, x_kv, mask, n_heads: int):

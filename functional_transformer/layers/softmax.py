@@ -6,7 +6,7 @@ zeros (never NaN), which is what a query with nothing to attend to should contri
 
 from __future__ import annotations
 
-from backends import array_namespace
+from backends import array_namespace, backend_of
 
 from .precision import as_dtype, at_least_float32
 
@@ -18,7 +18,9 @@ def fwd(x, mask=None):
     x = at_least_float32(x)  # bfloat16 scores: the exponentials and their sum in float32
     if mask is not None:
         x = xp.where(mask, x, xp.asarray(-xp.inf, dtype=x.dtype))
-    row_max = xp.max(x, axis=-1, keepdims=True)
+    # The shift cancels out of p, so its derivative is zero: stopping it spares jax.grad the
+    # backward of the max (a compare and select per element; benchmarks/README.md).
+    row_max = backend_of(x).stop_gradient(xp.max(x, axis=-1, keepdims=True))
     # A fully masked row has max -inf; shifting by 0 instead keeps exp(-inf) = 0 rather than NaN.
     row_max = xp.where(row_max == -xp.inf, xp.asarray(0, dtype=x.dtype), row_max)
     p = xp.exp(x - row_max)
@@ -39,7 +41,7 @@ def bwd(p, g):
 def log_softmax(x):
     """log softmax over the last axis, shifted by the row max so large logits never overflow."""
     xp = array_namespace(x)
-    shifted = x - xp.max(x, axis=-1, keepdims=True)
+    shifted = x - backend_of(x).stop_gradient(xp.max(x, axis=-1, keepdims=True))  # as in fwd
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
 
 
