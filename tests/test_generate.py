@@ -128,6 +128,11 @@ def python_loop(backend, params, src, cfg, *, beam_size=None, max_steps=MAX_STEP
     """Decoding as it ran before the compiled loop: the search's step, jitted alone, called from a Python
     loop that stops once every row has ended. beam_size None is greedy.
     -> (tokens (B, max_steps), the number of steps run, the last state), as NumPy."""
+    with backend.x64_scope():  # as the library's own entry points run (its float64 never leaks out)
+        return _python_loop(backend, params, src, cfg, beam_size, max_steps, alpha)
+
+
+def _python_loop(backend, params, src, cfg, beam_size, max_steps, alpha):
     xp = backend.xp
     src = backend.asarray(src)
     batch, k = src.shape[0], beam_size or 1
