@@ -270,7 +270,7 @@ def _ratio_panel(ax, configs: list[str], ratios: list[dict], peer_title: str) ->
     _grouped_bars(ax, configs, [f"{backend} {measure}" for backend, measure in series], values)
     ax.axhline(1.0, color="black", linewidth=0.8)
     # Log scale: 0.5x and 2x lie equally far from 1.
-    ax.set(yscale="log", ylabel=f"our time / {peer_title}'s (log)", title=f"against {peer_title} (below 1: we are faster)")
+    ax.set(yscale="log", ylabel=f"our time / {peer_title}'s (log)", title=f"vs {peer_title} (< 1: we are faster)")
 
 
 def _panel_measure(measure: str) -> str:
