@@ -364,12 +364,12 @@ def _eval(args) -> int:
     else:  # the run's own held-out pairs, fitted to its max_len as in training
         pairs = fit_held_out(spec, tokenizer, cfg.max_len, load_pairs(spec)[1])
     pairs = pairs[: args.n] if args.n else pairs
-    if not metrics.sacrebleu_available():
-        print(f"ft eval: note: {metrics.MISSING_NOTE}", file=sys.stderr)
     if args.data:  # an over-long line is an error naming it, before anything is decoded
         check_held_out_lengths(pairs, tokenizer, cfg.max_len, args.data)
     result = evaluate(loaded["state"]["params"], cfg, tokenizer, pairs, beam_size=args.beam,
                       batch_size=args.batch_size, allow_unknown=args.allow_unknown, keep_predictions=True)
+    if not metrics.sacrebleu_available():  # after the checks, so that an input error stays one line
+        print(f"ft eval: note: {metrics.MISSING_NOTE}", file=sys.stderr)
     if args.output:
         _write_lines(args.output, result["predictions"])
     for name in ("n_examples", "n_with_unknown", "loss", "token_accuracy", "char_accuracy", "bleu", "bleu_signature",
