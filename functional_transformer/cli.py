@@ -357,7 +357,10 @@ def _eval(args) -> int:
     if args.data:
         pairs = read_tsv(args.data)
     elif args.task:
-        pairs = make_task_data(args.task, 0, args.n or 500, spec.get("min_len", 1), spec.get("max_len", 12), args.seed)[1]
+        # A task run's string lengths; a TSV spec's max_len is the model's length in tokens instead.
+        sizes = spec if spec["kind"] == "task" else {}
+        lengths = [sizes.get(name, TASK_DATA_DEFAULTS[name]) for name in ("min_len", "max_len")]
+        pairs = make_task_data(args.task, 0, args.n or 500, *lengths, args.seed)[1]
         if spec["kind"] == "task" and spec["task"] == args.task:  # keep them held out: drop strings seen in training
             seen = {source for source, _ in load_pairs(spec)[0]}
             pairs = [pair for pair in pairs if pair[0] not in seen]

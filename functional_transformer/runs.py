@@ -229,11 +229,9 @@ def model_config(tokenizer: Tokenizer, pairs, model: dict | TransformerConfig | 
     target + end-of-sequence in tokens, rounded up to 8; or `max_len` where given, which the data is
     then fitted to: fit_data) from the tokenizer and pairs, the rest from `model` (a dict of
     TransformerConfig fields over MODEL_DEFAULTS, or a whole config, checked against the data)."""
-    if max_len is None:
-        longest = max(max(len(tokenizer.source.encode(s)), len(tokenizer.target.encode(t)) + 1) for s, t in pairs)
-        max_len = _round_up(longest + 1)
+    longest = max(max(len(tokenizer.source.encode(s)), len(tokenizer.target.encode(t)) + 1) for s, t in pairs)
     derived = {"src_vocab_size": tokenizer.source.vocab_size, "tgt_vocab_size": tokenizer.target.vocab_size,
-               "max_len": max_len, "pad_id": tokenizer.pad_id}
+               "max_len": _round_up(longest + 1) if max_len is None else max_len, "pad_id": tokenizer.pad_id}
     if isinstance(model, TransformerConfig):
         for name in ("src_vocab_size", "tgt_vocab_size", "pad_id"):
             if getattr(model, name) != derived[name]:
@@ -242,7 +240,7 @@ def model_config(tokenizer: Tokenizer, pairs, model: dict | TransformerConfig | 
         if max_len is not None and model.max_len != max_len:
             raise ValueError(f"the model's max_len ({model.max_len}) differs from the data's max_len ({max_len}); "
                              "give one of them")
-        if model.max_len < longest:
+        if max_len is None and model.max_len < longest:
             raise ValueError(f"the model's max_len ({model.max_len}) is shorter than the data's longest "
                              f"sequence ({longest} tokens)")
         return model
@@ -296,7 +294,9 @@ def describe_run(out_dir: Path) -> str:
     line = f"a run at step {step} of {loaded['train_config'].get('steps', '?')}"
     best = loaded["progress"].get("best_exact_match")
     if best is not None:
-        line += f", best held-out exact match {best:.4f} at step {loaded['progress']['best_step']}"
+        best_by = loaded["train_config"].get("best_by", "exact_match")
+        line += (f", held-out exact match {best:.4f} at its best step by {best_by}, "
+                 f"{loaded['progress']['best_step']}")
     return line
 
 

@@ -225,7 +225,8 @@ def batch_plans(run: Run, start_step: int) -> Iterator[BatchPlan]:
     tcfg = run.tcfg
     if tcfg.max_tokens:
         return token_batch_plans(run.train_examples, tcfg.max_tokens, tcfg.seed, start_step, max_len=run.cfg.max_len)
-    return fixed_batch_plans(run.train_examples, tcfg.batch_size, tcfg.seed, start_step, pad_to_multiple=8)
+    return fixed_batch_plans(run.train_examples, tcfg.batch_size, tcfg.seed, start_step, pad_to_multiple=8,
+                             max_len=run.cfg.max_len)
 
 
 def check_batches_split(run: Run, mesh) -> None:

@@ -312,3 +312,27 @@ def test_max_tokens_learns_as_well_as_fixed_batches(backend, tsv_files):
         losses[name + "_pad"] = pad
     assert losses["bucketed"] < 1.1 * losses["fixed"], losses
     assert losses["bucketed_pad"] < losses["fixed_pad"], losses
+
+
+def test_fixed_batches_never_pad_past_a_max_len_that_is_not_a_multiple_of_8():
+    """--max-len 50: a batch whose longest example has 49 tokens pads to 50, not to 56 (which the
+    model would refuse mid-run)."""
+    examples = [EncodedPair((4,) * 49, (1, *[5] * 48, 2)), EncodedPair((4,) * 3, (1, 5, 2))]
+    plan = next(fixed_batch_plans(examples, 2, seed=0, pad_to_multiple=8, max_len=50))
+    assert (plan.src_len, plan.tgt_len) == (50, 50)
+    short = next(fixed_batch_plans(examples[1:], 1, seed=0, pad_to_multiple=8, max_len=50))
+    assert (short.src_len, short.tgt_len) == (8, 8)  # rounding up as before where it fits
+
+
+def test_model_config_takes_a_whole_config_with_room_to_spare_or_the_given_max_len():
+    pairs = [("abc", "cba"), ("ab", "ba")]
+    tokenizer = runs.tokenizer_for({"kind": "tsv"}, pairs, [])
+    base = runs.model_config(tokenizer, pairs)
+    roomy = ft.TransformerConfig.from_dict({**base.to_dict(), "max_len": 64})
+    assert runs.model_config(tokenizer, pairs, roomy) is roomy  # longer than the data needs: fine
+    assert runs.model_config(tokenizer, pairs, roomy, max_len=64) is roomy
+    with pytest.raises(ValueError, match="differs from the data's max_len"):
+        runs.model_config(tokenizer, pairs, roomy, max_len=32)
+    tight = ft.TransformerConfig.from_dict({**base.to_dict(), "max_len": 2})
+    with pytest.raises(ValueError, match="shorter than the data's longest"):
+        runs.model_config(tokenizer, pairs, tight)

@@ -133,9 +133,12 @@ def make_batch(examples: Sequence[EncodedPair], pad_id: int = PAD_ID, pad_to_mul
     return _fill_batch(examples, pad_id, src_len, tgt_len)
 
 
-def _padded_lengths(examples: Sequence[EncodedPair], pad_to_multiple: int) -> tuple[int, int]:
-    return (_round_up(max(len(e.src) for e in examples), pad_to_multiple),
-            _round_up(max(len(e.tgt) - 1 for e in examples), pad_to_multiple))
+def _padded_lengths(examples: Sequence[EncodedPair], pad_to_multiple: int,
+                    max_len: int | None = None) -> tuple[int, int]:
+    # Rounding up never goes past the model's max_len (which need not be a multiple of 8).
+    cap = max_len if max_len is not None else float("inf")
+    return (min(_round_up(max(len(e.src) for e in examples), pad_to_multiple), cap),
+            min(_round_up(max(len(e.tgt) - 1 for e in examples), pad_to_multiple), cap))
 
 
 def _fill_batch(examples: Sequence[EncodedPair], pad_id: int, src_len: int, tgt_len: int) -> Batch:
@@ -253,16 +256,17 @@ def batch_iterator(
 
 
 def fixed_batch_plans(examples: Sequence[EncodedPair], batch_size: int, seed: int, start_step: int = 0, *,
-                      pad_to_multiple: int = 1) -> Iterator[BatchPlan]:
-    """The plans of `batch_iterator`: batch_size rows each, padded to the longest rounded up to pad_to_multiple."""
+                      pad_to_multiple: int = 1, max_len: int | None = None) -> Iterator[BatchPlan]:
+    """The plans of `batch_iterator`: batch_size rows each, padded to the longest rounded up to
+    pad_to_multiple, but never past max_len."""
     n = len(examples)
     _check_batching(n, batch_size, seed)
     if start_step < 0:
         raise ValueError(f"start_step must be non-negative, got {start_step}")
-    return _fixed_plans_from(examples, batch_size, seed, start_step, pad_to_multiple)
+    return _fixed_plans_from(examples, batch_size, seed, start_step, pad_to_multiple, max_len)
 
 
-def _fixed_plans_from(examples, batch_size, seed, start_step, pad_to_multiple) -> Iterator[BatchPlan]:
+def _fixed_plans_from(examples, batch_size, seed, start_step, pad_to_multiple, max_len) -> Iterator[BatchPlan]:
     n = len(examples)
     cache: dict[int, np.ndarray] = {}  # the permutations in use; a batch spans at most a few epochs
 
@@ -276,7 +280,7 @@ def _fixed_plans_from(examples, batch_size, seed, start_step, pad_to_multiple) -
     step = start_step
     while True:
         indices = _batch_indices(n, batch_size, seed, step, permutation)
-        yield BatchPlan(indices, *_padded_lengths([examples[i] for i in indices], pad_to_multiple))
+        yield BatchPlan(indices, *_padded_lengths([examples[i] for i in indices], pad_to_multiple, max_len))
         step += 1
 
 

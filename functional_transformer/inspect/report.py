@@ -201,7 +201,8 @@ def build_report(path: str | Path, which: str | None = None, *, backend: Backend
 
     sections = []
     best = progress.get("best_exact_match")
-    best_line = f"best held-out exact match {best:.4f} at step {progress.get('best_step')}; " if best is not None else ""
+    best_line = (f"held-out exact match {best:.4f} at its best step by {_e(tcfg.best_by)}, "
+                 f"{progress.get('best_step')}; " if best is not None else "")
     sections.append(
         f"<p>Checkpoint <code>{_e(used)}</code> at step {step} of {tcfg.steps}; {best_line}written on the "
         f"{_e(loaded['backend'])} backend, read on {_e(backend.name)} for this page, made "

@@ -196,7 +196,8 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
             tcfg = TrainConfig(**{**train_fields, "steps": config.steps, "seed": config.seed,
                                   "eval_every": config.eval_every, "save_every": config.steps,
                                   "log_every": config.eval_every})
-            cfg = runs.model_config(runs.tokenizer_for(data, *pairs), pairs[0] + pairs[1], model)
+            cfg = runs.model_config(runs.tokenizer_for(data, *pairs), pairs[0] + pairs[1], model,
+                                    runs.spec_max_len(data))
         except ValueError as err:
             trial.set_user_attr("fail_reason", str(err))
             raise InvalidSettings(str(err)) from None
