@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, CharTokenizer, decode_ids
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, CharTokenizer, OneVocabulary, decode_ids
 from .tsv import DataError
 
 INSTALL_HINT = "pip install 'functional-transformer[text]' (in a checkout: uv sync --extra text)"
@@ -44,7 +44,7 @@ def import_tokenizers():
 
 
 @dataclass(frozen=True)
-class BpeTokenizer:
+class BpeTokenizer(OneVocabulary):
     """Subword pieces learned by BPE over the characters of the training data; see the module docstring."""
 
     json_text: str  # the tokenizers library's serialisation; equality and hashing go by it
@@ -97,16 +97,6 @@ class BpeTokenizer:
         serialised = json.loads(hf.to_str())
         serialised["added_tokens"] = []
         return cls(json.dumps(serialised, ensure_ascii=False))
-
-    @property
-    def source(self) -> BpeTokenizer:
-        """The source side's tokenizer: this one (a shared vocabulary)."""
-        return self
-
-    @property
-    def target(self) -> BpeTokenizer:
-        """The target side's tokenizer: this one."""
-        return self
 
     @property
     def vocab_size(self) -> int:

@@ -58,8 +58,20 @@ class Tokenizer(Protocol):
     def to_json(self) -> str: ...
 
 
+class OneVocabulary:
+    """A tokenizer whose source and target sides are itself: one vocabulary for both."""
+
+    @property
+    def source(self):
+        return self
+
+    @property
+    def target(self):
+        return self
+
+
 @dataclass(frozen=True)
-class CharTokenizer:
+class CharTokenizer(OneVocabulary):
     """A vocabulary of single characters, in sorted order, after the four special tokens."""
 
     chars: tuple[str, ...]
@@ -90,16 +102,6 @@ class CharTokenizer:
     bos_id = BOS_ID
     eos_id = EOS_ID
     unk_id = UNK_ID
-
-    @property
-    def source(self) -> CharTokenizer:
-        """The source side's tokenizer: this one (the two sides share characters)."""
-        return self
-
-    @property
-    def target(self) -> CharTokenizer:
-        """The target side's tokenizer: this one."""
-        return self
 
     def token_text(self, token_id: int) -> str:
         """The text of one id: its character, or the special token's name."""
