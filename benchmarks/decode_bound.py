@@ -63,7 +63,7 @@ def bytes_read_per_step(bc: BenchConfig, steps: int | None = None) -> dict:
         *_, sublayer, name = path.split(".")
         if not (sublayer == "cross_attn" and name in CROSS_CACHED):
             weights += leaf.nbytes
-    weights += sum(leaf.nbytes for leaf in backends.tree_leaves(model.output_projection(params, cfg)))
+    weights += sum(leaf.nbytes for leaf in backends.tree_leaves(model.for_config(cfg).output_projection(params)))
     weights += bc.batch * cfg.d_model * 4  # the embedding rows of the batch's tokens
     steps = steps or bc.tgt_len
     itemsize = 4

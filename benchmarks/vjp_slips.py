@@ -106,7 +106,7 @@ def measure() -> dict:
 
     def bwd(saved, g):
         saved_model, saved_loss = saved
-        return model.bwd(saved_model, loss.bwd(saved_loss, g, 0.1), cfg)
+        return model.bwd(params, saved_model, loss.bwd(saved_loss, g, 0.1), cfg)
 
     errors = {}
     for slip, replacements in SLIPS.items():

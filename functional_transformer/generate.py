@@ -5,9 +5,9 @@ The cache holds, per decoder layer, the self-attention keys/values of the tokens
 encoder memory, (B, H, S, Dh), computed once per source. One step then costs O(t) attention for
 the new token instead of re-running the decoder over the whole prefix (O(t^2)).
 
-A step runs the decoder stack's own single-position step (layers.stacks.decoder_step: the same
-block code as training, in eval mode), so cached generation computes exactly what
-`model.decode_fwd` computes; `greedy(..., use_cache=False)` re-runs the full decoder each step as
+A step runs the model's own single-position step (the parts' `step`: the same block code as
+training, in eval mode), so cached generation computes exactly what the teacher-forced decoder
+computes; `greedy(..., use_cache=False)` re-runs the full decoder each step as
 a reference.
 
 Both searches are one step function on fixed shapes (`_greedy_step`, `_beam_step`) driven by
@@ -24,26 +24,24 @@ import math
 from backends import array_namespace, backend_of, with_x64_scope
 
 from . import api, checks, model
-from .layers import embedding, linear, softmax, stacks
-from .layers.precision import as_dtype
+from .layers import softmax
+from .parts import padding_mask
 
 
-def init_cache(params: dict, memory, cfg, max_steps: int) -> dict:
-    """{"layer_i": {"self_k", "self_v", "cross_k", "cross_v"}}: empty self-attention keys/values
-    (B, H, max_steps, Dh) and the memory's cross-attention keys/values (B, H, S, Dh)."""
-    return stacks.decoder_cache(model.compute_params(params, cfg)["decoder"], memory, cfg, max_steps)
+def init_cache(params: dict, memory, cross_mask, cfg, max_steps: int) -> dict:
+    """{"layer_i": {"0": self-attention's {"k", "v"}, "1": cross-attention's}}: empty self-attention
+    keys/values (B, H, max_steps, Dh) and the memory's cross-attention keys/values (B, H, S, Dh)."""
+    xp = backend_of(memory).xp
+    ids = xp.zeros((memory.shape[0], 1), dtype=xp.int32)
+    return model.for_config(cfg).init_cache(params, (ids, memory), max_steps, memory_mask=cross_mask)
 
 
-def step(params: dict, cache: dict, tokens, position, cross_mask, cfg):
+def step(params: dict, cache: dict, tokens, position, memory, cross_mask, cfg):
     """The next-token logits (B, V) for tokens (B,) at `position`, and the cache with them written in."""
     xp = backend_of(cache).xp
-    params = model.compute_params(params, cfg)  # under jit: fused into the step's reads of the weights
-    x = embedding.apply(params["tgt_embed"], xp.reshape(tokens, (-1, 1)), position)  # (B, 1, D)
-    max_steps = next(iter(cache.values()))["self_k"].shape[2]
-    self_mask = xp.reshape(xp.arange(max_steps) <= position, (1, 1, 1, max_steps))  # keys generated so far
-    h, cache = stacks.decoder_step(params["decoder"], x, cache, position, self_mask, cross_mask, cfg)
-    logits = linear.apply(model.output_projection(params, cfg), h)  # (B, 1, V)
-    return as_dtype(logits[:, 0, :], getattr(xp, cfg.dtype)), cache
+    logits, cache = model.for_config(cfg).step(params, (xp.reshape(tokens, (-1, 1)), memory), cache, position,
+                                                    memory_mask=cross_mask)
+    return logits[:, 0, :], cache
 
 
 def _checked_src(src, params, cfg, max_steps):
@@ -63,12 +61,12 @@ def _decode(params: dict, src, state: dict, cfg, step_fn, eos_id: int, max_steps
     backend = backend_of(params)
     xp = backend.xp
     memory = model.encode(params, src, cfg)
-    cross_mask = model.padding_mask(src, cfg.pad_id)
+    cross_mask = padding_mask(src, cfg.pad_id)  # (B, S)
     if beam_size > 1:
         batch = src.shape[0]
         repeat = xp.reshape(xp.broadcast_to(xp.reshape(xp.arange(batch), (batch, 1)), (batch, beam_size)), (-1,))
         memory, cross_mask = xp.take(memory, repeat, axis=0), xp.take(cross_mask, repeat, axis=0)
-    cache = init_cache(params, memory, cfg, max_steps)
+    cache = init_cache(params, memory, cross_mask, cfg, max_steps)
 
     def running(carry):
         position, _, state = carry
@@ -76,7 +74,7 @@ def _decode(params: dict, src, state: dict, cfg, step_fn, eos_id: int, max_steps
 
     def advance(carry):
         position, cache, state = carry
-        cache, state = step_fn(params, cache, state, position, cross_mask, cfg, eos_id)
+        cache, state = step_fn(params, cache, state, position, (memory, cross_mask), cfg, eos_id)
         return position + 1, cache, state
 
     return backend.while_loop(running, advance, (xp.asarray(0), cache, state))[2]
@@ -120,9 +118,9 @@ def _greedy_start(xp, batch: int, cfg, bos_id: int, max_steps: int) -> dict:
     }
 
 
-def _greedy_step(params, cache, state, position, cross_mask, cfg, eos_id):
-    """One greedy step on fixed shapes over the cache -> (cache, state)."""
-    logits, cache = step(params, cache, state["tokens"], position, cross_mask, cfg)
+def _greedy_step(params, cache, state, position, source, cfg, eos_id):
+    """One greedy step on fixed shapes over the cache -> (cache, state); source is (memory, cross_mask)."""
+    logits, cache = step(params, cache, state["tokens"], position, *source, cfg)
     return cache, _greedy_pick(logits, state, position, cfg, eos_id)
 
 
@@ -165,13 +163,14 @@ def _beam_start(xp, batch: int, k: int, cfg, bos_id: int, max_steps: int) -> dic
     }
 
 
-def _beam_step(params, cache, state, position, cross_mask, cfg, eos_id):
-    """One beam-search step on fixed shapes: extend every live hypothesis, keep the best k per row."""
+def _beam_step(params, cache, state, position, source, cfg, eos_id):
+    """One beam-search step on fixed shapes: extend every live hypothesis, keep the best k per row;
+    source is (memory, cross_mask), each row repeated for its beams."""
     backend = backend_of(cache)
     xp = backend.xp
     batch, k = state["scores"].shape
     vocab = cfg.tgt_vocab_size
-    logits, cache = step(params, cache, state["tokens"], position, cross_mask, cfg)
+    logits, cache = step(params, cache, state["tokens"], position, *source, cfg)
     log_probs = xp.reshape(softmax.log_softmax(_never_pad(logits, cfg.pad_id)), (batch, k, vocab))
     # A finished hypothesis can only continue with pad, at log-probability 0: its score is frozen.
     frozen = xp.astype(xp.where(xp.arange(vocab) == cfg.pad_id, 0.0, -math.inf), log_probs.dtype)

@@ -30,7 +30,7 @@ def grad_vjp(params: dict, batch: dict, cfg, train: bool, key, label_smoothing: 
     """-> (grads, metrics) from the hand-written VJPs: forward with residuals, then backward."""
     logits, saved_model = model.fwd(params, batch["src"], batch["tgt_in"], cfg, train, key)
     _, metrics, saved_loss = loss.fwd(logits, batch["tgt_out"], cfg.pad_id, label_smoothing)
-    grads = model.bwd(saved_model, loss.bwd(saved_loss, 1.0, label_smoothing), cfg)
+    grads = model.bwd(params, saved_model, loss.bwd(saved_loss, 1.0, label_smoothing), cfg)
     return grads, metrics
 
 

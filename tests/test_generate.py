@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import functional_transformer as ft
-from functional_transformer import generate, model
+from functional_transformer import generate, model, parts
 
 PAD, BOS, EOS = 0, 1, 2
 ON_JAX = os.environ.get("FT_BACKEND", "numpy") == "jax"
@@ -138,8 +138,9 @@ def _python_loop(backend, params, src, cfg, beam_size, max_steps, alpha):
     batch, k = src.shape[0], beam_size or 1
     rows = backend.asarray(np.repeat(np.arange(batch), k))  # each row's memory once per beam
     memory = xp.take(ft.encode(params, src, cfg), rows, axis=0)
-    cross_mask = xp.take(model.padding_mask(src, cfg.pad_id), rows, axis=0)
-    cache = backend.jit(generate.init_cache, static_argnames=("cfg", "max_steps"))(params, memory, cfg, max_steps)
+    cross_mask = xp.take(parts.padding_mask(src, cfg.pad_id), rows, axis=0)
+    cache = backend.jit(generate.init_cache, static_argnames=("cfg", "max_steps"))(params, memory, cross_mask, cfg,
+                                                                                   max_steps)
     if beam_size is None:
         state, step = generate._greedy_start(xp, batch, cfg, BOS, max_steps), generate._greedy_step
     else:
@@ -147,7 +148,7 @@ def _python_loop(backend, params, src, cfg, beam_size, max_steps, alpha):
     step = backend.jit(step, static_argnames=("cfg", "eos_id"))
     steps = 0
     while steps < max_steps and not bool(xp.all(state["finished"])):
-        cache, state = step(params, cache, state, xp.asarray(steps), cross_mask, cfg, EOS)
+        cache, state = step(params, cache, state, xp.asarray(steps), (memory, cross_mask), cfg, EOS)
         steps += 1
     tokens = state["output"] if beam_size is None else generate._best_hypothesis(state, alpha)
     return to_np(backend, tokens), steps, backend.tree_to_numpy(state)
@@ -173,26 +174,29 @@ def test_step_logits_equal_apply_on_the_same_prefix(backend, norm_first, positio
     prefix[:, 0] = BOS
     full = to_np(backend, ft.apply(params, src, prefix, cfg))  # (B, T, V): position t sees prefix[:, :t + 1]
     memory = ft.encode(params, src, cfg)
-    cross_mask = model.padding_mask(backend.asarray(src), cfg.pad_id)
-    cache = backend.jit(generate.init_cache, static_argnames=("cfg", "max_steps"))(params, memory, cfg, MAX_STEPS)
+    cross_mask = parts.padding_mask(backend.asarray(src), cfg.pad_id)
+    cache = backend.jit(generate.init_cache, static_argnames=("cfg", "max_steps"))(params, memory, cross_mask, cfg,
+                                                                                   MAX_STEPS)
     step = backend.jit(generate.step, static_argnames=("cfg",))  # the position is traced on JAX
     for t in range(MAX_STEPS):
-        logits, cache = step(params, cache, backend.asarray(prefix[:, t]), backend.asarray(t), cross_mask, cfg)
+        logits, cache = step(params, cache, backend.asarray(prefix[:, t]), backend.asarray(t), memory, cross_mask, cfg)
         assert logits.shape == (BATCH, cfg.tgt_vocab_size)
         np.testing.assert_allclose(to_np(backend, logits), full[:, t], rtol=1e-5, atol=1e-5, err_msg=f"position {t}")
     # The cache holds the self-attention keys of every position written, one per step.
-    assert np.all(np.any(to_np(backend, cache["layer_0"]["self_k"]) != 0, axis=(1, 3)))
+    assert np.all(np.any(to_np(backend, cache["layer_0"]["0"]["k"]) != 0, axis=(1, 3)))
 
 
 def test_init_cache_shapes(backend):
     cfg, params, _ = make_model(backend)
     memory = ft.encode(params, make_src(0), cfg)
-    cache = generate.init_cache(params, memory, cfg, 5)
+    cache = generate.init_cache(params, memory, parts.padding_mask(backend.asarray(make_src(0)), cfg.pad_id), cfg, 5)
     assert sorted(cache) == ["layer_0", "layer_1"]
     for layer in cache.values():
-        assert layer["self_k"].shape == layer["self_v"].shape == (BATCH, 4, 5, 4)
-        assert layer["cross_k"].shape == layer["cross_v"].shape == (BATCH, 4, 6, 4)
-        assert not np.any(to_np(backend, layer["self_k"]))
+        assert sorted(layer) == ["0", "1"]  # the self-attention's and the cross-attention's; none for the FFN
+        self_kv, cross_kv = layer["0"], layer["1"]
+        assert self_kv["k"].shape == self_kv["v"].shape == (BATCH, 4, 5, 4)
+        assert cross_kv["k"].shape == cross_kv["v"].shape == (BATCH, 4, 6, 4)
+        assert not np.any(to_np(backend, self_kv["k"]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,22 +18,20 @@ import pytest
 import backends
 import functional_transformer as ft
 from backends import tree_items, tree_leaves, tree_map, tree_structure
-from functional_transformer import loss, model
+from functional_transformer import loss, model, parts
 from functional_transformer.config import TransformerConfig
 from functional_transformer.gradcheck import check_vjp, vjp_error
 from functional_transformer.layers import (
     activations,
     attention,
-    blocks,
     dropout,
     embedding,
     feed_forward,
     layer_norm,
     linear,
-    residual,
     softmax,
-    stacks,
 )
+from functional_transformer.models import encoder_decoder
 
 # These gradient checks build float64 arrays on JAX themselves (and call layers outside the library's
 # entry points), so they run with JAX's 64-bit types on, as a float64 user of JAX does.
@@ -299,38 +297,41 @@ def _ln_params(seed):
     return {"scale": 1.0 + _normal(seed, (D,), 0.2), "bias": _normal(seed + 1, (D,), 0.2)}
 
 
-def _case_residual_ffn(backend, norm_first, train):
-    key = backend.random.key(11)
+def _part_case(backend, part, params, x, key=None, train=False, **side):
+    """(fwd, bwd, primals) of a part for the checks below: fwd(params, *float inputs) -> (y, saved),
+    bwd(saved, g) -> (dparams, *dx of the float inputs); side inputs (masks) are closed over."""
+    inputs = x if isinstance(x, tuple) else (x,)
+    primals = _convert(backend, (params, *inputs))
+    side = {name: backend.asarray(value) for name, value in side.items()}
 
-    def fwd(ln, ffn, x):
-        return residual.fwd(ln, x, lambda h: feed_forward.fwd(ffn, h, "gelu"), norm_first=norm_first,
-                            drop_rate=DROP, train=train, key=key)
+    def fwd(p, *xs):
+        return part.fwd(p, xs if isinstance(x, tuple) else xs[0], train=train, key=key, **side)
 
     def bwd(saved, g):
-        d_ln, d_ffn, dx, extra = residual.bwd(saved, g, lambda s, g_ffn: feed_forward.bwd(s, g_ffn, "gelu"),
-                                              norm_first=norm_first)
-        assert list(extra) == []
-        return d_ln, d_ffn, dx
+        if isinstance(g, dict):  # check_vjp hands a tuple output's cotangent over as {"0": .., "1": ..}
+            g = tuple(g[str(i)] for i in range(len(g)))
+        dparams, dx = part.bwd(primals[0], saved, g)
+        return (dparams, *(dx if isinstance(x, tuple) else (dx,)))
 
-    return fwd, bwd, _convert(backend, (_ln_params(5), _ffn_params(), _normal(2, (B, T, D))))
+    return fwd, bwd, primals
+
+
+def _residual(sublayer, norm_first, name="sublayer"):
+    return parts.Residual(sublayer, D, norm_first=norm_first, drop_rate=DROP, name=name, norm_name="ln", dtype="float64")
+
+
+def _case_residual_ffn(backend, norm_first, train):
+    part = _residual(parts.FeedForward(D, F, "gelu", "float64"), norm_first)
+    params = {"ln": _ln_params(5), "sublayer": _ffn_params()}
+    return _part_case(backend, part, params, _normal(2, (B, T, D)), backend.random.key(11), train)
 
 
 def _case_residual_cross_attention(backend, norm_first):
-    """A sublayer with an extra input (the memory), whose cotangent residual.bwd passes through."""
-    key = backend.random.key(12)
-    mask = backend.asarray(_src_key_mask())
-
-    def fwd(ln, attn, x, memory):
-        return residual.fwd(ln, x, lambda h: attention.fwd(attn, h, memory, mask, H), norm_first=norm_first,
-                            drop_rate=DROP, train=True, key=key)
-
-    def bwd(saved, g):
-        d_ln, d_attn, dx, (d_memory,) = residual.bwd(saved, g, lambda s, g_attn: attention.bwd(s, g_attn, H),
-                                                     norm_first=norm_first)
-        return d_ln, d_attn, dx, d_memory
-
-    primals = (_ln_params(5), _attention_params(), _normal(2, (B, T, D)), _normal(3, (B, S, D)))
-    return fwd, bwd, _convert(backend, primals)
+    """A sublayer with an extra input (the memory), whose cotangent the residual passes through."""
+    part = _residual(parts.CrossAttention(D, H, "float64"), norm_first)
+    params = {"ln": _ln_params(5), "sublayer": _attention_params()}
+    return _part_case(backend, part, params, (_normal(2, (B, T, D)), _normal(3, (B, S, D))), backend.random.key(12),
+                      True, memory_mask=_lengths_mask(SRC_LENGTHS, S))
 
 
 def _layer_cfg(norm_first, activation="relu"):
@@ -339,40 +340,34 @@ def _layer_cfg(norm_first, activation="relu"):
 
 def _case_encoder_block(backend, norm_first, train):
     cfg = _layer_cfg(norm_first, "gelu")
-    params = _randomize(blocks.encoder_block_init(NP.random.key(3), cfg), 103, 0.1)
-    mask, key = backend.asarray(_src_key_mask()), backend.random.key(13)
-    return ((lambda p, x: blocks.encoder_block_fwd(p, x, mask, cfg, train, key)),
-            (lambda saved, g: blocks.encoder_block_bwd(saved, g, cfg)),
-            _convert(backend, (params, _normal(2, (B, S, D)))))
+    part = encoder_decoder.encoder_block(cfg)
+    params = _randomize(part.init(NP.random.key(3)), 103, 0.1)
+    return _part_case(backend, part, params, _normal(2, (B, S, D)), backend.random.key(13), train,
+                      mask=_lengths_mask(SRC_LENGTHS, S))
 
 
 def _case_decoder_block(backend, norm_first, train):
     cfg = _layer_cfg(norm_first, "relu")
-    params = _randomize(blocks.decoder_block_init(NP.random.key(4), cfg), 104, 0.1)
-    self_mask, cross_mask = backend.asarray(_tgt_self_mask()), backend.asarray(_src_key_mask())
-    key = backend.random.key(14)
-    return ((lambda p, x, mem: blocks.decoder_block_fwd(p, x, mem, self_mask, cross_mask, cfg, train, key)),
-            (lambda saved, g: blocks.decoder_block_bwd(saved, g, cfg)),
-            _convert(backend, (params, _normal(2, (B, T, D)), _normal(3, (B, S, D)))))
+    part = encoder_decoder.decoder_block(cfg)
+    params = _randomize(part.init(NP.random.key(4)), 104, 0.1)
+    return _part_case(backend, part, params, (_normal(2, (B, T, D)), _normal(3, (B, S, D))), backend.random.key(14),
+                      train, mask=_lengths_mask(TGT_LENGTHS, T), memory_mask=_lengths_mask(SRC_LENGTHS, S))
 
 
 def _case_encoder_stack(backend, norm_first, train):
     cfg = _layer_cfg(norm_first, "gelu")
-    params = _randomize(stacks.encoder_init(NP.random.key(5), cfg), 105, 0.1)
-    mask, key = backend.asarray(_src_key_mask()), backend.random.key(15)
-    return ((lambda p, x: stacks.encoder_fwd(p, x, mask, cfg, train, key)),
-            (lambda saved, g: stacks.encoder_bwd(saved, g, cfg)),
-            _convert(backend, (params, _normal(2, (B, S, D)))))
+    part = encoder_decoder.stack(cfg, encoder_decoder.encoder_block(cfg), cfg.n_encoder_layers)
+    params = _randomize(part.init(NP.random.key(5)), 105, 0.1)
+    return _part_case(backend, part, params, _normal(2, (B, S, D)), backend.random.key(15), train,
+                      mask=_lengths_mask(SRC_LENGTHS, S))
 
 
 def _case_decoder_stack(backend, norm_first, train):
     cfg = _layer_cfg(norm_first, "gelu")
-    params = _randomize(stacks.decoder_init(NP.random.key(6), cfg), 106, 0.1)
-    self_mask, cross_mask = backend.asarray(_tgt_self_mask()), backend.asarray(_src_key_mask())
-    key = backend.random.key(16)
-    return ((lambda p, x, mem: stacks.decoder_fwd(p, x, mem, self_mask, cross_mask, cfg, train, key)),
-            (lambda saved, g: stacks.decoder_bwd(saved, g, cfg)),
-            _convert(backend, (params, _normal(2, (B, T, D)), _normal(3, (B, S, D)))))
+    part = encoder_decoder.stack(cfg, encoder_decoder.decoder_block(cfg), cfg.n_decoder_layers)
+    params = _randomize(part.init(NP.random.key(6)), 106, 0.1)
+    return _part_case(backend, part, params, (_normal(2, (B, T, D)), _normal(3, (B, S, D))), backend.random.key(16),
+                      train, mask=_lengths_mask(TGT_LENGTHS, T), memory_mask=_lengths_mask(SRC_LENGTHS, S))
 
 
 def _case_loss(backend, label_smoothing):
@@ -386,7 +381,7 @@ def _case_loss(backend, label_smoothing):
     return fwd, (lambda saved, g: loss.bwd(saved, g, label_smoothing)), (logits,)
 
 
-def _model_loss_fns(cfg, batch, key, train, label_smoothing=0.1):
+def _model_loss_fns(cfg, batch, key, train, params, label_smoothing=0.1):
     def fwd(params):
         logits, saved_model = model.fwd(params, batch["src"], batch["tgt_in"], cfg, train, key)
         value, _, saved_loss = loss.fwd(logits, batch["tgt_out"], cfg.pad_id, label_smoothing)
@@ -394,7 +389,7 @@ def _model_loss_fns(cfg, batch, key, train, label_smoothing=0.1):
 
     def bwd(saved, g):
         saved_model, saved_loss = saved
-        return model.bwd(saved_model, loss.bwd(saved_loss, g, label_smoothing), cfg)
+        return model.bwd(params, saved_model, loss.bwd(saved_loss, g, label_smoothing), cfg)
 
     return fwd, bwd
 
@@ -402,8 +397,9 @@ def _model_loss_fns(cfg, batch, key, train, label_smoothing=0.1):
 def _case_model(backend, norm_first, tie, train, **cfg_overrides):
     cfg = _cfg(norm_first=norm_first, tie_embeddings=tie, **cfg_overrides)
     batch = _convert(backend, _batch())
-    fwd, bwd = _model_loss_fns(cfg, batch, backend.random.key(17), train)
-    return fwd, bwd, (_convert(backend, _np_params(cfg)),)
+    params = _convert(backend, _np_params(cfg))
+    fwd, bwd = _model_loss_fns(cfg, batch, backend.random.key(17), train, params)
+    return fwd, bwd, (params,)
 
 
 CASES = {
@@ -707,7 +703,7 @@ def _vjp_loss_and_grads(params, batch, cfg, train=False, key=None, label_smoothi
     """What ft.grad_and_metrics(method="vjp") computes, run eagerly (no jit compile on JAX)."""
     backend = backends.backend_of(params)
     batch = _convert(backend, batch)
-    fwd, bwd = _model_loss_fns(cfg, batch, key, train, label_smoothing)
+    fwd, bwd = _model_loss_fns(cfg, batch, key, train, params, label_smoothing)
     value, saved = fwd(params)
     return value, bwd(saved, 1.0)
 
@@ -856,7 +852,7 @@ def test_grads_structure_equals_params(backend, overrides):
     batch = _batch()
     logits, saved = model.fwd(params, backend.asarray(batch["src"]), backend.asarray(batch["tgt_in"]), cfg,
                               True, backend.random.key(1))
-    grads = model.bwd(saved, backend.asarray(_normal(3, tuple(logits.shape))), cfg)
+    grads = model.bwd(params, saved, backend.asarray(_normal(3, tuple(logits.shape))), cfg)
     assert tree_structure(grads) == tree_structure(params)
     for (path, g), (_, p) in zip(tree_items(grads), tree_items(params), strict=True):
         assert g.dtype == p.dtype, path

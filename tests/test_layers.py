@@ -8,7 +8,7 @@ import pytest
 
 chex = pytest.importorskip("chex")
 
-from functional_transformer import model  # noqa: E402
+from functional_transformer import parts  # noqa: E402
 from functional_transformer.layers import (  # noqa: E402
     activations,
     attention,
@@ -480,7 +480,7 @@ def test_self_attention_with_padding_mask(backend, dtype):
     ids = np.array([[5, 6, 7, 0, 0], [1, 2, 3, 4, 5]])
     x = rng.normal(size=(2, 5, d))
     mask = (ids != 0)[:, None, None, :]
-    np.testing.assert_array_equal(_np(backend, model.padding_mask(xp.asarray(ids), 0)), mask)
+    np.testing.assert_array_equal(_np(backend, parts.padding_mask(xp.asarray(ids), 0)), mask[:, 0, 0, :])
     y = _attention(backend, _to(backend, p, dtype), _to(backend, x, dtype), _to(backend, x, dtype), xp.asarray(mask), n_heads)
     chex.assert_shape(y, (2, 5, d))
     _close(_np(backend, y), _attention_ref(p, x, x, mask, n_heads), dtype)
@@ -495,7 +495,7 @@ def test_self_attention_with_causal_and_padding_mask(backend, dtype):
     ids = np.array([[4, 4, 2, 9, 0, 0], [1, 2, 3, 4, 5, 6], [7, 0, 0, 0, 0, 0]])
     x = rng.normal(size=(3, t, d))
     causal = np.tril(np.ones((t, t), dtype=bool))[None, None]
-    np.testing.assert_array_equal(_np(backend, model.causal_mask(t, xp)), causal)
+    np.testing.assert_array_equal(_np(backend, parts.causal_mask(t, xp)), causal)
     mask = causal & (ids != 0)[:, None, None, :]  # what the decoder uses, (B, 1, T, T)
     y = _attention(backend, _to(backend, p, dtype), _to(backend, x, dtype), _to(backend, x, dtype), xp.asarray(mask), n_heads)
     expected = _attention_ref(p, x, x, mask, n_heads)
@@ -544,7 +544,7 @@ def test_attention_with_a_key_value_cache_equals_attention_over_the_whole_sequen
     batch, t, s, d, n_heads = 2, 5, 4, 8, 2
     p = _to(backend, _attention_params(rng, d))
     x, memory = _to(backend, rng.normal(size=(batch, t, d))), _to(backend, rng.normal(size=(batch, s, d)))
-    full = _np(backend, _attention(backend, p, x, x, model.causal_mask(t, xp), n_heads))
+    full = _np(backend, _attention(backend, p, x, x, parts.causal_mask(t, xp), n_heads))
     empty = xp.zeros((batch, n_heads, t, d // n_heads), dtype=xp.float64)
     cache = attention.KVCache(empty, empty)
     step = _jit(backend, _cached_self_attention, "n_heads")  # the position is traced on JAX

@@ -34,11 +34,12 @@ def _weights(params: dict, src, tgt_in, cfg) -> dict:
     residuals nobody reads here (projections, layer norms) are never materialised."""
     logits, saved = model.fwd(params, src, tgt_in, cfg)
     xp = array_namespace(logits)
+    # Each block is a Serial of residuals: its children are (self-attention, [cross-attention,] feed-forward).
     encoder, decoder = saved.encode.stack.layers, saved.decode.stack.layers
     return {
-        "encoder_self": xp.stack([block.self_attn.sublayer.dot_product.p for block in encoder]),
-        "decoder_self": xp.stack([block.self_attn.sublayer.dot_product.p for block in decoder]),
-        "cross": xp.stack([block.cross_attn.sublayer.dot_product.p for block in decoder]),
+        "encoder_self": xp.stack([block.children[0].sublayer.dot_product.p for block in encoder]),
+        "decoder_self": xp.stack([block.children[0].sublayer.dot_product.p for block in decoder]),
+        "cross": xp.stack([block.children[1].sublayer.dot_product.p for block in decoder]),
         "predicted": xp.argmax(logits, axis=-1),
     }
 

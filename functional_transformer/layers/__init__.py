@@ -1,4 +1,6 @@
-"""The layers, each a module of pure functions with one contract:
+"""The layers' mathematics: each module holds the forward pass and its hand-written VJP side by side,
+as pure functions. The parts (../parts) wrap them under one contract to be composed; these are the
+kernels underneath:
 
     init(key, ...) -> params            a dict of arrays keyed by meaning ("w_q", "scale")
     fwd(params, x, ...) -> (y, saved)   the forward pass and the residuals its backward needs
@@ -9,8 +11,8 @@
 `saved` holds arrays only: the one array a backward needs (softmax's p), or a small NamedTuple of
 arrays (`linear.Saved`), a JAX pytree, so it can be the residual of `jax.custom_vjp`. Static
 settings (n_heads, the activation's name, whether there is a bias) are not saved: the caller
-passes them to `bwd` as it passed them to `fwd`. ("saved", not "res": residual.py is the
-residual connection.)
+passes them to `bwd` as it passed them to `fwd`. ("saved", not "res": a residual here is the
+residual connection, parts.Residual.)
 
 Everything is written against the array namespace of the arrays passed in (`xp`), so the same
 code runs on NumPy, on JAX (also under jit and jax.vjp) and on any Array API namespace.
@@ -20,27 +22,21 @@ Layers without parameters (softmax, dropout, activations) drop `init` and the pa
 from . import (
     activations,
     attention,
-    blocks,
     dropout,
     embedding,
     feed_forward,
     layer_norm,
     linear,
-    residual,
     softmax,
-    stacks,
 )
 
 __all__ = [
     "activations",
     "attention",
-    "blocks",
     "dropout",
     "embedding",
     "feed_forward",
     "layer_norm",
     "linear",
-    "residual",
     "softmax",
-    "stacks",
 ]

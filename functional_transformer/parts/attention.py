@@ -1,0 +1,118 @@
+"""Multi-head attention as parts: self-attention over one sequence, cross-attention from a sequence
+to another (an encoder's output), each with a key/value cache for decoding.
+
+params {"w_q", "b_q", "w_k", "b_k", "w_v", "b_v", "w_o", "b_o"}, each w (d_model, d_model): the
+forward and the hand-written VJP are layers/attention.py's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from backends import array_namespace
+
+from ..layers import attention
+from .masks import attention_mask
+from .part import Part
+from .position_wise import _check_positive, _check_width, _dtype
+
+
+def _check_heads(part) -> None:
+    _check_positive(part, d_model=part.d_model, n_heads=part.n_heads)
+    if part.d_model % part.n_heads:
+        raise ValueError(f"{type(part).__name__}: d_model ({part.d_model}) must be divisible by n_heads "
+                         f"({part.n_heads}): each head gets d_model // n_heads dimensions")
+
+
+def _empty_cache(x, n_heads: int, max_len: int) -> dict:
+    """Self-attention's cache before decoding: keys and values (B, H, max_len, Dh), all zero."""
+    xp = array_namespace(x)
+    batch, _, d_model = x.shape
+    empty = xp.zeros((batch, n_heads, max_len, d_model // n_heads), dtype=x.dtype)
+    return {"k": empty, "v": empty}
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfAttention(Part):
+    """x (B, T, D) attends to itself -> (B, T, D). side `mask`: key padding (B, T) or a full mask
+    (see masks.py); `causal=True` lets each position see only itself and earlier ones."""
+
+    d_model: int
+    n_heads: int
+    causal: bool = False
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        _check_heads(self)
+
+    def init(self, key) -> dict:
+        return attention.init(key, self.d_model, _dtype(key, self.dtype))
+
+    def fwd(self, params, x, *, train=False, key=None, mask=None, **side):
+        _check_width(self, x, self.d_model)
+        batch, length, _ = x.shape
+        mask = attention_mask(mask, "mask", batch, length, length, causal=self.causal, xp=array_namespace(x))
+        return attention.fwd(params, x, x, mask, self.n_heads)
+
+    def bwd(self, params, saved, dy):
+        dparams, dx_q, dx_kv = attention.bwd(saved, dy, self.n_heads)
+        return dparams, dx_q + dx_kv  # the input was both the queries and the keys/values
+
+    def init_cache(self, params, x, max_len, **side):
+        return _empty_cache(x, self.n_heads, max_len)
+
+    def step(self, params, x, cache, position, *, mask=None, **side):
+        """x (B, 1, D) at `position`: its keys and values are written into the cache, and it attends to
+        the cached positions up to and including its own (`mask`: key padding over the cache, (B, max_len))."""
+        xp = array_namespace(x)
+        max_len = cache["k"].shape[2]
+        seen = xp.reshape(xp.arange(max_len) <= position, (1, 1, 1, max_len))
+        if mask is not None:
+            seen = seen & attention_mask(mask, "mask", x.shape[0], 1, max_len, causal=False, xp=xp)
+        y, kv = attention.fwd(params, x, x, seen, self.n_heads, attention.KVCache(cache["k"], cache["v"]), position)
+        return y, {"k": kv.k, "v": kv.v}
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossAttention(Part):
+    """(x (B, T, D), memory (B, S, D)) -> (B, T, D): x's queries attend to the memory's keys and
+    values. side `memory_mask`: the memory's key padding (B, S) or a full mask. dx is (dx, d_memory)."""
+
+    d_model: int
+    n_heads: int
+    dtype: str = "float32"
+
+    n_inputs = 2
+
+    def __post_init__(self):
+        _check_heads(self)
+
+    def init(self, key) -> dict:
+        return attention.init(key, self.d_model, _dtype(key, self.dtype))
+
+    def _mask(self, x, memory, memory_mask):
+        return attention_mask(memory_mask, "memory_mask", x.shape[0], x.shape[1], memory.shape[1], causal=False,
+                              xp=array_namespace(x))
+
+    def fwd(self, params, x, *, train=False, key=None, memory_mask=None, **side):
+        x, memory = x
+        _check_width(self, x, self.d_model)
+        _check_width(self, memory, self.d_model, "memory")
+        if memory.shape[0] != x.shape[0]:
+            raise ValueError(f"{self!r}: x has batch size {x.shape[0]} but the memory has {memory.shape[0]}")
+        return attention.fwd(params, x, memory, self._mask(x, memory, memory_mask), self.n_heads)
+
+    def bwd(self, params, saved, dy):
+        dparams, dx, d_memory = attention.bwd(saved, dy, self.n_heads)
+        return dparams, (dx, d_memory)
+
+    def init_cache(self, params, x, max_len, **side):
+        """The memory's keys and values, projected once: {"k", "v"} (B, H, S, Dh)."""
+        kv = attention.project_kv(params, x[1], self.n_heads)
+        return {"k": kv.k, "v": kv.v}
+
+    def step(self, params, x, cache, position, *, memory_mask=None, **side):
+        x, memory = x
+        mask = self._mask(x, memory, memory_mask)
+        y, _ = attention.fwd(params, x, None, mask, self.n_heads, attention.KVCache(cache["k"], cache["v"]))
+        return y, cache
