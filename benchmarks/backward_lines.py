@@ -5,7 +5,7 @@ forward code around it. On JAX, `jax.grad` derives all of it (gradients.grad_aut
     uv run python -m benchmarks.backward_lines --json out.json
 
 A backward function is any `def` whose name holds "bwd" (`bwd`, `dot_product_bwd`,
-`encoder_block_bwd`, `_bwd_layers`, ...), read with `ast`; a function nested in one is counted once,
+`encode_bwd`, `checked_bwd`, ...), read with `ast`; a function nested in one is counted once,
 with it. "Code lines" leave out blank lines, comment-only lines and docstrings; "residual
 types" are the NamedTuples named "...Saved", which exist only to carry the forward's residuals to
 the backward.
@@ -21,7 +21,8 @@ import tokenize
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "functional_transformer"
-MODULES = [*sorted((PACKAGE / "layers").glob("[!_]*.py")), PACKAGE / "model.py", PACKAGE / "loss.py"]
+MODULES = [*sorted((PACKAGE / "layers").glob("[!_]*.py")), *sorted((PACKAGE / "parts").glob("[!_]*.py")),
+           *sorted((PACKAGE / "models").glob("[!_]*.py")), PACKAGE / "loss.py"]
 
 
 def _is_backward(node: ast.AST) -> bool:

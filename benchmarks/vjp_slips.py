@@ -21,7 +21,8 @@ import functional_transformer as ft
 from backends import array_namespace
 from functional_transformer import loss, model
 from functional_transformer.gradcheck import vjp_error
-from functional_transformer.layers import attention, blocks, embedding, layer_norm, softmax
+from functional_transformer import parts
+from functional_transformer.layers import attention, embedding, layer_norm, softmax
 
 from .backend_agreement import make_batch
 
@@ -50,13 +51,10 @@ def _layer_norm_mean_forgotten(saved, g):
     return dparams, inv_std * (dx_hat - x_hat * xp.mean(dx_hat * x_hat, axis=-1, keepdims=True))
 
 
-def _self_attention_keys_forgotten(n_heads):
+def _self_attention_keys_forgotten(self, params, saved, g):
     """Self-attention's input is the queries and the keys/values: only the queries' part passed on."""
-    def bwd(saved, g):
-        d_params, dx_q, _ = attention.bwd(saved, g, n_heads)
-        return d_params, dx_q
-
-    return bwd
+    d_params, dx_q, _ = attention.bwd(saved, g, self.n_heads)
+    return d_params, dx_q
 
 
 _embedding_bwd = embedding.bwd
@@ -72,7 +70,7 @@ SLIPS = {
     "attention: 1/sqrt(d_head) forgotten in dq, dk": [(attention, "dot_product_bwd", _scale_forgotten)],
     "softmax: the - p * sum(g * p) term forgotten": [(softmax, "bwd", _softmax_sum_term_forgotten)],
     "layer norm: the mean's gradient forgotten": [(layer_norm, "bwd", _layer_norm_mean_forgotten)],
-    "self-attention: the keys/values' cotangent not added": [(blocks, "_self_attention_bwd",
+    "self-attention: the keys/values' cotangent not added": [(parts.SelfAttention, "bwd",
                                                                _self_attention_keys_forgotten)],
     "embedding: sqrt(d_model) forgotten": [(embedding, "bwd", _embedding_scale_forgotten)],
 }

@@ -5,6 +5,13 @@
     params = ft.init(ft.random.key(0), cfg)
     logits = ft.apply(params, src, tgt_in, cfg)
 
+Composing your own model from the parts, each with its hand-written backward (see parts/):
+
+    from functional_transformer import parts as P
+    block = P.Serial(P.Residual(P.SelfAttention(64, 4, causal=True), 64, norm_first=True),
+                     P.Residual(P.FeedForward(64, 256, "gelu"), 64, norm_first=True, name="ffn", norm_name="ln2"))
+    y, saved = block.fwd(block.init(key), x)
+
 Training and using a model from Python (see runs.py):
 
     result = ft.fit(data="reverse", train_config=ft.TrainConfig(steps=300), out_dir="runs/quick")
@@ -17,7 +24,7 @@ Importing the package never fails on a bad FT_BACKEND; using the backend does (V
 unknown name, ImportError when JAX is asked for and not installed), so that `ft` can report it.
 """
 
-from . import layers, random
+from . import generate, layers, loss, models, optim, parts, random, sampling
 from .api import (
     apply,
     decode,
@@ -65,6 +72,12 @@ __all__ = [
     "grad_and_metrics",
     "init",
     "layers",
+    "loss",
+    "models",
+    "optim",
+    "parts",
+    "sampling",
+    "generate",
     "loss_and_grad",
     "loss_and_metrics",
     "loss_fn",

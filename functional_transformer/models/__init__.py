@@ -5,7 +5,10 @@
     encoder_only     a sequence classifier: ids -> class logits
 """
 
-from . import encoder_decoder
+from . import decoder_only, encoder_decoder, encoder_only
+from .decoder_only import DecoderConfig, DecoderOnly
 from .encoder_decoder import EncoderDecoder
+from .encoder_only import EncoderConfig, EncoderOnly
 
-__all__ = ["EncoderDecoder", "encoder_decoder"]
+__all__ = ["DecoderConfig", "DecoderOnly", "EncoderConfig", "EncoderDecoder", "EncoderOnly", "decoder_only",
+           "encoder_decoder", "encoder_only"]

@@ -33,6 +33,7 @@ from ..layers.precision import as_dtype
 from ..parts import (CrossAttention, Dropout, Embedding, FeedForward, Linear, Part, Repeat, Residual,
                      SelfAttention, Serial, LayerNorm, padding_mask)
 from ..parts.part import keys_for
+from . import heads
 
 
 def _residual(cfg, sublayer: Part, name: str, norm_name: str) -> Residual:
@@ -128,7 +129,7 @@ class EncoderDecoder(Part):
             "tgt_embed": self.tgt_embed.init(k_tgt),
             "encoder": self.encoder.init(k_enc),
             "decoder": self.decoder.init(k_dec),
-            "out_proj": {"b": out_proj["b"]} if self.cfg.tie_embeddings else out_proj,
+            "out_proj": heads.init(out_proj, self.cfg.tie_embeddings),
         }
 
     def compute_params(self, params: dict) -> dict:
@@ -141,9 +142,7 @@ class EncoderDecoder(Part):
 
     def output_projection(self, params: dict) -> dict:
         """The output projection's linear params (the target embedding's transpose with tie_embeddings)."""
-        if self.cfg.tie_embeddings:
-            return {"w": params["tgt_embed"]["tokens"].mT, "b": params["out_proj"]["b"]}
-        return params["out_proj"]
+        return heads.projection(params["out_proj"], params["tgt_embed"]["tokens"], self.cfg.tie_embeddings)
 
     def encode_fwd(self, params: dict, src, *, train=False, key=None):
         """src (B, S) -> (memory (B, S, D), saved)."""
@@ -186,9 +185,7 @@ class EncoderDecoder(Part):
                                                      (dh, xp.zeros(memory_shape, dtype=dh.dtype)))
         _, dy = self.dropout.bwd({}, saved.drop, dy)
         d_tgt_embed, _ = self.tgt_embed.bwd(params["tgt_embed"], saved.embed, dy)
-        if self.cfg.tie_embeddings:  # the shared matrix gets both contributions
-            d_tgt_embed["tokens"] = d_tgt_embed["tokens"] + d_out["w"].mT
-            d_out = {"b": d_out["b"]}
+        d_out, d_tgt_embed["tokens"] = heads.split_grads(d_out, d_tgt_embed["tokens"], self.cfg.tie_embeddings)
         return {"tgt_embed": d_tgt_embed, "decoder": d_decoder, "out_proj": d_out}, d_memory
 
     def fwd(self, params, x, *, train=False, key=None, **side):

@@ -20,6 +20,7 @@ from .combinators import Parallel, Repeat, Residual, Select, Serial
 from .embedding import Embedding
 from .masks import attention_mask, causal_mask, padding_mask
 from .part import GradientStructureError, Part, checked_bwd
+from .pooling import MeanPool
 from .position_wise import Activation, Dropout, FeedForward, LayerNorm, Linear
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "GradientStructureError",
     "LayerNorm",
     "Linear",
+    "MeanPool",
     "Parallel",
     "Part",
     "Repeat",

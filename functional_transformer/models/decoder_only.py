@@ -1,0 +1,164 @@
+"""A decoder-only causal language model (GPT): each position predicts the next token from the ones
+before it, composed from the same parts as the paper's decoder, without the cross-attention.
+
+    ids (B, T) -> Embedding -> Dropout -> Repeat(Residual(SelfAttention, causal) -> Residual(FeedForward))
+               -> [final LayerNorm with pre-norm] -> Linear (tied to the embedding by default) -> (B, T, V)
+
+Parameter tree: {"embed": {"tokens", ["positions"]}, "blocks": {"layer_i": {"self_attn", "ln1",
+"ffn", "ln2"}, ["final_ln"]}, "head": {"w", "b"} ("b" alone when tied)}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+from backends import random as ftrandom
+
+from ..parts import Dropout, Embedding, FeedForward, LayerNorm, Linear, Part, Repeat, Residual, SelfAttention, Serial
+from ..parts.masks import padding_mask
+from ..parts.part import keys_for
+from . import heads
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """Hyperparameters of the causal language model. Defaults: a small GPT (pre-norm, learned
+    positions, GELU, tied embeddings). pad_id pads batches and is never predicted; bos_id and
+    eos_id open and close each document."""
+
+    vocab_size: int
+    d_model: int = 128
+    n_heads: int = 4
+    d_ff: int = 512
+    n_layers: int = 4
+    max_len: int = 256
+    drop_rate: float = 0.1
+    pad_id: int = 0
+    norm_first: bool = True
+    tie_embeddings: bool = True
+    positional: str = "learned"
+    activation: str = "gelu"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        _check_sizes(self, ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len"))
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"pad_id ({self.pad_id}) must be a token id below vocab_size ({self.vocab_size})")
+        model = DecoderOnly(self)
+        model.embed, model.blocks  # building the parts checks the rest (heads dividing d_model, rates)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict):
+        return _from_dict(cls, fields)
+
+
+def _check_sizes(cfg, names) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{type(cfg).__name__}.{name} must be a positive integer, got {value!r}")
+
+
+def _from_dict(cls, fields: dict):
+    unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**fields)
+
+
+def block(cfg, *, causal: bool) -> Serial:
+    """One pre- or post-norm Transformer block: self-attention, then the feed-forward network."""
+    def residual(sublayer, name, norm_name):
+        return Residual(sublayer, cfg.d_model, norm_first=cfg.norm_first, drop_rate=cfg.drop_rate, name=name,
+                        norm_name=norm_name, dtype=cfg.dtype)
+
+    return Serial(
+        residual(SelfAttention(cfg.d_model, cfg.n_heads, causal=causal, dtype=cfg.dtype), "self_attn", "ln1"),
+        residual(FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, cfg.dtype), "ffn", "ln2"),
+    )
+
+
+def blocks(cfg, *, causal: bool) -> Repeat:
+    return Repeat(block(cfg, causal=causal), cfg.n_layers,
+                  final=LayerNorm(cfg.d_model, cfg.dtype) if cfg.norm_first else None)
+
+
+class Saved(NamedTuple):
+    embed: Any
+    drop: Any
+    blocks: Any
+    head: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOnly(Part):
+    """ids (B, T) -> next-token logits (B, T, V). Keys at pad_id are masked; bwd returns (grads, None)."""
+
+    cfg: Any
+
+    @functools.cached_property
+    def embed(self) -> Embedding:
+        cfg = self.cfg
+        return Embedding(cfg.vocab_size, cfg.d_model, cfg.max_len, cfg.positional, cfg.dtype)
+
+    @functools.cached_property
+    def blocks(self) -> Repeat:
+        return blocks(self.cfg, causal=True)
+
+    @functools.cached_property
+    def head(self) -> Linear:
+        return Linear(self.cfg.d_model, self.cfg.vocab_size, dtype=self.cfg.dtype)
+
+    @property
+    def dropout(self) -> Dropout:
+        return Dropout(self.cfg.drop_rate)
+
+    @property
+    def needs_key(self) -> bool:
+        return True
+
+    def init(self, key) -> dict:
+        k_embed, k_blocks, k_head = ftrandom.split(key, 3)
+        return {"embed": self.embed.init(k_embed), "blocks": self.blocks.init(k_blocks),
+                "head": heads.init(self.head.init(k_head), self.cfg.tie_embeddings)}
+
+    def _projection(self, params):
+        return heads.projection(params["head"], params["embed"]["tokens"], self.cfg.tie_embeddings)
+
+    def fwd(self, params, x, *, train=False, key=None, **side):
+        k_embed, k_blocks = keys_for((self.dropout, self.blocks), key)
+        h, saved_embed = self.embed.fwd(params["embed"], x)
+        h, saved_drop = self.dropout.fwd({}, h, train=train, key=k_embed)
+        h, saved_blocks = self.blocks.fwd(params["blocks"], h, train=train, key=k_blocks,
+                                          mask=padding_mask(x, self.cfg.pad_id))
+        logits, saved_head = self.head.fwd(self._projection(params), h)
+        return logits, Saved(saved_embed, saved_drop, saved_blocks, saved_head)
+
+    def bwd(self, params, saved: Saved, dy):
+        d_projection, dh = self.head.bwd(self._projection(params), saved.head, dy)
+        d_blocks, dh = self.blocks.bwd(params["blocks"], saved.blocks, dh)
+        _, dh = self.dropout.bwd({}, saved.drop, dh)
+        d_embed, _ = self.embed.bwd(params["embed"], saved.embed, dh)
+        d_head, d_embed["tokens"] = heads.split_grads(d_projection, d_embed["tokens"], self.cfg.tie_embeddings)
+        return {"embed": d_embed, "blocks": d_blocks, "head": d_head}, None
+
+    def init_cache(self, params, x, max_len, **side):
+        """x: ids (B, 1) -> {"layer_i": {...}}: every block's empty key/value cache of max_len positions."""
+        h = self.embed.output_like(params["embed"], x)
+        return self.blocks.init_cache(params["blocks"], h, max_len)
+
+    def step(self, params, x, cache, position, **side):
+        """ids (B, 1) at `position` -> (logits (B, 1, V), cache)."""
+        h, _ = self.embed.step(params["embed"], x, None, position)
+        h, cache = self.blocks.step(params["blocks"], h, cache, position)
+        return self.head.apply(self._projection(params), h), cache
+
+
+@functools.lru_cache(maxsize=64)
+def for_config(cfg: DecoderConfig) -> DecoderOnly:
+    return DecoderOnly(cfg)
