@@ -1,7 +1,8 @@
 """Training checkpoints: one safetensors file holding everything needed to resume or predict.
 
 Stored trees: "params", "opt_state" and "train" ({"step", "key"}: the step count, which is also
-the data position, and the run's RNG key). Stored metadata (JSON strings): the model config,
+the data position, and the run's RNG key). Stored metadata (JSON strings): the model family
+("arch": "encoder_decoder", "decoder" or "encoder"; files without it are encoder-decoders), the model config,
 the training config, the tokenizer (any kind: tokenizer_from_json reads it back), the data spec and the backend that wrote it. Writes are
 atomic (checkpoint_format.save_file writes a temporary file, then renames it), so a crash
 mid-save leaves the previous checkpoint intact. A checkpoint written on one backend loads on the
@@ -19,6 +20,7 @@ from backends import Backend
 
 from .checkpoint_format import CheckpointError, load_tree, save_tree
 from .config import TransformerConfig
+from .models import DecoderConfig, EncoderConfig
 from .data import Tokenizer, tokenizer_from_json
 from .data.bpe import TextExtraMissing
 
@@ -26,6 +28,16 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 BEST_NAME = "best.safetensors"
 FILE_NAMES = {"last": CHECKPOINT_NAME, "best": BEST_NAME}
 FORMAT = "functional_transformer.checkpoint.v1"
+# The model families and their configs: the checkpoint's "arch" says which reads "model_config".
+ARCHS = {"encoder_decoder": TransformerConfig, "decoder": DecoderConfig, "encoder": EncoderConfig}
+
+
+def arch_of(cfg) -> str:
+    """The family name of a model config ("encoder_decoder", "decoder", "encoder")."""
+    for name, config_type in ARCHS.items():
+        if isinstance(cfg, config_type):
+            return name
+    raise TypeError(f"not a model config of this library: {type(cfg).__name__}")
 
 
 def checkpoint_path(path: str | os.PathLike, which: str = "last") -> Path:
@@ -46,10 +58,11 @@ def resolve(path: str | os.PathLike, which: str | None = None) -> Path:
     return checkpoint_path(path, which)
 
 
-def save(path, state: dict, backend: Backend, *, cfg: TransformerConfig, tokenizer: Tokenizer,
-         train_config: dict, data_spec: dict, key, progress: dict | None = None) -> Path:
+def save(path, state: dict, backend: Backend, *, cfg, tokenizer: Tokenizer,
+         train_config: dict, data_spec: dict, key, progress: dict | None = None, labels: list[str] | None = None) -> Path:
     """Write the training state (params, opt_state, step) and everything around it to `path`
-    (a file, or a run folder for its last checkpoint); progress is the loop's best-so-far record."""
+    (a file, or a run folder for its last checkpoint); progress is the loop's best-so-far record;
+    labels are a classifier's class names (class id i is labels[i])."""
     path = checkpoint_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     trees = {
@@ -59,6 +72,7 @@ def save(path, state: dict, backend: Backend, *, cfg: TransformerConfig, tokeniz
     }
     metadata = {
         "format": FORMAT,
+        "arch": arch_of(cfg),
         "model_config": json.dumps(cfg.to_dict()),
         "train_config": json.dumps(train_config),
         "data_spec": json.dumps(data_spec),
@@ -66,13 +80,16 @@ def save(path, state: dict, backend: Backend, *, cfg: TransformerConfig, tokeniz
         "backend": backend.name,
         "progress": json.dumps(progress or {}),
     }
+    if labels is not None:
+        metadata["labels"] = json.dumps(list(labels))
     save_tree(path, trees, metadata)
     return path
 
 
 def load(path, backend: Backend) -> dict[str, Any]:
-    """Read a checkpoint onto `backend`: {"state", "key", "cfg", "tokenizer", "train_config", "data_spec",
-    "backend", "progress", "path"}. `path` is a file or a run folder (its last checkpoint)."""
+    """Read a checkpoint onto `backend`: {"state", "key", "arch", "cfg", "tokenizer", "train_config",
+    "data_spec", "backend", "progress", "labels", "path"}. `path` is a file or a run folder (its last
+    checkpoint); labels is None but for a classifier."""
     path = checkpoint_path(path)
     trees, metadata = load_tree(path)
     if metadata.get("format") != FORMAT:
@@ -83,8 +100,13 @@ def load(path, backend: Backend) -> dict[str, Any]:
     missing = {"params", "opt_state", "train"} - set(trees)
     if missing:
         raise CheckpointError(f"{path} lacks the trees {sorted(missing)}; it may have been written by another tool")
+    arch = metadata.get("arch", "encoder_decoder")  # written before there were three families
+    if arch not in ARCHS:
+        raise CheckpointError(f"{path} holds a model of the family {arch!r}, which this version does not know "
+                              f"(it knows {sorted(ARCHS)}); it was written by a newer version")
     try:
-        cfg = TransformerConfig.from_dict(json.loads(metadata["model_config"]))
+        cfg = ARCHS[arch].from_dict(json.loads(metadata["model_config"]))
+        labels = json.loads(metadata["labels"]) if "labels" in metadata else None
         tokenizer = tokenizer_from_json(metadata["vocabulary"])
         train_config = json.loads(metadata["train_config"])
         data_spec = json.loads(metadata["data_spec"])
@@ -101,11 +123,13 @@ def load(path, backend: Backend) -> dict[str, Any]:
     return {
         "state": state,
         "key": backend.asarray(trees["train"]["key"]),
+        "arch": arch,
         "cfg": cfg,
         "tokenizer": tokenizer,
         "train_config": train_config,
         "data_spec": data_spec,
         "backend": metadata.get("backend"),
         "progress": progress,
+        "labels": labels,
         "path": path,
     }
