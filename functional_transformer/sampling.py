@@ -103,9 +103,9 @@ def generate(params: dict, cfg, prompts, *, max_new_tokens: int, key=None, eos_i
     counted up to its first pad) -> tokens (B, P + max_new_tokens): the prompt, then the sampled
     continuation, pad after eos_id. temperature 0 is greedy (no key needed). The loop stops once
     every row has emitted eos_id."""
+    _check_settings(temperature, top_k, top_p)
     backend = backend_of(params)
     xp = backend.xp
-    _check_settings(temperature, top_k, top_p)
     prompts = backend.asarray(prompts)
     checks.check_token_ids("prompts", prompts, cfg.vocab_size, cfg.max_len, backend)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
