@@ -39,8 +39,9 @@ from .api import (
 from .backend_choice import default_backend
 from .config import TransformerConfig
 from .inspect import attention_maps
-from .runs import (FitResult, RunFolderError, TrainedModel, evaluate, fit, load, predict, task_data,
-                   tokenizer_spec, tsv_data)
+from .models import DecoderConfig, EncoderConfig
+from .runs import (FitResult, RunFolderError, TrainedModel, evaluate, fit, labelled_data, load, predict, task_data,
+                   text_data, tokenizer_spec, tsv_data)
 from .train import TrainConfig
 
 
@@ -51,6 +52,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "DecoderConfig",
+    "EncoderConfig",
+    "labelled_data",
+    "text_data",
     "FitResult",
     "RunFolderError",
     "TrainConfig",

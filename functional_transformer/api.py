@@ -9,13 +9,26 @@ from __future__ import annotations
 
 from backends import backend_of, with_x64_scope
 
-from . import checks, gradients, model
+from . import checks, families, gradients
 from .gradients import default_grad_method
+
+
+def _apply(params, src, tgt_in, cfg, train, key):
+    return families.model_of(cfg).apply(params, (src, tgt_in), train=train, key=key)
+
+
+def _encode(params, src, cfg, train, key):
+    return families.model_of(cfg).encode_fwd(params, src, train=train, key=key)[0]
+
+
+def _decode(params, memory, src, tgt_in, cfg, train, key):
+    return families.model_of(cfg).decode_fwd(params, memory, src, tgt_in, train=train, key=key)[0]
 
 
 @with_x64_scope
 def init(key, cfg) -> dict:
-    """A parameter tree for `cfg` on the backend of `key` (see model.py for every key and shape).
+    """A parameter tree for `cfg` (a model config of any family: TransformerConfig, DecoderConfig or
+    EncoderConfig) on the backend of `key` (see models/ for every key and shape).
 
     On JAX the numbers are drawn on the host with NumPy and the tree is then moved to the device.
     The generator is one text on both backends (backends/random.py), so the numbers are the same,
@@ -25,23 +38,23 @@ def init(key, cfg) -> dict:
     backend = backend_of(key)
     checks.check_compute_dtype(cfg, backend)
     if backend.name == "jax" and backend.is_concrete(key):
-        host_params = model.init(backend.to_numpy(key), cfg)
+        host_params = families.model_of(cfg).init(backend.to_numpy(key))
         return backend.tree_asarray(host_params)
-    return model.init(backend.asarray(key), cfg)
+    return families.model_of(cfg).init(backend.asarray(key))
 
 
 @with_x64_scope
 def apply(params: dict, src, tgt_in, cfg, train: bool = False, key=None):
     """src (B, S), tgt_in (B, T) integer -> logits (B, T, V_tgt). Dropout only with train=True and a key."""
     backend, a = checks.prepare_inputs(params, cfg, train, key, src=src, tgt_in=tgt_in)
-    return backend.jit(model.apply, static_argnames=("cfg", "train"))(params, a["src"], a["tgt_in"], cfg, train, key)
+    return backend.jit(_apply, static_argnames=("cfg", "train"))(params, a["src"], a["tgt_in"], cfg, train, key)
 
 
 @with_x64_scope
 def encode(params: dict, src, cfg, train: bool = False, key=None):
     """src (B, S) -> memory (B, S, d_model): the encoder alone."""
     backend, a = checks.prepare_inputs(params, cfg, train, key, src=src)
-    return backend.jit(model.encode, static_argnames=("cfg", "train"))(params, a["src"], cfg, train, key)
+    return backend.jit(_encode, static_argnames=("cfg", "train"))(params, a["src"], cfg, train, key)
 
 
 @with_x64_scope
@@ -53,7 +66,7 @@ def decode(params: dict, memory, src, tgt_in, cfg, train: bool = False, key=None
     if memory.shape != (*a["src"].shape, cfg.d_model):
         raise ValueError(f"memory has shape {tuple(memory.shape)}, expected (batch, src_len, d_model) = "
                          f"{(*a['src'].shape, cfg.d_model)}; make it with ft.encode(params, src, cfg)")
-    return backend.jit(model.decode, static_argnames=("cfg", "train"))(
+    return backend.jit(_decode, static_argnames=("cfg", "train"))(
         params, memory, a["src"], a["tgt_in"], cfg, train, key)
 
 

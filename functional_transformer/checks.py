@@ -51,8 +51,8 @@ def check_dropout_key(cfg, train: bool, key):
 
 def check_compute_dtype(cfg, backend: Backend, grad_method: str | None = None):
     """bfloat16 compute needs JAX (NumPy has no bfloat16 arithmetic) and jax.grad (the hand-written
-    VJPs run in the params' dtype)."""
-    if cfg.activations_dtype == cfg.dtype:
+    VJPs run in the params' dtype). Configs without a compute_dtype compute in their dtype."""
+    if getattr(cfg, "compute_dtype", None) in (None, cfg.dtype):
         return
     if backend.name != "jax":
         raise ValueError(

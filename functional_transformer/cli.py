@@ -14,15 +14,15 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import checkpoint, metrics
+from . import checkpoint, families, metrics
 from .backend_choice import default_backend
 from .checkpoint_format import CheckpointError, UncheckedCheckpointWarning
 from .config import COMPUTE_DTYPES, DTYPES, TransformerConfig
 from .data import DataError, TASKS, make_task_data, read_lines, read_tsv
-from .inference import check_sources, evaluate, predict
+from .inference import check_sources, classify, continue_texts, evaluate, predict
 from .inspect import KINDS as ATTENTION_KINDS
 from .runs import (MODEL_DEFAULTS, TASK_DATA_DEFAULTS, TOKENIZERS, check_held_out_lengths, fit, fit_held_out,
-                   load_pairs, task_data, tokenizer_spec, tsv_data)
+                   labelled_data, load_pairs, task_data, text_data, tokenizer_spec, tsv_data)
 from .train import BEST_BY, GRAD_METHODS, OPTIMIZERS, SCHEDULES, SaveFailed, TrainConfig, TrainingDiverged
 from .tuning.sweep import PRUNERS
 
@@ -52,10 +52,20 @@ def _add_model_flags(p):
 
 
 def _model_flags(args) -> dict:
-    """The TransformerConfig fields given on the command line."""
-    fields = {"d_model": args.d_model, "n_heads": args.n_heads, "d_ff": args.d_ff, "n_encoder_layers": args.layers,
-              "n_decoder_layers": args.layers, "drop_rate": args.drop_rate, "norm_first": args.norm_first,
-              "tie_embeddings": args.tie_embeddings, "dtype": args.dtype, "compute_dtype": args.compute_dtype}
+    """The model config fields given on the command line (TransformerConfig's, or with --arch decoder
+    or encoder DecoderConfig's or EncoderConfig's: --layers is n_layers, --max-len the model's max_len)."""
+    arch = getattr(args, "arch", "encoder_decoder")
+    fields = {"d_model": args.d_model, "n_heads": args.n_heads, "d_ff": args.d_ff, "drop_rate": args.drop_rate,
+              "norm_first": args.norm_first, "dtype": args.dtype}
+    if arch == "encoder_decoder":
+        fields.update(n_encoder_layers=args.layers, n_decoder_layers=args.layers, tie_embeddings=args.tie_embeddings,
+                      compute_dtype=args.compute_dtype)
+    else:
+        for flag, value in (("--compute-dtype", args.compute_dtype), ("--tie-embeddings", args.tie_embeddings)):
+            if value is not None and (flag != "--tie-embeddings" or arch == "encoder"):
+                raise ValueError(f"{flag} applies to --arch encoder_decoder{' and decoder' if 'tie' in flag else ''}")
+        fields.update(n_layers=args.layers, max_len=getattr(args, "max_len", None),
+                      tie_embeddings=args.tie_embeddings if arch == "decoder" else None)
     return {name: value for name, value in fields.items() if value is not None}
 
 
@@ -142,8 +152,9 @@ def _start_processes(args) -> None:
 def _add_data_flags(p):
     src = p.add_mutually_exclusive_group()
     src.add_argument("--task", choices=sorted(TASKS), help="a built-in task (default reverse)")
-    src.add_argument("--data", type=Path, help="training TSV: one 'source<TAB>target' per line")
-    p.add_argument("--valid", type=Path, help="held-out TSV for --data (default: 5%% of --data held out)")
+    src.add_argument("--data", type=Path, help="training data: 'source<TAB>target' lines; with --arch decoder plain "
+                                               "text, one document per line; with --arch encoder 'text<TAB>label' lines")
+    p.add_argument("--valid", type=Path, help="held-out data for --data, in its format (default: 5%% of --data held out)")
     d = TASK_DATA_DEFAULTS
     g = p.add_argument_group("task data and lengths")
     g.add_argument("--min-len", type=int, help=f"shortest task string (default {d['min_len']})")
@@ -182,6 +193,16 @@ def _data_spec(args, seed: int) -> dict:
     """A new run's data spec from --task/--data/--valid and the task sizes."""
     sizes = _task_sizes(args)
     tokenizer = _tokenizer_flags(args)
+    arch = getattr(args, "arch", "encoder_decoder")
+    if arch != "encoder_decoder":
+        if not args.data:
+            raise DataError(f"--arch {arch} trains on your own --data file "
+                            f"({'plain text, one document per line' if arch == 'decoder' else 'text<TAB>label lines'})")
+        sizes.pop("max_len", None)  # the model's max_len (_model_flags)
+        if sizes or args.truncate_long:
+            raise DataError(f"{sorted(sizes) or ['truncate_long']} do not apply to --arch {arch}")
+        read = text_data if arch == "decoder" else labelled_data
+        return read(args.data, args.valid, seed=seed, tokenizer=tokenizer)
     if args.data:
         max_len = sizes.pop("max_len", None)
         if sizes:
@@ -219,7 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on a built-in task or your own TSV data",
-                       description="Train a Transformer on a character task (--task) or TSV files (--data).")
+                       description="Train a Transformer on a character task (--task) or TSV files (--data); with "
+                                   "--arch decoder a language model on plain text, with --arch encoder a classifier "
+                                   "on labelled text.")
+    p.add_argument("--arch", choices=families.ARCHS, default="encoder_decoder",
+                   help="encoder_decoder: the paper's sequence-to-sequence model (default); decoder: a causal language "
+                        "model (GPT) on plain text; encoder: a classifier on text<TAB>label lines")
     _add_data_flags(p)
     p.add_argument("--out", type=Path, help="run folder for checkpoint, metrics.jsonl, curves.png (default runs/<task>)")
     p.add_argument("--resume", action="store_true",
@@ -236,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="exact match, character accuracy, BLEU and chrF of a checkpoint",
                        description="Evaluate a checkpoint on held-out data: loss, token and character accuracy, "
                                    "corpus BLEU and chrF with their sacreBLEU signatures (the [text] extra); the last "
-                                   "line is 'exact_match: <fraction>'.")
+                                   "line is 'exact_match: <fraction>'. A language model: loss and perplexity (last "
+                                   "line 'perplexity: <value>') on --data (plain text); a classifier: a confusion table "
+                                   "and accuracy (last line 'accuracy: <fraction>') on --data (text<TAB>label).")
     _add_checkpoint_flags(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--task", choices=sorted(TASKS),
@@ -321,8 +349,11 @@ def _train(args) -> int:
     train_fields = _train_flags(args)
     if args.resume:  # only what was given, to be checked against the run's own data
         data = {**({"task": args.task} if args.task else {}), **_task_sizes(args)}
+        if args.arch != "encoder_decoder":
+            data.pop("max_len", None)  # the model's max_len
         if args.data:
-            data.update(kind="tsv", train=str(args.data))
+            kind = {"encoder_decoder": "tsv", "decoder": "text", "encoder": "labelled"}[args.arch]
+            data.update(kind=kind, train=str(args.data))
         if args.valid:
             data.update(valid=str(args.valid))
         tokenizer = _tokenizer_flags(args)
@@ -337,22 +368,51 @@ def _train(args) -> int:
     if args.extend and not args.resume:
         raise ValueError("--extend trains a finished run further: give it with --resume")
     _start_processes(args)
+    arch = None if args.resume else args.arch
     result = fit(_model_flags(args) or None, train_fields if args.resume else TrainConfig(**train_fields), data or None,
-                 out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
+                 arch=arch, out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
                  progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params)
     print(f"{result.stopped} at step {result.step} in {result.seconds:.1f} s; checkpoint {result.path}")
     if result.best_value is not None:
         print(f"best held-out {result.train_config.best_by}: {result.best_value:.4f} at step {result.best_step} "
               f"({checkpoint.checkpoint_path(out, 'best')})")
     last_valid = [r for r in result.history if r["split"] == "valid"]
-    if last_valid:
+    if last_valid and "exact_match" in last_valid[-1]:
         print(f"held-out exact_match: {last_valid[-1]['exact_match']:.4f}")
+    elif last_valid:
+        print(f"held-out {families.describe_result(last_valid[-1])}")
     return 130 if result.stopped == "interrupted" else 0
+
+
+def _eval_family(args, loaded) -> int:
+    """ft eval of a language model (perplexity) or a classifier (accuracy and a confusion table)."""
+    arch, cfg, tokenizer, spec = loaded["arch"], loaded["cfg"], loaded["tokenizer"], loaded["data_spec"]
+    if args.task:
+        raise DataError(f"--task is for encoder-decoder runs; this run is a {arch} model: give --data")
+    if args.data:
+        pairs = [("", line) for line in read_lines(args.data) if line.strip()] if arch == "decoder" else read_tsv(args.data)
+    else:
+        pairs = load_pairs(spec)[1]
+    pairs = pairs[: args.n] if args.n else pairs
+    if not pairs:
+        raise DataError("no held-out examples to evaluate: give --data")
+    result = families.evaluate(loaded["state"]["params"], cfg, tokenizer, pairs, labels=loaded["labels"],
+                               batch_size=args.batch_size)
+    if arch == "encoder":
+        print(families.confusion_table(result["confusion"], loaded["labels"]))
+    for name in ("n_examples", "n_tokens", "loss", "token_accuracy"):
+        if name in result:
+            print(f"{name}: {result[name]}")
+    last = "perplexity" if arch == "decoder" else "accuracy"
+    print(f"{last}: {result[last]}")
+    return 0
 
 
 def _eval(args) -> int:
     backend = default_backend()
     loaded = checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), backend)
+    if loaded["arch"] != "encoder_decoder":
+        return _eval_family(args, loaded)
     cfg, tokenizer, spec = loaded["cfg"], loaded["tokenizer"], loaded["data_spec"]
     if args.data:
         pairs = read_tsv(args.data)
@@ -393,8 +453,16 @@ def _predict(args) -> int:
     else:
         sources = args.inputs
         check_sources(sources, tokenizer, cfg.max_len, "source")
-    outputs = predict(loaded["state"]["params"], cfg, tokenizer, sources, beam_size=args.beam,
-                      batch_size=args.batch_size, allow_unknown=args.allow_unknown)
+    params, arch = loaded["state"]["params"], loaded["arch"]
+    if arch == "encoder":
+        outputs = classify(params, cfg, tokenizer, loaded["labels"], sources, batch_size=args.batch_size,
+                           allow_unknown=args.allow_unknown)
+    elif arch == "decoder":
+        outputs = continue_texts(params, cfg, tokenizer, sources, batch_size=args.batch_size,
+                                 allow_unknown=args.allow_unknown)
+    else:
+        outputs = predict(params, cfg, tokenizer, sources, beam_size=args.beam, batch_size=args.batch_size,
+                          allow_unknown=args.allow_unknown)
     if args.output:
         _write_lines(args.output, outputs)
     else:

@@ -1,15 +1,16 @@
 """The gradient of the loss on one batch, by the hand-written VJPs ("vjp") or by jax.grad
 ("autodiff"), for the public entry points (api) and the train step (train), which jit them.
 
-These take a batch already checked and on the params' backend ({"src", "tgt_in", "tgt_out"}, see
-api.grad_and_metrics) and return (grads, metrics) with metrics {"loss", "n_tokens", "accuracy"}.
+These take a batch already checked and on the params' backend and return (grads, metrics) with
+metrics {"loss", "n_tokens", "accuracy"}. They serve every model family: families.inputs says
+what a batch feeds the model and what the loss compares its logits with.
 """
 
 from __future__ import annotations
 
 from backends import Backend
 
-from . import loss, model
+from . import families, loss
 
 GRAD_METHODS = ("vjp", "autodiff")
 
@@ -21,16 +22,19 @@ def default_grad_method(backend: Backend) -> str:
 
 def batch_metrics(params: dict, batch: dict, cfg, train: bool, key, label_smoothing: float) -> dict:
     """The loss and metrics of one batch, without gradients."""
-    logits = model.apply(params, batch["src"], batch["tgt_in"], cfg, train, key)
-    _, metrics, _ = loss.fwd(logits, batch["tgt_out"], cfg.pad_id, label_smoothing)
+    x, targets, ignore_index = families.inputs(cfg, batch)
+    logits = families.model_of(cfg).apply(params, x, train=train, key=key)
+    _, metrics, _ = loss.fwd(logits, targets, ignore_index, label_smoothing)
     return metrics
 
 
 def grad_vjp(params: dict, batch: dict, cfg, train: bool, key, label_smoothing: float):
     """-> (grads, metrics) from the hand-written VJPs: forward with residuals, then backward."""
-    logits, saved_model = model.fwd(params, batch["src"], batch["tgt_in"], cfg, train, key)
-    _, metrics, saved_loss = loss.fwd(logits, batch["tgt_out"], cfg.pad_id, label_smoothing)
-    grads = model.bwd(params, saved_model, loss.bwd(saved_loss, 1.0, label_smoothing), cfg)
+    model = families.model_of(cfg)
+    x, targets, ignore_index = families.inputs(cfg, batch)
+    logits, saved_model = model.fwd(params, x, train=train, key=key)
+    _, metrics, saved_loss = loss.fwd(logits, targets, ignore_index, label_smoothing)
+    grads, _ = model.bwd(params, saved_model, loss.bwd(saved_loss, 1.0, label_smoothing))
     return grads, metrics
 
 

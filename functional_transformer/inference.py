@@ -140,4 +140,60 @@ def evaluate(params: dict, cfg, tokenizer: Tokenizer, pairs: list[tuple[str, str
     return result
 
 
-__all__ = ["UnknownSymbolError", "check_sources", "evaluate", "predict", "unknown_in_pairs"]
+@with_x64_scope
+def classify(params: dict, cfg, tokenizer: Tokenizer, labels: list[str], texts: list[str], *, batch_size: int = 64,
+             allow_unknown: bool = False) -> list[str]:
+    """A classifier's label for each text (the argmax class), in the order of `texts`. A text that
+    is empty or longer than max_len tokens is an error naming it; unknown characters as in predict."""
+    from . import families
+
+    if not allow_unknown:
+        unknown = tokenizer.source.unknown_symbols(texts)
+        if unknown:
+            raise UnknownSymbolError(unknown, tokenizer)
+    check_sources(texts, tokenizer, cfg.max_len, "text")
+    backend = backend_of(params)
+    model = families.model_of(cfg)
+    apply = backend.jit(lambda p, ids: model.apply(p, ids))
+    predicted = []
+    for batch in iterate_batches(encode_pairs([(t, "") for t in texts], tokenizer, cfg.max_len), batch_size,
+                                 pad_id=tokenizer.pad_id, pad_to_multiple=8 if cfg.max_len % 8 == 0 else 1):
+        logits = apply(params, backend.asarray(batch["src"]))
+        predicted.extend(int(i) for i in np.argmax(backend.to_numpy(logits), axis=-1))
+    return [labels[i] for i in predicted]
+
+
+@with_x64_scope
+def continue_texts(params: dict, cfg, tokenizer: Tokenizer, prompts: list[str], *, max_new_tokens: int | None = None,
+                   temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, key=None,
+                   batch_size: int = 64, allow_unknown: bool = False) -> list[str]:
+    """A language model's continuation of each prompt (the new text only, up to end-of-sequence):
+    greedy with temperature 0, else sampled (sampling.generate; a key is needed). max_new_tokens
+    defaults to what max_len leaves after the longest prompt of a batch."""
+    from .sampling import generate
+
+    if not allow_unknown:
+        unknown = tokenizer.target.unknown_symbols(prompts)
+        if unknown:
+            raise UnknownSymbolError(unknown, tokenizer)
+    backend = backend_of(params)
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [[tokenizer.bos_id, *tokenizer.target.encode(p)] for p in prompts[start:start + batch_size]]
+        longest = max(len(ids) for ids in encoded)
+        if longest >= cfg.max_len:
+            raise DataError(f"a prompt has {longest - 1} tokens; this model reads at most max_len={cfg.max_len} "
+                            "(with beginning-of-sequence), leaving no room to continue it")
+        rows = np.full((len(encoded), longest), tokenizer.pad_id, dtype=np.int32)
+        for row, ids in enumerate(encoded):
+            rows[row, :len(ids)] = ids
+        new = min(max_new_tokens or cfg.max_len, cfg.max_len - longest)
+        tokens = backend.to_numpy(generate(params, cfg, rows, max_new_tokens=new, key=key, eos_id=tokenizer.eos_id,
+                                           temperature=temperature, top_k=top_k, top_p=top_p,
+                                           prompt_lengths=[len(ids) for ids in encoded]))
+        outputs.extend(tokenizer.target.decode(row[len(ids):]) for row, ids in zip(tokens, encoded))
+    return outputs
+
+
+__all__ = ["UnknownSymbolError", "check_sources", "classify", "continue_texts", "evaluate", "predict",
+           "unknown_in_pairs"]

@@ -33,11 +33,11 @@ import numpy as np
 import backends
 from backends import Backend, with_x64_scope
 
-from . import checkpoint, inference, parallel
+from . import checkpoint, families, inference, parallel
 from .backend_choice import default_backend
 from .config import TransformerConfig
 from .data import (CharTokenizer, DataError, TASKS, Tokenizer, TokenizerPair, encode_pairs, fit_to_length,
-                   length_problem, make_task_data, read_tsv, task_alphabet, tsv_line_numbers)
+                   length_problem, make_task_data, read_lines, read_tsv, task_alphabet, tsv_line_numbers)
 from .data.batching import encode_pair
 from .train import Callback, Run, TrainConfig, check_batches_split, check_best_by, read_records, run_loop
 
@@ -114,6 +114,26 @@ def tsv_data(train: str | os.PathLike, valid: str | os.PathLike | None = None, *
     return spec
 
 
+def text_data(train: str | os.PathLike, valid: str | os.PathLike | None = None, *, seed: int = 0,
+              tokenizer: dict | None = None) -> dict:
+    """The data spec of plain text for a language model (arch "decoder"): one document per line
+    (blank lines skipped); without `valid`, a deterministic 5% of the documents is held out."""
+    return {"kind": "text", "train": str(train), "valid": str(valid) if valid else None, "seed": seed,
+            **_tokenizer_entry(tokenizer)}
+
+
+def labelled_data(train: str | os.PathLike, valid: str | os.PathLike | None = None, *, seed: int = 0,
+                  tokenizer: dict | None = None) -> dict:
+    """The data spec of `text<TAB>label` files for a classifier (arch "encoder"); without `valid`, a
+    deterministic 5% of `train` is held out. The classes are the training file's labels, sorted."""
+    return {"kind": "labelled", "train": str(train), "valid": str(valid) if valid else None, "seed": seed,
+            **_tokenizer_entry(tokenizer)}
+
+
+# The data kind each model family reads from files (in memory: documents, or (text, label) pairs).
+FILE_KINDS = {"text": "decoder", "labelled": "encoder", "tsv": "encoder_decoder", "task": "encoder_decoder"}
+
+
 def _tokenizer_entry(tokenizer: dict | None) -> dict:
     # Left out for characters unless asked for, so a spec reads as it did before tokenizers had kinds.
     return {} if tokenizer is None else {"tokenizer": tokenizer_spec(**tokenizer)}
@@ -178,22 +198,33 @@ def describe_data_report(report: dict) -> str:
     return line
 
 
+def _read_documents(path) -> list[tuple[str, str]]:
+    """A text file's non-blank lines as ("", document) pairs: documents are targets with no source."""
+    documents = [("", line) for line in read_lines(path) if line.strip()]
+    if not documents:
+        raise DataError(f"{path} holds no text (every line is blank): give one document per line")
+    return documents
+
+
 def load_pairs(spec: dict) -> tuple[list, list]:
-    """(train pairs, held-out pairs) from a data spec: a built-in task or TSV files."""
+    """(train pairs, held-out pairs) from a data spec: a built-in task, TSV files, text files (pairs
+    ("", document)) or labelled files (pairs (text, label))."""
     if spec["kind"] == "task":
         return make_task_data(spec["task"], spec["n_train"], spec["n_valid"], spec["min_len"], spec["max_len"],
                               spec["seed"])
-    if spec["kind"] != "tsv":
+    if spec["kind"] not in ("tsv", "text", "labelled"):
         raise DataError(f"this run's data ({spec['kind']!r}) was given in memory; pass the pairs again")
-    train = read_tsv(spec["train"])
+    read = _read_documents if spec["kind"] == "text" else read_tsv
+    train = read(spec["train"])
     if spec.get("valid"):
-        valid = read_tsv(spec["valid"])
-    else:  # hold out a deterministic 5% whose sources never occur in training
+        valid = read(spec["valid"])
+    else:  # hold out a deterministic 5% whose inputs (a source, a document, a text) never occur in training
+        which = 1 if spec["kind"] == "text" else 0
         order = np.random.default_rng(spec["seed"]).permutation(len(train))
         n_valid = max(1, len(train) // 20) if len(train) > 1 else 0
         valid = [train[i] for i in order[:n_valid]]
-        held_out = {s for s, _ in valid}
-        train = [train[i] for i in order[n_valid:] if train[i][0] not in held_out]
+        held_out = {pair[which] for pair in valid}
+        train = [train[i] for i in order[n_valid:] if train[i][which] not in held_out]
         if not train:
             raise DataError(f"{spec['train']} has too few distinct examples to hold some out; pass --valid")
     return train, valid
@@ -206,7 +237,15 @@ def tokenizer_for(spec: dict, train, valid) -> Tokenizer:
     pairs; every character of the held-out pairs (and of a task's alphabet) gets an id too, so, as
     with characters, none is unknown."""
     options = spec.get("tokenizer") or {"kind": "char"}
-    alphabet = [task_alphabet(spec["task"])] if spec["kind"] == "task" else []
+    alphabet = [task_alphabet(spec["task"])] if spec["kind"] in ("task",) else []
+    if spec["kind"] in ("text", "labelled", "documents", "labelled_pairs"):  # one vocabulary, for the texts alone
+        which = 1 if spec["kind"] in ("text", "documents") else 0
+        texts, extra = [pair[which] for pair in train], [pair[which] for pair in valid]
+        if options["kind"] == "char":
+            return CharTokenizer.from_texts(texts + extra)
+        from .data.bpe import BpeTokenizer
+
+        return BpeTokenizer.train(texts, options["vocab_size"], extra, "text")
     if options["kind"] == "char":
         return CharTokenizer.from_texts(alphabet or [text for pair in train + valid for text in pair])
     from .data.bpe import BpeTokenizer
@@ -356,7 +395,7 @@ def resumed_train_config(saved: TrainConfig, changes: dict, step: int, extend: b
 def _describe_spec(spec: dict) -> str:
     if spec["kind"] == "task":
         return f"the task {spec['task']!r}"
-    if spec["kind"] == "tsv":
+    if spec["kind"] in ("tsv", "text", "labelled"):
         return f"{spec['train']}" + (f" and {spec['valid']}" if spec.get("valid") else "")
     return f"{spec['n_train']} + {spec['n_valid']} pairs given in memory"
 
@@ -386,6 +425,12 @@ class TrainedModel:
     data_spec: dict | None = None
     step: int = 0
     path: Path | None = None
+    labels: list[str] | None = None  # a classifier's class names
+
+    @property
+    def arch(self) -> str:
+        """The model family: "encoder_decoder", "decoder" or "encoder"."""
+        return families.arch_of(self.cfg)
 
 
 @dataclasses.dataclass
@@ -408,8 +453,13 @@ class FitResult(TrainedModel):
     out_dir: Path | None = None
 
 
-def _as_data_spec(data, seed: int) -> tuple[dict, tuple | None]:
-    """(spec, in-memory pairs or None) from a task name, a spec dict or (train_pairs, valid_pairs)."""
+# In-memory data of each family: its spec kind.
+MEMORY_KINDS = {"encoder_decoder": "pairs", "decoder": "documents", "encoder": "labelled_pairs"}
+
+
+def _as_data_spec(data, seed: int, arch: str | None) -> tuple[dict, tuple | None]:
+    """(spec, in-memory pairs or None) from a task name, a spec dict or (train, valid) examples:
+    (source, target) pairs, documents (strings, for arch "decoder") or (text, label) pairs (arch "encoder")."""
     if isinstance(data, str):
         return task_data(data, seed=seed), None
     if isinstance(data, dict):
@@ -417,23 +467,52 @@ def _as_data_spec(data, seed: int) -> tuple[dict, tuple | None]:
     if isinstance(data, (tuple, list)) and len(data) == 2:
         train, valid = list(data[0]), list(data[1])
         if not train:
-            raise DataError("no training pairs were given")
-        return {"kind": "pairs", "n_train": len(train), "n_valid": len(valid), "seed": seed}, (train, valid)
-    raise TypeError("data must be a task name, a data spec (ft.task_data / ft.tsv_data) or (train_pairs, valid_pairs)")
+            raise DataError("no training examples were given")
+        if arch == "decoder" or (arch is None and isinstance(train[0], str)):
+            train, valid, arch = [("", d) for d in train], [("", d) for d in valid], "decoder"
+        kind = MEMORY_KINDS[arch or "encoder_decoder"]
+        return {"kind": kind, "n_train": len(train), "n_valid": len(valid), "seed": seed}, (train, valid)
+    raise TypeError("data must be a task name, a data spec (ft.task_data, ft.tsv_data, ft.text_data, ft.labelled_data) "
+                    "or (train, valid) examples")
+
+
+def _arch_for(model, spec: dict, arch: str | None) -> str:
+    """The model family: the config's, else `arch`, else the data's; a mismatch is an error."""
+    data_arch = {**FILE_KINDS, **{kind: name for name, kind in MEMORY_KINDS.items()}}[spec["kind"]]
+    if model is not None and not isinstance(model, dict):
+        config_arch = families.arch_of(model)
+        if arch is not None and arch != config_arch:
+            raise ValueError(f"arch={arch!r} but the model is a {type(model).__name__} ({config_arch})")
+        arch = config_arch
+    arch = arch or data_arch
+    if arch not in families.ARCHS:
+        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(families.ARCHS)}")
+    if arch != data_arch:
+        wanted = {"encoder_decoder": "a task or source<TAB>target pairs (ft.task_data, ft.tsv_data)",
+                  "decoder": "plain text, one document per line (ft.text_data)",
+                  "encoder": "text<TAB>label lines (ft.labelled_data)"}[arch]
+        raise ValueError(f"the {arch} model trains on {wanted}; the data given is of kind {spec['kind']!r}")
+    return arch
 
 
 @with_x64_scope
 def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig | dict | None = None,
-        data: str | dict | tuple | None = None, *, out_dir: str | os.PathLike | None = None, resume: bool = False,
+        data: str | dict | tuple | None = None, *, arch: str | None = None,
+        out_dir: str | os.PathLike | None = None, resume: bool = False,
         overwrite: bool = False, extend: bool = False, callbacks: Sequence[Callback] = (),
         backend: Backend | None = None, progress: bool = True, verbose: bool = True,
         eval_examples: int = 500, devices=1, shard_params: bool = False) -> FitResult:
     """Train a Transformer and return the result (see the module docstring for run folders).
 
-    model: TransformerConfig fields over MODEL_DEFAULTS (vocabulary and max_len follow from the data),
-      or a whole TransformerConfig. train_config: a TrainConfig, or a dict of its fields.
-    data: a task name (default "reverse"), a spec from `task_data`/`tsv_data`, or (train_pairs,
-      valid_pairs) of (source, target) strings. out_dir: the run folder (checkpoints, metrics.jsonl, curves.png),
+    arch: the model family, "encoder_decoder" (the paper's), "decoder" (a causal language model) or
+      "encoder" (a classifier); default: the model config's, else the data's (text -> decoder,
+      labelled -> encoder, else encoder_decoder).
+    model: config fields over MODEL_DEFAULTS (families.MODEL_DEFAULTS for "decoder" and "encoder";
+      the vocabulary, and an encoder-decoder's max_len, follow from the data), or a whole config
+      (TransformerConfig, DecoderConfig, EncoderConfig). train_config: a TrainConfig, or a dict of its fields.
+    data: a task name (default "reverse"), a spec from `task_data`/`tsv_data` (encoder-decoder),
+      `text_data` (decoder), `labelled_data` (encoder), or (train, valid) in memory: (source, target)
+      pairs, documents (strings) or (text, label) pairs. out_dir: the run folder (checkpoints, metrics.jsonl, curves.png),
       or None to keep everything in memory. callbacks: `callback(step, record)` after each logged
       record and evaluation; a truthy return stops the run (see train.Callback).
     progress: progress lines on stderr; verbose: a line on the data and the run folder on stderr.
@@ -466,35 +545,72 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         if isinstance(train_config, dict):
             train_config = TrainConfig(**train_config)
         tcfg = train_config or TrainConfig()
-        spec, pairs = _as_data_spec("reverse" if data is None else data, tcfg.seed)
+        if data is None and (arch or "encoder_decoder") != "encoder_decoder":
+            raise ValueError(f"arch={arch!r} needs data: ft.text_data(...) for 'decoder', ft.labelled_data(...) for "
+                             "'encoder'")
+        spec, pairs = _as_data_spec("reverse" if data is None else data, tcfg.seed, arch)
+        arch = _arch_for(model, spec, arch)
         train_pairs, valid_pairs = pairs or load_pairs(spec)
         tokenizer = tokenizer_for(spec, train_pairs, valid_pairs)
-        cfg = model_config(tokenizer, train_pairs + valid_pairs, model, spec_max_len(spec))
-        run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose)
+        labels = sorted({label for _, label in train_pairs}) if arch == "encoder" else None
+        if arch == "encoder_decoder":
+            cfg = model_config(tokenizer, train_pairs + valid_pairs, model, spec_max_len(spec))
+        else:
+            longest = max(len(tokenizer.source.encode(text)) for text, _ in train_pairs + valid_pairs) if labels else None
+            cfg = families.make_config(arch, tokenizer, model, longest=longest, n_classes=len(labels or ()))
+            if tcfg.best_by == TrainConfig.best_by:  # the encoder-decoder's default: this family's instead
+                tcfg = dataclasses.replace(tcfg, best_by=families.default_best_by(cfg))
+        run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, labels)
         if mesh is not None:
             check_batches_split(run, mesh)  # before a run folder is made
-        check_best_by(tcfg)
+        check_best_by(tcfg, cfg)
         if out is not None and lead:
             _start_fresh(out, overwrite, verbose)
         if verbose:
+            examples = {"encoder_decoder": "pairs", "decoder": "windows", "encoder": "examples"}[arch]
+            held_out = "documents" if arch == "decoder" else examples
             print(f"backend {backend.name}; {parallel.describe(mesh, shard_params)}{len(run.train_examples)} training "
-                  f"and {len(run.valid_pairs)} held-out pairs; {_describe_vocabulary(cfg)}; writing to "
+                  f"{examples} and {len(run.valid_pairs)} held-out {held_out}; {_describe_vocabulary(cfg)}; writing to "
                   f"{out if out else 'memory only'}", file=sys.stderr)
         return _result(run, run_loop(run))
 
 
-def _describe_vocabulary(cfg: TransformerConfig) -> str:
+def _describe_vocabulary(cfg) -> str:
+    if not isinstance(cfg, TransformerConfig):
+        classes = f", {cfg.n_classes} classes" if hasattr(cfg, "n_classes") else ""
+        return f"vocabulary {cfg.vocab_size}{classes}"
     if cfg.src_vocab_size == cfg.tgt_vocab_size:
         return f"vocabulary {cfg.src_vocab_size}"
     return f"vocabularies {cfg.src_vocab_size} (source) and {cfg.tgt_vocab_size} (target)"
 
 
-def _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose) -> Run:
-    examples, valid_pairs, report = fit_data(spec, tokenizer, cfg.max_len, train_pairs, valid_pairs)
-    if verbose and report:
-        print(describe_data_report(report), file=sys.stderr)
+def _family_examples(cfg, tokenizer, train_pairs, valid_pairs, labels) -> tuple[list, dict]:
+    """A language model's or a classifier's training examples and its data report: the windows and
+    the held-out unigram baseline, or how many texts were cut to max_len."""
+    if families.arch_of(cfg) == "decoder":
+        examples = families.encode_documents([d for _, d in train_pairs], tokenizer, cfg.max_len)
+        held_out = families.encode_documents([d for _, d in valid_pairs], tokenizer, cfg.max_len) if valid_pairs else []
+        report = {"windows": len(examples), "tokens": sum(len(e.tgt) - 1 for e in examples)}
+        if held_out:
+            report["unigram_perplexity"] = families.unigram_perplexity(examples, held_out, cfg.vocab_size)
+        return examples, report
+    examples, n_cut = families.encode_labelled(train_pairs, tokenizer, labels, cfg.max_len)
+    families.encode_labelled(valid_pairs, tokenizer, labels, cfg.max_len)  # a held-out label unknown: said now
+    return examples, {"n_train": len(examples), "cut_to_max_len": n_cut}
+
+
+def _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, labels=None) -> Run:
+    if families.arch_of(cfg) == "encoder_decoder":
+        examples, valid_pairs, report = fit_data(spec, tokenizer, cfg.max_len, train_pairs, valid_pairs)
+        if verbose and report:
+            print(describe_data_report(report), file=sys.stderr)
+    else:
+        examples, report = _family_examples(cfg, tokenizer, train_pairs, valid_pairs, labels)
+        if verbose:
+            print("data: " + ", ".join(f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
+                                       for name, value in report.items()), file=sys.stderr)
     return Run(cfg=cfg, tcfg=tcfg, tokenizer=tokenizer, data_spec=spec, valid_pairs=valid_pairs,
-               train_examples=examples, data_report=report, **loop_options)
+               train_examples=examples, data_report=report, labels=labels, **loop_options)
 
 
 def _resume(out: Path, model, train_config, data, extend, verbose, loop_options) -> FitResult:
@@ -503,7 +619,7 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
         raise RunFolderError(f"{out} holds no checkpoint to resume; leave out --resume to start a run there")
     loaded = checkpoint.load(out, backend)
     cfg, tokenizer, spec = loaded["cfg"], loaded["tokenizer"], loaded["data_spec"]
-    if isinstance(model, TransformerConfig):
+    if model is not None and not isinstance(model, dict):
         model = model.to_dict()
     _check_resumed("model", cfg.to_dict(), dict(model or {}))
     pairs = None
@@ -511,7 +627,9 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
         data = {"task": data}
     elif isinstance(data, (tuple, list)):
         pairs, data = (list(data[0]), list(data[1])), None
-        if spec["kind"] != "pairs" or (len(pairs[0]), len(pairs[1])) != (spec["n_train"], spec["n_valid"]):
+        if spec["kind"] == "documents":
+            pairs = ([("", d) for d in pairs[0]], [("", d) for d in pairs[1]])
+        if spec["kind"] not in MEMORY_KINDS.values() or (len(pairs[0]), len(pairs[1])) != (spec["n_train"], spec["n_valid"]):
             raise RunFolderError(f"{out} was trained on {_describe_spec(spec)}, not on the {len(pairs[0])} + "
                                  f"{len(pairs[1])} pairs given; a resumed run keeps its data")
     _check_resumed("data", {"tokenizer": {"kind": "char"}, **spec}, dict(data or {}))  # characters, if not said
@@ -519,10 +637,10 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
         train_config = dataclasses.asdict(train_config)
     step = int(backend.to_numpy(loaded["state"]["step"]))
     tcfg = resumed_train_config(TrainConfig(**loaded["train_config"]), dict(train_config or {}), step, extend)
-    if spec["kind"] == "pairs" and pairs is None:
-        raise RunFolderError(f"{out} was trained on pairs given in memory; pass them again as data=(train, valid)")
+    if spec["kind"] in MEMORY_KINDS.values() and pairs is None:
+        raise RunFolderError(f"{out} was trained on examples given in memory; pass them again as data=(train, valid)")
     train_pairs, valid_pairs = pairs or load_pairs(spec)
-    run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose)
+    run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, loaded["labels"])
     if verbose:
         print(f"resuming {out} at step {step} of {tcfg.steps}", file=sys.stderr)
     return _result(run, run_loop(run, loaded["state"], loaded["key"], loaded["progress"] or None))
@@ -536,7 +654,7 @@ def read_history(out_dir: Path) -> list[dict]:
 def _result(run: Run, looped: dict) -> FitResult:
     summary, state = looped["summary"], looped["state"]
     return FitResult(params=state["params"], cfg=run.cfg, tokenizer=run.tokenizer, train_config=run.tcfg,
-                     data_spec=run.data_spec, step=summary["step"],
+                     data_spec=run.data_spec, step=summary["step"], labels=run.labels,
                      path=Path(summary["checkpoint"]) if summary["checkpoint"] else None, state=state,
                      key=looped["key"],
                      history=read_history(run.out_dir) if run.out_dir and parallel.process_index() == 0 else looped["history"],
@@ -554,21 +672,36 @@ def load(path: str | os.PathLike, which: str | None = None, backend: Backend | N
     loaded = checkpoint.load(checkpoint.resolve(path, which), backend)
     return TrainedModel(params=loaded["state"]["params"], cfg=loaded["cfg"], tokenizer=loaded["tokenizer"],
                         train_config=TrainConfig(**loaded["train_config"]), data_spec=loaded["data_spec"],
-                        step=int(backend.to_numpy(loaded["state"]["step"])), path=loaded["path"])
+                        step=int(backend.to_numpy(loaded["state"]["step"])), path=loaded["path"],
+                        labels=loaded["labels"])
 
 
 def predict(model: TrainedModel, sources: Sequence[str], *, beam_size: int = 1, **options) -> list[str]:
-    """One decoded string per source (greedy, or beam search with beam_size > 1)."""
+    """One output per input: the decoded target of an encoder-decoder (greedy, or beam search with
+    beam_size > 1), a classifier's label, or a language model's continuation of the text
+    (`inference.continue_texts`: greedy unless given a temperature and a key)."""
     if isinstance(sources, str):
         sources = [sources]
+    if model.arch == "encoder":
+        return inference.classify(model.params, model.cfg, model.tokenizer, model.labels, list(sources), **options)
+    if model.arch == "decoder":
+        return inference.continue_texts(model.params, model.cfg, model.tokenizer, list(sources), **options)
     return inference.predict(model.params, model.cfg, model.tokenizer, list(sources), beam_size=beam_size, **options)
 
 
-def evaluate(model: TrainedModel, pairs: Sequence[tuple[str, str]], *, beam_size: int = 1, **options) -> dict:
-    """{"loss", "token_accuracy", "exact_match", "char_accuracy", "n_examples"}, and "bleu", "chrf" with
-    their signatures where sacreBLEU is installed, on (source, target) pairs."""
+def evaluate(model: TrainedModel, pairs: Sequence, *, beam_size: int = 1, **options) -> dict:
+    """Held-out metrics: for an encoder-decoder on (source, target) pairs {"loss", "token_accuracy",
+    "exact_match", "char_accuracy", "n_examples"}, and "bleu", "chrf" with their signatures where
+    sacreBLEU is installed; for a language model on documents (strings) {"loss", "perplexity",
+    "token_accuracy", ...}; for a classifier on (text, label) pairs {"loss", "accuracy", "confusion", ...}."""
+    if model.arch == "decoder":
+        documents = [("", d) if isinstance(d, str) else d for d in pairs]
+        return families.evaluate(model.params, model.cfg, model.tokenizer, documents, **options)
+    if model.arch == "encoder":
+        return families.evaluate(model.params, model.cfg, model.tokenizer, list(pairs), labels=model.labels, **options)
     return inference.evaluate(model.params, model.cfg, model.tokenizer, list(pairs), beam_size=beam_size, **options)
 
 
-__all__ = ["FitResult", "MODEL_DEFAULTS", "RunFolderError", "TrainedModel", "evaluate", "fit", "fit_data", "load",
-           "load_pairs", "model_config", "predict", "task_data", "tokenizer_for", "tokenizer_spec", "tsv_data"]
+__all__ = ["FitResult", "MODEL_DEFAULTS", "RunFolderError", "TrainedModel", "evaluate", "fit", "fit_data",
+           "labelled_data", "load", "load_pairs", "model_config", "predict", "task_data", "text_data", "tokenizer_for",
+           "tokenizer_spec", "tsv_data"]

@@ -33,8 +33,7 @@ import numpy as np
 from backends import Backend, backend_of, with_x64_scope
 from backends import random as ftrandom
 
-from . import api, checkpoint, checks, gradients, optim, parallel
-from .inference import evaluate
+from . import api, checkpoint, checks, families, gradients, optim, parallel
 from .metrics import MISSING_NOTE, TEXT_METRICS, require_sacrebleu, sacrebleu_available
 from .data import (BatchPlan, EncodedPair, Tokenizer, fixed_batch_plans, plan_batch, plan_counts,
                    token_batch_plans, token_buckets)
@@ -42,9 +41,9 @@ from .data import (BatchPlan, EncodedPair, Tokenizer, fixed_batch_plans, plan_ba
 SCHEDULES = ("transformer", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 GRAD_METHODS = gradients.GRAD_METHODS
-# The held-out metrics that can choose the best checkpoint, each with the direction that is better.
-BEST_BY = {"exact_match": "max", "char_accuracy": "max", "token_accuracy": "max", "bleu": "max", "chrf": "max",
-           "loss": "min"}
+# The held-out metrics that can choose the best checkpoint, each with the direction that is better
+# (every family's: families.METRICS says which a family has).
+BEST_BY = {name: better for metrics in families.METRICS.values() for name, better in metrics.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +129,11 @@ def make_optimizer(tcfg: TrainConfig, cfg) -> optim.GradientTransformation:
     return base
 
 
-def check_best_by(tcfg: TrainConfig) -> None:
-    """A best_by that needs sacreBLEU where it is not installed is an error saying how to install it."""
+def check_best_by(tcfg: TrainConfig, cfg=None) -> None:
+    """A best_by that the model's family does not measure, or that needs sacreBLEU where it is not
+    installed, is an error saying what to choose or how to install it."""
+    if cfg is not None:
+        families.check_best_by(tcfg.best_by, cfg)
     if tcfg.best_by in TEXT_METRICS:
         require_sacrebleu(f"best_by={tcfg.best_by!r} (--best-by {tcfg.best_by})")
 
@@ -201,7 +203,7 @@ is the metrics dict ("split" is "train" or "valid"). A truthy return stops the r
 class Run:
     """Everything the loop needs besides the state: data, vocabulary, where to write (None: nowhere)."""
 
-    cfg: object
+    cfg: object  # a model config of any family (families.CONFIGS)
     tcfg: TrainConfig
     tokenizer: Tokenizer
     train_examples: list[EncodedPair]
@@ -217,6 +219,8 @@ class Run:
     shard_params: bool = False
     # What fitting the data to the model's max_len did (runs.fit_data): logged once as the "data" record.
     data_report: dict | None = None
+    # A classifier's class names (class id i is labels[i]); None for the other families.
+    labels: list[str] | None = None
 
 
 def batch_plans(run: Run, start_step: int) -> Iterator[BatchPlan]:
@@ -290,7 +294,7 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
     -> {"state", "key", "progress", "history" (this call's records), "summary"}; summary["stopped"]
     is "finished", "interrupted" (Ctrl-C), "callback" or "patience"."""
     cfg, tcfg, backend = run.cfg, run.tcfg, run.backend
-    check_best_by(tcfg)
+    check_best_by(tcfg, cfg)
     optimizer = make_optimizer(tcfg, cfg)
     if state is None:
         init_key, key = ftrandom.split(backend.random.key(tcfg.seed), 2)
@@ -333,7 +337,8 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
         try:
             return checkpoint.save(checkpoint.checkpoint_path(run.out_dir, which), s, backend, cfg=cfg,
                                    tokenizer=run.tokenizer, train_config=dataclasses.asdict(tcfg),
-                                   data_spec=run.data_spec, key=saved_key, progress=stored_progress or progress)
+                                   data_spec=run.data_spec, key=saved_key, progress=stored_progress or progress,
+                                   labels=run.labels)
         except OSError as err:  # a full disk, a lost mount: the write is atomic, so the old file stands
             raise SaveFailed(f"training stopped at step {int(backend.to_numpy(s['step']))}: {err}. The last "
                              f"checkpoint saved before ({last_saved or 'none was saved yet'}) is intact; free some "
@@ -349,7 +354,7 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
     # With many processes each builds only its own rows of every global batch.
     plans, rank, n_processes = batch_plans(run, start_step), parallel.process_index(), parallel.process_count()
     valid = run.valid_pairs[: run.eval_examples]
-    if valid and run.progress and not sacrebleu_available():
+    if valid and run.progress and families.arch_of(cfg) == "encoder_decoder" and not sacrebleu_available():
         print(f"held-out evaluations: {MISSING_NOTE}", file=sys.stderr, flush=True)
     t_start = time.perf_counter()
     # Target tokens, source + decoder tokens and token slots of the global batches since the last record.
@@ -361,8 +366,7 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
         while step < tcfg.steps:
             plan = next(plans)
             host_batch = plan_batch(run.train_examples, plan, cfg.pad_id, rank, n_processes)
-            checks.check_token_ids("src", host_batch["src"], cfg.src_vocab_size, cfg.max_len, backend)
-            checks.check_token_ids("tgt_in", host_batch["tgt_in"], cfg.tgt_vocab_size, cfg.max_len, backend)
+            families.check_batch(host_batch, cfg, backend)
             batch = parallel.put_batch(host_batch, mesh) if mesh is not None else backend.tree_asarray(host_batch)
             # Rebind at once: on JAX the old state's buffers are donated to the step, so a Ctrl-C
             # while waiting for the loss below must find (and save) the new state, not the old.
@@ -397,22 +401,21 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
             if (step % tcfg.eval_every == 0 or step == tcfg.steps) and valid:
                 # Sharded params are gathered to one device: each process evaluates the same whole model.
                 eval_params = backend.tree_asarray(host(state["params"])) if mesh is not None else state["params"]
-                result = evaluate(eval_params, cfg, run.tokenizer, valid)
+                result = families.evaluate(eval_params, cfg, run.tokenizer, valid, labels=run.labels)
                 if run.progress:
-                    scores = "".join(f" {name} {result[name]:.2f}" for name in TEXT_METRICS if name in result)
-                    print(f"eval @ {step}: loss {result['loss']:.4f} exact_match {result['exact_match']:.4f} "
-                          f"char_accuracy {result['char_accuracy']:.4f}{scores}", file=sys.stderr, flush=True)
+                    print(f"eval @ {step}: {families.describe_result(result)}", file=sys.stderr, flush=True)
                 summary["valid"] = result
                 value = result[tcfg.best_by]
                 if is_better(value, progress["best_value"], tcfg.best_by) and all_finite(host(state["params"]), backend):
                     # Recorded only once best.safetensors holds it, so the two never disagree.
-                    improved = dict(progress, best_value=value, best_exact_match=result["exact_match"],
+                    improved = dict(progress, best_value=value, best_exact_match=result.get("exact_match"),
                                     best_step=step, evals_since_best=0)
                     save(state, "best", improved)
                     progress = improved
                 else:
                     progress["evals_since_best"] += 1
-                if log({"step": step, "split": "valid", **result, "time_s": time.perf_counter() - t_start}):
+                logged = {name: value for name, value in result.items() if name != "confusion"}
+                if log({"step": step, "split": "valid", **logged, "time_s": time.perf_counter() - t_start}):
                     stop = "callback"
                 if tcfg.patience and progress["evals_since_best"] >= tcfg.patience and step < tcfg.steps:
                     stop = stop or "patience"
@@ -468,8 +471,10 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (smoothed targets)")
     if valid:
         ax_loss.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="held-out loss")
-        ax_acc.plot([r["step"] for r in valid], [r["exact_match"] for r in valid], "o-", label="held-out exact match")
-        ax_acc.plot([r["step"] for r in valid], [r["char_accuracy"] for r in valid], "s--", label="held-out char accuracy")
+        for name, style in (("exact_match", "o-"), ("char_accuracy", "s--"), ("accuracy", "o-"), ("token_accuracy", "s--")):
+            if name in valid[0]:
+                ax_acc.plot([r["step"] for r in valid], [r[name] for r in valid], style,
+                            label=f"held-out {name.replace('_', ' ')}")
     ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train token accuracy")
     ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="loss")
     ax_acc.set(xlabel="step", ylabel="fraction", ylim=(0, 1.02), title="accuracy")
