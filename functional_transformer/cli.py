@@ -89,7 +89,9 @@ TRAIN_FLAGS = {
     "save_every": (int, "steps between checkpoints"),
     "patience": (int, "stop after this many evaluations without a better held-out --best-by (0: never)"),
     "best_by": (tuple(BEST_BY), "the held-out metric that picks best.safetensors and that --patience watches "
-                                "(bleu and chrf need the [text] extra; loss is minimised, the others maximised)"),
+                                "(default exact_match; loss with --arch decoder, accuracy with --arch encoder; bleu "
+                                "and chrf need the [text] extra; loss and perplexity are minimised, the others "
+                                "maximised)"),
     "grad_method": (GRAD_METHODS, "gradients from the hand-written VJPs or jax.grad (default: vjp on numpy, "
                                   "autodiff on jax)"),
 }

@@ -39,7 +39,8 @@ from .config import TransformerConfig
 from .data import (CharTokenizer, DataError, TASKS, Tokenizer, TokenizerPair, encode_pairs, fit_to_length,
                    length_problem, make_task_data, read_lines, read_tsv, task_alphabet, tsv_line_numbers)
 from .data.batching import encode_pair
-from .train import Callback, Run, TrainConfig, check_batches_split, check_best_by, read_records, run_loop
+from .train import (Callback, Run, TrainConfig, check_batches_split, check_best_by, read_records, run_loop,
+                    with_best_by)
 
 # The model `ft train` and `fit` build when not told otherwise: small enough to train on a laptop's
 # CPU in minutes, large enough to learn every built-in task (TransformerConfig's own defaults are
@@ -558,8 +559,7 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         else:
             longest = max(len(tokenizer.source.encode(text)) for text, _ in train_pairs + valid_pairs) if labels else None
             cfg = families.make_config(arch, tokenizer, model, longest=longest, n_classes=len(labels or ()))
-            if tcfg.best_by == TrainConfig.best_by:  # the encoder-decoder's default: this family's instead
-                tcfg = dataclasses.replace(tcfg, best_by=families.default_best_by(cfg))
+        tcfg = with_best_by(tcfg, cfg)
         run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, labels)
         if mesh is not None:
             check_batches_split(run, mesh)  # before a run folder is made
@@ -636,7 +636,8 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
     if isinstance(train_config, TrainConfig):
         train_config = dataclasses.asdict(train_config)
     step = int(backend.to_numpy(loaded["state"]["step"]))
-    tcfg = resumed_train_config(TrainConfig(**loaded["train_config"]), dict(train_config or {}), step, extend)
+    tcfg = resumed_train_config(with_best_by(TrainConfig(**loaded["train_config"]), cfg), dict(train_config or {}), step,
+                                extend)
     if spec["kind"] in MEMORY_KINDS.values() and pairs is None:
         raise RunFolderError(f"{out} was trained on examples given in memory; pass them again as data=(train, valid)")
     train_pairs, valid_pairs = pairs or load_pairs(spec)

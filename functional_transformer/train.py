@@ -70,8 +70,9 @@ class TrainConfig:
     grad_method: str | None = None
     # Stop after this many held-out evaluations without a better `best_by` (0: never).
     patience: int = 0
-    # The held-out metric (a key of BEST_BY) that picks best.safetensors and that patience watches.
-    best_by: str = "exact_match"
+    # The held-out metric (a key of BEST_BY) that picks best.safetensors and that patience watches;
+    # None: the model family's own (exact_match for the encoder-decoder, families.DEFAULT_BEST_BY).
+    best_by: str | None = None
     # The step at which the schedule (re)started: 0, or where `ft train --resume --extend` added
     # steps to a finished run (a warm restart of the cosine schedule; see make_optimizer).
     schedule_start: int = 0
@@ -90,8 +91,8 @@ class TrainConfig:
             raise ValueError(f"grad_method must be one of {GRAD_METHODS} or None, got {self.grad_method!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.best_by not in BEST_BY:
-            raise ValueError(f"best_by must be one of {tuple(BEST_BY)}, got {self.best_by!r}")
+        if self.best_by is not None and self.best_by not in BEST_BY:
+            raise ValueError(f"best_by must be one of {tuple(BEST_BY)} or None, got {self.best_by!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if not self.learning_rate > 0:
@@ -136,6 +137,11 @@ def check_best_by(tcfg: TrainConfig, cfg=None) -> None:
         families.check_best_by(tcfg.best_by, cfg)
     if tcfg.best_by in TEXT_METRICS:
         require_sacrebleu(f"best_by={tcfg.best_by!r} (--best-by {tcfg.best_by})")
+
+
+def with_best_by(tcfg: TrainConfig, cfg) -> TrainConfig:
+    """tcfg with its best_by chosen: the model family's default where it is None."""
+    return tcfg if tcfg.best_by is not None else dataclasses.replace(tcfg, best_by=families.default_best_by(cfg))
 
 
 def is_better(value: float, best: float | None, best_by: str) -> bool:
@@ -293,7 +299,7 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
 
     -> {"state", "key", "progress", "history" (this call's records), "summary"}; summary["stopped"]
     is "finished", "interrupted" (Ctrl-C), "callback" or "patience"."""
-    cfg, tcfg, backend = run.cfg, run.tcfg, run.backend
+    cfg, tcfg, backend = run.cfg, with_best_by(run.tcfg, run.cfg), run.backend
     check_best_by(tcfg, cfg)
     optimizer = make_optimizer(tcfg, cfg)
     if state is None:

@@ -26,7 +26,7 @@ ON_JAX = os.environ.get("FT_BACKEND", "numpy") == "jax"
 slow_on_jax = pytest.mark.slow if ON_JAX else (lambda test: test)
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--d-model", "16", "--n-heads", "2", "--d-ff", "32", "--layers", "1", "--no-progress"]
-TRAIN_FLAGS = ["--task", "--data", "--valid", "--out", "--resume", "--min-len", "--max-len", "--truncate-long", "--n-train",
+TRAIN_FLAGS = ["--arch", "--task", "--data", "--valid", "--out", "--resume", "--min-len", "--max-len", "--truncate-long", "--n-train",
                "--n-valid", "--max-tokens",
                "--d-model", "--n-heads", "--d-ff", "--layers", "--drop-rate", "--norm-first", "--tie-embeddings",
                "--dtype", "--compute-dtype", "--steps", "--batch-size", "--learning-rate", "--warmup-steps", "--schedule", "--optimizer",
