@@ -14,6 +14,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from backends import get_backend
+
 from . import checkpoint, families, metrics
 from .backend_choice import default_backend
 from .checkpoint_format import CheckpointError, UncheckedCheckpointWarning
@@ -513,11 +515,18 @@ def _sweep_report(args) -> int:
     return 0
 
 
+def _require_encoder_decoder(loaded: dict, command: str) -> None:
+    if loaded["arch"] != "encoder_decoder":
+        raise DataError(f"{command} draws an encoder-decoder run (source, target and their attention); "
+                        f"{loaded['path']} holds a {loaded['arch']} model: use ft eval and ft predict for it")
+
+
 def _attention(args) -> int:
     from .inspect import attention_maps, plots
 
     plots.require_matplotlib("ft attention")  # before loading anything, so a missing extra fails at once
     loaded = checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), default_backend())
+    _require_encoder_decoder(loaded, "ft attention")
     maps = attention_maps(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], args.source, args.target,
                           allow_unknown=args.allow_unknown)
     kinds = tuple(ATTENTION_KINDS) if args.kind == "all" else (args.kind,)
@@ -533,6 +542,8 @@ def _report(args) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
+    _require_encoder_decoder(checkpoint.load(checkpoint.resolve(args.checkpoint, args.which),
+                                             get_backend("numpy")), "ft report")
     path = write_report(args.checkpoint, args.out, args.which, n_examples=args.n)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)")
     return 0

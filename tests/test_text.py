@@ -304,7 +304,10 @@ def test_patience_counts_evaluations_without_a_better_best_by(tmp_path):
 
 def test_an_unknown_best_by_is_a_clear_error():
     with pytest.raises(ValueError, match="best_by must be one of"):
-        ft.TrainConfig(best_by="accuracy")
+        ft.TrainConfig(best_by="acuracy")
+    # a classifier's metric, which the encoder-decoder does not measure
+    with pytest.raises(ValueError, match="best_by='accuracy' is not a held-out metric of the encoder_decoder model"):
+        ft.fit(TINY, ft.TrainConfig(steps=2, best_by="accuracy"), "reverse", progress=False, verbose=False)
 
 
 # ---------------------------------------------------------------------------------------------

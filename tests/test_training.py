@@ -308,7 +308,9 @@ def save_fresh(backend, path, *, seed=0, step=0):
 def test_checkpoint_round_trips_everything(backend, tmp_path):
     state, key, cfg, tcfg = save_fresh(backend, tmp_path, step=17)
     loaded = checkpoint.load(tmp_path, backend)
-    assert set(loaded) == {"state", "key", "cfg", "tokenizer", "train_config", "data_spec", "backend", "progress", "path"}
+    assert set(loaded) == {"state", "key", "arch", "cfg", "tokenizer", "train_config", "data_spec", "backend", "progress",
+                           "labels", "path"}
+    assert loaded["arch"] == "encoder_decoder" and loaded["labels"] is None
     assert_states_equal(backend, loaded["state"], state)
     assert step_of(backend, loaded["state"]) == 17
     assert np.array_equal(backend.to_numpy(loaded["key"]), backend.to_numpy(key))
