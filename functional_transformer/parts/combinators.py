@@ -60,23 +60,21 @@ class SerialSaved(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True, init=False)
-class Serial(Part):
-    """Parts in sequence: y = part_n(... part_1(x))."""
+class _Composite(Part):
+    """Parts held as (name or None, part) pairs, what Serial and Parallel share: a named part's params
+    nest under its name, a bare part's join the composite's own dict; init gives each its own key."""
 
     layers: tuple
+    min_parts = 1
 
     def __init__(self, *layers):
-        if not layers:
-            raise ValueError("Serial needs at least one part")
+        if len(layers) < self.min_parts:
+            raise ValueError(f"{type(self).__name__} needs at least {self.min_parts} part(s)")
         object.__setattr__(self, "layers", tuple(_entry(entry) for entry in layers))
 
     @property
     def parts(self) -> tuple:
         return tuple(part for _, part in self.layers)
-
-    @property
-    def n_inputs(self) -> int:
-        return self.parts[0].n_inputs
 
     @property
     def needs_key(self) -> bool:
@@ -89,6 +87,21 @@ class Serial(Part):
             _merge_params(self, params, name, part.init(keys[i]), "the params of two parts")
         return params
 
+    def _child_bwd(self, dparams: dict, name, part, params, saved, dy, spec):
+        """part's checked bwd; its gradients merged into dparams -> its dx."""
+        d_part, dx = checked_bwd(part, _child_params(params, name), saved, dy, spec, shared_params=name is None)
+        _merge_params(self, dparams, name, d_part, "the gradients of two parts")
+        return dx
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class Serial(_Composite):
+    """Parts in sequence: y = part_n(... part_1(x))."""
+
+    @property
+    def n_inputs(self) -> int:
+        return self.parts[0].n_inputs
+
     def fwd(self, params, x, *, train=False, key=None, **side):
         saved, inputs = [], []
         for (name, part), k in zip(self.layers, keys_for(self.parts, key)):
@@ -100,8 +113,7 @@ class Serial(Part):
     def bwd(self, params, saved, dy):
         dparams: dict = {}
         for (name, part), saved_i, spec in reversed(list(zip(self.layers, saved.children, saved.inputs))):
-            d_i, dy = checked_bwd(part, _child_params(params, name), saved_i, dy, spec, shared_params=name is None)
-            _merge_params(self, dparams, name, d_i, "the gradients of two parts")
+            dy = self._child_bwd(dparams, name, part, params, saved_i, dy, spec)
         check_param_grads(self, params, dparams)
         return dparams, dy
 
@@ -332,40 +344,20 @@ class Repeat(Part):
 
 
 @dataclasses.dataclass(frozen=True, init=False)
-class Parallel(Part):
+class Parallel(_Composite):
     """Parts side by side over a tuple: (x_1, ..., x_n) -> (part_1(x_1), ..., part_n(x_n)); params
     and naming as in Serial."""
 
-    layers: tuple
-
-    def __init__(self, *layers):
-        if len(layers) < 2:
-            raise ValueError("Parallel needs at least two parts")
-        object.__setattr__(self, "layers", tuple(_entry(entry) for entry in layers))
-
-    @property
-    def parts(self) -> tuple:
-        return tuple(part for _, part in self.layers)
+    min_parts = 2
 
     @property
     def n_inputs(self) -> int:
         return len(self.layers)
 
-    @property
-    def needs_key(self) -> bool:
-        return any(part.needs_key for part in self.parts)
-
     def _check(self, x) -> None:
         if not isinstance(x, tuple) or len(x) != len(self.layers):
             raise ValueError(f"{self!r} takes a tuple of {len(self.layers)} inputs, got "
                              f"{len(x) if isinstance(x, tuple) else 'one array'}")
-
-    def init(self, key) -> dict:
-        params: dict = {}
-        keys = ftrandom.split(key, len(self.layers))
-        for i, (name, part) in enumerate(self.layers):
-            _merge_params(self, params, name, part.init(keys[i]), "the params of two parts")
-        return params
 
     def fwd(self, params, x, *, train=False, key=None, **side):
         self._check(x)
@@ -380,9 +372,7 @@ class Parallel(Part):
         dparams: dict = {}
         dxs = []
         for (name, part), (saved_i, spec), g in zip(self.layers, saved, dy):
-            d_i, dx_i = checked_bwd(part, _child_params(params, name), saved_i, g, spec, shared_params=name is None)
-            _merge_params(self, dparams, name, d_i, "the gradients of two parts")
-            dxs.append(dx_i)
+            dxs.append(self._child_bwd(dparams, name, part, params, saved_i, g, spec))
         check_param_grads(self, params, dparams)
         return dparams, tuple(dxs)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from backends import array_namespace, tree_structure
+from backends import array_namespace
 from backends import random as ftrandom
 
 
@@ -195,7 +195,3 @@ def keys_for(parts, key) -> list:
         keys[i] = split[j]
     return keys
 
-
-def param_shapes(params: dict):
-    """The params with every array replaced by its shape (for messages and tests)."""
-    return tree_structure(params)
