@@ -1,4 +1,4 @@
-"""The command line: `ft train`, `ft eval`, `ft predict` (also `python -m functional_transformer`).
+"""The command line: `ft train`, `ft eval`, `ft predict`, `ft info`, ... (also `python -m functional_transformer`).
 
 The backend is FT_BACKEND (numpy by default, or jax).
 
@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import checkpoint, metrics
+from . import checkpoint, config_file, metrics
 from .backend_choice import default_backend
 from .checkpoint_format import CheckpointError, UncheckedCheckpointWarning
 from .config import COMPUTE_DTYPES, DTYPES, TransformerConfig
@@ -43,6 +43,8 @@ def _add_model_flags(p):
     g.add_argument("--n-heads", type=int, help=f"attention heads; must divide --d-model (default {d['n_heads']})")
     g.add_argument("--d-ff", type=int, help=f"feed-forward inner width (default {d['d_ff']})")
     g.add_argument("--layers", type=int, help=f"encoder and decoder layers each (default {d['n_encoder_layers']})")
+    g.add_argument("--encoder-layers", type=int, help="encoder layers, over --layers")
+    g.add_argument("--decoder-layers", type=int, help="decoder layers, over --layers")
     g.add_argument("--drop-rate", type=float, help=f"residual and embedding dropout (default {d['drop_rate']})")
     g.add_argument("--norm-first", action="store_true", default=None, help="pre-norm residuals instead of the paper's post-norm")
     g.add_argument("--tie-embeddings", action="store_true", default=None, help="share the target embedding with the output layer")
@@ -53,8 +55,11 @@ def _add_model_flags(p):
 
 def _model_flags(args) -> dict:
     """The TransformerConfig fields given on the command line."""
-    fields = {"d_model": args.d_model, "n_heads": args.n_heads, "d_ff": args.d_ff, "n_encoder_layers": args.layers,
-              "n_decoder_layers": args.layers, "drop_rate": args.drop_rate, "norm_first": args.norm_first,
+    # --encoder-layers and --decoder-layers say more than --layers, so they win over it.
+    encoder_layers = args.layers if args.encoder_layers is None else args.encoder_layers
+    decoder_layers = args.layers if args.decoder_layers is None else args.decoder_layers
+    fields = {"d_model": args.d_model, "n_heads": args.n_heads, "d_ff": args.d_ff, "n_encoder_layers": encoder_layers,
+              "n_decoder_layers": decoder_layers, "drop_rate": args.drop_rate, "norm_first": args.norm_first,
               "tie_embeddings": args.tie_embeddings, "dtype": args.dtype, "compute_dtype": args.compute_dtype}
     return {name: value for name, value in fields.items() if value is not None}
 
@@ -178,19 +183,18 @@ def _task_sizes(args) -> dict:
     return {name: getattr(args, name) for name in TASK_DATA_DEFAULTS if getattr(args, name) is not None}
 
 
+def _data_flags(args) -> dict:
+    """The data and tokenizer flags given, as keys of a settings file's [data] table (config_file.DATA_KEYS)."""
+    flags = {"task": args.task, "train": str(args.data) if args.data else None,
+             "valid": str(args.valid) if args.valid else None, **_task_sizes(args), "truncate_long": args.truncate_long,
+             "tokenizer": args.tokenizer, "vocab_size": args.vocab_size, "joint_vocab": args.joint_vocab,
+             "eval_examples": getattr(args, "eval_examples", None)}
+    return {name: value for name, value in flags.items() if value is not None}
+
+
 def _data_spec(args, seed: int) -> dict:
     """A new run's data spec from --task/--data/--valid and the task sizes."""
-    sizes = _task_sizes(args)
-    tokenizer = _tokenizer_flags(args)
-    if args.data:
-        max_len = sizes.pop("max_len", None)
-        if sizes:
-            raise DataError(f"{sorted(sizes)} size the built-in tasks; they do not apply to --data")
-        return tsv_data(args.data, args.valid, seed=seed, tokenizer=tokenizer, max_len=max_len,
-                        truncate_long=bool(args.truncate_long))
-    if args.truncate_long:
-        raise DataError("--truncate-long cuts pairs of --data files longer than --max-len; a task's strings all fit")
-    return task_data(args.task or "reverse", seed=seed, tokenizer=tokenizer, **sizes)
+    return config_file.data_spec(_data_flags(args), seed)[0]
 
 
 def _add_checkpoint_flags(p):
@@ -220,8 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on a built-in task or your own TSV data",
                        description="Train a Transformer on a character task (--task) or TSV files (--data).")
+    p.add_argument("--config", type=Path, metavar="FILE.toml",
+                   help="model, training and data settings from a TOML file ([model], [train], [data]: a run "
+                        "folder's config.toml, a sweep's best.toml, or your own); flags given as well override it")
     _add_data_flags(p)
-    p.add_argument("--out", type=Path, help="run folder for checkpoint, metrics.jsonl, curves.png (default runs/<task>)")
+    p.add_argument("--eval-examples", type=int,
+                   help=f"held-out examples each evaluation decodes (default {config_file.DEFAULT_EVAL_EXAMPLES})")
+    p.add_argument("--out", type=Path, help="run folder for checkpoint, metrics.jsonl, curves.png, config.toml "
+                                            "(default runs/<task>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with its own settings and schedule")
     p.add_argument("--overwrite", action="store_true", help="replace the run --out holds with a new one")
@@ -316,9 +326,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _new_run_settings(args, train_fields: dict) -> tuple[dict, dict, dict, int]:
+    """(model fields, TrainConfig fields, data spec, eval_examples) of a new run: --config's file,
+    with the flags given over it."""
+    settings = config_file.read_settings(args.config) if args.config else None
+    model = {**(settings.model if settings else {}), **_model_flags(args)}
+    train = {**(settings.train if settings else {}), **train_fields}
+    if "batch_size" in train_fields and "max_tokens" not in train_fields:
+        train.pop("max_tokens", None)  # --batch-size asks for batches of that many examples, not of tokens
+    data, flags = dict(settings.data if settings else {}), _data_flags(args)
+    if "task" in flags or "train" in flags:  # the flags' data replace the file's, and its sizes where the kind differs
+        file_kind = data.get("kind", "tsv" if "train" in data else "task")
+        dropped = config_file.DATA_SOURCE_KEYS + (() if file_kind == ("tsv" if "train" in flags else "task") else
+                                                  ("n_train", "n_valid", "min_len", "max_len", "truncate_long"))
+        data = {key: value for key, value in data.items() if key not in dropped}
+    if "seed" in train_fields:  # --seed seeds the data too
+        data["seed"] = train_fields["seed"]
+    data.update(flags)
+    where = f"{args.config}: [data]" if settings else "the data flags"
+    spec, eval_examples = config_file.data_spec(data, train.get("seed", TRAIN_DEFAULTS.seed), where)
+    return model, train, spec, eval_examples
+
+
 def _train(args) -> int:
-    out = args.out or Path("runs") / (args.task or (args.data.stem if args.data else "reverse"))
     train_fields = _train_flags(args)
+    if args.resume and args.config:
+        raise ValueError("--resume continues a run with its own settings (its config.toml); leave out --config")
     if args.resume:  # only what was given, to be checked against the run's own data
         data = {**({"task": args.task} if args.task else {}), **_task_sizes(args)}
         if args.data:
@@ -330,16 +363,22 @@ def _train(args) -> int:
             data.update(tokenizer=tokenizer)
         if args.truncate_long:
             data.update(truncate_long=True)
+        if args.eval_examples is not None:
+            raise ValueError("--eval-examples is a setting of the run; a resumed run keeps its own")
+        model, train, eval_examples = _model_flags(args), train_fields, None
     else:
-        data = _data_spec(args, seed=train_fields.get("seed", TRAIN_DEFAULTS.seed))
+        model, fields, data, eval_examples = _new_run_settings(args, train_fields)
+        train = TrainConfig(**fields)
+    out = args.out or Path("runs") / (data.get("task") or (Path(data["train"]).stem if data.get("train") else "reverse"))
     if train_fields.get("max_tokens") is not None and train_fields.get("batch_size") is not None:
         raise ValueError("--max-tokens sizes the batches by tokens instead of --batch-size: give one of them")
     if args.extend and not args.resume:
         raise ValueError("--extend trains a finished run further: give it with --resume")
     _start_processes(args)
-    result = fit(_model_flags(args) or None, train_fields if args.resume else TrainConfig(**train_fields), data or None,
+    result = fit(model or None, train, data or None,
                  out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
-                 progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params)
+                 progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params,
+                 eval_examples=eval_examples)
     print(f"{result.stopped} at step {result.step} in {result.seconds:.1f} s; checkpoint {result.path}")
     if result.best_value is not None:
         print(f"best held-out {result.train_config.best_by}: {result.best_value:.4f} at step {result.best_step} "
