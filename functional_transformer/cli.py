@@ -24,7 +24,7 @@ from .inspect import KINDS as ATTENTION_KINDS
 from .runs import (MODEL_DEFAULTS, TASK_DATA_DEFAULTS, TOKENIZERS, check_held_out_lengths, fit, fit_held_out,
                    load_pairs, task_data, tokenizer_spec, tsv_data)
 from .train import BEST_BY, GRAD_METHODS, OPTIMIZERS, SCHEDULES, SaveFailed, TrainConfig, TrainingDiverged
-from .tuning.sweep import PRUNERS
+from .tuning.sweep import OBJECTIVES, PRUNERS
 
 TRAIN_DEFAULTS = TrainConfig()
 
@@ -276,9 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="tune model size and training settings with Optuna (the [sweep] extra)",
                        description="Run Optuna trials of `ft train` settings; each trial trains for --steps and scores "
-                                   "the mean held-out exact match over its evaluations. Run it again with the same "
-                                   "--study and --storage to add trials; point several processes at one storage to "
-                                   "share a study (journal: files or a database server; not SQLite).",
+                                   "the mean of a held-out metric (--objective) over its evaluations. Run it again "
+                                   "with the same --study and --storage to add trials; point several processes at one "
+                                   "storage to share a study (journal: files or a database server; not SQLite). "
+                                   "The best trial's settings go to <out>/best.toml: ft train --config "
+                                   "<out>/best.toml trains it again.",
                        epilog=_space_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_data_flags(p)
     p.add_argument("--trials", type=int, default=10, help="trials to run in this process (default 10)")
@@ -292,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(default 6)")
     p.add_argument("--eval-examples", type=int, default=500, help="held-out examples per evaluation (default 500)")
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="stop hopeless trials early (default median)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="exact_match",
+                   help="the held-out metric whose mean over a trial's evaluations scores it: maximised, the loss "
+                        "minimised (bleu and chrf need the [text] extra); part of the study (default exact_match)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of every trial's init and dropout; "
                                                        "part of the study (default 0)")
     p.add_argument("--sampler-seed", type=int, help="seed of Optuna's sampler (default: --seed); give workers that "
@@ -300,8 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep-report", help="a study's best trials and plots",
                        description="Write best_trials.md, trials.csv and PNG plots of a study into --out.")
     p.add_argument("--study", default="ft-sweep", help="the study's name (default ft-sweep)")
-    p.add_argument("--storage", required=True, help="the study's Optuna storage URL (as given to ft sweep)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the table and plots")
+    p.add_argument("--storage", help="the study's Optuna storage URL, as given to ft sweep (default: ft sweep's "
+                                     "default, journal:<out>/study.journal)")
+    p.add_argument("--out", type=Path, help="ft sweep's --out, where the table and plots go too (default "
+                                            "runs/sweep-<study>, as for ft sweep)")
 
     p = sub.add_parser("attention", help="draw every attention weight of one example (matplotlib: the [plot] extra)",
                        description="Draw the attention maps of one forward pass: encoder self-attention, decoder "
@@ -448,12 +455,12 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 def _sweep(args) -> int:
     from .tuning import SweepConfig, load_space, run_sweep
-    from .tuning.sweep import summary_lines
+    from .tuning.sweep import BEST_NAME, summary_lines
 
     out = args.out or Path("runs") / f"sweep-{args.study}"
-    storage = args.storage or f"journal:{out / 'study.journal'}"
+    storage = args.storage or _default_storage(out)
     config = SweepConfig(data=_data_spec(args, seed=args.seed), steps=args.steps, n_evals=args.evals,
-                         eval_examples=args.eval_examples, seed=args.seed)
+                         eval_examples=args.eval_examples, seed=args.seed, objective=args.objective)
     space = load_space(args.space)
     try:
         study = run_sweep(args.study, storage, config, n_trials=args.trials, out_dir=out, space=space,
@@ -464,7 +471,14 @@ def _sweep(args) -> int:
         return 130
     for line in summary_lines(study):
         print(line)
+    if (out / BEST_NAME).exists():
+        print(f"best settings: {out / BEST_NAME} (ft train --config {out / BEST_NAME} trains that trial again)")
     return 0
+
+
+def _default_storage(out: Path) -> str:
+    """ft sweep's storage where --storage is not given: a journal file in its --out folder."""
+    return f"journal:{out / 'study.journal'}"
 
 
 def _sweep_report(args) -> int:
@@ -472,11 +486,16 @@ def _sweep_report(args) -> int:
     from .tuning.sweep import SweepError, import_optuna, open_storage
 
     optuna = import_optuna()
+    out = args.out or Path("runs") / f"sweep-{args.study}"
+    storage = args.storage or _default_storage(out)
+    if args.storage is None and not (out / "study.journal").exists():
+        raise SweepError(f"{out / 'study.journal'} (ft sweep's default storage for --out {out}) does not exist; give "
+                         "the --out, or the --storage, that ft sweep was given")
     try:
-        study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage))
+        study = optuna.load_study(study_name=args.study, storage=open_storage(storage))
     except KeyError:
-        raise SweepError(f"there is no study {args.study!r} in {args.storage}") from None
-    files = write_report(study, args.out)
+        raise SweepError(f"there is no study {args.study!r} in {storage}") from None
+    files = write_report(study, out)
     print(best_trials_table(study))
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
