@@ -274,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unknown", action="store_true",
                    help="read characters outside the model's vocabulary as the unknown token (default: refuse them)")
 
+    p = sub.add_parser("info", help="what a run folder or checkpoint holds: settings, step, best metric, size",
+                       description="Show a run folder's or checkpoint file's step, best held-out metric and the metric "
+                                   "that chose it, parameter count, tokenizer, model, training and data settings, and "
+                                   "whether each checkpoint's SHA-256 checksums verify (a damaged file is an error).")
+    p.add_argument("path", type=Path, help="a run folder or a .safetensors checkpoint file")
+
     p = sub.add_parser("sweep", help="tune model size and training settings with Optuna (the [sweep] extra)",
                        description="Run Optuna trials of `ft train` settings; each trial trains for --steps and scores "
                                    "the mean of a held-out metric (--objective) over its evaluations. Run it again "
@@ -453,6 +459,14 @@ def _write_lines(path: Path, lines: list[str]) -> None:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
+def _info(args) -> int:
+    from .inspect.info import info_lines
+
+    for line in info_lines(args.path):
+        print(line)
+    return 0
+
+
 def _sweep(args) -> int:
     from .tuning import SweepConfig, load_space, run_sweep
     from .tuning.sweep import BEST_NAME, summary_lines
@@ -532,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "predict" and bool(args.inputs) == (args.input is not None):
         parser.error("ft predict: give the sources as arguments or as a file with --input FILE ('-' for standard "
                      "input)" + (", not both" if args.inputs else ""))
-    commands = {"train": _train, "eval": _eval, "predict": _predict, "sweep": _sweep, "sweep-report": _sweep_report,
+    commands = {"train": _train, "eval": _eval, "predict": _predict, "info": _info, "sweep": _sweep, "sweep-report": _sweep_report,
                 "attention": _attention, "report": _report}
     command = commands[args.command]
     with warnings.catch_warnings():
