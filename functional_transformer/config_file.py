@@ -296,13 +296,14 @@ def data_spec(table: dict, default_seed: int, where: str = "the data") -> tuple[
         train, valid = table.pop("train"), table.pop("valid", None)
         max_len, truncate = table.pop("max_len", None), table.pop("truncate_long", None)
         if table:
-            raise DataError(f"{sorted(table)} size the built-in tasks; they do not apply to TSV data (--data)")
+            raise DataError(f"{sorted(table)} size the built-in tasks; they do not apply to --data")
         return runs.tsv_data(train, valid, seed=seed, tokenizer=tokenizer, max_len=max_len,
                              truncate_long=bool(truncate)), eval_examples
     if "valid" in table:
-        raise DataError("valid (--valid) is a held-out TSV file for TSV data (--data), not for a task")
+        raise DataError("--valid (valid in [data]) is a held-out TSV file for --data, not for a task")
     if table.pop("truncate_long", None):
-        raise DataError("truncate_long (--truncate-long) cuts TSV pairs longer than max_len; a task's strings all fit")
+        raise DataError("--truncate-long cuts pairs of --data files longer than --max-len; a task's strings all fit "
+                        "(truncate_long in [data])")
     return runs.task_data(table.pop("task", "reverse"), seed=seed, tokenizer=tokenizer, **table), eval_examples
 
 
