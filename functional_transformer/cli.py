@@ -22,7 +22,7 @@ from .data import DataError, TASKS, make_task_data, read_lines, read_tsv
 from .inference import check_sources, evaluate, predict
 from .inspect import KINDS as ATTENTION_KINDS
 from .runs import (MODEL_DEFAULTS, TASK_DATA_DEFAULTS, TOKENIZERS, check_held_out_lengths, fit, fit_held_out,
-                   load_pairs, task_data, tokenizer_spec, tsv_data)
+                   load_pairs, tokenizer_spec)
 from .train import BEST_BY, GRAD_METHODS, OPTIMIZERS, SCHEDULES, SaveFailed, TrainConfig, TrainingDiverged
 from .tuning.sweep import OBJECTIVES, PRUNERS
 
