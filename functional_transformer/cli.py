@@ -46,8 +46,11 @@ def _add_model_flags(p):
     g.add_argument("--encoder-layers", type=int, help="encoder layers, over --layers")
     g.add_argument("--decoder-layers", type=int, help="decoder layers, over --layers")
     g.add_argument("--drop-rate", type=float, help=f"residual and embedding dropout (default {d['drop_rate']})")
-    g.add_argument("--norm-first", action="store_true", default=None, help="pre-norm residuals instead of the paper's post-norm")
-    g.add_argument("--tie-embeddings", action="store_true", default=None, help="share the target embedding with the output layer")
+    # --no-X as well, so that a flag can turn off what a --config file turns on.
+    g.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=None,
+                   help="pre-norm residuals instead of the paper's post-norm")
+    g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None,
+                   help="share the target embedding with the output layer")
     g.add_argument("--dtype", choices=DTYPES, help=f"parameter dtype (default {d['dtype']})")
     g.add_argument("--compute-dtype", choices=COMPUTE_DTYPES,
                    help="matmuls and activations in this dtype over --dtype params (JAX only; default: --dtype)")
@@ -157,7 +160,7 @@ def _add_data_flags(p):
                         "With --data: the model's longest sequence in tokens (a source, or bos + target); longer "
                         "training pairs are dropped and counted, a longer --valid line is an error (default: the "
                         "data's longest)")
-    g.add_argument("--truncate-long", action="store_true", default=None,
+    g.add_argument("--truncate-long", action=argparse.BooleanOptionalAction, default=None,
                    help="with --data and --max-len: cut training pairs longer than --max-len to fit, instead of "
                         "dropping them")
     g.add_argument("--n-train", type=int, help=f"task training examples (default {d['n_train']})")
@@ -167,7 +170,7 @@ def _add_data_flags(p):
                    help="char: one id per character (default); bpe: subword pieces learned from the training data "
                         "with Hugging Face tokenizers (the [text] extra), stored in the checkpoint")
     g.add_argument("--vocab-size", type=int, help="most ids of a BPE vocabulary (each, unless --joint-vocab)")
-    g.add_argument("--joint-vocab", action="store_true", default=None,
+    g.add_argument("--joint-vocab", action=argparse.BooleanOptionalAction, default=None,
                    help="one BPE vocabulary for sources and targets (default: one each)")
 
 

@@ -107,13 +107,14 @@ def test_a_missing_settings_file_and_pairs_data_are_clear_errors(tmp_path, capsy
 def test_flags_override_the_file(tmp_path, capsys):
     path = tmp_path / "run.toml"
     path.write_text('[model]\nd_model = 16\nn_heads = 4\nd_ff = 32\nn_encoder_layers = 1\nn_decoder_layers = 1\n'
+                    'norm_first = true\n'
                     '[train]\nsteps = 3\nlearning_rate = 1\nmax_tokens = 200\n'
                     '[data]\ntask = "sort"\nn_train = 50\nn_valid = 5\nmax_len = 3\nseed = 4\neval_examples = 3\n')
     out = tmp_path / "out"
     assert cli.main(["train", "--config", str(path), "--out", str(out), "--n-heads", "2", "--steps", "4",
-                     "--batch-size", "8", "--task", "reverse", "--no-progress"]) == 0
+                     "--batch-size", "8", "--task", "reverse", "--no-norm-first", "--no-progress"]) == 0
     loaded = checkpoint.load(out, default_backend())
-    assert (loaded["cfg"].d_model, loaded["cfg"].n_heads) == (16, 2)
+    assert (loaded["cfg"].d_model, loaded["cfg"].n_heads, loaded["cfg"].norm_first) == (16, 2, False)
     tcfg = loaded["train_config"]
     assert (tcfg["steps"], tcfg["learning_rate"], tcfg["batch_size"], tcfg["max_tokens"]) == (4, 1.0, 8, None)
     # --task replaces the file's task, which keeps its sizes and seed.
