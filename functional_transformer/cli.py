@@ -1,4 +1,4 @@
-"""The command line: `ft train`, `ft eval`, `ft predict` (also `python -m functional_transformer`).
+"""The command line: `ft train`, `ft eval`, `ft predict`, `ft info`, ... (also `python -m functional_transformer`).
 
 The backend is FT_BACKEND (numpy by default, or jax).
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from backends import get_backend
 
-from . import checkpoint, families, metrics
+from . import checkpoint, config_file, families, metrics
 from .backend_choice import default_backend
 from .checkpoint_format import CheckpointError, UncheckedCheckpointWarning
 from .config import COMPUTE_DTYPES, DTYPES, TransformerConfig
@@ -24,9 +24,9 @@ from .data import DataError, TASKS, make_task_data, read_lines, read_tsv
 from .inference import check_sources, classify, continue_texts, evaluate, predict
 from .inspect import KINDS as ATTENTION_KINDS
 from .runs import (MODEL_DEFAULTS, TASK_DATA_DEFAULTS, TOKENIZERS, check_held_out_lengths, fit, fit_held_out,
-                   labelled_data, load_pairs, task_data, text_data, tokenizer_spec, tsv_data)
+                   load_pairs, tokenizer_spec)
 from .train import BEST_BY, GRAD_METHODS, OPTIMIZERS, SCHEDULES, SaveFailed, TrainConfig, TrainingDiverged
-from .tuning.sweep import PRUNERS
+from .tuning.sweep import OBJECTIVES, PRUNERS
 
 TRAIN_DEFAULTS = TrainConfig()
 
@@ -45,28 +45,38 @@ def _add_model_flags(p):
     g.add_argument("--n-heads", type=int, help=f"attention heads; must divide --d-model (default {d['n_heads']})")
     g.add_argument("--d-ff", type=int, help=f"feed-forward inner width (default {d['d_ff']})")
     g.add_argument("--layers", type=int, help=f"encoder and decoder layers each (default {d['n_encoder_layers']})")
+    g.add_argument("--encoder-layers", type=int, help="encoder layers, over --layers")
+    g.add_argument("--decoder-layers", type=int, help="decoder layers, over --layers")
     g.add_argument("--drop-rate", type=float, help=f"residual and embedding dropout (default {d['drop_rate']})")
-    g.add_argument("--norm-first", action="store_true", default=None, help="pre-norm residuals instead of the paper's post-norm")
-    g.add_argument("--tie-embeddings", action="store_true", default=None, help="share the target embedding with the output layer")
+    # --no-X as well, so that a flag can turn off what a --config file turns on.
+    g.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=None,
+                   help="pre-norm residuals instead of the paper's post-norm")
+    g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None,
+                   help="share the target embedding with the output layer")
     g.add_argument("--dtype", choices=DTYPES, help=f"parameter dtype (default {d['dtype']})")
     g.add_argument("--compute-dtype", choices=COMPUTE_DTYPES,
                    help="matmuls and activations in this dtype over --dtype params (JAX only; default: --dtype)")
 
 
 def _model_flags(args) -> dict:
-    """The model config fields given on the command line (TransformerConfig's, or with --arch decoder
-    or encoder DecoderConfig's or EncoderConfig's: --layers is n_layers, --max-len the model's max_len)."""
-    arch = getattr(args, "arch", "encoder_decoder")
+    """The model config fields given on the command line: TransformerConfig's, or with --arch decoder
+    or encoder DecoderConfig's or EncoderConfig's (--layers is then n_layers, --max-len the model's max_len)."""
+    arch = _arch(args)
     fields = {"d_model": args.d_model, "n_heads": args.n_heads, "d_ff": args.d_ff, "drop_rate": args.drop_rate,
               "norm_first": args.norm_first, "dtype": args.dtype}
     if arch == "encoder_decoder":
-        fields.update(n_encoder_layers=args.layers, n_decoder_layers=args.layers, tie_embeddings=args.tie_embeddings,
-                      compute_dtype=args.compute_dtype)
+        # --encoder-layers and --decoder-layers say more than --layers, so they win over it.
+        encoder_layers = args.layers if args.encoder_layers is None else args.encoder_layers
+        decoder_layers = args.layers if args.decoder_layers is None else args.decoder_layers
+        fields.update(n_encoder_layers=encoder_layers, n_decoder_layers=decoder_layers,
+                      tie_embeddings=args.tie_embeddings, compute_dtype=args.compute_dtype)
     else:
-        for flag, value in (("--compute-dtype", args.compute_dtype), ("--tie-embeddings", args.tie_embeddings)):
-            if value is not None and (flag != "--tie-embeddings" or arch == "encoder"):
-                raise ValueError(f"{flag} applies to --arch encoder_decoder{' and decoder' if 'tie' in flag else ''}")
-        fields.update(n_layers=args.layers, max_len=getattr(args, "max_len", None),
+        for flag, value in (("--compute-dtype", args.compute_dtype), ("--encoder-layers", args.encoder_layers),
+                            ("--decoder-layers", args.decoder_layers),
+                            ("--tie-embeddings", args.tie_embeddings if arch == "encoder" else None)):
+            if value is not None:
+                raise ValueError(f"{flag} does not apply to --arch {arch}")
+        fields.update(n_layers=args.layers, max_len=getattr(args, "max_len", None) if arch == "decoder" else None,
                       tie_embeddings=args.tie_embeddings if arch == "decoder" else None)
     return {name: value for name, value in fields.items() if value is not None}
 
@@ -167,7 +177,7 @@ def _add_data_flags(p):
                         "With --data: the model's longest sequence in tokens (a source, or bos + target); longer "
                         "training pairs are dropped and counted, a longer --valid line is an error (default: the "
                         "data's longest)")
-    g.add_argument("--truncate-long", action="store_true", default=None,
+    g.add_argument("--truncate-long", action=argparse.BooleanOptionalAction, default=None,
                    help="with --data and --max-len: cut training pairs longer than --max-len to fit, instead of "
                         "dropping them")
     g.add_argument("--n-train", type=int, help=f"task training examples (default {d['n_train']})")
@@ -177,7 +187,7 @@ def _add_data_flags(p):
                    help="char: one id per character (default); bpe: subword pieces learned from the training data "
                         "with Hugging Face tokenizers (the [text] extra), stored in the checkpoint")
     g.add_argument("--vocab-size", type=int, help="most ids of a BPE vocabulary (each, unless --joint-vocab)")
-    g.add_argument("--joint-vocab", action="store_true", default=None,
+    g.add_argument("--joint-vocab", action=argparse.BooleanOptionalAction, default=None,
                    help="one BPE vocabulary for sources and targets (default: one each)")
 
 
@@ -193,29 +203,35 @@ def _task_sizes(args) -> dict:
     return {name: getattr(args, name) for name in TASK_DATA_DEFAULTS if getattr(args, name) is not None}
 
 
+def _arch(args) -> str:
+    """The model family: --arch, else the one the --config file's data are for, else encoder_decoder."""
+    if getattr(args, "arch", None):
+        return args.arch
+    if getattr(args, "config", None):
+        return config_file.arch_of_data(config_file.read_settings(args.config).data)
+    return "encoder_decoder"
+
+
+def _data_flags(args) -> dict:
+    """The data and tokenizer flags given, as keys of a settings file's [data] table (config_file.DATA_KEYS)."""
+    arch = _arch(args)
+    kind = {"decoder": "text", "encoder": "labelled"}.get(arch)
+    if kind and args.task:
+        raise DataError(f"--arch {arch} trains on your own --data file "
+                        f"({'plain text, one document per line' if arch == 'decoder' else 'text<TAB>label lines'})")
+    sizes = _task_sizes(args)
+    if kind:
+        sizes.pop("max_len", None)  # the model's max_len (_model_flags)
+    flags = {"kind": kind if args.data else None, "task": args.task, "train": str(args.data) if args.data else None,
+             "valid": str(args.valid) if args.valid else None, **sizes, "truncate_long": args.truncate_long,
+             "tokenizer": args.tokenizer, "vocab_size": args.vocab_size, "joint_vocab": args.joint_vocab,
+             "eval_examples": getattr(args, "eval_examples", None)}
+    return {name: value for name, value in flags.items() if value is not None}
+
+
 def _data_spec(args, seed: int) -> dict:
     """A new run's data spec from --task/--data/--valid and the task sizes."""
-    sizes = _task_sizes(args)
-    tokenizer = _tokenizer_flags(args)
-    arch = getattr(args, "arch", "encoder_decoder")
-    if arch != "encoder_decoder":
-        if not args.data:
-            raise DataError(f"--arch {arch} trains on your own --data file "
-                            f"({'plain text, one document per line' if arch == 'decoder' else 'text<TAB>label lines'})")
-        sizes.pop("max_len", None)  # the model's max_len (_model_flags)
-        if sizes or args.truncate_long:
-            raise DataError(f"{sorted(sizes) or ['truncate_long']} do not apply to --arch {arch}")
-        read = text_data if arch == "decoder" else labelled_data
-        return read(args.data, args.valid, seed=seed, tokenizer=tokenizer)
-    if args.data:
-        max_len = sizes.pop("max_len", None)
-        if sizes:
-            raise DataError(f"{sorted(sizes)} size the built-in tasks; they do not apply to --data")
-        return tsv_data(args.data, args.valid, seed=seed, tokenizer=tokenizer, max_len=max_len,
-                        truncate_long=bool(args.truncate_long))
-    if args.truncate_long:
-        raise DataError("--truncate-long cuts pairs of --data files longer than --max-len; a task's strings all fit")
-    return task_data(args.task or "reverse", seed=seed, tokenizer=tokenizer, **sizes)
+    return config_file.data_spec(_data_flags(args), seed)[0]
 
 
 def _add_checkpoint_flags(p):
@@ -247,11 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a Transformer on a character task (--task) or TSV files (--data); with "
                                    "--arch decoder a language model on plain text, with --arch encoder a classifier "
                                    "on labelled text.")
-    p.add_argument("--arch", choices=families.ARCHS, default="encoder_decoder",
+    p.add_argument("--arch", choices=families.ARCHS,
                    help="encoder_decoder: the paper's sequence-to-sequence model (default); decoder: a causal language "
                         "model (GPT) on plain text; encoder: a classifier on text<TAB>label lines")
+    p.add_argument("--config", type=Path, metavar="FILE.toml",
+                   help="model, training and data settings from a TOML file ([model], [train], [data]: a run "
+                        "folder's config.toml, a sweep's best.toml, or your own); flags given as well override it")
     _add_data_flags(p)
-    p.add_argument("--out", type=Path, help="run folder for checkpoint, metrics.jsonl, curves.png (default runs/<task>)")
+    p.add_argument("--eval-examples", type=int,
+                   help=f"held-out examples each evaluation decodes (default {config_file.DEFAULT_EVAL_EXAMPLES})")
+    p.add_argument("--out", type=Path, help="run folder for checkpoint, metrics.jsonl, curves.png, config.toml "
+                                            "(default runs/<task>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with its own settings and schedule")
     p.add_argument("--overwrite", action="store_true", help="replace the run --out holds with a new one")
@@ -296,11 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unknown", action="store_true",
                    help="read characters outside the model's vocabulary as the unknown token (default: refuse them)")
 
+    p = sub.add_parser("info", help="what a run folder or checkpoint holds: settings, step, best metric, size",
+                       description="Show a run folder's or checkpoint file's step, best held-out metric and the metric "
+                                   "that chose it, parameter count, tokenizer, model, training and data settings, and "
+                                   "whether each checkpoint's SHA-256 checksums verify (a damaged file is an error).")
+    p.add_argument("path", type=Path, help="a run folder or a .safetensors checkpoint file")
+
     p = sub.add_parser("sweep", help="tune model size and training settings with Optuna (the [sweep] extra)",
                        description="Run Optuna trials of `ft train` settings; each trial trains for --steps and scores "
-                                   "the mean held-out exact match over its evaluations. Run it again with the same "
-                                   "--study and --storage to add trials; point several processes at one storage to "
-                                   "share a study (journal: files or a database server; not SQLite).",
+                                   "the mean of a held-out metric (--objective) over its evaluations. Run it again "
+                                   "with the same --study and --storage to add trials; point several processes at one "
+                                   "storage to share a study (journal: files or a database server; not SQLite). "
+                                   "The best trial's settings go to <out>/best.toml: ft train --config "
+                                   "<out>/best.toml trains it again.",
                        epilog=_space_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_data_flags(p)
     p.add_argument("--trials", type=int, default=10, help="trials to run in this process (default 10)")
@@ -314,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(default 6)")
     p.add_argument("--eval-examples", type=int, default=500, help="held-out examples per evaluation (default 500)")
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="stop hopeless trials early (default median)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="exact_match",
+                   help="the held-out metric whose mean over a trial's evaluations scores it: maximised, the loss "
+                        "minimised (bleu and chrf need the [text] extra); part of the study (default exact_match)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of every trial's init and dropout; "
                                                        "part of the study (default 0)")
     p.add_argument("--sampler-seed", type=int, help="seed of Optuna's sampler (default: --seed); give workers that "
@@ -322,8 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep-report", help="a study's best trials and plots",
                        description="Write best_trials.md, trials.csv and PNG plots of a study into --out.")
     p.add_argument("--study", default="ft-sweep", help="the study's name (default ft-sweep)")
-    p.add_argument("--storage", required=True, help="the study's Optuna storage URL (as given to ft sweep)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the table and plots")
+    p.add_argument("--storage", help="the study's Optuna storage URL, as given to ft sweep (default: ft sweep's "
+                                     "default, journal:<out>/study.journal)")
+    p.add_argument("--out", type=Path, help="ft sweep's --out, where the table and plots go too (default "
+                                            "runs/sweep-<study>, as for ft sweep)")
 
     p = sub.add_parser("attention", help="draw every attention weight of one example (matplotlib: the [plot] extra)",
                        description="Draw the attention maps of one forward pass: encoder self-attention, decoder "
@@ -348,16 +383,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _new_run_settings(args, train_fields: dict) -> tuple[dict, dict, dict, int]:
+    """(model fields, TrainConfig fields, data spec, eval_examples) of a new run: --config's file,
+    with the flags given over it."""
+    settings = config_file.read_settings(args.config) if args.config else None
+    model = {**(settings.model if settings else {}), **_model_flags(args)}
+    train = {**(settings.train if settings else {}), **train_fields}
+    if "batch_size" in train_fields and "max_tokens" not in train_fields:
+        train.pop("max_tokens", None)  # --batch-size asks for batches of that many examples, not of tokens
+    data, flags = dict(settings.data if settings else {}), _data_flags(args)
+    if "task" in flags or "train" in flags:  # the flags' data replace the file's, and its sizes where the kind differs
+        file_kind = data.get("kind", "tsv" if "train" in data else "task")
+        dropped = config_file.DATA_SOURCE_KEYS + (() if file_kind == ("tsv" if "train" in flags else "task") else
+                                                  ("n_train", "n_valid", "min_len", "max_len", "truncate_long"))
+        data = {key: value for key, value in data.items() if key not in dropped}
+    if "seed" in train_fields:  # --seed seeds the data too
+        data["seed"] = train_fields["seed"]
+    data.update(flags)
+    where = f"{args.config}: [data]" if settings else "the data flags"
+    spec, eval_examples = config_file.data_spec(data, train.get("seed", TRAIN_DEFAULTS.seed), where)
+    return model, train, spec, eval_examples
+
+
 def _train(args) -> int:
-    out = args.out or Path("runs") / (args.task or (args.data.stem if args.data else "reverse"))
     train_fields = _train_flags(args)
+    if args.resume and args.config:
+        raise ValueError("--resume continues a run with its own settings (its config.toml); leave out --config")
     if args.resume:  # only what was given, to be checked against the run's own data
         data = {**({"task": args.task} if args.task else {}), **_task_sizes(args)}
-        if args.arch != "encoder_decoder":
+        if args.arch not in (None, "encoder_decoder"):
             data.pop("max_len", None)  # the model's max_len
-        if args.data:
-            kind = {"encoder_decoder": "tsv", "decoder": "text", "encoder": "labelled"}[args.arch]
-            data.update(kind=kind, train=str(args.data))
+        if args.data:  # its kind is the run's own
+            data.update(train=str(args.data))
         if args.valid:
             data.update(valid=str(args.valid))
         tokenizer = _tokenizer_flags(args)
@@ -365,17 +422,22 @@ def _train(args) -> int:
             data.update(tokenizer=tokenizer)
         if args.truncate_long:
             data.update(truncate_long=True)
+        if args.eval_examples is not None:
+            raise ValueError("--eval-examples is a setting of the run; a resumed run keeps its own")
+        model, train, eval_examples = _model_flags(args), train_fields, None
     else:
-        data = _data_spec(args, seed=train_fields.get("seed", TRAIN_DEFAULTS.seed))
+        model, fields, data, eval_examples = _new_run_settings(args, train_fields)
+        train = TrainConfig(**fields)
+    out = args.out or Path("runs") / (data.get("task") or (Path(data["train"]).stem if data.get("train") else "reverse"))
     if train_fields.get("max_tokens") is not None and train_fields.get("batch_size") is not None:
         raise ValueError("--max-tokens sizes the batches by tokens instead of --batch-size: give one of them")
     if args.extend and not args.resume:
         raise ValueError("--extend trains a finished run further: give it with --resume")
     _start_processes(args)
-    arch = None if args.resume else args.arch
-    result = fit(_model_flags(args) or None, train_fields if args.resume else TrainConfig(**train_fields), data or None,
-                 arch=arch, out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
-                 progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params)
+    result = fit(model or None, train, data or None, arch=None if args.resume else _arch(args),
+                 out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
+                 progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params,
+                 eval_examples=eval_examples)
     print(f"{result.stopped} at step {result.step} in {result.seconds:.1f} s; checkpoint {result.path}")
     if result.best_value is not None:
         print(f"best held-out {result.train_config.best_by}: {result.best_value:.4f} at step {result.best_step} "
@@ -479,14 +541,22 @@ def _write_lines(path: Path, lines: list[str]) -> None:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
+def _info(args) -> int:
+    from .inspect.info import info_lines
+
+    for line in info_lines(args.path):
+        print(line)
+    return 0
+
+
 def _sweep(args) -> int:
     from .tuning import SweepConfig, load_space, run_sweep
-    from .tuning.sweep import summary_lines
+    from .tuning.sweep import BEST_NAME, summary_lines
 
     out = args.out or Path("runs") / f"sweep-{args.study}"
-    storage = args.storage or f"journal:{out / 'study.journal'}"
+    storage = args.storage or _default_storage(out)
     config = SweepConfig(data=_data_spec(args, seed=args.seed), steps=args.steps, n_evals=args.evals,
-                         eval_examples=args.eval_examples, seed=args.seed)
+                         eval_examples=args.eval_examples, seed=args.seed, objective=args.objective)
     space = load_space(args.space)
     try:
         study = run_sweep(args.study, storage, config, n_trials=args.trials, out_dir=out, space=space,
@@ -497,7 +567,14 @@ def _sweep(args) -> int:
         return 130
     for line in summary_lines(study):
         print(line)
+    if (out / BEST_NAME).exists():
+        print(f"best settings: {out / BEST_NAME} (ft train --config {out / BEST_NAME} trains that trial again)")
     return 0
+
+
+def _default_storage(out: Path) -> str:
+    """ft sweep's storage where --storage is not given: a journal file in its --out folder."""
+    return f"journal:{out / 'study.journal'}"
 
 
 def _sweep_report(args) -> int:
@@ -505,11 +582,16 @@ def _sweep_report(args) -> int:
     from .tuning.sweep import SweepError, import_optuna, open_storage
 
     optuna = import_optuna()
+    out = args.out or Path("runs") / f"sweep-{args.study}"
+    storage = args.storage or _default_storage(out)
+    if args.storage is None and not (out / "study.journal").exists():
+        raise SweepError(f"{out / 'study.journal'} (ft sweep's default storage for --out {out}) does not exist; give "
+                         "the --out, or the --storage, that ft sweep was given")
     try:
-        study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage))
+        study = optuna.load_study(study_name=args.study, storage=open_storage(storage))
     except KeyError:
-        raise SweepError(f"there is no study {args.study!r} in {args.storage}") from None
-    files = write_report(study, args.out)
+        raise SweepError(f"there is no study {args.study!r} in {storage}") from None
+    files = write_report(study, out)
     print(best_trials_table(study))
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
@@ -555,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "predict" and bool(args.inputs) == (args.input is not None):
         parser.error("ft predict: give the sources as arguments or as a file with --input FILE ('-' for standard "
                      "input)" + (", not both" if args.inputs else ""))
-    commands = {"train": _train, "eval": _eval, "predict": _predict, "sweep": _sweep, "sweep-report": _sweep_report,
+    commands = {"train": _train, "eval": _eval, "predict": _predict, "info": _info, "sweep": _sweep, "sweep-report": _sweep_report,
                 "attention": _attention, "report": _report}
     command = commands[args.command]
     with warnings.catch_warnings():

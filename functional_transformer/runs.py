@@ -348,7 +348,9 @@ def _remove_stale_temp_files(out_dir: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-RUN_FILES = (checkpoint.CHECKPOINT_NAME, checkpoint.BEST_NAME, "metrics.jsonl", "curves.png")
+RUN_FILES = (checkpoint.CHECKPOINT_NAME, checkpoint.BEST_NAME, "metrics.jsonl", "curves.png", "config.toml")
+# Held-out examples each evaluation decodes, unless told otherwise (fit's eval_examples).
+EVAL_EXAMPLES = 500
 
 
 def _start_fresh(out_dir: Path, overwrite: bool, verbose: bool) -> None:
@@ -502,7 +504,7 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         out_dir: str | os.PathLike | None = None, resume: bool = False,
         overwrite: bool = False, extend: bool = False, callbacks: Sequence[Callback] = (),
         backend: Backend | None = None, progress: bool = True, verbose: bool = True,
-        eval_examples: int = 500, devices=1, shard_params: bool = False) -> FitResult:
+        eval_examples: int | None = None, devices=1, shard_params: bool = False) -> FitResult:
     """Train a Transformer and return the result (see the module docstring for run folders).
 
     arch: the model family, "encoder_decoder" (the paper's), "decoder" (a causal language model) or
@@ -517,7 +519,9 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
       or None to keep everything in memory. callbacks: `callback(step, record)` after each logged
       record and evaluation; a truthy return stops the run (see train.Callback).
     progress: progress lines on stderr; verbose: a line on the data and the run folder on stderr.
-    With resume=True, model, data and train_config may be left out; what is given must agree with
+    eval_examples: held-out examples each evaluation decodes (default 500; a resumed run: its own).
+    A run folder gets config.toml, the run's settings resolved (config_file), from which
+    `ft train --config DIR/config.toml` trains the same run again. With resume=True, model, data and train_config may be left out; what is given must agree with
     the run (train_config's steps may grow with extend=True).
     devices: 1, a count, "all" or a jax.sharding.Mesh with the one axis "data" (JAX only): the
       global batch (train_config's batch_size, which the count must divide) is split over them;
@@ -528,6 +532,8 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
     mesh = parallel.make_mesh(devices, backend)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+    if eval_examples is not None and eval_examples < 1:
+        raise ValueError(f"eval_examples must be at least 1, got {eval_examples}")
     if resume and out_dir is None:
         raise ValueError("resume needs the out_dir of the run to continue")
     out = Path(out_dir) if out_dir is not None else None
@@ -542,7 +548,10 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         loop_options = dict(out_dir=out, backend=backend, eval_examples=eval_examples, progress=progress,
                             callbacks=tuple(callbacks), mesh=mesh, shard_params=shard_params)
         if resume:
+            if eval_examples is None:
+                loop_options["eval_examples"] = _saved_eval_examples(out)
             return _resume(out, model, train_config, data, extend, verbose, loop_options)
+        loop_options["eval_examples"] = EVAL_EXAMPLES if eval_examples is None else eval_examples
         if isinstance(train_config, dict):
             train_config = TrainConfig(**train_config)
         tcfg = train_config or TrainConfig()
@@ -566,6 +575,7 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         check_best_by(tcfg, cfg)
         if out is not None and lead:
             _start_fresh(out, overwrite, verbose)
+            _write_config(run)
         if verbose:
             examples = {"encoder_decoder": "pairs", "decoder": "windows", "encoder": "examples"}[arch]
             held_out = "documents" if arch == "decoder" else examples
@@ -642,9 +652,31 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
         raise RunFolderError(f"{out} was trained on examples given in memory; pass them again as data=(train, valid)")
     train_pairs, valid_pairs = pairs or load_pairs(spec)
     run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, loaded["labels"])
+    if parallel.process_index() == 0:
+        _write_config(run)  # the operational fields or the steps may have changed
     if verbose:
         print(f"resuming {out} at step {step} of {tcfg.steps}", file=sys.stderr)
     return _result(run, run_loop(run, loaded["state"], loaded["key"], loaded["progress"] or None))
+
+
+def _write_config(run: Run) -> None:
+    """The run folder's config.toml: the run's settings, from which `ft train --config` trains it again."""
+    from . import config_file  # it builds data specs with this module's functions
+
+    extended = (f"\nThis run was extended at step {run.tcfg.schedule_start} (--resume --extend); a new run from "
+                "this file takes all its steps under one schedule." if run.tcfg.schedule_start else "")
+    header = (f"The settings of this run (backend {run.backend.name}). To train it again:\n"
+              f"  ft train --config {run.out_dir / config_file.CONFIG_NAME} --out NEW_FOLDER{extended}")
+    config_file.write_settings(run.out_dir / config_file.CONFIG_NAME, run.cfg, run.tcfg, run.data_spec,
+                               run.eval_examples, header)
+
+
+def _saved_eval_examples(out: Path) -> int:
+    """The eval_examples a run folder's config.toml holds (folders from before config.toml: the default)."""
+    from . import config_file
+
+    path = out / config_file.CONFIG_NAME
+    return config_file.read_settings(path).data.get("eval_examples", EVAL_EXAMPLES) if path.exists() else EVAL_EXAMPLES
 
 
 def read_history(out_dir: Path) -> list[dict]:

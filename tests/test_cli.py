@@ -33,7 +33,9 @@ TRAIN_FLAGS = ["--arch", "--task", "--data", "--valid", "--out", "--resume", "--
                "--weight-decay", "--clip-norm", "--label-smoothing", "--seed", "--log-every", "--eval-every",
                "--save-every", "--grad-method", "--no-progress", "--overwrite", "--extend", "--patience",
                "--devices", "--shard-params", "--coordinator", "--num-processes", "--process-id",
-               "--tokenizer", "--vocab-size", "--joint-vocab", "--best-by"]
+               "--tokenizer", "--vocab-size", "--joint-vocab", "--best-by", "--config", "--eval-examples",
+               "--encoder-layers", "--decoder-layers", "--no-norm-first", "--no-tie-embeddings", "--no-truncate-long",
+               "--no-joint-vocab"]
 EVAL_FLAGS = ["--checkpoint", "--which", "--task", "--data", "--n", "--beam", "--seed", "--allow-unknown", "--output",
               "--batch-size"]
 PREDICT_FLAGS = ["--checkpoint", "--which", "--beam", "inputs", "--allow-unknown", "--input", "--output", "--batch-size"]

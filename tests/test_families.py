@@ -130,7 +130,7 @@ def test_the_cli_trains_evaluates_and_predicts_each_family(text_files, labelled_
 
 @pytest.mark.parametrize("args, message", [
     (["--arch", "decoder", "--task", "reverse"], "--arch decoder trains on your own --data file"),
-    (["--arch", "encoder", "--data", "{train}", "--compute-dtype", "bfloat16"], "--compute-dtype applies to"),
+    (["--arch", "encoder", "--data", "{train}", "--compute-dtype", "bfloat16"], "--compute-dtype does not apply to --arch encoder"),
     (["--arch", "decoder", "--data", "{train}", "--best-by", "exact_match"], "not a held-out metric of the decoder"),
 ])
 def test_cli_errors_name_the_problem(text_files, tmp_path, capsys, args, message):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from functional_transformer import cli, runs
+import backends
+from functional_transformer import checkpoint, cli, runs
 from functional_transformer.tuning import space as search_space
 from functional_transformer.tuning.space import SpaceError, load_space
 
@@ -299,3 +300,65 @@ def test_an_int_range_on_a_log_scale_draws_ints():
     trial = optuna.create_study().ask()
     values = search_space.suggest(trial, {"d_ff": {"low": 64, "high": 512, "log": True}})
     assert isinstance(values["d_ff"], int) and 64 <= values["d_ff"] <= 512
+
+
+# ---------------------------------------------------------------------------------------------
+# best.toml, --objective, the report's default storage
+
+
+@needs_optuna
+def test_best_toml_trains_the_best_trial_again_with_the_same_metrics(tmp_path, space_file, capsys):
+    # Two encoder layers and one decoder layer: the separate counts travel through best.toml.
+    space_file.write_text(SPACE_TOML.replace("[n_encoder_layers]\nvalue = 1", "[n_encoder_layers]\nvalue = 2")
+                          .replace("[n_heads]\nchoices = [2, 3]", "[n_heads]\nvalue = 2"))
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--task", "reverse", "--n-train", "200", "--n-valid", "30", "--min-len", "1", "--max-len", "2",
+            "--steps", "20", "--evals", "2", "--eval-examples", "20", "--space", str(space_file), "--study", "b",
+            "--out", str(out), "--trials", "2", "--pruner", "none", "--objective", "loss", "--seed", "3"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"best settings: {out / 'best.toml'}" in printed
+    import optuna
+
+    study = optuna.load_study(study_name="b", storage=sweep.open_storage(f"journal:{out / 'study.journal'}"))
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert study.user_attrs[sweep.SETTINGS_ATTR]["metric"] == "loss"
+    best = study.best_trial
+    assert best.value == min(t.value for t in study.trials if t.value is not None)
+    assert cli.main(["train", "--config", str(out / "best.toml"), "--out", str(tmp_path / "again"),
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+    trial_records = runs.read_history(Path(best.user_attrs["run_dir"]))
+    again = runs.read_history(tmp_path / "again")
+    wall_clock = ("time_s", "tokens_per_s")
+    assert [{k: v for k, v in r.items() if k not in wall_clock} for r in again] == \
+        [{k: v for k, v in r.items() if k not in wall_clock} for r in trial_records]
+    losses = [r["loss"] for r in again if r["split"] == "valid"]
+    assert sum(losses) / len(losses) == pytest.approx(best.value, rel=1e-12)
+    loaded = checkpoint.load(tmp_path / "again", backends.get_backend("numpy"))
+    assert (loaded["cfg"].n_encoder_layers, loaded["cfg"].n_decoder_layers) == (2, 1)
+    assert loaded["train_config"]["best_by"] == "loss" and loaded["data_spec"]["seed"] == 3
+
+    # ft sweep-report finds the study in ft sweep's default storage from --out; lowest loss first.
+    assert cli.main(["sweep-report", "--study", "b", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[2].startswith(f"| {best.number} | ")
+    assert (out / "best_trials.md").exists()
+    # Another objective is another study.
+    with pytest.raises(sweep.SweepError, match="metric: the study has loss, this sweep exact_match"):
+        sweep.open_study("b", f"journal:{out / 'study.journal'}",
+                         sweep.SweepConfig(data=DATA, steps=20, n_evals=2, eval_examples=20, seed=3),
+                         load_space(space_file), "none")
+
+
+@needs_optuna
+def test_objective_and_report_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)  # as if the [text] extra were not installed
+    assert cli.main(["sweep", "--task", "reverse", "--objective", "bleu", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ft sweep: error: --objective bleu needs sacreBLEU") and err.count("\n") == 1
+    assert cli.main(["sweep-report", "--study", "x", "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "study.journal (ft sweep's default storage for --out" in err and err.count("\n") == 1
+    with pytest.raises(sweep.SweepError, match="unknown objective 'bleu4'"):
+        sweep.SweepConfig(data=DATA, objective="bleu4")

@@ -28,6 +28,11 @@ def _trial_row(trial) -> dict:
             "fail_reason": attrs.get("fail_reason", "")}
 
 
+def _metric(study) -> str:
+    """The held-out metric that scores the study's trials (exact match for studies from before it could be chosen)."""
+    return study.user_attrs.get(SETTINGS_ATTR, {}).get("metric", "exact_match")
+
+
 def _fmt(value) -> str:
     if value is None:
         return "-"
@@ -40,7 +45,8 @@ def best_trials_table(study, top: int = 10) -> str:
     """A Markdown table of the `top` finished trials, best first."""
     optuna = import_optuna()
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    done = sorted(done, key=lambda t: (-t.value, t.user_attrs.get("n_params") or 0))[:top]
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1  # best first: the loss is minimised
+    done = sorted(done, key=lambda t: (sign * t.value, t.user_attrs.get("n_params") or 0))[:top]
     if not done:
         return "no finished trials yet"
     params = sorted({name for t in done for name in t.params})
@@ -86,10 +92,14 @@ def plot_lr_and_size(study, path: Path) -> Path | None:
     for ax, x_of, label in ((ax_lr, lambda t: t.params["learning_rate"], "peak learning rate"),
                             (ax_size, lambda t: t.user_attrs["n_params"], "parameters")):
         xs = [x_of(t) for t in done]
-        ax.scatter(xs, [t.value for t in done], label="score (mean exact match over the evaluations)")
+        ax.scatter(xs, [t.value for t in done], label=f"score (mean {_metric(study)} over the evaluations)")
         ax.scatter(xs, [t.user_attrs.get("final_exact_match") or 0.0 for t in done], marker="x",
                    label="final held-out exact match")
-        ax.set(xscale="log", xlabel=label, ylabel="fraction", ylim=(-0.02, 1.02))
+        if _metric(study) in ("exact_match", "char_accuracy"):
+            ax.set(ylabel="fraction", ylim=(-0.02, 1.02))
+        else:  # BLEU and chrF are 0-100, the loss unbounded: the score's own scale
+            ax.set(ylabel=f"score ({_metric(study)}); exact match (fraction)")
+        ax.set(xscale="log", xlabel=label)
         ax.grid(alpha=0.3)
     ax_lr.legend(loc="lower right")
     fig.suptitle(f"study {study.study_name}: {len(done)} finished trials")

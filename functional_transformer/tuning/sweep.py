@@ -3,16 +3,21 @@
 Each trial draws its settings from the search space (space.py), trains with `runs.fit` for the
 sweep's step budget, evaluating every `steps // n_evals` steps and at the last step, and scores
 
-    objective = the mean held-out exact match over those evaluations
+    objective = the mean of a held-out metric over those evaluations
 
-(the normalised area under its exact-match curve): it rewards a run that ends right *and* one that
-gets there early, so it still ranks settings when many of them end at 1.0. Each evaluation's exact
-match is reported to Optuna, whose pruner (median or hyperband) stops hopeless trials early. A run
-whose loss diverges scores its evaluations so far, the rest as 0. Settings the model refuses
-(d_model not divisible by n_heads) are failed trials with that reason; the sweep goes on.
+(the normalised area under its curve): it rewards a run that ends right *and* one that gets there
+early, so it still ranks settings when many of them end at 1.0. The metric (SweepConfig.objective,
+`ft sweep --objective`) is exact match by default, or character accuracy, BLEU, chrF (maximised)
+or the loss (minimised); it is part of the study. Each evaluation's value is reported to Optuna,
+whose pruner (median or hyperband) stops hopeless trials early. A run whose loss diverges scores
+its evaluations so far, the rest as 0 (with the loss as the objective it is a failed trial).
+Settings the model refuses (d_model not divisible by n_heads) are failed trials with that reason;
+the sweep goes on.
 
-Every trial keeps its run folder `OUT/trial_NNNN` (metrics.jsonl, curves.png); a trial keeps its
-checkpoints only if it was the study's best when it finished, so disk use stays small.
+Every trial keeps its run folder `OUT/trial_NNNN` (metrics.jsonl, curves.png, config.toml); a trial
+keeps its checkpoints only if it was the study's best when it finished, so disk use stays small.
+`OUT/best.toml` holds the best trial's settings (config_file): `ft train --config OUT/best.toml`
+trains that trial again, with the same metrics for the same seed.
 
 Storage: a study lives in an Optuna storage, so `ft sweep` run again with the same --study and
 --storage continues it, and several `ft sweep` processes pointed at one storage share its trials.
@@ -36,12 +41,16 @@ from pathlib import Path
 import backends
 from backends import Backend
 
-from .. import api, checkpoint, runs
+from .. import api, checkpoint, config_file, runs
 from ..backend_choice import default_backend
-from ..train import TrainConfig, TrainingDiverged
+from ..metrics import TEXT_METRICS, require_sacrebleu
+from ..train import BEST_BY, TrainConfig, TrainingDiverged
 from . import space as search_space
 
 PRUNERS = ("median", "hyperband", "none")
+# The held-out metrics a sweep can score by (each maximised, but the loss minimised: train.BEST_BY).
+OBJECTIVES = ("exact_match", "char_accuracy", "bleu", "chrf", "loss")
+BEST_NAME = "best.toml"
 TARGET_EXACT_MATCH = 0.995
 
 
@@ -51,6 +60,10 @@ class SweepError(ValueError):
 
 class InvalidSettings(ValueError):
     """A trial's settings that the model or the trainer refuses; the trial fails with this reason."""
+
+
+class TrialDiverged(ValueError):
+    """A trial whose loss diverged under a minimised objective (no loss to score); the trial fails."""
 
 
 def import_optuna():
@@ -106,6 +119,12 @@ class SweepConfig:
     n_evals: int = 6
     eval_examples: int = 500
     seed: int = 0
+    objective: str = "exact_match"  # the held-out metric whose mean over the evaluations scores a trial
+
+    @property
+    def direction(self) -> str:
+        """"maximize", or "minimize" for the loss."""
+        return "minimize" if BEST_BY[self.objective] == "min" else "maximize"
 
     @property
     def eval_every(self) -> int:
@@ -121,6 +140,8 @@ class SweepConfig:
         if self.steps < 1 or self.n_evals < 1 or self.eval_examples < 1:
             raise SweepError(f"steps, n_evals and eval_examples must be positive, got {self.steps}, {self.n_evals}, "
                              f"{self.eval_examples}")
+        if self.objective not in OBJECTIVES:
+            raise SweepError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
 
 
 SETTINGS_ATTR = "ft_sweep"  # one user attribute, written at once, so a second worker never sees half of it
@@ -130,8 +151,9 @@ def study_settings(config: SweepConfig, space: dict) -> dict[str, str]:
     """What a study searches and how it scores trials; a resumed study must have the same."""
     return {"space": search_space.space_json(space),
             "data": json.dumps(config.data, sort_keys=True),
-            "objective": f"mean held-out exact match over the evaluations at steps {config.eval_steps} "
-                         f"({config.eval_examples} examples)",
+            "objective": f"mean held-out {config.objective} over the evaluations at steps {config.eval_steps} "
+                         f"({config.eval_examples} examples), {config.direction}d",
+            "metric": config.objective,
             "steps": str(config.steps), "n_evals": str(config.n_evals), "eval_examples": str(config.eval_examples)}
 
 
@@ -152,6 +174,8 @@ def open_study(name: str, storage_url: str, config: SweepConfig, space: dict, pr
     recorded = existing.user_attrs.get(SETTINGS_ATTR) if existing is not None else None
     if recorded is not None:
         # (The objective's text is derived from the others and may be reworded between versions.)
+        # Studies from before the metric could be chosen scored exact match.
+        recorded = {"metric": "exact_match", **recorded}
         different = [key for key, value in settings.items() if key != "objective" and recorded.get(key) != value]
         if different:
             details = "; ".join(f"{key}: the study has {recorded.get(key)}, this sweep {settings[key]}"
@@ -165,7 +189,7 @@ def open_study(name: str, storage_url: str, config: SweepConfig, space: dict, pr
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         seed = (config.seed if sampler_seed is None else sampler_seed) + n_before
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize",
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction=config.direction,
                                 pruner=make_pruner(pruner, config.n_evals), load_if_exists=True)
     if recorded is None:
         study.set_user_attr(SETTINGS_ATTR, settings)
@@ -183,19 +207,24 @@ def _remove_checkpoints(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
+def trial_train_config(config: SweepConfig, train_fields: dict) -> TrainConfig:
+    """The TrainConfig a trial trains with: its drawn fields, and the sweep's steps, seed and evaluations."""
+    return TrainConfig(**{**train_fields, "steps": config.steps, "seed": config.seed, "eval_every": config.eval_every,
+                          "save_every": config.steps, "log_every": config.eval_every, "best_by": config.objective})
+
+
 def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Backend, progress: bool = True):
-    """The function Optuna calls per trial: settings -> fit -> the mean exact match."""
+    """The function Optuna calls per trial: settings -> fit -> the mean of the objective's metric."""
     optuna = import_optuna()
     data = dict(config.data)
     pairs = runs.load_pairs(data)  # to check each trial's model against the data before it trains
+    metric = config.objective
 
     def objective(trial) -> float:
         values = search_space.suggest(trial, space)
         model, train_fields = search_space.split_settings(values)
         try:
-            tcfg = TrainConfig(**{**train_fields, "steps": config.steps, "seed": config.seed,
-                                  "eval_every": config.eval_every, "save_every": config.steps,
-                                  "log_every": config.eval_every})
+            tcfg = trial_train_config(config, train_fields)
             cfg = runs.model_config(runs.tokenizer_for(data, *pairs), pairs[0] + pairs[1], model,
                                     runs.spec_max_len(data))
         except ValueError as err:
@@ -206,13 +235,15 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
         trial.set_user_attr("backend", backend.name)
         trial.set_user_attr("n_params", n_params(cfg))  # before training: a diverged trial has a size too
         exact_matches: list[float] = []
+        values_seen: list[float] = []  # the objective's metric at each evaluation
         pruned = []
 
         def report(step, record):
             if record["split"] != "valid":
                 return False
             exact_matches.append(record["exact_match"])
-            trial.report(record["exact_match"], len(exact_matches))
+            values_seen.append(record[metric])
+            trial.report(record[metric], len(values_seen))
             if trial.should_prune():
                 pruned.append(step)
                 return True
@@ -229,7 +260,7 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
             stopped = "diverged"
         seconds = time.perf_counter() - t0
         reached = [i for i, em in enumerate(exact_matches) if em >= TARGET_EXACT_MATCH]
-        score = sum(exact_matches) / len(config.eval_steps)
+        score = sum(values_seen) / len(config.eval_steps)
         trial.set_user_attr("seconds", round(seconds, 2))
         trial.set_user_attr("final_exact_match", exact_matches[-1] if exact_matches else None)
         trial.set_user_attr("best_exact_match", max(exact_matches, default=None))
@@ -237,22 +268,28 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
         trial.set_user_attr("stopped", "pruned" if pruned else stopped)
         if progress:
             print(f"trial {trial.number}: {'pruned at step ' + str(pruned[0]) if pruned else stopped}; "
-                  f"exact match {[round(em, 3) for em in exact_matches]} score {score:.4f} in {seconds:.0f} s; {values}",
+                  f"{metric} {[round(v, 3) for v in values_seen]} score {score:.4f} in {seconds:.0f} s; {values}",
                   file=sys.stderr, flush=True)
         if pruned:
             _remove_checkpoints(run_dir)
-            raise optuna.TrialPruned(f"exact match {exact_matches[-1]:.4f} at evaluation {len(exact_matches)}")
-        _keep_checkpoints_if_best(trial, score, run_dir)
+            raise optuna.TrialPruned(f"{metric} {values_seen[-1]:.4f} at evaluation {len(values_seen)}")
+        if stopped == "diverged" and config.direction == "minimize":
+            _remove_checkpoints(run_dir)
+            reason = f"the loss diverged after {len(values_seen)} evaluations; a minimised {metric} has no score for it"
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialDiverged(reason)
+        _keep_checkpoints_if_best(trial, score, run_dir, config.direction)
         return score
 
     return objective
 
 
-def _keep_checkpoints_if_best(trial, score: float, run_dir: Path) -> None:
+def _keep_checkpoints_if_best(trial, score: float, run_dir: Path, direction: str = "maximize") -> None:
     """Keep a trial's checkpoints only if it beats every trial finished so far (ties keep the first)."""
     optuna = import_optuna()
     done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if any(t.value is not None and t.value >= score for t in done):
+    sign = 1 if direction == "maximize" else -1
+    if any(t.value is not None and sign * t.value >= sign * score for t in done):
         _remove_checkpoints(run_dir)
 
 
@@ -266,6 +303,8 @@ def run_sweep(study_name: str, storage_url: str, config: SweepConfig, *, n_trial
         raise SweepError(f"unknown pruner {pruner!r}: choose one of {PRUNERS}")
     if n_trials < 1:
         raise SweepError(f"--trials must be at least 1, got {n_trials}")
+    if config.objective in TEXT_METRICS:  # before any trial trains
+        require_sacrebleu(f"--objective {config.objective}")
     backend = backend or default_backend()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -274,10 +313,36 @@ def run_sweep(study_name: str, storage_url: str, config: SweepConfig, *, n_trial
         print(f"backend {backend.name}; study {study_name!r} in {storage_url} ({len(study.trials)} trials so far); "
               f"{n_trials} more of {config.steps} steps; trial folders in {out_dir}", file=sys.stderr)
     objective = make_objective(config, space, out_dir, backend, progress)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.optimize(objective, n_trials=n_trials, catch=(InvalidSettings,))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, n_trials=n_trials, catch=(InvalidSettings, TrialDiverged))
+    finally:  # also on Ctrl-C: the best of the trials that finished
+        write_best_settings(study, config, space, out_dir / BEST_NAME)
     return study
+
+
+def best_trial_settings(study, config: SweepConfig, space: dict) -> tuple[dict, TrainConfig]:
+    """(model fields, TrainConfig) of the study's best trial, as it trained: the settings Optuna
+    drew, the space's fixed values, and the sweep's steps, seed and evaluations."""
+    fixed = {name: entry["value"] for name, entry in space.items() if "value" in entry}
+    model, train_fields = search_space.split_settings({**fixed, **study.best_trial.params})
+    return model, trial_train_config(config, train_fields)
+
+
+def write_best_settings(study, config: SweepConfig, space: dict, path: Path) -> Path | None:
+    """Write the best trial's settings (best_trial_settings) to `path` as a settings file that
+    `ft train --config` reads; None (and nothing written) while no trial has finished."""
+    optuna = import_optuna()
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        return None
+    model, tcfg = best_trial_settings(study, config, space)
+    best = study.best_trial
+    header = (f"The best trial of the study {study.study_name!r} so far: trial {best.number}, score {best.value:.6g} "
+              f"(mean held-out {config.objective} over its evaluations),\nrun folder "
+              f"{best.user_attrs.get('run_dir')}. To train it again, with the same metrics for the same seed:\n"
+              f"  ft train --config {path} --out NEW_FOLDER")
+    return config_file.write_settings(path, model, tcfg, config.data, config.eval_examples, header)
 
 
 def summary_lines(study) -> list[str]:
@@ -298,4 +363,4 @@ def summary_lines(study) -> list[str]:
     return lines
 
 
-__all__ = ["PRUNERS", "SweepConfig", "SweepError", "open_storage", "open_study", "run_sweep", "summary_lines"]
+__all__ = ["BEST_NAME", "OBJECTIVES", "PRUNERS", "SweepConfig", "SweepError", "open_storage", "open_study", "run_sweep", "summary_lines"]
