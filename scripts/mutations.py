@@ -8,7 +8,9 @@ pytest there with this interpreter, and puts the file back. The working tree is 
 
 A mutation is "killed" when pytest reports failing tests (exit code 1), "survived" when the tests
 pass, and "error" for any other outcome (collection error, no tests collected, timeout): an
-error says nothing about the tests, so it counts against the run like a survivor. Before the
+error says nothing about the tests, so it counts against the run like a survivor. A mutation
+marked `expect = "survived"` is a known equivalent one (its `why` says why no test can see it):
+it is run and shown, and its surviving is no failure. Before the
 mutations, each distinct (tests, backend) runs once on the unmutated copy and must pass, since a
 test that already fails would "kill" every mutation.
 
@@ -16,7 +18,8 @@ test that already fails would "kill" every mutation.
     uv run python scripts/mutations.py --only beam-alpha-ignored bpe-targets-without-eos
     uv run python scripts/mutations.py --list
 
-Exit code: 0 when every mutation was killed, 1 when any survived or errored, 2 for a bad data file.
+Exit code: 0 when every mutation expected to be killed was, 1 when one survived or any errored (or
+the tests fail without a mutation), 2 for a bad data file or an unknown --only name.
 """
 
 from __future__ import annotations
@@ -35,10 +38,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = Path(__file__).resolve().parent / "mutations.toml"
 BACKENDS = ("numpy", "jax")
-# Left out of the copy: the environment (the copy runs with this interpreter), git's data, caches and run folders.
-IGNORED = shutil.ignore_patterns(".git", ".venv", ".venv-*", "__pycache__", ".pytest_cache", "runs", "*.egg-info",
-                                 "dist", "data")
-FIELDS = {"name", "file", "old", "new", "tests", "backend", "why"}
+# Left out of the copy: the environment (the copy runs with this interpreter), git's data, caches, and
+# the top-level folders that .gitignore names (run folders, downloaded data, built wheels).
+_IGNORED_ANYWHERE = shutil.ignore_patterns(".git", ".venv", ".venv-*", "__pycache__", ".pytest_cache", "*.egg-info")
+_IGNORED_AT_TOP = {"runs", "data", "dist", ".whl", ".gl"}
+
+
+def ignored(folder: str, names: list[str]) -> set[str]:
+    """shutil.copytree's `ignore`: what of `names` in `folder` stays out of the copy."""
+    at_top = Path(folder).resolve() == REPO
+    return set(_IGNORED_ANYWHERE(folder, names)) | ({n for n in names if n in _IGNORED_AT_TOP} if at_top else set())
+FIELDS = {"name", "file", "old", "new", "tests", "backend", "why", "expect"}
+EXPECTATIONS = ("killed", "survived")
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,7 @@ class Mutation:
     tests: tuple[str, ...]  # pytest arguments: test files, node ids, -k expressions
     backends: tuple[str, ...]
     why: str = ""
+    expect: str = "killed"  # "survived": a known equivalent mutation (no test can tell it apart), listed with its why
 
 
 class DataFileError(ValueError):
@@ -70,7 +82,9 @@ def load_mutations(path: Path, root: Path = REPO) -> list[Mutation]:
         unknown = set(table) - FIELDS
         if missing or unknown:
             raise DataFileError(f"{where}: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}; "
-                                f"each mutation has {sorted(FIELDS)} ('why' optional)")
+                                f"each mutation has {sorted(FIELDS)} ('why' and 'expect' optional)")
+        if table.get("expect", "killed") not in EXPECTATIONS:
+            raise DataFileError(f"{where}: expect must be one of {', '.join(EXPECTATIONS)}, got {table['expect']!r}")
         backend = table["backend"]
         backends = BACKENDS if backend == "both" else (backend,)
         if any(b not in BACKENDS for b in backends):
@@ -82,7 +96,7 @@ def load_mutations(path: Path, root: Path = REPO) -> list[Mutation]:
             raise DataFileError(f"{where}: the name {table['name']!r} is used twice")
         names.add(table["name"])
         mutation = Mutation(table["name"], table["file"], table["old"], table["new"], tuple(tests), backends,
-                            table.get("why", ""))
+                            table.get("why", ""), table.get("expect", "killed"))
         if mutation.old == mutation.new:
             raise DataFileError(f"{where}: old and new are the same text, so nothing would be planted")
         target = root / mutation.file
@@ -145,12 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         mutations = [m for m in mutations if m.name in args.only]
     if args.list:
         for m in mutations:
-            print(f"{m.name:32} {'+'.join(m.backends):9} {m.file}  [{' '.join(m.tests)}]  {m.why}")
+            print(f"{m.name:40} {'+'.join(m.backends):9} expect {m.expect:8} {m.file}  [{' '.join(m.tests)}]")
         return 0
 
     with tempfile.TemporaryDirectory(prefix="ft-mutations-") as temp:
         copy = Path(temp) / "tree"
-        shutil.copytree(REPO, copy, ignore=IGNORED)
+        shutil.copytree(REPO, copy, ignore=ignored)
         check_imports_from(copy)
         if not args.no_baseline:
             for tests, backend in dict.fromkeys((m.tests, b) for m in mutations for b in m.backends):
@@ -167,23 +181,33 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for backend in m.backends:
                     code, seconds, tail = run_pytest(copy, m.tests, backend, args.timeout)
-                    rows.append((m.name, backend, outcome(code), code, seconds))
-                    print(f"{m.name:32} {backend:6} {outcome(code):9} (exit {code}, {seconds:.0f} s)", flush=True)
+                    rows.append((m, backend, outcome(code), code, seconds))
+                    print(f"{m.name:40} {backend:6} {outcome(code):9} (exit {code}, {seconds:.0f} s)", flush=True)
                     if outcome(code) == "error":
                         print(f"    {tail}", flush=True)
             finally:
                 target.write_text(original, encoding="utf-8")
+    return report(rows)
 
+
+def report(rows: list) -> int:
+    """Print the table of (mutation, backend, outcome, exit code, seconds) rows -> the exit code."""
     print()
-    print(f"| {'mutation':32} | backend | result   | exit | seconds |")
-    print(f"|{'-' * 34}|---------|----------|------|---------|")
-    for name, backend, result, code, seconds in rows:
-        print(f"| {name:32} | {backend:7} | {result:8} | {str(code):4} | {seconds:7.0f} |")
-    not_killed = [row for row in rows if row[2] != "killed"]
-    print(f"\n{len(rows) - len(not_killed)} of {len(rows)} killed"
-          + (f"; not killed: {', '.join(f'{r[0]} ({r[1]}, {r[2]})' for r in not_killed)}" if not_killed else ""))
-    return 1 if not_killed else 0
-
+    print(f"| {'mutation':40} | backend | result   | expected | exit | seconds |")
+    print(f"|{'-' * 42}|---------|----------|----------|------|---------|")
+    for m, backend, result, code, seconds in rows:
+        print(f"| {m.name:40} | {backend:7} | {result:8} | {m.expect:8} | {str(code):4} | {seconds:7.0f} |")
+    failed = [(m, backend, result) for m, backend, result, _, _ in rows
+              if result == "error" or (m.expect == "killed" and result != "killed")]
+    newly_killed = [m.name for m, _, result, _, _ in rows if m.expect == "survived" and result == "killed"]
+    expected = sum(m.expect == "killed" for m, *_ in rows)
+    killed = sum(m.expect == "killed" and result == "killed" for m, _, result, _, _ in rows)
+    print(f"\n{killed} of the {expected} mutations that the tests must catch were killed"
+          + (f"; NOT killed: {', '.join(f'{m.name} ({backend}, {result})' for m, backend, result in failed)}"
+             if failed else ""))
+    if newly_killed:
+        print(f"now killed though listed as expect = \"survived\" (update their entries): {', '.join(newly_killed)}")
+    return 1 if failed else 0
 
 if __name__ == "__main__":
     sys.exit(main())
