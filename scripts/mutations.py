@@ -111,7 +111,8 @@ def load_mutations(path: Path, root: Path = REPO) -> list[Mutation]:
 
 
 def run_pytest(copy: Path, tests: tuple[str, ...], backend: str, timeout_s: float) -> tuple[int | None, float, str]:
-    """pytest on `tests` in the copy, on `backend` -> (exit code or None on timeout, seconds, last lines of output)."""
+    """pytest on `tests` in the copy, on `backend` -> (exit code or None on timeout, seconds, output summary):
+    the summary is the first failing test's id where one failed, else the last lines of the output."""
     env = dict(os.environ, FT_BACKEND=backend, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
     command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     start = time.perf_counter()
@@ -119,8 +120,10 @@ def run_pytest(copy: Path, tests: tuple[str, ...], backend: str, timeout_s: floa
         done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return None, time.perf_counter() - start, f"timed out after {timeout_s:.0f} s"
-    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-3:])
-    return done.returncode, time.perf_counter() - start, tail
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    failed = [line.split()[1] for line in lines if line.startswith("FAILED ")]
+    summary = failed[0] if done.returncode == 1 and failed else "\n".join(lines[-3:])
+    return done.returncode, time.perf_counter() - start, summary
 
 
 def check_imports_from(copy: Path) -> None:
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_baseline:
             for tests, backend in dict.fromkeys((m.tests, b) for m in mutations for b in m.backends):
                 code, seconds, tail = run_pytest(copy, tests, backend, args.timeout)
+                print(f"unmutated: FT_BACKEND={backend} pytest {' '.join(tests)}: exit {code} ({seconds:.0f} s)",
+                      flush=True)
                 if code != 0:
                     print(f"mutations: error: the tests fail without any mutation (FT_BACKEND={backend} pytest "
                           f"{' '.join(tests)}, exit code {code}):\n{tail}", file=sys.stderr)
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for backend in m.backends:
                     code, seconds, tail = run_pytest(copy, m.tests, backend, args.timeout)
-                    rows.append((m, backend, outcome(code), code, seconds))
+                    rows.append((m, backend, outcome(code), code, seconds, tail if code == 1 else ""))
                     print(f"{m.name:40} {backend:6} {outcome(code):9} (exit {code}, {seconds:.0f} s)", flush=True)
                     if outcome(code) == "error":
                         print(f"    {tail}", flush=True)
@@ -191,17 +196,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(rows: list) -> int:
-    """Print the table of (mutation, backend, outcome, exit code, seconds) rows -> the exit code."""
+    """Print the table of (mutation, backend, outcome, exit code, seconds, first failed test) rows -> the exit code."""
     print()
-    print(f"| {'mutation':40} | backend | result   | expected | exit | seconds |")
-    print(f"|{'-' * 42}|---------|----------|----------|------|---------|")
-    for m, backend, result, code, seconds in rows:
-        print(f"| {m.name:40} | {backend:7} | {result:8} | {m.expect:8} | {str(code):4} | {seconds:7.0f} |")
-    failed = [(m, backend, result) for m, backend, result, _, _ in rows
+    print(f"| {'mutation':40} | backend | result   | expected | exit | seconds | first failed test")
+    print(f"|{'-' * 42}|---------|----------|----------|------|---------|------------------")
+    for m, backend, result, code, seconds, caught_by in rows:
+        print(f"| {m.name:40} | {backend:7} | {result:8} | {m.expect:8} | {str(code):4} | {seconds:7.0f} | {caught_by}")
+    failed = [(m, backend, result) for m, backend, result, *_ in rows
               if result == "error" or (m.expect == "killed" and result != "killed")]
-    newly_killed = [m.name for m, _, result, _, _ in rows if m.expect == "survived" and result == "killed"]
+    newly_killed = [m.name for m, _, result, *_ in rows if m.expect == "survived" and result == "killed"]
     expected = sum(m.expect == "killed" for m, *_ in rows)
-    killed = sum(m.expect == "killed" and result == "killed" for m, _, result, _, _ in rows)
+    killed = sum(m.expect == "killed" and result == "killed" for m, _, result, *_ in rows)
     print(f"\n{killed} of the {expected} mutations that the tests must catch were killed"
           + (f"; NOT killed: {', '.join(f'{m.name} ({backend}, {result})' for m, backend, result in failed)}"
              if failed else ""))
