@@ -61,9 +61,8 @@ def generate_kwargs(**options):
     return dict(bos_id=TOKENIZER.bos_id, eos_id=TOKENIZER.eos_id, max_steps=CFG64.max_len) | options
 
 
-# Each case: (backend, params64) -> None, asserting what comes back. The model-level cases check that
-# what they compute was computed in float64: a result equal (to float64 rounding) to the same
-# computation on NumPy in float64.
+# Each case: (backend, params64) -> None, asserting that what comes back is float64, or (logits, beam
+# search's tokens) what the same call on NumPy in float64 gives.
 
 
 def case_init(backend, params):
@@ -95,6 +94,7 @@ def case_grad_and_metrics(backend, params):
         assert str(metrics["loss"].dtype) == "float64"
     loss, grads = ft.loss_and_grad(params, BATCH, CFG64)
     assert_float64(grads)
+    assert str(loss.dtype) == "float64"
 
 
 def case_loss_and_metrics(backend, params):
@@ -172,13 +172,13 @@ def test_schedules_run_outside_an_x64_scope(jax_outside_x64, schedule):
 
 
 def _layer_inits():
-    key_dtype = np.float64
+    dtype = np.float64
     return {
-        "linear.init": lambda key: linear.init(key, 3, 4, key_dtype),
-        "attention.init": lambda key: attention.init(key, CFG64.d_model, key_dtype),
-        "feed_forward.init": lambda key: feed_forward.init(key, CFG64.d_model, CFG64.d_ff, key_dtype),
-        "layer_norm.init": lambda key: layer_norm.init(key, CFG64.d_model, key_dtype),
-        "embedding.init": lambda key: embedding.init(key, 12, CFG64.d_model, 8, key_dtype, learned_positions=True),
+        "linear.init": lambda key: linear.init(key, 3, 4, dtype),
+        "attention.init": lambda key: attention.init(key, CFG64.d_model, dtype),
+        "feed_forward.init": lambda key: feed_forward.init(key, CFG64.d_model, CFG64.d_ff, dtype),
+        "layer_norm.init": lambda key: layer_norm.init(key, CFG64.d_model, dtype),
+        "embedding.init": lambda key: embedding.init(key, 12, CFG64.d_model, 8, dtype, learned_positions=True),
         "blocks.encoder_block_init": lambda key: blocks.encoder_block_init(key, CFG64),
         "blocks.decoder_block_init": lambda key: blocks.decoder_block_init(key, CFG64),
         "stacks.encoder_init": lambda key: stacks.encoder_init(key, CFG64),
