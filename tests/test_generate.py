@@ -335,6 +335,25 @@ def test_length_penalty():
     assert math.isclose(generate.length_penalty(7, 0.6), 2.0 ** 0.6)
 
 
+def test_beam_search_ranks_its_final_hypotheses_with_the_given_alpha(backend):
+    """Guards beam_search passing its `alpha` on to the final ranking (a fixed 0.6 there would pass every
+    other test, which all use the default): on this model and source, alpha=3.0 (a strong preference for
+    longer outputs) picks a different final hypothesis than 0.6 in some rows, and beam_search returns the
+    reference's pick for 3.0 in every row."""
+    alpha = 3.0
+    cfg, params, np_params = make_model(backend, seed=1, eos_bias=1.0)
+    src = make_src(1)
+    beam = to_np(backend, generate.beam_search(params, src, cfg, bos_id=BOS, eos_id=EOS, max_steps=MAX_STEPS,
+                                               beam_size=4, alpha=alpha))
+    changed = 0
+    for row in range(BATCH):
+        expected, _ = reference_beam(np_params, cfg, src[row], beam_size=4, max_steps=MAX_STEPS, alpha=alpha)
+        at_default, _ = reference_beam(np_params, cfg, src[row], beam_size=4, max_steps=MAX_STEPS)
+        changed += expected != at_default
+        assert beam[row].tolist() == expected, f"row {row}"
+    assert changed > 0, "alpha changes no row's answer here: the test would pass with alpha ignored"
+
+
 # ---------------------------------------------------------------------------------------------
 # The decoding loop: one compiled lax.while_loop on JAX, a Python loop on NumPy
 

@@ -118,6 +118,32 @@ def test_tokenizers_round_trip_through_json():
 
 
 @needs_tokenizers
+@pytest.mark.parametrize("kind", ["bpe", "bpe-source-char-target", "char-source-bpe-target", "char"])
+def test_training_targets_end_with_eos_for_every_tokenizer(kind):
+    """Guards the eos at the end of every training target whatever the tokenizer (a model trained without
+    it never learns to stop): encode_pairs puts the target between bos and eos and the source bare, and
+    the batch's tgt_out ends each row with eos. The character-only test in test_data.py would pass if
+    BPE targets (a BPE tokenizer, or a pair with a BPE side) lost their eos."""
+    from functional_transformer.data import encode_pairs, make_batch
+    from functional_transformer.data.bpe import BpeTokenizer
+
+    pairs = sentence_pairs(6, 0)
+    texts = [text for pair in pairs for text in pair]
+    bpe, char = BpeTokenizer.train(texts * 3, vocab_size=80), CharTokenizer.from_texts(texts)
+    tokenizer = {"bpe": bpe, "char": char, "bpe-source-char-target": TokenizerPair(bpe, char),
+                 "char-source-bpe-target": TokenizerPair(char, bpe)}[kind]
+    examples = encode_pairs(pairs, tokenizer, max_len=64)
+    for (source, target), example in zip(pairs, examples):
+        assert example.src == tuple(tokenizer.source.encode(source))
+        assert example.tgt == (tokenizer.bos_id, *tokenizer.target.encode(target), tokenizer.eos_id)
+    batch = make_batch(examples, tokenizer.pad_id)
+    for row, (_, target) in enumerate(pairs):
+        ids = tokenizer.target.encode(target)
+        assert batch["tgt_out"][row, : len(ids) + 1].tolist() == [*ids, tokenizer.eos_id]
+        assert batch["tgt_in"][row, : len(ids) + 1].tolist() == [tokenizer.bos_id, *ids]
+
+
+@needs_tokenizers
 def test_a_vocab_size_too_small_for_the_characters_is_a_clear_error(tmp_path, capsys):
     from functional_transformer.data.bpe import BpeTokenizer
 
