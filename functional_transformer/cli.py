@@ -19,6 +19,7 @@ from .backend_choice import default_backend
 from .checkpoint_format import CheckpointError, UncheckedCheckpointWarning
 from .config import COMPUTE_DTYPES, DTYPES, TransformerConfig
 from .data import DataError, TASKS, make_task_data, read_lines, read_tsv
+from .errors import ConfigError, UserInputError
 from .inference import check_sources, evaluate, predict
 from .inspect import KINDS as ATTENTION_KINDS
 from .runs import (MODEL_DEFAULTS, TASK_DATA_DEFAULTS, TOKENIZERS, check_held_out_lengths, fit, fit_held_out,
@@ -131,9 +132,9 @@ def _start_processes(args) -> None:
     if not any(given):
         return
     if not all(given):
-        raise ValueError("a run over several hosts needs all of --coordinator, --num-processes and --process-id")
+        raise ConfigError("a run over several hosts needs all of --coordinator, --num-processes and --process-id")
     if default_backend().name != "jax":
-        raise ValueError("--coordinator needs the JAX backend (FT_BACKEND=jax)")
+        raise ConfigError("--coordinator needs the JAX backend (FT_BACKEND=jax)")
     from . import parallel
 
     parallel.initialize(args.coordinator, args.num_processes, args.process_id)
@@ -333,9 +334,9 @@ def _train(args) -> int:
     else:
         data = _data_spec(args, seed=train_fields.get("seed", TRAIN_DEFAULTS.seed))
     if train_fields.get("max_tokens") is not None and train_fields.get("batch_size") is not None:
-        raise ValueError("--max-tokens sizes the batches by tokens instead of --batch-size: give one of them")
+        raise ConfigError("--max-tokens sizes the batches by tokens instead of --batch-size: give one of them")
     if args.extend and not args.resume:
-        raise ValueError("--extend trains a finished run further: give it with --resume")
+        raise ConfigError("--extend trains a finished run further: give it with --resume")
     _start_processes(args)
     result = fit(_model_flags(args) or None, train_fields if args.resume else TrainConfig(**train_fields), data or None,
                  out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
@@ -462,7 +463,7 @@ def _report(args) -> int:
     from .inspect.report import write_report
 
     if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
+        raise ConfigError(f"--n must be at least 1, got {args.n}")
     path = write_report(args.checkpoint, args.out, args.which, n_examples=args.n)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)")
     return 0

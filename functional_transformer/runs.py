@@ -39,6 +39,7 @@ from .config import TransformerConfig
 from .data import (CharTokenizer, DataError, TASKS, Tokenizer, TokenizerPair, encode_pairs, fit_to_length,
                    length_problem, make_task_data, read_tsv, task_alphabet, tsv_line_numbers)
 from .data.batching import encode_pair
+from .errors import ConfigError, UserInputError
 from .train import Callback, Run, TrainConfig, check_batches_split, check_best_by, read_records, run_loop
 
 # The model `ft train` and `fit` build when not told otherwise: small enough to train on a laptop's
@@ -54,7 +55,7 @@ TASK_DATA_DEFAULTS = {"n_train": 50_000, "n_valid": 500, "min_len": 1, "max_len"
 TOKENIZERS = ("char", "bpe")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserInputError):
     """A run folder cannot be used as asked: it holds a run, is locked, or conflicts with a resume."""
 
 
@@ -67,17 +68,17 @@ def tokenizer_spec(kind: str = "char", vocab_size: int | None = None, joint: boo
     them), or {"kind": "bpe", "vocab_size", "joint"}: byte-pair encoding learned from the training
     pairs with at most vocab_size ids, one vocabulary for sources and targets (joint) or one each."""
     if kind not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {kind!r}: choose one of {', '.join(TOKENIZERS)}")
+        raise ConfigError(f"unknown tokenizer {kind!r}: choose one of {', '.join(TOKENIZERS)}")
     if kind == "char":
         if vocab_size is not None:
-            raise ValueError("the char tokenizer's vocabulary is the data's characters; --vocab-size is for "
+            raise ConfigError("the char tokenizer's vocabulary is the data's characters; --vocab-size is for "
                              "--tokenizer bpe")
         return {"kind": "char"}
     from .data.bpe import import_tokenizers
 
     import_tokenizers()  # a missing extra is said before any data is read
     if vocab_size is None or vocab_size < 1:
-        raise ValueError(f"--tokenizer bpe needs a positive --vocab-size (e.g. 1000), got {vocab_size}")
+        raise ConfigError(f"--tokenizer bpe needs a positive --vocab-size (e.g. 1000), got {vocab_size}")
     return {"kind": "bpe", "vocab_size": vocab_size, "joint": bool(joint)}
 
 
@@ -89,7 +90,7 @@ def task_data(task: str, *, seed: int = 0, tokenizer: dict | None = None, **size
         raise DataError(f"unknown task {task!r}: choose one of {sorted(TASKS)}")
     unknown = set(sizes) - set(TASK_DATA_DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown task data options {sorted(unknown)}: choose from {sorted(TASK_DATA_DEFAULTS)}")
+        raise ConfigError(f"unknown task data options {sorted(unknown)}: choose from {sorted(TASK_DATA_DEFAULTS)}")
     return {"kind": "task", "task": task, **TASK_DATA_DEFAULTS, **sizes, "seed": seed, **_tokenizer_entry(tokenizer)}
 
 
@@ -107,10 +108,10 @@ def tsv_data(train: str | os.PathLike, valid: str | os.PathLike | None = None, *
             **_tokenizer_entry(tokenizer)}
     if max_len is not None:
         if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 2:
-            raise ValueError(f"max_len must be an integer of at least 2 (a token and eos), got {max_len!r}")
+            raise ConfigError(f"max_len must be an integer of at least 2 (a token and eos), got {max_len!r}")
         spec.update(max_len=max_len, truncate_long=bool(truncate_long))
     elif truncate_long:
-        raise ValueError("truncate_long cuts pairs longer than max_len: give max_len (--max-len) too")
+        raise ConfigError("truncate_long cuts pairs longer than max_len: give max_len (--max-len) too")
     return spec
 
 
@@ -235,19 +236,19 @@ def model_config(tokenizer: Tokenizer, pairs, model: dict | TransformerConfig | 
     if isinstance(model, TransformerConfig):
         for name in ("src_vocab_size", "tgt_vocab_size", "pad_id"):
             if getattr(model, name) != derived[name]:
-                raise ValueError(f"the model's {name} is {getattr(model, name)} but the data's tokenizer needs "
+                raise ConfigError(f"the model's {name} is {getattr(model, name)} but the data's tokenizer needs "
                                  f"{derived[name]}; pass a dict of the other fields and let fit fill these in")
         if max_len is not None and model.max_len != max_len:
-            raise ValueError(f"the model's max_len ({model.max_len}) differs from the data's max_len ({max_len}); "
+            raise ConfigError(f"the model's max_len ({model.max_len}) differs from the data's max_len ({max_len}); "
                              "give one of them")
         if max_len is None and model.max_len < longest:
-            raise ValueError(f"the model's max_len ({model.max_len}) is shorter than the data's longest "
+            raise ConfigError(f"the model's max_len ({model.max_len}) is shorter than the data's longest "
                              f"sequence ({longest} tokens)")
         return model
     fields = dict(model or {})
     given = sorted(set(fields) & set(DATA_FIELDS))
     if given:
-        raise ValueError(f"{given} follow from the data; leave them out (or pass a whole TransformerConfig)")
+        raise ConfigError(f"{given} follow from the data; leave them out (or pass a whole TransformerConfig)")
     return TransformerConfig.from_dict({**MODEL_DEFAULTS, **fields, **derived})
 
 
@@ -329,7 +330,7 @@ def resumed_train_config(saved: TrainConfig, changes: dict, step: int, extend: b
     more steps only when extending a finished run. Any other difference is an error naming it."""
     unknown = set(changes) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
-        raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+        raise ConfigError(f"unknown TrainConfig fields {sorted(unknown)}")
     for name, value in changes.items():
         if name in (*OPERATIONAL_FIELDS, "steps", "schedule_start") or value == getattr(saved, name):
             continue
@@ -447,9 +448,9 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
     backend = backend or default_backend()
     mesh = parallel.make_mesh(devices, backend)
     if resume and overwrite:
-        raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+        raise ConfigError("resume and overwrite exclude each other: continue the run, or replace it")
     if resume and out_dir is None:
-        raise ValueError("resume needs the out_dir of the run to continue")
+        raise ConfigError("resume needs the out_dir of the run to continue")
     out = Path(out_dir) if out_dir is not None else None
     if resume and not out.is_dir():
         raise RunFolderError(f"{out} does not exist: there is no run to resume; leave out --resume to start one there")

@@ -34,6 +34,7 @@ from backends import Backend, backend_of, with_x64_scope
 from backends import random as ftrandom
 
 from . import api, checkpoint, checks, gradients, optim, parallel
+from .errors import ConfigError
 from .inference import evaluate
 from .metrics import MISSING_NOTE, TEXT_METRICS, require_sacrebleu, sacrebleu_available
 from .data import (BatchPlan, EncodedPair, Tokenizer, fixed_batch_plans, plan_batch, plan_counts,
@@ -80,25 +81,25 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "eval_every", "save_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1 (or None for batch_size batches), got {self.max_tokens}")
+            raise ConfigError(f"max_tokens must be at least 1 (or None for batch_size batches), got {self.max_tokens}")
         if self.patience < 0:
-            raise ValueError(f"patience must be 0 (off) or positive, got {self.patience}")
+            raise ConfigError(f"patience must be 0 (off) or positive, got {self.patience}")
         if not 0 <= self.schedule_start < self.steps:
-            raise ValueError(f"schedule_start must be in [0, steps), got {self.schedule_start} with steps {self.steps}")
+            raise ConfigError(f"schedule_start must be in [0, steps), got {self.schedule_start} with steps {self.steps}")
         if self.grad_method not in (None, *GRAD_METHODS):
-            raise ValueError(f"grad_method must be one of {GRAD_METHODS} or None, got {self.grad_method!r}")
+            raise ConfigError(f"grad_method must be one of {GRAD_METHODS} or None, got {self.grad_method!r}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.best_by not in BEST_BY:
-            raise ValueError(f"best_by must be one of {tuple(BEST_BY)}, got {self.best_by!r}")
+            raise ConfigError(f"best_by must be one of {tuple(BEST_BY)}, got {self.best_by!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 def make_schedule(tcfg: TrainConfig, cfg) -> optim.Schedule:
@@ -272,7 +273,7 @@ def read_records(metrics_path: Path) -> list[dict]:
         except json.JSONDecodeError as err:
             if number == len(lines):
                 break
-            raise ValueError(f"{metrics_path}:{number} is not a JSON record ({err}); the file is damaged") from None
+            raise DataError(f"{metrics_path}:{number} is not a JSON record ({err}); the file is damaged") from None
     return records
 
 

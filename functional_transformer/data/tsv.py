@@ -20,12 +20,14 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
+from ..errors import UserInputError
+
 MAX_REPORTED = 10
 
 Pair = tuple[str, str]
 
 
-class DataError(ValueError):
+class DataError(UserInputError):
     """A data file's contents are not what they must be."""
 
 

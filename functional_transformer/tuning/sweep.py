@@ -38,6 +38,7 @@ from backends import Backend
 
 from .. import api, checkpoint, runs
 from ..backend_choice import default_backend
+from ..errors import UserInputError
 from ..train import TrainConfig, TrainingDiverged
 from . import space as search_space
 
@@ -45,11 +46,11 @@ PRUNERS = ("median", "hyperband", "none")
 TARGET_EXACT_MATCH = 0.995
 
 
-class SweepError(ValueError):
+class SweepError(UserInputError):
     """A sweep that cannot start: Optuna missing, a storage that does not open, a study that differs."""
 
 
-class InvalidSettings(ValueError):
+class InvalidSettings(UserInputError):
     """A trial's settings that the model or the trainer refuses; the trial fails with this reason."""
 
 
