@@ -2,8 +2,10 @@
 
 The backend is FT_BACKEND (numpy by default, or jax).
 
-A failure the user can cause (a bad flag, file, checkpoint, input or backend) prints one line,
-"ft <command>: error: ...", on stderr and exits with 2; `ft --debug <command>` shows the traceback.
+Exit status: 0 done; 2 a usage or input error (a bad flag, setting, file, checkpoint, input or
+backend); 1 a runtime failure (the loss diverged, the disk filled); 130 Ctrl-C. Errors are one line,
+"ft <command>: error: ...", on stderr; `ft --debug <command>` shows the traceback. Any other
+exception is a bug in the library and shows its traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from . import checkpoint, metrics
 from .backend_choice import default_backend
-from .checkpoint_format import CheckpointError, UncheckedCheckpointWarning
+from .checkpoint_format import CheckpointWriteError, UncheckedCheckpointWarning
 from .config import COMPUTE_DTYPES, DTYPES, TransformerConfig
 from .data import DataError, TASKS, make_task_data, read_lines, read_tsv
 from .errors import ConfigError, UserInputError
@@ -483,20 +485,31 @@ def main(argv: list[str] | None = None) -> int:
         try:  # FT_BACKEND: an unknown name is a ValueError, JAX not installed an ImportError
             default_backend()
         except (ValueError, ImportError) as err:
-            return _fail(args, err)
+            return _fail(args, err, 2)
         try:
             return command(args)
-        except (CheckpointError, DataError, OSError, TrainingDiverged, SaveFailed, ValueError) as err:
-            # What a user can cause: a flag, a file, a checkpoint, an input.
-            return _fail(args, err)
+        except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves and returns 130 itself)
+            print(f"ft {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except UserInputError as err:  # a flag, a setting, a file's contents, a checkpoint, a run folder
+            return _fail(args, err, 2)
+        except (TrainingDiverged, SaveFailed, CheckpointWriteError) as err:
+            return _fail(args, err, 1)
+        except OSError as err:  # an input file that is missing or unreadable (2); a full disk, a lost mount (1)
+            return _fail(args, err, 2 if isinstance(err, INPUT_OS_ERRORS) else 1)
 
 
-def _fail(args, err: BaseException) -> int:
-    """One line on stderr and exit status 2; with --debug, the traceback instead."""
+# What an OSError says about a path the user named, rather than about the machine.
+INPUT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
+
+
+def _fail(args, err: BaseException, status: int) -> int:
+    """One line on stderr and exit `status` (2: usage or input, 1: a runtime failure); with --debug,
+    the traceback instead."""
     if args.debug:
         raise err
     print(f"ft {args.command}: error: {err}", file=sys.stderr)
-    return 2
+    return status
 
 
 def _show_checkpoint_warnings_as_one_line(command: str) -> None:

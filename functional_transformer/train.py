@@ -37,7 +37,7 @@ from . import api, checkpoint, checks, gradients, optim, parallel
 from .errors import ConfigError
 from .inference import evaluate
 from .metrics import MISSING_NOTE, TEXT_METRICS, require_sacrebleu, sacrebleu_available
-from .data import (BatchPlan, EncodedPair, Tokenizer, fixed_batch_plans, plan_batch, plan_counts,
+from .data import (BatchPlan, DataError, EncodedPair, Tokenizer, fixed_batch_plans, plan_batch, plan_counts,
                    token_batch_plans, token_buckets)
 
 SCHEDULES = ("transformer", "cosine", "constant")
