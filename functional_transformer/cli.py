@@ -22,7 +22,7 @@ from .checkpoint_format import CheckpointWriteError, UncheckedCheckpointWarning
 from .config import COMPUTE_DTYPES, DTYPES, TransformerConfig
 from .data import DataError, TASKS, make_task_data, read_lines, read_tsv
 from .errors import ConfigError, UserInputError
-from .inference import check_sources, evaluate, predict
+from .inference import UnknownSymbolError, check_sources, evaluate, predict
 from .inspect import KINDS as ATTENTION_KINDS
 from .runs import (MODEL_DEFAULTS, TASK_DATA_DEFAULTS, TOKENIZERS, check_held_out_lengths, fit, fit_held_out,
                    load_pairs, task_data, tokenizer_spec, tsv_data)
@@ -392,7 +392,12 @@ def _predict(args) -> int:
     cfg, tokenizer = loaded["cfg"], loaded["tokenizer"]
     if args.input is not None:
         sources = read_lines(args.input)
-        check_sources(sources, tokenizer, cfg.max_len, f"{'standard input' if args.input == '-' else args.input}: line")
+        name = "standard input" if args.input == "-" else args.input
+        check_sources(sources, tokenizer, cfg.max_len, f"{name}: line")
+        unknown_lines = [number for number, source in enumerate(sources, 1) if tokenizer.source.unknown_symbols([source])]
+        if unknown_lines and not args.allow_unknown:
+            listed = ", ".join(map(str, unknown_lines[:10])) + (f" and {len(unknown_lines) - 10} more" if len(unknown_lines) > 10 else "")
+            raise UnknownSymbolError(tokenizer.source.unknown_symbols(sources), tokenizer, f" (in {name}: line {listed})")
     else:
         sources = args.inputs
         check_sources(sources, tokenizer, cfg.max_len, "source")

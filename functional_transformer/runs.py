@@ -40,7 +40,8 @@ from .data import (CharTokenizer, DataError, TASKS, Tokenizer, TokenizerPair, en
                    length_problem, make_task_data, read_tsv, task_alphabet, tsv_line_numbers)
 from .data.batching import encode_pair
 from .errors import ConfigError, UserInputError
-from .train import Callback, Run, TrainConfig, check_batches_split, check_best_by, read_records, run_loop
+from .train import (USER_OPTIMIZER, Callback, Run, TrainConfig, check_batches_split, check_best_by, check_optimizer,
+                    read_records, run_loop)
 
 # The model `ft train` and `fit` build when not told otherwise: small enough to train on a laptop's
 # CPU in minutes, large enough to learn every built-in task (TransformerConfig's own defaults are
@@ -192,6 +193,9 @@ def load_pairs(spec: dict) -> tuple[list, list]:
     else:  # hold out a deterministic 5% whose sources never occur in training
         order = np.random.default_rng(spec["seed"]).permutation(len(train))
         n_valid = max(1, len(train) // 20) if len(train) > 1 else 0
+        if not n_valid:
+            print(f"warning: {spec['train']} has a single pair, too few to hold one out: there is no held-out set "
+                  "(no evaluations, no best checkpoint); pass --valid FILE to give one", file=sys.stderr)
         valid = [train[i] for i in order[:n_valid]]
         held_out = {s for s, _ in valid}
         train = [train[i] for i in order[n_valid:] if train[i][0] not in held_out]
@@ -452,6 +456,8 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
     if resume and out_dir is None:
         raise ConfigError("resume needs the out_dir of the run to continue")
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise RunFolderError(f"{out} is a file: --out (out_dir) must be a folder, the run folder; choose another path")
     if resume and not out.is_dir():
         raise RunFolderError(f"{out} does not exist: there is no run to resume; leave out --resume to start one there")
     # With many processes only process 0 owns the run folder (it alone writes there).
@@ -475,6 +481,7 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         if mesh is not None:
             check_batches_split(run, mesh)  # before a run folder is made
         check_best_by(tcfg)
+        check_optimizer(tcfg, backend)
         if out is not None and lead:
             _start_fresh(out, overwrite, verbose)
         if verbose:
@@ -519,7 +526,16 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
     if isinstance(train_config, TrainConfig):
         train_config = dataclasses.asdict(train_config)
     step = int(backend.to_numpy(loaded["state"]["step"]))
-    tcfg = resumed_train_config(TrainConfig(**loaded["train_config"]), dict(train_config or {}), step, extend)
+    saved_fields, changes = loaded["train_config"], dict(train_config or {})
+    if saved_fields.get("optimizer") == USER_OPTIMIZER:
+        given = changes.pop("optimizer", None)
+        if given is None or isinstance(given, str):
+            raise RunFolderError(f"{out} was trained with an optax optimizer given in Python, which a checkpoint cannot "
+                                 "hold, so it cannot resume from the folder alone (nor with ft train --resume): resume "
+                                 "it in Python with the same optimizer, ft.fit(train_config={'optimizer': ...}, "
+                                 "out_dir=..., resume=True)")
+        saved_fields = dict(saved_fields, optimizer=given)
+    tcfg = resumed_train_config(TrainConfig(**saved_fields), changes, step, extend)
     if spec["kind"] == "pairs" and pairs is None:
         raise RunFolderError(f"{out} was trained on pairs given in memory; pass them again as data=(train, valid)")
     train_pairs, valid_pairs = pairs or load_pairs(spec)

@@ -269,6 +269,8 @@ def run_sweep(study_name: str, storage_url: str, config: SweepConfig, *, n_trial
         raise SweepError(f"--trials must be at least 1, got {n_trials}")
     backend = backend or default_backend()
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SweepError(f"{out_dir} is a file: --out must be a folder (it holds the trials' run folders)")
     out_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(study_name, storage_url, config, space, pruner, sampler_seed)
     if progress:
