@@ -34,6 +34,8 @@ from .config import TransformerConfig
 from .inspect import attention_maps
 from .runs import (FitResult, RunFolderError, TrainedModel, evaluate, fit, load, predict, task_data,
                    tokenizer_spec, tsv_data)
+from .errors import ConfigError, UserInputError
+from .tensorboard import TensorBoardWriter
 from .train import TrainConfig
 
 
@@ -44,7 +46,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ConfigError",
     "FitResult",
+    "TensorBoardWriter",
+    "UserInputError",
     "RunFolderError",
     "TrainConfig",
     "TrainedModel",

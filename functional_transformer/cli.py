@@ -85,7 +85,11 @@ TRAIN_FLAGS = {
                                 "(bleu and chrf need the [text] extra; loss is minimised, the others maximised)"),
     "grad_method": (GRAD_METHODS, "gradients from the hand-written VJPs or jax.grad (default: vjp on numpy, "
                                   "autodiff on jax)"),
+    "accumulate_steps": (int, "micro-batches per optimizer update: the update of one batch N times larger (weighted "
+                              "by target tokens), in the memory of one"),
 }
+# TrainConfig fields whose flag is not --field-name.
+TRAIN_FLAG_NAMES = {"accumulate_steps": "--accumulate"}
 
 
 def _add_train_flags(p):
@@ -93,10 +97,11 @@ def _add_train_flags(p):
     for name, (kind, text) in TRAIN_FLAGS.items():
         default = getattr(TRAIN_DEFAULTS, name)
         text = f"{text} (default {default})" if default is not None else text
+        flag = TRAIN_FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
         if isinstance(kind, tuple):
-            g.add_argument("--" + name.replace("_", "-"), choices=kind, help=text)
+            g.add_argument(flag, dest=name, choices=kind, help=text)
         else:
-            g.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+            g.add_argument(flag, dest=name, type=kind, help=text)
 
 
 def _train_flags(args) -> dict:
@@ -234,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     _add_train_flags(p)
     _add_parallel_flags(p)
+    p.add_argument("--tensorboard", type=Path, metavar="DIR",
+                   help="also write every record's scalars as TensorBoard events to DIR (the [tensorboard] extra)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
     p = sub.add_parser("eval", help="exact match, character accuracy, BLEU and chrF of a checkpoint",
@@ -254,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unknown", action="store_true",
                    help="read characters outside the model's vocabulary as the unknown token (default: refuse "
                         "them); n_with_unknown counts the examples that hold one")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
     p = sub.add_parser("predict", help="decode the given strings, or a file of them",
                        description="Write one prediction per source: the source strings given, or each line of "
@@ -266,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy; the paper uses 4, with alpha 0.6)")
     p.add_argument("--allow-unknown", action="store_true",
                    help="read characters outside the model's vocabulary as the unknown token (default: refuse them)")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr (shown with --input)")
 
     p = sub.add_parser("sweep", help="tune model size and training settings with Optuna (the [sweep] extra)",
                        description="Run Optuna trials of `ft train` settings; each trial trains for --steps and scores "
@@ -289,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "part of the study (default 0)")
     p.add_argument("--sampler-seed", type=int, help="seed of Optuna's sampler (default: --seed); give workers that "
                                                     "share a study different ones")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
     p = sub.add_parser("sweep-report", help="a study's best trials and plots",
                        description="Write best_trials.md, trials.csv and PNG plots of a study into --out.")
@@ -340,9 +350,19 @@ def _train(args) -> int:
     if args.extend and not args.resume:
         raise ConfigError("--extend trains a finished run further: give it with --resume")
     _start_processes(args)
-    result = fit(_model_flags(args) or None, train_fields if args.resume else TrainConfig(**train_fields), data or None,
-                 out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
-                 progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params)
+    callbacks = []
+    if args.tensorboard:
+        from .tensorboard import TensorBoardWriter
+
+        callbacks.append(TensorBoardWriter(args.tensorboard))
+    try:
+        result = fit(_model_flags(args) or None, train_fields if args.resume else TrainConfig(**train_fields),
+                     data or None, out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
+                     progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params,
+                     callbacks=callbacks)
+    finally:
+        for callback in callbacks:
+            callback.close()
     print(f"{result.stopped} at step {result.step} in {result.seconds:.1f} s; checkpoint {result.path}")
     if result.best_value is not None:
         print(f"best held-out {result.train_config.best_by}: {result.best_value:.4f} at step {result.best_step} "
@@ -373,7 +393,8 @@ def _eval(args) -> int:
     if args.data:  # an over-long line is an error naming it, before anything is decoded
         check_held_out_lengths(pairs, tokenizer, cfg.max_len, args.data)
     result = evaluate(loaded["state"]["params"], cfg, tokenizer, pairs, beam_size=args.beam,
-                      batch_size=args.batch_size, allow_unknown=args.allow_unknown, keep_predictions=True)
+                      batch_size=args.batch_size, allow_unknown=args.allow_unknown, keep_predictions=True,
+                      progress=not args.no_progress)
     if not metrics.sacrebleu_available():  # after the checks, so that an input error stays one line
         print(f"ft eval: note: {metrics.MISSING_NOTE}", file=sys.stderr)
     if args.output:
@@ -402,7 +423,8 @@ def _predict(args) -> int:
         sources = args.inputs
         check_sources(sources, tokenizer, cfg.max_len, "source")
     outputs = predict(loaded["state"]["params"], cfg, tokenizer, sources, beam_size=args.beam,
-                      batch_size=args.batch_size, allow_unknown=args.allow_unknown)
+                      batch_size=args.batch_size, allow_unknown=args.allow_unknown,
+                      progress=args.input is not None and not args.no_progress)
     if args.output:
         _write_lines(args.output, outputs)
     else:
@@ -426,7 +448,7 @@ def _sweep(args) -> int:
     space = load_space(args.space)
     try:
         study = run_sweep(args.study, storage, config, n_trials=args.trials, out_dir=out, space=space,
-                          pruner=args.pruner, sampler_seed=args.sampler_seed)
+                          pruner=args.pruner, sampler_seed=args.sampler_seed, progress=not args.no_progress)
     except KeyboardInterrupt:
         print("interrupted: the trial that was running is marked failed; the study keeps the others. Run the same "
               "command to continue it", file=sys.stderr)

@@ -675,7 +675,8 @@ class DivergenceWatch:
 
 
 def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
-    """A PNG of the training loss and the held-out exact match; None where matplotlib is missing."""
+    """A PNG of the losses, the accuracies and (where the records have it) the learning rate; None
+    where matplotlib is missing."""
     try:
         import matplotlib
 
@@ -689,7 +690,9 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     train = [r for r in records if r["split"] == "train"]
     valid = [r for r in records if r["split"] == "valid"]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    with_rate = [r for r in train if "learning_rate" in r]
+    fig, axes = plt.subplots(1, 3 if with_rate else 2, figsize=(15 if with_rate else 10, 4))
+    ax_loss, ax_acc = axes[:2]
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (smoothed targets)")
     if valid:
         ax_loss.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="held-out loss")
@@ -698,7 +701,10 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
     ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train token accuracy")
     ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="loss")
     ax_acc.set(xlabel="step", ylabel="fraction", ylim=(0, 1.02), title="accuracy")
-    for ax in (ax_loss, ax_acc):
+    if with_rate:
+        axes[2].plot([r["step"] for r in with_rate], [r["learning_rate"] for r in with_rate], label="learning rate")
+        axes[2].set(xlabel="step", ylabel="learning rate", title="learning rate")
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -39,6 +40,7 @@ from backends import Backend
 from .. import api, checkpoint, runs
 from ..backend_choice import default_backend
 from ..errors import UserInputError
+from ..progress import ProgressLine
 from ..train import TrainConfig, TrainingDiverged
 from . import space as search_space
 
@@ -196,7 +198,7 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
         try:
             tcfg = TrainConfig(**{**train_fields, "steps": config.steps, "seed": config.seed,
                                   "eval_every": config.eval_every, "save_every": config.steps,
-                                  "log_every": config.eval_every})
+                                  "log_every": max(1, min(config.eval_every, config.steps // 20))})
             cfg = runs.model_config(runs.tokenizer_for(data, *pairs), pairs[0] + pairs[1], model,
                                     runs.spec_max_len(data))
         except ValueError as err:
@@ -208,8 +210,13 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
         trial.set_user_attr("n_params", n_params(cfg))  # before training: a diverged trial has a size too
         exact_matches: list[float] = []
         pruned = []
+        line = ProgressLine(f"trial {trial.number}", config.steps, unit="steps", enabled=progress)
 
         def report(step, record):
+            if record["split"] == "train":
+                line.label = (f"trial {trial.number}" + (f" (exact match {exact_matches[-1]:.3f})" if exact_matches else "")
+                              + f" loss {record['loss']:.4f}")
+                line.advance(step - line.done)
             if record["split"] != "valid":
                 return False
             exact_matches.append(record["exact_match"])
@@ -228,6 +235,8 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
                 raise KeyboardInterrupt
         except TrainingDiverged:
             stopped = "diverged"
+        finally:
+            line.close()
         seconds = time.perf_counter() - t0
         reached = [i for i, em in enumerate(exact_matches) if em >= TARGET_EXACT_MATCH]
         score = sum(exact_matches) / len(config.eval_steps)
@@ -277,10 +286,33 @@ def run_sweep(study_name: str, storage_url: str, config: SweepConfig, *, n_trial
         print(f"backend {backend.name}; study {study_name!r} in {storage_url} ({len(study.trials)} trials so far); "
               f"{n_trials} more of {config.steps} steps; trial folders in {out_dir}", file=sys.stderr)
     objective = make_objective(config, space, out_dir, backend, progress)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.optimize(objective, n_trials=n_trials, catch=(InvalidSettings,))
+    # On Ctrl-C Optuna logs the trial's failure with the KeyboardInterrupt's traceback before it
+    # re-raises it; `ft sweep` says what happened in one line instead.
+    optuna_logger = logging.getLogger("optuna.study._optimize")
+    interrupted_filter = _DropInterruptedTrialLogs()
+    optuna_logger.addFilter(interrupted_filter)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, n_trials=n_trials, catch=(InvalidSettings,))
+    finally:
+        optuna_logger.removeFilter(interrupted_filter)
     return study
+
+
+class _DropInterruptedTrialLogs(logging.Filter):
+    """Drops Optuna's two log records of a trial that failed by KeyboardInterrupt."""
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc_type = record.exc_info[0] if record.exc_info else None
+        if (exc_type is not None and issubclass(exc_type, KeyboardInterrupt)) or "KeyboardInterrupt" in record.getMessage():
+            self.interrupted = True
+            return False
+        return not (self.interrupted and "failed with value" in record.getMessage())
 
 
 def summary_lines(study) -> list[str]:
