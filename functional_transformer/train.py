@@ -607,7 +607,12 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
     except KeyboardInterrupt:
         summary["stopped"] = "interrupted"
         print(f"\ninterrupted at step {step}: saving a checkpoint", file=sys.stderr)
-    except (TrainingDiverged, SaveFailed):
+    except TrainingDiverged:
+        if writes:  # the curves show the blow-up; the error is what matters, so a failed plot is let go
+            with contextlib.suppress(Exception):
+                plot_metrics(metrics_path, run.out_dir / "curves.png")
+        raise
+    except SaveFailed:
         raise
     except Exception:
         # A callback, an evaluation or the metrics file failed: keep the steps done so far, then

@@ -230,3 +230,30 @@ def test_ctrl_c_in_a_sweep_is_the_tools_one_line_not_optunas_traceback(tmp_path,
     err = capsys.readouterr().err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert err.strip().splitlines()[-1].startswith("interrupted: the trial that was running is marked failed")
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags
+
+
+def test_the_new_flags_are_in_the_help(capsys):
+    for command, flags in (("train", ["--accumulate", "--tensorboard", "--no-progress"]), ("eval", ["--no-progress"]),
+                           ("predict", ["--no-progress"]), ("sweep", ["--no-progress"])):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        out = capsys.readouterr().out
+        assert all(flag in out for flag in flags), (command, flags)
+
+
+def test_train_accumulate_and_tensorboard_flags(tmp_path, capsys):
+    pytest.importorskip("tensorboardX")
+    assert cli.main([*TRAIN, "--accumulate", "2", "--tensorboard", str(tmp_path / "tb"), "--out", str(tmp_path / "run")]) == 0
+    assert ft.load(tmp_path / "run", "last").train_config.accumulate_steps == 2
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_train_tensorboard_without_tensorboardx_is_one_line_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    assert cli.main([*TRAIN, "--tensorboard", str(tmp_path / "tb"), "--out", str(tmp_path / "run")]) == 2
+    assert "tensorboardX, an optional extra" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
