@@ -146,8 +146,8 @@ def user_optimizer(tcfg: TrainConfig) -> bool:
 def check_optimizer(tcfg: TrainConfig, backend: Backend) -> None:
     """A ConfigError unless tcfg's optimizer can train on `backend`."""
     if tcfg.optimizer == USER_OPTIMIZER:
-        raise ConfigError("this run was trained with an optax optimizer given in Python, which a checkpoint cannot "
-                          "hold: pass the same one again (train_config={'optimizer': ...} with resume=True)")
+        raise ConfigError(f"optimizer={USER_OPTIMIZER!r} is what a checkpoint records of an optax optimizer, which it "
+                          "cannot hold: pass the GradientTransformation itself (to resume: the run's own, again)")
     if user_optimizer(tcfg) and backend.name != "jax":
         raise ConfigError(f"an optax optimizer needs the JAX backend (FT_BACKEND=jax); on {backend.name}, choose "
                           f"one of {OPTIMIZERS}")
