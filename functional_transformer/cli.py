@@ -415,8 +415,9 @@ def _predict(args) -> int:
         sources = read_lines(args.input)
         name = "standard input" if args.input == "-" else args.input
         check_sources(sources, tokenizer, cfg.max_len, f"{name}: line")
-        unknown_lines = [number for number, source in enumerate(sources, 1) if tokenizer.source.unknown_symbols([source])]
-        if unknown_lines and not args.allow_unknown:
+        unknown_lines = [] if args.allow_unknown else [
+            number for number, source in enumerate(sources, 1) if tokenizer.source.unknown_symbols([source])]
+        if unknown_lines:  # named by line here; predict() below would list only the symbols
             listed = ", ".join(map(str, unknown_lines[:10])) + (f" and {len(unknown_lines) - 10} more" if len(unknown_lines) > 10 else "")
             raise UnknownSymbolError(tokenizer.source.unknown_symbols(sources), tokenizer, f" (in {name}: line {listed})")
     else:

@@ -299,14 +299,19 @@ def make_accumulating_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend) 
         return {"params": optim.apply_updates(state["params"], updates), "opt_state": opt_state,
                 "step": state["step"] + 1}, metrics
 
-    if backend.name == "jax":
+    def zero_sums(params):
+        xp = backend.xp
+        return {"grads": tree_map(xp.zeros_like, params), "loss": xp.asarray(0.0, dtype=xp.float64),
+                "correct": xp.asarray(0.0, dtype=xp.float64), "n_tokens": xp.asarray(0, dtype=xp.int32)}
+
+    if backend.name == "jax":  # (zero_sums too: eager, each leaf shape would compile a program of its own)
+        zero_sums = backend.in_x64_scope(backend.jax.jit(zero_sums))
         add_micro_batch = backend.in_x64_scope(backend.jax.jit(add_micro_batch, donate_argnames=("sums",)))
         update = backend.in_x64_scope(backend.jax.jit(update, donate_argnames=("state",)))
 
     def accumulating_step(state, micro_batches, key):
         xp = backend.xp
-        sums = {"grads": tree_map(xp.zeros_like, state["params"]), "loss": xp.asarray(0.0, dtype=xp.float64),
-                "correct": xp.asarray(0.0, dtype=xp.float64), "n_tokens": xp.asarray(0, dtype=xp.int32)}
+        sums = zero_sums(state["params"])
         for index, batch in enumerate(micro_batches):
             sums = add_micro_batch(state["params"], sums, batch, key, state["step"], xp.asarray(index, dtype=xp.int32))
         return update(state, sums)
