@@ -510,11 +510,11 @@ def main(argv: list[str] | None = None) -> int:
     command = commands[args.command]
     with warnings.catch_warnings():
         _show_checkpoint_warnings_as_one_line(args.command)
-        try:  # FT_BACKEND: an unknown name is a ValueError, JAX not installed an ImportError
-            default_backend()
-        except (ValueError, ImportError) as err:
-            return _fail(args, err, 2)
         try:
+            try:  # FT_BACKEND: an unknown name is a ValueError, JAX not installed an ImportError
+                default_backend()
+            except (ValueError, ImportError) as err:
+                return _fail(args, err, 2)
             return command(args)
         except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves and returns 130 itself)
             print(f"ft {args.command}: interrupted", file=sys.stderr)
