@@ -352,9 +352,12 @@ def _train(args) -> int:
     _start_processes(args)
     callbacks = []
     if args.tensorboard:
-        from .tensorboard import TensorBoardWriter
+        from . import parallel
+        from .tensorboard import TensorBoardWriter, import_tensorboardx
 
-        callbacks.append(TensorBoardWriter(args.tensorboard))
+        import_tensorboardx()  # on every process, so a missing extra fails everywhere alike
+        if parallel.process_index() == 0:  # one event file per run, as with metrics.jsonl
+            callbacks.append(TensorBoardWriter(args.tensorboard))
     try:
         result = fit(_model_flags(args) or None, train_fields if args.resume else TrainConfig(**train_fields),
                      data or None, out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
