@@ -42,6 +42,8 @@ from .inspect import attention_maps
 from .models import DecoderConfig, EncoderConfig
 from .runs import (FitResult, RunFolderError, TrainedModel, evaluate, fit, labelled_data, load, predict, task_data,
                    text_data, tokenizer_spec, tsv_data)
+from .errors import ConfigError, UserInputError
+from .tensorboard import TensorBoardWriter
 from .train import TrainConfig
 
 
@@ -52,11 +54,14 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ConfigError",
     "DecoderConfig",
     "EncoderConfig",
     "labelled_data",
     "text_data",
     "FitResult",
+    "TensorBoardWriter",
+    "UserInputError",
     "RunFolderError",
     "TrainConfig",
     "TrainedModel",

@@ -61,6 +61,8 @@ import numpy as np
 
 from backends.tree import tree_flatten, tree_unflatten
 
+from .errors import UserInputError
+
 __all__ = [
     "CheckpointError",
     "CheckpointWriteError",
@@ -105,7 +107,7 @@ _ML_DTYPES = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8
 _UNSUPPORTED_DTYPES = {"F4", "F6_E2M3", "F6_E3M2", "F8_E8M0"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserInputError):
     """A checkpoint file is missing, truncated, corrupt or not a safetensors file, or a value cannot
     be stored faithfully."""
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from backends import Backend, array_namespace, backend_of
 
+from .errors import ConfigError
+
 
 def check_token_ids(name: str, ids, vocab_size: int, max_len: int, backend: Backend):
     """ids must be an integer (batch, length) array with 1 <= length <= max_len and 0 <= id < vocab_size."""
@@ -55,12 +57,12 @@ def check_compute_dtype(cfg, backend: Backend, grad_method: str | None = None):
     if getattr(cfg, "compute_dtype", None) in (None, cfg.dtype):
         return
     if backend.name != "jax":
-        raise ValueError(
+        raise ConfigError(
             f"compute_dtype={cfg.compute_dtype!r} needs the JAX backend ({backend.name} cannot compute in "
             f"{cfg.compute_dtype}): run with FT_BACKEND=jax, or leave compute_dtype unset to compute in {cfg.dtype}"
         )
     if grad_method == "vjp":
-        raise ValueError(
+        raise ConfigError(
             f"compute_dtype={cfg.compute_dtype!r} trains with jax.grad: use grad method 'autodiff' (the default "
             "on JAX), not 'vjp', whose hand-written backward passes run in the params' dtype"
         )

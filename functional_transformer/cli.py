@@ -2,8 +2,10 @@
 
 The backend is FT_BACKEND (numpy by default, or jax).
 
-A failure the user can cause (a bad flag, file, checkpoint, input or backend) prints one line,
-"ft <command>: error: ...", on stderr and exits with 2; `ft --debug <command>` shows the traceback.
+Exit status: 0 done; 2 a usage or input error (a bad flag, setting, file, checkpoint, input or
+backend); 1 a runtime failure (the loss diverged, the disk filled); 130 Ctrl-C. Errors are one line,
+"ft <command>: error: ...", on stderr; `ft --debug <command>` shows the traceback. Any other
+exception is a bug in the library and shows its traceback.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from backends import get_backend
 
 from . import checkpoint, config_file, families, metrics
 from .backend_choice import default_backend
-from .checkpoint_format import CheckpointError, UncheckedCheckpointWarning
+from .checkpoint_format import CheckpointWriteError, UncheckedCheckpointWarning
 from .config import COMPUTE_DTYPES, DTYPES, TransformerConfig
 from .data import DataError, TASKS, make_task_data, read_lines, read_tsv
-from .inference import check_sources, classify, continue_texts, evaluate, predict
+from .errors import ConfigError, UserInputError
+from .inference import UnknownSymbolError, check_sources, classify, continue_texts, evaluate, predict
 from .inspect import KINDS as ATTENTION_KINDS
 from .runs import (MODEL_DEFAULTS, TASK_DATA_DEFAULTS, TOKENIZERS, check_held_out_lengths, fit, fit_held_out,
                    load_pairs, tokenizer_spec)
@@ -75,7 +78,7 @@ def _model_flags(args) -> dict:
                             ("--decoder-layers", args.decoder_layers),
                             ("--tie-embeddings", args.tie_embeddings if arch == "encoder" else None)):
             if value is not None:
-                raise ValueError(f"{flag} does not apply to --arch {arch}")
+                raise ConfigError(f"{flag} does not apply to --arch {arch}")
         fields.update(n_layers=args.layers, max_len=getattr(args, "max_len", None) if arch == "decoder" else None,
                       tie_embeddings=args.tie_embeddings if arch == "decoder" else None)
     return {name: value for name, value in fields.items() if value is not None}
@@ -106,7 +109,11 @@ TRAIN_FLAGS = {
                                 "maximised)"),
     "grad_method": (GRAD_METHODS, "gradients from the hand-written VJPs or jax.grad (default: vjp on numpy, "
                                   "autodiff on jax)"),
+    "accumulate_steps": (int, "micro-batches per optimizer update: the update of one batch N times larger (weighted "
+                              "by target tokens), in the memory of one"),
 }
+# TrainConfig fields whose flag is not --field-name.
+TRAIN_FLAG_NAMES = {"accumulate_steps": "--accumulate"}
 
 
 def _add_train_flags(p):
@@ -114,10 +121,11 @@ def _add_train_flags(p):
     for name, (kind, text) in TRAIN_FLAGS.items():
         default = getattr(TRAIN_DEFAULTS, name)
         text = f"{text} (default {default})" if default is not None else text
+        flag = TRAIN_FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
         if isinstance(kind, tuple):
-            g.add_argument("--" + name.replace("_", "-"), choices=kind, help=text)
+            g.add_argument(flag, dest=name, choices=kind, help=text)
         else:
-            g.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+            g.add_argument(flag, dest=name, type=kind, help=text)
 
 
 def _train_flags(args) -> dict:
@@ -155,9 +163,9 @@ def _start_processes(args) -> None:
     if not any(given):
         return
     if not all(given):
-        raise ValueError("a run over several hosts needs all of --coordinator, --num-processes and --process-id")
+        raise ConfigError("a run over several hosts needs all of --coordinator, --num-processes and --process-id")
     if default_backend().name != "jax":
-        raise ValueError("--coordinator needs the JAX backend (FT_BACKEND=jax)")
+        raise ConfigError("--coordinator needs the JAX backend (FT_BACKEND=jax)")
     from . import parallel
 
     parallel.initialize(args.coordinator, args.num_processes, args.process_id)
@@ -283,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     _add_train_flags(p)
     _add_parallel_flags(p)
+    p.add_argument("--tensorboard", type=Path, metavar="DIR",
+                   help="also write every record's scalars as TensorBoard events to DIR (the [tensorboard] extra)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
     p = sub.add_parser("eval", help="exact match, character accuracy, BLEU and chrF of a checkpoint",
@@ -305,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unknown", action="store_true",
                    help="read characters outside the model's vocabulary as the unknown token (default: refuse "
                         "them); n_with_unknown counts the examples that hold one")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
     p = sub.add_parser("predict", help="decode the given strings, or a file of them",
                        description="Write one prediction per source: the source strings given, or each line of "
@@ -317,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy; the paper uses 4, with alpha 0.6)")
     p.add_argument("--allow-unknown", action="store_true",
                    help="read characters outside the model's vocabulary as the unknown token (default: refuse them)")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr (shown with --input)")
 
     p = sub.add_parser("info", help="what a run folder or checkpoint holds: settings, step, best metric, size",
                        description="Show a run folder's or checkpoint file's step, best held-out metric and the metric "
@@ -351,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "part of the study (default 0)")
     p.add_argument("--sampler-seed", type=int, help="seed of Optuna's sampler (default: --seed); give workers that "
                                                     "share a study different ones")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
     p = sub.add_parser("sweep-report", help="a study's best trials and plots",
                        description="Write best_trials.md, trials.csv and PNG plots of a study into --out.")
@@ -408,7 +421,7 @@ def _new_run_settings(args, train_fields: dict) -> tuple[dict, dict, dict, int]:
 def _train(args) -> int:
     train_fields = _train_flags(args)
     if args.resume and args.config:
-        raise ValueError("--resume continues a run with its own settings (its config.toml); leave out --config")
+        raise ConfigError("--resume continues a run with its own settings (its config.toml); leave out --config")
     if args.resume:  # only what was given, to be checked against the run's own data
         data = {**({"task": args.task} if args.task else {}), **_task_sizes(args)}
         if args.arch not in (None, "encoder_decoder"):
@@ -423,21 +436,33 @@ def _train(args) -> int:
         if args.truncate_long:
             data.update(truncate_long=True)
         if args.eval_examples is not None:
-            raise ValueError("--eval-examples is a setting of the run; a resumed run keeps its own")
+            raise ConfigError("--eval-examples is a setting of the run; a resumed run keeps its own")
         model, train, eval_examples = _model_flags(args), train_fields, None
     else:
         model, fields, data, eval_examples = _new_run_settings(args, train_fields)
         train = TrainConfig(**fields)
     out = args.out or Path("runs") / (data.get("task") or (Path(data["train"]).stem if data.get("train") else "reverse"))
     if train_fields.get("max_tokens") is not None and train_fields.get("batch_size") is not None:
-        raise ValueError("--max-tokens sizes the batches by tokens instead of --batch-size: give one of them")
+        raise ConfigError("--max-tokens sizes the batches by tokens instead of --batch-size: give one of them")
     if args.extend and not args.resume:
-        raise ValueError("--extend trains a finished run further: give it with --resume")
+        raise ConfigError("--extend trains a finished run further: give it with --resume")
     _start_processes(args)
-    result = fit(model or None, train, data or None, arch=None if args.resume else _arch(args),
-                 out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
-                 progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params,
-                 eval_examples=eval_examples)
+    callbacks = []
+    if args.tensorboard:
+        from . import parallel
+        from .tensorboard import TensorBoardWriter, import_tensorboardx
+
+        import_tensorboardx()  # on every process, so a missing extra fails everywhere alike
+        if parallel.process_index() == 0:  # one event file per run, as with metrics.jsonl
+            callbacks.append(TensorBoardWriter(args.tensorboard))
+    try:
+        result = fit(model or None, train, data or None, arch=None if args.resume else _arch(args),
+                     out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
+                     progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params,
+                     eval_examples=eval_examples, callbacks=callbacks)
+    finally:
+        for callback in callbacks:
+            callback.close()
     print(f"{result.stopped} at step {result.step} in {result.seconds:.1f} s; checkpoint {result.path}")
     if result.best_value is not None:
         print(f"best held-out {result.train_config.best_by}: {result.best_value:.4f} at step {result.best_step} "
@@ -496,7 +521,8 @@ def _eval(args) -> int:
     if args.data:  # an over-long line is an error naming it, before anything is decoded
         check_held_out_lengths(pairs, tokenizer, cfg.max_len, args.data)
     result = evaluate(loaded["state"]["params"], cfg, tokenizer, pairs, beam_size=args.beam,
-                      batch_size=args.batch_size, allow_unknown=args.allow_unknown, keep_predictions=True)
+                      batch_size=args.batch_size, allow_unknown=args.allow_unknown, keep_predictions=True,
+                      progress=not args.no_progress)
     if not metrics.sacrebleu_available():  # after the checks, so that an input error stays one line
         print(f"ft eval: note: {metrics.MISSING_NOTE}", file=sys.stderr)
     if args.output:
@@ -515,7 +541,13 @@ def _predict(args) -> int:
     cfg, tokenizer = loaded["cfg"], loaded["tokenizer"]
     if args.input is not None:
         sources = read_lines(args.input)
-        check_sources(sources, tokenizer, cfg.max_len, f"{'standard input' if args.input == '-' else args.input}: line")
+        name = "standard input" if args.input == "-" else args.input
+        check_sources(sources, tokenizer, cfg.max_len, f"{name}: line")
+        unknown_lines = [] if args.allow_unknown else [
+            number for number, source in enumerate(sources, 1) if tokenizer.source.unknown_symbols([source])]
+        if unknown_lines:  # named by line here; predict() below would list only the symbols
+            listed = ", ".join(map(str, unknown_lines[:10])) + (f" and {len(unknown_lines) - 10} more" if len(unknown_lines) > 10 else "")
+            raise UnknownSymbolError(tokenizer.source.unknown_symbols(sources), tokenizer, f" (in {name}: line {listed})")
     else:
         sources = args.inputs
         check_sources(sources, tokenizer, cfg.max_len, "source")
@@ -528,7 +560,7 @@ def _predict(args) -> int:
                                  allow_unknown=args.allow_unknown)
     else:
         outputs = predict(params, cfg, tokenizer, sources, beam_size=args.beam, batch_size=args.batch_size,
-                          allow_unknown=args.allow_unknown)
+                          allow_unknown=args.allow_unknown, progress=args.input is not None and not args.no_progress)
     if args.output:
         _write_lines(args.output, outputs)
     else:
@@ -560,7 +592,7 @@ def _sweep(args) -> int:
     space = load_space(args.space)
     try:
         study = run_sweep(args.study, storage, config, n_trials=args.trials, out_dir=out, space=space,
-                          pruner=args.pruner, sampler_seed=args.sampler_seed)
+                          pruner=args.pruner, sampler_seed=args.sampler_seed, progress=not args.no_progress)
     except KeyboardInterrupt:
         print("interrupted: the trial that was running is marked failed; the study keeps the others. Run the same "
               "command to continue it", file=sys.stderr)
@@ -623,7 +655,7 @@ def _report(args) -> int:
     from .inspect.report import write_report
 
     if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
+        raise ConfigError(f"--n must be at least 1, got {args.n}")
     _require_encoder_decoder(checkpoint.load(checkpoint.resolve(args.checkpoint, args.which),
                                              get_backend("numpy")), "ft report")
     path = write_report(args.checkpoint, args.out, args.which, n_examples=args.n)
@@ -642,23 +674,34 @@ def main(argv: list[str] | None = None) -> int:
     command = commands[args.command]
     with warnings.catch_warnings():
         _show_checkpoint_warnings_as_one_line(args.command)
-        try:  # FT_BACKEND: an unknown name is a ValueError, JAX not installed an ImportError
-            default_backend()
-        except (ValueError, ImportError) as err:
-            return _fail(args, err)
         try:
+            try:  # FT_BACKEND: an unknown name is a ValueError, JAX not installed an ImportError
+                default_backend()
+            except (ValueError, ImportError) as err:
+                return _fail(args, err, 2)
             return command(args)
-        except (CheckpointError, DataError, OSError, TrainingDiverged, SaveFailed, ValueError) as err:
-            # What a user can cause: a flag, a file, a checkpoint, an input.
-            return _fail(args, err)
+        except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves and returns 130 itself)
+            print(f"ft {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except UserInputError as err:  # a flag, a setting, a file's contents, a checkpoint, a run folder
+            return _fail(args, err, 2)
+        except (TrainingDiverged, SaveFailed, CheckpointWriteError) as err:
+            return _fail(args, err, 1)
+        except OSError as err:  # an input file that is missing or unreadable (2); a full disk, a lost mount (1)
+            return _fail(args, err, 2 if isinstance(err, INPUT_OS_ERRORS) else 1)
 
 
-def _fail(args, err: BaseException) -> int:
-    """One line on stderr and exit status 2; with --debug, the traceback instead."""
+# What an OSError says about a path the user named, rather than about the machine.
+INPUT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
+
+
+def _fail(args, err: BaseException, status: int) -> int:
+    """One line on stderr and exit `status` (2: usage or input, 1: a runtime failure); with --debug,
+    the traceback instead."""
     if args.debug:
         raise err
     print(f"ft {args.command}: error: {err}", file=sys.stderr)
-    return 2
+    return status
 
 
 def _show_checkpoint_warnings_as_one_line(command: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from .errors import ConfigError
+
 ACTIVATIONS = ("relu", "gelu")
 POSITIONAL = ("sinusoidal", "learned")
 DTYPES = ("float32", "float64")
@@ -47,27 +49,27 @@ class TransformerConfig:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"TransformerConfig.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"TransformerConfig.{name} must be a positive integer, got {value!r}")
         if self.d_model % self.n_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}): "
                 "each head gets d_model // n_heads dimensions"
             )
         if not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate!r}")
+            raise ConfigError(f"drop_rate must be in [0, 1), got {self.drop_rate!r}")
         if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
-            raise ValueError(f"pad_id ({self.pad_id}) must be a valid token id of both vocabularies")
+            raise ConfigError(f"pad_id ({self.pad_id}) must be a valid token id of both vocabularies")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.compute_dtype not in (None, self.dtype, *COMPUTE_DTYPES):
-            raise ValueError(
+            raise ConfigError(
                 f"compute_dtype must be None (compute in dtype={self.dtype!r}) or one of {COMPUTE_DTYPES}, "
                 f"got {self.compute_dtype!r}"
             )
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+            raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.positional not in POSITIONAL:
-            raise ValueError(f"positional must be one of {POSITIONAL}, got {self.positional!r}")
+            raise ConfigError(f"positional must be one of {POSITIONAL}, got {self.positional!r}")
 
     @property
     def activations_dtype(self) -> str:
@@ -86,5 +88,5 @@ class TransformerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(fields) - known
         if unknown:
-            raise ValueError(f"unknown TransformerConfig fields: {sorted(unknown)}")
+            raise ConfigError(f"unknown TransformerConfig fields: {sorted(unknown)}")
         return cls(**fields)

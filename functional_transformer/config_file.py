@@ -44,6 +44,7 @@ from pathlib import Path
 from . import families, runs
 from .config import TransformerConfig
 from .data import DataError
+from .errors import ConfigError
 from .train import TrainConfig
 
 CONFIG_NAME = "config.toml"
@@ -58,7 +59,7 @@ DATA_SOURCE_KEYS = ("kind", "task", "train", "valid")
 DEFAULT_EVAL_EXAMPLES = 500
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(ConfigError):
     """A settings file that cannot be used: not there, not TOML, an unknown key, a wrong type."""
 
 

@@ -27,6 +27,8 @@ from . import checks, checkpoint, gradients, loss
 from .config import TransformerConfig
 from .data import DataError, EncodedPair, Tokenizer, iterate_batches
 from .models import DecoderConfig, EncoderConfig, decoder_only, encoder_decoder, encoder_only
+from .progress import ProgressLine
+from .errors import ConfigError
 
 ARCHS = tuple(checkpoint.ARCHS)
 # The held-out metrics that may choose the best checkpoint, per family, each "max" or "min" better.
@@ -73,6 +75,13 @@ def check_batch(batch: dict, cfg, backend: Backend) -> None:
         checks.check_token_ids("src", batch["src"], cfg.vocab_size, cfg.max_len, backend)
 
 
+def n_outputs(cfg) -> int:
+    """How many classes the model's logits score: the target vocabulary, or a classifier's classes."""
+    arch = arch_of(cfg)
+    return {"encoder_decoder": lambda: cfg.tgt_vocab_size, "decoder": lambda: cfg.vocab_size,
+            "encoder": lambda: cfg.n_classes}[arch]()
+
+
 def default_best_by(cfg) -> str:
     return DEFAULT_BEST_BY[arch_of(cfg)]
 
@@ -80,7 +89,7 @@ def default_best_by(cfg) -> str:
 def check_best_by(best_by: str, cfg) -> None:
     arch = arch_of(cfg)
     if best_by not in METRICS[arch]:
-        raise ValueError(f"best_by={best_by!r} is not a held-out metric of the {arch} model: choose one of "
+        raise ConfigError(f"best_by={best_by!r} is not a held-out metric of the {arch} model: choose one of "
                          f"{sorted(METRICS[arch])}")
 
 
@@ -154,16 +163,16 @@ def make_config(arch: str, tokenizer: Tokenizer, model=None, *, longest: int | N
     if isinstance(model, config_type):
         for name, value in derived.items():
             if getattr(model, name) != value:
-                raise ValueError(f"the model's {name} is {getattr(model, name)} but the data needs {value}; pass a "
+                raise ConfigError(f"the model's {name} is {getattr(model, name)} but the data needs {value}; pass a "
                                  "dict of the other fields and let fit fill these in")
         return model
     if model is not None and not isinstance(model, dict):
-        raise TypeError(f"model for arch={arch!r} must be a dict of {config_type.__name__} fields or a "
+        raise ConfigError(f"model for arch={arch!r} must be a dict of {config_type.__name__} fields or a "
                         f"{config_type.__name__}, got {type(model).__name__}")
     fields = {**MODEL_DEFAULTS[arch], **dict(model or {})}
     given = sorted(set(model or {}) & set(derived))
     if given:
-        raise ValueError(f"{given} follow from the data; leave them out (or pass a whole {config_type.__name__})")
+        raise ConfigError(f"{given} follow from the data; leave them out (or pass a whole {config_type.__name__})")
     if arch == "encoder" and "max_len" not in (model or {}):
         fields["max_len"] = -(-longest // 8) * 8
     return config_type.from_dict({**fields, **derived})
@@ -182,7 +191,7 @@ def _batch_outputs(params, batch, cfg):
 
 @with_x64_scope
 def evaluate_examples(params: dict, cfg, examples: Sequence[EncodedPair], *, batch_size: int = 64,
-                      n_classes: int | None = None) -> dict:
+                      n_classes: int | None = None, progress: bool | str = False) -> dict:
     """The held-out metrics of a decoder or an encoder model on encoded examples.
 
     decoder: {"loss", "perplexity", "token_accuracy", "n_examples", "n_tokens"} (teacher-forced: each
@@ -193,8 +202,11 @@ def evaluate_examples(params: dict, cfg, examples: Sequence[EncodedPair], *, bat
     arch = arch_of(cfg)
     total_loss = total_correct = total_tokens = 0.0
     confusion = np.zeros((n_classes or 0, n_classes or 0), dtype=np.int64)
+    line = ProgressLine(progress if isinstance(progress, str) else "evaluating", len(examples), unit="examples",
+                        enabled=bool(progress))
     for host_batch in iterate_batches(list(examples), batch_size, pad_id=cfg.pad_id, fill_last=True,
                                       pad_to_multiple=8):
+        line.advance(min(batch_size, len(examples) - line.done))
         check_batch(host_batch, cfg, backend)
         logits, metrics = run(params, backend.tree_asarray(host_batch), cfg)
         n = float(metrics["n_tokens"])
@@ -207,6 +219,7 @@ def evaluate_examples(params: dict, cfg, examples: Sequence[EncodedPair], *, bat
             for true, guess in zip(labels, predicted):
                 if true >= 0:
                     confusion[true, guess] += 1
+    line.close()
     mean_loss = total_loss / max(total_tokens, 1.0)
     result = {"loss": mean_loss}
     if arch == "decoder":
@@ -219,18 +232,19 @@ def evaluate_examples(params: dict, cfg, examples: Sequence[EncodedPair], *, bat
 
 
 def evaluate(params: dict, cfg, tokenizer: Tokenizer, valid_pairs, *, labels: Sequence[str] | None = None,
-             batch_size: int = 64) -> dict:
-    """Held-out metrics of a model of any family on its held-out pairs (documents as ("", text))."""
+             batch_size: int = 64, progress: bool | str = False) -> dict:
+    """Held-out metrics of a model of any family on its held-out pairs (documents as ("", text));
+    progress (True or a label) shows a progress line on stderr."""
     from . import inference
 
     arch = arch_of(cfg)
     if arch == "encoder_decoder":
-        return inference.evaluate(params, cfg, tokenizer, valid_pairs, batch_size=batch_size)
+        return inference.evaluate(params, cfg, tokenizer, valid_pairs, batch_size=batch_size, progress=progress)
     if arch == "decoder":
         examples = encode_documents([text for _, text in valid_pairs], tokenizer, cfg.max_len)
-        return evaluate_examples(params, cfg, examples, batch_size=batch_size)
+        return evaluate_examples(params, cfg, examples, batch_size=batch_size, progress=progress)
     examples, _ = encode_labelled(valid_pairs, tokenizer, labels, cfg.max_len)
-    return evaluate_examples(params, cfg, examples, batch_size=batch_size, n_classes=len(labels))
+    return evaluate_examples(params, cfg, examples, batch_size=batch_size, n_classes=len(labels), progress=progress)
 
 
 def describe_result(result: dict) -> str:
@@ -250,4 +264,4 @@ def confusion_table(confusion: list[list[int]], labels: Sequence[str]) -> str:
 
 __all__ = ["ARCHS", "CONFIGS", "DEFAULT_BEST_BY", "METRICS", "MODEL_DEFAULTS", "make_config", "arch_of", "check_batch", "check_best_by",
            "confusion_table", "default_best_by", "describe_result", "encode_documents", "encode_labelled", "evaluate",
-           "evaluate_examples", "inputs", "model_of", "unigram_perplexity"]
+           "evaluate_examples", "inputs", "model_of", "n_outputs", "unigram_perplexity"]

@@ -26,6 +26,7 @@ from backends import array_namespace, backend_of, with_x64_scope
 from . import api, checks, model
 from .layers import softmax
 from .parts import padding_mask
+from .errors import ConfigError
 
 
 def init_cache(params: dict, memory, cross_mask, cfg, max_steps: int) -> dict:
@@ -48,7 +49,7 @@ def _checked_src(src, params, cfg, max_steps):
     """-> (backend, src on it), after the input checks (token ids are read here, outside any jit)."""
     backend, a = checks.prepare_inputs(params, cfg, False, None, src=src)
     if max_steps < 1 or max_steps > cfg.max_len:
-        raise ValueError(f"max_steps must be in [1, max_len={cfg.max_len}], got {max_steps}")
+        raise ConfigError(f"max_steps must be in [1, max_len={cfg.max_len}], got {max_steps}")
     return backend, a["src"]
 
 
@@ -207,7 +208,7 @@ def beam_search(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: 
     Each step keeps the beam_size best continuations by total log-probability; a hypothesis that
     has emitted eos_id is finished and its score frozen. With beam_size=1 this is greedy."""
     if beam_size < 1:
-        raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+        raise ConfigError(f"beam_size must be at least 1, got {beam_size}")
     backend, src = _checked_src(src, params, cfg, max_steps)
     xp = backend.xp
     state = _beam_start(xp, src.shape[0], beam_size, cfg, bos_id, max_steps)

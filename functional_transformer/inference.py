@@ -19,6 +19,7 @@ from . import api
 from .metrics import corpus_scores
 from .data import DataError, Tokenizer, encode_pairs, iterate_batches
 from .generate import beam_search, greedy
+from .progress import progress_line
 
 _MAX_LISTED = 20
 _MAX_REPORTED = 3
@@ -41,12 +42,14 @@ class UnknownSymbolError(DataError):
 
 @with_x64_scope
 def predict(params: dict, cfg, tokenizer: Tokenizer, sources: list[str], *, beam_size: int = 1,
-            batch_size: int = 64, max_steps: int | None = None, allow_unknown: bool = False) -> list[str]:
+            batch_size: int = 64, max_steps: int | None = None, allow_unknown: bool = False,
+            progress: bool | str = False) -> list[str]:
     """Decode each source string (greedy with beam_size=1, else beam search), in batches of
     `batch_size` sources of similar length; the outputs come back in the order of `sources`.
 
     A source character outside the vocabulary raises UnknownSymbolError, unless `allow_unknown`
-    (then it is read as the unknown token)."""
+    (then it is read as the unknown token). progress: a line on stderr counting the sources decoded
+    (True, or a string: its label; see progress.ProgressLine)."""
     if not allow_unknown:
         unknown = tokenizer.source.unknown_symbols(sources)
         if unknown:
@@ -59,6 +62,7 @@ def predict(params: dict, cfg, tokenizer: Tokenizer, sources: list[str], *, beam
     # lengths rounded up to 8 (where that stays within max_len) so that JAX compiles a few shapes, not one per batch.
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].src))
     outputs = []
+    line = progress_line(progress, "decoding", len(sources), "sources")
     for batch in iterate_batches([examples[i] for i in order], batch_size, pad_id=tokenizer.pad_id,
                                  pad_to_multiple=8 if cfg.max_len % 8 == 0 else 1, fill_last=True):
         src = batch["src"]
@@ -68,6 +72,8 @@ def predict(params: dict, cfg, tokenizer: Tokenizer, sources: list[str], *, beam
         else:
             tokens = beam_search(params, src, cfg, beam_size=beam_size, **kwargs)
         outputs.extend(tokenizer.target.decode(row) for row in np.asarray(backend_of(params).to_numpy(tokens)))
+        line.advance(min(len(tokens), len(sources) - line.done))  # the last batch's fill rows are not sources
+    line.close()
     in_order = [""] * len(sources)
     for position, output in zip(order, outputs):  # the last batch's fill rows (copies of a source) are left out
         in_order[position] = output
@@ -98,7 +104,8 @@ def unknown_in_pairs(tokenizer: Tokenizer, pairs) -> list[str]:
 
 @with_x64_scope
 def evaluate(params: dict, cfg, tokenizer: Tokenizer, pairs: list[tuple[str, str]], *, beam_size: int = 1,
-             batch_size: int = 64, allow_unknown: bool = False, keep_predictions: bool = False) -> dict:
+             batch_size: int = 64, allow_unknown: bool = False, keep_predictions: bool = False,
+             progress: bool | str = False) -> dict:
     """Teacher-forced loss and token accuracy, plus exact match, character accuracy and (with
     sacreBLEU) corpus BLEU and chrF of decoding.
 
@@ -107,7 +114,8 @@ def evaluate(params: dict, cfg, tokenizer: Tokenizer, pairs: list[tuple[str, str
     and their sacreBLEU signatures: see metrics.corpus_scores; absent without sacreBLEU. A character
     outside the vocabulary, in a source or a target, raises UnknownSymbolError unless
     `allow_unknown`; n_with_unknown counts the examples that hold one (0 unless `allow_unknown`).
-    keep_predictions adds "predictions": the decoded outputs, in the order of `pairs`."""
+    keep_predictions adds "predictions": the decoded outputs, in the order of `pairs`. progress: a
+    line on stderr counting the examples decoded (True, or a string: its label)."""
     with_unknown = [i for i, pair in enumerate(pairs) if unknown_in_pairs(tokenizer, [pair])]
     if with_unknown and not allow_unknown:
         symbols = unknown_in_pairs(tokenizer, [pairs[i] for i in with_unknown])
@@ -122,7 +130,8 @@ def evaluate(params: dict, cfg, tokenizer: Tokenizer, pairs: list[tuple[str, str
         total_tokens += n
     max_steps = min(cfg.max_len, max(len(e.tgt) for e in examples))  # target + eos
     predictions = predict(params, cfg, tokenizer, [s for s, _ in pairs], beam_size=beam_size,
-                          batch_size=batch_size, max_steps=max_steps, allow_unknown=True)
+                          batch_size=batch_size, max_steps=max_steps, allow_unknown=True,
+                          progress="evaluating" if progress is True else progress)
     exact = sum(p == t for p, (_, t) in zip(predictions, pairs))
     chars = sum(len(t) for _, t in pairs)
     char_hits = sum(a == b for p, (_, t) in zip(predictions, pairs) for a, b in zip(p, t))

@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UserInputError
+
 AXIS = "data"
 
 
-class ParallelError(ValueError):
+class ParallelError(UserInputError):
     """Devices were asked for that this backend or machine cannot give."""
 
 

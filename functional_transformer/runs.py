@@ -39,8 +39,9 @@ from .config import TransformerConfig
 from .data import (CharTokenizer, DataError, TASKS, Tokenizer, TokenizerPair, encode_pairs, fit_to_length,
                    length_problem, make_task_data, read_lines, read_tsv, task_alphabet, tsv_line_numbers)
 from .data.batching import encode_pair
-from .train import (Callback, Run, TrainConfig, check_batches_split, check_best_by, read_records, run_loop,
-                    with_best_by)
+from .errors import ConfigError, UserInputError
+from .train import (USER_OPTIMIZER, Callback, Run, TrainConfig, check_batches_split, check_best_by, check_optimizer,
+                    read_records, run_loop, with_best_by)
 
 # The model `ft train` and `fit` build when not told otherwise: small enough to train on a laptop's
 # CPU in minutes, large enough to learn every built-in task (TransformerConfig's own defaults are
@@ -55,7 +56,7 @@ TASK_DATA_DEFAULTS = {"n_train": 50_000, "n_valid": 500, "min_len": 1, "max_len"
 TOKENIZERS = ("char", "bpe")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserInputError):
     """A run folder cannot be used as asked: it holds a run, is locked, or conflicts with a resume."""
 
 
@@ -68,17 +69,17 @@ def tokenizer_spec(kind: str = "char", vocab_size: int | None = None, joint: boo
     them), or {"kind": "bpe", "vocab_size", "joint"}: byte-pair encoding learned from the training
     pairs with at most vocab_size ids, one vocabulary for sources and targets (joint) or one each."""
     if kind not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {kind!r}: choose one of {', '.join(TOKENIZERS)}")
+        raise ConfigError(f"unknown tokenizer {kind!r}: choose one of {', '.join(TOKENIZERS)}")
     if kind == "char":
         if vocab_size is not None:
-            raise ValueError("the char tokenizer's vocabulary is the data's characters; --vocab-size is for "
+            raise ConfigError("the char tokenizer's vocabulary is the data's characters; --vocab-size is for "
                              "--tokenizer bpe")
         return {"kind": "char"}
     from .data.bpe import import_tokenizers
 
     import_tokenizers()  # a missing extra is said before any data is read
     if vocab_size is None or vocab_size < 1:
-        raise ValueError(f"--tokenizer bpe needs a positive --vocab-size (e.g. 1000), got {vocab_size}")
+        raise ConfigError(f"--tokenizer bpe needs a positive --vocab-size (e.g. 1000), got {vocab_size}")
     return {"kind": "bpe", "vocab_size": vocab_size, "joint": bool(joint)}
 
 
@@ -90,7 +91,7 @@ def task_data(task: str, *, seed: int = 0, tokenizer: dict | None = None, **size
         raise DataError(f"unknown task {task!r}: choose one of {sorted(TASKS)}")
     unknown = set(sizes) - set(TASK_DATA_DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown task data options {sorted(unknown)}: choose from {sorted(TASK_DATA_DEFAULTS)}")
+        raise ConfigError(f"unknown task data options {sorted(unknown)}: choose from {sorted(TASK_DATA_DEFAULTS)}")
     return {"kind": "task", "task": task, **TASK_DATA_DEFAULTS, **sizes, "seed": seed, **_tokenizer_entry(tokenizer)}
 
 
@@ -108,10 +109,10 @@ def tsv_data(train: str | os.PathLike, valid: str | os.PathLike | None = None, *
             **_tokenizer_entry(tokenizer)}
     if max_len is not None:
         if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 2:
-            raise ValueError(f"max_len must be an integer of at least 2 (a token and eos), got {max_len!r}")
+            raise ConfigError(f"max_len must be an integer of at least 2 (a token and eos), got {max_len!r}")
         spec.update(max_len=max_len, truncate_long=bool(truncate_long))
     elif truncate_long:
-        raise ValueError("truncate_long cuts pairs longer than max_len: give max_len (--max-len) too")
+        raise ConfigError("truncate_long cuts pairs longer than max_len: give max_len (--max-len) too")
     return spec
 
 
@@ -223,6 +224,9 @@ def load_pairs(spec: dict) -> tuple[list, list]:
         which = 1 if spec["kind"] == "text" else 0
         order = np.random.default_rng(spec["seed"]).permutation(len(train))
         n_valid = max(1, len(train) // 20) if len(train) > 1 else 0
+        if not n_valid:
+            print(f"warning: {spec['train']} has a single pair, too few to hold one out: there is no held-out set "
+                  "(no evaluations, no best checkpoint); pass --valid FILE to give one", file=sys.stderr)
         valid = [train[i] for i in order[:n_valid]]
         held_out = {pair[which] for pair in valid}
         train = [train[i] for i in order[n_valid:] if train[i][which] not in held_out]
@@ -275,19 +279,19 @@ def model_config(tokenizer: Tokenizer, pairs, model: dict | TransformerConfig | 
     if isinstance(model, TransformerConfig):
         for name in ("src_vocab_size", "tgt_vocab_size", "pad_id"):
             if getattr(model, name) != derived[name]:
-                raise ValueError(f"the model's {name} is {getattr(model, name)} but the data's tokenizer needs "
+                raise ConfigError(f"the model's {name} is {getattr(model, name)} but the data's tokenizer needs "
                                  f"{derived[name]}; pass a dict of the other fields and let fit fill these in")
         if max_len is not None and model.max_len != max_len:
-            raise ValueError(f"the model's max_len ({model.max_len}) differs from the data's max_len ({max_len}); "
+            raise ConfigError(f"the model's max_len ({model.max_len}) differs from the data's max_len ({max_len}); "
                              "give one of them")
         if max_len is None and model.max_len < longest:
-            raise ValueError(f"the model's max_len ({model.max_len}) is shorter than the data's longest "
+            raise ConfigError(f"the model's max_len ({model.max_len}) is shorter than the data's longest "
                              f"sequence ({longest} tokens)")
         return model
     fields = dict(model or {})
     given = sorted(set(fields) & set(DATA_FIELDS))
     if given:
-        raise ValueError(f"{given} follow from the data; leave them out (or pass a whole TransformerConfig)")
+        raise ConfigError(f"{given} follow from the data; leave them out (or pass a whole TransformerConfig)")
     return TransformerConfig.from_dict({**MODEL_DEFAULTS, **fields, **derived})
 
 
@@ -371,7 +375,7 @@ def resumed_train_config(saved: TrainConfig, changes: dict, step: int, extend: b
     more steps only when extending a finished run. Any other difference is an error naming it."""
     unknown = set(changes) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
-        raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+        raise ConfigError(f"unknown TrainConfig fields {sorted(unknown)}")
     for name, value in changes.items():
         if name in (*OPERATIONAL_FIELDS, "steps", "schedule_start") or value == getattr(saved, name):
             continue
@@ -485,16 +489,16 @@ def _arch_for(model, spec: dict, arch: str | None) -> str:
     if model is not None and not isinstance(model, dict):
         config_arch = families.arch_of(model)
         if arch is not None and arch != config_arch:
-            raise ValueError(f"arch={arch!r} but the model is a {type(model).__name__} ({config_arch})")
+            raise ConfigError(f"arch={arch!r} but the model is a {type(model).__name__} ({config_arch})")
         arch = config_arch
     arch = arch or data_arch
     if arch not in families.ARCHS:
-        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(families.ARCHS)}")
+        raise ConfigError(f"unknown arch {arch!r}: choose one of {', '.join(families.ARCHS)}")
     if arch != data_arch:
         wanted = {"encoder_decoder": "a task or source<TAB>target pairs (ft.task_data, ft.tsv_data)",
                   "decoder": "plain text, one document per line (ft.text_data)",
                   "encoder": "text<TAB>label lines (ft.labelled_data)"}[arch]
-        raise ValueError(f"the {arch} model trains on {wanted}; the data given is of kind {spec['kind']!r}")
+        raise ConfigError(f"the {arch} model trains on {wanted}; the data given is of kind {spec['kind']!r}")
     return arch
 
 
@@ -531,12 +535,14 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
     backend = backend or default_backend()
     mesh = parallel.make_mesh(devices, backend)
     if resume and overwrite:
-        raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+        raise ConfigError("resume and overwrite exclude each other: continue the run, or replace it")
     if eval_examples is not None and eval_examples < 1:
-        raise ValueError(f"eval_examples must be at least 1, got {eval_examples}")
+        raise ConfigError(f"eval_examples must be at least 1, got {eval_examples}")
     if resume and out_dir is None:
-        raise ValueError("resume needs the out_dir of the run to continue")
+        raise ConfigError("resume needs the out_dir of the run to continue")
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise RunFolderError(f"{out} is a file: --out (out_dir) must be a folder, the run folder; choose another path")
     if resume and not out.is_dir():
         raise RunFolderError(f"{out} does not exist: there is no run to resume; leave out --resume to start one there")
     # With many processes only process 0 owns the run folder (it alone writes there).
@@ -556,7 +562,7 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
             train_config = TrainConfig(**train_config)
         tcfg = train_config or TrainConfig()
         if data is None and (arch or "encoder_decoder") != "encoder_decoder":
-            raise ValueError(f"arch={arch!r} needs data: ft.text_data(...) for 'decoder', ft.labelled_data(...) for "
+            raise ConfigError(f"arch={arch!r} needs data: ft.text_data(...) for 'decoder', ft.labelled_data(...) for "
                              "'encoder'")
         spec, pairs = _as_data_spec("reverse" if data is None else data, tcfg.seed, arch)
         arch = _arch_for(model, spec, arch)
@@ -573,6 +579,7 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         if mesh is not None:
             check_batches_split(run, mesh)  # before a run folder is made
         check_best_by(tcfg, cfg)
+        check_optimizer(tcfg, backend)
         if out is not None and lead:
             _start_fresh(out, overwrite, verbose)
             _write_config(run)
@@ -646,8 +653,16 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
     if isinstance(train_config, TrainConfig):
         train_config = dataclasses.asdict(train_config)
     step = int(backend.to_numpy(loaded["state"]["step"]))
-    tcfg = resumed_train_config(with_best_by(TrainConfig(**loaded["train_config"]), cfg), dict(train_config or {}), step,
-                                extend)
+    saved_fields, changes = loaded["train_config"], dict(train_config or {})
+    if saved_fields.get("optimizer") == USER_OPTIMIZER:
+        given = changes.pop("optimizer", None)
+        if given is None or isinstance(given, str):
+            raise RunFolderError(f"{out} was trained with an optax optimizer given in Python, which a checkpoint cannot "
+                                 "hold, so it cannot resume from the folder alone (nor with ft train --resume): resume "
+                                 "it in Python with the same optimizer, ft.fit(train_config={'optimizer': ...}, "
+                                 "out_dir=..., resume=True)")
+        saved_fields = dict(saved_fields, optimizer=given)
+    tcfg = resumed_train_config(with_best_by(TrainConfig(**saved_fields), cfg), changes, step, extend)
     if spec["kind"] in MEMORY_KINDS.values() and pairs is None:
         raise RunFolderError(f"{out} was trained on examples given in memory; pass them again as data=(train, valid)")
     train_pairs, valid_pairs = pairs or load_pairs(spec)

@@ -17,15 +17,16 @@ from backends import random as ftrandom
 from . import checks
 from .layers.softmax import fwd as softmax_fwd
 from .models import decoder_only
+from .errors import ConfigError
 
 
 def _check_settings(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if not temperature >= 0:
-        raise ValueError(f"temperature must be at least 0 (0 is greedy), got {temperature}")
+        raise ConfigError(f"temperature must be at least 0 (0 is greedy), got {temperature}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+        raise ConfigError(f"top_p must be in (0, 1] or None, got {top_p!r}")
 
 
 def filtered_probabilities(logits, *, temperature: float = 1.0, top_k: int | None = None,
@@ -109,13 +110,13 @@ def generate(params: dict, cfg, prompts, *, max_new_tokens: int, key=None, eos_i
     prompts = backend.asarray(prompts)
     checks.check_token_ids("prompts", prompts, cfg.vocab_size, cfg.max_len, backend)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     total = prompts.shape[1] + max_new_tokens
     if total > cfg.max_len:
-        raise ValueError(f"the prompt ({prompts.shape[1]} tokens) plus max_new_tokens ({max_new_tokens}) is {total}, "
+        raise ConfigError(f"the prompt ({prompts.shape[1]} tokens) plus max_new_tokens ({max_new_tokens}) is {total}, "
                          f"more than this model's max_len={cfg.max_len}; ask for fewer new tokens")
     if temperature > 0 and key is None:
-        raise ValueError("sampling (temperature > 0) needs a key: pass key=ft.random.key(seed), or temperature=0 "
+        raise ConfigError("sampling (temperature > 0) needs a key: pass key=ft.random.key(seed), or temperature=0 "
                          "for greedy decoding")
     if prompt_lengths is None:
         is_pad = backend.to_numpy(prompts) == cfg.pad_id
@@ -123,7 +124,7 @@ def generate(params: dict, cfg, prompts, *, max_new_tokens: int, key=None, eos_i
     else:
         lengths = [int(n) for n in backend.to_numpy(backend.asarray(prompt_lengths))]
     if min(lengths) < 1:
-        raise ValueError("every prompt needs at least one token (begin with the beginning-of-sequence id)")
+        raise ConfigError("every prompt needs at least one token (begin with the beginning-of-sequence id)")
     tokens = xp.concat([xp.astype(prompts, xp.int32),
                         xp.full((prompts.shape[0], max_new_tokens), cfg.pad_id, dtype=xp.int32)], axis=1)
     key = backend.random.key(0) if key is None else backend.asarray(key)

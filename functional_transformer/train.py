@@ -20,26 +20,38 @@ The public entry point, with run folders, resume rules and data loading, is `run
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from backends import Backend, backend_of, with_x64_scope
+from backends.tree import tree_map as backend_tree_map
 from backends import random as ftrandom
 
 from . import api, checkpoint, checks, families, gradients, optim, parallel
+from .errors import ConfigError
 from .metrics import MISSING_NOTE, TEXT_METRICS, require_sacrebleu, sacrebleu_available
-from .data import (BatchPlan, EncodedPair, Tokenizer, fixed_batch_plans, plan_batch, plan_counts,
+from .data import (BatchPlan, DataError, EncodedPair, Tokenizer, fixed_batch_plans, plan_batch, plan_counts,
                    token_batch_plans, token_buckets)
 
 SCHEDULES = ("transformer", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# What a checkpoint's train config says of an optimizer given as an optax GradientTransformation: the
+# object itself (its functions, its hyperparameters in their closures) cannot be written down.
+USER_OPTIMIZER = "optax"
+# A run whose training loss stays above DIVERGED_FACTOR x its starting value (the larger of its first
+# step's loss and ln(target vocabulary), the loss of a uniform guess) for DIVERGED_STEPS steps in a
+# row is diverging, though the loss is finite: it stops (TrainingDiverged) and is never saved as best.
+DIVERGED_FACTOR = 4.0
+DIVERGED_STEPS = 10
 GRAD_METHODS = gradients.GRAD_METHODS
 # The held-out metrics that can choose the best checkpoint, each with the direction that is better
 # (every family's: families.METRICS says which a family has).
@@ -59,7 +71,9 @@ class TrainConfig:
     learning_rate: float = 2e-3
     warmup_steps: int = 200
     schedule: str = "cosine"
-    optimizer: str = "adam"
+    # "adam", "adamw", "sgd", or an optax GradientTransformation (JAX only) used as the whole update
+    # rule: learning_rate, schedule, warmup_steps, weight_decay and clip_norm then do not apply.
+    optimizer: Any = "adam"
     weight_decay: float = 0.0
     clip_norm: float = 1.0
     label_smoothing: float = 0.1
@@ -76,29 +90,37 @@ class TrainConfig:
     # The step at which the schedule (re)started: 0, or where `ft train --resume --extend` added
     # steps to a finished run (a warm restart of the cosine schedule; see make_optimizer).
     schedule_start: int = 0
+    # Micro-batches whose gradients make one update: the update of one batch this many times larger
+    # (each micro-batch weighted by its real target tokens), in the memory of one micro-batch.
+    accumulate_steps: int = 1
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "log_every", "eval_every", "save_every"):
+        for name in ("steps", "batch_size", "log_every", "eval_every", "save_every", "accumulate_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1 (or None for batch_size batches), got {self.max_tokens}")
+            raise ConfigError(f"max_tokens must be at least 1 (or None for batch_size batches), got {self.max_tokens}")
         if self.patience < 0:
-            raise ValueError(f"patience must be 0 (off) or positive, got {self.patience}")
+            raise ConfigError(f"patience must be 0 (off) or positive, got {self.patience}")
         if not 0 <= self.schedule_start < self.steps:
-            raise ValueError(f"schedule_start must be in [0, steps), got {self.schedule_start} with steps {self.steps}")
+            raise ConfigError(f"schedule_start must be in [0, steps), got {self.schedule_start} with steps {self.steps}")
         if self.grad_method not in (None, *GRAD_METHODS):
-            raise ValueError(f"grad_method must be one of {GRAD_METHODS} or None, got {self.grad_method!r}")
+            raise ConfigError(f"grad_method must be one of {GRAD_METHODS} or None, got {self.grad_method!r}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.best_by is not None and self.best_by not in BEST_BY:
-            raise ValueError(f"best_by must be one of {tuple(BEST_BY)} or None, got {self.best_by!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise ConfigError(f"best_by must be one of {tuple(BEST_BY)} or None, got {self.best_by!r}")
+        if isinstance(self.optimizer, str):
+            if self.optimizer not in (*OPTIMIZERS, USER_OPTIMIZER):
+                raise ConfigError(f"optimizer must be one of {OPTIMIZERS} or an optax GradientTransformation, "
+                                  f"got {self.optimizer!r}")
+        elif not (callable(getattr(self.optimizer, "init", None)) and callable(getattr(self.optimizer, "update", None))):
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS} or an optax GradientTransformation (with init "
+                              f"and update), got {type(self.optimizer).__name__}")
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 def make_schedule(tcfg: TrainConfig, cfg) -> optim.Schedule:
@@ -116,8 +138,31 @@ def make_schedule(tcfg: TrainConfig, cfg) -> optim.Schedule:
     return cosine if start == 0 else (lambda count: cosine(count - start))
 
 
+def user_optimizer(tcfg: TrainConfig) -> bool:
+    """Whether tcfg's optimizer is an optax GradientTransformation given in Python (not a built-in name)."""
+    return not isinstance(tcfg.optimizer, str)
+
+
+def check_optimizer(tcfg: TrainConfig, backend: Backend) -> None:
+    """A ConfigError unless tcfg's optimizer can train on `backend`."""
+    if tcfg.optimizer == USER_OPTIMIZER:
+        raise ConfigError(f"optimizer={USER_OPTIMIZER!r} is what a checkpoint records of an optax optimizer, which it "
+                          "cannot hold: pass the GradientTransformation itself (to resume: the run's own, again)")
+    if user_optimizer(tcfg) and backend.name != "jax":
+        raise ConfigError(f"an optax optimizer needs the JAX backend (FT_BACKEND=jax); on {backend.name}, choose "
+                          f"one of {OPTIMIZERS}")
+
+
+def train_config_record(tcfg: TrainConfig) -> dict:
+    """tcfg as the JSON-ready dict a checkpoint stores: an optax optimizer is written as "optax"."""
+    record = dataclasses.asdict(dataclasses.replace(tcfg, optimizer="adam"))
+    return dict(record, optimizer=USER_OPTIMIZER if user_optimizer(tcfg) else tcfg.optimizer)
+
+
 def make_optimizer(tcfg: TrainConfig, cfg) -> optim.GradientTransformation:
-    """The optimizer of `tcfg`, with its schedule and clipping."""
+    """The optimizer of `tcfg`, with its schedule and clipping (a user's optax optimizer as it is)."""
+    if user_optimizer(tcfg):
+        return tcfg.optimizer
     schedule = make_schedule(tcfg, cfg)
     if tcfg.optimizer == "adam":
         base = optim.adam(schedule)
@@ -128,6 +173,53 @@ def make_optimizer(tcfg: TrainConfig, cfg) -> optim.GradientTransformation:
     if tcfg.clip_norm > 0:
         return optim.chain(optim.clip_by_global_norm(tcfg.clip_norm), base)
     return base
+
+
+def storable_opt_state(tcfg: TrainConfig, opt_state, backend: Backend):
+    """The optimizer state as a checkpoint stores it: the built-in optimizers' dict as it is; an optax
+    state (tuples, named tuples) as its leaves in order, {"optax_leaf_count", "optax_leaves": {"00000", ...}},
+    which `restore_opt_state` puts back into the structure of the same optimizer's init."""
+    if not user_optimizer(tcfg):
+        return opt_state
+    leaves = backend.jax.tree_util.tree_leaves(opt_state)
+    return {"optax_leaf_count": np.asarray(len(leaves), dtype=np.int32),
+            "optax_leaves": {f"{i:05d}": leaf for i, leaf in enumerate(leaves)}}
+
+
+def restore_opt_state(optimizer, params, stored, backend: Backend):
+    """The optax state of `optimizer` from its stored leaves (storable_opt_state); a ConfigError when
+    they do not fit that optimizer's state (another optimizer than the run's)."""
+    jax = backend.jax
+    fresh = optimizer.init(params)
+    fresh_leaves, treedef = jax.tree_util.tree_flatten(fresh)
+    if "optax_leaf_count" not in stored:
+        raise ConfigError("this run was trained with a built-in optimizer, not an optax one; resume it without "
+                          "optimizer=, or start a new run (--overwrite)")
+    count = int(np.asarray(stored["optax_leaf_count"]))
+    leaves = [stored.get("optax_leaves", {})[f"{i:05d}"] for i in range(count)]
+    shapes = [(tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves]
+    expected = [(tuple(np.shape(leaf)), str(jax.numpy.asarray(leaf).dtype)) for leaf in fresh_leaves]
+    if shapes != expected:
+        raise ConfigError(f"the optimizer given does not fit the run's saved optimizer state ({count} arrays saved, "
+                          f"{len(fresh_leaves)} in this optimizer's state, or their shapes differ): resume with the "
+                          "optimizer the run was trained with")
+    return jax.tree_util.tree_unflatten(treedef, [backend.asarray(leaf) for leaf in leaves])
+
+
+def current_learning_rate(tcfg: TrainConfig, cfg, opt_state, step: int) -> float | None:
+    """The learning rate of the update that made `step`: the built-in schedule's, or an optax state's
+    injected "learning_rate" (optax.inject_hyperparams); None where an optax optimizer does not say."""
+    if not user_optimizer(tcfg):
+        return float(make_schedule(tcfg, cfg)(np.asarray(step - 1, dtype=np.int32)))
+    pending = [opt_state]
+    while pending:  # optax states nest as tuples and named tuples
+        node = pending.pop(0)
+        hyperparams = getattr(node, "hyperparams", None)
+        if isinstance(hyperparams, dict) and "learning_rate" in hyperparams:
+            return float(np.asarray(hyperparams["learning_rate"]))
+        if isinstance(node, (tuple, list)):
+            pending.extend(node)
+    return None
 
 
 def check_best_by(tcfg: TrainConfig, cfg=None) -> None:
@@ -183,6 +275,56 @@ def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend, *, mesh
     if backend.name == "jax":
         return backend.in_x64_scope(backend.jax.jit(train_step, donate_argnames=("state",)))
     return train_step
+
+
+def make_accumulating_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend) -> Callable:
+    """The step `(state, micro_batches, key) -> (state, metrics)` of tcfg.accumulate_steps micro-batches:
+    each one's gradient, weighted by its real target tokens, summed, then one update, which is the
+    update of the micro-batches as one batch (the loss is a mean over target tokens). On JAX the
+    micro-batch gradient and the update are each one jitted function; micro-batch i of step k draws
+    its dropout masks from fold_in(fold_in(key, k), i)."""
+    method = tcfg.grad_method or gradients.default_grad_method(backend)
+    checks.check_compute_dtype(cfg, backend, method)
+    grad_fn = gradients.grad_vjp if method == "vjp" else gradients.grad_autodiff
+    train = cfg.drop_rate > 0
+    tree_map = backend.jax.tree_util.tree_map if backend.name == "jax" else backend_tree_map
+
+    def add_micro_batch(params, sums, batch, key, step, index):
+        dropout_key = ftrandom.fold_in(ftrandom.fold_in(key, step), index) if train else None
+        grads, metrics = grad_fn(params, batch, cfg, train, dropout_key, tcfg.label_smoothing)
+        n_tokens = metrics["n_tokens"]  # an int32 array on either backend
+        return {"grads": tree_map(lambda total, grad: total + grad * n_tokens.astype(grad.dtype), sums["grads"], grads),
+                "loss": sums["loss"] + metrics["loss"] * n_tokens, "correct": sums["correct"] + metrics["accuracy"] * n_tokens,
+                "n_tokens": sums["n_tokens"] + n_tokens}
+
+    def update(state, sums):
+        n_tokens = sums["n_tokens"]
+        denominator = backend.xp.maximum(n_tokens, backend.xp.asarray(1, dtype=n_tokens.dtype))  # as loss.fwd's
+        grads = tree_map(lambda grad: grad / denominator.astype(grad.dtype), sums["grads"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        metrics = {"loss": sums["loss"] / denominator, "accuracy": sums["correct"] / denominator,
+                   "n_tokens": n_tokens, "grad_norm": optim.global_norm(grads)}
+        return {"params": optim.apply_updates(state["params"], updates), "opt_state": opt_state,
+                "step": state["step"] + 1}, metrics
+
+    def zero_sums(params):
+        xp = backend.xp
+        return {"grads": tree_map(xp.zeros_like, params), "loss": xp.asarray(0.0, dtype=xp.float64),
+                "correct": xp.asarray(0.0, dtype=xp.float64), "n_tokens": xp.asarray(0, dtype=xp.int32)}
+
+    if backend.name == "jax":  # (zero_sums too: eager, each leaf shape would compile a program of its own)
+        zero_sums = backend.in_x64_scope(backend.jax.jit(zero_sums))
+        add_micro_batch = backend.in_x64_scope(backend.jax.jit(add_micro_batch, donate_argnames=("sums",)))
+        update = backend.in_x64_scope(backend.jax.jit(update, donate_argnames=("state",)))
+
+    def accumulating_step(state, micro_batches, key):
+        xp = backend.xp
+        sums = zero_sums(state["params"])
+        for index, batch in enumerate(micro_batches):
+            sums = add_micro_batch(state["params"], sums, batch, key, state["step"], xp.asarray(index, dtype=xp.int32))
+        return update(state, sums)
+
+    return backend.in_x64_scope(accumulating_step) if backend.name == "jax" else accumulating_step
 
 
 def all_finite(tree, backend: Backend) -> bool:
@@ -282,7 +424,7 @@ def read_records(metrics_path: Path) -> list[dict]:
         except json.JSONDecodeError as err:
             if number == len(lines):
                 break
-            raise ValueError(f"{metrics_path}:{number} is not a JSON record ({err}); the file is damaged") from None
+            raise DataError(f"{metrics_path}:{number} is not a JSON record ({err}); the file is damaged") from None
     return records
 
 
@@ -301,21 +443,31 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
     is "finished", "interrupted" (Ctrl-C), "callback" or "patience"."""
     cfg, tcfg, backend = run.cfg, with_best_by(run.tcfg, run.cfg), run.backend
     check_best_by(tcfg, cfg)
+    check_optimizer(tcfg, backend)
     optimizer = make_optimizer(tcfg, cfg)
     if state is None:
         init_key, key = ftrandom.split(backend.random.key(tcfg.seed), 2)
         state = init_state(init_key, cfg, optimizer)
+    elif user_optimizer(tcfg):  # a checkpoint holds an optax state as its leaves
+        state = dict(state, opt_state=restore_opt_state(optimizer, state["params"], state["opt_state"], backend))
     progress = dict(progress or fresh_progress())
     # Runs saved before best_by existed kept only the best exact match, which is what they chose by.
     progress.setdefault("best_value", progress["best_exact_match"])
     start_step = int(backend.to_numpy(state["step"]))
     mesh = run.mesh
+    n_micro = tcfg.accumulate_steps
+    if mesh is not None and n_micro > 1:
+        raise ConfigError("accumulate_steps (--accumulate) does not combine with several devices yet: split a larger "
+                          "--batch-size over the devices instead")
     if mesh is not None:
         check_batches_split(run, mesh)
         state = parallel.place_state(state, mesh, run.shard_params)
         key = backend.jax.device_put(key, parallel.replicated(mesh))
     sharded = {} if mesh is None else {"mesh": mesh, "state": state, "shard_params": run.shard_params}
-    step_fn = make_train_step(cfg, tcfg, optimizer, backend, **sharded)
+    if n_micro > 1:
+        step_fn = make_accumulating_step(cfg, tcfg, optimizer, backend)
+    else:
+        step_fn = make_train_step(cfg, tcfg, optimizer, backend, **sharded)
     # With many processes every one trains; only process 0 writes (checkpoints, metrics, plots).
     writes = run.out_dir is not None and parallel.process_index() == 0
     metrics_path = None
@@ -340,9 +492,10 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
         s, saved_key = host(s), host(key)
         if not writes:
             return None
+        s = dict(s, opt_state=storable_opt_state(tcfg, s["opt_state"], backend))
         try:
             return checkpoint.save(checkpoint.checkpoint_path(run.out_dir, which), s, backend, cfg=cfg,
-                                   tokenizer=run.tokenizer, train_config=dataclasses.asdict(tcfg),
+                                   tokenizer=run.tokenizer, train_config=train_config_record(tcfg),
                                    data_spec=run.data_spec, key=saved_key, progress=stored_progress or progress,
                                    labels=run.labels)
         except OSError as err:  # a full disk, a lost mount: the write is atomic, so the old file stands
@@ -357,8 +510,19 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                 f.write(json.dumps(record) + "\n")
         return any([bool(callback(record["step"], record)) for callback in run.callbacks])
 
-    # With many processes each builds only its own rows of every global batch.
-    plans, rank, n_processes = batch_plans(run, start_step), parallel.process_index(), parallel.process_count()
+    def next_batch():
+        """The step's plans and its batch (a list of n_micro micro-batches when accumulating)."""
+        step_plans = [next(plans) for _ in range(n_micro)]
+        batches = []
+        for plan in step_plans:
+            host_batch = plan_batch(run.train_examples, plan, cfg.pad_id, rank, n_processes)
+            families.check_batch(host_batch, cfg, backend)
+            batches.append(parallel.put_batch(host_batch, mesh) if mesh is not None else backend.tree_asarray(host_batch))
+        return step_plans, (batches if n_micro > 1 else batches[0])
+
+    # With many processes each builds only its own rows of every global batch; with accumulation,
+    # step k takes micro-batches k * n_micro ... k * n_micro + n_micro - 1.
+    plans, rank, n_processes = batch_plans(run, start_step * n_micro), parallel.process_index(), parallel.process_count()
     valid = run.valid_pairs[: run.eval_examples]
     if valid and run.progress and families.arch_of(cfg) == "encoder_decoder" and not sacrebleu_available():
         print(f"held-out evaluations: {MISSING_NOTE}", file=sys.stderr, flush=True)
@@ -368,28 +532,43 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
     step = start_step
     last_saved = None
     summary: dict = {"stopped": "finished"}
+    divergence = DivergenceWatch(families.n_outputs(cfg))
     try:
         while step < tcfg.steps:
-            plan = next(plans)
-            host_batch = plan_batch(run.train_examples, plan, cfg.pad_id, rank, n_processes)
-            families.check_batch(host_batch, cfg, backend)
-            batch = parallel.put_batch(host_batch, mesh) if mesh is not None else backend.tree_asarray(host_batch)
+            step_plans, batch = next_batch()
             # Rebind at once: on JAX the old state's buffers are donated to the step, so a Ctrl-C
             # while waiting for the loss below must find (and save) the new state, not the old.
-            state, metrics = step_fn(state, batch, key)
+            # NumPy's overflow warnings of a step that is blowing up are folded into the one line that
+            # reports it; a step whose loss stays finite shows them as usual. (JAX does not warn.)
+            with _recorded_numpy_warnings(backend) as numeric_warnings:
+                state, metrics = step_fn(state, batch, key)
+                if mesh is not None:  # replicated scalars: this process's own copy, no collective
+                    metrics = {name: np.asarray(value.addressable_data(0)) for name, value in metrics.items()}
+                loss = float(metrics["loss"])
             step += 1
-            if mesh is not None:  # replicated scalars: this process's own copy, no collective
-                metrics = {name: np.asarray(value.addressable_data(0)) for name, value in metrics.items()}
-            loss = float(metrics["loss"])
             if not math.isfinite(loss):
+                folded = (f" (NumPy warned on the way: {numeric_warnings[0].message}"
+                          f"{f', and {len(numeric_warnings) - 1} more' if len(numeric_warnings) > 1 else ''})"
+                          if numeric_warnings else "")
                 raise TrainingDiverged(
-                    f"the loss became {loss} at step {step}; training stopped. The last good checkpoint "
+                    f"the loss became {loss} at step {step}{folded}; training stopped. The last good checkpoint "
                     f"({last_saved or 'none was saved yet'}) is kept. Try a lower --learning-rate or --clip-norm."
                 )
+            for caught in numeric_warnings:
+                warnings.warn(caught.message)
+            diverging = divergence.update(loss)
+            if divergence.diverged:
+                raise TrainingDiverged(
+                    f"the training loss stayed above {DIVERGED_FACTOR:g} x its starting value "
+                    f"({divergence.reference:.4g}) for {DIVERGED_STEPS} steps in a row (now {loss:.4g} at step {step}): "
+                    f"the run diverged; training stopped. The last good checkpoint ({last_saved or 'none was saved yet'}) "
+                    "is kept, and best.safetensors is never a diverging state. Try a lower --learning-rate."
+                )
             # The global batch's counts, from the examples' lengths (a process may hold only its rows).
-            counts = plan_counts(run.train_examples, plan)
-            window_tokens, window_filled, window_slots = (total + count for total, count in zip(
-                (window_tokens, window_filled, window_slots), counts))
+            for plan in step_plans:
+                counts = plan_counts(run.train_examples, plan)
+                window_tokens, window_filled, window_slots = (total + count for total, count in zip(
+                    (window_tokens, window_filled, window_slots), counts))
             stop = None
             if step % tcfg.log_every == 0 or step == tcfg.steps:
                 now = time.perf_counter()
@@ -398,6 +577,9 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                 record = {"step": step, "split": "train", "loss": loss, "accuracy": accuracy,
                           "grad_norm": float(metrics["grad_norm"]), "tokens_per_s": tokens_per_s,
                           "pad_fraction": 1 - window_filled / window_slots, "time_s": now - t_start}
+                learning_rate = current_learning_rate(tcfg, cfg, state["opt_state"], step)
+                if learning_rate is not None:
+                    record["learning_rate"] = learning_rate
                 if log(record):
                     stop = "callback"
                 if run.progress:
@@ -407,12 +589,14 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
             if (step % tcfg.eval_every == 0 or step == tcfg.steps) and valid:
                 # Sharded params are gathered to one device: each process evaluates the same whole model.
                 eval_params = backend.tree_asarray(host(state["params"])) if mesh is not None else state["params"]
-                result = families.evaluate(eval_params, cfg, run.tokenizer, valid, labels=run.labels)
+                result = families.evaluate(eval_params, cfg, run.tokenizer, valid, labels=run.labels,
+                                           progress=f"eval @ {step}" if run.progress else False)
                 if run.progress:
                     print(f"eval @ {step}: {families.describe_result(result)}", file=sys.stderr, flush=True)
                 summary["valid"] = result
                 value = result[tcfg.best_by]
-                if is_better(value, progress["best_value"], tcfg.best_by) and all_finite(host(state["params"]), backend):
+                if (is_better(value, progress["best_value"], tcfg.best_by) and not diverging
+                        and all_finite(host(state["params"]), backend)):
                     # Recorded only once best.safetensors holds it, so the two never disagree.
                     improved = dict(progress, best_value=value, best_exact_match=result.get("exact_match"),
                                     best_step=step, evals_since_best=0)
@@ -429,7 +613,7 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                         print(f"no better {tcfg.best_by} in {tcfg.patience} evaluations (best "
                               f"{progress['best_value']:.4f} at step {progress['best_step']}): stopping",
                               file=sys.stderr, flush=True)
-            if step % tcfg.save_every == 0 and all_finite(host(state["params"]), backend):
+            if step % tcfg.save_every == 0 and not diverging and all_finite(host(state["params"]), backend):
                 last_saved = save(state)
             if stop:
                 summary["stopped"] = stop
@@ -437,7 +621,12 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
     except KeyboardInterrupt:
         summary["stopped"] = "interrupted"
         print(f"\ninterrupted at step {step}: saving a checkpoint", file=sys.stderr)
-    except (TrainingDiverged, SaveFailed):
+    except TrainingDiverged:
+        if writes:  # the curves show the blow-up; the error is what matters, so a failed plot is let go
+            with contextlib.suppress(Exception):
+                plot_metrics(metrics_path, run.out_dir / "curves.png")
+        raise
+    except SaveFailed:
         raise
     except Exception:
         # A callback, an evaluation or the metrics file failed: keep the steps done so far, then
@@ -449,17 +638,64 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
         except Exception:
             pass
         raise
-    if all_finite(host(state["params"]), backend):
-        last_saved = save(state)
+    for attempt in range(2):
+        # A Ctrl-C while the last checkpoint or the curves are written: finish them (once more);
+        # a second Ctrl-C there gives up.
+        try:
+            if all_finite(host(state["params"]), backend):
+                last_saved = save(state)
+            if writes:
+                plot_metrics(metrics_path, run.out_dir / "curves.png")
+            break
+        except KeyboardInterrupt:
+            summary["stopped"] = "interrupted"
+            if attempt:
+                raise
+            print("\ninterrupted while writing the checkpoint and curves: finishing them", file=sys.stderr)
     summary.update(step=int(np.asarray(host(state["step"]))), checkpoint=str(last_saved) if last_saved else None,
                    seconds=time.perf_counter() - t_start, **progress)
-    if writes:
-        plot_metrics(metrics_path, run.out_dir / "curves.png")
     return {"state": state, "key": key, "progress": progress, "history": history, "summary": summary}
 
 
+@contextlib.contextmanager
+def _recorded_numpy_warnings(backend: Backend) -> Iterator[list]:
+    """The warnings raised inside, recorded instead of shown (every RuntimeWarning, not once per
+    place), on NumPy; on JAX, which does not warn about overflow, nothing is caught."""
+    if backend.name != "numpy":
+        yield []
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        yield caught
+
+
+class DivergenceWatch:
+    """Whether a finite training loss is diverging: above DIVERGED_FACTOR x its reference (the larger
+    of the first loss seen and ln(target vocabulary), the loss of a uniform guess) for DIVERGED_STEPS
+    steps in a row. A freshly initialised model starts near ln(vocabulary) and a healthy run only
+    goes down from there, so a loss several times that for many steps is a run that blew up."""
+
+    def __init__(self, vocab_size: int):
+        self.uniform_loss = math.log(max(vocab_size, 2))
+        self.reference: float | None = None
+        self.steps_above = 0
+
+    def update(self, loss: float) -> bool:
+        """Take one step's loss -> whether it is above the bound (so the state is not a good one)."""
+        if self.reference is None:
+            self.reference = max(loss, self.uniform_loss)
+        above = loss > DIVERGED_FACTOR * self.reference
+        self.steps_above = self.steps_above + 1 if above else 0
+        return above
+
+    @property
+    def diverged(self) -> bool:
+        return self.steps_above >= DIVERGED_STEPS
+
+
 def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
-    """A PNG of the training loss and the held-out exact match; None where matplotlib is missing."""
+    """A PNG of the losses, the accuracies and (where the records have it) the learning rate; None
+    where matplotlib is missing."""
     try:
         import matplotlib
 
@@ -473,7 +709,9 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     train = [r for r in records if r["split"] == "train"]
     valid = [r for r in records if r["split"] == "valid"]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    with_rate = [r for r in train if "learning_rate" in r]
+    fig, axes = plt.subplots(1, 3 if with_rate else 2, figsize=(15 if with_rate else 10, 4))
+    ax_loss, ax_acc = axes[:2]
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (smoothed targets)")
     if valid:
         ax_loss.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="held-out loss")
@@ -484,7 +722,10 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
     ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train token accuracy")
     ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="loss")
     ax_acc.set(xlabel="step", ylabel="fraction", ylim=(0, 1.02), title="accuracy")
-    for ax in (ax_loss, ax_acc):
+    if with_rate:
+        axes[2].plot([r["step"] for r in with_rate], [r["learning_rate"] for r in with_rate], label="learning rate")
+        axes[2].set(xlabel="step", ylabel="learning rate", title="learning rate")
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -39,6 +39,10 @@ TRAIN_FLAGS = ["--arch", "--task", "--data", "--valid", "--out", "--resume", "--
 EVAL_FLAGS = ["--checkpoint", "--which", "--task", "--data", "--n", "--beam", "--seed", "--allow-unknown", "--output",
               "--batch-size"]
 PREDICT_FLAGS = ["--checkpoint", "--which", "--beam", "inputs", "--allow-unknown", "--input", "--output", "--batch-size"]
+# Training options, progress lines (tests/test_cli_edges.py tests them).
+TRAIN_FLAGS = [*TRAIN_FLAGS, "--accumulate", "--tensorboard"]
+EVAL_FLAGS = [*EVAL_FLAGS, "--no-progress"]
+PREDICT_FLAGS = [*PREDICT_FLAGS, "--no-progress"]
 
 
 def run_help(capsys, argv):

@@ -31,7 +31,7 @@ slow_on_jax = pytest.mark.slow if ON_JAX else (lambda test: test)
 TOKENIZER = CharTokenizer.from_texts([task_alphabet("reverse")])
 TRAIN_PAIRS, VALID_PAIRS = make_task_data("reverse", 300, 20, 1, 5, seed=0)
 DATA_SPEC = {"kind": "task", "task": "reverse", "n_train": 300, "n_valid": 20, "min_len": 1, "max_len": 5, "seed": 0}
-TRAIN_FIELDS = {"step", "split", "loss", "accuracy", "grad_norm", "tokens_per_s", "pad_fraction", "time_s"}
+TRAIN_FIELDS = {"step", "split", "loss", "accuracy", "grad_norm", "tokens_per_s", "pad_fraction", "time_s", "learning_rate"}
 VALID_FIELDS = {"step", "split", "loss", "token_accuracy", "exact_match", "char_accuracy", "n_examples", "n_with_unknown",
                 "time_s"} | ({"bleu", "bleu_signature", "chrf", "chrf_signature"} if sacrebleu_available() else set())
 

@@ -43,6 +43,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .tokenizer import PAD_ID, Tokenizer
+from ..errors import ConfigError
 
 Batch = dict[str, np.ndarray]
 _MAX_REPORTED = 5
@@ -187,7 +188,7 @@ def _check_processes(batch_size: int, process_index: int, process_count: int) ->
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index must be in [0, process_count), got {process_index} of {process_count}")
     if batch_size % process_count:
-        raise ValueError(f"batch_size {batch_size} does not split evenly over {process_count} processes")
+        raise ConfigError(f"batch_size {batch_size} does not split evenly over {process_count} processes")
 
 
 class BatchPlan(NamedTuple):
@@ -339,7 +340,7 @@ class TokenBuckets(NamedTuple):
         bad = [(rows, length) for rows, length in zip(self.rows, self.lengths) if rows % count]
         if bad:
             rows, length = bad[-1]
-            raise ValueError(f"batches of {length} tokens per row have {rows} rows within --max-tokens, which do not "
+            raise ConfigError(f"batches of {length} tokens per row have {rows} rows within --max-tokens, which do not "
                              f"split evenly over {count} {what}; raise --max-tokens to at least {count * length}, "
                              "or use 1, 2, 4 or 8 of them")
 
@@ -349,16 +350,16 @@ def token_buckets(examples: Sequence[EncodedPair], max_tokens: int, max_len: int
     if not examples:
         raise ValueError("no examples to batch")
     if max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+        raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
     all_lengths = np.asarray(bucket_lengths(max_len))
     sizes = np.fromiter((example_size(e) for e in examples), dtype=np.int64, count=len(examples))
     if sizes.max() > max_len:
-        raise ValueError(f"an example needs {sizes.max()} tokens, more than max_len={max_len}")
+        raise ConfigError(f"an example needs {sizes.max()} tokens, more than max_len={max_len}")
     used, bucket_of = np.unique(np.searchsorted(all_lengths, sizes), return_inverse=True)
     lengths = tuple(int(n) for n in all_lengths[used])
     rows = tuple(token_rows(max_tokens, n) for n in lengths)
     if rows[-1] == 0:
-        raise ValueError(f"--max-tokens {max_tokens} is less than one row of the longest examples, padded to "
+        raise ConfigError(f"--max-tokens {max_tokens} is less than one row of the longest examples, padded to "
                          f"{lengths[-1]} tokens; raise it to at least {lengths[-1]}")
     counts = np.bincount(bucket_of, minlength=len(lengths))
     n_batches, carried = 0, 0

@@ -31,6 +31,8 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
+
 DEFAULT_ALPHABET = string.ascii_lowercase
 DIGITS = string.digits
 
@@ -124,23 +126,23 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}") from None
+        raise ConfigError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}") from None
 
 
 def _resolve_alphabet(task: Task, alphabet: str | None) -> str:
     if not task.uses_alphabet:
         if alphabet is not None:
-            raise ValueError(f"task {task.name!r} uses the digits 0-9 and takes no alphabet")
+            raise ConfigError(f"task {task.name!r} uses the digits 0-9 and takes no alphabet")
         return DIGITS
     if alphabet is None:
         return DEFAULT_ALPHABET
     if not isinstance(alphabet, str) or not alphabet:
-        raise ValueError(f"alphabet must be a non-empty string of characters, got {alphabet!r}")
+        raise ConfigError(f"alphabet must be a non-empty string of characters, got {alphabet!r}")
     if len(set(alphabet)) != len(alphabet):
-        raise ValueError(f"alphabet has repeated characters: {alphabet!r}")
+        raise ConfigError(f"alphabet has repeated characters: {alphabet!r}")
     if any(c in "\t\n\r" for c in alphabet):
         # Tasks' pairs must survive a round trip through a TSV file.
-        raise ValueError("alphabet must not contain tabs or line breaks")
+        raise ConfigError("alphabet must not contain tabs or line breaks")
     return alphabet
 
 
@@ -164,21 +166,21 @@ def make_task_data(
     alphabet = _resolve_alphabet(resolved, alphabet)
     for name, value in (("n_train", n_train), ("n_valid", n_valid)):
         if not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
     lengths_are_ints = isinstance(min_len, (int, np.integer)) and isinstance(max_len, (int, np.integer))
     if not (lengths_are_ints and 1 <= min_len <= max_len):
         unit = "digits per operand" if not resolved.uses_alphabet else "length"
-        raise ValueError(
+        raise ConfigError(
             f"need integers 1 <= min_len <= max_len ({unit}), got min_len={min_len!r}, max_len={max_len!r}"
         )
     if not resolved.uses_alphabet and max_len > MAX_ADDITION_DIGITS:
-        raise ValueError(
+        raise ConfigError(
             f"task {task!r}: max_len is {max_len} digits per operand; at most {MAX_ADDITION_DIGITS} are supported"
         )
 
     available = resolved.n_sources(min_len, max_len, alphabet)
     if n_valid > available or (n_valid == available and n_train > 0):
-        raise ValueError(
+        raise ConfigError(
             f"task {task!r} with lengths [{min_len}, {max_len}] has only {available} distinct sources: too few "
             f"for {n_valid} distinct validation sources plus training sources outside them; widen the lengths "
             f"or the alphabet"
@@ -195,7 +197,7 @@ def make_task_data(
     while len(valid_sources) < n_valid:
         draws += 1
         if draws > max_draws:
-            raise ValueError(_stalled(task, "validation", len(valid_sources), n_valid, draws))
+            raise ConfigError(_stalled(task, "validation", len(valid_sources), n_valid, draws))
         valid_sources[next(stream)] = None
 
     train_sources: list[str] = []
@@ -203,7 +205,7 @@ def make_task_data(
     while len(train_sources) < n_train:
         draws += 1
         if draws > max_draws:
-            raise ValueError(_stalled(task, "training", len(train_sources), n_train, draws))
+            raise ConfigError(_stalled(task, "training", len(train_sources), n_train, draws))
         source = next(stream)
         if source not in valid_sources:
             train_sources.append(source)

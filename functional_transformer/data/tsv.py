@@ -1,7 +1,7 @@
 """(source, target) pairs in a tab-separated text file.
 
 Contract of `read_tsv(path)`:
-- the file is UTF-8; each line is `source<TAB>target`, ended by "\\n" or "\\r\\n";
+- the file is UTF-8 (a byte-order mark at its start is dropped, with a note on stderr); each line is `source<TAB>target`, ended by "\\n" or "\\r\\n";
 - a blank line (empty or only spaces, with no tab) is skipped;
 - source and target are kept exactly as written (no stripping); neither may be empty;
 - every bad line is found before anything is reported: a `DataError` (a ValueError) names the
@@ -20,12 +20,14 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
+from ..errors import UserInputError
+
 MAX_REPORTED = 10
 
 Pair = tuple[str, str]
 
 
-class DataError(ValueError):
+class DataError(UserInputError):
     """A data file's contents are not what they must be."""
 
 
@@ -43,12 +45,22 @@ def _line_problem(line: str) -> str | None:
     return None
 
 
+BYTE_ORDER_MARK = "\ufeff"
+
+
 def _decode(path: Path, raw: bytes) -> str:
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line_number = raw.count(b"\n", 0, err.start) + 1
         raise DataError(f"{path}: line {line_number}: not valid UTF-8 ({err.reason})") from None
+    if text.startswith(BYTE_ORDER_MARK):
+        # Editors on Windows write one; kept, it would be a character of the first source (and a
+        # vocabulary symbol that nothing else holds).
+        print(f"note: {path} starts with a UTF-8 byte-order mark; it was dropped, not read as a character",
+              file=sys.stderr)
+        text = text[len(BYTE_ORDER_MARK):]
+    return text
 
 
 def read_tsv(path: str | os.PathLike) -> list[Pair]:

@@ -19,6 +19,7 @@ from backends import array_namespace, with_x64_scope
 
 from .. import checks, inference, model
 from ..data import Tokenizer, encode_pairs, make_batch
+from ..data import DataError
 
 # kind -> what a plot calls it; each is a (layers, heads, queries, keys) array in attention_maps.
 KINDS = {
@@ -53,13 +54,13 @@ def token_label(tokenizer, token_id: int) -> str:
 def _check_lengths(tokenizer: Tokenizer, source: str, target: str | None, max_len: int) -> None:
     # One line each, where encode_pairs (made for data files) lists every bad example.
     if not source:
-        raise ValueError("the source is empty: the encoder needs at least one character to attend to")
+        raise DataError("the source is empty: the encoder needs at least one character to attend to")
     n_source = len(tokenizer.source.encode(source))
     if n_source > max_len:
-        raise ValueError(f"the source has {n_source} tokens; this model reads at most max_len={max_len}")
+        raise DataError(f"the source has {n_source} tokens; this model reads at most max_len={max_len}")
     n_target = None if target is None else len(tokenizer.target.encode(target))
     if n_target is not None and n_target + 1 > max_len:
-        raise ValueError(f"the target has {n_target} tokens; this model's decoder reads at most "
+        raise DataError(f"the target has {n_target} tokens; this model's decoder reads at most "
                          f"{max_len - 1} (max_len={max_len}, less one for beginning-of-sequence)")
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserInputError
 from .attention import KINDS
 
 INSTALL_HINT = "pip install 'functional-transformer[plot]' (in a checkout: uv sync --extra plot)"
 
 
-class MatplotlibMissing(ValueError):
+class MatplotlibMissing(UserInputError):
     """A picture was asked for where matplotlib is not installed."""
 
 

@@ -20,6 +20,7 @@ from ..parts import Dropout, Embedding, FeedForward, LayerNorm, Linear, Part, Re
 from ..parts.masks import padding_mask
 from ..parts.part import keys_for
 from . import heads
+from ..errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,7 @@ class DecoderConfig:
     def __post_init__(self):
         _check_sizes(self, ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len"))
         if not 0 <= self.pad_id < self.vocab_size:
-            raise ValueError(f"pad_id ({self.pad_id}) must be a token id below vocab_size ({self.vocab_size})")
+            raise ConfigError(f"pad_id ({self.pad_id}) must be a token id below vocab_size ({self.vocab_size})")
         model = DecoderOnly(self)
         model.embed, model.blocks  # building the parts checks the rest (heads dividing d_model, rates)
 
@@ -61,13 +62,13 @@ def _check_sizes(cfg, names) -> None:
     for name in names:
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{type(cfg).__name__}.{name} must be a positive integer, got {value!r}")
+            raise ConfigError(f"{type(cfg).__name__}.{name} must be a positive integer, got {value!r}")
 
 
 def _from_dict(cls, fields: dict):
     unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        raise ConfigError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
     return cls(**fields)
 
 

@@ -15,12 +15,13 @@ from ..layers import attention
 from .masks import attention_mask
 from .part import Part
 from .position_wise import _check_positive, _check_width, _dtype
+from ..errors import ConfigError
 
 
 def _check_heads(part) -> None:
     _check_positive(part, d_model=part.d_model, n_heads=part.n_heads)
     if part.d_model % part.n_heads:
-        raise ValueError(f"{type(part).__name__}: d_model ({part.d_model}) must be divisible by n_heads "
+        raise ConfigError(f"{type(part).__name__}: d_model ({part.d_model}) must be divisible by n_heads "
                          f"({part.n_heads}): each head gets d_model // n_heads dimensions")
 
 

@@ -29,14 +29,15 @@ from backends import random as ftrandom
 
 from .part import Part, add_cotangents, check_param_grads, checked_bwd, keys_for, spec_of, zeros_like_spec
 from .position_wise import Dropout, LayerNorm
+from ..errors import ConfigError
 
 
 def _entry(entry) -> tuple[str | None, Part]:
     name, part = entry if isinstance(entry, tuple) else (None, entry)
     if not isinstance(part, Part):
-        raise TypeError(f"expected a Part or a (name, Part) pair, got {entry!r}")
+        raise ConfigError(f"expected a Part or a (name, Part) pair, got {entry!r}")
     if name is not None and (not isinstance(name, str) or not name or "." in name):
-        raise ValueError(f"a part's name must be a non-empty string without '.', got {name!r}")
+        raise ConfigError(f"a part's name must be a non-empty string without '.', got {name!r}")
     return name, part
 
 
@@ -69,7 +70,7 @@ class _Composite(Part):
 
     def __init__(self, *layers):
         if len(layers) < self.min_parts:
-            raise ValueError(f"{type(self).__name__} needs at least {self.min_parts} part(s)")
+            raise ConfigError(f"{type(self).__name__} needs at least {self.min_parts} part(s)")
         object.__setattr__(self, "layers", tuple(_entry(entry) for entry in layers))
 
     @property
@@ -177,7 +178,7 @@ class Residual(Part):
 
     def __post_init__(self):
         if self.name == self.norm_name:
-            raise ValueError(f"Residual: the sublayer and the layer norm need different names, both are {self.name!r}")
+            raise ConfigError(f"Residual: the sublayer and the layer norm need different names, both are {self.name!r}")
         Dropout(self.drop_rate)  # the same check and message
 
     @property
@@ -275,7 +276,7 @@ class Repeat(Part):
 
     def __post_init__(self):
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n <= 0:
-            raise ValueError(f"Repeat: n must be a positive integer, got {self.n!r}")
+            raise ConfigError(f"Repeat: n must be a positive integer, got {self.n!r}")
 
     @property
     def names(self) -> list[str]:

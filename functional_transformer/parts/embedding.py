@@ -10,6 +10,7 @@ from .. import checks
 from ..layers import embedding
 from .part import Part
 from .position_wise import _check_positive, _dtype
+from ..errors import ConfigError
 
 POSITIONAL = ("sinusoidal", "learned")
 
@@ -31,7 +32,7 @@ class Embedding(Part):
     def __post_init__(self):
         _check_positive(self, vocab_size=self.vocab_size, d_model=self.d_model, max_len=self.max_len)
         if self.positional not in POSITIONAL:
-            raise ValueError(f"Embedding: positional must be one of {POSITIONAL}, got {self.positional!r}")
+            raise ConfigError(f"Embedding: positional must be one of {POSITIONAL}, got {self.positional!r}")
 
     def init(self, key) -> dict:
         return embedding.init(key, self.vocab_size, self.d_model, self.max_len, _dtype(key, self.dtype),

@@ -10,6 +10,7 @@ from backends import array_namespace
 
 from ..layers import activations, dropout, feed_forward, layer_norm, linear
 from .part import Part
+from ..errors import ConfigError
 
 ACTIVATIONS = tuple(activations.FORWARD)
 
@@ -21,12 +22,12 @@ def _dtype(key, name: str):
 def _check_positive(part, **sizes) -> None:
     for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{type(part).__name__}: {name} must be a positive integer, got {value!r}")
+            raise ConfigError(f"{type(part).__name__}: {name} must be a positive integer, got {value!r}")
 
 
 def _check_width(part, x, width: int, what: str = "input") -> None:
     if x.shape[-1] != width:
-        raise ValueError(f"{part!r}: the {what} has {x.shape[-1]} features on its last axis, expected {width}")
+        raise ConfigError(f"{part!r}: the {what} has {x.shape[-1]} features on its last axis, expected {width}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Activation(Part):
 
     def __post_init__(self):
         if self.name not in ACTIVATIONS:
-            raise ValueError(f"Activation: unknown name {self.name!r}; choose one of {ACTIVATIONS}")
+            raise ConfigError(f"Activation: unknown name {self.name!r}; choose one of {ACTIVATIONS}")
 
     def fwd(self, params, x, *, train=False, key=None, **side):
         return activations.FORWARD[self.name](x)
@@ -126,7 +127,7 @@ class Dropout(Part):
 
     def __post_init__(self):
         if not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f"Dropout: drop_rate must be in [0, 1), got {self.drop_rate!r}")
+            raise ConfigError(f"Dropout: drop_rate must be in [0, 1), got {self.drop_rate!r}")
 
     @property
     def needs_key(self) -> bool:

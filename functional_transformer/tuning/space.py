@@ -26,6 +26,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserInputError
+
 MODEL_SETTINGS = ("d_model", "n_heads", "d_ff", "n_encoder_layers", "n_decoder_layers", "drop_rate", "norm_first",
                   "tie_embeddings", "activation", "positional")
 TRAIN_SETTINGS = ("learning_rate", "warmup_steps", "schedule", "optimizer", "weight_decay", "clip_norm",
@@ -52,7 +54,7 @@ DEFAULT_SPACE: dict[str, dict] = {
 }
 
 
-class SpaceError(ValueError):
+class SpaceError(UserInputError):
     """A search space that cannot be used: an unknown setting, an empty range, a bad entry."""
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -43,7 +44,9 @@ from backends import Backend
 
 from .. import api, checkpoint, config_file, runs
 from ..backend_choice import default_backend
+from ..errors import UserInputError
 from ..metrics import TEXT_METRICS, require_sacrebleu
+from ..progress import ProgressLine
 from ..train import BEST_BY, TrainConfig, TrainingDiverged
 from . import space as search_space
 
@@ -54,11 +57,11 @@ BEST_NAME = "best.toml"
 TARGET_EXACT_MATCH = 0.995
 
 
-class SweepError(ValueError):
+class SweepError(UserInputError):
     """A sweep that cannot start: Optuna missing, a storage that does not open, a study that differs."""
 
 
-class InvalidSettings(ValueError):
+class InvalidSettings(UserInputError):
     """A trial's settings that the model or the trainer refuses; the trial fails with this reason."""
 
 
@@ -210,7 +213,8 @@ def _remove_checkpoints(run_dir: Path) -> None:
 def trial_train_config(config: SweepConfig, train_fields: dict) -> TrainConfig:
     """The TrainConfig a trial trains with: its drawn fields, and the sweep's steps, seed and evaluations."""
     return TrainConfig(**{**train_fields, "steps": config.steps, "seed": config.seed, "eval_every": config.eval_every,
-                          "save_every": config.steps, "log_every": config.eval_every, "best_by": config.objective})
+                          "save_every": config.steps, "log_every": max(1, min(config.eval_every, config.steps // 20)),
+                          "best_by": config.objective})
 
 
 def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Backend, progress: bool = True):
@@ -237,8 +241,13 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
         exact_matches: list[float] = []
         values_seen: list[float] = []  # the objective's metric at each evaluation
         pruned = []
+        line = ProgressLine(f"trial {trial.number}", config.steps, unit="steps", enabled=progress)
 
         def report(step, record):
+            if record["split"] == "train":
+                line.label = (f"trial {trial.number}" + (f" (exact match {exact_matches[-1]:.3f})" if exact_matches else "")
+                              + f" loss {record['loss']:.4f}")
+                line.advance(step - line.done)
             if record["split"] != "valid":
                 return False
             exact_matches.append(record["exact_match"])
@@ -258,6 +267,8 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
                 raise KeyboardInterrupt
         except TrainingDiverged:
             stopped = "diverged"
+        finally:
+            line.close()
         seconds = time.perf_counter() - t0
         reached = [i for i, em in enumerate(exact_matches) if em >= TARGET_EXACT_MATCH]
         score = sum(values_seen) / len(config.eval_steps)
@@ -307,19 +318,42 @@ def run_sweep(study_name: str, storage_url: str, config: SweepConfig, *, n_trial
         require_sacrebleu(f"--objective {config.objective}")
     backend = backend or default_backend()
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SweepError(f"{out_dir} is a file: --out must be a folder (it holds the trials' run folders)")
     out_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(study_name, storage_url, config, space, pruner, sampler_seed)
     if progress:
         print(f"backend {backend.name}; study {study_name!r} in {storage_url} ({len(study.trials)} trials so far); "
               f"{n_trials} more of {config.steps} steps; trial folders in {out_dir}", file=sys.stderr)
     objective = make_objective(config, space, out_dir, backend, progress)
+    # On Ctrl-C Optuna logs the trial's failure with the KeyboardInterrupt's traceback before it
+    # re-raises it; `ft sweep` says what happened in one line instead.
+    optuna_logger = logging.getLogger("optuna.study._optimize")
+    interrupted_filter = _DropInterruptedTrialLogs()
+    optuna_logger.addFilter(interrupted_filter)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.optimize(objective, n_trials=n_trials, catch=(InvalidSettings, TrialDiverged))
     finally:  # also on Ctrl-C: the best of the trials that finished
+        optuna_logger.removeFilter(interrupted_filter)
         write_best_settings(study, config, space, out_dir / BEST_NAME)
     return study
+
+
+class _DropInterruptedTrialLogs(logging.Filter):
+    """Drops Optuna's two log records of a trial that failed by KeyboardInterrupt."""
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc_type = record.exc_info[0] if record.exc_info else None
+        if (exc_type is not None and issubclass(exc_type, KeyboardInterrupt)) or "KeyboardInterrupt" in record.getMessage():
+            self.interrupted = True
+            return False
+        return not (self.interrupted and "failed with value" in record.getMessage())
 
 
 def best_trial_settings(study, config: SweepConfig, space: dict) -> tuple[dict, TrainConfig]:
