@@ -278,6 +278,10 @@ def test_convert_generate_and_convert_back(tmp_path, capsys):
     assert len(lines) == 2 and all(word.startswith("w") for line in lines for word in line.split())
     assert "tokens/s" in captured.err
     assert main(args) == 0 and capsys.readouterr().out.splitlines() == lines  # the seed fixes the draws
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("w3 w4 w5\nw7\n")
+    assert main(args[:2] + ["--input", str(prompts)] + args[6:]) == 0
+    assert capsys.readouterr().out.splitlines() == lines  # the same prompts from a file
     assert main(["generate", str(run), "--prompt", "w3", "--max-new-tokens", "3", "--temperature", "0"]) == 0
 
     out = tmp_path / "back"
