@@ -422,7 +422,7 @@ def _convert_from_hf(folder: Path, out: Path, dtype: str) -> int:
     if not (folder / hf.TOKENIZER_NAME).is_file():
         raise ValueError(f"{folder} has no {hf.TOKENIZER_NAME}: a run folder needs the model's tokenizer (save it "
                          "beside the model with tokenizer.save_pretrained)")
-    cfg, params, tokenizer, architecture = hf.load_huggingface(folder, dtype)
+    cfg, params, tokenizer, architecture = hf.load_huggingface(folder, dtype, tokenizer_required=True)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"{folder}: tokenizer.json has {tokenizer.vocab_size} ids but the model only "
                          f"{cfg.vocab_size} (config.json vocab_size)")

@@ -108,12 +108,22 @@ def read_tensors(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     return tensors
 
 
-def read_tokenizer(folder: str | os.PathLike, config: dict):
-    """The folder's tokenizer.json as a HuggingFaceTokenizer (the [text] extra), or None without one."""
+def read_tokenizer(folder: str | os.PathLike, config: dict, *, required: bool = False):
+    """The folder's tokenizer.json as a HuggingFaceTokenizer, or None without one. It needs the
+    tokenizers library (the [text] extra): where that is missing, None, or with `required` the
+    TextExtraMissing error saying how to install it."""
     path = Path(folder) / TOKENIZER_NAME
     if not path.is_file():
         return None
+    from .data.bpe import TextExtraMissing, import_tokenizers
     from .data.hf_tokenizer import HuggingFaceTokenizer
+
+    try:
+        import_tokenizers()
+    except TextExtraMissing as err:
+        if required:
+            raise TextExtraMissing(f"{path}: {err}") from None
+        return None
 
     def special(name):
         value = config.get(name)
@@ -235,7 +245,8 @@ def decoder_config(config: dict, dtype: str = "float32") -> tuple[DecoderConfig,
 
 
 class _Tensors:
-    """The file's tensors, handed out by name with their shapes checked; `leftover` names the unread."""
+    """The file's tensors, handed out by name (after `prefix`) with their shapes checked; `read` names
+    those handed out, so that the caller can refuse tensors nothing read."""
 
     def __init__(self, tensors: dict, prefix: str, dtype):
         self.tensors, self.prefix, self.dtype = tensors, prefix, dtype
@@ -253,9 +264,6 @@ class _Tensors:
         self.read.add(full)
         array = np.asarray(array, dtype=np.float64)  # bfloat16 and float16 files widen exactly
         return np.ascontiguousarray((array.T if transpose else array).astype(self.dtype))
-
-    def has(self, name: str) -> bool:
-        return self.prefix + name in self.tensors
 
 
 def _gpt2_params(take: _Tensors, cfg: DecoderConfig) -> dict:
@@ -413,9 +421,8 @@ def hf_config(cfg: DecoderConfig, tokenizer=None) -> dict:
     architecture = architecture_for(cfg)
     special = {name: getattr(tokenizer, name.replace("_token", ""), None) for name in
                ("bos_token_id", "eos_token_id", "pad_token_id")} if tokenizer is not None else {}
-    dtype = {"float64": "float64", "float32": "float32", "bfloat16": "bfloat16"}.get(cfg.dtype, cfg.dtype)
-    common = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings, "dtype": dtype,
-              "torch_dtype": dtype, **{name: value for name, value in special.items() if value is not None}}
+    common = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings, "dtype": cfg.dtype,
+              "torch_dtype": cfg.dtype, **{name: value for name, value in special.items() if value is not None}}
     activation = _HF_ACTIVATION[architecture][cfg.activation]
     eps = cfg.norm_eps if cfg.norm_eps is not None else (1e-5 if cfg.norm == "layer" else 1e-6)
     if architecture == "gpt2":
@@ -474,17 +481,20 @@ def _apply(params, ids, cfg):
     return decoder_only.for_config(cfg).apply(params, ids)
 
 
-def load_huggingface(folder: str | os.PathLike, dtype: str = "float32") -> tuple[DecoderConfig, dict, Any, str]:
+def load_huggingface(folder: str | os.PathLike, dtype: str = "float32", *, tokenizer_required: bool = False
+                     ) -> tuple[DecoderConfig, dict, Any, str]:
     """A Hugging Face folder -> (DecoderConfig, params as NumPy arrays of `dtype`, tokenizer or None,
-    architecture). The tokenizer needs the [text] extra where the folder has tokenizer.json."""
+    architecture). The tokenizer: see read_tokenizer."""
     config = read_config(folder)
     cfg, architecture = decoder_config(config, dtype)
+    tokenizer = read_tokenizer(folder, config, required=tokenizer_required)
     params = params_from_tensors(read_tensors(folder), cfg, architecture)
-    return cfg, params, read_tokenizer(folder, config), architecture
+    return cfg, params, tokenizer, architecture
 
 
 def from_huggingface(folder: str | os.PathLike, dtype: str = "float32", backend=None) -> HuggingFaceModel:
-    """The GPT-2 or Llama model in a Hugging Face folder, on `backend` (default: FT_BACKEND's).
+    """The GPT-2 or Llama model in a Hugging Face folder, on `backend` (default: FT_BACKEND's); its
+    .tokenizer is the folder's tokenizer.json where it has one and the tokenizers library is installed.
 
         model = ft.from_huggingface("gpt2-folder", dtype="float64")
         model.logits([[464, 2068]])        # (1, 2, 50257)
