@@ -404,10 +404,13 @@ def _convert(args) -> int:
     if loaded["arch"] != "decoder":
         raise ValueError(f"{loaded['path']} holds a model of the family {loaded['arch']!r}; only decoder-only models "
                          "convert to Hugging Face")
-    model = dataclasses.make_dataclass("Model", ["cfg", "params", "tokenizer"])(
-        loaded["cfg"], loaded["state"]["params"], loaded["tokenizer"])
+    tokenizer = loaded["tokenizer"]
+    model = hf.HuggingFaceModel(loaded["cfg"], loaded["state"]["params"], tokenizer)
     folder = hf.to_huggingface(model, args.out, max_shard_bytes=args.shard_bytes)
-    print(f"wrote {folder} ({hf.architecture_for(loaded['cfg'])})")
+    note = "" if getattr(tokenizer, "kind", None) == "huggingface" else (
+        f"; no {hf.TOKENIZER_NAME}: the run's tokenizer ({getattr(tokenizer, 'kind', type(tokenizer).__name__)}) is "
+        "not a Hugging Face one")
+    print(f"wrote {folder} ({model.architecture}){note}")
     return 0
 
 

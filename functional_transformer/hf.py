@@ -445,14 +445,21 @@ def hf_config(cfg: DecoderConfig, tokenizer=None) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class HuggingFaceModel:
-    """A converted model: cfg (DecoderConfig), params (on `backend`), tokenizer (HuggingFaceTokenizer or
-    None), architecture ("gpt2" or "llama")."""
+    """A GPT-2- or Llama-shaped decoder: cfg (DecoderConfig), params (arrays of one backend), tokenizer
+    (a HuggingFaceTokenizer, or None). What from_huggingface returns and to_huggingface writes."""
 
     cfg: DecoderConfig
     params: dict
-    tokenizer: Any
-    architecture: str
-    backend: Any
+    tokenizer: Any = None
+
+    @property
+    def architecture(self) -> str:
+        """"gpt2" or "llama"."""
+        return architecture_for(self.cfg)
+
+    @property
+    def backend(self):
+        return backend_of(self.params)
 
     def logits(self, ids):
         """ids (B, T) integers -> next-token logits (B, T, V), an array of the model's backend."""
@@ -504,7 +511,7 @@ def from_huggingface(folder: str | os.PathLike, dtype: str = "float32", backend=
     backend = backend or default_backend()
     cfg, params, tokenizer, architecture = load_huggingface(folder, dtype)
     params = with_x64_scope(backend.tree_asarray)(params)
-    return HuggingFaceModel(cfg, params, tokenizer, architecture, backend)
+    return HuggingFaceModel(cfg, params, tokenizer)
 
 
 def to_huggingface(model, folder: str | os.PathLike, *, max_shard_bytes: int | None = None) -> Path:
@@ -524,6 +531,9 @@ def to_huggingface(model, folder: str | os.PathLike, *, max_shard_bytes: int | N
     params = tree_map(backend_of(*leaves).to_numpy, params) if leaves and not isinstance(leaves[0], np.ndarray) else params
     tensors = tensors_from_params(params, cfg, architecture)
     folder = Path(folder)
+    if (folder / CONFIG_NAME).exists() or any(folder.glob("model*.safetensors*")):
+        raise HuggingFaceError(f"{folder} already holds a model; write to a new or empty folder (nothing was "
+                               "overwritten)")
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt"}  # transformers reads only files that say they hold PyTorch's layout
     if max_shard_bytes is None:

@@ -146,7 +146,7 @@ def test_a_preset_model_loads_in_transformers(backend, tmp_path, name, float64_l
     _, transformers = _transformers()
     cfg = preset(name, VOCAB, d_model=16, n_heads=4, n_layers=2, max_len=16, dtype="float64", pad_id=None)
     params = DecoderOnly(cfg).init(backend.random.key(0))
-    model = hf.HuggingFaceModel(cfg, params, None, name, backend)
+    model = hf.HuggingFaceModel(cfg, params)
     hf.to_huggingface(model, tmp_path)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
     ids = _ids(seed=3)
@@ -169,7 +169,7 @@ def _write(tmp_path, name="llama", shard_bytes=600, **settings):
     """A random model of the preset `name` (n_kv_heads 1 for llama), written in shards of shard_bytes."""
     backend = backends.get_backend("numpy")
     cfg = preset(name, VOCAB, d_model=8, n_heads=2, n_layers=2, max_len=8, pad_id=None, **settings)
-    model = hf.HuggingFaceModel(cfg, DecoderOnly(cfg).init(backend.random.key(0)), None, name, backend)
+    model = hf.HuggingFaceModel(cfg, DecoderOnly(cfg).init(backend.random.key(0)))
     return hf.to_huggingface(model, tmp_path / "model", max_shard_bytes=shard_bytes)
 
 
@@ -243,9 +243,12 @@ def test_bad_folders_are_one_line_errors(tmp_path):
 def test_models_without_a_hugging_face_shape_are_refused(tmp_path):
     backend = backends.get_backend("numpy")
     cfg = preset("gpt2", VOCAB, d_model=8, n_heads=2, n_layers=1, max_len=8, scale_embeddings=True)
-    model = hf.HuggingFaceModel(cfg, DecoderOnly(cfg).init(backend.random.key(0)), None, "gpt2", backend)
+    model = hf.HuggingFaceModel(cfg, DecoderOnly(cfg).init(backend.random.key(0)))
     with pytest.raises(hf.HuggingFaceError, match="scale_embeddings=True has no place in a gpt2 checkpoint"):
         hf.to_huggingface(model, tmp_path)
+    folder = _write(tmp_path)
+    with pytest.raises(hf.HuggingFaceError, match="already holds a model"):
+        hf.to_huggingface(hf.HuggingFaceModel(*hf.load_huggingface(folder)[:2]), folder)
 
 
 # --- the command line ------------------------------------------------------------------------------
