@@ -191,6 +191,43 @@ def test_round_trip_through_a_folder_keeps_every_parameter(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def _rewrite_weights(folder, rename):
+    """The folder's model.safetensors with each tensor (name, array) replaced by rename(name, array)'s pairs."""
+    from functional_transformer.checkpoint_format import save_file
+
+    path = folder / hf.WEIGHTS_NAME
+    tensors = hf.read_tensors(folder)
+    path.unlink()
+    save_file(path, dict(pair for name, array in tensors.items() for pair in rename(name, array)))
+
+
+def test_original_gpt2_names_and_mask_buffers_read(tmp_path):
+    """The first GPT-2 files name the body's tensors without "transformer." and carry attn.bias masks."""
+    folder = _write(tmp_path, "gpt2", shard_bytes=None)
+    _, expected, _, _ = hf.load_huggingface(folder)
+
+    def original(name, array):
+        name = name.removeprefix("transformer.")
+        yield name, array
+        if name.endswith("attn.c_attn.weight"):
+            yield name.replace("c_attn.weight", "bias"), np.tril(np.ones((1, 1, 8, 8), dtype=np.float32))
+
+    _rewrite_weights(folder, original)
+    _, params, _, _ = hf.load_huggingface(folder)
+    for a, b in zip(backends.tree_leaves(expected), backends.tree_leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bfloat16_weights_widen_exactly(tmp_path):
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 files need ml_dtypes (it comes with JAX)")
+    folder = _write(tmp_path, shard_bytes=None)
+    _rewrite_weights(folder, lambda name, array: [(name, array.astype(ml_dtypes.bfloat16))])
+    _, params, _, _ = hf.load_huggingface(folder, "float64")
+    tokens = params["embed"]["tokens"]
+    assert tokens.dtype == np.float64
+    np.testing.assert_array_equal(tokens, tokens.astype(ml_dtypes.bfloat16).astype(np.float64))
+
+
 @pytest.mark.parametrize("change, message", [
     ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling of rope_type 'linear'"),
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "rope_parameters of rope_type 'yarn'"),
