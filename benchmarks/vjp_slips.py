@@ -60,9 +60,9 @@ def _self_attention_keys_forgotten(self, params, saved, g):
 _embedding_bwd = embedding.bwd
 
 
-def _embedding_scale_forgotten(flat_ids, g, vocab_size, n_positions=None):
+def _embedding_scale_forgotten(flat_ids, g, vocab_size, n_positions=None, **settings):
     """The token rows' gradient without the forward's sqrt(d_model)."""
-    return _embedding_bwd(flat_ids, g / math.sqrt(g.shape[-1]), vocab_size, n_positions)
+    return _embedding_bwd(flat_ids, g / math.sqrt(g.shape[-1]), vocab_size, n_positions, **settings)
 
 
 SLIPS = {

@@ -19,12 +19,18 @@ Training and using a model from Python (see runs.py):
     ft.predict(model, ["apple"])
     maps = ft.attention_maps(model.params, model.cfg, model.tokenizer, "apple")   # inspect/
 
+GPT-2 and Llama checkpoints from Hugging Face (hf.py), and back:
+
+    model = ft.from_huggingface("path/to/folder", dtype="float64")
+    model.logits(ids)                                   # (B, T) -> (B, T, V)
+    ft.to_huggingface(model, "path/to/out")
+
 The backend is FT_BACKEND ("numpy", the default, or "jax"), read once, on first use: `ft.backend`.
 Importing the package never fails on a bad FT_BACKEND; using the backend does (ValueError for an
 unknown name, ImportError when JAX is asked for and not installed), so that `ft` can report it.
 """
 
-from . import generate, layers, loss, models, optim, parts, random, sampling
+from . import generate, hf, layers, loss, models, optim, parts, random, sampling
 from .api import (
     apply,
     decode,
@@ -38,6 +44,7 @@ from .api import (
 )
 from .backend_choice import default_backend
 from .config import TransformerConfig
+from .hf import from_huggingface, to_huggingface
 from .inspect import attention_maps
 from .models import DecoderConfig, EncoderConfig
 from .runs import (FitResult, RunFolderError, TrainedModel, evaluate, fit, labelled_data, load, predict, task_data,
@@ -68,9 +75,12 @@ __all__ = [
     "TransformerConfig",
     "evaluate",
     "fit",
+    "from_huggingface",
+    "hf",
     "load",
     "predict",
     "task_data",
+    "to_huggingface",
     "tokenizer_spec",
     "tsv_data",
     "apply",

@@ -1,4 +1,5 @@
-"""The command line: `ft train`, `ft eval`, `ft predict`, `ft info`, ... (also `python -m functional_transformer`).
+"""The command line: `ft train`, `ft eval`, `ft predict`, `ft generate`, `ft convert`, `ft info`, ... (also
+`python -m functional_transformer`).
 
 The backend is FT_BACKEND (numpy by default, or jax).
 
@@ -393,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_flags(p)
     p.add_argument("--out", type=Path, help="the HTML file to write (default report.html in the run folder)")
     p.add_argument("--n", type=int, default=100, help="held-out examples to decode for the predictions (default 100)")
+    _add_generate_parser(sub)
+    _add_convert_parser(sub)
     return parser
 
 
@@ -416,6 +419,129 @@ def _new_run_settings(args, train_fields: dict) -> tuple[dict, dict, dict, int]:
     where = f"{args.config}: [data]" if settings else "the data flags"
     spec, eval_examples = config_file.data_spec(data, train.get("seed", TRAIN_DEFAULTS.seed), where)
     return model, train, spec, eval_examples
+
+
+# --- ft generate: sample from a decoder-only run ---------------------------------------------------
+
+
+def _add_generate_parser(sub) -> None:
+    p = sub.add_parser("generate", help="continue a text with a decoder-only model (a run folder or checkpoint)",
+                       description="Sample a continuation of each prompt from a decoder-only language model: greedy "
+                                   "with --temperature 0, else with temperature, top-k and top-p. Tokens per second "
+                                   "go to stderr at the end.")
+    p.add_argument("checkpoint", type=Path, help="a run folder (its best checkpoint, else its last) or a .safetensors file")
+    p.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
+    p.add_argument("--input", help="a file of prompts, one a line ('-' for standard input)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to sample after each prompt (default 64)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1.0)")
+    p.add_argument("--top-k", type=int, help="sample among the k likeliest tokens only")
+    p.add_argument("--top-p", type=float, help="sample among the likeliest tokens whose probability reaches p")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+
+
+def _generate(args) -> int:
+    import time
+
+    from . import sampling
+    from .random import key as make_key
+
+    if bool(args.prompt) == (args.input is not None):
+        raise ConfigError("give the prompts with --prompt TEXT or as a file with --input FILE ('-' for standard "
+                         "input)" + (", not both" if args.prompt else ""))
+    backend = default_backend()
+    loaded = checkpoint.load(checkpoint.resolve(args.checkpoint), backend)
+    if loaded["arch"] != "decoder":
+        raise ConfigError(f"{loaded['path']} holds a model of the family {loaded['arch']!r}; ft generate needs a "
+                         "decoder-only language model (ft predict decodes an encoder-decoder)")
+    cfg, tokenizer = loaded["cfg"], loaded["tokenizer"]
+    prompts = read_lines(args.input) if args.input is not None else args.prompt
+    bos = getattr(tokenizer, "bos_id", None)
+    rows = [([bos] if bos is not None else []) + tokenizer.encode(text) for text in prompts]
+    if min(map(len, rows)) == 0:
+        raise ConfigError("an empty prompt, and the tokenizer has no beginning-of-sequence token to start it with")
+    filler = cfg.pad_id if cfg.pad_id is not None else rows[0][0]  # padding after each prompt, never read
+    width = max(map(len, rows))
+    ids = [row + [filler] * (width - len(row)) for row in rows]
+    eos = getattr(tokenizer, "eos_id", None)
+    start = time.perf_counter()
+    tokens = sampling.generate(loaded["state"]["params"], cfg, ids, max_new_tokens=args.max_new_tokens,
+                               key=make_key(args.seed), eos_id=-1 if eos is None else eos,
+                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                               prompt_lengths=[len(row) for row in rows])
+    tokens = backend.to_numpy(tokens)
+    elapsed = time.perf_counter() - start
+    n_new = 0
+    for row, out in zip(rows, tokens):
+        new = [int(t) for t in out[len(row):len(row) + args.max_new_tokens]]
+        n_new += next((i + 1 for i, t in enumerate(new) if t == eos), len(new))
+        print(tokenizer.decode(new))
+    print(f"{n_new} tokens in {elapsed:.2f} s: {n_new / max(elapsed, 1e-9):.1f} tokens/s", file=sys.stderr)
+    return 0
+
+
+# --- ft convert: Hugging Face folders in and out ---------------------------------------------------
+
+
+def _add_convert_parser(sub) -> None:
+    p = sub.add_parser("convert", help="a Hugging Face GPT-2 or Llama folder to a run folder, or back",
+                       description="ft convert hf DIR --out RUN_DIR reads a Hugging Face folder (config.json, "
+                                   "safetensors weights, tokenizer.json) into a run folder; ft convert --to hf "
+                                   "RUN_OR_FILE --out DIR writes a decoder-only run as a folder transformers loads.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="hf DIR (to a run folder), or with --to hf: RUN_OR_FILE")
+    p.add_argument("--to", choices=("hf",), help="write the run RUN_OR_FILE in this format")
+    p.add_argument("--out", type=Path, required=True, help="the run folder (from hf) or the Hugging Face folder (--to hf)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="parameter dtype of the run (default float32)")
+    p.add_argument("--shard-bytes", type=int, help="with --to hf: shards of at most this many bytes (default one file)")
+
+
+def _convert(args) -> int:
+    from . import hf
+
+    if args.to is None:
+        if len(args.paths) != 2 or args.paths[0] != "hf":
+            raise ConfigError("give the source as: ft convert hf DIR --out RUN_DIR (or ft convert --to hf RUN --out DIR)")
+        return _convert_from_hf(Path(args.paths[1]), args.out, args.dtype)
+    if len(args.paths) != 1:
+        raise ConfigError("ft convert --to hf takes one run folder or checkpoint file: ft convert --to hf RUN --out DIR")
+    loaded = checkpoint.load(checkpoint.resolve(args.paths[0]), default_backend())
+    if loaded["arch"] != "decoder":
+        raise ConfigError(f"{loaded['path']} holds a model of the family {loaded['arch']!r}; only decoder-only models "
+                         "convert to Hugging Face")
+    tokenizer = loaded["tokenizer"]
+    model = hf.HuggingFaceModel(loaded["cfg"], loaded["state"]["params"], tokenizer)
+    folder = hf.to_huggingface(model, args.out, max_shard_bytes=args.shard_bytes)
+    note = "" if getattr(tokenizer, "kind", None) == "huggingface" else (
+        f"; no {hf.TOKENIZER_NAME}: the run's tokenizer ({getattr(tokenizer, 'kind', type(tokenizer).__name__)}) is "
+        "not a Hugging Face one")
+    print(f"wrote {folder} ({model.architecture}){note}")
+    return 0
+
+
+def _convert_from_hf(folder: Path, out: Path, dtype: str) -> int:
+    import numpy as np
+
+    from backends import get_backend, tree_leaves
+
+    from . import hf
+
+    config = hf.read_config(folder)
+    if not (folder / hf.TOKENIZER_NAME).is_file():
+        raise ConfigError(f"{folder} has no {hf.TOKENIZER_NAME}: a run folder needs the model's tokenizer (save it "
+                         "beside the model with tokenizer.save_pretrained)")
+    cfg, params, tokenizer, architecture = hf.load_huggingface(folder, dtype, tokenizer_required=True)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ConfigError(f"{folder}: tokenizer.json has {tokenizer.vocab_size} ids but the model only "
+                         f"{cfg.vocab_size} (config.json vocab_size)")
+    backend = get_backend("numpy")
+    state = {"params": params, "opt_state": {}, "step": np.asarray(0, dtype=np.int32)}
+    path = checkpoint.save(out, state, backend, cfg=cfg, tokenizer=tokenizer, train_config={},
+                           data_spec={"source": "huggingface", "architecture": architecture,
+                                      "model_type": config.get("model_type")},
+                           key=backend.random.key(0))
+    n_params = sum(int(np.prod(leaf.shape)) for leaf in tree_leaves(params))
+    print(f"wrote {path}: a {architecture} model of {n_params:,} parameters ({cfg.n_layers} layers, d_model "
+          f"{cfg.d_model}, vocabulary {cfg.vocab_size})")
+    return 0
 
 
 def _train(args) -> int:
@@ -669,8 +795,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "predict" and bool(args.inputs) == (args.input is not None):
         parser.error("ft predict: give the sources as arguments or as a file with --input FILE ('-' for standard "
                      "input)" + (", not both" if args.inputs else ""))
-    commands = {"train": _train, "eval": _eval, "predict": _predict, "info": _info, "sweep": _sweep, "sweep-report": _sweep_report,
-                "attention": _attention, "report": _report}
+    commands = {"train": _train, "eval": _eval, "predict": _predict, "info": _info, "sweep": _sweep,
+                "sweep-report": _sweep_report, "attention": _attention, "report": _report, "generate": _generate,
+                "convert": _convert}
     command = commands[args.command]
     with warnings.catch_warnings():
         _show_checkpoint_warnings_as_one_line(args.command)

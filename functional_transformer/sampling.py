@@ -61,6 +61,11 @@ def sample(logits, key, *, temperature: float = 1.0, top_k: int | None = None, t
     return xp.astype(xp.minimum(picked, xp.asarray(logits.shape[-1] - 1)), xp.int32)
 
 
+def _filler(cfg, eos_id: int) -> int:
+    """What follows eos in a row: pad, or eos again in a vocabulary without padding (pad_id None)."""
+    return eos_id if cfg.pad_id is None else cfg.pad_id
+
+
 def _loop(params, tokens, prompt_lengths, key, cfg, max_total: int, eos_id: int, temperature, top_k, top_p):
     """Feed tokens[:, t] at positions t = 0, 1, ...; from each row's prompt length on, write the
     sampled token at t + 1 (pad once the row has emitted eos) -> (tokens (B, max_total), finished (B,))."""
@@ -80,12 +85,13 @@ def _loop(params, tokens, prompt_lengths, key, cfg, max_total: int, eos_id: int,
         current = xp.take(tokens, xp.reshape(position, (1,)), axis=1)  # (B, 1)
         logits, cache = model.step(params, current, cache, position)
         logits = logits[:, 0, :]
-        # pad marks "no token": never sampled (as in the encoder-decoder's decoding)
-        logits = xp.where(xp.arange(logits.shape[-1]) == cfg.pad_id, xp.asarray(-math.inf, dtype=logits.dtype), logits)
+        if cfg.pad_id is not None:  # pad marks "no token": never sampled (as in the encoder-decoder's decoding)
+            logits = xp.where(xp.arange(logits.shape[-1]) == cfg.pad_id, xp.asarray(-math.inf, dtype=logits.dtype),
+                              logits)
         drawn = sample(logits, ftrandom.fold_in(key, position), temperature=temperature, top_k=top_k, top_p=top_p)
         generating = position + 1 >= prompt_lengths  # (B,): past the prompt
         forced = xp.take(tokens, xp.reshape(position + 1, (1,)), axis=1)[:, 0]
-        pad = xp.asarray(cfg.pad_id, dtype=xp.int32)
+        pad = xp.asarray(_filler(cfg, eos_id), dtype=xp.int32)
         new = xp.where(generating, xp.where(finished, pad, drawn), forced)
         tokens = backend.set_at(tokens, (slice(None), position + 1), new)
         finished = finished | (generating & (new == eos_id))
@@ -101,8 +107,9 @@ def generate(params: dict, cfg, prompts, *, max_new_tokens: int, key=None, eos_i
     """Continue each prompt of a decoder-only model.
 
     prompts (B, P) token ids, right-padded with pad_id (each row's length in prompt_lengths, or
-    counted up to its first pad) -> tokens (B, P + max_new_tokens): the prompt, then the sampled
-    continuation, pad after eos_id. temperature 0 is greedy (no key needed). The loop stops once
+    counted up to its first pad; every row is whole where cfg.pad_id is None) -> tokens
+    (B, P + max_new_tokens): the prompt, then the sampled continuation, pad after eos_id (eos
+    again where cfg.pad_id is None). temperature 0 is greedy (no key needed). The loop stops once
     every row has emitted eos_id."""
     _check_settings(temperature, top_k, top_p)
     backend = backend_of(params)
@@ -118,7 +125,9 @@ def generate(params: dict, cfg, prompts, *, max_new_tokens: int, key=None, eos_i
     if temperature > 0 and key is None:
         raise ConfigError("sampling (temperature > 0) needs a key: pass key=ft.random.key(seed), or temperature=0 "
                          "for greedy decoding")
-    if prompt_lengths is None:
+    if prompt_lengths is None and cfg.pad_id is None:
+        lengths = [prompts.shape[1]] * prompts.shape[0]
+    elif prompt_lengths is None:
         is_pad = backend.to_numpy(prompts) == cfg.pad_id
         lengths = [int(row.argmax()) if row.any() else prompts.shape[1] for row in is_pad]
     else:
@@ -126,7 +135,7 @@ def generate(params: dict, cfg, prompts, *, max_new_tokens: int, key=None, eos_i
     if min(lengths) < 1:
         raise ConfigError("every prompt needs at least one token (begin with the beginning-of-sequence id)")
     tokens = xp.concat([xp.astype(prompts, xp.int32),
-                        xp.full((prompts.shape[0], max_new_tokens), cfg.pad_id, dtype=xp.int32)], axis=1)
+                        xp.full((prompts.shape[0], max_new_tokens), _filler(cfg, eos_id), dtype=xp.int32)], axis=1)
     key = backend.random.key(0) if key is None else backend.asarray(key)
     loop = backend.jit(_loop, static_argnames=("cfg", "max_total", "eos_id", "temperature", "top_k", "top_p"))
     tokens, _ = loop(params, tokens, xp.asarray(lengths, dtype=xp.int32), key, cfg=cfg, max_total=total,

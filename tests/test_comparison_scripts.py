@@ -59,7 +59,8 @@ def test_backward_lines_counts_each_backward_function_once_without_docstrings_or
 def test_backward_lines_of_the_package_name_every_layers_backward():
     counts = backward_lines.count_all()
     names = {row["module"]: row["backward_functions"] for row in counts["modules"]}
-    assert names["functional_transformer/layers/attention.py"] == ["_project_heads_bwd", "dot_product_bwd", "bwd"]
+    assert names["functional_transformer/layers/attention.py"] == ["_project_heads_bwd", "dot_product_bwd", "bwd",
+                                                                  "repeat_kv_bwd", "grouped_bwd"]
     assert names["functional_transformer/models/encoder_decoder.py"] == ["encode_bwd", "decode_bwd", "bwd"]
     assert 0 < counts["total"]["backward_code_lines"] < counts["total"]["code_lines"]
     assert "| **all** |" in backward_lines.markdown(counts)

@@ -223,7 +223,7 @@ class TokenizerPair:
 
 
 def tokenizer_from_json(text: str):
-    """The tokenizer (CharTokenizer, BpeTokenizer or TokenizerPair) that its `to_json` wrote.
+    """The tokenizer (CharTokenizer, BpeTokenizer, HuggingFaceTokenizer or TokenizerPair) that its `to_json` wrote.
 
     A checkpoint from before tokenizers had kinds holds a CharTokenizer's JSON, which reads as before."""
     try:
@@ -237,6 +237,10 @@ def tokenizer_from_json(text: str):
         from .bpe import BpeTokenizer  # needs the [text] extra, so only imported for a BPE tokenizer
 
         return BpeTokenizer.from_json(text)
+    if kind == "huggingface":
+        from .hf_tokenizer import HuggingFaceTokenizer  # the [text] extra too
+
+        return HuggingFaceTokenizer.from_json(text)
     return CharTokenizer.from_json(text)
 
 

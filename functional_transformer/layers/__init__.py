@@ -25,8 +25,11 @@ from . import (
     dropout,
     embedding,
     feed_forward,
+    glu,
     layer_norm,
     linear,
+    rms_norm,
+    rotary,
     softmax,
 )
 
@@ -36,7 +39,10 @@ __all__ = [
     "dropout",
     "embedding",
     "feed_forward",
+    "glu",
     "layer_norm",
     "linear",
+    "rms_norm",
+    "rotary",
     "softmax",
 ]

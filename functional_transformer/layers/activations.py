@@ -1,4 +1,5 @@
-"""Element-wise activations of the feed-forward layer: ReLU (the paper) and GELU (tanh form)."""
+"""Element-wise activations of the feed-forward layer: ReLU (the paper), GELU (tanh form, GPT-2) and
+SiLU (x * sigmoid(x), the gate of Llama's SwiGLU)."""
 
 from __future__ import annotations
 
@@ -41,5 +42,23 @@ def gelu_bwd(saved: GeluSaved, g):
     return g * (0.5 * (1.0 + t) + 0.5 * x * dt_dx)
 
 
-FORWARD = {"relu": relu_fwd, "gelu": gelu_fwd}
-BACKWARD = {"relu": relu_bwd, "gelu": gelu_bwd}
+class SiluSaved(NamedTuple):
+    x: Any
+    s: Any  # sigmoid(x)
+
+
+def silu_fwd(x):
+    """SiLU (swish): x * sigmoid(x), with sigmoid(x) = exp(-log(1 + exp(-x))): neither overflows
+    for large |x| nor loses the small values for negative x that 1 / (1 + exp(-x)) or tanh would."""
+    xp = array_namespace(x)
+    s = xp.exp(-xp.logaddexp(xp.zeros_like(x), -x))
+    return x * s, SiluSaved(x, s)
+
+
+def silu_bwd(saved: SiluSaved, g):
+    x, s = saved
+    return g * (s * (1.0 + x * (1.0 - s)))
+
+
+FORWARD = {"relu": relu_fwd, "gelu": gelu_fwd, "silu": silu_fwd}
+BACKWARD = {"relu": relu_bwd, "gelu": gelu_bwd, "silu": silu_bwd}

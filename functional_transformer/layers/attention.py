@@ -10,6 +10,14 @@ memory, as PyTorch's in_proj_weight. One wider matmul is faster than three narro
 backends, concatenating the weights included (benchmarks/README.md); the params keep one matrix
 per projection.
 
+Today's decoders change three things, in `grouped_init` / `grouped_fwd` / `grouped_bwd` (the
+paper's `fwd` / `bwd` above stay as they were, number for number):
+- grouped-query attention (Ainslie et al. 2023): n_kv_heads < n_heads key/value heads, each shared
+  by n_heads / n_kv_heads query heads (n_kv_heads = 1 is multi-query attention); w_k and w_v are
+  (d_model, n_kv_heads * Dh). The backward sums the shared heads' gradients;
+- no biases (Llama): params without "b_q", ..., "b_o";
+- rotary positions (layers/rotary.py) applied to the queries and keys of each head.
+
 For decoding, `fwd` takes an optional key/value cache (`KVCache`): the keys and values of earlier
 positions (self-attention) or of the encoder's memory (cross-attention), so that one new query
 costs one projection instead of re-projecting every key.
@@ -23,7 +31,7 @@ from typing import Any, NamedTuple
 from backends import array_namespace, backend_of, with_x64_scope
 from backends import random as ftrandom
 
-from . import linear, softmax
+from . import linear, rotary, softmax
 
 PROJECTIONS = ("q", "k", "v", "o")
 # The input projections, grouped by the input they read (one matmul per group).
@@ -202,3 +210,114 @@ def bwd(saved: Saved, g, n_heads: int):
 
 def apply(params: dict, x_q, x_kv, mask, n_heads: int):
     return fwd(params, x_q, x_kv, mask, n_heads)[0]
+
+
+# --- grouped-query attention, optionally without biases and with rotary positions -------------
+
+
+class GroupedSaved(NamedTuple):
+    qkv: linear.Saved  # the fused q, k, v projection
+    rotation: Any  # rotary.Table, or None without rotary positions
+    dot_product: DotProductSaved  # k and v repeated to n_heads
+    o: linear.Saved
+
+
+@with_x64_scope
+def grouped_init(key, d_model: int, n_heads: int, n_kv_heads: int, dtype, bias: bool = True) -> dict:
+    """{"w_q": (D, D), "w_k", "w_v": (D, n_kv_heads * Dh), "w_o": (D, D)} and, with bias, "b_q", ..."""
+    d_kv = n_kv_heads * (d_model // n_heads)
+    widths = {"q": d_model, "k": d_kv, "v": d_kv, "o": d_model}
+    params = {}
+    for name, k in zip(PROJECTIONS, ftrandom.split(key, len(PROJECTIONS))):
+        proj = linear.init(k, d_model, widths[name], dtype, bias)
+        params[f"w_{name}"] = proj["w"]
+        if bias:
+            params[f"b_{name}"] = proj["b"]
+    return params
+
+
+def _grouped_linear(params: dict, names: tuple) -> dict:
+    """The linear params of projections `names` side by side (no "b" without biases)."""
+    xp = array_namespace(params["w_o"])
+
+    def join(kind, axis):
+        arrays = [params[f"{kind}_{name}"] for name in names]
+        return arrays[0] if len(arrays) == 1 else xp.concat(arrays, axis=axis)
+
+    return {"w": join("w", 1)} | ({"b": join("b", 0)} if "b_o" in params else {})
+
+
+def repeat_kv(x, n_rep: int):
+    """(B, Hkv, S, Dh) -> (B, Hkv * n_rep, S, Dh): query head j reads key/value head j // n_rep."""
+    if n_rep == 1:
+        return x
+    xp = array_namespace(x)
+    batch, n_kv, length, d_head = x.shape
+    return xp.reshape(xp.broadcast_to(x[:, :, None], (batch, n_kv, n_rep, length, d_head)),
+                      (batch, n_kv * n_rep, length, d_head))
+
+
+def repeat_kv_bwd(g, n_rep: int):
+    """The backward of repeat_kv: each key/value head gets the sum of its query heads' gradients."""
+    if n_rep == 1:
+        return g
+    xp = array_namespace(g)
+    batch, n_heads, length, d_head = g.shape
+    return xp.sum(xp.reshape(g, (batch, n_heads // n_rep, n_rep, length, d_head)), axis=2)
+
+
+def grouped_fwd(params: dict, x, mask, n_heads: int, n_kv_heads: int, rope_base: float | None = None,
+                cache: KVCache | None = None, position=None):
+    """Self-attention of x (B, T, D) with n_kv_heads key/value heads -> (y (B, T, D), saved).
+
+    rope_base: rotate queries and keys (rotary.py) with this base, None for no rotation. With a
+    `cache` of (B, n_kv_heads, max_len, Dh) keys (rotated) and values, x is the one position at
+    `position` (decoding, eval mode): its keys and values are written in, and the second value
+    returned is the updated cache."""
+    xp = array_namespace(x)
+    batch, length, d_model = x.shape
+    d_head = d_model // n_heads
+    d_kv = n_kv_heads * d_head
+    h, saved_qkv = linear.fwd(_grouped_linear(params, ("q", "k", "v")), x)  # (B, T, D + 2 d_kv)
+    q = split_heads(h[..., :d_model], n_heads)
+    k = split_heads(h[..., d_model:d_model + d_kv], n_kv_heads)
+    v = split_heads(h[..., d_model + d_kv:], n_kv_heads)
+    rotation = None
+    if rope_base is not None:
+        rotation = rotary.table(length, d_head, x.dtype, xp, 0 if position is None else position, rope_base)
+        q, k = rotary.fwd(q, rotation), rotary.fwd(k, rotation)
+    if cache is not None:
+        cache = _write(cache, KVCache(k, v), position)
+        k, v = cache
+    n_rep = n_heads // n_kv_heads
+    heads, saved_dot = dot_product_fwd(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask)
+    y, saved_o = linear.fwd(_grouped_linear(params, ("o",)), merge_heads(heads))
+    if cache is not None:
+        return y, cache
+    return y, GroupedSaved(saved_qkv, rotation, saved_dot, saved_o)
+
+
+def grouped_bwd(saved: GroupedSaved, g, n_heads: int, n_kv_heads: int, bias: bool = True):
+    """-> (dparams, dx); the settings as given to grouped_init and grouped_fwd."""
+    xp = array_namespace(g)
+    n_rep = n_heads // n_kv_heads
+    d_o, d_heads = linear.bwd(saved.o, g, bias)
+    dq, dk, dv = dot_product_bwd(saved.dot_product, split_heads(d_heads, n_heads))
+    dk, dv = repeat_kv_bwd(dk, n_rep), repeat_kv_bwd(dv, n_rep)
+    if saved.rotation is not None:
+        dq, dk = rotary.bwd(saved.rotation, dq), rotary.bwd(saved.rotation, dk)
+    d_qkv = xp.concat([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
+    d_in, dx = linear.bwd(saved.qkv, d_qkv, bias)
+    d_model, d_kv = dq.shape[1] * dq.shape[3], dk.shape[1] * dk.shape[3]
+    columns = {"q": slice(0, d_model), "k": slice(d_model, d_model + d_kv), "v": slice(d_model + d_kv, None)}
+    dparams = {}
+    for name in PROJECTIONS:
+        if name == "o":
+            dparams["w_o"] = d_o["w"]
+            if bias:
+                dparams["b_o"] = d_o["b"]
+            continue
+        dparams[f"w_{name}"] = d_in["w"][:, columns[name]]
+        if bias:
+            dparams[f"b_{name}"] = d_in["b"][columns[name]]
+    return dparams, dx

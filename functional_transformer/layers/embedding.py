@@ -25,30 +25,36 @@ def init(key, vocab_size: int, d_model: int, max_len: int, dtype, learned_positi
     return params
 
 
-def fwd(params: dict, ids, offset=0):
+def fwd(params: dict, ids, offset=0, *, scale: bool = True, sinusoidal_positions: bool = True):
     """ids (B, T) integer at positions offset .. offset + T - 1 -> (x (B, T, d_model), flat_ids (B*T,)),
     the ids being all the backward needs.
 
-    A non-zero offset serves cached decoding, which embeds one new token at a time."""
+    A non-zero offset serves cached decoding, which embeds one new token at a time. scale=False
+    leaves out the paper's sqrt(d_model) (GPT-2, Llama); sinusoidal_positions=False adds no
+    positions where params has no "positions" (rotary positions act in attention instead)."""
     tokens = params["tokens"]
     xp = array_namespace(tokens)
     batch, length = ids.shape
     d_model = tokens.shape[1]
     flat_ids = xp.reshape(ids, (-1,))
-    x = xp.reshape(xp.take(tokens, flat_ids, axis=0), (batch, length, d_model)) * math.sqrt(d_model)
+    x = xp.reshape(xp.take(tokens, flat_ids, axis=0), (batch, length, d_model))
+    if scale:
+        x = x * math.sqrt(d_model)
     if "positions" in params:
         x = x + xp.take(params["positions"], xp.arange(length) + offset, axis=0)
-    else:
+    elif sinusoidal_positions:
         x = x + sinusoidal(length, d_model, x.dtype, xp, offset)
     return x, flat_ids
 
 
-def bwd(flat_ids, g, vocab_size: int, n_positions: int | None = None):
+def bwd(flat_ids, g, vocab_size: int, n_positions: int | None = None, *, scale: bool = True):
     """g (B, T, d_model) -> dparams. The token gradient is a scatter-add over the ids (no one-hot of
-    vocab size). n_positions: the rows of the learned position table; None with sinusoidal positions."""
+    vocab size). n_positions: the rows of the learned position table; None without one. scale as fwd's."""
     xp = array_namespace(g)
     d_model = g.shape[-1]
-    g_rows = xp.reshape(g, (-1, d_model)) * math.sqrt(d_model)
+    g_rows = xp.reshape(g, (-1, d_model))
+    if scale:
+        g_rows = g_rows * math.sqrt(d_model)
     zeros = xp.zeros((vocab_size, d_model), dtype=g.dtype)
     dparams = {"tokens": backend_of(g).scatter_add(zeros, flat_ids, g_rows)}
     if n_positions is not None:
@@ -58,5 +64,5 @@ def bwd(flat_ids, g, vocab_size: int, n_positions: int | None = None):
     return dparams
 
 
-def apply(params: dict, ids, offset=0):
-    return fwd(params, ids, offset)[0]
+def apply(params: dict, ids, offset=0, *, scale: bool = True, sinusoidal_positions: bool = True):
+    return fwd(params, ids, offset, scale=scale, sinusoidal_positions=sinusoidal_positions)[0]

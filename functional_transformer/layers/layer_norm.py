@@ -23,7 +23,7 @@ def init(key, d: int, dtype) -> dict:
     return {"scale": xp.ones((d,), dtype=dtype), "bias": xp.zeros((d,), dtype=dtype)}
 
 
-def fwd(params: dict, x):
+def fwd(params: dict, x, eps: float = EPS):
     """x (..., d) -> (x - mean) / sqrt(var + eps) * scale + bias, same shape."""
     xp = array_namespace(x)
     dtype = x.dtype
@@ -31,7 +31,7 @@ def fwd(params: dict, x):
     # The augmented assignments update arrays made here (in place on NumPy, rebound on JAX):
     # NumPy's cost is mostly fresh memory, and this saves two of five (B, T, d) arrays.
     x_hat = x - xp.mean(x, axis=-1, keepdims=True)
-    inv_std = 1.0 / xp.sqrt(xp.mean(x_hat * x_hat, axis=-1, keepdims=True) + EPS)
+    inv_std = 1.0 / xp.sqrt(xp.mean(x_hat * x_hat, axis=-1, keepdims=True) + eps)
     x_hat *= inv_std
     y = x_hat * params["scale"]
     y += params["bias"]
@@ -52,5 +52,5 @@ def bwd(saved: Saved, g):
     return dparams, dx
 
 
-def apply(params: dict, x):
-    return fwd(params, x)[0]
+def apply(params: dict, x, eps: float = EPS):
+    return fwd(params, x, eps)[0]

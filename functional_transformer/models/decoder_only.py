@@ -5,7 +5,13 @@ before it, composed from the same parts as the paper's decoder, without the cros
                -> [final LayerNorm with pre-norm] -> Linear (tied to the embedding by default) -> (B, T, V)
 
 Parameter tree: {"embed": {"tokens", ["positions"]}, "blocks": {"layer_i": {"self_attn", "ln1",
-"ffn", "ln2"}, ["final_ln"]}, "head": {"w", "b"} ("b" alone when tied)}.
+"ffn", "ln2"}, ["final_ln"]}, "head": {"w", "b"} ("b" alone when tied)}. A tied head without a bias
+has no params: the tree then has no "head".
+
+The same composition makes GPT-2 and Llama (models/presets.py): the settings choose RMSNorm or
+LayerNorm (norm, norm_eps), rotary or learned positions (positional "rope", rope_base), a gated
+feed-forward (gated_ffn with activation "silu": SwiGLU), grouped-query attention (n_kv_heads),
+biases or none (bias, head_bias), and whether the embedding is scaled by sqrt(d_model).
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from typing import Any, NamedTuple
 
 from backends import random as ftrandom
 
-from ..parts import Dropout, Embedding, FeedForward, LayerNorm, Linear, Part, Repeat, Residual, SelfAttention, Serial
+from ..parts import (Dropout, Embedding, FeedForward, GatedFeedForward, Linear, Part, Repeat, Residual, SelfAttention,
+                     Serial, norm)
 from ..parts.masks import padding_mask
 from ..parts.part import keys_for
 from . import heads
@@ -27,7 +34,15 @@ from ..errors import ConfigError
 class DecoderConfig:
     """Hyperparameters of the causal language model. Defaults: a small GPT (pre-norm, learned
     positions, GELU, tied embeddings). pad_id pads batches and is never predicted; bos_id and
-    eos_id open and close each document."""
+    eos_id open and close each document. pad_id None: the vocabulary has no padding token (a
+    converted GPT-2 or Llama): no key is masked and every token may be sampled.
+
+    Today's settings (models/presets.py): norm "layer" or "rms", norm_eps (None: 1e-5 for layer
+    norm, 1e-6 for RMSNorm); positional "learned", "sinusoidal" or "rope" (rotary, base rope_base);
+    activation "relu", "gelu" (tanh form) or "silu"; gated_ffn (SwiGLU with "silu", GeGLU with
+    "gelu"); n_kv_heads (grouped-query attention; None: n_heads); bias (attention and feed-forward
+    biases; False needs gated_ffn); head_bias (the output projection's); scale_embeddings (the
+    paper's sqrt(d_model); GPT-2 and Llama do not scale)."""
 
     vocab_size: int
     d_model: int = 128
@@ -42,11 +57,25 @@ class DecoderConfig:
     positional: str = "learned"
     activation: str = "gelu"
     dtype: str = "float32"
+    norm: str = "layer"
+    norm_eps: float | None = None
+    n_kv_heads: int | None = None
+    bias: bool = True
+    gated_ffn: bool = False
+    rope_base: float = 10000.0
+    scale_embeddings: bool = True
+    head_bias: bool = True
 
     def __post_init__(self):
         _check_sizes(self, ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len"))
-        if not 0 <= self.pad_id < self.vocab_size:
-            raise ConfigError(f"pad_id ({self.pad_id}) must be a token id below vocab_size ({self.vocab_size})")
+        if self.pad_id is not None and not 0 <= self.pad_id < self.vocab_size:
+            raise ConfigError(f"pad_id ({self.pad_id}) must be a token id below vocab_size ({self.vocab_size}), "
+                             "or None for a vocabulary without padding")
+        if self.positional not in POSITIONAL:
+            raise ConfigError(f"DecoderConfig.positional must be one of {POSITIONAL}, got {self.positional!r}")
+        if not self.bias and not self.gated_ffn:
+            raise ConfigError("DecoderConfig: bias=False is for the gated feed-forward (gated_ffn=True, Llama's); "
+                             "the ungated one always has biases")
         model = DecoderOnly(self)
         model.embed, model.blocks  # building the parts checks the rest (heads dividing d_model, rates)
 
@@ -56,6 +85,9 @@ class DecoderConfig:
     @classmethod
     def from_dict(cls, fields: dict):
         return _from_dict(cls, fields)
+
+
+POSITIONAL = ("learned", "sinusoidal", "rope")
 
 
 def _check_sizes(cfg, names) -> None:
@@ -72,21 +104,34 @@ def _from_dict(cls, fields: dict):
     return cls(**fields)
 
 
+def _setting(cfg, name: str, default):
+    """A DecoderConfig setting, or the paper's value for a config without it (EncoderConfig)."""
+    return getattr(cfg, name, default)
+
+
 def block(cfg, *, causal: bool) -> Serial:
     """One pre- or post-norm Transformer block: self-attention, then the feed-forward network."""
+    norm_kind, norm_eps = _setting(cfg, "norm", "layer"), _setting(cfg, "norm_eps", None)
+
     def residual(sublayer, name, norm_name):
         return Residual(sublayer, cfg.d_model, norm_first=cfg.norm_first, drop_rate=cfg.drop_rate, name=name,
-                        norm_name=norm_name, dtype=cfg.dtype)
+                        norm_name=norm_name, dtype=cfg.dtype, norm=norm_kind, norm_eps=norm_eps)
 
-    return Serial(
-        residual(SelfAttention(cfg.d_model, cfg.n_heads, causal=causal, dtype=cfg.dtype), "self_attn", "ln1"),
-        residual(FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, cfg.dtype), "ffn", "ln2"),
-    )
+    bias = _setting(cfg, "bias", True)
+    rope = _setting(cfg, "positional", None) == "rope"
+    attention = SelfAttention(cfg.d_model, cfg.n_heads, causal=causal, dtype=cfg.dtype,
+                              n_kv_heads=_setting(cfg, "n_kv_heads", None), bias=bias,
+                              rope_base=float(cfg.rope_base) if rope else None)
+    if _setting(cfg, "gated_ffn", False):
+        ffn = GatedFeedForward(cfg.d_model, cfg.d_ff, cfg.activation, bias, cfg.dtype)
+    else:
+        ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, cfg.dtype)
+    return Serial(residual(attention, "self_attn", "ln1"), residual(ffn, "ffn", "ln2"))
 
 
 def blocks(cfg, *, causal: bool) -> Repeat:
-    return Repeat(block(cfg, causal=causal), cfg.n_layers,
-                  final=LayerNorm(cfg.d_model, cfg.dtype) if cfg.norm_first else None)
+    final = norm(_setting(cfg, "norm", "layer"), cfg.d_model, cfg.dtype, _setting(cfg, "norm_eps", None))
+    return Repeat(block(cfg, causal=causal), cfg.n_layers, final=final if cfg.norm_first else None)
 
 
 class Saved(NamedTuple):
@@ -105,7 +150,9 @@ class DecoderOnly(Part):
     @functools.cached_property
     def embed(self) -> Embedding:
         cfg = self.cfg
-        return Embedding(cfg.vocab_size, cfg.d_model, cfg.max_len, cfg.positional, cfg.dtype)
+        positional = "none" if cfg.positional == "rope" else cfg.positional  # rotary acts in attention
+        return Embedding(cfg.vocab_size, cfg.d_model, cfg.max_len, positional, cfg.dtype,
+                         scale=cfg.scale_embeddings)
 
     @functools.cached_property
     def blocks(self) -> Repeat:
@@ -113,7 +160,7 @@ class DecoderOnly(Part):
 
     @functools.cached_property
     def head(self) -> Linear:
-        return Linear(self.cfg.d_model, self.cfg.vocab_size, dtype=self.cfg.dtype)
+        return Linear(self.cfg.d_model, self.cfg.vocab_size, bias=self.cfg.head_bias, dtype=self.cfg.dtype)
 
     @property
     def dropout(self) -> Dropout:
@@ -125,18 +172,22 @@ class DecoderOnly(Part):
 
     def init(self, key) -> dict:
         k_embed, k_blocks, k_head = ftrandom.split(key, 3)
-        return {"embed": self.embed.init(k_embed), "blocks": self.blocks.init(k_blocks),
-                "head": heads.init(self.head.init(k_head), self.cfg.tie_embeddings)}
+        params = {"embed": self.embed.init(k_embed), "blocks": self.blocks.init(k_blocks)}
+        head = heads.init(self.head.init(k_head), self.cfg.tie_embeddings)
+        return params | ({"head": head} if head else {})  # a tied head without bias has no params
 
     def _projection(self, params):
-        return heads.projection(params["head"], params["embed"]["tokens"], self.cfg.tie_embeddings)
+        return heads.projection(params.get("head", {}), params["embed"]["tokens"], self.cfg.tie_embeddings)
+
+    def _padding_mask(self, ids):
+        return None if self.cfg.pad_id is None else padding_mask(ids, self.cfg.pad_id)
 
     def fwd(self, params, x, *, train=False, key=None, **side):
         k_embed, k_blocks = keys_for((self.dropout, self.blocks), key)
         h, saved_embed = self.embed.fwd(params["embed"], x)
         h, saved_drop = self.dropout.fwd({}, h, train=train, key=k_embed)
         h, saved_blocks = self.blocks.fwd(params["blocks"], h, train=train, key=k_blocks,
-                                          mask=padding_mask(x, self.cfg.pad_id))
+                                          mask=self._padding_mask(x))
         logits, saved_head = self.head.fwd(self._projection(params), h)
         return logits, Saved(saved_embed, saved_drop, saved_blocks, saved_head)
 
@@ -146,7 +197,7 @@ class DecoderOnly(Part):
         _, dh = self.dropout.bwd({}, saved.drop, dh)
         d_embed, _ = self.embed.bwd(params["embed"], saved.embed, dh)
         d_head, d_embed["tokens"] = heads.split_grads(d_projection, d_embed["tokens"], self.cfg.tie_embeddings)
-        return {"embed": d_embed, "blocks": d_blocks, "head": d_head}, None
+        return {"embed": d_embed, "blocks": d_blocks} | ({"head": d_head} if "head" in params else {}), None
 
     def init_cache(self, params, x, max_len, **side):
         """x: ids (B, 1) -> {"layer_i": {...}}: every block's empty key/value cache of max_len positions."""

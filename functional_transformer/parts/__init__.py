@@ -21,7 +21,7 @@ from .embedding import Embedding
 from .masks import attention_mask, causal_mask, padding_mask
 from .part import GradientStructureError, Part, checked_bwd
 from .pooling import MeanPool
-from .position_wise import Activation, Dropout, FeedForward, LayerNorm, Linear
+from .position_wise import Activation, Dropout, FeedForward, GatedFeedForward, LayerNorm, Linear, RMSNorm, norm
 
 __all__ = [
     "Activation",
@@ -29,11 +29,13 @@ __all__ = [
     "Dropout",
     "Embedding",
     "FeedForward",
+    "GatedFeedForward",
     "GradientStructureError",
     "LayerNorm",
     "Linear",
     "MeanPool",
     "Parallel",
+    "RMSNorm",
     "Part",
     "Repeat",
     "Residual",
@@ -45,5 +47,6 @@ __all__ = [
     "check_part",
     "checked_bwd",
     "custom_vjp",
+    "norm",
     "padding_mask",
 ]

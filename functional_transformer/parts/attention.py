@@ -2,7 +2,9 @@
 to another (an encoder's output), each with a key/value cache for decoding.
 
 params {"w_q", "b_q", "w_k", "b_k", "w_v", "b_v", "w_o", "b_o"}, each w (d_model, d_model): the
-forward and the hand-written VJP are layers/attention.py's.
+forward and the hand-written VJP are layers/attention.py's. Self-attention also comes in today's
+forms: grouped-query (n_kv_heads), without biases, with rotary positions (rope_base); w_k and w_v
+are then (d_model, n_kv_heads * d_model // n_heads).
 """
 
 from __future__ import annotations
@@ -25,42 +27,77 @@ def _check_heads(part) -> None:
                          f"({part.n_heads}): each head gets d_model // n_heads dimensions")
 
 
-def _empty_cache(x, n_heads: int, max_len: int) -> dict:
-    """Self-attention's cache before decoding: keys and values (B, H, max_len, Dh), all zero."""
+def _empty_cache(x, n_heads: int, max_len: int, n_kv_heads: int | None = None) -> dict:
+    """Self-attention's cache before decoding: keys and values (B, n_kv_heads, max_len, Dh), all zero."""
     xp = array_namespace(x)
     batch, _, d_model = x.shape
-    empty = xp.zeros((batch, n_heads, max_len, d_model // n_heads), dtype=x.dtype)
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    empty = xp.zeros((batch, n_kv_heads, max_len, d_model // n_heads), dtype=x.dtype)
     return {"k": empty, "v": empty}
 
 
 @dataclasses.dataclass(frozen=True)
 class SelfAttention(Part):
     """x (B, T, D) attends to itself -> (B, T, D). side `mask`: key padding (B, T) or a full mask
-    (see masks.py); `causal=True` lets each position see only itself and earlier ones."""
+    (see masks.py); `causal=True` lets each position see only itself and earlier ones.
+
+    n_kv_heads: key/value heads, each shared by n_heads // n_kv_heads query heads (grouped-query
+    attention; 1 is multi-query; None is n_heads, the paper's). bias=False: projections without
+    biases. rope_base: rotate queries and keys by rotary positions with this base (None: none)."""
 
     d_model: int
     n_heads: int
     causal: bool = False
     dtype: str = "float32"
+    n_kv_heads: int | None = None
+    bias: bool = True
+    rope_base: float | None = None
 
     def __post_init__(self):
         _check_heads(self)
+        if self.n_kv_heads is not None:
+            _check_positive(self, n_kv_heads=self.n_kv_heads)
+            if self.n_heads % self.n_kv_heads:
+                raise ConfigError(f"SelfAttention: n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
+                                 f"({self.n_kv_heads}): each key/value head serves n_heads // n_kv_heads query heads")
+        if self.rope_base is not None:
+            if not (isinstance(self.rope_base, (int, float)) and self.rope_base > 1):
+                raise ConfigError(f"SelfAttention: rope_base must be a number above 1, got {self.rope_base!r}")
+            if (self.d_model // self.n_heads) % 2:
+                raise ConfigError(f"SelfAttention: rotary positions rotate pairs of dimensions, so the head size "
+                                 f"d_model // n_heads ({self.d_model // self.n_heads}) must be even")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def grouped(self) -> bool:
+        """Whether any of today's settings is on (else the paper's kernels, number for number)."""
+        return self.kv_heads != self.n_heads or not self.bias or self.rope_base is not None
 
     def init(self, key) -> dict:
+        if self.grouped:
+            return attention.grouped_init(key, self.d_model, self.n_heads, self.kv_heads, _dtype(key, self.dtype),
+                                          self.bias)
         return attention.init(key, self.d_model, _dtype(key, self.dtype))
 
     def fwd(self, params, x, *, train=False, key=None, mask=None, **side):
         _check_width(self, x, self.d_model)
         batch, length, _ = x.shape
         mask = attention_mask(mask, "mask", batch, length, length, causal=self.causal, xp=array_namespace(x))
+        if self.grouped:
+            return attention.grouped_fwd(params, x, mask, self.n_heads, self.kv_heads, self.rope_base)
         return attention.fwd(params, x, x, mask, self.n_heads)
 
     def bwd(self, params, saved, dy):
+        if self.grouped:
+            return attention.grouped_bwd(saved, dy, self.n_heads, self.kv_heads, self.bias)
         dparams, dx_q, dx_kv = attention.bwd(saved, dy, self.n_heads)
         return dparams, dx_q + dx_kv  # the input was both the queries and the keys/values
 
     def init_cache(self, params, x, max_len, **side):
-        return _empty_cache(x, self.n_heads, max_len)
+        return _empty_cache(x, self.n_heads, max_len, self.kv_heads)
 
     def step(self, params, x, cache, position, *, mask=None, **side):
         """x (B, 1, D) at `position`: its keys and values are written into the cache, and it attends to
@@ -70,6 +107,10 @@ class SelfAttention(Part):
         seen = xp.reshape(xp.arange(max_len) <= position, (1, 1, 1, max_len))
         if mask is not None:
             seen = seen & attention_mask(mask, "mask", x.shape[0], 1, max_len, causal=False, xp=xp)
+        if self.grouped:
+            y, kv = attention.grouped_fwd(params, x, seen, self.n_heads, self.kv_heads, self.rope_base,
+                                          attention.KVCache(cache["k"], cache["v"]), position)
+            return y, {"k": kv.k, "v": kv.v}
         y, kv = attention.fwd(params, x, x, seen, self.n_heads, attention.KVCache(cache["k"], cache["v"]), position)
         return y, {"k": kv.k, "v": kv.v}
 

@@ -28,7 +28,7 @@ from backends import array_namespace
 from backends import random as ftrandom
 
 from .part import Part, add_cotangents, check_param_grads, checked_bwd, keys_for, spec_of, zeros_like_spec
-from .position_wise import Dropout, LayerNorm
+from .position_wise import Dropout, norm
 from ..errors import ConfigError
 
 
@@ -166,7 +166,8 @@ class Residual(Part):
     pre-norm (norm_first=True):               y = x + Dropout(sublayer(LayerNorm(x)))
 
     params {name: the sublayer's, norm_name: the layer norm's}. x is (B, T, D), or a stream
-    (x, *rest) whose rest goes to a sublayer that reads several inputs: (h, *rest[: n_inputs - 1])."""
+    (x, *rest) whose rest goes to a sublayer that reads several inputs: (h, *rest[: n_inputs - 1]).
+    norm: "layer" (LayerNorm) or "rms" (RMSNorm, Llama); norm_eps: its epsilon (None: its default)."""
 
     sublayer: Part
     d_model: int
@@ -175,8 +176,11 @@ class Residual(Part):
     name: str = "sublayer"
     norm_name: str = "ln"
     dtype: str = "float32"
+    norm: str = "layer"
+    norm_eps: float | None = None
 
     def __post_init__(self):
+        self._norm  # the same checks and messages as the norm part's
         if self.name == self.norm_name:
             raise ConfigError(f"Residual: the sublayer and the layer norm need different names, both are {self.name!r}")
         Dropout(self.drop_rate)  # the same check and message
@@ -190,8 +194,8 @@ class Residual(Part):
         return True
 
     @property
-    def _norm(self) -> LayerNorm:
-        return LayerNorm(self.d_model, self.dtype)
+    def _norm(self) -> Part:
+        return norm(self.norm, self.d_model, self.dtype, self.norm_eps)
 
     def init(self, key) -> dict:
         return {self.name: self.sublayer.init(key), self.norm_name: self._norm.init(key)}

@@ -8,7 +8,7 @@ import dataclasses
 
 from backends import array_namespace
 
-from ..layers import activations, dropout, feed_forward, layer_norm, linear
+from ..layers import activations, dropout, feed_forward, glu, layer_norm, linear, rms_norm
 from .part import Part
 from ..errors import ConfigError
 
@@ -59,28 +59,71 @@ class Linear(Part):
 
 @dataclasses.dataclass(frozen=True)
 class LayerNorm(Part):
-    """Normalise the last axis, then scale and shift: x (..., d) -> (..., d); params {"scale", "bias"}."""
+    """Normalise the last axis, then scale and shift: x (..., d) -> (..., d); params {"scale", "bias"}.
+    eps: added to the variance (1e-5, as PyTorch and GPT-2)."""
 
     d: int
     dtype: str = "float32"
+    eps: float = layer_norm.EPS
 
     def __post_init__(self):
         _check_positive(self, d=self.d)
+        _check_eps(self)
 
     def init(self, key) -> dict:
         return layer_norm.init(key, self.d, _dtype(key, self.dtype))
 
     def fwd(self, params, x, *, train=False, key=None, **side):
         _check_width(self, x, self.d)
-        return layer_norm.fwd(params, x)
+        return layer_norm.fwd(params, x, self.eps)
 
     def bwd(self, params, saved, dy):
         return layer_norm.bwd(saved, dy)
 
 
+def _check_eps(part) -> None:
+    if not (isinstance(part.eps, (int, float)) and part.eps > 0):
+        raise ConfigError(f"{type(part).__name__}: eps must be a positive number, got {part.eps!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RMSNorm(Part):
+    """Divide the last axis by its root mean square, then scale (Llama): x (..., d) -> (..., d);
+    params {"scale"}. eps: added to the mean square (Llama's rms_norm_eps)."""
+
+    d: int
+    dtype: str = "float32"
+    eps: float = rms_norm.EPS
+
+    def __post_init__(self):
+        _check_positive(self, d=self.d)
+        _check_eps(self)
+
+    def init(self, key) -> dict:
+        return rms_norm.init(key, self.d, _dtype(key, self.dtype))
+
+    def fwd(self, params, x, *, train=False, key=None, **side):
+        _check_width(self, x, self.d)
+        return rms_norm.fwd(params, x, self.eps)
+
+    def bwd(self, params, saved, dy):
+        return rms_norm.bwd(saved, dy)
+
+
+NORMS = ("layer", "rms")
+
+
+def norm(kind: str, d: int, dtype: str = "float32", eps: float | None = None) -> Part:
+    """The normalisation part by name: "layer" (LayerNorm) or "rms" (RMSNorm); eps None: its default."""
+    if kind not in NORMS:
+        raise ConfigError(f"unknown norm {kind!r}; choose one of {NORMS}")
+    part = LayerNorm if kind == "layer" else RMSNorm
+    return part(d, dtype) if eps is None else part(d, dtype, eps)
+
+
 @dataclasses.dataclass(frozen=True)
 class Activation(Part):
-    """An element-wise nonlinearity by name: "relu" (the paper) or "gelu" (tanh form)."""
+    """An element-wise nonlinearity by name: "relu" (the paper), "gelu" (tanh form) or "silu"."""
 
     name: str = "relu"
 
@@ -117,6 +160,32 @@ class FeedForward(Part):
 
     def bwd(self, params, saved, dy):
         return feed_forward.bwd(saved, dy, self.activation)
+
+
+@dataclasses.dataclass(frozen=True)
+class GatedFeedForward(Part):
+    """(act(x w_gate) * (x w_up)) w_down: x (..., d_model) -> (..., d_model). activation "silu" is
+    SwiGLU (Llama), "gelu" GeGLU. params {"w_gate", "w_up", "w_down"}, with bias also "b_gate", ..."""
+
+    d_model: int
+    d_ff: int
+    activation: str = "silu"
+    bias: bool = False
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        _check_positive(self, d_model=self.d_model, d_ff=self.d_ff)
+        Activation(self.activation)  # the same check and message
+
+    def init(self, key) -> dict:
+        return glu.init(key, self.d_model, self.d_ff, _dtype(key, self.dtype), self.bias)
+
+    def fwd(self, params, x, *, train=False, key=None, **side):
+        _check_width(self, x, self.d_model)
+        return glu.fwd(params, x, self.activation)
+
+    def bwd(self, params, saved, dy):
+        return glu.bwd(saved, dy, self.activation, self.bias)
 
 
 @dataclasses.dataclass(frozen=True)
