@@ -57,6 +57,10 @@ def _add_model_flags(p):
                    help="pre-norm residuals instead of the paper's post-norm")
     g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None,
                    help="share the target embedding with the output layer")
+    g.add_argument("--preset", choices=("gpt2", "llama"),
+                   help="with --arch decoder: a named architecture (gpt2: pre-norm, learned positions, GELU, tied "
+                        "embeddings; llama: RMSNorm, rotary positions, SwiGLU, grouped-query attention, no biases); "
+                        "the size flags given override its sizes")
     g.add_argument("--dtype", choices=DTYPES, help=f"parameter dtype (default {d['dtype']})")
     g.add_argument("--compute-dtype", choices=COMPUTE_DTYPES,
                    help="matmuls and activations in this dtype over --dtype params (JAX only; default: --dtype)")
@@ -69,6 +73,8 @@ def _model_flags(args) -> dict:
     fields = {"d_model": args.d_model, "n_heads": args.n_heads, "d_ff": args.d_ff, "drop_rate": args.drop_rate,
               "norm_first": args.norm_first, "dtype": args.dtype}
     if arch == "encoder_decoder":
+        if args.preset is not None:
+            raise ConfigError("--preset names a decoder-only architecture: give it with --arch decoder")
         # --encoder-layers and --decoder-layers say more than --layers, so they win over it.
         encoder_layers = args.layers if args.encoder_layers is None else args.encoder_layers
         decoder_layers = args.layers if args.decoder_layers is None else args.decoder_layers
@@ -82,6 +88,10 @@ def _model_flags(args) -> dict:
                 raise ConfigError(f"{flag} does not apply to --arch {arch}")
         fields.update(n_layers=args.layers, max_len=getattr(args, "max_len", None) if arch == "decoder" else None,
                       tie_embeddings=args.tie_embeddings if arch == "decoder" else None)
+        if args.preset is not None:
+            if arch != "decoder":
+                raise ConfigError("--preset names a decoder-only architecture: give it with --arch decoder")
+            fields["preset"] = args.preset
     return {name: value for name, value in fields.items() if value is not None}
 
 

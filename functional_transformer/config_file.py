@@ -45,7 +45,7 @@ from . import families, runs
 from .config import TransformerConfig
 from .data import DataError
 from .errors import ConfigError
-from .train import TrainConfig
+from .train import TrainConfig, train_config_record
 
 CONFIG_NAME = "config.toml"
 # TrainConfig fields a file does not set: the step where an extended run's schedule restarted.
@@ -183,7 +183,8 @@ def settings_tables(cfg, tcfg: TrainConfig, spec: dict,
     arch = KIND_ARCH.get(spec["kind"], "encoder_decoder")
     fields = cfg.to_dict() if not isinstance(cfg, dict) else {**model_defaults(arch), **cfg}
     model = {name: fields[name] for name in model_keys(arch) if name in fields}
-    train = {name: getattr(tcfg, name) for name in train_keys()}
+    record = train_config_record(tcfg)  # an optax optimizer, which no file can hold, as "optax"
+    train = {name: record[name] for name in train_keys()}
     return {"model": model, "train": train, "data": data_table(spec, eval_examples)}
 
 

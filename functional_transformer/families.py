@@ -154,7 +154,8 @@ def make_config(arch: str, tokenizer: Tokenizer, model=None, *, longest: int | N
                 n_classes: int | None = None):
     """The DecoderConfig or EncoderConfig for data: the vocabulary and pad id from the tokenizer, a
     classifier's n_classes and (unless given) max_len from the data, the rest from `model` (a dict of
-    fields over MODEL_DEFAULTS[arch], or a whole config, checked against the data)."""
+    fields over MODEL_DEFAULTS[arch], or over a named architecture's with {"preset": "gpt2" | "llama"};
+    or a whole config, checked against the data)."""
     config_type = CONFIGS[arch]
     derived = {"vocab_size": tokenizer.target.vocab_size if arch == "decoder" else tokenizer.source.vocab_size,
                "pad_id": tokenizer.pad_id}
@@ -175,6 +176,14 @@ def make_config(arch: str, tokenizer: Tokenizer, model=None, *, longest: int | N
         raise ConfigError(f"{given} follow from the data; leave them out (or pass a whole {config_type.__name__})")
     if arch == "encoder" and "max_len" not in (model or {}):
         fields["max_len"] = -(-longest // 8) * 8
+    preset_name = fields.pop("preset", None)
+    if preset_name is not None:  # a named architecture (models/presets.py), the fields given over it
+        if arch != "decoder":
+            raise ConfigError(f"preset={preset_name!r} names a decoder-only architecture; it does not apply to {arch}")
+        from .models import presets
+
+        given = {name: value for name, value in (model or {}).items() if name != "preset"}
+        return presets.preset(preset_name, **{**given, **derived})
     return config_type.from_dict({**fields, **derived})
 
 

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["--d-model", "16", "--n-heads", "2", "--d-ff", "32", "--layers", "1", "--no-progress"]
 TRAIN_FLAGS = ["--arch", "--task", "--data", "--valid", "--out", "--resume", "--min-len", "--max-len", "--truncate-long", "--n-train",
                "--n-valid", "--max-tokens",
-               "--d-model", "--n-heads", "--d-ff", "--layers", "--drop-rate", "--norm-first", "--tie-embeddings",
+               "--d-model", "--n-heads", "--d-ff", "--layers", "--drop-rate", "--norm-first", "--tie-embeddings", "--preset",
                "--dtype", "--compute-dtype", "--steps", "--batch-size", "--learning-rate", "--warmup-steps", "--schedule", "--optimizer",
                "--weight-decay", "--clip-norm", "--label-smoothing", "--seed", "--log-every", "--eval-every",
                "--save-every", "--grad-method", "--no-progress", "--overwrite", "--extend", "--patience",
