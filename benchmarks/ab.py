@@ -7,7 +7,8 @@ imported from its tree and warmed up (compiled on JAX), then the variants are ca
 the order reversed every repetition, so load from other processes falls on all of them alike.
 Prints each variant's median wall and process-CPU time and the new/old ratios: on a shared machine
 the CPU-time ratio is the steadier one. Methods: "autodiff" and "vjp" (the JAX train step with
-that grad_method), "numpy" (the NumPy train step); `--measure forward` times ft.apply instead.
+that grad_method), "numpy" (the NumPy train step); `--measure forward` times ft.apply instead,
+`--measure decode` greedy decoding with the key/value cache ("autodiff" and "vjp" are then both JAX).
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def build(src_dir: str, config: str, method: str, measure: str):
             workload = workloads.train_workload(backend, bc, host_batch, None if method == "numpy" else method)
         else:
             params = ft.init(backend.random.key(0), bc.model_config())
-            workload = workloads.forward_workload(backend, params, bc, host_batch)
+            if measure == "decode":  # greedy decoding with the key/value cache, bc.tgt_len steps
+                workload = workloads.decode_workload(backend, params, bc, host_batch, bc.tgt_len)
+            else:
+                workload = workloads.forward_workload(backend, params, bc, host_batch)
         for _ in range(3):
             backend.block_until_ready(workload.call())
         return workload.call, backend.block_until_ready
@@ -53,7 +57,7 @@ def main(argv=None) -> int:
     parser.add_argument("new")
     parser.add_argument("--config", default="tiny")
     parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--measure", choices=("train", "forward"), default="train")
+    parser.add_argument("--measure", choices=("train", "forward", "decode"), default="train")
     parser.add_argument("--methods", nargs="+", choices=("autodiff", "vjp", "numpy"), default=["autodiff", "vjp"])
     args = parser.parse_args(argv)
     variants = {(tree, m): build(path, args.config, m, args.measure)
