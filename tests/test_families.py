@@ -151,3 +151,19 @@ def test_a_held_out_label_the_training_data_lacks_is_an_error(tmp_path):
     (tmp_path / "v.tsv").write_text("a dog\tpet\n", encoding="utf-8")
     with pytest.raises(ft.data.DataError, match="the label 'pet', which the training data does not have"):
         ft.fit(data=ft.labelled_data(tmp_path / "t.tsv", tmp_path / "v.tsv"), progress=False, verbose=False)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_a_preset_trains_through_fit_and_its_run_folder_reproduces_it(backend, text_files, tmp_path, name):
+    """model={"preset": ...} builds the named architecture over the data's vocabulary; its config.toml
+    holds every field, so `ft train --config` trains the same model again."""
+    sizes = {"preset": name, "d_model": 16, "n_heads": 2, "n_layers": 1, "max_len": 24}
+    result = ft.fit(sizes, _tcfg(steps=20, eval_every=20), ft.text_data(*text_files), out_dir=tmp_path / name,
+                    backend=backend, progress=False, verbose=False)
+    assert result.cfg == ft.models.presets.preset(name, result.cfg.vocab_size, **{k: v for k, v in sizes.items()
+                                                                                  if k != "preset"}, pad_id=0)
+    train = [r["loss"] for r in result.history if r["split"] == "train"]
+    assert train[-1] < train[0]
+    assert cli.main(["train", "--config", str(tmp_path / name / "config.toml"), "--out", str(tmp_path / "again"),
+                     "--no-progress"]) == 0
+    assert ft.load(tmp_path / "again", backend=backend).cfg == result.cfg
