@@ -722,6 +722,8 @@ def _sweep(args) -> int:
     from .tuning.sweep import BEST_NAME, summary_lines
 
     out = args.out or Path("runs") / f"sweep-{args.study}"
+    if out.exists() and not out.is_dir():  # said before anything else, Optuna's import included
+        raise ConfigError(f"{out} is a file: --out must be a folder (it holds the trials' run folders)")
     storage = args.storage or _default_storage(out)
     config = SweepConfig(data=_data_spec(args, seed=args.seed), steps=args.steps, n_evals=args.evals,
                          eval_examples=args.eval_examples, seed=args.seed, objective=args.objective)
