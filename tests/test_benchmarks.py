@@ -405,3 +405,14 @@ def test_hlo_stats_of_the_tiny_steps(monkeypatch):
         stats = step_stats("tiny", method)
         assert stats["thunks"] > 100 and stats["bytes_accessed"] > 0 and stats["temp_bytes"] > 0
         assert stats["flops"] == pytest.approx(flops.train_flops(CONFIGS["tiny"].model_config(), 64, 32, 32), rel=0.1)
+
+
+def test_preset_speed_times_both_presets():
+    """benchmarks.preset_speed (the README's gpt2 against llama speeds) on a tiny size."""
+    from benchmarks import preset_speed
+
+    import backends as array_backends
+
+    times = preset_speed.measure(array_backends.get_backend("numpy"), d_model=8, n_heads=2, n_layers=1, length=8, batch=2,
+                                 reps=2)
+    assert set(times) == {"gpt2", "llama"} and all(t > 0 for t in times.values())
