@@ -43,8 +43,24 @@ def import_tokenizers():
     return tokenizers
 
 
+class LibraryEncoding:
+    """encode, encode_many and pieces of a tokenizer that wraps a `tokenizers` library object, `self._hf`."""
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of `text`'s pieces (unk for characters never seen); no special tokens added."""
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of each text, in one call into the library (faster on large data)."""
+        return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
+
+    def pieces(self, text: str) -> list[str]:
+        """The part of `text` that each id of `encode(text)` stands for (an unknown character as itself)."""
+        return [text[start:end] for start, end in self._hf.encode(text, add_special_tokens=False).offsets]
+
+
 @dataclass(frozen=True)
-class BpeTokenizer(OneVocabulary):
+class BpeTokenizer(LibraryEncoding, OneVocabulary):
     """Subword pieces learned by BPE over the characters of the training data; see the module docstring."""
 
     json_text: str  # the tokenizers library's serialisation; equality and hashing go by it
@@ -102,18 +118,6 @@ class BpeTokenizer(OneVocabulary):
     def vocab_size(self) -> int:
         """The number of ids: the special tokens, the characters and the merged pieces."""
         return len(self._tokens)
-
-    def encode(self, text: str) -> list[int]:
-        """The ids of `text`'s pieces (unk for characters never seen); no special tokens added."""
-        return self._hf.encode(text, add_special_tokens=False).ids
-
-    def encode_many(self, texts: list[str]) -> list[list[int]]:
-        """`encode` of each text, in one call into the library (faster on large data)."""
-        return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
-
-    def pieces(self, text: str) -> list[str]:
-        """The part of `text` that each id of `encode(text)` stands for (an unknown character as itself)."""
-        return [text[start:end] for start, end in self._hf.encode(text, add_special_tokens=False).offsets]
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of `ids` up to the first eos; pad and bos are skipped, unk becomes U+FFFD."""

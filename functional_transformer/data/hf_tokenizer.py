@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .bpe import import_tokenizers
+from .bpe import LibraryEncoding, import_tokenizers
 from .tokenizer import OneVocabulary
 from ..errors import ConfigError
 
@@ -22,7 +22,7 @@ _JSON_VERSION = 1
 
 
 @dataclass(frozen=True)
-class HuggingFaceTokenizer(OneVocabulary):
+class HuggingFaceTokenizer(LibraryEncoding, OneVocabulary):
     """tokenizer.json as the tokenizers library reads it, with the model's special ids."""
 
     json_text: str
@@ -53,17 +53,6 @@ class HuggingFaceTokenizer(OneVocabulary):
     def unk_id(self) -> int | None:
         token = getattr(self._hf.model, "unk_token", None)
         return None if token is None else self._hf.token_to_id(token)
-
-    def encode(self, text: str) -> list[int]:
-        """The ids of `text`, no special tokens added."""
-        return self._hf.encode(text, add_special_tokens=False).ids
-
-    def encode_many(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
-
-    def pieces(self, text: str) -> list[str]:
-        """The part of `text` that each id of `encode(text)` stands for."""
-        return [text[start:end] for start, end in self._hf.encode(text, add_special_tokens=False).offsets]
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of `ids` up to the first eos, special tokens left out."""
