@@ -149,25 +149,29 @@ def evaluate(params: dict, cfg, tokenizer: Tokenizer, pairs: list[tuple[str, str
     return result
 
 
+def _class_logits(params: dict, ids, cfg):
+    """A classifier's logits (B, n_classes) for ids (B, T)."""
+    from . import families
+
+    return families.model_of(cfg).apply(params, ids)
+
+
 @with_x64_scope
 def classify(params: dict, cfg, tokenizer: Tokenizer, labels: list[str], texts: list[str], *, batch_size: int = 64,
              allow_unknown: bool = False) -> list[str]:
     """A classifier's label for each text (the argmax class), in the order of `texts`. A text that
     is empty or longer than max_len tokens is an error naming it; unknown characters as in predict."""
-    from . import families
-
     if not allow_unknown:
         unknown = tokenizer.source.unknown_symbols(texts)
         if unknown:
             raise UnknownSymbolError(unknown, tokenizer)
     check_sources(texts, tokenizer, cfg.max_len, "text")
     backend = backend_of(params)
-    model = families.model_of(cfg)
-    apply = backend.jit(lambda p, ids: model.apply(p, ids))
+    apply = backend.jit(_class_logits, static_argnames=("cfg",))  # one compilation per config and shape
     predicted = []
     for batch in iterate_batches(encode_pairs([(t, "") for t in texts], tokenizer, cfg.max_len), batch_size,
                                  pad_id=tokenizer.pad_id, pad_to_multiple=8 if cfg.max_len % 8 == 0 else 1):
-        logits = apply(params, backend.asarray(batch["src"]))
+        logits = apply(params, backend.asarray(batch["src"]), cfg)
         predicted.extend(int(i) for i in np.argmax(backend.to_numpy(logits), axis=-1))
     return [labels[i] for i in predicted]
 
