@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
 from types import ModuleType, SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from . import random as _random
-from .scope import with_x64_scope
 from .namespace import array_namespace
+from .scope import with_x64_scope
 from .tree import tree_flatten, tree_items, tree_leaves, tree_map, tree_structure, tree_unflatten
 
 BACKEND_NAMES = ("numpy", "jax")
@@ -79,7 +80,9 @@ class Backend:
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
 
-    def jit(self, fn: Callable, static_argnames: tuple[str, ...] = (), donate_argnames: tuple[str, ...] = ()) -> Callable:
+    def jit(
+        self, fn: Callable, static_argnames: tuple[str, ...] = (), donate_argnames: tuple[str, ...] = ()
+    ) -> Callable:
         return fn
 
     def while_loop(self, cond: Callable[[Any], Any], body: Callable[[Any], Any], state: Any) -> Any:
@@ -150,7 +153,9 @@ class NumpyBackend(Backend):
             return out
         n_rows = target.shape[0]
         if indices.min() < -n_rows or indices.max() >= n_rows:
-            raise IndexError(f"scatter_add: indices must be in [-{n_rows}, {n_rows}), got {indices.min()}..{indices.max()}")
+            raise IndexError(
+                f"scatter_add: indices must be in [-{n_rows}, {n_rows}), got {indices.min()}..{indices.max()}"
+            )
         indices = indices % n_rows  # -1 and n_rows - 1 must fall into the same run
         order = np.argsort(indices, kind="stable")
         sorted_indices = indices[order]
@@ -201,7 +206,7 @@ class JaxBackend(Backend):
         self.jax = jax
         super().__init__(jnp)
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache  # noqa: B019 - one backend object per process, so the cache never outlives it
     def jit(self, fn, static_argnames=(), donate_argnames=()):
         # Memoised so that wrapping the same function twice reuses one compilation cache.
         return self.in_x64_scope(self.jax.jit(fn, static_argnames=static_argnames, donate_argnames=donate_argnames))
@@ -275,7 +280,9 @@ def get_backend(name: str) -> Backend:
         return NumpyBackend()
     if name == "jax":
         return JaxBackend()
-    raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKEND_NAMES)} (for example FT_BACKEND=numpy)")
+    raise ValueError(
+        f"unknown backend {name!r}: choose one of {', '.join(BACKEND_NAMES)} (for example FT_BACKEND=numpy)"
+    )
 
 
 @functools.cache

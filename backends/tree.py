@@ -7,7 +7,8 @@ are pure Python and work on any array type, inside or outside `jax.jit`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 Tree = Any
 

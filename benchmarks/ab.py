@@ -60,8 +60,11 @@ def main(argv=None) -> int:
     parser.add_argument("--measure", choices=("train", "forward", "decode"), default="train")
     parser.add_argument("--methods", nargs="+", choices=("autodiff", "vjp", "numpy"), default=["autodiff", "vjp"])
     args = parser.parse_args(argv)
-    variants = {(tree, m): build(path, args.config, m, args.measure)
-                for m in args.methods for tree, path in (("old", args.old), ("new", args.new))}
+    variants = {
+        (tree, m): build(path, args.config, m, args.measure)
+        for m in args.methods
+        for tree, path in (("old", args.old), ("new", args.new))
+    }
     names = list(variants)
     wall, cpu = {n: [] for n in names}, {n: [] for n in names}
     load_before = os.getloadavg()
@@ -74,16 +77,22 @@ def main(argv=None) -> int:
             cpu[name].append(time.process_time() - c)
     w = {n: statistics.median(v) * 1e3 for n, v in wall.items()}
     c = {n: statistics.median(v) * 1e3 for n, v in cpu.items()}
-    print(f"{args.config} {args.measure}, {args.reps} alternations, load average {load_before[0]:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after")
+    print(
+        f"{args.config} {args.measure}, {args.reps} alternations, load average {load_before[0]:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after"
+    )
     for n in names:
-        print(f"  {n[0]:>3} {n[1]:>8}: wall median {w[n]:9.1f} ms (min {min(wall[n]) * 1e3:.1f}), cpu median {c[n]:9.1f} ms")
+        print(
+            f"  {n[0]:>3} {n[1]:>8}: wall median {w[n]:9.1f} ms (min {min(wall[n]) * 1e3:.1f}), cpu median {c[n]:9.1f} ms"
+        )
     for m in args.methods:
         print(f"  new/old {m}: wall {w['new', m] / w['old', m]:.3f}, cpu {c['new', m] / c['old', m]:.3f}")
     if {"autodiff", "vjp"} <= set(args.methods):
         for tree in ("old", "new"):
-            print(f"  {tree} autodiff/vjp: wall {w[tree, 'autodiff'] / w[tree, 'vjp']:.3f}, "
-                  f"cpu {c[tree, 'autodiff'] / c[tree, 'vjp']:.3f}")
+            print(
+                f"  {tree} autodiff/vjp: wall {w[tree, 'autodiff'] / w[tree, 'vjp']:.3f}, "
+                f"cpu {c[tree, 'autodiff'] / c[tree, 'vjp']:.3f}"
+            )
     return 0
 
 

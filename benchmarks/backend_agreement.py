@@ -32,9 +32,11 @@ def make_batch(cfg, batch: int, src_len: int, tgt_len: int, seed: int) -> dict:
         return ids
 
     src_lengths, tgt_lengths = rng.integers(1, src_len + 1, size=batch), rng.integers(1, tgt_len + 1, size=batch)
-    return {"src": padded(cfg.src_vocab_size, src_len, src_lengths),
-            "tgt_in": padded(cfg.tgt_vocab_size, tgt_len, tgt_lengths),
-            "tgt_out": padded(cfg.tgt_vocab_size, tgt_len, tgt_lengths)}
+    return {
+        "src": padded(cfg.src_vocab_size, src_len, src_lengths),
+        "tgt_in": padded(cfg.tgt_vocab_size, tgt_len, tgt_lengths),
+        "tgt_out": padded(cfg.tgt_vocab_size, tgt_len, tgt_lengths),
+    }
 
 
 def compare(a: dict, b: dict) -> dict:
@@ -57,12 +59,15 @@ def measure(cfg, train: bool, seed: int = 0) -> dict:
     for backend, method in ((np_backend, "vjp"), (jax_backend, "vjp"), (jax_backend, "autodiff")):
         params = backend.tree_asarray(host_params)
         key = backend.random.key(seed + 1) if train else None
-        _, g = ft.loss_and_grad(params, {k: backend.asarray(v) for k, v in batch.items()}, cfg, train, key,
-                                method=method)
+        _, g = ft.loss_and_grad(
+            params, {k: backend.asarray(v) for k, v in batch.items()}, cfg, train, key, method=method
+        )
         grads[f"{backend.name} {method}"] = backend.tree_to_numpy(g)
     largest = max(float(np.max(np.abs(leaf))) for leaf in np_backend.tree_leaves(grads["numpy vjp"]))
     return {
-        "dtype": cfg.dtype, "dropout": train, "largest_gradient": largest,
+        "dtype": cfg.dtype,
+        "dropout": train,
+        "largest_gradient": largest,
         "numpy vjp vs jax autodiff": compare(grads["numpy vjp"], grads["jax autodiff"]),
         "numpy vjp vs jax vjp": compare(grads["numpy vjp"], grads["jax vjp"]),
         "jax vjp vs jax autodiff": compare(grads["jax vjp"], grads["jax autodiff"]),
@@ -74,10 +79,22 @@ def main(argv=None) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     args = parser.parse_args(argv)
     # The gradient tests' shapes (tests/test_gradients.py): deliberately odd, small enough for float64.
-    shapes = dict(src_vocab_size=11, tgt_vocab_size=13, d_model=12, n_heads=3, d_ff=10, n_encoder_layers=2,
-                  n_decoder_layers=2, max_len=9, drop_rate=0.2)
-    results = [measure(ft.TransformerConfig(**shapes, dtype=dtype), train)
-               for dtype in ("float64", "float32") for train in (False, True)]
+    shapes = dict(
+        src_vocab_size=11,
+        tgt_vocab_size=13,
+        d_model=12,
+        n_heads=3,
+        d_ff=10,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        max_len=9,
+        drop_rate=0.2,
+    )
+    results = [
+        measure(ft.TransformerConfig(**shapes, dtype=dtype), train)
+        for dtype in ("float64", "float32")
+        for train in (False, True)
+    ]
     if args.json:
         print(json.dumps(results, indent=1))
         return

@@ -21,8 +21,12 @@ import tokenize
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "functional_transformer"
-MODULES = [*sorted((PACKAGE / "layers").glob("[!_]*.py")), *sorted((PACKAGE / "parts").glob("[!_]*.py")),
-           *sorted((PACKAGE / "models").glob("[!_]*.py")), PACKAGE / "loss.py"]
+MODULES = [
+    *sorted((PACKAGE / "layers").glob("[!_]*.py")),
+    *sorted((PACKAGE / "parts").glob("[!_]*.py")),
+    *sorted((PACKAGE / "models").glob("[!_]*.py")),
+    PACKAGE / "loss.py",
+]
 
 
 def _is_backward(node: ast.AST) -> bool:
@@ -53,8 +57,12 @@ def _docstring_lines(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 lines.update(range(body[0].lineno, body[0].end_lineno + 1))
     return lines
 
@@ -92,25 +100,33 @@ def count_module(path: Path) -> dict:
 
 def count_all(paths=MODULES) -> dict:
     rows = [count_module(path) for path in paths]
-    total = {name: sum(r[name] for r in rows) for name in ("backward_lines", "backward_code_lines",
-                                                             "residual_type_code_lines", "code_lines")}
+    total = {
+        name: sum(r[name] for r in rows)
+        for name in ("backward_lines", "backward_code_lines", "residual_type_code_lines", "code_lines")
+    }
     total["backward_functions"] = sum(len(r["backward_functions"]) for r in rows)
     return {"modules": rows, "total": total}
 
 
 def markdown(counts: dict) -> str:
-    lines = ["| module | backward functions | backward lines | backward code lines | residual types (code lines) "
-             "| module code lines | backward share |",
-             "|---|---|--:|--:|--:|--:|--:|"]
+    lines = [
+        "| module | backward functions | backward lines | backward code lines | residual types (code lines) "
+        "| module code lines | backward share |",
+        "|---|---|--:|--:|--:|--:|--:|",
+    ]
     for r in counts["modules"]:
         share = r["backward_code_lines"] / r["code_lines"] if r["code_lines"] else 0.0
         names = ", ".join(f"`{n}`" for n in r["backward_functions"]) or "–"
-        lines.append(f"| `{r['module']}` | {names} | {r['backward_lines']} | {r['backward_code_lines']} | "
-                     f"{r['residual_type_code_lines']} | {r['code_lines']} | {share:.0%} |")
+        lines.append(
+            f"| `{r['module']}` | {names} | {r['backward_lines']} | {r['backward_code_lines']} | "
+            f"{r['residual_type_code_lines']} | {r['code_lines']} | {share:.0%} |"
+        )
     t = counts["total"]
-    lines.append(f"| **all** | {t['backward_functions']} functions | {t['backward_lines']} | "
-                 f"{t['backward_code_lines']} | {t['residual_type_code_lines']} | {t['code_lines']} | "
-                 f"{t['backward_code_lines'] / t['code_lines']:.0%} |")
+    lines.append(
+        f"| **all** | {t['backward_functions']} functions | {t['backward_lines']} | "
+        f"{t['backward_code_lines']} | {t['residual_type_code_lines']} | {t['code_lines']} | "
+        f"{t['backward_code_lines'] / t['code_lines']:.0%} |"
+    )
     return "\n".join(lines)
 
 

@@ -55,13 +55,24 @@ def measure(backend_name: str, what: str, reps: int) -> dict:
             state["state"], metrics = step_fn(state["state"], batch, key)
             float(metrics["loss"])  # waits for the result
     elif what == "forward":
+
         def call():
             np.asarray(backend.to_numpy(api.apply(state["state"]["params"], batch["src"], batch["tgt_in"], cfg)))
     else:
+
         def call():
-            np.asarray(backend.to_numpy(generate.greedy(state["state"]["params"], batch["src"], cfg,
-                                                        bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
-                                                        max_steps=13)))
+            np.asarray(
+                backend.to_numpy(
+                    generate.greedy(
+                        state["state"]["params"],
+                        batch["src"],
+                        cfg,
+                        bos_id=tokenizer.bos_id,
+                        eos_id=tokenizer.eos_id,
+                        max_steps=13,
+                    )
+                )
+            )
 
     first = _timed(call)
     steady = statistics.median(_timed(call) for _ in range(reps))
@@ -80,11 +91,22 @@ def main(argv=None) -> None:
     rows = []
     for backend_name in args.backends:
         for what in MEASURES:
-            child = [sys.executable, "-m", "benchmarks.compile_times", "--reps", str(args.reps), "--one", backend_name, what]
+            child = [
+                sys.executable,
+                "-m",
+                "benchmarks.compile_times",
+                "--reps",
+                str(args.reps),
+                "--one",
+                backend_name,
+                what,
+            ]
             out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
-            print(f"{backend_name} {what}: {rows[-1]['first_s']:.2f} s first, {rows[-1]['steady_s']:.3f} s after",
-                  file=sys.stderr)
+            print(
+                f"{backend_name} {what}: {rows[-1]['first_s']:.2f} s first, {rows[-1]['steady_s']:.3f} s after",
+                file=sys.stderr,
+            )
     print("| backend | measure | first call s | later calls s (median) | first - later s |")
     print("|---|---|--:|--:|--:|")
     for r in rows:

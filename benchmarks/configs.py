@@ -41,15 +41,24 @@ class BenchConfig:
 
 
 CONFIGS = {
-    "tiny": BenchConfig("tiny", vocab_size=32, d_model=128, n_heads=4, d_ff=512, n_layers=2, batch=64, src_len=32, tgt_len=32),
-    "small": BenchConfig("small", vocab_size=128, d_model=256, n_heads=4, d_ff=1024, n_layers=3, batch=32, src_len=64, tgt_len=64),
-    "base": BenchConfig("base", vocab_size=1000, d_model=512, n_heads=8, d_ff=2048, n_layers=6, batch=16, src_len=64, tgt_len=64),
+    "tiny": BenchConfig(
+        "tiny", vocab_size=32, d_model=128, n_heads=4, d_ff=512, n_layers=2, batch=64, src_len=32, tgt_len=32
+    ),
+    "small": BenchConfig(
+        "small", vocab_size=128, d_model=256, n_heads=4, d_ff=1024, n_layers=3, batch=32, src_len=64, tgt_len=64
+    ),
+    "base": BenchConfig(
+        "base", vocab_size=1000, d_model=512, n_heads=8, d_ff=2048, n_layers=6, batch=16, src_len=64, tgt_len=64
+    ),
     # Sentence-length sequences (a subword vocabulary, 128 tokens each way): training and decoding
     # tokens/s where attention's length-squared terms start to count. Not in the default run.
-    "long": BenchConfig("long", vocab_size=1000, d_model=256, n_heads=4, d_ff=1024, n_layers=3, batch=8, src_len=128, tgt_len=128),
+    "long": BenchConfig(
+        "long", vocab_size=1000, d_model=256, n_heads=4, d_ff=1024, n_layers=3, batch=8, src_len=128, tgt_len=128
+    ),
     # For a GPU (about 0.5 PFLOP per train step): not in the default list, and hours per step on a CPU.
-    "big": BenchConfig("big", vocab_size=32000, d_model=1024, n_heads=16, d_ff=4096, n_layers=6, batch=128, src_len=256,
-                       tgt_len=256),
+    "big": BenchConfig(
+        "big", vocab_size=32000, d_model=1024, n_heads=16, d_ff=4096, n_layers=6, batch=128, src_len=256, tgt_len=256
+    ),
 }
 # What `python -m benchmarks` measures without --configs (results.json holds these).
 DEFAULT_CONFIGS = ("tiny", "small", "base")

@@ -110,14 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     bandwidth = copy_bandwidth(args.copy_mib)
     print(f"NumPy copy bandwidth ({args.copy_mib} MiB, read + write): {bandwidth / 1e9:.1f} GB/s\n")
-    print("| config | weights MB/step | cache MB/step | bound ms/step (weights) | bound tokens/s (weights) "
-          "| bound tokens/s (weights + cache) |")
+    print(
+        "| config | weights MB/step | cache MB/step | bound ms/step (weights) | bound tokens/s (weights) "
+        "| bound tokens/s (weights + cache) |"
+    )
     print("|---|--:|--:|--:|--:|--:|")
     table = {name: bounds(CONFIGS[name], bandwidth) for name in args.configs}
     for name, b in table.items():
-        print(f"| {name} | {b['weights_mb']:.1f} | {b['cache_mb']:.1f} | {b['weights_step_ms']:.2f} "
-              f"| {b['weights_tokens_per_s']:,.0f} | {b['weights_and_cache_tokens_per_s']:,.0f} |")
-    print("\n| config | backend | decode ms | tokens/s | encoder ms | decoder steps tokens/s | fraction of the weights bound |")
+        print(
+            f"| {name} | {b['weights_mb']:.1f} | {b['cache_mb']:.1f} | {b['weights_step_ms']:.2f} "
+            f"| {b['weights_tokens_per_s']:,.0f} | {b['weights_and_cache_tokens_per_s']:,.0f} |"
+        )
+    print(
+        "\n| config | backend | decode ms | tokens/s | encoder ms | decoder steps tokens/s | fraction of the weights bound |"
+    )
     print("|---|---|--:|--:|--:|--:|--:|")
     for name in args.configs:
         bc = CONFIGS[name]
@@ -125,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             decode_s, encode_s = decode_and_encoder_seconds(backend, bc, args.reps)
             tokens = bc.batch * bc.tgt_len
             steps_rate = tokens / (decode_s - encode_s)
-            print(f"| {name} | {backend} | {decode_s * 1e3:,.1f} | {tokens / decode_s:,.0f} | {encode_s * 1e3:,.1f} "
-                  f"| {steps_rate:,.0f} | {steps_rate / table[name]['weights_tokens_per_s']:.2f} |", flush=True)
+            print(
+                f"| {name} | {backend} | {decode_s * 1e3:,.1f} | {tokens / decode_s:,.0f} | {encode_s * 1e3:,.1f} "
+                f"| {steps_rate:,.0f} | {steps_rate / table[name]['weights_tokens_per_s']:.2f} |",
+                flush=True,
+            )
     return 0
 
 

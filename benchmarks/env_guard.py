@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 SLOW_BLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 REEXEC_MARKER = "FT_BENCHMARKS_REEXECUTED_WITHOUT"

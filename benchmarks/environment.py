@@ -13,8 +13,14 @@ import numpy as np
 
 from .env_guard import reexec_record
 
-ENV_VARS_OF_INTEREST = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "FT_BACKEND",
-                        "JAX_PLATFORMS")
+ENV_VARS_OF_INTEREST = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "XLA_FLAGS",
+    "FT_BACKEND",
+    "JAX_PLATFORMS",
+)
 
 
 def numpy_blas() -> dict:
@@ -77,7 +83,7 @@ def environment() -> dict:
     """Everything above plus the time, CPU counts and load average, as JSON-ready values."""
     usable_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_model": cpu_model(),

@@ -42,15 +42,19 @@ def feed_forward_flops(batch: int, length: int, d_model: int, d_ff: int) -> int:
 
 
 def encoder_flops(cfg, batch: int, src_len: int) -> int:
-    per_layer = attention_flops(batch, src_len, src_len, cfg.d_model) + feed_forward_flops(batch, src_len, cfg.d_model, cfg.d_ff)
+    per_layer = attention_flops(batch, src_len, src_len, cfg.d_model) + feed_forward_flops(
+        batch, src_len, cfg.d_model, cfg.d_ff
+    )
     return cfg.n_encoder_layers * per_layer
 
 
 def decoder_flops(cfg, batch: int, src_len: int, tgt_len: int) -> int:
     """The decoder stack and the output projection over tgt_len positions."""
-    per_layer = (attention_flops(batch, tgt_len, tgt_len, cfg.d_model)
-                 + attention_flops(batch, tgt_len, src_len, cfg.d_model)
-                 + feed_forward_flops(batch, tgt_len, cfg.d_model, cfg.d_ff))
+    per_layer = (
+        attention_flops(batch, tgt_len, tgt_len, cfg.d_model)
+        + attention_flops(batch, tgt_len, src_len, cfg.d_model)
+        + feed_forward_flops(batch, tgt_len, cfg.d_model, cfg.d_ff)
+    )
     return cfg.n_decoder_layers * per_layer + matmul_flops(batch * tgt_len, cfg.tgt_vocab_size, cfg.d_model)
 
 

@@ -24,7 +24,7 @@ def entry_thunks(hlo_text: str) -> int:
     lines = hlo_text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("ENTRY"))
     count = 0
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.startswith("}"):
             break
         count += bool(THUNK.match(line))
@@ -53,8 +53,12 @@ def step_stats(config: str, method: str, dump: Path | None = None) -> dict:
     if dump is not None:
         dump.mkdir(parents=True, exist_ok=True)
         (dump / f"{config}_{method}.hlo").write_text(text)
-    return {"bytes_accessed": cost["bytes accessed"], "flops": cost["flops"],
-            "temp_bytes": compiled.memory_analysis().temp_size_in_bytes, "thunks": entry_thunks(text)}
+    return {
+        "bytes_accessed": cost["bytes accessed"],
+        "flops": cost["flops"],
+        "temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
+        "thunks": entry_thunks(text),
+    }
 
 
 def main(argv=None) -> int:
@@ -65,8 +69,10 @@ def main(argv=None) -> int:
     for config in args.configs:
         for method in ("autodiff", "vjp"):
             s = step_stats(config, method, args.dump)
-            print(f"{config} {method:8s} bytes accessed {s['bytes_accessed'] / 2**20:8.1f} MiB, "
-                  f"{s['flops'] / 1e9:7.2f} GFLOP, temp {s['temp_bytes'] / 2**20:7.1f} MiB, {s['thunks']} thunks")
+            print(
+                f"{config} {method:8s} bytes accessed {s['bytes_accessed'] / 2**20:8.1f} MiB, "
+                f"{s['flops'] / 1e9:7.2f} GFLOP, temp {s['temp_bytes'] / 2**20:7.1f} MiB, {s['thunks']} thunks"
+            )
     return 0
 
 

@@ -36,10 +36,33 @@ params = ft.init(ft.random.key(0), cfg)
 src, tgt_in = np.ones((2, 10), np.int32), np.ones((2, 9), np.int32)
 logits = ft.apply(params, src, tgt_in, cfg)
 """
-TRAIN = ["train", "--task", "reverse", "--steps", "30", "--n-train", "2000", "--n-valid", "20", "--max-len", "8",
-         "--eval-every", "1000"]
-NAN_FLAGS = ["--optimizer", "sgd", "--learning-rate", "1000", "--clip-norm", "0", "--warmup-steps", "1",
-             "--log-every", "1"]
+TRAIN = [
+    "train",
+    "--task",
+    "reverse",
+    "--steps",
+    "30",
+    "--n-train",
+    "2000",
+    "--n-valid",
+    "20",
+    "--max-len",
+    "8",
+    "--eval-every",
+    "1000",
+]
+NAN_FLAGS = [
+    "--optimizer",
+    "sgd",
+    "--learning-rate",
+    "1000",
+    "--clip-norm",
+    "0",
+    "--warmup-steps",
+    "1",
+    "--log-every",
+    "1",
+]
 
 
 def _run(argv: list[str], backend: str, cwd: Path, copy: Path | None, **extra_env: str) -> str:
@@ -73,16 +96,22 @@ def outputs(backends: list[str]) -> dict:
         for backend in backends:
             results[("shape", "python apply.py", backend)] = _run(["apply.py"], backend, copy, copy)
             out = tmp / f"shape-{backend}"
-            results[("shape", "ft train", backend)] = _run(["-m", "functional_transformer", *TRAIN, "--out", str(out),
-                                                            "--no-progress"], backend, copy, copy)
+            results[("shape", "ft train", backend)] = _run(
+                ["-m", "functional_transformer", *TRAIN, "--out", str(out), "--no-progress"], backend, copy, copy
+            )
             out = tmp / f"nan-{backend}"
-            results[("nan", "ft train", backend)] = _run(["-m", "functional_transformer", *TRAIN, *NAN_FLAGS,
-                                                          "--out", str(out)], backend, tmp, None)
+            results[("nan", "ft train", backend)] = _run(
+                ["-m", "functional_transformer", *TRAIN, *NAN_FLAGS, "--out", str(out)], backend, tmp, None
+            )
         if "jax" in backends:  # JAX's own NaN hunt: re-run the jitted function that made one, op by op
             out = tmp / "nan-jax-debug"
             results[("nan", "JAX_DEBUG_NANS=True ft train", "jax")] = _run(
-                ["-m", "functional_transformer", *TRAIN, *NAN_FLAGS, "--out", str(out)], "jax", tmp, None,
-                JAX_DEBUG_NANS="True")
+                ["-m", "functional_transformer", *TRAIN, *NAN_FLAGS, "--out", str(out)],
+                "jax",
+                tmp,
+                None,
+                JAX_DEBUG_NANS="True",
+            )
     return {key: text.replace(str(tmp), "<tmp>") for key, text in results.items()}
 
 

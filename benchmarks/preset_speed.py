@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 
-import backends
 import functional_transformer as ft
 from functional_transformer import train
 from functional_transformer.models import presets
@@ -27,8 +26,7 @@ def measure(backend, *, d_model=64, n_heads=4, n_layers=2, length=256, batch=32,
     host = {"src": np.zeros((batch, 0), np.int32), "tgt_in": ids[:, :-1], "tgt_out": ids[:, 1:]}
     runs = {}
     for name in ("gpt2", "llama"):
-        cfg = presets.preset(name, vocab, pad_id=0, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
-                             max_len=length)
+        cfg = presets.preset(name, vocab, pad_id=0, d_model=d_model, n_heads=n_heads, n_layers=n_layers, max_len=length)
         optimizer = train.make_optimizer(tcfg, cfg)
         state = train.init_state(backend.random.key(0), cfg, optimizer)
         step = train.make_train_step(cfg, tcfg, optimizer, backend)
@@ -53,8 +51,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     backend = ft.backend
     for name, seconds in measure(backend, reps=args.reps).items():
-        print(f"{backend.name} {name}: median CPU {seconds * 1e3:.1f} ms per step of 32 x 256 tokens, "
-              f"{32 * 256 / seconds:,.0f} tokens per CPU-second")
+        print(
+            f"{backend.name} {name}: median CPU {seconds * 1e3:.1f} ms per step of 32 x 256 tokens, "
+            f"{32 * 256 / seconds:,.0f} tokens per CPU-second"
+        )
     return 0
 
 

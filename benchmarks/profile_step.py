@@ -18,7 +18,6 @@ import io  # noqa: E402
 import pstats  # noqa: E402
 
 import backends  # noqa: E402
-
 from benchmarks.configs import CONFIGS  # noqa: E402
 from benchmarks.run import MEASURES, backend_measures, workloads  # noqa: E402
 

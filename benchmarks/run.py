@@ -20,8 +20,8 @@ import importlib
 import importlib.util
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -66,37 +66,96 @@ class Settings:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", nargs="+", choices=backends.BACKEND_NAMES, default=None,
-                        help="backends to measure (default: every one installed)")
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None,
-                        help=f"model configs (default: {' '.join(DEFAULT_CONFIGS)}; tiny with --quick; big is for a GPU)")
-    parser.add_argument("--measure", nargs="+", choices=MEASURES, default=None,
-                        help="what to time (default: forward train decode; train also times train_vjp on JAX)")
-    parser.add_argument("--reps", type=int, default=None, help="timed calls after the warm-up (default 5; 2 with --quick)")
-    parser.add_argument("--decode-steps", type=int, default=None,
-                        help="tokens decoded per row (default: the config's target length; 8 with --quick)")
-    parser.add_argument("--peak-size", type=int, default=None, help="n of the n x n matmul peak (default 2048; 1024 with --quick)")
-    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default=None,
-                        help="JAX only: matmuls and activations in this dtype over float32 params (default float32)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="report %% of peak (model FLOPs utilisation) against this peak in TFLOP/s, such as the "
-                             "card's dense bf16 peak, instead of the measured float32 matmul peak")
-    parser.add_argument("--json", type=Path, default=HERE / "results.json", help="results file (default benchmarks/results.json)")
-    parser.add_argument("--plot", type=Path, default=HERE / "results.png", help="chart (default benchmarks/results.png)")
-    parser.add_argument("--blas-threads", type=int, default=None,
-                        help="limit NumPy's BLAS to this many threads (threadpoolctl; default: leave it alone)")
-    parser.add_argument("--devices", nargs="+", type=int, default=None, metavar="N",
-                        help="JAX only: time the train step on each of these device counts (on CPU, simulate "
-                             "devices with XLA_FLAGS=--xla_force_host_platform_device_count=8)")
-    parser.add_argument("--shard-params", action="store_true",
-                        help="with --devices: shard the params over the devices (default: data parallel)")
-    parser.add_argument("--peers", nargs="+", choices=PEERS, default=None,
-                        help="also time these libraries' implementations of the same model and calls, and our time "
-                             "over theirs (needs the optional group: uv run --group peers python -m benchmarks ...)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a small subset: tiny config, 2 reps, 8 decode steps, no train_vjp unless asked for")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=backends.BACKEND_NAMES,
+        default=None,
+        help="backends to measure (default: every one installed)",
+    )
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(CONFIGS),
+        default=None,
+        help=f"model configs (default: {' '.join(DEFAULT_CONFIGS)}; tiny with --quick; big is for a GPU)",
+    )
+    parser.add_argument(
+        "--measure",
+        nargs="+",
+        choices=MEASURES,
+        default=None,
+        help="what to time (default: forward train decode; train also times train_vjp on JAX)",
+    )
+    parser.add_argument(
+        "--reps", type=int, default=None, help="timed calls after the warm-up (default 5; 2 with --quick)"
+    )
+    parser.add_argument(
+        "--decode-steps",
+        type=int,
+        default=None,
+        help="tokens decoded per row (default: the config's target length; 8 with --quick)",
+    )
+    parser.add_argument(
+        "--peak-size", type=int, default=None, help="n of the n x n matmul peak (default 2048; 1024 with --quick)"
+    )
+    parser.add_argument(
+        "--compute-dtype",
+        choices=COMPUTE_DTYPES,
+        default=None,
+        help="JAX only: matmuls and activations in this dtype over float32 params (default float32)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="report %% of peak (model FLOPs utilisation) against this peak in TFLOP/s, such as the "
+        "card's dense bf16 peak, instead of the measured float32 matmul peak",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=HERE / "results.json", help="results file (default benchmarks/results.json)"
+    )
+    parser.add_argument(
+        "--plot", type=Path, default=HERE / "results.png", help="chart (default benchmarks/results.png)"
+    )
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        default=None,
+        help="limit NumPy's BLAS to this many threads (threadpoolctl; default: leave it alone)",
+    )
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="N",
+        help="JAX only: time the train step on each of these device counts (on CPU, simulate "
+        "devices with XLA_FLAGS=--xla_force_host_platform_device_count=8)",
+    )
+    parser.add_argument(
+        "--shard-params",
+        action="store_true",
+        help="with --devices: shard the params over the devices (default: data parallel)",
+    )
+    parser.add_argument(
+        "--peers",
+        nargs="+",
+        choices=PEERS,
+        default=None,
+        help="also time these libraries' implementations of the same model and calls, and our time "
+        "over theirs (needs the optional group: uv run --group peers python -m benchmarks ...)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small subset: tiny config, 2 reps, 8 decode steps, no train_vjp unless asked for",
+    )
     return parser.parse_args(argv)
 
 
@@ -114,7 +173,9 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     if args.shard_params and not devices:
         raise SystemExit("--shard-params needs --devices")
     if args.compute_dtype and args.backends != ["jax"]:
-        raise SystemExit(f"--compute-dtype {args.compute_dtype} needs --backends jax (NumPy computes in float32 and float64 only)")
+        raise SystemExit(
+            f"--compute-dtype {args.compute_dtype} needs --backends jax (NumPy computes in float32 and float64 only)"
+        )
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         raise SystemExit(f"--peak-tflops must be positive, got {args.peak_tflops}")
     if devices:
@@ -187,7 +248,9 @@ def check_devices(backend: Backend, devices: tuple[int, ...]) -> None:
             raise SystemExit("--devices measures one process's devices; run it without jax.distributed")
 
 
-def device_workloads(backend: Backend, bc: BenchConfig, devices: tuple[int, ...], shard_params: bool) -> Iterator[Workload]:
+def device_workloads(
+    backend: Backend, bc: BenchConfig, devices: tuple[int, ...], shard_params: bool
+) -> Iterator[Workload]:
     """The train step on each device count: data parallel, or with the params sharded."""
     host_batch = random_batch(bc)
     for n in devices:
@@ -220,8 +283,10 @@ def workloads(backend: Backend, bc: BenchConfig, measures: list[str], decode_ste
 def params_summary(backend: Backend, bc: BenchConfig) -> dict:
     """Parameter count and sum of |values| of ft.init(key(0)): equal across backends when the params are."""
     leaves = [backend.to_numpy(leaf) for leaf in backend.tree_leaves(ft.init(backend.random.key(0), bc.model_config()))]
-    return {"n_params": int(sum(leaf.size for leaf in leaves)),
-            "abs_sum": float(sum(np.abs(leaf).sum(dtype=np.float64) for leaf in leaves))}
+    return {
+        "n_params": int(sum(leaf.size for leaf in leaves)),
+        "abs_sum": float(sum(np.abs(leaf).sum(dtype=np.float64) for leaf in leaves)),
+    }
 
 
 def make_record(backend: Backend, bc: BenchConfig, workload: Workload, timing, peak_gflops: float) -> dict:
@@ -271,8 +336,9 @@ def run_backend(name: str, settings: Settings, params_info: dict) -> tuple[list[
         params_info.setdefault(bc.name, {})[name] = params_summary(backend, bc)
         if settings.devices:
             return device_workloads(backend, bc, settings.devices, settings.shard_params)
-        return workloads(backend, bc, backend_measures(backend, settings.measures, settings.with_train_vjp),
-                         settings.decode_steps)
+        return workloads(
+            backend, bc, backend_measures(backend, settings.measures, settings.with_train_vjp), settings.decode_steps
+        )
 
     return time_workloads(backend, settings, plan)
 
@@ -315,8 +381,10 @@ def time_workloads(backend, settings: Settings, plan) -> tuple[list[dict], dict]
             records.append(record)
             compile_note = f", compile {record['compile_s']:.1f} s" if record["compile_s"] is not None else ""
             rate_note = f", {record['gflops']:.1f} GFLOP/s" if record["gflops"] is not None else ""
-            progress(f"[{name}] {config_name} {workload.measure}: median {record['median_s'] * 1e3:.1f} ms, "
-                     f"{record['tokens_per_s']:,.0f} tokens/s{rate_note}{compile_note}")
+            progress(
+                f"[{name}] {config_name} {workload.measure}: median {record['median_s'] * 1e3:.1f} ms, "
+                f"{record['tokens_per_s']:,.0f} tokens/s{rate_note}{compile_note}"
+            )
             del workload
             gc.collect()
     return records, peak
@@ -351,11 +419,15 @@ def run(settings: Settings) -> int:
     if settings.compute_dtype:
         notes.append(f"every model computes in {settings.compute_dtype} over float32 params (--compute-dtype)")
     if settings.peak_tflops:
-        notes.append(f"% of peak is the model FLOPs utilisation against the given peak of {settings.peak_tflops:g} "
-                     "TFLOP/s (--peak-tflops), not the measured matmul peak")
+        notes.append(
+            f"% of peak is the model FLOPs utilisation against the given peak of {settings.peak_tflops:g} "
+            "TFLOP/s (--peak-tflops), not the measured matmul peak"
+        )
     if env["slow_blas_env_guard"]["slow_blas_env_vars_present"]:
-        notes.append("OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set in this process (main() was called without the "
-                     "`python -m benchmarks` guard): NumPy timings may be slow")
+        notes.append(
+            "OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set in this process (main() was called without the "
+            "`python -m benchmarks` guard): NumPy timings may be slow"
+        )
     start = time.perf_counter()
     records, peaks, params_info = [], {}, {}
     for name in names:

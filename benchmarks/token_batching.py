@@ -35,8 +35,13 @@ def make_examples(n: int, low: int, high: int, seed: int = 0):
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(low, high + 1, size=n)
-    return [EncodedPair(tuple(int(i) for i in rng.integers(4, 64, int(length))),
-                        (1, *(int(i) for i in rng.integers(4, 64, int(length))), 2)) for length in lengths]
+    return [
+        EncodedPair(
+            tuple(int(i) for i in rng.integers(4, 64, int(length))),
+            (1, *(int(i) for i in rng.integers(4, 64, int(length))), 2),
+        )
+        for length in lengths
+    ]
 
 
 def measure(backend_name: str, args) -> dict:
@@ -64,8 +69,10 @@ def measure(backend_name: str, args) -> dict:
         "fixed": list(itertools.islice(fixed_batch_plans(examples, args.batch_size, 0, pad_to_multiple=8), n_timed)),
         "max_tokens": list(itertools.islice(token_batch_plans(examples, max_tokens, 0, max_len=max_len), n_timed)),
     }
-    batches = {name: [backend.tree_asarray(plan_batch(examples, plan, cfg.pad_id)) for plan in plans]
-               for name, plans in streams.items()}
+    batches = {
+        name: [backend.tree_asarray(plan_batch(examples, plan, cfg.pad_id)) for plan in plans]
+        for name, plans in streams.items()
+    }
 
     def run(batch) -> None:
         holder["state"], metrics = step_fn(holder["state"], batch, key)
@@ -80,12 +87,17 @@ def measure(backend_name: str, args) -> dict:
         for batch in shapes.values():  # the first call of each shape: its compilation on JAX
             run(batch)
         targets, filled, slots = (sum(c) for c in zip(*(plan_counts(examples, p) for p in plans)))
-        result[name] = {"shapes": len(shapes), "first_calls_s": time.perf_counter() - start,
-                        "pad_fraction": 1 - filled / slots, "mean_rows": statistics.mean(len(p.indices) for p in plans),
-                        "target_tokens": targets, "times_s": []}
+        result[name] = {
+            "shapes": len(shapes),
+            "first_calls_s": time.perf_counter() - start,
+            "pad_fraction": 1 - filled / slots,
+            "mean_rows": statistics.mean(len(p.indices) for p in plans),
+            "target_tokens": targets,
+            "times_s": [],
+        }
     for rep in range(args.reps):
         for name in streams:  # interleaved: both see the same load
-            chunk = batches[name][rep * args.steps:(rep + 1) * args.steps]
+            chunk = batches[name][rep * args.steps : (rep + 1) * args.steps]
             start = time.perf_counter()
             for batch in chunk:
                 run(batch)
@@ -99,14 +111,21 @@ def measure(backend_name: str, args) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    rows = ["| backend | batching | shapes | first calls s | padding | mean rows | median step ms | target tokens/s |",
-            "|---|---|--:|--:|--:|--:|--:|--:|"]
+    rows = [
+        "| backend | batching | shapes | first calls s | padding | mean rows | median step ms | target tokens/s |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
     for r in results:
-        for name, label in (("fixed", f"--batch-size {r['batch_size']}"), ("max_tokens", f"--max-tokens {r['budget_tokens']}")):
+        for name, label in (
+            ("fixed", f"--batch-size {r['batch_size']}"),
+            ("max_tokens", f"--max-tokens {r['budget_tokens']}"),
+        ):
             m = r[name]
-            rows.append(f"| {r['backend']} | {label} | {m['shapes']} | {m['first_calls_s']:.1f} | "
-                        f"{100 * m['pad_fraction']:.1f}% | {m['mean_rows']:.1f} | {1e3 * m['median_step_s']:,.0f} | "
-                        f"{m['tokens_per_s']:,.0f} |")
+            rows.append(
+                f"| {r['backend']} | {label} | {m['shapes']} | {m['first_calls_s']:.1f} | "
+                f"{100 * m['pad_fraction']:.1f}% | {m['mean_rows']:.1f} | {1e3 * m['median_step_s']:,.0f} | "
+                f"{m['tokens_per_s']:,.0f} |"
+            )
     return "\n".join(rows)
 
 
@@ -126,10 +145,14 @@ def main(argv: list[str] | None = None) -> int:
 
     results = [measure(name, args) for name in args.backends]
     load = os.getloadavg()
-    print(f"load average at the end: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}; {os.cpu_count()} CPUs", file=sys.stderr)
+    print(
+        f"load average at the end: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}; {os.cpu_count()} CPUs", file=sys.stderr
+    )
     print(table(results))
     for r in results:
-        print(f"{r['backend']}: --max-tokens trains {r['tokens_per_s_ratio']:.2f}x the target tokens/s of fixed batches")
+        print(
+            f"{r['backend']}: --max-tokens trains {r['tokens_per_s_ratio']:.2f}x the target tokens/s of fixed batches"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"load_average": load, "results": results}, f, indent=2)

@@ -27,14 +27,25 @@ def run(backend_name: str, steps: int, seed: int) -> list[float]:
     backend = backends.get_backend(backend_name)
     train_pairs, _ = make_task_data("reverse", 5000, 10, 1, 10, seed)
     tokenizer = CharTokenizer.from_texts([task_alphabet("reverse")])
-    cfg = TransformerConfig(src_vocab_size=tokenizer.vocab_size, tgt_vocab_size=tokenizer.vocab_size, d_model=64,
-                            n_heads=4, d_ff=256, n_encoder_layers=2, n_decoder_layers=2, max_len=16, drop_rate=0.1)
+    cfg = TransformerConfig(
+        src_vocab_size=tokenizer.vocab_size,
+        tgt_vocab_size=tokenizer.vocab_size,
+        d_model=64,
+        n_heads=4,
+        d_ff=256,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        max_len=16,
+        drop_rate=0.1,
+    )
     tcfg = TrainConfig(steps=steps, batch_size=32, learning_rate=2e-3, warmup_steps=50, seed=seed)
     optimizer = make_optimizer(tcfg, cfg)
     init_key, key = backend.random.split(backend.random.key(seed), 2)
     state = init_state(init_key, cfg, optimizer)
     step_fn = make_train_step(cfg, tcfg, optimizer, backend)
-    batches = batch_iterator(encode_pairs(train_pairs, tokenizer, cfg.max_len), tcfg.batch_size, seed, pad_to_multiple=8)
+    batches = batch_iterator(
+        encode_pairs(train_pairs, tokenizer, cfg.max_len), tcfg.batch_size, seed, pad_to_multiple=8
+    )
     losses = []
     for _ in range(steps):
         state, metrics = step_fn(state, backend.tree_asarray(next(batches)), key)
@@ -51,8 +62,12 @@ def main(argv=None) -> None:
     curves = {name: run(name, args.steps, args.seed) for name in ("numpy", "jax")}
     a, b = np.asarray(curves["numpy"]), np.asarray(curves["jax"])
     gap = np.abs(a - b) / np.abs(a)
-    summary = {"steps": args.steps, "max_relative_gap": float(gap.max()),
-               "relative_gap_first_50": float(gap[:50].max()), "final_loss": {"numpy": a[-1], "jax": b[-1]}}
+    summary = {
+        "steps": args.steps,
+        "max_relative_gap": float(gap.max()),
+        "relative_gap_first_50": float(gap[:50].max()),
+        "final_loss": {"numpy": a[-1], "jax": b[-1]},
+    }
     print(json.dumps(summary, indent=1, default=float))
 
     import matplotlib

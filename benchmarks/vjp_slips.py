@@ -15,13 +15,11 @@ import argparse
 import contextlib
 import math
 
-
 import backends
 import functional_transformer as ft
 from backends import array_namespace
-from functional_transformer import loss, model
+from functional_transformer import loss, model, parts
 from functional_transformer.gradcheck import vjp_error
-from functional_transformer import parts
 from functional_transformer.layers import attention, embedding, layer_norm, softmax
 
 from .backend_agreement import make_batch
@@ -70,8 +68,9 @@ SLIPS = {
     "attention: 1/sqrt(d_head) forgotten in dq, dk": [(attention, "dot_product_bwd", _scale_forgotten)],
     "softmax: the - p * sum(g * p) term forgotten": [(softmax, "bwd", _softmax_sum_term_forgotten)],
     "layer norm: the mean's gradient forgotten": [(layer_norm, "bwd", _layer_norm_mean_forgotten)],
-    "self-attention: the keys/values' cotangent not added": [(parts.SelfAttention, "bwd",
-                                                               _self_attention_keys_forgotten)],
+    "self-attention: the keys/values' cotangent not added": [
+        (parts.SelfAttention, "bwd", _self_attention_keys_forgotten)
+    ],
     "embedding: sqrt(d_model) forgotten": [(embedding, "bwd", _embedding_scale_forgotten)],
 }
 
@@ -91,8 +90,18 @@ def planted(replacements):
 def measure() -> dict:
     """{slip: check_vjp's relative error} on the model + loss, float64, dropout on."""
     backend = backends.get_backend("numpy")
-    cfg = ft.TransformerConfig(src_vocab_size=11, tgt_vocab_size=13, d_model=12, n_heads=3, d_ff=10,
-                               n_encoder_layers=2, n_decoder_layers=2, max_len=9, drop_rate=0.2, dtype="float64")
+    cfg = ft.TransformerConfig(
+        src_vocab_size=11,
+        tgt_vocab_size=13,
+        d_model=12,
+        n_heads=3,
+        d_ff=10,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        max_len=9,
+        drop_rate=0.2,
+        dtype="float64",
+    )
     batch = make_batch(cfg, 3, 5, 7, seed=0)
     params = ft.init(backend.random.key(0), cfg)
     key = backend.random.key(1)

@@ -8,7 +8,8 @@ JAX, so its workload feeds the state it returns into the next call.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -57,8 +58,14 @@ def forward_workload(backend: Backend, params: dict, bc: BenchConfig, host_batch
     )
 
 
-def train_workload(backend: Backend, bc: BenchConfig, host_batch: dict, grad_method: str | None = None,
-                   mesh=None, shard_params: bool = False) -> Workload:
+def train_workload(
+    backend: Backend,
+    bc: BenchConfig,
+    host_batch: dict,
+    grad_method: str | None = None,
+    mesh=None,
+    shard_params: bool = False,
+) -> Workload:
     """The full step of train.make_train_step: forward and backward with dropout 0.1, global-norm
     clipping, Adam. grad_method None is the backend's default ("vjp" on NumPy, "autodiff" i.e.
     jax.grad on JAX); "vjp" on JAX runs the hand-written VJPs under jit. With a device `mesh`
@@ -75,8 +82,9 @@ def train_workload(backend: Backend, bc: BenchConfig, host_batch: dict, grad_met
     else:
         parallel.check_batch_size(bc.batch, mesh)
         state = parallel.place_state(state, mesh, shard_params)
-        step = ft_train.make_train_step(cfg, tcfg, optimizer, backend, mesh=mesh, state=state,
-                                        shard_params=shard_params)
+        step = ft_train.make_train_step(
+            cfg, tcfg, optimizer, backend, mesh=mesh, state=state, shard_params=shard_params
+        )
         batch = parallel.put_batch(host_batch, mesh)
         dropout_key = backend.jax.device_put(dropout_key, parallel.replicated(mesh))
     holder = {"state": state}
@@ -95,8 +103,11 @@ def train_workload(backend: Backend, bc: BenchConfig, host_batch: dict, grad_met
         call=call,
         flops=flops.train_flops(cfg, bc.batch, bc.src_len, bc.tgt_len),
         tokens=bc.batch * bc.tgt_len,
-        details={"grad_method": method, "devices": parallel.device_count(mesh),
-                 "shard_params": bool(shard_params and mesh is not None)},
+        details={
+            "grad_method": method,
+            "devices": parallel.device_count(mesh),
+            "shard_params": bool(shard_params and mesh is not None),
+        },
         xla_stats=xla_stats if backend.name == "jax" else None,
     )
 
@@ -140,8 +151,13 @@ def dropout_workload(backend: Backend, bc: BenchConfig) -> Workload:
 
     run = backend.jit(all_dropouts) if backend.name == "jax" else all_dropouts
     key = backend.random.key(1)
-    return Workload(measure="dropout", call=lambda: run(xs, key), flops=0, tokens=bc.batch * bc.tgt_len,
-                    details={"dropout_sites": len(shapes), "drop_rate": cfg.drop_rate})
+    return Workload(
+        measure="dropout",
+        call=lambda: run(xs, key),
+        flops=0,
+        tokens=bc.batch * bc.tgt_len,
+        details={"dropout_sites": len(shapes), "drop_rate": cfg.drop_rate},
+    )
 
 
 def _compiled_stats(compiled) -> dict:
@@ -155,8 +171,9 @@ def _compiled_stats(compiled) -> dict:
         pass
     try:
         mem = compiled.memory_analysis()
-        stats["xla_memory_bytes"] = int(mem.argument_size_in_bytes + mem.output_size_in_bytes
-                                        - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+        stats["xla_memory_bytes"] = int(
+            mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+        )
     except Exception:  # noqa: BLE001
         pass
     return stats

@@ -44,12 +44,24 @@ from .api import (
 )
 from .backend_choice import default_backend
 from .config import TransformerConfig
+from .errors import ConfigError, UserInputError
 from .hf import from_huggingface, to_huggingface
 from .inspect import attention_maps
 from .models import DecoderConfig, EncoderConfig
-from .runs import (FitResult, RunFolderError, TrainedModel, evaluate, fit, labelled_data, load, predict, task_data,
-                   text_data, tokenizer_spec, tsv_data)
-from .errors import ConfigError, UserInputError
+from .runs import (
+    FitResult,
+    RunFolderError,
+    TrainedModel,
+    evaluate,
+    fit,
+    labelled_data,
+    load,
+    predict,
+    task_data,
+    text_data,
+    tokenizer_spec,
+    tsv_data,
+)
 from .tensorboard import TensorBoardWriter
 from .train import TrainConfig
 

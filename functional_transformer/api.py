@@ -64,26 +64,39 @@ def decode(params: dict, memory, src, tgt_in, cfg, train: bool = False, key=None
     backend, a = checks.prepare_inputs(params, cfg, train, key, src=src, tgt_in=tgt_in)
     memory = backend.asarray(memory)
     if memory.shape != (*a["src"].shape, cfg.d_model):
-        raise ValueError(f"memory has shape {tuple(memory.shape)}, expected (batch, src_len, d_model) = "
-                         f"{(*a['src'].shape, cfg.d_model)}; make it with ft.encode(params, src, cfg)")
+        raise ValueError(
+            f"memory has shape {tuple(memory.shape)}, expected (batch, src_len, d_model) = "
+            f"{(*a['src'].shape, cfg.d_model)}; make it with ft.encode(params, src, cfg)"
+        )
     return backend.jit(_decode, static_argnames=("cfg", "train"))(
-        params, memory, a["src"], a["tgt_in"], cfg, train, key)
+        params, memory, a["src"], a["tgt_in"], cfg, train, key
+    )
 
 
 def _prepare_batch(params, batch, cfg, train, key):
     missing = {"src", "tgt_in", "tgt_out"} - set(batch)
     if missing:
         raise ValueError(f"batch is missing {sorted(missing)}: it needs integer arrays 'src', 'tgt_in' and 'tgt_out'")
-    backend, a = checks.prepare_inputs(params, cfg, train, key, src=batch["src"], tgt_in=batch["tgt_in"],
-                                       tgt_out=batch["tgt_out"])
+    backend, a = checks.prepare_inputs(
+        params, cfg, train, key, src=batch["src"], tgt_in=batch["tgt_in"], tgt_out=batch["tgt_out"]
+    )
     if a["tgt_in"].shape != a["tgt_out"].shape:
-        raise ValueError(f"tgt_in {tuple(a['tgt_in'].shape)} and tgt_out {tuple(a['tgt_out'].shape)} must have one shape")
+        raise ValueError(
+            f"tgt_in {tuple(a['tgt_in'].shape)} and tgt_out {tuple(a['tgt_out'].shape)} must have one shape"
+        )
     return backend, a
 
 
 @with_x64_scope
-def grad_and_metrics(params: dict, batch: dict, cfg, train: bool = False, key=None, label_smoothing: float = 0.1,
-                     method: str | None = None):
+def grad_and_metrics(
+    params: dict,
+    batch: dict,
+    cfg,
+    train: bool = False,
+    key=None,
+    label_smoothing: float = 0.1,
+    method: str | None = None,
+):
     """-> (grads, metrics) with metrics {"loss", "n_tokens", "accuracy"}; what the training step uses.
 
     method: "vjp" (hand-written VJPs, the only one on NumPy; under jit on JAX) or "autodiff"
@@ -96,11 +109,19 @@ def grad_and_metrics(params: dict, batch: dict, cfg, train: bool = False, key=No
     if method == "autodiff" and backend.name != "jax":
         raise ValueError(f"method='autodiff' needs the JAX backend (params are on {backend.name}); use method='vjp'")
     return backend.jit(fn, static_argnames=("cfg", "train", "label_smoothing"))(
-        params, a, cfg, train, key, float(label_smoothing))
+        params, a, cfg, train, key, float(label_smoothing)
+    )
 
 
-def loss_and_grad(params: dict, batch: dict, cfg, train: bool = False, key=None, label_smoothing: float = 0.1,
-                  method: str | None = None):
+def loss_and_grad(
+    params: dict,
+    batch: dict,
+    cfg,
+    train: bool = False,
+    key=None,
+    label_smoothing: float = 0.1,
+    method: str | None = None,
+):
     """-> (loss, grads); grads has exactly the structure of params. See grad_and_metrics for `method`."""
     grads, metrics = grad_and_metrics(params, batch, cfg, train, key, label_smoothing, method)
     return metrics["loss"], grads
@@ -111,7 +132,8 @@ def loss_and_metrics(params: dict, batch: dict, cfg, train: bool = False, key=No
     """-> metrics {"loss", "n_tokens", "accuracy"} of one batch, without gradients."""
     backend, a = _prepare_batch(params, batch, cfg, train, key)
     return backend.jit(gradients.batch_metrics, static_argnames=("cfg", "train", "label_smoothing"))(
-        params, a, cfg, train, key, float(label_smoothing))
+        params, a, cfg, train, key, float(label_smoothing)
+    )
 
 
 def loss_fn(params: dict, batch: dict, cfg, train: bool = False, key=None, label_smoothing: float = 0.1):
@@ -119,5 +141,14 @@ def loss_fn(params: dict, batch: dict, cfg, train: bool = False, key=None, label
     return loss_and_metrics(params, batch, cfg, train, key, label_smoothing)["loss"]
 
 
-__all__ = ["init", "apply", "encode", "decode", "loss_fn", "loss_and_grad", "grad_and_metrics", "loss_and_metrics",
-           "default_grad_method"]
+__all__ = [
+    "init",
+    "apply",
+    "encode",
+    "decode",
+    "loss_fn",
+    "loss_and_grad",
+    "grad_and_metrics",
+    "loss_and_metrics",
+    "default_grad_method",
+]

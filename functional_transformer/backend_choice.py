@@ -17,6 +17,5 @@ def default_backend() -> backends.Backend:
     if name is None:
         return backends.get_backend("numpy")
     if not name.strip():
-        raise ConfigError("FT_BACKEND is set but empty: set it to numpy or jax (FT_BACKEND=jax), or unset it "
-                          "for numpy")
+        raise ConfigError("FT_BACKEND is set but empty: set it to numpy or jax (FT_BACKEND=jax), or unset it for numpy")
     return backends.get_backend(name.strip().lower())

@@ -20,9 +20,9 @@ from backends import Backend
 
 from .checkpoint_format import CheckpointError, load_tree, save_tree
 from .config import TransformerConfig
-from .models import DecoderConfig, EncoderConfig
 from .data import Tokenizer, tokenizer_from_json
 from .data.bpe import TextExtraMissing
+from .models import DecoderConfig, EncoderConfig
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 BEST_NAME = "best.safetensors"
@@ -58,8 +58,19 @@ def resolve(path: str | os.PathLike, which: str | None = None) -> Path:
     return checkpoint_path(path, which)
 
 
-def save(path, state: dict, backend: Backend, *, cfg, tokenizer: Tokenizer,
-         train_config: dict, data_spec: dict, key, progress: dict | None = None, labels: list[str] | None = None) -> Path:
+def save(
+    path,
+    state: dict,
+    backend: Backend,
+    *,
+    cfg,
+    tokenizer: Tokenizer,
+    train_config: dict,
+    data_spec: dict,
+    key,
+    progress: dict | None = None,
+    labels: list[str] | None = None,
+) -> Path:
     """Write the training state (params, opt_state, step) and everything around it to `path`
     (a file, or a run folder for its last checkpoint); progress is the loop's best-so-far record;
     labels are a classifier's class names (class id i is labels[i])."""
@@ -102,8 +113,10 @@ def load(path, backend: Backend) -> dict[str, Any]:
         raise CheckpointError(f"{path} lacks the trees {sorted(missing)}; it may have been written by another tool")
     arch = metadata.get("arch", "encoder_decoder")  # written before there were three families
     if arch not in ARCHS:
-        raise CheckpointError(f"{path} holds a model of the family {arch!r}, which this version does not know "
-                              f"(it knows {sorted(ARCHS)}); it was written by a newer version")
+        raise CheckpointError(
+            f"{path} holds a model of the family {arch!r}, which this version does not know "
+            f"(it knows {sorted(ARCHS)}); it was written by a newer version"
+        )
     try:
         cfg = ARCHS[arch].from_dict(json.loads(metadata["model_config"]))
         labels = json.loads(metadata["labels"]) if "labels" in metadata else None

@@ -169,9 +169,7 @@ def _encode(tensors: dict[str, Any], metadata: dict[str, str] | None) -> tuple[b
     arrays = {}
     for name, value in tensors.items():
         if not isinstance(name, str) or name == METADATA_KEY:
-            raise CheckpointError(
-                f"tensor name {name!r} is not allowed: names are strings other than {METADATA_KEY!r}"
-            )
+            raise CheckpointError(f"tensor name {name!r} is not allowed: names are strings other than {METADATA_KEY!r}")
         arrays[name] = np.asarray(value)
     dtype_names = {name: _dtype_name(array.dtype, name) for name, array in arrays.items()}
     # Largest itemsize first, as the reference writer does: the data starts 8-byte aligned (the

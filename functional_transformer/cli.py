@@ -23,12 +23,20 @@ from . import checkpoint, config_file, families, metrics
 from .backend_choice import default_backend
 from .checkpoint_format import CheckpointWriteError, UncheckedCheckpointWarning
 from .config import COMPUTE_DTYPES, DTYPES, TransformerConfig
-from .data import DataError, TASKS, make_task_data, read_lines, read_tsv
+from .data import TASKS, DataError, make_task_data, read_lines, read_tsv
 from .errors import ConfigError, UserInputError
 from .inference import UnknownSymbolError, check_sources, classify, continue_texts, evaluate, predict
 from .inspect import KINDS as ATTENTION_KINDS
-from .runs import (MODEL_DEFAULTS, TASK_DATA_DEFAULTS, TOKENIZERS, check_held_out_lengths, fit, fit_held_out,
-                   load_pairs, tokenizer_spec)
+from .runs import (
+    MODEL_DEFAULTS,
+    TASK_DATA_DEFAULTS,
+    TOKENIZERS,
+    check_held_out_lengths,
+    fit,
+    fit_held_out,
+    load_pairs,
+    tokenizer_spec,
+)
 from .train import BEST_BY, GRAD_METHODS, OPTIMIZERS, SCHEDULES, SaveFailed, TrainConfig, TrainingDiverged
 from .tuning.sweep import OBJECTIVES, PRUNERS
 
@@ -53,41 +61,71 @@ def _add_model_flags(p):
     g.add_argument("--decoder-layers", type=int, help="decoder layers, over --layers")
     g.add_argument("--drop-rate", type=float, help=f"residual and embedding dropout (default {d['drop_rate']})")
     # --no-X as well, so that a flag can turn off what a --config file turns on.
-    g.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=None,
-                   help="pre-norm residuals instead of the paper's post-norm")
-    g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None,
-                   help="share the target embedding with the output layer")
-    g.add_argument("--preset", choices=("gpt2", "llama"),
-                   help="with --arch decoder: a named architecture (gpt2: pre-norm, learned positions, GELU, tied "
-                        "embeddings; llama: RMSNorm, rotary positions, SwiGLU, grouped-query attention, no biases); "
-                        "the size flags given override its sizes")
+    g.add_argument(
+        "--norm-first",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pre-norm residuals instead of the paper's post-norm",
+    )
+    g.add_argument(
+        "--tie-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="share the target embedding with the output layer",
+    )
+    g.add_argument(
+        "--preset",
+        choices=("gpt2", "llama"),
+        help="with --arch decoder: a named architecture (gpt2: pre-norm, learned positions, GELU, tied "
+        "embeddings; llama: RMSNorm, rotary positions, SwiGLU, grouped-query attention, no biases); "
+        "the size flags given override its sizes",
+    )
     g.add_argument("--dtype", choices=DTYPES, help=f"parameter dtype (default {d['dtype']})")
-    g.add_argument("--compute-dtype", choices=COMPUTE_DTYPES,
-                   help="matmuls and activations in this dtype over --dtype params (JAX only; default: --dtype)")
+    g.add_argument(
+        "--compute-dtype",
+        choices=COMPUTE_DTYPES,
+        help="matmuls and activations in this dtype over --dtype params (JAX only; default: --dtype)",
+    )
 
 
 def _model_flags(args) -> dict:
     """The model config fields given on the command line: TransformerConfig's, or with --arch decoder
     or encoder DecoderConfig's or EncoderConfig's (--layers is then n_layers, --max-len the model's max_len)."""
     arch = _arch(args)
-    fields = {"d_model": args.d_model, "n_heads": args.n_heads, "d_ff": args.d_ff, "drop_rate": args.drop_rate,
-              "norm_first": args.norm_first, "dtype": args.dtype}
+    fields = {
+        "d_model": args.d_model,
+        "n_heads": args.n_heads,
+        "d_ff": args.d_ff,
+        "drop_rate": args.drop_rate,
+        "norm_first": args.norm_first,
+        "dtype": args.dtype,
+    }
     if arch == "encoder_decoder":
         if args.preset is not None:
             raise ConfigError("--preset names a decoder-only architecture: give it with --arch decoder")
         # --encoder-layers and --decoder-layers say more than --layers, so they win over it.
         encoder_layers = args.layers if args.encoder_layers is None else args.encoder_layers
         decoder_layers = args.layers if args.decoder_layers is None else args.decoder_layers
-        fields.update(n_encoder_layers=encoder_layers, n_decoder_layers=decoder_layers,
-                      tie_embeddings=args.tie_embeddings, compute_dtype=args.compute_dtype)
+        fields.update(
+            n_encoder_layers=encoder_layers,
+            n_decoder_layers=decoder_layers,
+            tie_embeddings=args.tie_embeddings,
+            compute_dtype=args.compute_dtype,
+        )
     else:
-        for flag, value in (("--compute-dtype", args.compute_dtype), ("--encoder-layers", args.encoder_layers),
-                            ("--decoder-layers", args.decoder_layers),
-                            ("--tie-embeddings", args.tie_embeddings if arch == "encoder" else None)):
+        for flag, value in (
+            ("--compute-dtype", args.compute_dtype),
+            ("--encoder-layers", args.encoder_layers),
+            ("--decoder-layers", args.decoder_layers),
+            ("--tie-embeddings", args.tie_embeddings if arch == "encoder" else None),
+        ):
             if value is not None:
                 raise ConfigError(f"{flag} does not apply to --arch {arch}")
-        fields.update(n_layers=args.layers, max_len=getattr(args, "max_len", None) if arch == "decoder" else None,
-                      tie_embeddings=args.tie_embeddings if arch == "decoder" else None)
+        fields.update(
+            n_layers=args.layers,
+            max_len=getattr(args, "max_len", None) if arch == "decoder" else None,
+            tie_embeddings=args.tie_embeddings if arch == "decoder" else None,
+        )
         if args.preset is not None:
             if arch != "decoder":
                 raise ConfigError("--preset names a decoder-only architecture: give it with --arch decoder")
@@ -99,12 +137,17 @@ def _model_flags(args) -> dict:
 TRAIN_FLAGS = {
     "steps": (int, "optimizer steps"),
     "batch_size": (int, "sequences per step"),
-    "max_tokens": (int, "instead of --batch-size: batches of at most this many padded tokens (rows x length) from "
-                        "examples of similar length (length buckets; fewer padding tokens)"),
+    "max_tokens": (
+        int,
+        "instead of --batch-size: batches of at most this many padded tokens (rows x length) from "
+        "examples of similar length (length buckets; fewer padding tokens)",
+    ),
     "learning_rate": (float, "peak learning rate; with --schedule transformer, the scale of the paper's schedule"),
     "warmup_steps": (int, "warmup steps"),
-    "schedule": (SCHEDULES, "learning-rate schedule: cosine (linear warmup, cosine decay), transformer (paper eq. 3), "
-                            "constant"),
+    "schedule": (
+        SCHEDULES,
+        "learning-rate schedule: cosine (linear warmup, cosine decay), transformer (paper eq. 3), constant",
+    ),
     "optimizer": (OPTIMIZERS, "adam/adamw use the paper's beta1 0.9, beta2 0.98, eps 1e-9; sgd uses momentum 0.9"),
     "weight_decay": (float, "decoupled weight decay for adamw"),
     "clip_norm": (float, "global gradient-norm clip, 0 for none"),
@@ -114,14 +157,22 @@ TRAIN_FLAGS = {
     "eval_every": (int, "steps between held-out evaluations (each may write best.safetensors)"),
     "save_every": (int, "steps between checkpoints"),
     "patience": (int, "stop after this many evaluations without a better held-out --best-by (0: never)"),
-    "best_by": (tuple(BEST_BY), "the held-out metric that picks best.safetensors and that --patience watches "
-                                "(default exact_match; loss with --arch decoder, accuracy with --arch encoder; bleu "
-                                "and chrf need the [text] extra; loss and perplexity are minimised, the others "
-                                "maximised)"),
-    "grad_method": (GRAD_METHODS, "gradients from the hand-written VJPs or jax.grad (default: vjp on numpy, "
-                                  "autodiff on jax)"),
-    "accumulate_steps": (int, "micro-batches per optimizer update: the update of one batch N times larger (weighted "
-                              "by target tokens), in the memory of one"),
+    "best_by": (
+        tuple(BEST_BY),
+        "the held-out metric that picks best.safetensors and that --patience watches "
+        "(default exact_match; loss with --arch decoder, accuracy with --arch encoder; bleu "
+        "and chrf need the [text] extra; loss and perplexity are minimised, the others "
+        "maximised)",
+    ),
+    "grad_method": (
+        GRAD_METHODS,
+        "gradients from the hand-written VJPs or jax.grad (default: vjp on numpy, autodiff on jax)",
+    ),
+    "accumulate_steps": (
+        int,
+        "micro-batches per optimizer update: the update of one batch N times larger (weighted "
+        "by target tokens), in the memory of one",
+    ),
 }
 # TrainConfig fields whose flag is not --field-name.
 TRAIN_FLAG_NAMES = {"accumulate_steps": "--accumulate"}
@@ -158,11 +209,18 @@ def _device_count(text: str):
 
 def _add_parallel_flags(p):
     g = p.add_argument_group("many devices and hosts (JAX backend)")
-    g.add_argument("--devices", type=_device_count, default=1,
-                   help="devices to split each batch over: a count or 'all' (every device of every process); "
-                        "--batch-size is the global batch and must be a multiple of it (default 1)")
-    g.add_argument("--shard-params", action="store_true",
-                   help="also split the params' and optimizer state's matrices over the devices (ZeRO-3/FSDP)")
+    g.add_argument(
+        "--devices",
+        type=_device_count,
+        default=1,
+        help="devices to split each batch over: a count or 'all' (every device of every process); "
+        "--batch-size is the global batch and must be a multiple of it (default 1)",
+    )
+    g.add_argument(
+        "--shard-params",
+        action="store_true",
+        help="also split the params' and optimizer state's matrices over the devices (ZeRO-3/FSDP)",
+    )
     g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, for a run over several hosts")
     g.add_argument("--num-processes", type=int, help="processes (hosts) in the run, with --coordinator")
     g.add_argument("--process-id", type=int, help="this process's index in [0, --num-processes), with --coordinator")
@@ -185,29 +243,50 @@ def _start_processes(args) -> None:
 def _add_data_flags(p):
     src = p.add_mutually_exclusive_group()
     src.add_argument("--task", choices=sorted(TASKS), help="a built-in task (default reverse)")
-    src.add_argument("--data", type=Path, help="training data: 'source<TAB>target' lines; with --arch decoder plain "
-                                               "text, one document per line; with --arch encoder 'text<TAB>label' lines")
-    p.add_argument("--valid", type=Path, help="held-out data for --data, in its format (default: 5%% of --data held out)")
+    src.add_argument(
+        "--data",
+        type=Path,
+        help="training data: 'source<TAB>target' lines; with --arch decoder plain "
+        "text, one document per line; with --arch encoder 'text<TAB>label' lines",
+    )
+    p.add_argument(
+        "--valid", type=Path, help="held-out data for --data, in its format (default: 5%% of --data held out)"
+    )
     d = TASK_DATA_DEFAULTS
     g = p.add_argument_group("task data and lengths")
     g.add_argument("--min-len", type=int, help=f"shortest task string (default {d['min_len']})")
-    g.add_argument("--max-len", type=int,
-                   help=f"with --task: the longest task string; digits per operand for addition (default {d['max_len']}). "
-                        "With --data: the model's longest sequence in tokens (a source, or bos + target); longer "
-                        "training pairs are dropped and counted, a longer --valid line is an error (default: the "
-                        "data's longest)")
-    g.add_argument("--truncate-long", action=argparse.BooleanOptionalAction, default=None,
-                   help="with --data and --max-len: cut training pairs longer than --max-len to fit, instead of "
-                        "dropping them")
+    g.add_argument(
+        "--max-len",
+        type=int,
+        help=f"with --task: the longest task string; digits per operand for addition (default {d['max_len']}). "
+        "With --data: the model's longest sequence in tokens (a source, or bos + target); longer "
+        "training pairs are dropped and counted, a longer --valid line is an error (default: the "
+        "data's longest)",
+    )
+    g.add_argument(
+        "--truncate-long",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --data and --max-len: cut training pairs longer than --max-len to fit, instead of dropping them",
+    )
     g.add_argument("--n-train", type=int, help=f"task training examples (default {d['n_train']})")
-    g.add_argument("--n-valid", type=int, help=f"task held-out examples, never seen in training (default {d['n_valid']})")
+    g.add_argument(
+        "--n-valid", type=int, help=f"task held-out examples, never seen in training (default {d['n_valid']})"
+    )
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer", metavar="|".join(TOKENIZERS),
-                   help="char: one id per character (default); bpe: subword pieces learned from the training data "
-                        "with Hugging Face tokenizers (the [text] extra), stored in the checkpoint")
+    g.add_argument(
+        "--tokenizer",
+        metavar="|".join(TOKENIZERS),
+        help="char: one id per character (default); bpe: subword pieces learned from the training data "
+        "with Hugging Face tokenizers (the [text] extra), stored in the checkpoint",
+    )
     g.add_argument("--vocab-size", type=int, help="most ids of a BPE vocabulary (each, unless --joint-vocab)")
-    g.add_argument("--joint-vocab", action=argparse.BooleanOptionalAction, default=None,
-                   help="one BPE vocabulary for sources and targets (default: one each)")
+    g.add_argument(
+        "--joint-vocab",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one BPE vocabulary for sources and targets (default: one each)",
+    )
 
 
 def _tokenizer_flags(args) -> dict | None:
@@ -236,15 +315,25 @@ def _data_flags(args) -> dict:
     arch = _arch(args)
     kind = {"decoder": "text", "encoder": "labelled"}.get(arch)
     if kind and args.task:
-        raise DataError(f"--arch {arch} trains on your own --data file "
-                        f"({'plain text, one document per line' if arch == 'decoder' else 'text<TAB>label lines'})")
+        raise DataError(
+            f"--arch {arch} trains on your own --data file "
+            f"({'plain text, one document per line' if arch == 'decoder' else 'text<TAB>label lines'})"
+        )
     sizes = _task_sizes(args)
     if kind:
         sizes.pop("max_len", None)  # the model's max_len (_model_flags)
-    flags = {"kind": kind if args.data else None, "task": args.task, "train": str(args.data) if args.data else None,
-             "valid": str(args.valid) if args.valid else None, **sizes, "truncate_long": args.truncate_long,
-             "tokenizer": args.tokenizer, "vocab_size": args.vocab_size, "joint_vocab": args.joint_vocab,
-             "eval_examples": getattr(args, "eval_examples", None)}
+    flags = {
+        "kind": kind if args.data else None,
+        "task": args.task,
+        "train": str(args.data) if args.data else None,
+        "valid": str(args.valid) if args.valid else None,
+        **sizes,
+        "truncate_long": args.truncate_long,
+        "tokenizer": args.tokenizer,
+        "vocab_size": args.vocab_size,
+        "joint_vocab": args.joint_vocab,
+        "eval_examples": getattr(args, "eval_examples", None),
+    }
     return {name: value for name, value in flags.items() if value is not None}
 
 
@@ -255,9 +344,12 @@ def _data_spec(args, seed: int) -> dict:
 
 def _add_checkpoint_flags(p):
     p.add_argument("--checkpoint", type=Path, required=True, help="a run folder or a .safetensors checkpoint file")
-    p.add_argument("--which", choices=sorted(checkpoint.FILE_NAMES),
-                   help="a run folder's best checkpoint (best held-out exact match: best.safetensors) or its last "
-                        "(checkpoint.safetensors); default: best where the folder has one, else last")
+    p.add_argument(
+        "--which",
+        choices=sorted(checkpoint.FILE_NAMES),
+        help="a run folder's best checkpoint (best held-out exact match: best.safetensors) or its last "
+        "(checkpoint.safetensors); default: best where the folder has one, else last",
+    )
 
 
 def _add_batch_size_flag(p):
@@ -273,134 +365,226 @@ def _space_help() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ft", description=__doc__.splitlines()[0] + " Backend: FT_BACKEND=numpy|jax.")
-    parser.add_argument("--debug", action="store_true",
-                        help="on an error, show the full traceback instead of the one-line message "
-                             "(give it before the command: ft --debug predict ...)")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show the full traceback instead of the one-line message "
+        "(give it before the command: ft --debug predict ...)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model on a built-in task or your own TSV data",
-                       description="Train a Transformer on a character task (--task) or TSV files (--data); with "
-                                   "--arch decoder a language model on plain text, with --arch encoder a classifier "
-                                   "on labelled text.")
-    p.add_argument("--arch", choices=families.ARCHS,
-                   help="encoder_decoder: the paper's sequence-to-sequence model (default); decoder: a causal language "
-                        "model (GPT) on plain text; encoder: a classifier on text<TAB>label lines")
-    p.add_argument("--config", type=Path, metavar="FILE.toml",
-                   help="model, training and data settings from a TOML file ([model], [train], [data]: a run "
-                        "folder's config.toml, a sweep's best.toml, or your own); flags given as well override it")
+    p = sub.add_parser(
+        "train",
+        help="train a model on a built-in task or your own TSV data",
+        description="Train a Transformer on a character task (--task) or TSV files (--data); with "
+        "--arch decoder a language model on plain text, with --arch encoder a classifier "
+        "on labelled text.",
+    )
+    p.add_argument(
+        "--arch",
+        choices=families.ARCHS,
+        help="encoder_decoder: the paper's sequence-to-sequence model (default); decoder: a causal language "
+        "model (GPT) on plain text; encoder: a classifier on text<TAB>label lines",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.toml",
+        help="model, training and data settings from a TOML file ([model], [train], [data]: a run "
+        "folder's config.toml, a sweep's best.toml, or your own); flags given as well override it",
+    )
     _add_data_flags(p)
-    p.add_argument("--eval-examples", type=int,
-                   help=f"held-out examples each evaluation decodes (default {config_file.DEFAULT_EVAL_EXAMPLES})")
-    p.add_argument("--out", type=Path, help="run folder for checkpoint, metrics.jsonl, curves.png, config.toml "
-                                            "(default runs/<task>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint, with its own settings and schedule")
+    p.add_argument(
+        "--eval-examples",
+        type=int,
+        help=f"held-out examples each evaluation decodes (default {config_file.DEFAULT_EVAL_EXAMPLES})",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="run folder for checkpoint, metrics.jsonl, curves.png, config.toml (default runs/<task>)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint, with its own settings and schedule",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace the run --out holds with a new one")
-    p.add_argument("--extend", action="store_true",
-                   help="with --resume and a larger --steps: train a finished run further (a cosine schedule "
-                        "restarts: warmup, then decay over the added steps; the others continue)")
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="with --resume and a larger --steps: train a finished run further (a cosine schedule "
+        "restarts: warmup, then decay over the added steps; the others continue)",
+    )
     _add_model_flags(p)
     _add_train_flags(p)
     _add_parallel_flags(p)
-    p.add_argument("--tensorboard", type=Path, metavar="DIR",
-                   help="also write every record's scalars as TensorBoard events to DIR (the [tensorboard] extra)")
+    p.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="also write every record's scalars as TensorBoard events to DIR (the [tensorboard] extra)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
-    p = sub.add_parser("eval", help="exact match, character accuracy, BLEU and chrF of a checkpoint",
-                       description="Evaluate a checkpoint on held-out data: loss, token and character accuracy, "
-                                   "corpus BLEU and chrF with their sacreBLEU signatures (the [text] extra); the last "
-                                   "line is 'exact_match: <fraction>'. A language model: loss and perplexity (last "
-                                   "line 'perplexity: <value>') on --data (plain text); a classifier: a confusion table "
-                                   "and accuracy (last line 'accuracy: <fraction>') on --data (text<TAB>label).")
+    p = sub.add_parser(
+        "eval",
+        help="exact match, character accuracy, BLEU and chrF of a checkpoint",
+        description="Evaluate a checkpoint on held-out data: loss, token and character accuracy, "
+        "corpus BLEU and chrF with their sacreBLEU signatures (the [text] extra); the last "
+        "line is 'exact_match: <fraction>'. A language model: loss and perplexity (last "
+        "line 'perplexity: <value>') on --data (plain text); a classifier: a confusion table "
+        "and accuracy (last line 'accuracy: <fraction>') on --data (text<TAB>label).",
+    )
     _add_checkpoint_flags(p)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--task", choices=sorted(TASKS),
-                     help="fresh strings of this task, less any seen in training (default: the run's own held-out set)")
+    src.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        help="fresh strings of this task, less any seen in training (default: the run's own held-out set)",
+    )
     src.add_argument("--data", type=Path, help="a TSV file of 'source<TAB>target' lines")
     p.add_argument("--n", type=int, default=None, help="evaluate at most this many examples")
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the fresh --task strings")
-    p.add_argument("--output", type=Path, help="write the hypotheses (the decoded outputs) here, one per line, in "
-                                               "the order of the examples")
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="write the hypotheses (the decoded outputs) here, one per line, in the order of the examples",
+    )
     _add_batch_size_flag(p)
-    p.add_argument("--allow-unknown", action="store_true",
-                   help="read characters outside the model's vocabulary as the unknown token (default: refuse "
-                        "them); n_with_unknown counts the examples that hold one")
+    p.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="read characters outside the model's vocabulary as the unknown token (default: refuse "
+        "them); n_with_unknown counts the examples that hold one",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
-    p = sub.add_parser("predict", help="decode the given strings, or a file of them",
-                       description="Write one prediction per source: the source strings given, or each line of "
-                                   "--input, in order.")
+    p = sub.add_parser(
+        "predict",
+        help="decode the given strings, or a file of them",
+        description="Write one prediction per source: the source strings given, or each line of --input, in order.",
+    )
     _add_checkpoint_flags(p)
     p.add_argument("inputs", nargs="*", help="source strings (or give --input)")
     p.add_argument("--input", help="a UTF-8 file of sources, one per line ('-': standard input)")
     p.add_argument("--output", type=Path, help="write the predictions here, one per line (default: standard output)")
     _add_batch_size_flag(p)
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy; the paper uses 4, with alpha 0.6)")
-    p.add_argument("--allow-unknown", action="store_true",
-                   help="read characters outside the model's vocabulary as the unknown token (default: refuse them)")
+    p.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="read characters outside the model's vocabulary as the unknown token (default: refuse them)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr (shown with --input)")
 
-    p = sub.add_parser("info", help="what a run folder or checkpoint holds: settings, step, best metric, size",
-                       description="Show a run folder's or checkpoint file's step, best held-out metric and the metric "
-                                   "that chose it, parameter count, tokenizer, model, training and data settings, and "
-                                   "whether each checkpoint's SHA-256 checksums verify (a damaged file is an error).")
+    p = sub.add_parser(
+        "info",
+        help="what a run folder or checkpoint holds: settings, step, best metric, size",
+        description="Show a run folder's or checkpoint file's step, best held-out metric and the metric "
+        "that chose it, parameter count, tokenizer, model, training and data settings, and "
+        "whether each checkpoint's SHA-256 checksums verify (a damaged file is an error).",
+    )
     p.add_argument("path", type=Path, help="a run folder or a .safetensors checkpoint file")
 
-    p = sub.add_parser("sweep", help="tune model size and training settings with Optuna (the [sweep] extra)",
-                       description="Run Optuna trials of `ft train` settings; each trial trains for --steps and scores "
-                                   "the mean of a held-out metric (--objective) over its evaluations. Run it again "
-                                   "with the same --study and --storage to add trials; point several processes at one "
-                                   "storage to share a study (journal: files or a database server; not SQLite). "
-                                   "The best trial's settings go to <out>/best.toml: ft train --config "
-                                   "<out>/best.toml trains it again.",
-                       epilog=_space_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "sweep",
+        help="tune model size and training settings with Optuna (the [sweep] extra)",
+        description="Run Optuna trials of `ft train` settings; each trial trains for --steps and scores "
+        "the mean of a held-out metric (--objective) over its evaluations. Run it again "
+        "with the same --study and --storage to add trials; point several processes at one "
+        "storage to share a study (journal: files or a database server; not SQLite). "
+        "The best trial's settings go to <out>/best.toml: ft train --config "
+        "<out>/best.toml trains it again.",
+        epilog=_space_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_data_flags(p)
     p.add_argument("--trials", type=int, default=10, help="trials to run in this process (default 10)")
     p.add_argument("--study", default="ft-sweep", help="the study's name in the storage (default ft-sweep)")
-    p.add_argument("--storage", help="an Optuna storage: journal:PATH (default journal:<out>/study.journal; safe for "
-                                     "concurrent workers), sqlite:///PATH (one worker at a time), postgresql://...")
+    p.add_argument(
+        "--storage",
+        help="an Optuna storage: journal:PATH (default journal:<out>/study.journal; safe for "
+        "concurrent workers), sqlite:///PATH (one worker at a time), postgresql://...",
+    )
     p.add_argument("--out", type=Path, help="folder for the trials' run folders (default runs/sweep-<study>)")
-    p.add_argument("--space", type=Path, help="a TOML file whose entries replace the default search space's (see below)")
+    p.add_argument(
+        "--space", type=Path, help="a TOML file whose entries replace the default search space's (see below)"
+    )
     p.add_argument("--steps", type=int, default=300, help="training steps per trial (default 300)")
-    p.add_argument("--evals", type=int, default=6, help="held-out evaluations per trial; the score is their mean "
-                                                        "(default 6)")
+    p.add_argument(
+        "--evals", type=int, default=6, help="held-out evaluations per trial; the score is their mean (default 6)"
+    )
     p.add_argument("--eval-examples", type=int, default=500, help="held-out examples per evaluation (default 500)")
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="stop hopeless trials early (default median)")
-    p.add_argument("--objective", choices=OBJECTIVES, default="exact_match",
-                   help="the held-out metric whose mean over a trial's evaluations scores it: maximised, the loss "
-                        "minimised (bleu and chrf need the [text] extra); part of the study (default exact_match)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and of every trial's init and dropout; "
-                                                       "part of the study (default 0)")
-    p.add_argument("--sampler-seed", type=int, help="seed of Optuna's sampler (default: --seed); give workers that "
-                                                    "share a study different ones")
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="exact_match",
+        help="the held-out metric whose mean over a trial's evaluations scores it: maximised, the loss "
+        "minimised (bleu and chrf need the [text] extra); part of the study (default exact_match)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data and of every trial's init and dropout; part of the study (default 0)",
+    )
+    p.add_argument(
+        "--sampler-seed",
+        type=int,
+        help="seed of Optuna's sampler (default: --seed); give workers that share a study different ones",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
-    p = sub.add_parser("sweep-report", help="a study's best trials and plots",
-                       description="Write best_trials.md, trials.csv and PNG plots of a study into --out.")
+    p = sub.add_parser(
+        "sweep-report",
+        help="a study's best trials and plots",
+        description="Write best_trials.md, trials.csv and PNG plots of a study into --out.",
+    )
     p.add_argument("--study", default="ft-sweep", help="the study's name (default ft-sweep)")
-    p.add_argument("--storage", help="the study's Optuna storage URL, as given to ft sweep (default: ft sweep's "
-                                     "default, journal:<out>/study.journal)")
-    p.add_argument("--out", type=Path, help="ft sweep's --out, where the table and plots go too (default "
-                                            "runs/sweep-<study>, as for ft sweep)")
+    p.add_argument(
+        "--storage",
+        help="the study's Optuna storage URL, as given to ft sweep (default: ft sweep's "
+        "default, journal:<out>/study.journal)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="ft sweep's --out, where the table and plots go too (default runs/sweep-<study>, as for ft sweep)",
+    )
 
-    p = sub.add_parser("attention", help="draw every attention weight of one example (matplotlib: the [plot] extra)",
-                       description="Draw the attention maps of one forward pass: encoder self-attention, decoder "
-                                   "causal self-attention and cross-attention, a heatmap per layer and head, labelled "
-                                   "with the tokens. The target is the model's greedy output unless --target is given.")
+    p = sub.add_parser(
+        "attention",
+        help="draw every attention weight of one example (matplotlib: the [plot] extra)",
+        description="Draw the attention maps of one forward pass: encoder self-attention, decoder "
+        "causal self-attention and cross-attention, a heatmap per layer and head, labelled "
+        "with the tokens. The target is the model's greedy output unless --target is given.",
+    )
     _add_checkpoint_flags(p)
     p.add_argument("source", help="the source string")
     p.add_argument("--target", help="teacher-force this target instead of the model's greedy output")
-    p.add_argument("--kind", choices=("all", *ATTENTION_KINDS), default="all",
-                   help="which attention to draw (default all, one grid above the other)")
+    p.add_argument(
+        "--kind",
+        choices=("all", *ATTENTION_KINDS),
+        default="all",
+        help="which attention to draw (default all, one grid above the other)",
+    )
     p.add_argument("--out", type=Path, default=Path("attention.png"), help="the PNG to write (default attention.png)")
-    p.add_argument("--allow-unknown", action="store_true",
-                   help="read characters outside the model's vocabulary as the unknown token (default: refuse them)")
+    p.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="read characters outside the model's vocabulary as the unknown token (default: refuse them)",
+    )
 
-    p = sub.add_parser("report", help="one self-contained HTML page about a run (matplotlib: the [plot] extra)",
-                       description="Write an HTML page with the run's configs, curves, sample predictions (greedy "
-                                   "and beam), attention maps and checkpoint sizes; images are embedded, so the page "
-                                   "needs no network and no other file.")
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page about a run (matplotlib: the [plot] extra)",
+        description="Write an HTML page with the run's configs, curves, sample predictions (greedy "
+        "and beam), attention maps and checkpoint sizes; images are embedded, so the page "
+        "needs no network and no other file.",
+    )
     _add_checkpoint_flags(p)
     p.add_argument("--out", type=Path, help="the HTML file to write (default report.html in the run folder)")
     p.add_argument("--n", type=int, default=100, help="held-out examples to decode for the predictions (default 100)")
@@ -420,8 +604,11 @@ def _new_run_settings(args, train_fields: dict) -> tuple[dict, dict, dict, int]:
     data, flags = dict(settings.data if settings else {}), _data_flags(args)
     if "task" in flags or "train" in flags:  # the flags' data replace the file's, and its sizes where the kind differs
         file_kind = data.get("kind", "tsv" if "train" in data else "task")
-        dropped = config_file.DATA_SOURCE_KEYS + (() if file_kind == ("tsv" if "train" in flags else "task") else
-                                                  ("n_train", "n_valid", "min_len", "max_len", "truncate_long"))
+        dropped = config_file.DATA_SOURCE_KEYS + (
+            ()
+            if file_kind == ("tsv" if "train" in flags else "task")
+            else ("n_train", "n_valid", "min_len", "max_len", "truncate_long")
+        )
         data = {key: value for key, value in data.items() if key not in dropped}
     if "seed" in train_fields:  # --seed seeds the data too
         data["seed"] = train_fields["seed"]
@@ -435,11 +622,16 @@ def _new_run_settings(args, train_fields: dict) -> tuple[dict, dict, dict, int]:
 
 
 def _add_generate_parser(sub) -> None:
-    p = sub.add_parser("generate", help="continue a text with a decoder-only model (a run folder or checkpoint)",
-                       description="Sample a continuation of each prompt from a decoder-only language model: greedy "
-                                   "with --temperature 0, else with temperature, top-k and top-p. Tokens per second "
-                                   "go to stderr at the end.")
-    p.add_argument("checkpoint", type=Path, help="a run folder (its best checkpoint, else its last) or a .safetensors file")
+    p = sub.add_parser(
+        "generate",
+        help="continue a text with a decoder-only model (a run folder or checkpoint)",
+        description="Sample a continuation of each prompt from a decoder-only language model: greedy "
+        "with --temperature 0, else with temperature, top-k and top-p. Tokens per second "
+        "go to stderr at the end.",
+    )
+    p.add_argument(
+        "checkpoint", type=Path, help="a run folder (its best checkpoint, else its last) or a .safetensors file"
+    )
     p.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     p.add_argument("--input", help="a file of prompts, one a line ('-' for standard input)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to sample after each prompt (default 64)")
@@ -456,13 +648,17 @@ def _generate(args) -> int:
     from .random import key as make_key
 
     if bool(args.prompt) == (args.input is not None):
-        raise ConfigError("give the prompts with --prompt TEXT or as a file with --input FILE ('-' for standard "
-                         "input)" + (", not both" if args.prompt else ""))
+        raise ConfigError(
+            "give the prompts with --prompt TEXT or as a file with --input FILE ('-' for standard "
+            "input)" + (", not both" if args.prompt else "")
+        )
     backend = default_backend()
     loaded = checkpoint.load(checkpoint.resolve(args.checkpoint), backend)
     if loaded["arch"] != "decoder":
-        raise ConfigError(f"{loaded['path']} holds a model of the family {loaded['arch']!r}; ft generate needs a "
-                         "decoder-only language model (ft predict decodes an encoder-decoder)")
+        raise ConfigError(
+            f"{loaded['path']} holds a model of the family {loaded['arch']!r}; ft generate needs a "
+            "decoder-only language model (ft predict decodes an encoder-decoder)"
+        )
     cfg, tokenizer = loaded["cfg"], loaded["tokenizer"]
     prompts = read_lines(args.input) if args.input is not None else args.prompt
     bos = getattr(tokenizer, "bos_id", None)
@@ -474,15 +670,23 @@ def _generate(args) -> int:
     ids = [row + [filler] * (width - len(row)) for row in rows]
     eos = getattr(tokenizer, "eos_id", None)
     start = time.perf_counter()
-    tokens = sampling.generate(loaded["state"]["params"], cfg, ids, max_new_tokens=args.max_new_tokens,
-                               key=make_key(args.seed), eos_id=-1 if eos is None else eos,
-                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                               prompt_lengths=[len(row) for row in rows])
+    tokens = sampling.generate(
+        loaded["state"]["params"],
+        cfg,
+        ids,
+        max_new_tokens=args.max_new_tokens,
+        key=make_key(args.seed),
+        eos_id=-1 if eos is None else eos,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        prompt_lengths=[len(row) for row in rows],
+    )
     tokens = backend.to_numpy(tokens)
     elapsed = time.perf_counter() - start
     n_new = 0
     for row, out in zip(rows, tokens):
-        new = [int(t) for t in out[len(row):len(row) + args.max_new_tokens]]
+        new = [int(t) for t in out[len(row) : len(row) + args.max_new_tokens]]
         n_new += next((i + 1 for i, t in enumerate(new) if t == eos), len(new))
         print(tokenizer.decode(new))
     print(f"{n_new} tokens in {elapsed:.2f} s: {n_new / max(elapsed, 1e-9):.1f} tokens/s", file=sys.stderr)
@@ -493,13 +697,18 @@ def _generate(args) -> int:
 
 
 def _add_convert_parser(sub) -> None:
-    p = sub.add_parser("convert", help="a Hugging Face GPT-2 or Llama folder to a run folder, or back",
-                       description="ft convert hf DIR --out RUN_DIR reads a Hugging Face folder (config.json, "
-                                   "safetensors weights, tokenizer.json) into a run folder; ft convert --to hf "
-                                   "RUN_OR_FILE --out DIR writes a decoder-only run as a folder transformers loads.")
+    p = sub.add_parser(
+        "convert",
+        help="a Hugging Face GPT-2 or Llama folder to a run folder, or back",
+        description="ft convert hf DIR --out RUN_DIR reads a Hugging Face folder (config.json, "
+        "safetensors weights, tokenizer.json) into a run folder; ft convert --to hf "
+        "RUN_OR_FILE --out DIR writes a decoder-only run as a folder transformers loads.",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="hf DIR (to a run folder), or with --to hf: RUN_OR_FILE")
     p.add_argument("--to", choices=("hf",), help="write the run RUN_OR_FILE in this format")
-    p.add_argument("--out", type=Path, required=True, help="the run folder (from hf) or the Hugging Face folder (--to hf)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="the run folder (from hf) or the Hugging Face folder (--to hf)"
+    )
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="parameter dtype of the run (default float32)")
     p.add_argument("--shard-bytes", type=int, help="with --to hf: shards of at most this many bytes (default one file)")
 
@@ -509,20 +718,31 @@ def _convert(args) -> int:
 
     if args.to is None:
         if len(args.paths) != 2 or args.paths[0] != "hf":
-            raise ConfigError("give the source as: ft convert hf DIR --out RUN_DIR (or ft convert --to hf RUN --out DIR)")
+            raise ConfigError(
+                "give the source as: ft convert hf DIR --out RUN_DIR (or ft convert --to hf RUN --out DIR)"
+            )
         return _convert_from_hf(Path(args.paths[1]), args.out, args.dtype)
     if len(args.paths) != 1:
-        raise ConfigError("ft convert --to hf takes one run folder or checkpoint file: ft convert --to hf RUN --out DIR")
+        raise ConfigError(
+            "ft convert --to hf takes one run folder or checkpoint file: ft convert --to hf RUN --out DIR"
+        )
     loaded = checkpoint.load(checkpoint.resolve(args.paths[0]), default_backend())
     if loaded["arch"] != "decoder":
-        raise ConfigError(f"{loaded['path']} holds a model of the family {loaded['arch']!r}; only decoder-only models "
-                         "convert to Hugging Face")
+        raise ConfigError(
+            f"{loaded['path']} holds a model of the family {loaded['arch']!r}; only decoder-only models "
+            "convert to Hugging Face"
+        )
     tokenizer = loaded["tokenizer"]
     model = hf.HuggingFaceModel(loaded["cfg"], loaded["state"]["params"], tokenizer)
     folder = hf.to_huggingface(model, args.out, max_shard_bytes=args.shard_bytes)
-    note = "" if getattr(tokenizer, "kind", None) == "huggingface" else (
-        f"; no {hf.TOKENIZER_NAME}: the run's tokenizer ({getattr(tokenizer, 'kind', type(tokenizer).__name__)}) is "
-        "not a Hugging Face one")
+    note = (
+        ""
+        if getattr(tokenizer, "kind", None) == "huggingface"
+        else (
+            f"; no {hf.TOKENIZER_NAME}: the run's tokenizer ({getattr(tokenizer, 'kind', type(tokenizer).__name__)}) is "
+            "not a Hugging Face one"
+        )
+    )
     print(f"wrote {folder} ({model.architecture}){note}")
     return 0
 
@@ -536,21 +756,33 @@ def _convert_from_hf(folder: Path, out: Path, dtype: str) -> int:
 
     config = hf.read_config(folder)
     if not (folder / hf.TOKENIZER_NAME).is_file():
-        raise ConfigError(f"{folder} has no {hf.TOKENIZER_NAME}: a run folder needs the model's tokenizer (save it "
-                         "beside the model with tokenizer.save_pretrained)")
+        raise ConfigError(
+            f"{folder} has no {hf.TOKENIZER_NAME}: a run folder needs the model's tokenizer (save it "
+            "beside the model with tokenizer.save_pretrained)"
+        )
     cfg, params, tokenizer, architecture = hf.load_huggingface(folder, dtype, tokenizer_required=True)
     if tokenizer.vocab_size > cfg.vocab_size:
-        raise ConfigError(f"{folder}: tokenizer.json has {tokenizer.vocab_size} ids but the model only "
-                         f"{cfg.vocab_size} (config.json vocab_size)")
+        raise ConfigError(
+            f"{folder}: tokenizer.json has {tokenizer.vocab_size} ids but the model only "
+            f"{cfg.vocab_size} (config.json vocab_size)"
+        )
     backend = get_backend("numpy")
     state = {"params": params, "opt_state": {}, "step": np.asarray(0, dtype=np.int32)}
-    path = checkpoint.save(out, state, backend, cfg=cfg, tokenizer=tokenizer, train_config={},
-                           data_spec={"source": "huggingface", "architecture": architecture,
-                                      "model_type": config.get("model_type")},
-                           key=backend.random.key(0))
+    path = checkpoint.save(
+        out,
+        state,
+        backend,
+        cfg=cfg,
+        tokenizer=tokenizer,
+        train_config={},
+        data_spec={"source": "huggingface", "architecture": architecture, "model_type": config.get("model_type")},
+        key=backend.random.key(0),
+    )
     n_params = sum(int(np.prod(leaf.shape)) for leaf in tree_leaves(params))
-    print(f"wrote {path}: a {architecture} model of {n_params:,} parameters ({cfg.n_layers} layers, d_model "
-          f"{cfg.d_model}, vocabulary {cfg.vocab_size})")
+    print(
+        f"wrote {path}: a {architecture} model of {n_params:,} parameters ({cfg.n_layers} layers, d_model "
+        f"{cfg.d_model}, vocabulary {cfg.vocab_size})"
+    )
     return 0
 
 
@@ -577,7 +809,9 @@ def _train(args) -> int:
     else:
         model, fields, data, eval_examples = _new_run_settings(args, train_fields)
         train = TrainConfig(**fields)
-    out = args.out or Path("runs") / (data.get("task") or (Path(data["train"]).stem if data.get("train") else "reverse"))
+    out = args.out or Path("runs") / (
+        data.get("task") or (Path(data["train"]).stem if data.get("train") else "reverse")
+    )
     if train_fields.get("max_tokens") is not None and train_fields.get("batch_size") is not None:
         raise ConfigError("--max-tokens sizes the batches by tokens instead of --batch-size: give one of them")
     if args.extend and not args.resume:
@@ -592,17 +826,30 @@ def _train(args) -> int:
         if parallel.process_index() == 0:  # one event file per run, as with metrics.jsonl
             callbacks.append(TensorBoardWriter(args.tensorboard))
     try:
-        result = fit(model or None, train, data or None, arch=None if args.resume else _arch(args),
-                     out_dir=out, resume=args.resume, overwrite=args.overwrite, extend=args.extend,
-                     progress=not args.no_progress, devices=args.devices, shard_params=args.shard_params,
-                     eval_examples=eval_examples, callbacks=callbacks)
+        result = fit(
+            model or None,
+            train,
+            data or None,
+            arch=None if args.resume else _arch(args),
+            out_dir=out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            extend=args.extend,
+            progress=not args.no_progress,
+            devices=args.devices,
+            shard_params=args.shard_params,
+            eval_examples=eval_examples,
+            callbacks=callbacks,
+        )
     finally:
         for callback in callbacks:
             callback.close()
     print(f"{result.stopped} at step {result.step} in {result.seconds:.1f} s; checkpoint {result.path}")
     if result.best_value is not None:
-        print(f"best held-out {result.train_config.best_by}: {result.best_value:.4f} at step {result.best_step} "
-              f"({checkpoint.checkpoint_path(out, 'best')})")
+        print(
+            f"best held-out {result.train_config.best_by}: {result.best_value:.4f} at step {result.best_step} "
+            f"({checkpoint.checkpoint_path(out, 'best')})"
+        )
     last_valid = [r for r in result.history if r["split"] == "valid"]
     if last_valid and "exact_match" in last_valid[-1]:
         print(f"held-out exact_match: {last_valid[-1]['exact_match']:.4f}")
@@ -617,14 +864,17 @@ def _eval_family(args, loaded) -> int:
     if args.task:
         raise DataError(f"--task is for encoder-decoder runs; this run is a {arch} model: give --data")
     if args.data:
-        pairs = [("", line) for line in read_lines(args.data) if line.strip()] if arch == "decoder" else read_tsv(args.data)
+        pairs = (
+            [("", line) for line in read_lines(args.data) if line.strip()] if arch == "decoder" else read_tsv(args.data)
+        )
     else:
         pairs = load_pairs(spec)[1]
     pairs = pairs[: args.n] if args.n else pairs
     if not pairs:
         raise DataError("no held-out examples to evaluate: give --data")
-    result = families.evaluate(loaded["state"]["params"], cfg, tokenizer, pairs, labels=loaded["labels"],
-                               batch_size=args.batch_size)
+    result = families.evaluate(
+        loaded["state"]["params"], cfg, tokenizer, pairs, labels=loaded["labels"], batch_size=args.batch_size
+    )
     if arch == "encoder":
         print(families.confusion_table(result["confusion"], loaded["labels"]))
     for name in ("n_examples", "n_tokens", "loss", "token_accuracy"):
@@ -656,15 +906,32 @@ def _eval(args) -> int:
     pairs = pairs[: args.n] if args.n else pairs
     if args.data:  # an over-long line is an error naming it, before anything is decoded
         check_held_out_lengths(pairs, tokenizer, cfg.max_len, args.data)
-    result = evaluate(loaded["state"]["params"], cfg, tokenizer, pairs, beam_size=args.beam,
-                      batch_size=args.batch_size, allow_unknown=args.allow_unknown, keep_predictions=True,
-                      progress=not args.no_progress)
+    result = evaluate(
+        loaded["state"]["params"],
+        cfg,
+        tokenizer,
+        pairs,
+        beam_size=args.beam,
+        batch_size=args.batch_size,
+        allow_unknown=args.allow_unknown,
+        keep_predictions=True,
+        progress=not args.no_progress,
+    )
     if not metrics.sacrebleu_available():  # after the checks, so that an input error stays one line
         print(f"ft eval: note: {metrics.MISSING_NOTE}", file=sys.stderr)
     if args.output:
         _write_lines(args.output, result["predictions"])
-    for name in ("n_examples", "n_with_unknown", "loss", "token_accuracy", "char_accuracy", "bleu", "bleu_signature",
-                 "chrf", "chrf_signature"):
+    for name in (
+        "n_examples",
+        "n_with_unknown",
+        "loss",
+        "token_accuracy",
+        "char_accuracy",
+        "bleu",
+        "bleu_signature",
+        "chrf",
+        "chrf_signature",
+    ):
         if name in result:
             print(f"{name}: {result[name]}")
     print(f"exact_match: {result['exact_match']}")
@@ -679,24 +946,47 @@ def _predict(args) -> int:
         sources = read_lines(args.input)
         name = "standard input" if args.input == "-" else args.input
         check_sources(sources, tokenizer, cfg.max_len, f"{name}: line")
-        unknown_lines = [] if args.allow_unknown else [
-            number for number, source in enumerate(sources, 1) if tokenizer.source.unknown_symbols([source])]
+        unknown_lines = (
+            []
+            if args.allow_unknown
+            else [number for number, source in enumerate(sources, 1) if tokenizer.source.unknown_symbols([source])]
+        )
         if unknown_lines:  # named by line here; predict() below would list only the symbols
-            listed = ", ".join(map(str, unknown_lines[:10])) + (f" and {len(unknown_lines) - 10} more" if len(unknown_lines) > 10 else "")
-            raise UnknownSymbolError(tokenizer.source.unknown_symbols(sources), tokenizer, f" (in {name}: line {listed})")
+            listed = ", ".join(map(str, unknown_lines[:10])) + (
+                f" and {len(unknown_lines) - 10} more" if len(unknown_lines) > 10 else ""
+            )
+            raise UnknownSymbolError(
+                tokenizer.source.unknown_symbols(sources), tokenizer, f" (in {name}: line {listed})"
+            )
     else:
         sources = args.inputs
         check_sources(sources, tokenizer, cfg.max_len, "source")
     params, arch = loaded["state"]["params"], loaded["arch"]
     if arch == "encoder":
-        outputs = classify(params, cfg, tokenizer, loaded["labels"], sources, batch_size=args.batch_size,
-                           allow_unknown=args.allow_unknown)
+        outputs = classify(
+            params,
+            cfg,
+            tokenizer,
+            loaded["labels"],
+            sources,
+            batch_size=args.batch_size,
+            allow_unknown=args.allow_unknown,
+        )
     elif arch == "decoder":
-        outputs = continue_texts(params, cfg, tokenizer, sources, batch_size=args.batch_size,
-                                 allow_unknown=args.allow_unknown)
+        outputs = continue_texts(
+            params, cfg, tokenizer, sources, batch_size=args.batch_size, allow_unknown=args.allow_unknown
+        )
     else:
-        outputs = predict(params, cfg, tokenizer, sources, beam_size=args.beam, batch_size=args.batch_size,
-                          allow_unknown=args.allow_unknown, progress=args.input is not None and not args.no_progress)
+        outputs = predict(
+            params,
+            cfg,
+            tokenizer,
+            sources,
+            beam_size=args.beam,
+            batch_size=args.batch_size,
+            allow_unknown=args.allow_unknown,
+            progress=args.input is not None and not args.no_progress,
+        )
     if args.output:
         _write_lines(args.output, outputs)
     else:
@@ -725,15 +1015,33 @@ def _sweep(args) -> int:
     if out.exists() and not out.is_dir():  # said before anything else, Optuna's import included
         raise ConfigError(f"{out} is a file: --out must be a folder (it holds the trials' run folders)")
     storage = args.storage or _default_storage(out)
-    config = SweepConfig(data=_data_spec(args, seed=args.seed), steps=args.steps, n_evals=args.evals,
-                         eval_examples=args.eval_examples, seed=args.seed, objective=args.objective)
+    config = SweepConfig(
+        data=_data_spec(args, seed=args.seed),
+        steps=args.steps,
+        n_evals=args.evals,
+        eval_examples=args.eval_examples,
+        seed=args.seed,
+        objective=args.objective,
+    )
     space = load_space(args.space)
     try:
-        study = run_sweep(args.study, storage, config, n_trials=args.trials, out_dir=out, space=space,
-                          pruner=args.pruner, sampler_seed=args.sampler_seed, progress=not args.no_progress)
+        study = run_sweep(
+            args.study,
+            storage,
+            config,
+            n_trials=args.trials,
+            out_dir=out,
+            space=space,
+            pruner=args.pruner,
+            sampler_seed=args.sampler_seed,
+            progress=not args.no_progress,
+        )
     except KeyboardInterrupt:
-        print("interrupted: the trial that was running is marked failed; the study keeps the others. Run the same "
-              "command to continue it", file=sys.stderr)
+        print(
+            "interrupted: the trial that was running is marked failed; the study keeps the others. Run the same "
+            "command to continue it",
+            file=sys.stderr,
+        )
         return 130
     for line in summary_lines(study):
         print(line)
@@ -755,8 +1063,10 @@ def _sweep_report(args) -> int:
     out = args.out or Path("runs") / f"sweep-{args.study}"
     storage = args.storage or _default_storage(out)
     if args.storage is None and not (out / "study.journal").exists():
-        raise SweepError(f"{out / 'study.journal'} (ft sweep's default storage for --out {out}) does not exist; give "
-                         "the --out, or the --storage, that ft sweep was given")
+        raise SweepError(
+            f"{out / 'study.journal'} (ft sweep's default storage for --out {out}) does not exist; give "
+            "the --out, or the --storage, that ft sweep was given"
+        )
     try:
         study = optuna.load_study(study_name=args.study, storage=open_storage(storage))
     except KeyError:
@@ -769,8 +1079,10 @@ def _sweep_report(args) -> int:
 
 def _require_encoder_decoder(loaded: dict, command: str) -> None:
     if loaded["arch"] != "encoder_decoder":
-        raise DataError(f"{command} draws an encoder-decoder run (source, target and their attention); "
-                        f"{loaded['path']} holds a {loaded['arch']} model: use ft eval and ft predict for it")
+        raise DataError(
+            f"{command} draws an encoder-decoder run (source, target and their attention); "
+            f"{loaded['path']} holds a {loaded['arch']} model: use ft eval and ft predict for it"
+        )
 
 
 def _attention(args) -> int:
@@ -779,8 +1091,14 @@ def _attention(args) -> int:
     plots.require_matplotlib("ft attention")  # before loading anything, so a missing extra fails at once
     loaded = checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), default_backend())
     _require_encoder_decoder(loaded, "ft attention")
-    maps = attention_maps(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], args.source, args.target,
-                          allow_unknown=args.allow_unknown)
+    maps = attention_maps(
+        loaded["state"]["params"],
+        loaded["cfg"],
+        loaded["tokenizer"],
+        args.source,
+        args.target,
+        allow_unknown=args.allow_unknown,
+    )
     kinds = tuple(ATTENTION_KINDS) if args.kind == "all" else (args.kind,)
     path = plots.save_png(plots.attention_figure(maps, kinds), args.out)
     print(f"source: {maps['source']}")
@@ -794,8 +1112,9 @@ def _report(args) -> int:
 
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
-    _require_encoder_decoder(checkpoint.load(checkpoint.resolve(args.checkpoint, args.which),
-                                             get_backend("numpy")), "ft report")
+    _require_encoder_decoder(
+        checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), get_backend("numpy")), "ft report"
+    )
     path = write_report(args.checkpoint, args.out, args.which, n_examples=args.n)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)")
     return 0
@@ -805,11 +1124,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "predict" and bool(args.inputs) == (args.input is not None):
-        parser.error("ft predict: give the sources as arguments or as a file with --input FILE ('-' for standard "
-                     "input)" + (", not both" if args.inputs else ""))
-    commands = {"train": _train, "eval": _eval, "predict": _predict, "info": _info, "sweep": _sweep,
-                "sweep-report": _sweep_report, "attention": _attention, "report": _report, "generate": _generate,
-                "convert": _convert}
+        parser.error(
+            "ft predict: give the sources as arguments or as a file with --input FILE ('-' for standard "
+            "input)" + (", not both" if args.inputs else "")
+        )
+    commands = {
+        "train": _train,
+        "eval": _eval,
+        "predict": _predict,
+        "info": _info,
+        "sweep": _sweep,
+        "sweep-report": _sweep_report,
+        "attention": _attention,
+        "report": _report,
+        "generate": _generate,
+        "convert": _convert,
+    }
     command = commands[args.command]
     with warnings.catch_warnings():
         _show_checkpoint_warnings_as_one_line(args.command)

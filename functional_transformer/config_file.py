@@ -51,9 +51,22 @@ CONFIG_NAME = "config.toml"
 # TrainConfig fields a file does not set: the step where an extended run's schedule restarted.
 TRAIN_INTERNAL = ("schedule_start",)
 # The [data] keys and their types; "kind" is written to say what the data were.
-DATA_KEYS: dict[str, type] = {"kind": str, "task": str, "train": str, "valid": str, "n_train": int, "n_valid": int,
-                              "min_len": int, "max_len": int, "truncate_long": bool, "seed": int, "tokenizer": str,
-                              "vocab_size": int, "joint_vocab": bool, "eval_examples": int}
+DATA_KEYS: dict[str, type] = {
+    "kind": str,
+    "task": str,
+    "train": str,
+    "valid": str,
+    "n_train": int,
+    "n_valid": int,
+    "min_len": int,
+    "max_len": int,
+    "truncate_long": bool,
+    "seed": int,
+    "tokenizer": str,
+    "vocab_size": int,
+    "joint_vocab": bool,
+    "eval_examples": int,
+}
 # The keys that say where the data come from; a --task or --data flag replaces all of them.
 DATA_SOURCE_KEYS = ("kind", "task", "train", "valid")
 DEFAULT_EVAL_EXAMPLES = 500
@@ -66,8 +79,11 @@ class ConfigFileError(ConfigError):
 # The [data] kinds of the language model's and the classifier's files; the others are the encoder-decoder's.
 KIND_ARCH = {"text": "decoder", "labelled": "encoder", "documents": "decoder", "labelled_pairs": "encoder"}
 # Config fields that follow from the data, per family.
-FAMILY_DATA_FIELDS = {"encoder_decoder": runs.DATA_FIELDS, "decoder": ("vocab_size", "pad_id"),
-                      "encoder": ("vocab_size", "pad_id", "n_classes", "max_len")}
+FAMILY_DATA_FIELDS = {
+    "encoder_decoder": runs.DATA_FIELDS,
+    "decoder": ("vocab_size", "pad_id"),
+    "encoder": ("vocab_size", "pad_id", "n_classes", "max_len"),
+}
 
 
 def arch_of_data(table: dict) -> str:
@@ -163,21 +179,24 @@ def data_table(spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES) -> dict:
     if spec["kind"] == "task":
         table.update({name: spec[name] for name in ("task", "n_train", "n_valid", "min_len", "max_len")})
     elif spec["kind"] in ("tsv", "text", "labelled"):
-        table.update(train=str(Path(spec["train"]).resolve()),
-                     valid=str(Path(spec["valid"]).resolve()) if spec.get("valid") else None,
-                     max_len=spec.get("max_len"), truncate_long=spec.get("truncate_long"))
+        table.update(
+            train=str(Path(spec["train"]).resolve()),
+            valid=str(Path(spec["valid"]).resolve()) if spec.get("valid") else None,
+            max_len=spec.get("max_len"),
+            truncate_long=spec.get("truncate_long"),
+        )
     else:  # pairs given in memory: said, so that reading the file back refuses it instead of guessing
         table.update(n_train=spec["n_train"], n_valid=spec["n_valid"])
     table["seed"] = spec["seed"]
     tokenizer = spec.get("tokenizer") or {"kind": "char"}
-    table.update(tokenizer=tokenizer["kind"], vocab_size=tokenizer.get("vocab_size"),
-                 joint_vocab=tokenizer.get("joint"))
+    table.update(
+        tokenizer=tokenizer["kind"], vocab_size=tokenizer.get("vocab_size"), joint_vocab=tokenizer.get("joint")
+    )
     table["eval_examples"] = eval_examples
     return table
 
 
-def settings_tables(cfg, tcfg: TrainConfig, spec: dict,
-                    eval_examples: int = DEFAULT_EVAL_EXAMPLES) -> dict[str, dict]:
+def settings_tables(cfg, tcfg: TrainConfig, spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES) -> dict[str, dict]:
     """{"model", "train", "data"} tables of a run: cfg's fields less the data's (a dict: its fields
     over the defaults `fit` uses), every TrainConfig field but TRAIN_INTERNAL, and data_table(spec)."""
     arch = KIND_ARCH.get(spec["kind"], "encoder_decoder")
@@ -190,13 +209,22 @@ def settings_tables(cfg, tcfg: TrainConfig, spec: dict,
 
 def model_defaults(arch: str = "encoder_decoder") -> dict:
     """What `fit` builds when told nothing: runs.MODEL_DEFAULTS (families.MODEL_DEFAULTS) over the config's own defaults."""
-    own = {f.name: f.default for f in dataclasses.fields(families.CONFIGS[arch])
-           if f.default is not dataclasses.MISSING and f.name not in FAMILY_DATA_FIELDS[arch]}
+    own = {
+        f.name: f.default
+        for f in dataclasses.fields(families.CONFIGS[arch])
+        if f.default is not dataclasses.MISSING and f.name not in FAMILY_DATA_FIELDS[arch]
+    }
     return {**own, **(runs.MODEL_DEFAULTS if arch == "encoder_decoder" else families.MODEL_DEFAULTS[arch])}
 
 
-def write_settings(path: str | os.PathLike, cfg: TransformerConfig | dict, tcfg: TrainConfig, spec: dict,
-                   eval_examples: int = DEFAULT_EVAL_EXAMPLES, header: str = "") -> Path:
+def write_settings(
+    path: str | os.PathLike,
+    cfg: TransformerConfig | dict,
+    tcfg: TrainConfig,
+    spec: dict,
+    eval_examples: int = DEFAULT_EVAL_EXAMPLES,
+    header: str = "",
+) -> Path:
     """Write a run's settings (settings_tables) to `path` as TOML, atomically."""
     return write_text_atomically(path, to_toml(settings_tables(cfg, tcfg, spec, eval_examples), header))
 
@@ -252,9 +280,11 @@ def _checked_table(table, keys: dict, name: str, path: Path) -> dict:
         hint = ""
         if name == "model" and set(unknown) & set(runs.DATA_FIELDS):
             hint = f"; {sorted(set(unknown) & set(runs.DATA_FIELDS))} follow from the data"
-        raise ConfigFileError(f"{path}: unknown key{'s' if len(unknown) > 1 else ''} "
-                              f"{', '.join(f'[{name}] {key}' for key in unknown)}{hint}; the [{name}] keys are "
-                              f"{', '.join(keys)}")
+        raise ConfigFileError(
+            f"{path}: unknown key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(f'[{name}] {key}' for key in unknown)}{hint}; the [{name}] keys are "
+            f"{', '.join(keys)}"
+        )
     return {key: _checked(value, keys[key], f"{path}: [{name}] {key}") for key, value in table.items()}
 
 
@@ -279,8 +309,10 @@ def read_settings(path: str | os.PathLike) -> Settings:
     known = {"model": model_keys(arch), "train": train_keys(), "data": DATA_KEYS}
     unknown = sorted(set(tables) - set(known))
     if unknown:
-        raise ConfigFileError(f"{path}: unknown table or key {', '.join(unknown)}; a settings file has the tables "
-                              "[model], [train] and [data]")
+        raise ConfigFileError(
+            f"{path}: unknown table or key {', '.join(unknown)}; a settings file has the tables "
+            "[model], [train] and [data]"
+        )
     checked = {name: _checked_table(tables.get(name, {}), keys, name, path) for name, keys in known.items()}
     data = checked["data"]
     for name in ("train", "valid"):  # relative to the file, so that the file works from any folder
@@ -300,16 +332,19 @@ def data_spec(table: dict, default_seed: int, where: str = "the data") -> tuple[
     seed = table.pop("seed", default_seed)
     kind = table.pop("kind", "tsv" if "train" in table else "task")
     if kind in ("pairs", "documents", "labelled_pairs"):
-        raise ConfigFileError(f"{where}: the run's data were given in memory (ft.fit(data=(train, valid))), "
-                              "which a file cannot hold; give --task or --data")
+        raise ConfigFileError(
+            f"{where}: the run's data were given in memory (ft.fit(data=(train, valid))), "
+            "which a file cannot hold; give --task or --data"
+        )
     if kind not in ("task", "tsv", "text", "labelled"):
         raise ConfigFileError(f"{where}: kind must be 'task', 'tsv', 'text' or 'labelled', got {kind!r}")
     if "task" in table and "train" in table:
         raise ConfigFileError(f"{where}: give a task or a training file (train), not both")
     tokenizer = None
     if {"tokenizer", "vocab_size", "joint_vocab"} & set(table):
-        tokenizer = runs.tokenizer_spec(table.pop("tokenizer", "char"), table.pop("vocab_size", None),
-                                        bool(table.pop("joint_vocab", False)))
+        tokenizer = runs.tokenizer_spec(
+            table.pop("tokenizer", "char"), table.pop("vocab_size", None), bool(table.pop("joint_vocab", False))
+        )
         if tokenizer == {"kind": "char"}:
             tokenizer = None  # the default, left out of the spec as runs.task_data leaves it out
     if kind in ("text", "labelled"):
@@ -327,16 +362,31 @@ def data_spec(table: dict, default_seed: int, where: str = "the data") -> tuple[
         max_len, truncate = table.pop("max_len", None), table.pop("truncate_long", None)
         if table:
             raise DataError(f"{sorted(table)} size the built-in tasks; they do not apply to --data")
-        return runs.tsv_data(train, valid, seed=seed, tokenizer=tokenizer, max_len=max_len,
-                             truncate_long=bool(truncate)), eval_examples
+        return runs.tsv_data(
+            train, valid, seed=seed, tokenizer=tokenizer, max_len=max_len, truncate_long=bool(truncate)
+        ), eval_examples
     if "valid" in table:
         raise DataError("--valid (valid in [data]) is a held-out TSV file for --data, not for a task")
     if table.pop("truncate_long", None):
-        raise DataError("--truncate-long cuts pairs of --data files longer than --max-len; a task's strings all fit "
-                        "(truncate_long in [data])")
+        raise DataError(
+            "--truncate-long cuts pairs of --data files longer than --max-len; a task's strings all fit "
+            "(truncate_long in [data])"
+        )
     return runs.task_data(table.pop("task", "reverse"), seed=seed, tokenizer=tokenizer, **table), eval_examples
 
 
-__all__ = ["CONFIG_NAME", "ConfigFileError", "DATA_KEYS", "Settings", "arch_of_data", "data_spec", "data_table",
-           "model_keys",
-           "read_settings", "settings_tables", "to_toml", "train_keys", "write_settings"]
+__all__ = [
+    "CONFIG_NAME",
+    "ConfigFileError",
+    "DATA_KEYS",
+    "Settings",
+    "arch_of_data",
+    "data_spec",
+    "data_table",
+    "model_keys",
+    "read_settings",
+    "settings_tables",
+    "to_toml",
+    "train_keys",
+    "write_settings",
+]

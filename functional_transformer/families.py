@@ -17,24 +17,30 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from backends import Backend, backend_of, with_x64_scope
 
-from . import checks, checkpoint, gradients, loss
+from . import checkpoint, checks, loss
 from .config import TransformerConfig
 from .data import DataError, EncodedPair, Tokenizer, iterate_batches
+from .errors import ConfigError
 from .models import DecoderConfig, EncoderConfig, decoder_only, encoder_decoder, encoder_only
 from .progress import ProgressLine
-from .errors import ConfigError
 
 ARCHS = tuple(checkpoint.ARCHS)
 # The held-out metrics that may choose the best checkpoint, per family, each "max" or "min" better.
 METRICS = {
-    "encoder_decoder": {"exact_match": "max", "char_accuracy": "max", "token_accuracy": "max", "bleu": "max",
-                        "chrf": "max", "loss": "min"},
+    "encoder_decoder": {
+        "exact_match": "max",
+        "char_accuracy": "max",
+        "token_accuracy": "max",
+        "bleu": "max",
+        "chrf": "max",
+        "loss": "min",
+    },
     "decoder": {"loss": "min", "perplexity": "min", "token_accuracy": "max"},
     "encoder": {"accuracy": "max", "loss": "min"},
 }
@@ -78,8 +84,11 @@ def check_batch(batch: dict, cfg, backend: Backend) -> None:
 def n_outputs(cfg) -> int:
     """How many classes the model's logits score: the target vocabulary, or a classifier's classes."""
     arch = arch_of(cfg)
-    return {"encoder_decoder": lambda: cfg.tgt_vocab_size, "decoder": lambda: cfg.vocab_size,
-            "encoder": lambda: cfg.n_classes}[arch]()
+    return {
+        "encoder_decoder": lambda: cfg.tgt_vocab_size,
+        "decoder": lambda: cfg.vocab_size,
+        "encoder": lambda: cfg.n_classes,
+    }[arch]()
 
 
 def default_best_by(cfg) -> str:
@@ -89,8 +98,9 @@ def default_best_by(cfg) -> str:
 def check_best_by(best_by: str, cfg) -> None:
     arch = arch_of(cfg)
     if best_by not in METRICS[arch]:
-        raise ConfigError(f"best_by={best_by!r} is not a held-out metric of the {arch} model: choose one of "
-                         f"{sorted(METRICS[arch])}")
+        raise ConfigError(
+            f"best_by={best_by!r} is not a held-out metric of the {arch} model: choose one of {sorted(METRICS[arch])}"
+        )
 
 
 # --- examples ------------------------------------------------------------------------------------
@@ -108,20 +118,25 @@ def encode_documents(documents: Sequence[str], tokenizer: Tokenizer, max_len: in
         if not ids:
             raise DataError(f"document {index} is empty; a language-model example needs at least one token")
         stream += [tokenizer.bos_id, *ids, tokenizer.eos_id]
-    return [EncodedPair((), tuple(stream[start:start + max_len + 1]))
-            for start in range(0, max(len(stream) - 1, 1), max_len)]
+    return [
+        EncodedPair((), tuple(stream[start : start + max_len + 1]))
+        for start in range(0, max(len(stream) - 1, 1), max_len)
+    ]
 
 
-def encode_labelled(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, labels: Sequence[str],
-                    max_len: int | None) -> tuple[list, int]:
+def encode_labelled(
+    pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, labels: Sequence[str], max_len: int | None
+) -> tuple[list, int]:
     """(text, label) pairs as classifier examples, each text cut to max_len tokens -> (examples, how
     many were cut). A label outside `labels` is an error naming it."""
     index = {label: i for i, label in enumerate(labels)}
     examples, n_cut = [], 0
     for number, (text, label) in enumerate(pairs):
         if label not in index:
-            raise DataError(f"example {number} has the label {label!r}, which the training data does not have "
-                            f"(labels: {', '.join(map(repr, labels[:20]))}{' ...' if len(labels) > 20 else ''})")
+            raise DataError(
+                f"example {number} has the label {label!r}, which the training data does not have "
+                f"(labels: {', '.join(map(repr, labels[:20]))}{' ...' if len(labels) > 20 else ''})"
+            )
         ids = tuple(tokenizer.source.encode(text))
         if not ids:
             raise DataError(f"example {number} has an empty text; the classifier needs at least one token")
@@ -150,26 +165,33 @@ MODEL_DEFAULTS = {
 }
 
 
-def make_config(arch: str, tokenizer: Tokenizer, model=None, *, longest: int | None = None,
-                n_classes: int | None = None):
+def make_config(
+    arch: str, tokenizer: Tokenizer, model=None, *, longest: int | None = None, n_classes: int | None = None
+):
     """The DecoderConfig or EncoderConfig for data: the vocabulary and pad id from the tokenizer, a
     classifier's n_classes and (unless given) max_len from the data, the rest from `model` (a dict of
     fields over MODEL_DEFAULTS[arch], or over a named architecture's with {"preset": "gpt2" | "llama"};
     or a whole config, checked against the data)."""
     config_type = CONFIGS[arch]
-    derived = {"vocab_size": tokenizer.target.vocab_size if arch == "decoder" else tokenizer.source.vocab_size,
-               "pad_id": tokenizer.pad_id}
+    derived = {
+        "vocab_size": tokenizer.target.vocab_size if arch == "decoder" else tokenizer.source.vocab_size,
+        "pad_id": tokenizer.pad_id,
+    }
     if arch == "encoder":
         derived["n_classes"] = n_classes
     if isinstance(model, config_type):
         for name, value in derived.items():
             if getattr(model, name) != value:
-                raise ConfigError(f"the model's {name} is {getattr(model, name)} but the data needs {value}; pass a "
-                                 "dict of the other fields and let fit fill these in")
+                raise ConfigError(
+                    f"the model's {name} is {getattr(model, name)} but the data needs {value}; pass a "
+                    "dict of the other fields and let fit fill these in"
+                )
         return model
     if model is not None and not isinstance(model, dict):
-        raise ConfigError(f"model for arch={arch!r} must be a dict of {config_type.__name__} fields or a "
-                        f"{config_type.__name__}, got {type(model).__name__}")
+        raise ConfigError(
+            f"model for arch={arch!r} must be a dict of {config_type.__name__} fields or a "
+            f"{config_type.__name__}, got {type(model).__name__}"
+        )
     fields = {**MODEL_DEFAULTS[arch], **dict(model or {})}
     given = sorted(set(model or {}) & set(derived))
     if given:
@@ -199,8 +221,15 @@ def _batch_outputs(params, batch, cfg):
 
 
 @with_x64_scope
-def evaluate_examples(params: dict, cfg, examples: Sequence[EncodedPair], *, batch_size: int = 64,
-                      n_classes: int | None = None, progress: bool | str = False) -> dict:
+def evaluate_examples(
+    params: dict,
+    cfg,
+    examples: Sequence[EncodedPair],
+    *,
+    batch_size: int = 64,
+    n_classes: int | None = None,
+    progress: bool | str = False,
+) -> dict:
     """The held-out metrics of a decoder or an encoder model on encoded examples.
 
     decoder: {"loss", "perplexity", "token_accuracy", "n_examples", "n_tokens"} (teacher-forced: each
@@ -211,10 +240,10 @@ def evaluate_examples(params: dict, cfg, examples: Sequence[EncodedPair], *, bat
     arch = arch_of(cfg)
     total_loss = total_correct = total_tokens = 0.0
     confusion = np.zeros((n_classes or 0, n_classes or 0), dtype=np.int64)
-    line = ProgressLine(progress if isinstance(progress, str) else "evaluating", len(examples), unit="examples",
-                        enabled=bool(progress))
-    for host_batch in iterate_batches(list(examples), batch_size, pad_id=cfg.pad_id, fill_last=True,
-                                      pad_to_multiple=8):
+    line = ProgressLine(
+        progress if isinstance(progress, str) else "evaluating", len(examples), unit="examples", enabled=bool(progress)
+    )
+    for host_batch in iterate_batches(list(examples), batch_size, pad_id=cfg.pad_id, fill_last=True, pad_to_multiple=8):
         line.advance(min(batch_size, len(examples) - line.done))
         check_batch(host_batch, cfg, backend)
         logits, metrics = run(params, backend.tree_asarray(host_batch), cfg)
@@ -232,16 +261,27 @@ def evaluate_examples(params: dict, cfg, examples: Sequence[EncodedPair], *, bat
     mean_loss = total_loss / max(total_tokens, 1.0)
     result = {"loss": mean_loss}
     if arch == "decoder":
-        result.update(perplexity=math.exp(min(mean_loss, 700.0)), token_accuracy=total_correct / max(total_tokens, 1.0),
-                      n_tokens=int(total_tokens))
+        result.update(
+            perplexity=math.exp(min(mean_loss, 700.0)),
+            token_accuracy=total_correct / max(total_tokens, 1.0),
+            n_tokens=int(total_tokens),
+        )
     else:
         result.update(accuracy=total_correct / max(total_tokens, 1.0), confusion=confusion.tolist())
     result["n_examples"] = len(examples)
     return result
 
 
-def evaluate(params: dict, cfg, tokenizer: Tokenizer, valid_pairs, *, labels: Sequence[str] | None = None,
-             batch_size: int = 64, progress: bool | str = False) -> dict:
+def evaluate(
+    params: dict,
+    cfg,
+    tokenizer: Tokenizer,
+    valid_pairs,
+    *,
+    labels: Sequence[str] | None = None,
+    batch_size: int = 64,
+    progress: bool | str = False,
+) -> dict:
     """Held-out metrics of a model of any family on its held-out pairs (documents as ("", text));
     progress (True or a label) shows a progress line on stderr."""
     from . import inference
@@ -258,8 +298,11 @@ def evaluate(params: dict, cfg, tokenizer: Tokenizer, valid_pairs, *, labels: Se
 
 def describe_result(result: dict) -> str:
     """The scores of an evaluation on one line ("loss 1.2345 perplexity 3.44 ...")."""
-    shown = [(name, value) for name, value in result.items()
-             if isinstance(value, float) and not name.startswith("n_") and name != "time_s"]
+    shown = [
+        (name, value)
+        for name, value in result.items()
+        if isinstance(value, float) and not name.startswith("n_") and name != "time_s"
+    ]
     return " ".join(f"{name} {value:.4f}" for name, value in shown)
 
 
@@ -271,6 +314,25 @@ def confusion_table(confusion: list[list[int]], labels: Sequence[str]) -> str:
     return "\n".join([head, rule, *rows])
 
 
-__all__ = ["ARCHS", "CONFIGS", "DEFAULT_BEST_BY", "METRICS", "MODEL_DEFAULTS", "make_config", "arch_of", "check_batch", "check_best_by",
-           "confusion_table", "default_best_by", "describe_result", "encode_documents", "encode_labelled", "evaluate",
-           "evaluate_examples", "inputs", "model_of", "n_outputs", "unigram_perplexity"]
+__all__ = [
+    "ARCHS",
+    "CONFIGS",
+    "DEFAULT_BEST_BY",
+    "METRICS",
+    "MODEL_DEFAULTS",
+    "make_config",
+    "arch_of",
+    "check_batch",
+    "check_best_by",
+    "confusion_table",
+    "default_best_by",
+    "describe_result",
+    "encode_documents",
+    "encode_labelled",
+    "evaluate",
+    "evaluate_examples",
+    "inputs",
+    "model_of",
+    "n_outputs",
+    "unigram_perplexity",
+]

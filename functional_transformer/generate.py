@@ -24,9 +24,9 @@ import math
 from backends import array_namespace, backend_of, with_x64_scope
 
 from . import api, checks, model
+from .errors import ConfigError
 from .layers import softmax
 from .parts import padding_mask
-from .errors import ConfigError
 
 
 def init_cache(params: dict, memory, cross_mask, cfg, max_steps: int) -> dict:
@@ -40,8 +40,9 @@ def init_cache(params: dict, memory, cross_mask, cfg, max_steps: int) -> dict:
 def step(params: dict, cache: dict, tokens, position, memory, cross_mask, cfg):
     """The next-token logits (B, V) for tokens (B,) at `position`, and the cache with them written in."""
     xp = backend_of(cache).xp
-    logits, cache = model.for_config(cfg).step(params, (xp.reshape(tokens, (-1, 1)), memory), cache, position,
-                                                    memory_mask=cross_mask)
+    logits, cache = model.for_config(cfg).step(
+        params, (xp.reshape(tokens, (-1, 1)), memory), cache, position, memory_mask=cross_mask
+    )
     return logits[:, 0, :], cache
 
 
@@ -84,8 +85,7 @@ def _decode(params: dict, src, state: dict, cfg, step_fn, eos_id: int, max_steps
 def _run_decode(backend, params, src, state, cfg, step_fn, eos_id, max_steps, beam_size=1) -> dict:
     """_decode, jitted on JAX: one compilation per config, step function, eos_id, max_steps and shape."""
     decode = backend.jit(_decode, static_argnames=("cfg", "step_fn", "eos_id", "max_steps", "beam_size"))
-    return decode(params, src, state, cfg=cfg, step_fn=step_fn, eos_id=eos_id, max_steps=max_steps,
-                  beam_size=beam_size)
+    return decode(params, src, state, cfg=cfg, step_fn=step_fn, eos_id=eos_id, max_steps=max_steps, beam_size=beam_size)
 
 
 def _never_pad(logits, pad_id: int):
@@ -188,7 +188,8 @@ def _beam_step(params, cache, state, position, source, cfg, eos_id):
         "tokens": xp.reshape(token, (-1,)),
         "scores": xp.take_along_axis(candidates, best, axis=-1),
         "finished": was_finished | (token == eos_id),
-        "lengths": xp.take_along_axis(state["lengths"], beam, axis=-1) + xp.astype(~was_finished, state["lengths"].dtype),
+        "lengths": xp.take_along_axis(state["lengths"], beam, axis=-1)
+        + xp.astype(~was_finished, state["lengths"].dtype),
         "history": xp.reshape(history, (batch, k, -1)),
     }
 
@@ -201,8 +202,9 @@ def _best_hypothesis(state: dict, alpha: float):
 
 
 @with_x64_scope
-def beam_search(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, beam_size: int = 4,
-                alpha: float = 0.6):
+def beam_search(
+    params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, beam_size: int = 4, alpha: float = 0.6
+):
     """src (B, S) -> tokens (B, max_steps), the best of `beam_size` hypotheses by log p / length_penalty.
 
     Each step keeps the beam_size best continuations by total log-probability; a hypothesis that

@@ -57,7 +57,7 @@ def vjp_error(fwd, bwd, primals: tuple, *, key, eps: float = 1e-6, n_directions:
         if len(primals) == 1:
             cotangents = (cotangents,)
         analytic = _vdot(_as_tree(tuple(cotangents[: len(primals)])), v, xp)
-        shifted = [tree_map(lambda p, d: p + sign * eps * d, tree, v) for sign in (1.0, -1.0)]
+        shifted = [tree_map(lambda p, d, step=sign * eps: p + step * d, tree, v) for sign in (1.0, -1.0)]
         plus, minus = (_as_tree(fwd(*(t[str(i)] for i in range(len(primals))))[0]) for t in shifted)
         numeric = _vdot(_as_tree(u), tree_map(lambda a, b: (a - b) / (2 * eps), plus, minus), xp)
         worst = max(worst, abs(analytic - numeric) / max(abs(numeric), abs(analytic), 1e-12))

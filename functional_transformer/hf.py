@@ -31,9 +31,9 @@ import numpy as np
 from backends import backend_of, tree_leaves, tree_map, with_x64_scope
 
 from .checkpoint_format import CheckpointError, UncheckedCheckpointWarning, load_file, save_file
+from .errors import UserInputError
 from .models import decoder_only
 from .models.decoder_only import DecoderConfig
-from .errors import UserInputError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -87,12 +87,16 @@ def read_tensors(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     if single.is_file():
         return _load_safetensors(single)
     if not index.is_file():
-        raise HuggingFaceError(f"{folder} has neither {WEIGHTS_NAME} nor {INDEX_NAME}; only safetensors weights are "
-                               "read (save with save_pretrained(..., safe_serialization=True))")
+        raise HuggingFaceError(
+            f"{folder} has neither {WEIGHTS_NAME} nor {INDEX_NAME}; only safetensors weights are "
+            "read (save with save_pretrained(..., safe_serialization=True))"
+        )
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise HuggingFaceError(f"{index} is not a safetensors index (a JSON object with a 'weight_map'): {err}") from None
+        raise HuggingFaceError(
+            f"{index} is not a safetensors index (a JSON object with a 'weight_map'): {err}"
+        ) from None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise HuggingFaceError(f"{index}: 'weight_map' must map tensor names to file names")
     tensors: dict[str, np.ndarray] = {}
@@ -104,8 +108,9 @@ def read_tensors(folder: str | os.PathLike) -> dict[str, np.ndarray]:
         tensors.update(loaded)
         named_here = {name for name, file in weight_map.items() if file == shard}
         if named_here - set(loaded):
-            raise HuggingFaceError(f"{path} lacks the tensors {sorted(named_here - set(loaded))[:3]} that {index} "
-                                   "places in it")
+            raise HuggingFaceError(
+                f"{path} lacks the tensors {sorted(named_here - set(loaded))[:3]} that {index} places in it"
+            )
     return tensors
 
 
@@ -132,25 +137,29 @@ def read_tokenizer(folder: str | os.PathLike, config: dict, *, required: bool = 
             value = value[0] if value else None
         return value if isinstance(value, int) else None
 
-    return HuggingFaceTokenizer(path.read_text(encoding="utf-8"), special("bos_token_id"), special("eos_token_id"),
-                                special("pad_token_id"))
+    return HuggingFaceTokenizer(
+        path.read_text(encoding="utf-8"), special("bos_token_id"), special("eos_token_id"), special("pad_token_id")
+    )
 
 
 # --- config.json <-> DecoderConfig -----------------------------------------------------------------
 
 
 def architecture_of(config: dict) -> str:
-    """"gpt2" or "llama", from config.json's architectures (or model_type)."""
+    """ "gpt2" or "llama", from config.json's architectures (or model_type)."""
     names = config.get("architectures") or []
     if names:
         if len(names) != 1 or names[0] not in ARCHITECTURES:
-            raise HuggingFaceError(f"config.json: architectures {names} is not supported; this library reads "
-                                   f"{sorted(ARCHITECTURES)}")
+            raise HuggingFaceError(
+                f"config.json: architectures {names} is not supported; this library reads {sorted(ARCHITECTURES)}"
+            )
         return ARCHITECTURES[names[0]]
     model_type = config.get("model_type")
     if model_type not in ARCHITECTURES.values():
-        raise HuggingFaceError(f"config.json: model_type {model_type!r} is not supported; this library reads "
-                               f"{sorted(ARCHITECTURES.values())}")
+        raise HuggingFaceError(
+            f"config.json: model_type {model_type!r} is not supported; this library reads "
+            f"{sorted(ARCHITECTURES.values())}"
+        )
     return model_type
 
 
@@ -171,21 +180,35 @@ def _expect(config: dict, name: str, supported, default, why: str) -> None:
 def _gpt2_config(config: dict, dtype: str) -> DecoderConfig:
     activation = _field(config, "activation_function", "gelu_new")
     if activation not in GPT2_ACTIVATIONS:
-        raise HuggingFaceError(f"config.json: activation_function={activation!r} is not supported; this library has "
-                               f"{sorted(GPT2_ACTIVATIONS)} (its GELU is the tanh form; 'gelu' is the exact erf one)")
+        raise HuggingFaceError(
+            f"config.json: activation_function={activation!r} is not supported; this library has "
+            f"{sorted(GPT2_ACTIVATIONS)} (its GELU is the tanh form; 'gelu' is the exact erf one)"
+        )
     _expect(config, "scale_attn_weights", (True,), True, "attention scores are always scaled by 1/sqrt(head size)")
     _expect(config, "scale_attn_by_inverse_layer_idx", (False,), False, "no per-layer attention scaling")
     _expect(config, "add_cross_attention", (False,), False, "a decoder-only model has no cross-attention")
     d_model = _field(config, "n_embd", required=True)
     return DecoderConfig(
-        vocab_size=_field(config, "vocab_size", required=True), d_model=d_model,
-        n_heads=_field(config, "n_head", required=True), d_ff=_field(config, "n_inner", 4 * d_model),
-        n_layers=_field(config, "n_layer", required=True), max_len=_field(config, "n_positions", required=True),
-        drop_rate=float(_field(config, "resid_pdrop", 0.1)), pad_id=None, norm_first=True,
-        tie_embeddings=bool(_field(config, "tie_word_embeddings", True)), positional="learned",
-        activation=GPT2_ACTIVATIONS[activation], dtype=dtype, norm="layer",
-        norm_eps=float(_field(config, "layer_norm_epsilon", 1e-5)), bias=True, gated_ffn=False,
-        scale_embeddings=False, head_bias=False)
+        vocab_size=_field(config, "vocab_size", required=True),
+        d_model=d_model,
+        n_heads=_field(config, "n_head", required=True),
+        d_ff=_field(config, "n_inner", 4 * d_model),
+        n_layers=_field(config, "n_layer", required=True),
+        max_len=_field(config, "n_positions", required=True),
+        drop_rate=float(_field(config, "resid_pdrop", 0.1)),
+        pad_id=None,
+        norm_first=True,
+        tie_embeddings=bool(_field(config, "tie_word_embeddings", True)),
+        positional="learned",
+        activation=GPT2_ACTIVATIONS[activation],
+        dtype=dtype,
+        norm="layer",
+        norm_eps=float(_field(config, "layer_norm_epsilon", 1e-5)),
+        bias=True,
+        gated_ffn=False,
+        scale_embeddings=False,
+        head_bias=False,
+    )
 
 
 def _rope_base(config: dict) -> float:
@@ -198,8 +221,10 @@ def _rope_base(config: dict) -> float:
             continue
         kind = value.get("rope_type", value.get("type", "default")) if isinstance(value, dict) else value
         if kind != "default":
-            raise HuggingFaceError(f"config.json: {name} of rope_type {kind!r} is not supported; this library "
-                                   "implements the plain rotation only (rope_type 'default')")
+            raise HuggingFaceError(
+                f"config.json: {name} of rope_type {kind!r} is not supported; this library "
+                "implements the plain rotation only (rope_type 'default')"
+            )
     if isinstance(parameters, dict) and "rope_theta" in parameters:
         return float(parameters["rope_theta"])
     return float(_field(config, "rope_theta", 10000.0))
@@ -208,26 +233,48 @@ def _rope_base(config: dict) -> float:
 def _llama_config(config: dict, dtype: str) -> DecoderConfig:
     activation = _field(config, "hidden_act", "silu")
     if activation not in LLAMA_ACTIVATIONS:
-        raise HuggingFaceError(f"config.json: hidden_act={activation!r} is not supported; this library has "
-                               f"{sorted(LLAMA_ACTIVATIONS)}")
-    d_model, n_heads = _field(config, "hidden_size", required=True), _field(config, "num_attention_heads", required=True)
+        raise HuggingFaceError(
+            f"config.json: hidden_act={activation!r} is not supported; this library has {sorted(LLAMA_ACTIVATIONS)}"
+        )
+    d_model, n_heads = (
+        _field(config, "hidden_size", required=True),
+        _field(config, "num_attention_heads", required=True),
+    )
     head_dim = _field(config, "head_dim", None)
     if head_dim is not None and head_dim * n_heads != d_model:
-        raise HuggingFaceError(f"config.json: head_dim={head_dim} is not supported; this library's heads are "
-                               f"hidden_size / num_attention_heads = {d_model // n_heads} wide")
+        raise HuggingFaceError(
+            f"config.json: head_dim={head_dim} is not supported; this library's heads are "
+            f"hidden_size / num_attention_heads = {d_model // n_heads} wide"
+        )
     attention_bias, mlp_bias = bool(_field(config, "attention_bias", False)), bool(_field(config, "mlp_bias", False))
     if attention_bias != mlp_bias:
-        raise HuggingFaceError(f"config.json: attention_bias={attention_bias} with mlp_bias={mlp_bias} is not "
-                               "supported; this library's bias setting covers both")
+        raise HuggingFaceError(
+            f"config.json: attention_bias={attention_bias} with mlp_bias={mlp_bias} is not "
+            "supported; this library's bias setting covers both"
+        )
     return DecoderConfig(
-        vocab_size=_field(config, "vocab_size", required=True), d_model=d_model, n_heads=n_heads,
-        d_ff=_field(config, "intermediate_size", required=True), n_layers=_field(config, "num_hidden_layers", required=True),
+        vocab_size=_field(config, "vocab_size", required=True),
+        d_model=d_model,
+        n_heads=n_heads,
+        d_ff=_field(config, "intermediate_size", required=True),
+        n_layers=_field(config, "num_hidden_layers", required=True),
         max_len=_field(config, "max_position_embeddings", required=True),
-        drop_rate=float(_field(config, "attention_dropout", 0.0)), pad_id=None, norm_first=True,
-        tie_embeddings=bool(_field(config, "tie_word_embeddings", False)), positional="rope",
-        activation=LLAMA_ACTIVATIONS[activation], dtype=dtype, norm="rms",
-        norm_eps=float(_field(config, "rms_norm_eps", 1e-6)), n_kv_heads=_field(config, "num_key_value_heads", n_heads),
-        bias=attention_bias, gated_ffn=True, rope_base=_rope_base(config), scale_embeddings=False, head_bias=False)
+        drop_rate=float(_field(config, "attention_dropout", 0.0)),
+        pad_id=None,
+        norm_first=True,
+        tie_embeddings=bool(_field(config, "tie_word_embeddings", False)),
+        positional="rope",
+        activation=LLAMA_ACTIVATIONS[activation],
+        dtype=dtype,
+        norm="rms",
+        norm_eps=float(_field(config, "rms_norm_eps", 1e-6)),
+        n_kv_heads=_field(config, "num_key_value_heads", n_heads),
+        bias=attention_bias,
+        gated_ffn=True,
+        rope_base=_rope_base(config),
+        scale_embeddings=False,
+        head_bias=False,
+    )
 
 
 def decoder_config(config: dict, dtype: str = "float32") -> tuple[DecoderConfig, str]:
@@ -260,8 +307,9 @@ class _Tensors:
         array = self.tensors[full]
         stored = shape[::-1] if transpose else shape
         if tuple(array.shape) != tuple(stored):
-            raise HuggingFaceError(f"tensor {full!r} has shape {tuple(array.shape)}, but config.json implies "
-                                   f"{tuple(stored)}")
+            raise HuggingFaceError(
+                f"tensor {full!r} has shape {tuple(array.shape)}, but config.json implies {tuple(stored)}"
+            )
         self.read.add(full)
         array = np.asarray(array, dtype=np.float64)  # bfloat16 and float16 files widen exactly
         return np.ascontiguousarray((array.T if transpose else array).astype(self.dtype))
@@ -275,14 +323,18 @@ def _gpt2_params(take: _Tensors, cfg: DecoderConfig) -> dict:
         w_qkv, b_qkv = take(h + "attn.c_attn.weight", (d, 3 * d)), take(h + "attn.c_attn.bias", (3 * d,))
         attention = {}
         for j, name in enumerate("qkv"):
-            attention[f"w_{name}"] = np.ascontiguousarray(w_qkv[:, j * d:(j + 1) * d])
-            attention[f"b_{name}"] = np.ascontiguousarray(b_qkv[j * d:(j + 1) * d])
+            attention[f"w_{name}"] = np.ascontiguousarray(w_qkv[:, j * d : (j + 1) * d])
+            attention[f"b_{name}"] = np.ascontiguousarray(b_qkv[j * d : (j + 1) * d])
         attention["w_o"], attention["b_o"] = take(h + "attn.c_proj.weight", (d, d)), take(h + "attn.c_proj.bias", (d,))
         blocks[f"layer_{i}"] = {
             "self_attn": attention,
             "ln1": {"scale": take(h + "ln_1.weight", (d,)), "bias": take(h + "ln_1.bias", (d,))},
-            "ffn": {"w_1": take(h + "mlp.c_fc.weight", (d, d_ff)), "b_1": take(h + "mlp.c_fc.bias", (d_ff,)),
-                    "w_2": take(h + "mlp.c_proj.weight", (d_ff, d)), "b_2": take(h + "mlp.c_proj.bias", (d,))},
+            "ffn": {
+                "w_1": take(h + "mlp.c_fc.weight", (d, d_ff)),
+                "b_1": take(h + "mlp.c_fc.bias", (d_ff,)),
+                "w_2": take(h + "mlp.c_proj.weight", (d_ff, d)),
+                "b_2": take(h + "mlp.c_proj.bias", (d,)),
+            },
             "ln2": {"scale": take(h + "ln_2.weight", (d,)), "bias": take(h + "ln_2.bias", (d,))},
         }
     blocks["final_ln"] = {"scale": take("ln_f.weight", (d,)), "bias": take("ln_f.bias", (d,))}
@@ -308,8 +360,12 @@ def _llama_params(take: _Tensors, cfg: DecoderConfig) -> dict:
             ffn[f"w_{name}"] = take(h + f"mlp.{name}_proj.weight", shape, transpose=True)
             if cfg.bias:
                 ffn[f"b_{name}"] = take(h + f"mlp.{name}_proj.bias", (shape[1],))
-        blocks[f"layer_{i}"] = {"self_attn": attention, "ln1": {"scale": take(h + "input_layernorm.weight", (d,))},
-                                "ffn": ffn, "ln2": {"scale": take(h + "post_attention_layernorm.weight", (d,))}}
+        blocks[f"layer_{i}"] = {
+            "self_attn": attention,
+            "ln1": {"scale": take(h + "input_layernorm.weight", (d,))},
+            "ffn": ffn,
+            "ln2": {"scale": take(h + "post_attention_layernorm.weight", (d,))},
+        }
     blocks["final_ln"] = {"scale": take("norm.weight", (d,))}
     return {"embed": {"tokens": take("embed_tokens.weight", (cfg.vocab_size, d))}, "blocks": blocks}
 
@@ -321,8 +377,9 @@ def _body_prefix(tensors: dict, architecture: str) -> str:
         return body
     if embedding in tensors:  # the original GPT-2 files name the body's tensors without a prefix
         return ""
-    raise HuggingFaceError(f"the weights have no token embedding ({body + embedding!r}); they are not a "
-                           f"{architecture} model's")
+    raise HuggingFaceError(
+        f"the weights have no token embedding ({body + embedding!r}); they are not a {architecture} model's"
+    )
 
 
 def params_from_tensors(tensors: dict, cfg: DecoderConfig, architecture: str) -> dict:
@@ -335,14 +392,18 @@ def params_from_tensors(tensors: dict, cfg: DecoderConfig, architecture: str) ->
     if cfg.tie_embeddings:
         if "lm_head.weight" in tensors:  # some files store the tied matrix twice: it must be the same
             if not np.array_equal(head("lm_head.weight", (cfg.vocab_size, cfg.d_model)), params["embed"]["tokens"]):
-                raise HuggingFaceError("config.json: tie_word_embeddings is true but lm_head.weight differs from the "
-                                       "token embedding; set tie_word_embeddings to false to read them apart")
+                raise HuggingFaceError(
+                    "config.json: tie_word_embeddings is true but lm_head.weight differs from the "
+                    "token embedding; set tie_word_embeddings to false to read them apart"
+                )
     else:
         params["head"] = {"w": head("lm_head.weight", (cfg.d_model, cfg.vocab_size), transpose=True)}
     leftover = sorted(set(tensors) - take.read - head.read - {n for n in tensors if _GPT2_BUFFERS.match(n)})
     if leftover:
-        raise HuggingFaceError(f"the weights hold tensors that config.json does not account for, e.g. {leftover[:3]} "
-                               f"({len(leftover)} in all); the config and the weights disagree")
+        raise HuggingFaceError(
+            f"the weights hold tensors that config.json does not account for, e.g. {leftover[:3]} "
+            f"({len(leftover)} in all); the config and the weights disagree"
+        )
     return params
 
 
@@ -391,13 +452,29 @@ def tensors_from_params(params: dict, cfg: DecoderConfig, architecture: str) -> 
 
 # DecoderConfig field -> (value each architecture needs, what it means), checked before writing.
 _REQUIRED = {
-    "gpt2": {"norm": "layer", "positional": "learned", "gated_ffn": False, "bias": True, "head_bias": False,
-             "scale_embeddings": False, "norm_first": True, "n_kv_heads": None},
-    "llama": {"norm": "rms", "positional": "rope", "gated_ffn": True, "head_bias": False, "scale_embeddings": False,
-              "norm_first": True},
+    "gpt2": {
+        "norm": "layer",
+        "positional": "learned",
+        "gated_ffn": False,
+        "bias": True,
+        "head_bias": False,
+        "scale_embeddings": False,
+        "norm_first": True,
+        "n_kv_heads": None,
+    },
+    "llama": {
+        "norm": "rms",
+        "positional": "rope",
+        "gated_ffn": True,
+        "head_bias": False,
+        "scale_embeddings": False,
+        "norm_first": True,
+    },
 }
-_HF_ACTIVATION = {"gpt2": {"gelu": "gelu_new", "relu": "relu", "silu": "silu"},
-                  "llama": {"silu": "silu", "gelu": "gelu_pytorch_tanh"}}
+_HF_ACTIVATION = {
+    "gpt2": {"gelu": "gelu_new", "relu": "relu", "silu": "silu"},
+    "llama": {"silu": "silu", "gelu": "gelu_pytorch_tanh"},
+}
 
 
 def architecture_for(cfg: DecoderConfig) -> str:
@@ -409,9 +486,11 @@ def architecture_for(cfg: DecoderConfig) -> str:
         if name == "n_kv_heads" and value == cfg.n_heads:
             continue
         if value != needed:
-            raise HuggingFaceError(f"this model's {name}={value!r} has no place in a {architecture} checkpoint "
-                                   f"(which needs {name}={needed!r}); only GPT-2- and Llama-shaped decoders convert "
-                                   "(models.preset('gpt2' | 'llama', ...))")
+            raise HuggingFaceError(
+                f"this model's {name}={value!r} has no place in a {architecture} checkpoint "
+                f"(which needs {name}={needed!r}); only GPT-2- and Llama-shaped decoders convert "
+                "(models.preset('gpt2' | 'llama', ...))"
+            )
     if cfg.activation not in _HF_ACTIVATION[architecture]:
         raise HuggingFaceError(f"this model's activation={cfg.activation!r} has no {architecture} equivalent")
     return architecture
@@ -420,25 +499,59 @@ def architecture_for(cfg: DecoderConfig) -> str:
 def hf_config(cfg: DecoderConfig, tokenizer=None) -> dict:
     """config.json for this model (a DecoderConfig that architecture_for accepts)."""
     architecture = architecture_for(cfg)
-    special = {name: getattr(tokenizer, name.replace("_token", ""), None) for name in
-               ("bos_token_id", "eos_token_id", "pad_token_id")} if tokenizer is not None else {}
-    common = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings, "dtype": cfg.dtype,
-              "torch_dtype": cfg.dtype, **{name: value for name, value in special.items() if value is not None}}
+    special = (
+        {
+            name: getattr(tokenizer, name.replace("_token", ""), None)
+            for name in ("bos_token_id", "eos_token_id", "pad_token_id")
+        }
+        if tokenizer is not None
+        else {}
+    )
+    common = {
+        "vocab_size": cfg.vocab_size,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "dtype": cfg.dtype,
+        "torch_dtype": cfg.dtype,
+        **{name: value for name, value in special.items() if value is not None},
+    }
     activation = _HF_ACTIVATION[architecture][cfg.activation]
     eps = cfg.norm_eps if cfg.norm_eps is not None else (1e-5 if cfg.norm == "layer" else 1e-6)
     if architecture == "gpt2":
-        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", **common, "n_embd": cfg.d_model,
-                "n_head": cfg.n_heads, "n_layer": cfg.n_layers, "n_inner": cfg.d_ff, "n_positions": cfg.max_len,
-                "activation_function": activation, "layer_norm_epsilon": eps, "resid_pdrop": cfg.drop_rate,
-                "embd_pdrop": cfg.drop_rate, "attn_pdrop": cfg.drop_rate}
+        return {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            **common,
+            "n_embd": cfg.d_model,
+            "n_head": cfg.n_heads,
+            "n_layer": cfg.n_layers,
+            "n_inner": cfg.d_ff,
+            "n_positions": cfg.max_len,
+            "activation_function": activation,
+            "layer_norm_epsilon": eps,
+            "resid_pdrop": cfg.drop_rate,
+            "embd_pdrop": cfg.drop_rate,
+            "attn_pdrop": cfg.drop_rate,
+        }
     n_kv_heads = cfg.n_heads if cfg.n_kv_heads is None else cfg.n_kv_heads
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common, "hidden_size": cfg.d_model,
-            "num_attention_heads": cfg.n_heads, "num_key_value_heads": n_kv_heads,
-            "num_hidden_layers": cfg.n_layers, "intermediate_size": cfg.d_ff, "max_position_embeddings": cfg.max_len,
-            "hidden_act": activation, "rms_norm_eps": eps, "rope_theta": cfg.rope_base,
-            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
-            "attention_bias": cfg.bias, "mlp_bias": cfg.bias, "attention_dropout": cfg.drop_rate,
-            "head_dim": cfg.d_model // cfg.n_heads}
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        **common,
+        "hidden_size": cfg.d_model,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": n_kv_heads,
+        "num_hidden_layers": cfg.n_layers,
+        "intermediate_size": cfg.d_ff,
+        "max_position_embeddings": cfg.max_len,
+        "hidden_act": activation,
+        "rms_norm_eps": eps,
+        "rope_theta": cfg.rope_base,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
+        "attention_bias": cfg.bias,
+        "mlp_bias": cfg.bias,
+        "attention_dropout": cfg.drop_rate,
+        "head_dim": cfg.d_model // cfg.n_heads,
+    }
 
 
 # --- the model object ------------------------------------------------------------------------------
@@ -455,7 +568,7 @@ class HuggingFaceModel:
 
     @property
     def architecture(self) -> str:
-        """"gpt2" or "llama"."""
+        """ "gpt2" or "llama"."""
         return architecture_for(self.cfg)
 
     @property
@@ -466,17 +579,34 @@ class HuggingFaceModel:
         """ids (B, T) integers -> next-token logits (B, T, V), an array of the model's backend."""
         return _logits(self.params, self.backend.asarray(np.asarray(ids, dtype=np.int32)), self.cfg)
 
-    def generate(self, prompts, *, max_new_tokens: int, key=None, temperature: float = 0.0, top_k=None, top_p=None,
-                 eos_id: int | None = None):
+    def generate(
+        self,
+        prompts,
+        *,
+        max_new_tokens: int,
+        key=None,
+        temperature: float = 0.0,
+        top_k=None,
+        top_p=None,
+        eos_id: int | None = None,
+    ):
         """prompts (B, P) ids -> (B, P + max_new_tokens) (sampling.generate; greedy by default). eos_id:
         the tokenizer's, or -1 (never) without one."""
         from .sampling import generate
 
         if eos_id is None:
             eos_id = getattr(self.tokenizer, "eos_id", None)
-        return generate(self.params, self.cfg, self.backend.asarray(np.asarray(prompts, dtype=np.int32)),
-                        max_new_tokens=max_new_tokens, key=key, eos_id=-1 if eos_id is None else eos_id,
-                        temperature=temperature, top_k=top_k, top_p=top_p)
+        return generate(
+            self.params,
+            self.cfg,
+            self.backend.asarray(np.asarray(prompts, dtype=np.int32)),
+            max_new_tokens=max_new_tokens,
+            key=key,
+            eos_id=-1 if eos_id is None else eos_id,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
 
 
 @with_x64_scope
@@ -489,8 +619,9 @@ def _apply(params, ids, cfg):
     return decoder_only.for_config(cfg).apply(params, ids)
 
 
-def load_huggingface(folder: str | os.PathLike, dtype: str = "float32", *, tokenizer_required: bool = False
-                     ) -> tuple[DecoderConfig, dict, Any, str]:
+def load_huggingface(
+    folder: str | os.PathLike, dtype: str = "float32", *, tokenizer_required: bool = False
+) -> tuple[DecoderConfig, dict, Any, str]:
     """A Hugging Face folder -> (DecoderConfig, params as NumPy arrays of `dtype`, tokenizer or None,
     architecture). The tokenizer: see read_tokenizer."""
     config = read_config(folder)
@@ -529,12 +660,15 @@ def to_huggingface(model, folder: str | os.PathLike, *, max_shard_bytes: int | N
 
     hf_tokenizer = tokenizer if isinstance(tokenizer, HuggingFaceTokenizer) else None
     leaves = tree_leaves(params)
-    params = tree_map(backend_of(*leaves).to_numpy, params) if leaves and not isinstance(leaves[0], np.ndarray) else params
+    params = (
+        tree_map(backend_of(*leaves).to_numpy, params) if leaves and not isinstance(leaves[0], np.ndarray) else params
+    )
     tensors = tensors_from_params(params, cfg, architecture)
     folder = Path(folder)
     if (folder / CONFIG_NAME).exists() or any(folder.glob("model*.safetensors*")):
-        raise HuggingFaceError(f"{folder} already holds a model; write to a new or empty folder (nothing was "
-                               "overwritten)")
+        raise HuggingFaceError(
+            f"{folder} already holds a model; write to a new or empty folder (nothing was overwritten)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt"}  # transformers reads only files that say they hold PyTorch's layout
     if max_shard_bytes is None:
@@ -563,10 +697,23 @@ def _save_shards(folder: Path, tensors: dict, metadata: dict, max_shard_bytes: i
         save_file(folder / file, shard, metadata)
         weight_map.update({name: file for name in shard})
     total = sum(array.nbytes for array in tensors.values())
-    (folder / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                                indent=2) + "\n", encoding="utf-8")
+    (folder / INDEX_NAME).write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n", encoding="utf-8"
+    )
 
 
-__all__ = ["HuggingFaceError", "HuggingFaceModel", "architecture_for", "decoder_config", "from_huggingface",
-           "hf_config", "load_huggingface", "params_from_tensors", "read_config", "read_tensors", "read_tokenizer",
-           "tensors_from_params", "to_huggingface"]
+__all__ = [
+    "HuggingFaceError",
+    "HuggingFaceModel",
+    "architecture_for",
+    "decoder_config",
+    "from_huggingface",
+    "hf_config",
+    "load_huggingface",
+    "params_from_tensors",
+    "read_config",
+    "read_tensors",
+    "read_tokenizer",
+    "tensors_from_params",
+    "to_huggingface",
+]

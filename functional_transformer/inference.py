@@ -16,9 +16,9 @@ import numpy as np
 from backends import backend_of, with_x64_scope
 
 from . import api
-from .metrics import corpus_scores
 from .data import DataError, Tokenizer, encode_pairs, iterate_batches
 from .generate import beam_search, greedy
+from .metrics import corpus_scores
 from .progress import progress_line
 
 _MAX_LISTED = 20
@@ -41,9 +41,18 @@ class UnknownSymbolError(DataError):
 
 
 @with_x64_scope
-def predict(params: dict, cfg, tokenizer: Tokenizer, sources: list[str], *, beam_size: int = 1,
-            batch_size: int = 64, max_steps: int | None = None, allow_unknown: bool = False,
-            progress: bool | str = False) -> list[str]:
+def predict(
+    params: dict,
+    cfg,
+    tokenizer: Tokenizer,
+    sources: list[str],
+    *,
+    beam_size: int = 1,
+    batch_size: int = 64,
+    max_steps: int | None = None,
+    allow_unknown: bool = False,
+    progress: bool | str = False,
+) -> list[str]:
     """Decode each source string (greedy with beam_size=1, else beam search), in batches of
     `batch_size` sources of similar length; the outputs come back in the order of `sources`.
 
@@ -63,8 +72,13 @@ def predict(params: dict, cfg, tokenizer: Tokenizer, sources: list[str], *, beam
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].src))
     outputs = []
     line = progress_line(progress, "decoding", len(sources), "sources")
-    for batch in iterate_batches([examples[i] for i in order], batch_size, pad_id=tokenizer.pad_id,
-                                 pad_to_multiple=8 if cfg.max_len % 8 == 0 else 1, fill_last=True):
+    for batch in iterate_batches(
+        [examples[i] for i in order],
+        batch_size,
+        pad_id=tokenizer.pad_id,
+        pad_to_multiple=8 if cfg.max_len % 8 == 0 else 1,
+        fill_last=True,
+    ):
         src = batch["src"]
         kwargs = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, max_steps=max_steps)
         if beam_size == 1:
@@ -89,8 +103,10 @@ def check_sources(sources: list[str], tokenizer: Tokenizer, max_len: int, where:
         if not source:
             problems.append(f"{where} {number} is empty (the encoder needs at least one token)")
         elif n_tokens > max_len:
-            problems.append(f"{where} {number} has {n_tokens} tokens, more than this model's max_len={max_len} "
-                            "(inputs are never cut: shorten or split it)")
+            problems.append(
+                f"{where} {number} has {n_tokens} tokens, more than this model's max_len={max_len} "
+                "(inputs are never cut: shorten or split it)"
+            )
     if problems:
         more = f"; and {len(problems) - _MAX_REPORTED} more" if len(problems) > _MAX_REPORTED else ""
         raise DataError("; ".join(problems[:_MAX_REPORTED]) + more)
@@ -98,14 +114,24 @@ def check_sources(sources: list[str], tokenizer: Tokenizer, max_len: int, where:
 
 def unknown_in_pairs(tokenizer: Tokenizer, pairs) -> list[str]:
     """The characters of the pairs' sources and targets that their side's tokenizer has no id for."""
-    return sorted({*tokenizer.source.unknown_symbols(s for s, _ in pairs),
-                   *tokenizer.target.unknown_symbols(t for _, t in pairs)})
+    return sorted(
+        {*tokenizer.source.unknown_symbols(s for s, _ in pairs), *tokenizer.target.unknown_symbols(t for _, t in pairs)}
+    )
 
 
 @with_x64_scope
-def evaluate(params: dict, cfg, tokenizer: Tokenizer, pairs: list[tuple[str, str]], *, beam_size: int = 1,
-             batch_size: int = 64, allow_unknown: bool = False, keep_predictions: bool = False,
-             progress: bool | str = False) -> dict:
+def evaluate(
+    params: dict,
+    cfg,
+    tokenizer: Tokenizer,
+    pairs: list[tuple[str, str]],
+    *,
+    beam_size: int = 1,
+    batch_size: int = 64,
+    allow_unknown: bool = False,
+    keep_predictions: bool = False,
+    progress: bool | str = False,
+) -> dict:
     """Teacher-forced loss and token accuracy, plus exact match, character accuracy and (with
     sacreBLEU) corpus BLEU and chrF of decoding.
 
@@ -129,9 +155,17 @@ def evaluate(params: dict, cfg, tokenizer: Tokenizer, pairs: list[tuple[str, str
         total_correct += float(metrics["accuracy"]) * n
         total_tokens += n
     max_steps = min(cfg.max_len, max(len(e.tgt) for e in examples))  # target + eos
-    predictions = predict(params, cfg, tokenizer, [s for s, _ in pairs], beam_size=beam_size,
-                          batch_size=batch_size, max_steps=max_steps, allow_unknown=True,
-                          progress="evaluating" if progress is True else progress)
+    predictions = predict(
+        params,
+        cfg,
+        tokenizer,
+        [s for s, _ in pairs],
+        beam_size=beam_size,
+        batch_size=batch_size,
+        max_steps=max_steps,
+        allow_unknown=True,
+        progress="evaluating" if progress is True else progress,
+    )
     exact = sum(p == t for p, (_, t) in zip(predictions, pairs))
     chars = sum(len(t) for _, t in pairs)
     char_hits = sum(a == b for p, (_, t) in zip(predictions, pairs) for a, b in zip(p, t))
@@ -157,8 +191,16 @@ def _class_logits(params: dict, ids, cfg):
 
 
 @with_x64_scope
-def classify(params: dict, cfg, tokenizer: Tokenizer, labels: list[str], texts: list[str], *, batch_size: int = 64,
-             allow_unknown: bool = False) -> list[str]:
+def classify(
+    params: dict,
+    cfg,
+    tokenizer: Tokenizer,
+    labels: list[str],
+    texts: list[str],
+    *,
+    batch_size: int = 64,
+    allow_unknown: bool = False,
+) -> list[str]:
     """A classifier's label for each text (the argmax class), in the order of `texts`. A text that
     is empty or longer than max_len tokens is an error naming it; unknown characters as in predict."""
     if not allow_unknown:
@@ -169,17 +211,32 @@ def classify(params: dict, cfg, tokenizer: Tokenizer, labels: list[str], texts: 
     backend = backend_of(params)
     apply = backend.jit(_class_logits, static_argnames=("cfg",))  # one compilation per config and shape
     predicted = []
-    for batch in iterate_batches(encode_pairs([(t, "") for t in texts], tokenizer, cfg.max_len), batch_size,
-                                 pad_id=tokenizer.pad_id, pad_to_multiple=8 if cfg.max_len % 8 == 0 else 1):
+    for batch in iterate_batches(
+        encode_pairs([(t, "") for t in texts], tokenizer, cfg.max_len),
+        batch_size,
+        pad_id=tokenizer.pad_id,
+        pad_to_multiple=8 if cfg.max_len % 8 == 0 else 1,
+    ):
         logits = apply(params, backend.asarray(batch["src"]), cfg)
         predicted.extend(int(i) for i in np.argmax(backend.to_numpy(logits), axis=-1))
     return [labels[i] for i in predicted]
 
 
 @with_x64_scope
-def continue_texts(params: dict, cfg, tokenizer: Tokenizer, prompts: list[str], *, max_new_tokens: int | None = None,
-                   temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, key=None,
-                   batch_size: int = 64, allow_unknown: bool = False) -> list[str]:
+def continue_texts(
+    params: dict,
+    cfg,
+    tokenizer: Tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    key=None,
+    batch_size: int = 64,
+    allow_unknown: bool = False,
+) -> list[str]:
     """A language model's continuation of each prompt (the new text only, up to end-of-sequence):
     greedy with temperature 0, else sampled (sampling.generate; a key is needed). max_new_tokens
     defaults to what max_len leaves after the longest prompt of a batch."""
@@ -192,21 +249,41 @@ def continue_texts(params: dict, cfg, tokenizer: Tokenizer, prompts: list[str], 
     backend = backend_of(params)
     outputs = []
     for start in range(0, len(prompts), batch_size):
-        encoded = [[tokenizer.bos_id, *tokenizer.target.encode(p)] for p in prompts[start:start + batch_size]]
+        encoded = [[tokenizer.bos_id, *tokenizer.target.encode(p)] for p in prompts[start : start + batch_size]]
         longest = max(len(ids) for ids in encoded)
         if longest >= cfg.max_len:
-            raise DataError(f"a prompt has {longest - 1} tokens; this model reads at most max_len={cfg.max_len} "
-                            "(with beginning-of-sequence), leaving no room to continue it")
+            raise DataError(
+                f"a prompt has {longest - 1} tokens; this model reads at most max_len={cfg.max_len} "
+                "(with beginning-of-sequence), leaving no room to continue it"
+            )
         rows = np.full((len(encoded), longest), tokenizer.pad_id, dtype=np.int32)
         for row, ids in enumerate(encoded):
-            rows[row, :len(ids)] = ids
+            rows[row, : len(ids)] = ids
         new = min(max_new_tokens or cfg.max_len, cfg.max_len - longest)
-        tokens = backend.to_numpy(generate(params, cfg, rows, max_new_tokens=new, key=key, eos_id=tokenizer.eos_id,
-                                           temperature=temperature, top_k=top_k, top_p=top_p,
-                                           prompt_lengths=[len(ids) for ids in encoded]))
-        outputs.extend(tokenizer.target.decode(row[len(ids):]) for row, ids in zip(tokens, encoded))
+        tokens = backend.to_numpy(
+            generate(
+                params,
+                cfg,
+                rows,
+                max_new_tokens=new,
+                key=key,
+                eos_id=tokenizer.eos_id,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                prompt_lengths=[len(ids) for ids in encoded],
+            )
+        )
+        outputs.extend(tokenizer.target.decode(row[len(ids) :]) for row, ids in zip(tokens, encoded))
     return outputs
 
 
-__all__ = ["UnknownSymbolError", "check_sources", "classify", "continue_texts", "evaluate", "predict",
-           "unknown_in_pairs"]
+__all__ = [
+    "UnknownSymbolError",
+    "check_sources",
+    "classify",
+    "continue_texts",
+    "evaluate",
+    "predict",
+    "unknown_in_pairs",
+]

@@ -34,8 +34,10 @@ def fwd(logits, targets, ignore_index: int | None, label_smoothing: float = 0.0)
     """
     xp = array_namespace(logits)
     if tuple(targets.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(f"targets have shape {tuple(targets.shape)}; logits {tuple(logits.shape)} need targets of "
-                         f"shape {tuple(logits.shape[:-1])} (one class id per row of logits)")
+        raise ValueError(
+            f"targets have shape {tuple(targets.shape)}; logits {tuple(logits.shape)} need targets of "
+            f"shape {tuple(logits.shape[:-1])} (one class id per row of logits)"
+        )
     log_probs = log_softmax(logits)  # (..., V)
     valid = targets != ignore_index if ignore_index is not None else xp.ones(targets.shape, dtype=xp.bool)
     n_tokens = xp.sum(xp.astype(valid, xp.int32))

@@ -7,7 +7,7 @@ string, so they can be compared with scores reported elsewhere. Without sacreBLE
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .data.bpe import INSTALL_HINT, TextExtraMissing
 

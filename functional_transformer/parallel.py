@@ -70,7 +70,9 @@ def make_mesh(devices, backend) -> Any | None:
     if devices is None or (isinstance(devices, int) and not isinstance(devices, bool) and devices == 1):
         return None
     if backend.name != "jax":
-        raise ParallelError(f"--devices {devices} needs the JAX backend (FT_BACKEND=jax); the NumPy backend runs on one device")
+        raise ParallelError(
+            f"--devices {devices} needs the JAX backend (FT_BACKEND=jax); the NumPy backend runs on one device"
+        )
     jax = backend.jax
     if isinstance(devices, jax.sharding.Mesh):
         if devices.axis_names != (AXIS,):
@@ -84,8 +86,10 @@ def make_mesh(devices, backend) -> Any | None:
     else:
         raise ParallelError(f"devices must be a positive integer or 'all', got {devices!r}")
     if count > len(available):
-        raise ParallelError(f"{count} devices were asked for but JAX sees {len(available)} ({available[0].platform}); "
-                            "on CPU, simulate more with XLA_FLAGS=--xla_force_host_platform_device_count=N")
+        raise ParallelError(
+            f"{count} devices were asked for but JAX sees {len(available)} ({available[0].platform}); "
+            "on CPU, simulate more with XLA_FLAGS=--xla_force_host_platform_device_count=N"
+        )
     if count == 1:
         return None
     return jax.sharding.Mesh(np.asarray(available[:count]), (AXIS,))
@@ -106,8 +110,10 @@ def check_batch_size(batch_size: int, mesh) -> None:
     """The global batch is split evenly: batch_size must be a multiple of the device count."""
     n = device_count(mesh)
     if batch_size % n:
-        raise ParallelError(f"batch_size {batch_size} does not split evenly over {n} devices; "
-                            f"use a multiple of {n} (the global batch is the same whatever the device count)")
+        raise ParallelError(
+            f"batch_size {batch_size} does not split evenly over {n} devices; "
+            f"use a multiple of {n} (the global batch is the same whatever the device count)"
+        )
 
 
 def leaf_spec(shape: tuple[int, ...], n: int, shard_params: bool):
@@ -130,7 +136,8 @@ def state_shardings(state, mesh, shard_params: bool):
     jax = _jax()
     n = device_count(mesh)
     return jax.tree_util.tree_map(
-        lambda x: jax.sharding.NamedSharding(mesh, leaf_spec(tuple(np.shape(x)), n, shard_params)), state)
+        lambda x: jax.sharding.NamedSharding(mesh, leaf_spec(tuple(np.shape(x)), n, shard_params)), state
+    )
 
 
 def replicated(mesh):
@@ -154,7 +161,8 @@ def place_state(state, mesh, shard_params: bool):
     # checkpoint) on one of its own devices; each contributes the shards its devices own.
     host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), state)
     return jax.tree_util.tree_map(
-        lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]), host, shardings)
+        lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]), host, shardings
+    )
 
 
 def put_batch(host_batch: dict, mesh) -> dict:
@@ -189,5 +197,9 @@ def jit_step(train_step, mesh, state, shard_params: bool):
     rows split, key replicated; the state is donated as on one device."""
     jax = _jax()
     state_sh = state_shardings(state, mesh, shard_params)
-    return jax.jit(train_step, in_shardings=(state_sh, batch_sharding(mesh), replicated(mesh)),
-                   out_shardings=(state_sh, replicated(mesh)), donate_argnums=(0,))
+    return jax.jit(
+        train_step,
+        in_shardings=(state_sh, batch_sharding(mesh), replicated(mesh)),
+        out_shardings=(state_sh, replicated(mesh)),
+        donate_argnums=(0,),
+    )

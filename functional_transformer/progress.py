@@ -16,8 +16,16 @@ class ProgressLine:
     """`label: done/total unit [elapsed]` for `total` items, advanced with `advance(n)`; `close()`
     ends it (a newline on a terminal). Disabled (enabled=False) it writes nothing."""
 
-    def __init__(self, label: str, total: int, *, unit: str = "", enabled: bool = True, stream: TextIO | None = None,
-                 interval_s: float = 10.0):
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        *,
+        unit: str = "",
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        interval_s: float = 10.0,
+    ):
         self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
         self.stream = stream if stream is not None else sys.stderr
         self.interactive = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
@@ -52,7 +60,7 @@ class ProgressLine:
         self.stream.write(("\r" if self.interactive else "") + self._line() + "\n")
         self.stream.flush()
 
-    def __enter__(self) -> "ProgressLine":
+    def __enter__(self) -> ProgressLine:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -25,8 +25,9 @@ import dataclasses
 import errno
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,18 +37,47 @@ from backends import Backend, with_x64_scope
 from . import checkpoint, families, inference, parallel
 from .backend_choice import default_backend
 from .config import TransformerConfig
-from .data import (CharTokenizer, DataError, TASKS, Tokenizer, TokenizerPair, encode_pairs, fit_to_length,
-                   length_problem, make_task_data, read_lines, read_tsv, task_alphabet, tsv_line_numbers)
+from .data import (
+    TASKS,
+    CharTokenizer,
+    DataError,
+    Tokenizer,
+    TokenizerPair,
+    encode_pairs,
+    fit_to_length,
+    length_problem,
+    make_task_data,
+    read_lines,
+    read_tsv,
+    task_alphabet,
+    tsv_line_numbers,
+)
 from .data.batching import encode_pair
 from .errors import ConfigError, UserInputError
-from .train import (USER_OPTIMIZER, Callback, Run, TrainConfig, check_batches_split, check_best_by, check_optimizer,
-                    read_records, run_loop, with_best_by)
+from .train import (
+    USER_OPTIMIZER,
+    Callback,
+    Run,
+    TrainConfig,
+    check_batches_split,
+    check_best_by,
+    check_optimizer,
+    read_records,
+    run_loop,
+    with_best_by,
+)
 
 # The model `ft train` and `fit` build when not told otherwise: small enough to train on a laptop's
 # CPU in minutes, large enough to learn every built-in task (TransformerConfig's own defaults are
 # the paper's base model).
-MODEL_DEFAULTS = {"d_model": 128, "n_heads": 4, "d_ff": 512, "n_encoder_layers": 2, "n_decoder_layers": 2,
-                  "drop_rate": 0.1}
+MODEL_DEFAULTS = {
+    "d_model": 128,
+    "n_heads": 4,
+    "d_ff": 512,
+    "n_encoder_layers": 2,
+    "n_decoder_layers": 2,
+    "drop_rate": 0.1,
+}
 # Fields that follow from the data: the vocabulary and the longest sequence.
 DATA_FIELDS = ("src_vocab_size", "tgt_vocab_size", "max_len", "pad_id")
 # TrainConfig fields that change what is logged, evaluated and saved, never the trajectory.
@@ -72,8 +102,9 @@ def tokenizer_spec(kind: str = "char", vocab_size: int | None = None, joint: boo
         raise ConfigError(f"unknown tokenizer {kind!r}: choose one of {', '.join(TOKENIZERS)}")
     if kind == "char":
         if vocab_size is not None:
-            raise ConfigError("the char tokenizer's vocabulary is the data's characters; --vocab-size is for "
-                             "--tokenizer bpe")
+            raise ConfigError(
+                "the char tokenizer's vocabulary is the data's characters; --vocab-size is for --tokenizer bpe"
+            )
         return {"kind": "char"}
     from .data.bpe import import_tokenizers
 
@@ -95,8 +126,15 @@ def task_data(task: str, *, seed: int = 0, tokenizer: dict | None = None, **size
     return {"kind": "task", "task": task, **TASK_DATA_DEFAULTS, **sizes, "seed": seed, **_tokenizer_entry(tokenizer)}
 
 
-def tsv_data(train: str | os.PathLike, valid: str | os.PathLike | None = None, *, seed: int = 0,
-             tokenizer: dict | None = None, max_len: int | None = None, truncate_long: bool = False) -> dict:
+def tsv_data(
+    train: str | os.PathLike,
+    valid: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    tokenizer: dict | None = None,
+    max_len: int | None = None,
+    truncate_long: bool = False,
+) -> dict:
     """The data spec of TSV files; without `valid`, a deterministic 5% of `train` is held out.
 
     tokenizer: a `tokenizer_spec` (default: characters).
@@ -105,8 +143,13 @@ def tsv_data(train: str | os.PathLike, valid: str | os.PathLike | None = None, *
     longest): training pairs whose source, or bos + target, is longer are dropped, or with
     `truncate_long` cut to fit, and counted (see `fit_data`); so are the pairs held out of `train`;
     a longer line in `valid` is an error naming it (held-out data is never cut)."""
-    spec = {"kind": "tsv", "train": str(train), "valid": str(valid) if valid else None, "seed": seed,
-            **_tokenizer_entry(tokenizer)}
+    spec = {
+        "kind": "tsv",
+        "train": str(train),
+        "valid": str(valid) if valid else None,
+        "seed": seed,
+        **_tokenizer_entry(tokenizer),
+    }
     if max_len is not None:
         if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 2:
             raise ConfigError(f"max_len must be an integer of at least 2 (a token and eos), got {max_len!r}")
@@ -116,20 +159,32 @@ def tsv_data(train: str | os.PathLike, valid: str | os.PathLike | None = None, *
     return spec
 
 
-def text_data(train: str | os.PathLike, valid: str | os.PathLike | None = None, *, seed: int = 0,
-              tokenizer: dict | None = None) -> dict:
+def text_data(
+    train: str | os.PathLike, valid: str | os.PathLike | None = None, *, seed: int = 0, tokenizer: dict | None = None
+) -> dict:
     """The data spec of plain text for a language model (arch "decoder"): one document per line
     (blank lines skipped); without `valid`, a deterministic 5% of the documents is held out."""
-    return {"kind": "text", "train": str(train), "valid": str(valid) if valid else None, "seed": seed,
-            **_tokenizer_entry(tokenizer)}
+    return {
+        "kind": "text",
+        "train": str(train),
+        "valid": str(valid) if valid else None,
+        "seed": seed,
+        **_tokenizer_entry(tokenizer),
+    }
 
 
-def labelled_data(train: str | os.PathLike, valid: str | os.PathLike | None = None, *, seed: int = 0,
-                  tokenizer: dict | None = None) -> dict:
+def labelled_data(
+    train: str | os.PathLike, valid: str | os.PathLike | None = None, *, seed: int = 0, tokenizer: dict | None = None
+) -> dict:
     """The data spec of `text<TAB>label` files for a classifier (arch "encoder"); without `valid`, a
     deterministic 5% of `train` is held out. The classes are the training file's labels, sorted."""
-    return {"kind": "labelled", "train": str(train), "valid": str(valid) if valid else None, "seed": seed,
-            **_tokenizer_entry(tokenizer)}
+    return {
+        "kind": "labelled",
+        "train": str(train),
+        "valid": str(valid) if valid else None,
+        "seed": seed,
+        **_tokenizer_entry(tokenizer),
+    }
 
 
 # The data kind each model family reads from files (in memory: documents, or (text, label) pairs).
@@ -149,18 +204,25 @@ def spec_max_len(spec: dict) -> int | None:
 def check_held_out_lengths(pairs, tokenizer: Tokenizer, max_len: int, path) -> None:
     """A DataError naming the file and line of each pair of `pairs` (read_tsv(path), or its first
     len(pairs)) that does not fit max_len: held-out data is never silently cut."""
-    problems = [(i, problem) for i, (source, target) in enumerate(pairs)
-                if (problem := length_problem(encode_pair(source, target, tokenizer), max_len)) is not None]
+    problems = [
+        (i, problem)
+        for i, (source, target) in enumerate(pairs)
+        if (problem := length_problem(encode_pair(source, target, tokenizer), max_len)) is not None
+    ]
     if problems:
         lines = tsv_line_numbers(path)
         shown = "; ".join(f"line {lines[i]}: {problem}" for i, problem in problems[:5])
         more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
-        raise DataError(f"{path}: {len(problems)} line(s) longer than this model reads (max_len={max_len} tokens): "
-                        f"{shown}{more}. Held-out data is never cut: shorten or remove those lines, or train with "
-                        "a larger --max-len")
+        raise DataError(
+            f"{path}: {len(problems)} line(s) longer than this model reads (max_len={max_len} tokens): "
+            f"{shown}{more}. Held-out data is never cut: shorten or remove those lines, or train with "
+            "a larger --max-len"
+        )
 
 
-def fit_data(spec: dict, tokenizer: Tokenizer, max_len: int, train_pairs, valid_pairs) -> tuple[list, list, dict | None]:
+def fit_data(
+    spec: dict, tokenizer: Tokenizer, max_len: int, train_pairs, valid_pairs
+) -> tuple[list, list, dict | None]:
     """(training examples, held-out pairs, report) for a model of max_len.
 
     Without a max_len in the spec the model fits all the data (an over-long pair is an error, as in
@@ -173,10 +235,19 @@ def fit_data(spec: dict, tokenizer: Tokenizer, max_len: int, train_pairs, valid_
     examples, n_long = fit_to_length(encode_pairs(train_pairs, tokenizer, None), max_len, truncate)
     kept_valid = fit_held_out(spec, tokenizer, max_len, valid_pairs)
     if not examples:
-        raise DataError(f"every training pair of {spec['train']} is longer than max_len={max_len} tokens; raise --max-len")
-    return examples, kept_valid, {"max_len": max_len, "n_train": len(examples),
-                                  "truncated" if truncate else "dropped": n_long,
-                                  "held_out_dropped": len(valid_pairs) - len(kept_valid)}
+        raise DataError(
+            f"every training pair of {spec['train']} is longer than max_len={max_len} tokens; raise --max-len"
+        )
+    return (
+        examples,
+        kept_valid,
+        {
+            "max_len": max_len,
+            "n_train": len(examples),
+            "truncated" if truncate else "dropped": n_long,
+            "held_out_dropped": len(valid_pairs) - len(kept_valid),
+        },
+    )
 
 
 def fit_held_out(spec: dict, tokenizer: Tokenizer, max_len: int, valid_pairs) -> list:
@@ -193,8 +264,10 @@ def fit_held_out(spec: dict, tokenizer: Tokenizer, max_len: int, valid_pairs) ->
 def describe_data_report(report: dict) -> str:
     """One line on what fit_data did, for the log."""
     n_long = report.get("truncated", report.get("dropped"))
-    line = (f"max_len {report['max_len']}: {'truncated' if 'truncated' in report else 'dropped'} {n_long} of "
-            f"{report['n_train'] + (0 if 'truncated' in report else n_long)} training pairs longer than that")
+    line = (
+        f"max_len {report['max_len']}: {'truncated' if 'truncated' in report else 'dropped'} {n_long} of "
+        f"{report['n_train'] + (0 if 'truncated' in report else n_long)} training pairs longer than that"
+    )
     if report["held_out_dropped"]:
         line += f"; dropped {report['held_out_dropped']} held-out pairs longer than that"
     return line
@@ -212,8 +285,9 @@ def load_pairs(spec: dict) -> tuple[list, list]:
     """(train pairs, held-out pairs) from a data spec: a built-in task, TSV files, text files (pairs
     ("", document)) or labelled files (pairs (text, label))."""
     if spec["kind"] == "task":
-        return make_task_data(spec["task"], spec["n_train"], spec["n_valid"], spec["min_len"], spec["max_len"],
-                              spec["seed"])
+        return make_task_data(
+            spec["task"], spec["n_train"], spec["n_valid"], spec["min_len"], spec["max_len"], spec["seed"]
+        )
     if spec["kind"] not in ("tsv", "text", "labelled"):
         raise DataError(f"this run's data ({spec['kind']!r}) was given in memory; pass the pairs again")
     read = _read_documents if spec["kind"] == "text" else read_tsv
@@ -225,8 +299,11 @@ def load_pairs(spec: dict) -> tuple[list, list]:
         order = np.random.default_rng(spec["seed"]).permutation(len(train))
         n_valid = max(1, len(train) // 20) if len(train) > 1 else 0
         if not n_valid:
-            print(f"warning: {spec['train']} has a single pair, too few to hold one out: there is no held-out set "
-                  "(no evaluations, no best checkpoint); pass --valid FILE to give one", file=sys.stderr)
+            print(
+                f"warning: {spec['train']} has a single pair, too few to hold one out: there is no held-out set "
+                "(no evaluations, no best checkpoint); pass --valid FILE to give one",
+                file=sys.stderr,
+            )
         valid = [train[i] for i in order[:n_valid]]
         held_out = {pair[which] for pair in valid}
         train = [train[i] for i in order[n_valid:] if train[i][which] not in held_out]
@@ -257,36 +334,51 @@ def tokenizer_for(spec: dict, train, valid) -> Tokenizer:
 
     size = options["vocab_size"]
     if options["joint"]:
-        return BpeTokenizer.train([text for pair in train for text in pair], size,
-                                  alphabet + [text for pair in valid for text in pair], "source and target")
-    return TokenizerPair(BpeTokenizer.train([s for s, _ in train], size, alphabet + [s for s, _ in valid], "source"),
-                         BpeTokenizer.train([t for _, t in train], size, alphabet + [t for _, t in valid], "target"))
+        return BpeTokenizer.train(
+            [text for pair in train for text in pair],
+            size,
+            alphabet + [text for pair in valid for text in pair],
+            "source and target",
+        )
+    return TokenizerPair(
+        BpeTokenizer.train([s for s, _ in train], size, alphabet + [s for s, _ in valid], "source"),
+        BpeTokenizer.train([t for _, t in train], size, alphabet + [t for _, t in valid], "target"),
+    )
 
 
 def _round_up(n: int, multiple: int = 8) -> int:
     return -(-n // multiple) * multiple
 
 
-def model_config(tokenizer: Tokenizer, pairs, model: dict | TransformerConfig | None = None,
-                 max_len: int | None = None) -> TransformerConfig:
+def model_config(
+    tokenizer: Tokenizer, pairs, model: dict | TransformerConfig | None = None, max_len: int | None = None
+) -> TransformerConfig:
     """The TransformerConfig for data: vocabulary sizes, pad id and max_len (the longest source or
     target + end-of-sequence in tokens, rounded up to 8; or `max_len` where given, which the data is
     then fitted to: fit_data) from the tokenizer and pairs, the rest from `model` (a dict of
     TransformerConfig fields over MODEL_DEFAULTS, or a whole config, checked against the data)."""
     longest = max(max(len(tokenizer.source.encode(s)), len(tokenizer.target.encode(t)) + 1) for s, t in pairs)
-    derived = {"src_vocab_size": tokenizer.source.vocab_size, "tgt_vocab_size": tokenizer.target.vocab_size,
-               "max_len": _round_up(longest + 1) if max_len is None else max_len, "pad_id": tokenizer.pad_id}
+    derived = {
+        "src_vocab_size": tokenizer.source.vocab_size,
+        "tgt_vocab_size": tokenizer.target.vocab_size,
+        "max_len": _round_up(longest + 1) if max_len is None else max_len,
+        "pad_id": tokenizer.pad_id,
+    }
     if isinstance(model, TransformerConfig):
         for name in ("src_vocab_size", "tgt_vocab_size", "pad_id"):
             if getattr(model, name) != derived[name]:
-                raise ConfigError(f"the model's {name} is {getattr(model, name)} but the data's tokenizer needs "
-                                 f"{derived[name]}; pass a dict of the other fields and let fit fill these in")
+                raise ConfigError(
+                    f"the model's {name} is {getattr(model, name)} but the data's tokenizer needs "
+                    f"{derived[name]}; pass a dict of the other fields and let fit fill these in"
+                )
         if max_len is not None and model.max_len != max_len:
-            raise ConfigError(f"the model's max_len ({model.max_len}) differs from the data's max_len ({max_len}); "
-                             "give one of them")
+            raise ConfigError(
+                f"the model's max_len ({model.max_len}) differs from the data's max_len ({max_len}); give one of them"
+            )
         if max_len is None and model.max_len < longest:
-            raise ConfigError(f"the model's max_len ({model.max_len}) is shorter than the data's longest "
-                             f"sequence ({longest} tokens)")
+            raise ConfigError(
+                f"the model's max_len ({model.max_len}) is shorter than the data's longest sequence ({longest} tokens)"
+            )
         return model
     fields = dict(model or {})
     given = sorted(set(fields) & set(DATA_FIELDS))
@@ -313,8 +405,9 @@ def locked(out_dir: Path) -> Iterator[None]:
                 raise
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise RunFolderError(f"{out_dir} is in use by {holder}; wait for it to finish or choose another "
-                                 "folder") from None
+            raise RunFolderError(
+                f"{out_dir} is in use by {holder}; wait for it to finish or choose another folder"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"process {os.getpid()}")
@@ -339,8 +432,7 @@ def describe_run(out_dir: Path) -> str:
     best = loaded["progress"].get("best_exact_match")
     if best is not None:
         best_by = loaded["train_config"].get("best_by", "exact_match")
-        line += (f", held-out exact match {best:.4f} at its best step by {best_by}, "
-                 f"{loaded['progress']['best_step']}")
+        line += f", held-out exact match {best:.4f} at its best step by {best_by}, {loaded['progress']['best_step']}"
     return line
 
 
@@ -362,8 +454,10 @@ def _start_fresh(out_dir: Path, overwrite: bool, verbose: bool) -> None:
         return
     what = describe_run(out_dir)
     if not overwrite:
-        raise RunFolderError(f"{out_dir} already holds {what}. Pass --resume (resume=True) to continue it, "
-                             f"--overwrite (overwrite=True) to replace it with a new run, or choose another --out")
+        raise RunFolderError(
+            f"{out_dir} already holds {what}. Pass --resume (resume=True) to continue it, "
+            f"--overwrite (overwrite=True) to replace it with a new run, or choose another --out"
+        )
     if verbose:
         print(f"--overwrite: replacing {out_dir}, which held {what}", file=sys.stderr)
     for name in RUN_FILES:
@@ -379,22 +473,29 @@ def resumed_train_config(saved: TrainConfig, changes: dict, step: int, extend: b
     for name, value in changes.items():
         if name in (*OPERATIONAL_FIELDS, "steps", "schedule_start") or value == getattr(saved, name):
             continue
-        raise RunFolderError(f"{name}={value!r} conflicts with the resumed run's {name}={getattr(saved, name)!r}; "
-                             "a resumed run keeps its settings: leave it out, or start a new run (--overwrite)")
+        raise RunFolderError(
+            f"{name}={value!r} conflicts with the resumed run's {name}={getattr(saved, name)!r}; "
+            "a resumed run keeps its settings: leave it out, or start a new run (--overwrite)"
+        )
     operational = {name: changes[name] for name in OPERATIONAL_FIELDS if name in changes}
     steps = changes.get("steps", saved.steps)
     if steps == saved.steps:
         return dataclasses.replace(saved, **operational)
     if steps < saved.steps:
-        raise RunFolderError(f"steps={steps} would cut this run's schedule of {saved.steps} steps short (the learning "
-                             "rate would change under it); to stop earlier use patience or Ctrl-C")
+        raise RunFolderError(
+            f"steps={steps} would cut this run's schedule of {saved.steps} steps short (the learning "
+            "rate would change under it); to stop earlier use patience or Ctrl-C"
+        )
     if not extend:
-        raise RunFolderError(f"this run was planned for {saved.steps} steps and its schedule ends there; to train it "
-                             f"to {steps}, pass --extend (extend=True): a cosine schedule restarts (warmup, then "
-                             "decay over the added steps), the others continue")
+        raise RunFolderError(
+            f"this run was planned for {saved.steps} steps and its schedule ends there; to train it "
+            f"to {steps}, pass --extend (extend=True): a cosine schedule restarts (warmup, then "
+            "decay over the added steps), the others continue"
+        )
     if step < saved.steps:
-        raise RunFolderError(f"the run is at step {step} of {saved.steps}: finish it first (--resume without --steps), "
-                             "then extend it")
+        raise RunFolderError(
+            f"the run is at step {step} of {saved.steps}: finish it first (--resume without --steps), then extend it"
+        )
     start = saved.steps if saved.schedule == "cosine" else saved.schedule_start
     return dataclasses.replace(saved, steps=steps, schedule_start=start, **operational)
 
@@ -410,11 +511,15 @@ def _describe_spec(spec: dict) -> str:
 def _check_resumed(kind: str, saved: dict, given: dict) -> None:
     for name, value in given.items():
         if name not in saved:
-            raise RunFolderError(f"{name}={value!r} does not apply to the resumed run's {kind} ({sorted(saved)}); "
-                                 "a resumed run keeps its settings: leave it out, or start a new run (--overwrite)")
+            raise RunFolderError(
+                f"{name}={value!r} does not apply to the resumed run's {kind} ({sorted(saved)}); "
+                "a resumed run keeps its settings: leave it out, or start a new run (--overwrite)"
+            )
         if saved[name] != value:
-            raise RunFolderError(f"{name}={value!r} conflicts with the resumed run's {kind} {name}={saved[name]!r}; "
-                                 "a resumed run keeps its settings: leave it out, or start a new run (--overwrite)")
+            raise RunFolderError(
+                f"{name}={value!r} conflicts with the resumed run's {kind} {name}={saved[name]!r}; "
+                "a resumed run keeps its settings: leave it out, or start a new run (--overwrite)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,8 +584,10 @@ def _as_data_spec(data, seed: int, arch: str | None) -> tuple[dict, tuple | None
             train, valid, arch = [("", d) for d in train], [("", d) for d in valid], "decoder"
         kind = MEMORY_KINDS[arch or "encoder_decoder"]
         return {"kind": kind, "n_train": len(train), "n_valid": len(valid), "seed": seed}, (train, valid)
-    raise TypeError("data must be a task name, a data spec (ft.task_data, ft.tsv_data, ft.text_data, ft.labelled_data) "
-                    "or (train, valid) examples")
+    raise TypeError(
+        "data must be a task name, a data spec (ft.task_data, ft.tsv_data, ft.text_data, ft.labelled_data) "
+        "or (train, valid) examples"
+    )
 
 
 def _arch_for(model, spec: dict, arch: str | None) -> str:
@@ -495,20 +602,34 @@ def _arch_for(model, spec: dict, arch: str | None) -> str:
     if arch not in families.ARCHS:
         raise ConfigError(f"unknown arch {arch!r}: choose one of {', '.join(families.ARCHS)}")
     if arch != data_arch:
-        wanted = {"encoder_decoder": "a task or source<TAB>target pairs (ft.task_data, ft.tsv_data)",
-                  "decoder": "plain text, one document per line (ft.text_data)",
-                  "encoder": "text<TAB>label lines (ft.labelled_data)"}[arch]
+        wanted = {
+            "encoder_decoder": "a task or source<TAB>target pairs (ft.task_data, ft.tsv_data)",
+            "decoder": "plain text, one document per line (ft.text_data)",
+            "encoder": "text<TAB>label lines (ft.labelled_data)",
+        }[arch]
         raise ConfigError(f"the {arch} model trains on {wanted}; the data given is of kind {spec['kind']!r}")
     return arch
 
 
 @with_x64_scope
-def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig | dict | None = None,
-        data: str | dict | tuple | None = None, *, arch: str | None = None,
-        out_dir: str | os.PathLike | None = None, resume: bool = False,
-        overwrite: bool = False, extend: bool = False, callbacks: Sequence[Callback] = (),
-        backend: Backend | None = None, progress: bool = True, verbose: bool = True,
-        eval_examples: int | None = None, devices=1, shard_params: bool = False) -> FitResult:
+def fit(
+    model: dict | TransformerConfig | None = None,
+    train_config: TrainConfig | dict | None = None,
+    data: str | dict | tuple | None = None,
+    *,
+    arch: str | None = None,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    extend: bool = False,
+    callbacks: Sequence[Callback] = (),
+    backend: Backend | None = None,
+    progress: bool = True,
+    verbose: bool = True,
+    eval_examples: int | None = None,
+    devices=1,
+    shard_params: bool = False,
+) -> FitResult:
     """Train a Transformer and return the result (see the module docstring for run folders).
 
     arch: the model family, "encoder_decoder" (the paper's), "decoder" (a causal language model) or
@@ -547,12 +668,19 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         raise RunFolderError(f"{out} does not exist: there is no run to resume; leave out --resume to start one there")
     # With many processes only process 0 owns the run folder (it alone writes there).
     lead = parallel.process_index() == 0
-    with (locked(out) if out is not None and lead else contextlib.nullcontext()):
+    with locked(out) if out is not None and lead else contextlib.nullcontext():
         if out is not None and lead:
             _remove_stale_temp_files(out)
         # What the loop needs besides the model, data and TrainConfig: the same for a new run and a resumed one.
-        loop_options = dict(out_dir=out, backend=backend, eval_examples=eval_examples, progress=progress,
-                            callbacks=tuple(callbacks), mesh=mesh, shard_params=shard_params)
+        loop_options = dict(
+            out_dir=out,
+            backend=backend,
+            eval_examples=eval_examples,
+            progress=progress,
+            callbacks=tuple(callbacks),
+            mesh=mesh,
+            shard_params=shard_params,
+        )
         if resume:
             if eval_examples is None:
                 loop_options["eval_examples"] = _saved_eval_examples(out)
@@ -562,8 +690,9 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
             train_config = TrainConfig(**train_config)
         tcfg = train_config or TrainConfig()
         if data is None and (arch or "encoder_decoder") != "encoder_decoder":
-            raise ConfigError(f"arch={arch!r} needs data: ft.text_data(...) for 'decoder', ft.labelled_data(...) for "
-                             "'encoder'")
+            raise ConfigError(
+                f"arch={arch!r} needs data: ft.text_data(...) for 'decoder', ft.labelled_data(...) for 'encoder'"
+            )
         spec, pairs = _as_data_spec("reverse" if data is None else data, tcfg.seed, arch)
         arch = _arch_for(model, spec, arch)
         train_pairs, valid_pairs = pairs or load_pairs(spec)
@@ -572,7 +701,9 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         if arch == "encoder_decoder":
             cfg = model_config(tokenizer, train_pairs + valid_pairs, model, spec_max_len(spec))
         else:
-            longest = max(len(tokenizer.source.encode(text)) for text, _ in train_pairs + valid_pairs) if labels else None
+            longest = (
+                max(len(tokenizer.source.encode(text)) for text, _ in train_pairs + valid_pairs) if labels else None
+            )
             cfg = families.make_config(arch, tokenizer, model, longest=longest, n_classes=len(labels or ()))
         tcfg = with_best_by(tcfg, cfg)
         run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, labels)
@@ -586,9 +717,12 @@ def fit(model: dict | TransformerConfig | None = None, train_config: TrainConfig
         if verbose:
             examples = {"encoder_decoder": "pairs", "decoder": "windows", "encoder": "examples"}[arch]
             held_out = "documents" if arch == "decoder" else examples
-            print(f"backend {backend.name}; {parallel.describe(mesh, shard_params)}{len(run.train_examples)} training "
-                  f"{examples} and {len(run.valid_pairs)} held-out {held_out}; {_describe_vocabulary(cfg)}; writing to "
-                  f"{out if out else 'memory only'}", file=sys.stderr)
+            print(
+                f"backend {backend.name}; {parallel.describe(mesh, shard_params)}{len(run.train_examples)} training "
+                f"{examples} and {len(run.valid_pairs)} held-out {held_out}; {_describe_vocabulary(cfg)}; writing to "
+                f"{out if out else 'memory only'}",
+                file=sys.stderr,
+            )
         return _result(run, run_loop(run))
 
 
@@ -624,10 +758,25 @@ def _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options
     else:
         examples, report = _family_examples(cfg, tokenizer, train_pairs, valid_pairs, labels)
         if verbose:
-            print("data: " + ", ".join(f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
-                                       for name, value in report.items()), file=sys.stderr)
-    return Run(cfg=cfg, tcfg=tcfg, tokenizer=tokenizer, data_spec=spec, valid_pairs=valid_pairs,
-               train_examples=examples, data_report=report, labels=labels, **loop_options)
+            print(
+                "data: "
+                + ", ".join(
+                    f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
+                    for name, value in report.items()
+                ),
+                file=sys.stderr,
+            )
+    return Run(
+        cfg=cfg,
+        tcfg=tcfg,
+        tokenizer=tokenizer,
+        data_spec=spec,
+        valid_pairs=valid_pairs,
+        train_examples=examples,
+        data_report=report,
+        labels=labels,
+        **loop_options,
+    )
 
 
 def _resume(out: Path, model, train_config, data, extend, verbose, loop_options) -> FitResult:
@@ -646,9 +795,14 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
         pairs, data = (list(data[0]), list(data[1])), None
         if spec["kind"] == "documents":
             pairs = ([("", d) for d in pairs[0]], [("", d) for d in pairs[1]])
-        if spec["kind"] not in MEMORY_KINDS.values() or (len(pairs[0]), len(pairs[1])) != (spec["n_train"], spec["n_valid"]):
-            raise RunFolderError(f"{out} was trained on {_describe_spec(spec)}, not on the {len(pairs[0])} + "
-                                 f"{len(pairs[1])} pairs given; a resumed run keeps its data")
+        if spec["kind"] not in MEMORY_KINDS.values() or (len(pairs[0]), len(pairs[1])) != (
+            spec["n_train"],
+            spec["n_valid"],
+        ):
+            raise RunFolderError(
+                f"{out} was trained on {_describe_spec(spec)}, not on the {len(pairs[0])} + "
+                f"{len(pairs[1])} pairs given; a resumed run keeps its data"
+            )
     _check_resumed("data", {"tokenizer": {"kind": "char"}, **spec}, dict(data or {}))  # characters, if not said
     if isinstance(train_config, TrainConfig):
         train_config = dataclasses.asdict(train_config)
@@ -657,10 +811,12 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
     if saved_fields.get("optimizer") == USER_OPTIMIZER:
         given = changes.pop("optimizer", None)
         if given is None or isinstance(given, str):
-            raise RunFolderError(f"{out} was trained with an optax optimizer given in Python, which a checkpoint cannot "
-                                 "hold, so it cannot resume from the folder alone (nor with ft train --resume): resume "
-                                 "it in Python with the same optimizer, ft.fit(train_config={'optimizer': ...}, "
-                                 "out_dir=..., resume=True)")
+            raise RunFolderError(
+                f"{out} was trained with an optax optimizer given in Python, which a checkpoint cannot "
+                "hold, so it cannot resume from the folder alone (nor with ft train --resume): resume "
+                "it in Python with the same optimizer, ft.fit(train_config={'optimizer': ...}, "
+                "out_dir=..., resume=True)"
+            )
         saved_fields = dict(saved_fields, optimizer=given)
     tcfg = resumed_train_config(with_best_by(TrainConfig(**saved_fields), cfg), changes, step, extend)
     if spec["kind"] in MEMORY_KINDS.values() and pairs is None:
@@ -678,12 +834,19 @@ def _write_config(run: Run) -> None:
     """The run folder's config.toml: the run's settings, from which `ft train --config` trains it again."""
     from . import config_file  # it builds data specs with this module's functions
 
-    extended = (f"\nThis run was extended at step {run.tcfg.schedule_start} (--resume --extend); a new run from "
-                "this file takes all its steps under one schedule." if run.tcfg.schedule_start else "")
-    header = (f"The settings of this run (backend {run.backend.name}). To train it again:\n"
-              f"  ft train --config {run.out_dir / config_file.CONFIG_NAME} --out NEW_FOLDER{extended}")
-    config_file.write_settings(run.out_dir / config_file.CONFIG_NAME, run.cfg, run.tcfg, run.data_spec,
-                               run.eval_examples, header)
+    extended = (
+        f"\nThis run was extended at step {run.tcfg.schedule_start} (--resume --extend); a new run from "
+        "this file takes all its steps under one schedule."
+        if run.tcfg.schedule_start
+        else ""
+    )
+    header = (
+        f"The settings of this run (backend {run.backend.name}). To train it again:\n"
+        f"  ft train --config {run.out_dir / config_file.CONFIG_NAME} --out NEW_FOLDER{extended}"
+    )
+    config_file.write_settings(
+        run.out_dir / config_file.CONFIG_NAME, run.cfg, run.tcfg, run.data_spec, run.eval_examples, header
+    )
 
 
 def _saved_eval_examples(out: Path) -> int:
@@ -701,14 +864,25 @@ def read_history(out_dir: Path) -> list[dict]:
 
 def _result(run: Run, looped: dict) -> FitResult:
     summary, state = looped["summary"], looped["state"]
-    return FitResult(params=state["params"], cfg=run.cfg, tokenizer=run.tokenizer, train_config=run.tcfg,
-                     data_spec=run.data_spec, step=summary["step"], labels=run.labels,
-                     path=Path(summary["checkpoint"]) if summary["checkpoint"] else None, state=state,
-                     key=looped["key"],
-                     history=read_history(run.out_dir) if run.out_dir and parallel.process_index() == 0 else looped["history"],
-                     best_exact_match=summary["best_exact_match"], best_value=summary["best_value"],
-                     best_step=summary["best_step"],
-                     stopped=summary["stopped"], seconds=summary["seconds"], out_dir=run.out_dir)
+    return FitResult(
+        params=state["params"],
+        cfg=run.cfg,
+        tokenizer=run.tokenizer,
+        train_config=run.tcfg,
+        data_spec=run.data_spec,
+        step=summary["step"],
+        labels=run.labels,
+        path=Path(summary["checkpoint"]) if summary["checkpoint"] else None,
+        state=state,
+        key=looped["key"],
+        history=read_history(run.out_dir) if run.out_dir and parallel.process_index() == 0 else looped["history"],
+        best_exact_match=summary["best_exact_match"],
+        best_value=summary["best_value"],
+        best_step=summary["best_step"],
+        stopped=summary["stopped"],
+        seconds=summary["seconds"],
+        out_dir=run.out_dir,
+    )
 
 
 def load(path: str | os.PathLike, which: str | None = None, backend: Backend | None = None) -> TrainedModel:
@@ -718,10 +892,16 @@ def load(path: str | os.PathLike, which: str | None = None, backend: Backend | N
     best where the folder has one, else the last."""
     backend = backend or default_backend()
     loaded = checkpoint.load(checkpoint.resolve(path, which), backend)
-    return TrainedModel(params=loaded["state"]["params"], cfg=loaded["cfg"], tokenizer=loaded["tokenizer"],
-                        train_config=TrainConfig(**loaded["train_config"]), data_spec=loaded["data_spec"],
-                        step=int(backend.to_numpy(loaded["state"]["step"])), path=loaded["path"],
-                        labels=loaded["labels"])
+    return TrainedModel(
+        params=loaded["state"]["params"],
+        cfg=loaded["cfg"],
+        tokenizer=loaded["tokenizer"],
+        train_config=TrainConfig(**loaded["train_config"]),
+        data_spec=loaded["data_spec"],
+        step=int(backend.to_numpy(loaded["state"]["step"])),
+        path=loaded["path"],
+        labels=loaded["labels"],
+    )
 
 
 def predict(model: TrainedModel, sources: Sequence[str], *, beam_size: int = 1, **options) -> list[str]:
@@ -750,6 +930,22 @@ def evaluate(model: TrainedModel, pairs: Sequence, *, beam_size: int = 1, **opti
     return inference.evaluate(model.params, model.cfg, model.tokenizer, list(pairs), beam_size=beam_size, **options)
 
 
-__all__ = ["FitResult", "MODEL_DEFAULTS", "RunFolderError", "TrainedModel", "evaluate", "fit", "fit_data",
-           "labelled_data", "load", "load_pairs", "model_config", "predict", "task_data", "text_data", "tokenizer_for",
-           "tokenizer_spec", "tsv_data"]
+__all__ = [
+    "FitResult",
+    "MODEL_DEFAULTS",
+    "RunFolderError",
+    "TrainedModel",
+    "evaluate",
+    "fit",
+    "fit_data",
+    "labelled_data",
+    "load",
+    "load_pairs",
+    "model_config",
+    "predict",
+    "task_data",
+    "text_data",
+    "tokenizer_for",
+    "tokenizer_spec",
+    "tsv_data",
+]

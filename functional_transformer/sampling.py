@@ -15,9 +15,9 @@ from backends import array_namespace, backend_of, with_x64_scope
 from backends import random as ftrandom
 
 from . import checks
+from .errors import ConfigError
 from .layers.softmax import fwd as softmax_fwd
 from .models import decoder_only
-from .errors import ConfigError
 
 
 def _check_settings(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -29,22 +29,22 @@ def _check_settings(temperature: float, top_k: int | None, top_p: float | None) 
         raise ConfigError(f"top_p must be in (0, 1] or None, got {top_p!r}")
 
 
-def filtered_probabilities(logits, *, temperature: float = 1.0, top_k: int | None = None,
-                           top_p: float | None = None):
+def filtered_probabilities(logits, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
     """logits (B, V) -> probabilities (B, V) of softmax(logits / temperature), zero outside the top_k
     tokens and outside the smallest set whose probability reaches top_p, renormalised."""
     xp = array_namespace(logits)
     scaled = logits / temperature
     keep = xp.ones(scaled.shape, dtype=xp.bool)
     if top_k is not None and top_k < scaled.shape[-1]:
-        kth = -xp.sort(-scaled, axis=-1)[:, top_k - 1:top_k]  # (B, 1), the k-th largest
+        kth = -xp.sort(-scaled, axis=-1)[:, top_k - 1 : top_k]  # (B, 1), the k-th largest
         keep = keep & (scaled >= kth)
     p, _ = softmax_fwd(scaled, keep)
     if top_p is not None and top_p < 1.0:
         ranked = -xp.sort(-p, axis=-1)  # largest first
         before = xp.cumulative_sum(ranked, axis=-1) - ranked  # the probability of the tokens ranked above
-        smallest_kept = xp.min(xp.where(before < top_p, ranked, xp.asarray(math.inf, dtype=p.dtype)), axis=-1,
-                               keepdims=True)
+        smallest_kept = xp.min(
+            xp.where(before < top_p, ranked, xp.asarray(math.inf, dtype=p.dtype)), axis=-1, keepdims=True
+        )
         p, _ = softmax_fwd(scaled, keep & (p >= smallest_kept))
     return p
 
@@ -86,8 +86,9 @@ def _loop(params, tokens, prompt_lengths, key, cfg, max_total: int, eos_id: int,
         logits, cache = model.step(params, current, cache, position)
         logits = logits[:, 0, :]
         if cfg.pad_id is not None:  # pad marks "no token": never sampled (as in the encoder-decoder's decoding)
-            logits = xp.where(xp.arange(logits.shape[-1]) == cfg.pad_id, xp.asarray(-math.inf, dtype=logits.dtype),
-                              logits)
+            logits = xp.where(
+                xp.arange(logits.shape[-1]) == cfg.pad_id, xp.asarray(-math.inf, dtype=logits.dtype), logits
+            )
         drawn = sample(logits, ftrandom.fold_in(key, position), temperature=temperature, top_k=top_k, top_p=top_p)
         generating = position + 1 >= prompt_lengths  # (B,): past the prompt
         forced = xp.take(tokens, xp.reshape(position + 1, (1,)), axis=1)[:, 0]
@@ -102,8 +103,19 @@ def _loop(params, tokens, prompt_lengths, key, cfg, max_total: int, eos_id: int,
 
 
 @with_x64_scope
-def generate(params: dict, cfg, prompts, *, max_new_tokens: int, key=None, eos_id: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, prompt_lengths=None):
+def generate(
+    params: dict,
+    cfg,
+    prompts,
+    *,
+    max_new_tokens: int,
+    key=None,
+    eos_id: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    prompt_lengths=None,
+):
     """Continue each prompt of a decoder-only model.
 
     prompts (B, P) token ids, right-padded with pad_id (each row's length in prompt_lengths, or
@@ -120,11 +132,14 @@ def generate(params: dict, cfg, prompts, *, max_new_tokens: int, key=None, eos_i
         raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     total = prompts.shape[1] + max_new_tokens
     if total > cfg.max_len:
-        raise ConfigError(f"the prompt ({prompts.shape[1]} tokens) plus max_new_tokens ({max_new_tokens}) is {total}, "
-                         f"more than this model's max_len={cfg.max_len}; ask for fewer new tokens")
+        raise ConfigError(
+            f"the prompt ({prompts.shape[1]} tokens) plus max_new_tokens ({max_new_tokens}) is {total}, "
+            f"more than this model's max_len={cfg.max_len}; ask for fewer new tokens"
+        )
     if temperature > 0 and key is None:
-        raise ConfigError("sampling (temperature > 0) needs a key: pass key=ft.random.key(seed), or temperature=0 "
-                         "for greedy decoding")
+        raise ConfigError(
+            "sampling (temperature > 0) needs a key: pass key=ft.random.key(seed), or temperature=0 for greedy decoding"
+        )
     if prompt_lengths is None and cfg.pad_id is None:
         lengths = [prompts.shape[1]] * prompts.shape[0]
     elif prompt_lengths is None:
@@ -134,10 +149,25 @@ def generate(params: dict, cfg, prompts, *, max_new_tokens: int, key=None, eos_i
         lengths = [int(n) for n in backend.to_numpy(backend.asarray(prompt_lengths))]
     if min(lengths) < 1:
         raise ConfigError("every prompt needs at least one token (begin with the beginning-of-sequence id)")
-    tokens = xp.concat([xp.astype(prompts, xp.int32),
-                        xp.full((prompts.shape[0], max_new_tokens), _filler(cfg, eos_id), dtype=xp.int32)], axis=1)
+    tokens = xp.concat(
+        [
+            xp.astype(prompts, xp.int32),
+            xp.full((prompts.shape[0], max_new_tokens), _filler(cfg, eos_id), dtype=xp.int32),
+        ],
+        axis=1,
+    )
     key = backend.random.key(0) if key is None else backend.asarray(key)
     loop = backend.jit(_loop, static_argnames=("cfg", "max_total", "eos_id", "temperature", "top_k", "top_p"))
-    tokens, _ = loop(params, tokens, xp.asarray(lengths, dtype=xp.int32), key, cfg=cfg, max_total=total,
-                     eos_id=eos_id, temperature=float(temperature), top_k=top_k, top_p=top_p)
+    tokens, _ = loop(
+        params,
+        tokens,
+        xp.asarray(lengths, dtype=xp.int32),
+        key,
+        cfg=cfg,
+        max_total=total,
+        eos_id=eos_id,
+        temperature=float(temperature),
+        top_k=top_k,
+        top_p=top_p,
+    )
     return tokens

@@ -28,7 +28,9 @@ def import_tensorboardx():
     try:
         import tensorboardX
     except ImportError:
-        raise TensorBoardMissing(f"TensorBoard events are written with tensorboardX, an optional extra: {INSTALL_HINT}") from None
+        raise TensorBoardMissing(
+            f"TensorBoard events are written with tensorboardX, an optional extra: {INSTALL_HINT}"
+        ) from None
     return tensorboardX
 
 
@@ -57,7 +59,7 @@ class TensorBoardWriter:
             self._writer.close()
             self._writer = None
 
-    def __enter__(self) -> "TensorBoardWriter":
+    def __enter__(self) -> TensorBoardWriter:
         return self
 
     def __exit__(self, *exc) -> None:

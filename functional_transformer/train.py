@@ -27,20 +27,30 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from backends import Backend, backend_of, with_x64_scope
-from backends.tree import tree_map as backend_tree_map
 from backends import random as ftrandom
+from backends.tree import tree_map as backend_tree_map
 
 from . import api, checkpoint, checks, families, gradients, optim, parallel
+from .data import (
+    BatchPlan,
+    DataError,
+    EncodedPair,
+    Tokenizer,
+    fixed_batch_plans,
+    plan_batch,
+    plan_counts,
+    token_batch_plans,
+    token_buckets,
+)
 from .errors import ConfigError
 from .metrics import MISSING_NOTE, TEXT_METRICS, require_sacrebleu, sacrebleu_available
-from .data import (BatchPlan, DataError, EncodedPair, Tokenizer, fixed_batch_plans, plan_batch, plan_counts,
-                   token_batch_plans, token_buckets)
 
 SCHEDULES = ("transformer", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -103,7 +113,9 @@ class TrainConfig:
         if self.patience < 0:
             raise ConfigError(f"patience must be 0 (off) or positive, got {self.patience}")
         if not 0 <= self.schedule_start < self.steps:
-            raise ConfigError(f"schedule_start must be in [0, steps), got {self.schedule_start} with steps {self.steps}")
+            raise ConfigError(
+                f"schedule_start must be in [0, steps), got {self.schedule_start} with steps {self.steps}"
+            )
         if self.grad_method not in (None, *GRAD_METHODS):
             raise ConfigError(f"grad_method must be one of {GRAD_METHODS} or None, got {self.grad_method!r}")
         if self.schedule not in SCHEDULES:
@@ -112,11 +124,16 @@ class TrainConfig:
             raise ConfigError(f"best_by must be one of {tuple(BEST_BY)} or None, got {self.best_by!r}")
         if isinstance(self.optimizer, str):
             if self.optimizer not in (*OPTIMIZERS, USER_OPTIMIZER):
-                raise ConfigError(f"optimizer must be one of {OPTIMIZERS} or an optax GradientTransformation, "
-                                  f"got {self.optimizer!r}")
-        elif not (callable(getattr(self.optimizer, "init", None)) and callable(getattr(self.optimizer, "update", None))):
-            raise ConfigError(f"optimizer must be one of {OPTIMIZERS} or an optax GradientTransformation (with init "
-                              f"and update), got {type(self.optimizer).__name__}")
+                raise ConfigError(
+                    f"optimizer must be one of {OPTIMIZERS} or an optax GradientTransformation, got {self.optimizer!r}"
+                )
+        elif not (
+            callable(getattr(self.optimizer, "init", None)) and callable(getattr(self.optimizer, "update", None))
+        ):
+            raise ConfigError(
+                f"optimizer must be one of {OPTIMIZERS} or an optax GradientTransformation (with init "
+                f"and update), got {type(self.optimizer).__name__}"
+            )
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -146,11 +163,14 @@ def user_optimizer(tcfg: TrainConfig) -> bool:
 def check_optimizer(tcfg: TrainConfig, backend: Backend) -> None:
     """A ConfigError unless tcfg's optimizer can train on `backend`."""
     if tcfg.optimizer == USER_OPTIMIZER:
-        raise ConfigError(f"optimizer={USER_OPTIMIZER!r} is what a checkpoint records of an optax optimizer, which it "
-                          "cannot hold: pass the GradientTransformation itself (to resume: the run's own, again)")
+        raise ConfigError(
+            f"optimizer={USER_OPTIMIZER!r} is what a checkpoint records of an optax optimizer, which it "
+            "cannot hold: pass the GradientTransformation itself (to resume: the run's own, again)"
+        )
     if user_optimizer(tcfg) and backend.name != "jax":
-        raise ConfigError(f"an optax optimizer needs the JAX backend (FT_BACKEND=jax); on {backend.name}, choose "
-                          f"one of {OPTIMIZERS}")
+        raise ConfigError(
+            f"an optax optimizer needs the JAX backend (FT_BACKEND=jax); on {backend.name}, choose one of {OPTIMIZERS}"
+        )
 
 
 def train_config_record(tcfg: TrainConfig) -> dict:
@@ -182,8 +202,10 @@ def storable_opt_state(tcfg: TrainConfig, opt_state, backend: Backend):
     if not user_optimizer(tcfg):
         return opt_state
     leaves = backend.jax.tree_util.tree_leaves(opt_state)
-    return {"optax_leaf_count": np.asarray(len(leaves), dtype=np.int32),
-            "optax_leaves": {f"{i:05d}": leaf for i, leaf in enumerate(leaves)}}
+    return {
+        "optax_leaf_count": np.asarray(len(leaves), dtype=np.int32),
+        "optax_leaves": {f"{i:05d}": leaf for i, leaf in enumerate(leaves)},
+    }
 
 
 def restore_opt_state(optimizer, params, stored, backend: Backend):
@@ -193,16 +215,20 @@ def restore_opt_state(optimizer, params, stored, backend: Backend):
     fresh = optimizer.init(params)
     fresh_leaves, treedef = jax.tree_util.tree_flatten(fresh)
     if "optax_leaf_count" not in stored:
-        raise ConfigError("this run was trained with a built-in optimizer, not an optax one; resume it without "
-                          "optimizer=, or start a new run (--overwrite)")
+        raise ConfigError(
+            "this run was trained with a built-in optimizer, not an optax one; resume it without "
+            "optimizer=, or start a new run (--overwrite)"
+        )
     count = int(np.asarray(stored["optax_leaf_count"]))
     leaves = [stored.get("optax_leaves", {})[f"{i:05d}"] for i in range(count)]
     shapes = [(tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves]
     expected = [(tuple(np.shape(leaf)), str(jax.numpy.asarray(leaf).dtype)) for leaf in fresh_leaves]
     if shapes != expected:
-        raise ConfigError(f"the optimizer given does not fit the run's saved optimizer state ({count} arrays saved, "
-                          f"{len(fresh_leaves)} in this optimizer's state, or their shapes differ): resume with the "
-                          "optimizer the run was trained with")
+        raise ConfigError(
+            f"the optimizer given does not fit the run's saved optimizer state ({count} arrays saved, "
+            f"{len(fresh_leaves)} in this optimizer's state, or their shapes differ): resume with the "
+            "optimizer the run was trained with"
+        )
     return jax.tree_util.tree_unflatten(treedef, [backend.asarray(leaf) for leaf in leaves])
 
 
@@ -249,8 +275,9 @@ def init_state(key, cfg, optimizer) -> dict:
     return {"params": params, "opt_state": optimizer.init(params), "step": xp.asarray(0, dtype=xp.int32)}
 
 
-def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend, *, mesh=None, state=None,
-                    shard_params: bool = False) -> Callable:
+def make_train_step(
+    cfg, tcfg: TrainConfig, optimizer, backend: Backend, *, mesh=None, state=None, shard_params: bool = False
+) -> Callable:
     """The pure step `(state, batch, key) -> (state, metrics)`, jitted (state donated) on JAX.
 
     With a device mesh (parallel.make_mesh) the same step is jitted with the shardings of
@@ -266,8 +293,11 @@ def make_train_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend, *, mesh
         grads, metrics = grad_fn(state["params"], batch, cfg, train, dropout_key, tcfg.label_smoothing)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         metrics = dict(metrics, grad_norm=optim.global_norm(grads))
-        new_state = {"params": optim.apply_updates(state["params"], updates), "opt_state": opt_state,
-                     "step": state["step"] + 1}
+        new_state = {
+            "params": optim.apply_updates(state["params"], updates),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
         return new_state, metrics
 
     if mesh is not None:
@@ -293,24 +323,38 @@ def make_accumulating_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend) 
         dropout_key = ftrandom.fold_in(ftrandom.fold_in(key, step), index) if train else None
         grads, metrics = grad_fn(params, batch, cfg, train, dropout_key, tcfg.label_smoothing)
         n_tokens = metrics["n_tokens"]  # an int32 array on either backend
-        return {"grads": tree_map(lambda total, grad: total + grad * n_tokens.astype(grad.dtype), sums["grads"], grads),
-                "loss": sums["loss"] + metrics["loss"] * n_tokens, "correct": sums["correct"] + metrics["accuracy"] * n_tokens,
-                "n_tokens": sums["n_tokens"] + n_tokens}
+        return {
+            "grads": tree_map(lambda total, grad: total + grad * n_tokens.astype(grad.dtype), sums["grads"], grads),
+            "loss": sums["loss"] + metrics["loss"] * n_tokens,
+            "correct": sums["correct"] + metrics["accuracy"] * n_tokens,
+            "n_tokens": sums["n_tokens"] + n_tokens,
+        }
 
     def update(state, sums):
         n_tokens = sums["n_tokens"]
         denominator = backend.xp.maximum(n_tokens, backend.xp.asarray(1, dtype=n_tokens.dtype))  # as loss.fwd's
         grads = tree_map(lambda grad: grad / denominator.astype(grad.dtype), sums["grads"])
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        metrics = {"loss": sums["loss"] / denominator, "accuracy": sums["correct"] / denominator,
-                   "n_tokens": n_tokens, "grad_norm": optim.global_norm(grads)}
-        return {"params": optim.apply_updates(state["params"], updates), "opt_state": opt_state,
-                "step": state["step"] + 1}, metrics
+        metrics = {
+            "loss": sums["loss"] / denominator,
+            "accuracy": sums["correct"] / denominator,
+            "n_tokens": n_tokens,
+            "grad_norm": optim.global_norm(grads),
+        }
+        return {
+            "params": optim.apply_updates(state["params"], updates),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }, metrics
 
     def zero_sums(params):
         xp = backend.xp
-        return {"grads": tree_map(xp.zeros_like, params), "loss": xp.asarray(0.0, dtype=xp.float64),
-                "correct": xp.asarray(0.0, dtype=xp.float64), "n_tokens": xp.asarray(0, dtype=xp.int32)}
+        return {
+            "grads": tree_map(xp.zeros_like, params),
+            "loss": xp.asarray(0.0, dtype=xp.float64),
+            "correct": xp.asarray(0.0, dtype=xp.float64),
+            "n_tokens": xp.asarray(0, dtype=xp.int32),
+        }
 
     if backend.name == "jax":  # (zero_sums too: eager, each leaf shape would compile a program of its own)
         zero_sums = backend.in_x64_scope(backend.jax.jit(zero_sums))
@@ -377,8 +421,9 @@ def batch_plans(run: Run, start_step: int) -> Iterator[BatchPlan]:
     tcfg = run.tcfg
     if tcfg.max_tokens:
         return token_batch_plans(run.train_examples, tcfg.max_tokens, tcfg.seed, start_step, max_len=run.cfg.max_len)
-    return fixed_batch_plans(run.train_examples, tcfg.batch_size, tcfg.seed, start_step, pad_to_multiple=8,
-                             max_len=run.cfg.max_len)
+    return fixed_batch_plans(
+        run.train_examples, tcfg.batch_size, tcfg.seed, start_step, pad_to_multiple=8, max_len=run.cfg.max_len
+    )
 
 
 def check_batches_split(run: Run, mesh) -> None:
@@ -399,8 +444,7 @@ def _progress_line(step, total, loss, accuracy, tokens_per_s, elapsed, start_ste
     bar = "#" * int(20 * done) + "-" * (20 - int(20 * done))
     # This session's pace: a resumed run has done only step - start_step steps in `elapsed`.
     eta = elapsed * (total - step) / max(step - start_step, 1)
-    return (f"[{bar}] {step}/{total} loss {loss:.4f} acc {accuracy:.3f} "
-            f"{tokens_per_s:,.0f} tok/s eta {_format_eta(eta)}")
+    return f"[{bar}] {step}/{total} loss {loss:.4f} acc {accuracy:.3f} {tokens_per_s:,.0f} tok/s eta {_format_eta(eta)}"
 
 
 def fresh_progress() -> dict:
@@ -457,8 +501,10 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
     mesh = run.mesh
     n_micro = tcfg.accumulate_steps
     if mesh is not None and n_micro > 1:
-        raise ConfigError("accumulate_steps (--accumulate) does not combine with several devices yet: split a larger "
-                          "--batch-size over the devices instead")
+        raise ConfigError(
+            "accumulate_steps (--accumulate) does not combine with several devices yet: split a larger "
+            "--batch-size over the devices instead"
+        )
     if mesh is not None:
         check_batches_split(run, mesh)
         state = parallel.place_state(state, mesh, run.shard_params)
@@ -494,14 +540,24 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
             return None
         s = dict(s, opt_state=storable_opt_state(tcfg, s["opt_state"], backend))
         try:
-            return checkpoint.save(checkpoint.checkpoint_path(run.out_dir, which), s, backend, cfg=cfg,
-                                   tokenizer=run.tokenizer, train_config=train_config_record(tcfg),
-                                   data_spec=run.data_spec, key=saved_key, progress=stored_progress or progress,
-                                   labels=run.labels)
+            return checkpoint.save(
+                checkpoint.checkpoint_path(run.out_dir, which),
+                s,
+                backend,
+                cfg=cfg,
+                tokenizer=run.tokenizer,
+                train_config=train_config_record(tcfg),
+                data_spec=run.data_spec,
+                key=saved_key,
+                progress=stored_progress or progress,
+                labels=run.labels,
+            )
         except OSError as err:  # a full disk, a lost mount: the write is atomic, so the old file stands
-            raise SaveFailed(f"training stopped at step {int(backend.to_numpy(s['step']))}: {err}. The last "
-                             f"checkpoint saved before ({last_saved or 'none was saved yet'}) is intact; free some "
-                             "space or fix the folder, then resume") from err
+            raise SaveFailed(
+                f"training stopped at step {int(backend.to_numpy(s['step']))}: {err}. The last "
+                f"checkpoint saved before ({last_saved or 'none was saved yet'}) is intact; free some "
+                "space or fix the folder, then resume"
+            ) from err
 
     def log(record) -> bool:
         history.append(record)
@@ -517,12 +573,18 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
         for plan in step_plans:
             host_batch = plan_batch(run.train_examples, plan, cfg.pad_id, rank, n_processes)
             families.check_batch(host_batch, cfg, backend)
-            batches.append(parallel.put_batch(host_batch, mesh) if mesh is not None else backend.tree_asarray(host_batch))
+            batches.append(
+                parallel.put_batch(host_batch, mesh) if mesh is not None else backend.tree_asarray(host_batch)
+            )
         return step_plans, (batches if n_micro > 1 else batches[0])
 
     # With many processes each builds only its own rows of every global batch; with accumulation,
     # step k takes micro-batches k * n_micro ... k * n_micro + n_micro - 1.
-    plans, rank, n_processes = batch_plans(run, start_step * n_micro), parallel.process_index(), parallel.process_count()
+    plans, rank, n_processes = (
+        batch_plans(run, start_step * n_micro),
+        parallel.process_index(),
+        parallel.process_count(),
+    )
     valid = run.valid_pairs[: run.eval_examples]
     if valid and run.progress and families.arch_of(cfg) == "encoder_decoder" and not sacrebleu_available():
         print(f"held-out evaluations: {MISSING_NOTE}", file=sys.stderr, flush=True)
@@ -547,15 +609,18 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                 loss = float(metrics["loss"])
             step += 1
             if not math.isfinite(loss):
-                folded = (f" (NumPy warned on the way: {numeric_warnings[0].message}"
-                          f"{f', and {len(numeric_warnings) - 1} more' if len(numeric_warnings) > 1 else ''})"
-                          if numeric_warnings else "")
+                folded = (
+                    f" (NumPy warned on the way: {numeric_warnings[0].message}"
+                    f"{f', and {len(numeric_warnings) - 1} more' if len(numeric_warnings) > 1 else ''})"
+                    if numeric_warnings
+                    else ""
+                )
                 raise TrainingDiverged(
                     f"the loss became {loss} at step {step}{folded}; training stopped. The last good checkpoint "
                     f"({last_saved or 'none was saved yet'}) is kept. Try a lower --learning-rate or --clip-norm."
                 )
             for caught in numeric_warnings:
-                warnings.warn(caught.message)
+                warnings.warn(caught.message, stacklevel=2)
             diverging = divergence.update(loss)
             if divergence.diverged:
                 raise TrainingDiverged(
@@ -567,16 +632,24 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
             # The global batch's counts, from the examples' lengths (a process may hold only its rows).
             for plan in step_plans:
                 counts = plan_counts(run.train_examples, plan)
-                window_tokens, window_filled, window_slots = (total + count for total, count in zip(
-                    (window_tokens, window_filled, window_slots), counts))
+                window_tokens, window_filled, window_slots = (
+                    total + count for total, count in zip((window_tokens, window_filled, window_slots), counts)
+                )
             stop = None
             if step % tcfg.log_every == 0 or step == tcfg.steps:
                 now = time.perf_counter()
                 tokens_per_s = window_tokens / max(now - window_t0, 1e-9)
                 accuracy = float(metrics["accuracy"])
-                record = {"step": step, "split": "train", "loss": loss, "accuracy": accuracy,
-                          "grad_norm": float(metrics["grad_norm"]), "tokens_per_s": tokens_per_s,
-                          "pad_fraction": 1 - window_filled / window_slots, "time_s": now - t_start}
+                record = {
+                    "step": step,
+                    "split": "train",
+                    "loss": loss,
+                    "accuracy": accuracy,
+                    "grad_norm": float(metrics["grad_norm"]),
+                    "tokens_per_s": tokens_per_s,
+                    "pad_fraction": 1 - window_filled / window_slots,
+                    "time_s": now - t_start,
+                }
                 learning_rate = current_learning_rate(tcfg, cfg, state["opt_state"], step)
                 if learning_rate is not None:
                     record["learning_rate"] = learning_rate
@@ -589,17 +662,31 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
             if (step % tcfg.eval_every == 0 or step == tcfg.steps) and valid:
                 # Sharded params are gathered to one device: each process evaluates the same whole model.
                 eval_params = backend.tree_asarray(host(state["params"])) if mesh is not None else state["params"]
-                result = families.evaluate(eval_params, cfg, run.tokenizer, valid, labels=run.labels,
-                                           progress=f"eval @ {step}" if run.progress else False)
+                result = families.evaluate(
+                    eval_params,
+                    cfg,
+                    run.tokenizer,
+                    valid,
+                    labels=run.labels,
+                    progress=f"eval @ {step}" if run.progress else False,
+                )
                 if run.progress:
                     print(f"eval @ {step}: {families.describe_result(result)}", file=sys.stderr, flush=True)
                 summary["valid"] = result
                 value = result[tcfg.best_by]
-                if (is_better(value, progress["best_value"], tcfg.best_by) and not diverging
-                        and all_finite(host(state["params"]), backend)):
+                if (
+                    is_better(value, progress["best_value"], tcfg.best_by)
+                    and not diverging
+                    and all_finite(host(state["params"]), backend)
+                ):
                     # Recorded only once best.safetensors holds it, so the two never disagree.
-                    improved = dict(progress, best_value=value, best_exact_match=result.get("exact_match"),
-                                    best_step=step, evals_since_best=0)
+                    improved = dict(
+                        progress,
+                        best_value=value,
+                        best_exact_match=result.get("exact_match"),
+                        best_step=step,
+                        evals_since_best=0,
+                    )
                     save(state, "best", improved)
                     progress = improved
                 else:
@@ -610,9 +697,12 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
                 if tcfg.patience and progress["evals_since_best"] >= tcfg.patience and step < tcfg.steps:
                     stop = stop or "patience"
                     if run.progress:
-                        print(f"no better {tcfg.best_by} in {tcfg.patience} evaluations (best "
-                              f"{progress['best_value']:.4f} at step {progress['best_step']}): stopping",
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"no better {tcfg.best_by} in {tcfg.patience} evaluations (best "
+                            f"{progress['best_value']:.4f} at step {progress['best_step']}): stopping",
+                            file=sys.stderr,
+                            flush=True,
+                        )
             if step % tcfg.save_every == 0 and not diverging and all_finite(host(state["params"]), backend):
                 last_saved = save(state)
             if stop:
@@ -652,8 +742,12 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
             if attempt:
                 raise
             print("\ninterrupted while writing the checkpoint and curves: finishing them", file=sys.stderr)
-    summary.update(step=int(np.asarray(host(state["step"]))), checkpoint=str(last_saved) if last_saved else None,
-                   seconds=time.perf_counter() - t_start, **progress)
+    summary.update(
+        step=int(np.asarray(host(state["step"]))),
+        checkpoint=str(last_saved) if last_saved else None,
+        seconds=time.perf_counter() - t_start,
+        **progress,
+    )
     return {"state": state, "key": key, "progress": progress, "history": history, "summary": summary}
 
 
@@ -715,10 +809,19 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (smoothed targets)")
     if valid:
         ax_loss.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="held-out loss")
-        for name, style in (("exact_match", "o-"), ("char_accuracy", "s--"), ("accuracy", "o-"), ("token_accuracy", "s--")):
+        for name, style in (
+            ("exact_match", "o-"),
+            ("char_accuracy", "s--"),
+            ("accuracy", "o-"),
+            ("token_accuracy", "s--"),
+        ):
             if name in valid[0]:
-                ax_acc.plot([r["step"] for r in valid], [r[name] for r in valid], style,
-                            label=f"held-out {name.replace('_', ' ')}")
+                ax_acc.plot(
+                    [r["step"] for r in valid],
+                    [r[name] for r in valid],
+                    style,
+                    label=f"held-out {name.replace('_', ' ')}",
+                )
     ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train token accuracy")
     ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="loss")
     ax_acc.set(xlabel="step", ylabel="fraction", ylim=(0, 1.02), title="accuracy")

@@ -42,8 +42,10 @@ def make_pair(rng: random.Random) -> tuple[str, str]:
     kind = rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
     if kind == "currency":
         amount = round(_log_uniform(rng, 1, 1e6), 2)
-        return (num2words(amount, lang="en", to="currency", currency="EUR"),
-                num2words(amount, lang="fr", to="currency", currency="EUR"))
+        return (
+            num2words(amount, lang="en", to="currency", currency="EUR"),
+            num2words(amount, lang="fr", to="currency", currency="EUR"),
+        )
     number = int(_log_uniform(rng, 1e3, 1e9))
     return num2words(number, lang="en", to=kind), num2words(number, lang="fr", to=kind)
 
@@ -74,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for train.tsv, valid.tsv and test.tsv")
     parser.add_argument("--seed", type=int, default=0, help="seed of the numbers drawn (default 0)")
     parser.add_argument("--n-train", type=int, default=20_000, help="training pairs (default 20000)")
-    parser.add_argument("--n-valid", type=int, default=500, help="held-out pairs for training's evaluations (default 500)")
+    parser.add_argument(
+        "--n-valid", type=int, default=500, help="held-out pairs for training's evaluations (default 500)"
+    )
     parser.add_argument("--n-test", type=int, default=1000, help="test pairs, for ft eval only (default 1000)")
     args = parser.parse_args(argv)
     splits = make_splits({"train": args.n_train, "valid": args.n_valid, "test": args.n_test}, args.seed)

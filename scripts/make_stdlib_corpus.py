@@ -123,15 +123,28 @@ def write_lines(path: Path, lines: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("data/stdlib"),
-                        help="folder for train.txt, valid.txt and test.txt (default data/stdlib)")
-    parser.add_argument("--max-chars", type=int, default=400,
-                        help="longest document; longer docstrings are cut at a word boundary (default 400)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("data/stdlib"),
+        help="folder for train.txt, valid.txt and test.txt (default data/stdlib)",
+    )
+    parser.add_argument(
+        "--max-chars",
+        type=int,
+        default=400,
+        help="longest document; longer docstrings are cut at a word boundary (default 400)",
+    )
     parser.add_argument("--min-chars", type=int, default=40, help="shortest document kept (default 40)")
-    parser.add_argument("--limit-files", type=int, default=None,
-                        help="read only the first N source files in sorted order (for quick tests; default all)")
-    parser.add_argument("--stdlib", type=Path, default=None,
-                        help="source folder to read instead of this Python's standard library")
+    parser.add_argument(
+        "--limit-files",
+        type=int,
+        default=None,
+        help="read only the first N source files in sorted order (for quick tests; default all)",
+    )
+    parser.add_argument(
+        "--stdlib", type=Path, default=None, help="source folder to read instead of this Python's standard library"
+    )
     args = parser.parse_args(argv)
     if args.min_chars < 1:
         parser.error(f"--min-chars must be at least 1, got {args.min_chars}")
@@ -146,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     files = source_files(stdlib_dir, args.limit_files)
     splits = make_splits(files, args.min_chars, args.max_chars)
     if not any(splits.values()):
-        sys.exit(f"no docstring of at least {args.min_chars} characters in {len(files)} files under {stdlib_dir}; "
-                 "read more files (--limit-files) or lower --min-chars")
+        sys.exit(
+            f"no docstring of at least {args.min_chars} characters in {len(files)} files under {stdlib_dir}; "
+            "read more files (--limit-files) or lower --min-chars"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     version = f"{platform.python_implementation()} {platform.python_version()}"
     print(f"from the standard library of {version} at {stdlib_dir}: {len(files)} files read")

@@ -48,6 +48,8 @@ def ignored(folder: str, names: list[str]) -> set[str]:
     """shutil.copytree's `ignore`: what of `names` in `folder` stays out of the copy."""
     at_top = Path(folder).resolve() == REPO
     return set(_IGNORED_ANYWHERE(folder, names)) | ({n for n in names if n in _IGNORED_AT_TOP} if at_top else set())
+
+
 FIELDS = {"name", "file", "old", "new", "tests", "backend", "why", "expect"}
 EXPECTATIONS = ("killed", "survived")
 
@@ -81,8 +83,10 @@ def load_mutations(path: Path, root: Path = REPO) -> list[Mutation]:
         missing = {"name", "file", "old", "new", "tests", "backend"} - set(table)
         unknown = set(table) - FIELDS
         if missing or unknown:
-            raise DataFileError(f"{where}: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}; "
-                                f"each mutation has {sorted(FIELDS)} ('why' and 'expect' optional)")
+            raise DataFileError(
+                f"{where}: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}; "
+                f"each mutation has {sorted(FIELDS)} ('why' and 'expect' optional)"
+            )
         if table.get("expect", "killed") not in EXPECTATIONS:
             raise DataFileError(f"{where}: expect must be one of {', '.join(EXPECTATIONS)}, got {table['expect']!r}")
         backend = table["backend"]
@@ -95,8 +99,16 @@ def load_mutations(path: Path, root: Path = REPO) -> list[Mutation]:
         if table["name"] in names:
             raise DataFileError(f"{where}: the name {table['name']!r} is used twice")
         names.add(table["name"])
-        mutation = Mutation(table["name"], table["file"], table["old"], table["new"], tuple(tests), backends,
-                            table.get("why", ""), table.get("expect", "killed"))
+        mutation = Mutation(
+            table["name"],
+            table["file"],
+            table["old"],
+            table["new"],
+            tuple(tests),
+            backends,
+            table.get("why", ""),
+            table.get("expect", "killed"),
+        )
         if mutation.old == mutation.new:
             raise DataFileError(f"{where}: old and new are the same text, so nothing would be planted")
         target = root / mutation.file
@@ -104,8 +116,10 @@ def load_mutations(path: Path, root: Path = REPO) -> list[Mutation]:
             raise DataFileError(f"{where}: {mutation.file} does not exist")
         count = target.read_text(encoding="utf-8").count(mutation.old)
         if count != 1:
-            raise DataFileError(f"{where}: the old text occurs {count} times in {mutation.file}, it must occur "
-                                "exactly once; update the mutation to the current code")
+            raise DataFileError(
+                f"{where}: the old text occurs {count} times in {mutation.file}, it must occur "
+                "exactly once; update the mutation to the current code"
+            )
         mutations.append(mutation)
     return mutations
 
@@ -146,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutations")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per pytest run (default 900)")
-    parser.add_argument("--no-baseline", action="store_true",
-                        help="skip the check that the tests pass on the unmutated copy")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the check that the tests pass on the unmutated copy"
+    )
     args = parser.parse_args(argv)
     try:
         mutations = load_mutations(args.data)
@@ -172,11 +187,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_baseline:
             for tests, backend in dict.fromkeys((m.tests, b) for m in mutations for b in m.backends):
                 code, seconds, tail = run_pytest(copy, tests, backend, args.timeout)
-                print(f"unmutated: FT_BACKEND={backend} pytest {' '.join(tests)}: exit {code} ({seconds:.0f} s)",
-                      flush=True)
+                print(
+                    f"unmutated: FT_BACKEND={backend} pytest {' '.join(tests)}: exit {code} ({seconds:.0f} s)",
+                    flush=True,
+                )
                 if code != 0:
-                    print(f"mutations: error: the tests fail without any mutation (FT_BACKEND={backend} pytest "
-                          f"{' '.join(tests)}, exit code {code}):\n{tail}", file=sys.stderr)
+                    print(
+                        f"mutations: error: the tests fail without any mutation (FT_BACKEND={backend} pytest "
+                        f"{' '.join(tests)}, exit code {code}):\n{tail}",
+                        file=sys.stderr,
+                    )
                     return 1
         rows = []
         for m in mutations:
@@ -202,17 +222,26 @@ def report(rows: list) -> int:
     print(f"|{'-' * 42}|---------|----------|----------|------|---------|------------------")
     for m, backend, result, code, seconds, caught_by in rows:
         print(f"| {m.name:40} | {backend:7} | {result:8} | {m.expect:8} | {str(code):4} | {seconds:7.0f} | {caught_by}")
-    failed = [(m, backend, result) for m, backend, result, *_ in rows
-              if result == "error" or (m.expect == "killed" and result != "killed")]
+    failed = [
+        (m, backend, result)
+        for m, backend, result, *_ in rows
+        if result == "error" or (m.expect == "killed" and result != "killed")
+    ]
     newly_killed = [m.name for m, _, result, *_ in rows if m.expect == "survived" and result == "killed"]
     expected = sum(m.expect == "killed" for m, *_ in rows)
     killed = sum(m.expect == "killed" and result == "killed" for m, _, result, *_ in rows)
-    print(f"\n{killed} of the {expected} mutations that the tests must catch were killed"
-          + (f"; NOT killed: {', '.join(f'{m.name} ({backend}, {result})' for m, backend, result in failed)}"
-             if failed else ""))
+    print(
+        f"\n{killed} of the {expected} mutations that the tests must catch were killed"
+        + (
+            f"; NOT killed: {', '.join(f'{m.name} ({backend}, {result})' for m, backend, result in failed)}"
+            if failed
+            else ""
+        )
+    )
     if newly_killed:
-        print(f"now killed though listed as expect = \"survived\" (update their entries): {', '.join(newly_killed)}")
+        print(f'now killed though listed as expect = "survived" (update their entries): {", ".join(newly_killed)}')
     return 1 if failed else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,7 +18,9 @@ STEPS = 20
 
 
 def flat(tree, prefix):
-    return {prefix + jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        prefix + jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def main(out, runs, checkpoint_dir=None):
@@ -27,16 +29,31 @@ def main(out, runs, checkpoint_dir=None):
         label = f"{devices}-{'fsdp' if shard_params else 'dp'}-{grad_method}" + "".join(f"-tok{n}" for n in max_tokens)
         batching = {"max_tokens": max_tokens[0]} if max_tokens else {"batch_size": 16}
         to_disk = checkpoint_dir if (checkpoint_dir and devices == 8 and shard_params) else None
-        result = ft.fit(MODEL, {"steps": STEPS, **batching, "log_every": 1, "eval_every": STEPS,
-                                "save_every": STEPS, "grad_method": grad_method}, DATA,
-                        out_dir=to_disk, overwrite=True, progress=False, verbose=False,
-                        devices=devices, shard_params=shard_params)
+        result = ft.fit(
+            MODEL,
+            {
+                "steps": STEPS,
+                **batching,
+                "log_every": 1,
+                "eval_every": STEPS,
+                "save_every": STEPS,
+                "grad_method": grad_method,
+            },
+            DATA,
+            out_dir=to_disk,
+            overwrite=True,
+            progress=False,
+            verbose=False,
+            devices=devices,
+            shard_params=shard_params,
+        )
         checkpoint_dir = None if to_disk else checkpoint_dir
         arrays[label + "/loss"] = np.asarray([r["loss"] for r in result.history if r["split"] == "train"])
         arrays[label + "/exact_match"] = np.asarray(result.history[-1]["exact_match"])
         # The fraction of each matrix one device holds, and how many devices the array spans.
-        fractions = [x.addressable_shards[0].data.size / x.size for x in jax.tree_util.tree_leaves(result.params)
-                     if x.ndim >= 2]
+        fractions = [
+            x.addressable_shards[0].data.size / x.size for x in jax.tree_util.tree_leaves(result.params) if x.ndim >= 2
+        ]
         arrays[label + "/matrix_fraction"] = np.asarray(fractions)
         arrays[label + "/n_devices"] = np.asarray(len(jax.tree_util.tree_leaves(result.params)[0].sharding.device_set))
         arrays.update(flat(result.params, label + "/params"))

@@ -9,17 +9,15 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import requires_jax
 
 import backends
 import functional_transformer as ft
 from functional_transformer import cli
 from functional_transformer.data import CharTokenizer, task_alphabet
 from functional_transformer.inference import UnknownSymbolError
-from functional_transformer.inspect import KINDS, attention
-from functional_transformer.inspect import plots
+from functional_transformer.inspect import KINDS, attention, plots
 from functional_transformer.layers import attention as attention_layer
-
-from conftest import requires_jax
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 needs_matplotlib = pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is the [plot] extra, not installed here")
@@ -29,9 +27,17 @@ LAYERS, HEADS = 2, 2
 
 
 def config(dtype="float32"):
-    return ft.TransformerConfig(src_vocab_size=TOKENIZER.vocab_size, tgt_vocab_size=TOKENIZER.vocab_size, d_model=16,
-                                n_heads=HEADS, d_ff=32, n_encoder_layers=LAYERS, n_decoder_layers=LAYERS, max_len=10,
-                                dtype=dtype)
+    return ft.TransformerConfig(
+        src_vocab_size=TOKENIZER.vocab_size,
+        tgt_vocab_size=TOKENIZER.vocab_size,
+        d_model=16,
+        n_heads=HEADS,
+        d_ff=32,
+        n_encoder_layers=LAYERS,
+        n_decoder_layers=LAYERS,
+        max_len=10,
+        dtype=dtype,
+    )
 
 
 def init_params(backend, cfg):
@@ -121,11 +127,14 @@ def test_unknown_characters_are_refused_unless_allowed(params, cfg):
     assert maps["source_tokens"] == ["a", "B"] and maps["cross"].shape[-1] == 2
 
 
-@pytest.mark.parametrize("source, target, message", [
-    ("", None, "the source is empty"),
-    ("a" * 11, None, "the source has 11 tokens; this model reads at most max_len=10"),
-    ("abc", "a" * 10, "the target has 10 tokens; this model's decoder reads at most 9"),
-])
+@pytest.mark.parametrize(
+    "source, target, message",
+    [
+        ("", None, "the source is empty"),
+        ("a" * 11, None, "the source has 11 tokens; this model reads at most max_len=10"),
+        ("abc", "a" * 10, "the target has 10 tokens; this model's decoder reads at most 9"),
+    ],
+)
 def test_lengths_the_model_cannot_read_are_one_line_errors(params, cfg, source, target, message):
     with pytest.raises(ValueError, match=message) as info:
         ft.attention_maps(params, cfg, TOKENIZER, source, target)
@@ -148,7 +157,9 @@ def test_attention_figure_has_a_heatmap_per_layer_and_head_labelled_with_tokens(
     np.testing.assert_array_equal(cross.images[0].get_array(), maps["cross"][-1, -1])
     assert plots.png_bytes(fig)[:8] == b"\x89PNG\r\n\x1a\n"
     only_cross = plots.attention_figure(maps, ["cross"])
-    assert len([ax for ax in only_cross.get_axes() if ax.images and ax.get_title().startswith("layer")]) == LAYERS * HEADS
+    assert (
+        len([ax for ax in only_cross.get_axes() if ax.images and ax.get_title().startswith("layer")]) == LAYERS * HEADS
+    )
 
 
 def test_without_matplotlib_plots_are_a_clear_error(monkeypatch):
@@ -161,9 +172,32 @@ def test_without_matplotlib_plots_are_a_clear_error(monkeypatch):
 def run_dir(tmp_path_factory):
     """A tiny trained run folder on the FT_BACKEND backend."""
     out = tmp_path_factory.mktemp("attention") / "run"
-    argv = ["train", "--task", "reverse", "--steps", "10", "--n-train", "100", "--n-valid", "8", "--max-len", "5",
-            "--out", str(out), "--eval-every", "10", "--d-model", "16", "--n-heads", "2", "--d-ff", "32",
-            "--layers", "1", "--no-progress"]
+    argv = [
+        "train",
+        "--task",
+        "reverse",
+        "--steps",
+        "10",
+        "--n-train",
+        "100",
+        "--n-valid",
+        "8",
+        "--max-len",
+        "5",
+        "--out",
+        str(out),
+        "--eval-every",
+        "10",
+        "--d-model",
+        "16",
+        "--n-heads",
+        "2",
+        "--d-ff",
+        "32",
+        "--layers",
+        "1",
+        "--no-progress",
+    ]
     assert cli.main(argv) == 0
     return out
 
@@ -176,9 +210,16 @@ def test_ft_attention_writes_a_png_and_says_what_it_drew(run_dir, tmp_path, caps
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "source: abc" and lines[1].startswith("target (greedy): ")
     assert lines[2] == f"wrote {out}: encoder_self, decoder_self, cross; 1 layers x 2 heads each"
-    assert cli.main(["attention", "--checkpoint", str(run_dir), "abc", "--target", "cba", "--kind", "cross",
-                     "--out", str(out)]) == 0
-    assert capsys.readouterr().out.splitlines()[1:] == ["target (given): cba", f"wrote {out}: cross; 1 layers x 2 heads each"]
+    assert (
+        cli.main(
+            ["attention", "--checkpoint", str(run_dir), "abc", "--target", "cba", "--kind", "cross", "--out", str(out)]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "target (given): cba",
+        f"wrote {out}: cross; 1 layers x 2 heads each",
+    ]
 
 
 def test_ft_attention_errors_are_one_line(run_dir, tmp_path, capsys, monkeypatch):
@@ -198,8 +239,10 @@ def test_ft_attention_refuses_unknown_characters(run_dir, tmp_path, capsys):
     assert cli.main(["attention", "--checkpoint", str(run_dir), "aB", "--out", str(tmp_path / "a.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ft attention: error: 'B' is not in this model's vocabulary") and err.count("\n") == 1
-    assert cli.main(["attention", "--checkpoint", str(run_dir), "aB", "--allow-unknown",
-                     "--out", str(tmp_path / "a.png")]) == 0
+    assert (
+        cli.main(["attention", "--checkpoint", str(run_dir), "aB", "--allow-unknown", "--out", str(tmp_path / "a.png")])
+        == 0
+    )
 
 
 @requires_jax

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import requires_jax
 
 import backends
 from backends import random as R
-from conftest import requires_jax
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,8 +126,9 @@ def test_get_backend_unknown_name(name):
 
 def test_bogus_ft_backend_fails_clearly_on_first_use_not_on_import():
     # The import succeeds (so that `ft` can turn the error into one line); ft.backend raises.
-    proc = _run_python("import functional_transformer as ft; print('imported', flush=True); ft.backend",
-                       FT_BACKEND="bogus")
+    proc = _run_python(
+        "import functional_transformer as ft; print('imported', flush=True); ft.backend", FT_BACKEND="bogus"
+    )
     assert proc.returncode != 0
     assert proc.stdout == "imported\n"
     assert "bogus" in proc.stderr
@@ -212,9 +213,13 @@ def test_agrees_with_jax_random(jax_backend, seed):
     # x64 on: jax.random.PRNGKey keeps a seed's high 32 bits only with 64-bit integers.
     with jax.threefry_partitionable(True), jax_backend.x64_scope():  # per-element counters: a shard draws its slice
         jax_key = jax.random.PRNGKey(seed)
-        np.testing.assert_array_equal(np.asarray(jax.random.fold_in(jax_key, 7)), np.asarray(ours.fold_in(ours.key(seed), 7)))
+        np.testing.assert_array_equal(
+            np.asarray(jax.random.fold_in(jax_key, 7)), np.asarray(ours.fold_in(ours.key(seed), 7))
+        )
         np.testing.assert_array_equal(np.asarray(jax_key), np.asarray(ours.key(seed)))
-        np.testing.assert_array_equal(np.asarray(jax.random.split(jax_key, 3)), np.asarray(ours.split(ours.key(seed), 3)))
+        np.testing.assert_array_equal(
+            np.asarray(jax.random.split(jax_key, 3)), np.asarray(ours.split(ours.key(seed), 3))
+        )
         np.testing.assert_array_equal(np.asarray(jax.random.split(jax_key)), np.asarray(ours.split(ours.key(seed))))
         for shape in [(5, 3), (7,)]:  # an odd and an even count
             expected = np.asarray(jax.random.bits(jax_key, shape, dtype="uint32"))
@@ -562,8 +567,13 @@ def test_each_element_depends_on_its_own_counter_alone(numpy_backend):
     words = R.bits(key, (40,))
     y0, y1 = R.threefry2x32(key, np.zeros(8, np.uint32), np.arange(24, 32, dtype=np.uint32))
     np.testing.assert_array_equal(words[24:32], y0 ^ y1)
-    for draw in (lambda n: R.bits(key, (n,)), lambda n: R.uniform(key, (n,)), lambda n: R.normal(key, (n,)),
-                 lambda n: R.uniform(key, (n,), np.float64), lambda n: R.bernoulli(key, 0.3, (n,))):
+    for draw in (
+        lambda n: R.bits(key, (n,)),
+        lambda n: R.uniform(key, (n,)),
+        lambda n: R.normal(key, (n,)),
+        lambda n: R.uniform(key, (n,), np.float64),
+        lambda n: R.bernoulli(key, 0.3, (n,)),
+    ):
         np.testing.assert_array_equal(draw(64)[:24], draw(24))
     # A (B, T, D) dropout mask split over the batch: each shard's rows are the global mask's rows.
     mask = R.bernoulli(key, 0.9, (8, 4, 6))

@@ -22,13 +22,27 @@ HAS_JAX = importlib.util.find_spec("jax") is not None
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 RECORD_FIELDS = {
-    "backend": str, "config": str, "measure": str, "reps": int, "median_s": float, "min_s": float, "max_s": float,
-    "times_s": list, "first_call_s": float, "tokens_per_call": int, "tokens_per_s": float, "model_gflop": float,
-    "gflops": float, "peak_gflops": float, "peak_fraction": float, "peak_mem_method": str,
+    "backend": str,
+    "config": str,
+    "measure": str,
+    "reps": int,
+    "median_s": float,
+    "min_s": float,
+    "max_s": float,
+    "times_s": list,
+    "first_call_s": float,
+    "tokens_per_call": int,
+    "tokens_per_s": float,
+    "model_gflop": float,
+    "gflops": float,
+    "peak_gflops": float,
+    "peak_fraction": float,
+    "peak_mem_method": str,
 }
 
 
 # --- FLOPs ----------------------------------------------------------------------------------------
+
 
 def _matmuls_of_forward(cfg, b, s, t):
     """Every matmul of one forward pass as (m, n, k), listed one by one as model.py computes them."""
@@ -85,6 +99,7 @@ def test_decode_bytes_read_per_step_tiny():
 
 # --- the environment guard ------------------------------------------------------------------------
 
+
 def test_without_slow_blas_vars_removes_only_those():
     env = {"PATH": "/bin", "OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "1", "OPENBLAS_NUM_THREADS": "2"}
     cleaned, removed = without_slow_blas_vars(env)
@@ -96,6 +111,7 @@ def test_without_slow_blas_vars_removes_only_those():
 
 # --- one --quick run end to end -------------------------------------------------------------------
 
+
 def _run_quick(tmp_path, backend_names):
     json_path, png_path = tmp_path / "results.json", tmp_path / "results.png"
     env = dict(os.environ)
@@ -104,9 +120,23 @@ def _run_quick(tmp_path, backend_names):
     # (OPENBLAS_L2_SIZE only tunes block sizes, so even an unguarded NumPy would just be slower.)
     env.setdefault("OPENBLAS_L2_SIZE", "1048576")
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--backends", *backend_names,
-         "--json", str(json_path), "--plot", str(png_path)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--backends",
+            *backend_names,
+            "--json",
+            str(json_path),
+            "--plot",
+            str(png_path),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result, json.loads(json_path.read_text()), png_path
@@ -137,7 +167,9 @@ def _check_records(payload, backend_names):
         dropout = next(r for r in records if r["backend"] == backend_name and r["measure"] == "dropout")
         train = next(r for r in records if r["backend"] == backend_name and r["measure"] == "train")
         assert share["share"] == dropout["median_s"] / train["median_s"]
-        assert dropout["dropout_sites"] == 2 + 5 * CONFIGS["tiny"].n_layers  # embeddings, 2 per encoder, 3 per decoder layer
+        assert (
+            dropout["dropout_sites"] == 2 + 5 * CONFIGS["tiny"].n_layers
+        )  # embeddings, 2 per encoder, 3 per decoder layer
     decode = next(r for r in records if r["measure"] == "decode")
     assert decode["decode_steps"] == 8 and decode["tokens_per_call"] == 8 * CONFIGS["tiny"].batch
 
@@ -184,14 +216,18 @@ def test_quick_run_numpy_and_jax(tmp_path):
 
 # --- --devices (the train step on many devices; the timings themselves are not run here) ----------
 
-@pytest.mark.parametrize("argv, message", [
-    (["--shard-params"], "--shard-params needs --devices"),
-    (["--devices", "0"], "--devices must be positive"),
-    (["--devices", "2", "--backends", "numpy"], "needs the JAX backend"),
-    (["--devices", "2", "--backends", "numpy", "jax"], "needs the JAX backend"),
-    (["--devices", "2", "--measure", "forward"], "train step only"),
-    (["--devices", "2", "--peers", "torch"], "without --devices"),
-])
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--shard-params"], "--shard-params needs --devices"),
+        (["--devices", "0"], "--devices must be positive"),
+        (["--devices", "2", "--backends", "numpy"], "needs the JAX backend"),
+        (["--devices", "2", "--backends", "numpy", "jax"], "needs the JAX backend"),
+        (["--devices", "2", "--measure", "forward"], "train step only"),
+        (["--devices", "2", "--peers", "torch"], "without --devices"),
+    ],
+)
 def test_devices_flag_errors(argv, message):
     from benchmarks.run import parse_args, resolve_settings
 
@@ -224,9 +260,11 @@ def test_devices_table():
     from benchmarks import report
 
     base = {"config": "tiny", "median_s": 0.1, "min_s": 0.09, "max_s": 0.2, "compile_s": 3.0, "tokens_per_s": 20480.0}
-    records = [dict(base, devices=1, shard_params=False, tokens_per_s_per_device=20480.0),
-               dict(base, devices=8, shard_params=True, tokens_per_s_per_device=2560.0),
-               dict(base, measure="forward")]  # not a --devices record: left out
+    records = [
+        dict(base, devices=1, shard_params=False, tokens_per_s_per_device=20480.0),
+        dict(base, devices=8, shard_params=True, tokens_per_s_per_device=2560.0),
+        dict(base, measure="forward"),
+    ]  # not a --devices record: left out
     lines = report.devices_table(records).splitlines()
     assert len(lines) == 4
     assert lines[2] == "| tiny | 1 | one device | 100.0 | 90.0–200.0 | 3.0 | 20,480 | 20,480 |"
@@ -236,15 +274,21 @@ def test_devices_table():
 
 # --- peers (other libraries' runs of the same model; the ratios, from made-up records) -------------
 
+
 def _fake_record(backend, measure, median_s, config="tiny"):
     return {"backend": backend, "config": config, "measure": measure, "median_s": median_s}
 
 
 PEER_RECORDS = [
-    _fake_record("numpy", "forward", 0.1), _fake_record("numpy", "train", 0.5), _fake_record("numpy", "dropout", 0.05),
-    _fake_record("jax", "forward", 0.05), _fake_record("jax", "train", 0.2), _fake_record("jax", "train_vjp", 0.3),
+    _fake_record("numpy", "forward", 0.1),
+    _fake_record("numpy", "train", 0.5),
+    _fake_record("numpy", "dropout", 0.05),
+    _fake_record("jax", "forward", 0.05),
+    _fake_record("jax", "train", 0.2),
+    _fake_record("jax", "train_vjp", 0.3),
     _fake_record("numpy", "forward", 2.0, config="base"),  # a config the peer did not run
-    _fake_record("torch", "forward", 0.2), _fake_record("torch", "train", 0.4),
+    _fake_record("torch", "forward", 0.2),
+    _fake_record("torch", "train", 0.4),
 ]
 
 
@@ -252,8 +296,13 @@ def test_vs_peer_is_our_median_over_the_peers():
     from benchmarks import report
 
     ratios = {(s["backend"], s["config"], s["measure"]): s for s in report.vs_peer(PEER_RECORDS, "torch")}
-    assert set(ratios) == {("numpy", "tiny", "forward"), ("numpy", "tiny", "train"), ("jax", "tiny", "forward"),
-                           ("jax", "tiny", "train"), ("jax", "tiny", "train_vjp")}  # no dropout, no base, no torch
+    assert set(ratios) == {
+        ("numpy", "tiny", "forward"),
+        ("numpy", "tiny", "train"),
+        ("jax", "tiny", "forward"),
+        ("jax", "tiny", "train"),
+        ("jax", "tiny", "train_vjp"),
+    }  # no dropout, no base, no torch
     assert ratios[("numpy", "tiny", "forward")]["ratio"] == 0.1 / 0.2
     assert ratios[("jax", "tiny", "train_vjp")]["peer_median_s"] == 0.4  # the VJP step against the peer's step
     assert ratios[("jax", "tiny", "train_vjp")]["ratio"] == 0.3 / 0.4
@@ -276,14 +325,33 @@ def test_peer_table():
 def test_report_and_json_show_the_peer(tmp_path):
     from benchmarks import report
 
-    env = {"peers": {"torch": {"torch_version": "2.0", "num_threads": 2, "same_model": {
-        "tiny": {"n_params": 1000, "our_n_params": 1000, "max_abs_logit_diff_vs_ours": 3e-6}}}}}
+    env = {
+        "peers": {
+            "torch": {
+                "torch_version": "2.0",
+                "num_threads": 2,
+                "same_model": {"tiny": {"n_params": 1000, "our_n_params": 1000, "max_abs_logit_diff_vs_ours": 3e-6}},
+            }
+        }
+    }
     text = report.markdown_report([], env, {})
     assert "- peer torch: torch_version 2.0, num_threads 2" in text
     assert "- peer torch, tiny: 1,000 parameters (ours 1,000); eval logits within 3.0e-06 of ours" in text
-    records = [dict(r, min_s=r["median_s"], max_s=r["median_s"], compile_s=None, tokens_per_s=1.0, model_gflop=1.0,
-                    gflops=1.0, peak_fraction=0.5, peak_mem_bytes=None, peak_mem_method="maxrss_delta")
-               for r in PEER_RECORDS]
+    records = [
+        dict(
+            r,
+            min_s=r["median_s"],
+            max_s=r["median_s"],
+            compile_s=None,
+            tokens_per_s=1.0,
+            model_gflop=1.0,
+            gflops=1.0,
+            peak_fraction=0.5,
+            peak_mem_bytes=None,
+            peak_mem_method="maxrss_delta",
+        )
+        for r in PEER_RECORDS
+    ]
     assert "### Against PyTorch eager" in report.markdown_report(records, env, {})
     json_path = tmp_path / "results.json"
     report.write_json(json_path, records, env, {}, {})
@@ -324,23 +392,28 @@ def test_token_batching_benchmark_reports_both_batchings():
 
 # --- big, --compute-dtype and --peak-tflops (for a GPU: only the settings and the shapes are checked here) ---
 
+
 def test_big_is_not_a_default_config_and_compute_dtype_settings():
     from benchmarks.configs import DEFAULT_CONFIGS
     from benchmarks.run import parse_args, resolve_settings
 
     assert "big" in CONFIGS and "big" not in DEFAULT_CONFIGS
     assert resolve_settings(parse_args([])).configs == DEFAULT_CONFIGS
-    settings = resolve_settings(parse_args(["--backends", "jax", "--configs", "big", "--compute-dtype", "bfloat16",
-                                            "--peak-tflops", "989"]))
+    settings = resolve_settings(
+        parse_args(["--backends", "jax", "--configs", "big", "--compute-dtype", "bfloat16", "--peak-tflops", "989"])
+    )
     assert settings.compute_dtype == "bfloat16" and settings.peak_tflops == 989.0
     assert not settings.with_train_vjp  # the hand-written VJPs run in float32 only
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--compute-dtype", "bfloat16"], "needs --backends jax"),
-    (["--compute-dtype", "bfloat16", "--backends", "numpy"], "needs --backends jax"),
-    (["--peak-tflops", "0"], "must be positive"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--compute-dtype", "bfloat16"], "needs --backends jax"),
+        (["--compute-dtype", "bfloat16", "--backends", "numpy"], "needs --backends jax"),
+        (["--peak-tflops", "0"], "must be positive"),
+    ],
+)
 def test_compute_dtype_and_peak_flag_errors(argv, message):
     from benchmarks.run import parse_args, resolve_settings
 
@@ -365,8 +438,10 @@ def test_big_train_step_builds_in_bfloat16():
     jax_backend = backends.get_backend("jax")
     key = jax_backend.random.key(0)
     state = jax.eval_shape(lambda k: train.init_state(k, cfg, optimizer), key)
-    batch = {name: jax.ShapeDtypeStruct((bc.batch, bc.src_len if name == "src" else bc.tgt_len), "int32")
-             for name in ("src", "tgt_in", "tgt_out")}
+    batch = {
+        name: jax.ShapeDtypeStruct((bc.batch, bc.src_len if name == "src" else bc.tgt_len), "int32")
+        for name in ("src", "tgt_in", "tgt_out")
+    }
     new_state, metrics = jax.eval_shape(train.make_train_step(cfg, tcfg, optimizer, jax_backend), state, batch, key)
     assert sum(leaf.size for leaf in jax.tree_util.tree_leaves(state["params"])) > 250e6
     assert {str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(new_state["params"])} == {"float32"}
@@ -409,10 +484,10 @@ def test_hlo_stats_of_the_tiny_steps(monkeypatch):
 
 def test_preset_speed_times_both_presets():
     """benchmarks.preset_speed (the README's gpt2 against llama speeds) on a tiny size."""
+    import backends as array_backends
     from benchmarks import preset_speed
 
-    import backends as array_backends
-
-    times = preset_speed.measure(array_backends.get_backend("numpy"), d_model=8, n_heads=2, n_layers=1, length=8, batch=2,
-                                 reps=2)
+    times = preset_speed.measure(
+        array_backends.get_backend("numpy"), d_model=8, n_heads=2, n_layers=1, length=8, batch=2, reps=2
+    )
     assert set(times) == {"gpt2", "llama"} and all(t > 0 for t in times.values())

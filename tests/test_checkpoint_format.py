@@ -10,12 +10,11 @@ import struct
 
 import numpy as np
 import pytest
+from disk_faults import disk_full_after
 
 from backends import tree_structure
-from disk_faults import disk_full_after
 from functional_transformer import checkpoint_format as cf
 from functional_transformer.checkpoint_format import CheckpointError, load_file, load_tree, save_file, save_tree
-
 
 F32_ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
 
@@ -71,8 +70,9 @@ def test_exact_bytes_of_a_small_file(tmp_path):
         "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
         "a": {"dtype": "U8", "shape": [2], "data_offsets": [4, 6]},
     }
-    canonical = json.dumps({"metadata": {"k": "v", cf.CHECKSUMS_KEY: checksums}, "tensors": tensors},
-                           sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(
+        {"metadata": {"k": "v", cf.CHECKSUMS_KEY: checksums}, "tensors": tensors}, sort_keys=True, separators=(",", ":")
+    )
     # Larger itemsize first, so "b" (4 bytes) comes before "a" (1 byte) and stays aligned.
     assert header == {
         "__metadata__": {

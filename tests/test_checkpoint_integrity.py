@@ -12,9 +12,9 @@ import struct
 
 import numpy as np
 import pytest
+from disk_faults import disk_full_after
 
 from backends import tree_flatten
-from disk_faults import disk_full_after
 from functional_transformer import api, optim
 from functional_transformer import checkpoint_format as cf
 from functional_transformer.checkpoint_format import (
@@ -36,8 +36,16 @@ def model_trees():
 
     backend = default_backend()
     tokenizer = CharTokenizer.from_texts(["abcdefghij"])
-    cfg = TransformerConfig(src_vocab_size=tokenizer.vocab_size, tgt_vocab_size=tokenizer.vocab_size, d_model=8,
-                            n_heads=2, d_ff=16, n_encoder_layers=1, n_decoder_layers=1, max_len=8)
+    cfg = TransformerConfig(
+        src_vocab_size=tokenizer.vocab_size,
+        tgt_vocab_size=tokenizer.vocab_size,
+        d_model=8,
+        n_heads=2,
+        d_ff=16,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
+        max_len=8,
+    )
     params = api.init(backend.random.key(0), cfg)
     opt_state = optim.adam(1e-3).init(params)
     trees = {
@@ -112,7 +120,9 @@ def test_a_flipped_byte_in_the_size_prefix_is_refused(saved, tmp_path, mask):
     for index in range(8):
         message = refused(tmp_path / "bad.safetensors", flipped(raw, index, mask))
         assert any(word in message for word in ("truncated", "not valid JSON", "header size", "not a safetensors")), (
-            index, message)
+            index,
+            message,
+        )
 
 
 def header_flips_all_refused(path, raw, indices, masks):
@@ -129,8 +139,11 @@ def test_a_flipped_byte_anywhere_in_a_small_header_is_refused(tmp_path):
     checksums themselves and the padding."""
     path = tmp_path / "small.safetensors"
     tokenizer = CharTokenizer.from_texts(["abc"])
-    save_tree(path, {"params": {"w": np.ones((2, 3), np.float32), "b": np.zeros(3)}, "step": np.array(3)},
-              {"vocabulary": tokenizer.to_json(), "model_config": json.dumps({"d_model": 8})})
+    save_tree(
+        path,
+        {"params": {"w": np.ones((2, 3), np.float32), "b": np.zeros(3)}, "step": np.array(3)},
+        {"vocabulary": tokenizer.to_json(), "model_config": json.dumps({"d_model": 8})},
+    )
     raw = path.read_bytes()
     header_end = 8 + struct.unpack("<Q", raw[:8])[0]
     header_flips_all_refused(path, raw, range(8, header_end), [0x01, 0x20])
@@ -178,8 +191,18 @@ def test_a_flipped_byte_in_every_tensor_is_refused_naming_the_tensor(saved, tmp_
 def test_truncated_files_are_refused(saved, tmp_path):
     _, raw = saved
     header_end = 8 + struct.unpack("<Q", raw[:8])[0]
-    for cut in (0, 5, 8, 9, header_end // 2, header_end - 1, header_end, header_end + 1, (header_end + len(raw)) // 2,
-                len(raw) - 1):
+    for cut in (
+        0,
+        5,
+        8,
+        9,
+        header_end // 2,
+        header_end - 1,
+        header_end,
+        header_end + 1,
+        (header_end + len(raw)) // 2,
+        len(raw) - 1,
+    ):
         message = refused(tmp_path / "cut.safetensors", raw[:cut])
         assert "truncated" in message or "empty" in message or "bytes long" in message, (cut, message)
 
@@ -194,8 +217,11 @@ def edited(raw, edit):
 
 
 def a_matrix(header, dtype="F32"):
-    return next(name for name, e in tensor_entries(header).items()
-                if e["dtype"] == dtype and len(e["shape"]) == 2 and e["shape"][0] != e["shape"][1])
+    return next(
+        name
+        for name, e in tensor_entries(header).items()
+        if e["dtype"] == dtype and len(e["shape"]) == 2 and e["shape"][0] != e["shape"][1]
+    )
 
 
 def test_a_header_that_lies_about_a_dtype_of_the_same_size_is_refused(saved, tmp_path):
@@ -238,10 +264,15 @@ def test_swapped_tensors_are_refused(saved, tmp_path):
     def edit(header, data):
         entries = tensor_entries(header)
         name = a_matrix(header)
-        other = next(n for n, e in entries.items() if n != name and e["shape"] == entries[name]["shape"]
-                     and e["dtype"] == entries[name]["dtype"])
-        entries[name]["data_offsets"], entries[other]["data_offsets"] = (entries[other]["data_offsets"],
-                                                                         entries[name]["data_offsets"])
+        other = next(
+            n
+            for n, e in entries.items()
+            if n != name and e["shape"] == entries[name]["shape"] and e["dtype"] == entries[name]["dtype"]
+        )
+        entries[name]["data_offsets"], entries[other]["data_offsets"] = (
+            entries[other]["data_offsets"],
+            entries[name]["data_offsets"],
+        )
         return data
 
     assert "does not match its SHA-256 checksum" in refused(tmp_path / "bad.safetensors", edited(saved[1], edit))
@@ -284,8 +315,9 @@ def test_a_checksum_for_a_tensor_that_is_not_there_is_refused(saved, tmp_path):
         metadata[cf.CHECKSUMS_KEY] = json.dumps(digests)
         return data
 
-    assert "['params.ghost'] that the file does not hold" in refused(tmp_path / "bad.safetensors",
-                                                                      edited(saved[1], edit))
+    assert "['params.ghost'] that the file does not hold" in refused(
+        tmp_path / "bad.safetensors", edited(saved[1], edit)
+    )
 
 
 def test_a_tensor_without_a_checksum_is_refused(saved, tmp_path):
@@ -389,8 +421,9 @@ def test_a_disk_full_mid_save_keeps_the_previous_checkpoint(saved, model_trees, 
     monkeypatch.undo()
     error = info.value
     assert isinstance(error, OSError) and error.errno == errno.ENOSPC
-    assert str(error) == (f"could not save {path}: No space left on device; the file at that path, if any, is "
-                          "unchanged")
+    assert str(error) == (
+        f"could not save {path}: No space left on device; the file at that path, if any, is unchanged"
+    )
     assert isinstance(error.__cause__, OSError)
     assert_previous_checkpoint_intact(path, contents, model_trees)
 

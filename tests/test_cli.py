@@ -26,19 +26,87 @@ ON_JAX = os.environ.get("FT_BACKEND", "numpy") == "jax"
 slow_on_jax = pytest.mark.slow if ON_JAX else (lambda test: test)
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--d-model", "16", "--n-heads", "2", "--d-ff", "32", "--layers", "1", "--no-progress"]
-TRAIN_FLAGS = ["--arch", "--task", "--data", "--valid", "--out", "--resume", "--min-len", "--max-len", "--truncate-long", "--n-train",
-               "--n-valid", "--max-tokens",
-               "--d-model", "--n-heads", "--d-ff", "--layers", "--drop-rate", "--norm-first", "--tie-embeddings", "--preset",
-               "--dtype", "--compute-dtype", "--steps", "--batch-size", "--learning-rate", "--warmup-steps", "--schedule", "--optimizer",
-               "--weight-decay", "--clip-norm", "--label-smoothing", "--seed", "--log-every", "--eval-every",
-               "--save-every", "--grad-method", "--no-progress", "--overwrite", "--extend", "--patience",
-               "--devices", "--shard-params", "--coordinator", "--num-processes", "--process-id",
-               "--tokenizer", "--vocab-size", "--joint-vocab", "--best-by", "--config", "--eval-examples",
-               "--encoder-layers", "--decoder-layers", "--no-norm-first", "--no-tie-embeddings", "--no-truncate-long",
-               "--no-joint-vocab"]
-EVAL_FLAGS = ["--checkpoint", "--which", "--task", "--data", "--n", "--beam", "--seed", "--allow-unknown", "--output",
-              "--batch-size"]
-PREDICT_FLAGS = ["--checkpoint", "--which", "--beam", "inputs", "--allow-unknown", "--input", "--output", "--batch-size"]
+TRAIN_FLAGS = [
+    "--arch",
+    "--task",
+    "--data",
+    "--valid",
+    "--out",
+    "--resume",
+    "--min-len",
+    "--max-len",
+    "--truncate-long",
+    "--n-train",
+    "--n-valid",
+    "--max-tokens",
+    "--d-model",
+    "--n-heads",
+    "--d-ff",
+    "--layers",
+    "--drop-rate",
+    "--norm-first",
+    "--tie-embeddings",
+    "--preset",
+    "--dtype",
+    "--compute-dtype",
+    "--steps",
+    "--batch-size",
+    "--learning-rate",
+    "--warmup-steps",
+    "--schedule",
+    "--optimizer",
+    "--weight-decay",
+    "--clip-norm",
+    "--label-smoothing",
+    "--seed",
+    "--log-every",
+    "--eval-every",
+    "--save-every",
+    "--grad-method",
+    "--no-progress",
+    "--overwrite",
+    "--extend",
+    "--patience",
+    "--devices",
+    "--shard-params",
+    "--coordinator",
+    "--num-processes",
+    "--process-id",
+    "--tokenizer",
+    "--vocab-size",
+    "--joint-vocab",
+    "--best-by",
+    "--config",
+    "--eval-examples",
+    "--encoder-layers",
+    "--decoder-layers",
+    "--no-norm-first",
+    "--no-tie-embeddings",
+    "--no-truncate-long",
+    "--no-joint-vocab",
+]
+EVAL_FLAGS = [
+    "--checkpoint",
+    "--which",
+    "--task",
+    "--data",
+    "--n",
+    "--beam",
+    "--seed",
+    "--allow-unknown",
+    "--output",
+    "--batch-size",
+]
+PREDICT_FLAGS = [
+    "--checkpoint",
+    "--which",
+    "--beam",
+    "inputs",
+    "--allow-unknown",
+    "--input",
+    "--output",
+    "--batch-size",
+]
 # Training options, progress lines (tests/test_cli_edges.py tests them).
 TRAIN_FLAGS = [*TRAIN_FLAGS, "--accumulate", "--tensorboard"]
 EVAL_FLAGS = [*EVAL_FLAGS, "--no-progress"]
@@ -87,15 +155,26 @@ def test_train_help_shows_the_task_choices(capsys):
 
 def test_python_dash_m_help_works():
     env = dict(os.environ, FT_BACKEND="numpy")
-    proc = subprocess.run([sys.executable, "-m", "functional_transformer", "--help"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "functional_transformer", "--help"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "train" in proc.stdout and "predict" in proc.stdout and proc.stdout.startswith("usage: ft")
 
 
 def test_bad_arguments_exit_2(capsys):
-    for argv in ([], ["train", "--task", "no-such-task"], ["eval"], ["predict", "--checkpoint", "x"],
-                 ["train", "--task", "reverse", "--data", "x.tsv"]):
+    for argv in (
+        [],
+        ["train", "--task", "no-such-task"],
+        ["eval"],
+        ["predict", "--checkpoint", "x"],
+        ["train", "--task", "reverse", "--data", "x.tsv"],
+    ):
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
         assert info.value.code == 2, argv
@@ -109,8 +188,24 @@ def test_bad_arguments_exit_2(capsys):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    argv = ["train", "--task", "reverse", "--steps", "20", "--n-train", "200", "--n-valid", "20", "--max-len", "5",
-            "--out", str(out), "--eval-every", "20", *TINY]
+    argv = [
+        "train",
+        "--task",
+        "reverse",
+        "--steps",
+        "20",
+        "--n-train",
+        "200",
+        "--n-valid",
+        "20",
+        "--max-len",
+        "5",
+        "--out",
+        str(out),
+        "--eval-every",
+        "20",
+        *TINY,
+    ]
     return out, cli.main(argv)
 
 
@@ -129,8 +224,15 @@ def test_train_returns_0_and_writes_the_run(trained, capsys):
     assert (out / "metrics.jsonl").exists()
     assert load_step(out) == 20
     loaded = checkpoint.load(out, default_backend())
-    assert loaded["data_spec"] == {"kind": "task", "task": "reverse", "n_train": 200, "n_valid": 20,
-                                   "min_len": 1, "max_len": 5, "seed": 0}
+    assert loaded["data_spec"] == {
+        "kind": "task",
+        "task": "reverse",
+        "n_train": 200,
+        "n_valid": 20,
+        "min_len": 1,
+        "max_len": 5,
+        "seed": 0,
+    }
     cfg = loaded["cfg"]
     assert (cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.n_encoder_layers, cfg.n_decoder_layers) == (16, 2, 32, 1, 1)
     assert cfg.max_len == 8  # the longest sequence (5 + eos + 1), rounded up to a multiple of 8
@@ -139,8 +241,26 @@ def test_train_returns_0_and_writes_the_run(trained, capsys):
 
 @slow_on_jax
 def test_train_prints_a_summary(tmp_path, capsys):
-    code = cli.main(["train", "--task", "reverse", "--steps", "2", "--n-train", "50", "--n-valid", "5",
-                     "--max-len", "3", "--out", str(tmp_path), "--batch-size", "8", *TINY])
+    code = cli.main(
+        [
+            "train",
+            "--task",
+            "reverse",
+            "--steps",
+            "2",
+            "--n-train",
+            "50",
+            "--n-valid",
+            "5",
+            "--max-len",
+            "3",
+            "--out",
+            str(tmp_path),
+            "--batch-size",
+            "8",
+            *TINY,
+        ]
+    )
     assert code == 0
     out, err = capsys.readouterr()
     assert re.search(r"^finished at step 2 in [\d.]+ s; checkpoint .*checkpoint\.safetensors$", out, re.M)
@@ -166,8 +286,10 @@ def test_eval_ends_with_exact_match(trained, capsys):
 def test_eval_on_fresh_task_strings_and_tsv(trained, tmp_path, capsys):
     out_dir, _ = trained
     capsys.readouterr()
-    assert cli.main(["eval", "--checkpoint", str(out_dir / checkpoint.CHECKPOINT_NAME), "--task", "reverse",
-                     "--n", "7"]) == 0
+    assert (
+        cli.main(["eval", "--checkpoint", str(out_dir / checkpoint.CHECKPOINT_NAME), "--task", "reverse", "--n", "7"])
+        == 0
+    )
     n_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("n_examples: "))
     assert 1 <= int(n_line.split()[1]) <= 7  # at most --n (strings seen in training may be left out)
     tsv = tmp_path / "pairs.tsv"
@@ -215,8 +337,10 @@ def test_predict_with_a_source_longer_than_max_len_exits_2(trained, capsys):
 # ---------------------------------------------------------------------------------------------
 # Symbols outside the vocabulary: refused unless --allow-unknown / allow_unknown=True
 
-UNKNOWN_MESSAGE = ("'!', 'A' are not in this model's vocabulary (it knows: a-z); pass --allow-unknown "
-                   "(allow_unknown=True in Python) to map them to the unknown token")
+UNKNOWN_MESSAGE = (
+    "'!', 'A' are not in this model's vocabulary (it knows: a-z); pass --allow-unknown "
+    "(allow_unknown=True in Python) to map them to the unknown token"
+)
 
 
 def test_predict_refuses_unknown_symbols(trained):
@@ -254,8 +378,9 @@ def test_evaluate_refuses_unknown_symbols_in_sources_and_targets(trained):
     with pytest.raises(UnknownSymbolError) as info:
         evaluate(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], pairs)
     assert info.value.symbols == ["!", "A"]
-    assert str(info.value).startswith("'!', 'A' (in 2 of 20 examples) are not in this model's vocabulary "
-                                      "(it knows: a-z); pass --allow-unknown")
+    assert str(info.value).startswith(
+        "'!', 'A' (in 2 of 20 examples) are not in this model's vocabulary (it knows: a-z); pass --allow-unknown"
+    )
     for pair in pairs[:2]:  # one unknown symbol, in the target or in the source, is enough
         with pytest.raises(UnknownSymbolError):
             evaluate(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], [pair])
@@ -333,8 +458,10 @@ def test_a_checkpoint_without_checksums_loads_with_a_one_line_warning(trained, t
     capsys.readouterr()
     assert cli.main(["predict", "--checkpoint", str(old), "apple", "banana"]) == 0
     out, err = capsys.readouterr()
-    assert err == (f"ft predict: warning: {old} carries no checksums (it was written before checksums were added, "
-                   "or by another tool), so damage to it cannot be detected\n")
+    assert err == (
+        f"ft predict: warning: {old} carries no checksums (it was written before checksums were added, "
+        "or by another tool), so damage to it cannot be detected\n"
+    )
     loaded = checkpoint.load(out_dir, default_backend())
     params, cfg, tokenizer = loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"]
     assert out.splitlines() == predict(params, cfg, tokenizer, ["apple", "banana"])
@@ -355,10 +482,14 @@ def run_ft(args, backend, without_jax=False):
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("backend, without_jax, message", [
-    ("torch", False, "ft predict: error: unknown backend 'torch': choose one of numpy, jax"),
-    ("jax", True, "ft predict: error: FT_BACKEND=jax needs JAX, which is not installed."),
-], ids=["unknown-backend", "jax-missing"])
+@pytest.mark.parametrize(
+    "backend, without_jax, message",
+    [
+        ("torch", False, "ft predict: error: unknown backend 'torch': choose one of numpy, jax"),
+        ("jax", True, "ft predict: error: FT_BACKEND=jax needs JAX, which is not installed."),
+    ],
+    ids=["unknown-backend", "jax-missing"],
+)
 def test_a_bad_backend_is_one_line_and_exit_2(tmp_path, backend, without_jax, message):
     args = ["predict", "--checkpoint", str(tmp_path), "abc"]
     proc = run_ft(args, backend, without_jax)
@@ -438,8 +569,30 @@ def test_damaged_checkpoint_exits_2(trained, tmp_path, capsys):
 
 
 def test_invalid_model_flags_exit_2(tmp_path, capsys):
-    code = cli.main(["train", "--task", "reverse", "--steps", "1", "--n-train", "20", "--n-valid", "2", "--max-len", "3",
-                     "--out", str(tmp_path), "--d-model", "10", "--n-heads", "3", "--layers", "1", "--no-progress"])
+    code = cli.main(
+        [
+            "train",
+            "--task",
+            "reverse",
+            "--steps",
+            "1",
+            "--n-train",
+            "20",
+            "--n-valid",
+            "2",
+            "--max-len",
+            "3",
+            "--out",
+            str(tmp_path),
+            "--d-model",
+            "10",
+            "--n-heads",
+            "3",
+            "--layers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert "divisible" in capsys.readouterr().err
 
@@ -451,8 +604,26 @@ def test_invalid_model_flags_exit_2(tmp_path, capsys):
 @slow_on_jax
 @pytest.mark.parametrize("task", ["identity", "sort", "copy-shift", "addition"])
 def test_every_task_trains_a_couple_of_steps(task, tmp_path, capsys):
-    code = cli.main(["train", "--task", task, "--steps", "2", "--n-train", "40", "--n-valid", "4", "--max-len", "3",
-                     "--batch-size", "8", "--out", str(tmp_path), *TINY])
+    code = cli.main(
+        [
+            "train",
+            "--task",
+            task,
+            "--steps",
+            "2",
+            "--n-train",
+            "40",
+            "--n-valid",
+            "4",
+            "--max-len",
+            "3",
+            "--batch-size",
+            "8",
+            "--out",
+            str(tmp_path),
+            *TINY,
+        ]
+    )
     assert code == 0
     loaded = checkpoint.load(tmp_path, default_backend())
     assert loaded["data_spec"]["task"] == task
@@ -477,8 +648,22 @@ def test_a_trained_run_is_not_replaced_without_overwrite(trained_copy, capsys):
     copy = trained_copy
     before = (copy / checkpoint.CHECKPOINT_NAME).read_bytes()
     capsys.readouterr()
-    argv = ["train", "--task", "reverse", "--steps", "3", "--n-train", "200", "--n-valid", "20", "--max-len", "5",
-            "--out", str(copy), *TINY]
+    argv = [
+        "train",
+        "--task",
+        "reverse",
+        "--steps",
+        "3",
+        "--n-train",
+        "200",
+        "--n-valid",
+        "20",
+        "--max-len",
+        "5",
+        "--out",
+        str(copy),
+        *TINY,
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("ft train: error: ")
@@ -500,18 +685,42 @@ def test_resume_refuses_a_flag_that_conflicts_with_the_run(trained_copy, capsys)
     assert cli.main(["train", "--resume", "--out", str(copy), "--steps", "10", "--no-progress"]) == 2
     assert "would cut this run's schedule of 20 steps short" in capsys.readouterr().err
     # The same values as the run's, and operational flags, are fine: a finished run resumes to its end.
-    assert cli.main(["train", "--resume", "--out", str(copy), "--d-model", "16", "--eval-every", "5",
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(["train", "--resume", "--out", str(copy), "--d-model", "16", "--eval-every", "5", "--no-progress"])
+        == 0
+    )
     assert load_step(copy) == 20
 
 
 def test_a_second_ft_train_on_the_same_folder_refuses_at_once(tmp_path, capsys):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    first = subprocess.Popen([sys.executable, "-m", "functional_transformer", "train", "--task", "reverse",
-                              "--steps", "100000", "--n-train", "100", "--n-valid", "5", "--max-len", "3", "--out",
-                              str(out), *TINY], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "functional_transformer",
+            "train",
+            "--task",
+            "reverse",
+            "--steps",
+            "100000",
+            "--n-train",
+            "100",
+            "--n-valid",
+            "5",
+            "--max-len",
+            "3",
+            "--out",
+            str(out),
+            *TINY,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "writing to" in first.stderr.readline()  # it holds the lock from before this line on
         assert cli.main(["train", "--task", "reverse", "--steps", "2", "--out", str(out), *TINY]) == 2

@@ -17,17 +17,42 @@ from functional_transformer.progress import ProgressLine
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--d-model", "16", "--n-heads", "2", "--d-ff", "32", "--layers", "1"]
-TRAIN = ["train", "--task", "reverse", "--n-train", "200", "--n-valid", "10", "--max-len", "5", *TINY, "--steps", "6",
-         "--batch-size", "8", "--log-every", "2", "--eval-every", "4", "--no-progress"]
+TRAIN = [
+    "train",
+    "--task",
+    "reverse",
+    "--n-train",
+    "200",
+    "--n-valid",
+    "10",
+    "--max-len",
+    "5",
+    *TINY,
+    "--steps",
+    "6",
+    "--batch-size",
+    "8",
+    "--log-every",
+    "2",
+    "--eval-every",
+    "4",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny model trained for two steps on NumPy (it loads on either backend)."""
     out = tmp_path_factory.mktemp("run") / "run"
-    ft.fit({"d_model": 16, "n_heads": 2, "d_ff": 32, "n_encoder_layers": 1, "n_decoder_layers": 1},
-           {"steps": 2, "batch_size": 8, "eval_every": 2}, ft.task_data("reverse", n_train=200, n_valid=10, max_len=5),
-           out_dir=out, backend=backends.get_backend("numpy"), progress=False, verbose=False)
+    ft.fit(
+        {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_encoder_layers": 1, "n_decoder_layers": 1},
+        {"steps": 2, "batch_size": 8, "eval_every": 2},
+        ft.task_data("reverse", n_train=200, n_valid=10, max_len=5),
+        out_dir=out,
+        backend=backends.get_backend("numpy"),
+        progress=False,
+        verbose=False,
+    )
     return out
 
 
@@ -35,10 +60,13 @@ def run_dir(tmp_path_factory):
 # Exit statuses
 
 
-def test_a_user_error_exits_2_a_runtime_failure_1_and_an_internal_bug_shows_its_traceback(monkeypatch, capsys, tmp_path):
+def test_a_user_error_exits_2_a_runtime_failure_1_and_an_internal_bug_shows_its_traceback(
+    monkeypatch, capsys, tmp_path
+):
     def raising(error):
         def command(args):
             raise error
+
         return command
 
     monkeypatch.setattr(cli, "_eval", raising(ft.UserInputError("bad input; fix it")))
@@ -56,8 +84,10 @@ def test_a_user_error_exits_2_a_runtime_failure_1_and_an_internal_bug_shows_its_
 
 
 def test_settings_out_of_range_are_user_errors():
-    for make in (lambda: ft.TrainConfig(steps=0), lambda: ft.TransformerConfig(src_vocab_size=8, tgt_vocab_size=8,
-                                                                               d_model=30, n_heads=4)):
+    for make in (
+        lambda: ft.TrainConfig(steps=0),
+        lambda: ft.TransformerConfig(src_vocab_size=8, tgt_vocab_size=8, d_model=30, n_heads=4),
+    ):
         with pytest.raises(ft.UserInputError):
             make()
 
@@ -72,11 +102,18 @@ def test_out_naming_a_file_says_it_must_be_a_folder(tmp_path, capsys):
 
 def test_an_empty_ft_backend_is_an_error_naming_the_choices(tmp_path):
     env = dict(os.environ, FT_BACKEND="")
-    done = subprocess.run([sys.executable, "-m", "functional_transformer", "eval", "--checkpoint", str(tmp_path)],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "functional_transformer", "eval", "--checkpoint", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip() == ("ft eval: error: FT_BACKEND is set but empty: set it to numpy or jax "
-                                   "(FT_BACKEND=jax), or unset it for numpy")
+    assert done.stderr.strip() == (
+        "ft eval: error: FT_BACKEND is set but empty: set it to numpy or jax (FT_BACKEND=jax), or unset it for numpy"
+    )
 
 
 def test_a_one_line_tsv_without_valid_warns_that_there_is_no_held_out_set(tmp_path, capsys):
@@ -154,9 +191,13 @@ def test_eval_and_predict_input_show_progress_unless_told_not_to(run_dir, tmp_pa
 
 
 def test_held_out_evaluations_during_training_show_progress(tmp_path, capsys):
-    ft.fit({"d_model": 16, "n_heads": 2, "d_ff": 32, "n_encoder_layers": 1, "n_decoder_layers": 1},
-           {"steps": 2, "batch_size": 8, "eval_every": 2, "log_every": 2, "grad_method": "vjp"},
-           ft.task_data("reverse", n_train=200, n_valid=10, max_len=5), progress=True, verbose=False)
+    ft.fit(
+        {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_encoder_layers": 1, "n_decoder_layers": 1},
+        {"steps": 2, "batch_size": 8, "eval_every": 2, "log_every": 2, "grad_method": "vjp"},
+        ft.task_data("reverse", n_train=200, n_valid=10, max_len=5),
+        progress=True,
+        verbose=False,
+    )
     err = capsys.readouterr().err
     assert "eval @ 2: 10/10 sources" in err and "eval @ 2: loss" in err
 
@@ -224,8 +265,24 @@ def test_ctrl_c_in_a_sweep_is_the_tools_one_line_not_optunas_traceback(tmp_path,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runs, "fit", interrupted)
-    argv = ["sweep", "--task", "reverse", "--n-train", "100", "--n-valid", "5", "--max-len", "4", "--trials", "2",
-            "--steps", "4", "--out", str(tmp_path / "sweep"), "--no-progress"]
+    argv = [
+        "sweep",
+        "--task",
+        "reverse",
+        "--n-train",
+        "100",
+        "--n-valid",
+        "5",
+        "--max-len",
+        "4",
+        "--trials",
+        "2",
+        "--steps",
+        "4",
+        "--out",
+        str(tmp_path / "sweep"),
+        "--no-progress",
+    ]
     assert cli.main(argv) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
@@ -237,8 +294,12 @@ def test_ctrl_c_in_a_sweep_is_the_tools_one_line_not_optunas_traceback(tmp_path,
 
 
 def test_the_new_flags_are_in_the_help(capsys):
-    for command, flags in (("train", ["--accumulate", "--tensorboard", "--no-progress"]), ("eval", ["--no-progress"]),
-                           ("predict", ["--no-progress"]), ("sweep", ["--no-progress"])):
+    for command, flags in (
+        ("train", ["--accumulate", "--tensorboard", "--no-progress"]),
+        ("eval", ["--no-progress"]),
+        ("predict", ["--no-progress"]),
+        ("sweep", ["--no-progress"]),
+    ):
         with pytest.raises(SystemExit):
             cli.main([command, "--help"])
         out = capsys.readouterr().out
@@ -247,7 +308,10 @@ def test_the_new_flags_are_in_the_help(capsys):
 
 def test_train_accumulate_and_tensorboard_flags(tmp_path, capsys):
     pytest.importorskip("tensorboardX")
-    assert cli.main([*TRAIN, "--accumulate", "2", "--tensorboard", str(tmp_path / "tb"), "--out", str(tmp_path / "run")]) == 0
+    assert (
+        cli.main([*TRAIN, "--accumulate", "2", "--tensorboard", str(tmp_path / "tb"), "--out", str(tmp_path / "run")])
+        == 0
+    )
     assert ft.load(tmp_path / "run", "last").train_config.accumulate_steps == 2
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 

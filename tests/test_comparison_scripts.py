@@ -14,9 +14,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if importlib.util.find_spec("benchmarks") is None:  # a non-editable install: the package lives in the checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks import backward_lines, compile_times, mistakes, vjp_slips  # noqa: E402
-
 from conftest import requires_jax  # noqa: E402
+
+from benchmarks import backward_lines, compile_times, mistakes, vjp_slips  # noqa: E402
 
 
 def test_backward_lines_counts_each_backward_function_once_without_docstrings_or_comments(tmp_path, monkeypatch):
@@ -59,8 +59,13 @@ def test_backward_lines_counts_each_backward_function_once_without_docstrings_or
 def test_backward_lines_of_the_package_name_every_layers_backward():
     counts = backward_lines.count_all()
     names = {row["module"]: row["backward_functions"] for row in counts["modules"]}
-    assert names["functional_transformer/layers/attention.py"] == ["_project_heads_bwd", "dot_product_bwd", "bwd",
-                                                                  "repeat_kv_bwd", "grouped_bwd"]
+    assert names["functional_transformer/layers/attention.py"] == [
+        "_project_heads_bwd",
+        "dot_product_bwd",
+        "bwd",
+        "repeat_kv_bwd",
+        "grouped_bwd",
+    ]
     assert names["functional_transformer/models/encoder_decoder.py"] == ["encode_bwd", "decode_bwd", "bwd"]
     assert 0 < counts["total"]["backward_code_lines"] < counts["total"]["code_lines"]
     assert "| **all** |" in backward_lines.markdown(counts)
@@ -90,7 +95,18 @@ def test_compile_times_measures_a_first_and_a_later_call():
 def test_backend_agreement_float64_gradients_agree_to_rounding():
     from benchmarks import backend_agreement
 
-    result = backend_agreement.measure(backend_agreement.ft.TransformerConfig(
-        src_vocab_size=11, tgt_vocab_size=13, d_model=12, n_heads=3, d_ff=10, n_encoder_layers=1, n_decoder_layers=1,
-        max_len=9, dtype="float64"), train=False)
+    result = backend_agreement.measure(
+        backend_agreement.ft.TransformerConfig(
+            src_vocab_size=11,
+            tgt_vocab_size=13,
+            d_model=12,
+            n_heads=3,
+            d_ff=10,
+            n_encoder_layers=1,
+            n_decoder_layers=1,
+            max_len=9,
+            dtype="float64",
+        ),
+        train=False,
+    )
     assert result["numpy vjp vs jax autodiff"]["max_abs"] < 1e-13

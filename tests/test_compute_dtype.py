@@ -12,8 +12,17 @@ import functional_transformer as ft
 from functional_transformer import checkpoint, optim, train
 from functional_transformer.data import CharTokenizer
 
-CFG32 = ft.TransformerConfig(src_vocab_size=13, tgt_vocab_size=13, d_model=32, n_heads=4, d_ff=64, n_encoder_layers=2,
-                             n_decoder_layers=2, max_len=16, drop_rate=0.0)
+CFG32 = ft.TransformerConfig(
+    src_vocab_size=13,
+    tgt_vocab_size=13,
+    d_model=32,
+    n_heads=4,
+    d_ff=64,
+    n_encoder_layers=2,
+    n_decoder_layers=2,
+    max_len=16,
+    drop_rate=0.0,
+)
 CFG16 = dataclasses.replace(CFG32, compute_dtype="bfloat16")
 RNG = np.random.default_rng(0)
 SRC = RNG.integers(1, 13, (4, 9)).astype(np.int32)
@@ -24,7 +33,9 @@ BATCH = {"src": SRC, "tgt_in": TGT[:, :-1], "tgt_out": TGT[:, 1:]}
 @pytest.fixture
 def jax_only(backend):
     if backend.name != "jax":
-        pytest.skip("bfloat16 compute needs the JAX backend (NumPy has no bfloat16 arithmetic); run with FT_BACKEND=jax")
+        pytest.skip(
+            "bfloat16 compute needs the JAX backend (NumPy has no bfloat16 arithmetic); run with FT_BACKEND=jax"
+        )
     return backend
 
 
@@ -117,8 +128,16 @@ def test_checkpoints_keep_the_setting_and_old_ones_load(backend, tmp_path):
     tokenizer = CharTokenizer.from_texts(["abc"])
     optimizer = optim.adam(1e-3)
     state = train.init_state(backend.random.key(0), cfg, optimizer)
-    path = checkpoint.save(tmp_path / "run", state, backend, cfg=cfg, tokenizer=tokenizer, train_config={},
-                           data_spec={}, key=backend.random.key(1))
+    path = checkpoint.save(
+        tmp_path / "run",
+        state,
+        backend,
+        cfg=cfg,
+        tokenizer=tokenizer,
+        train_config={},
+        data_spec={},
+        key=backend.random.key(1),
+    )
     loaded = checkpoint.load(path, backend)
     assert loaded["cfg"] == cfg
     assert {str(leaf.dtype) for leaf in backends.tree_leaves(loaded["state"]["params"])} == {"float32"}

@@ -63,13 +63,16 @@ def test_tokenizer_unknown_symbols_are_what_encode_maps_to_unk():
         assert {c for c, i in zip(text, tok.encode(text)) if i == tok.unk_id} == set(tok.unknown_symbols([text]))
 
 
-@pytest.mark.parametrize("texts, want", [
-    ([string.ascii_lowercase], "a-z"),
-    (["0123456789+"], "+, 0-9"),
-    (["abXYZ"], "X-Z, a, b"),
-    (["a b,c-d'e\t"], "'\\t', ' ', \"'\", ',', '-', a-e"),
-    ([""], "no characters"),
-])
+@pytest.mark.parametrize(
+    "texts, want",
+    [
+        ([string.ascii_lowercase], "a-z"),
+        (["0123456789+"], "+, 0-9"),
+        (["abXYZ"], "X-Z, a, b"),
+        (["a b,c-d'e\t"], "'\\t', ' ', \"'\", ',', '-', a-e"),
+        ([""], "no characters"),
+    ],
+)
 def test_tokenizer_describe(texts, want):
     assert CharTokenizer.from_texts(texts).describe() == want
 
@@ -221,7 +224,7 @@ def test_too_few_sources_is_an_error_not_a_hang():
 
 def test_read_tsv_good_file(tmp_path):
     path = tmp_path / "data.tsv"
-    path.write_bytes("abc\tcba\n\n  \nhello world\t dlrow\r\nü\t1+1\n".encode("utf-8"))
+    path.write_bytes("abc\tcba\n\n  \nhello world\t dlrow\r\nü\t1+1\n".encode())
     assert read_tsv(path) == [("abc", "cba"), ("hello world", " dlrow"), ("ü", "1+1")]
 
 
@@ -396,23 +399,38 @@ def test_batch_iterator_skips_ahead_without_building_skipped_batches():
 def test_process_slices_concatenate_to_the_global_batch(process_count, pad_to_multiple):
     # Examples of varied lengths, so that a slice's own longest row is often shorter than the global one.
     rng = np.random.default_rng(0)
-    examples = [EncodedPair(tuple(range(4, 5 + int(rng.integers(0, 9)))), (1, *[5] * int(rng.integers(0, 11)), 2))
-                for _ in range(13)]
+    examples = [
+        EncodedPair(tuple(range(4, 5 + int(rng.integers(0, 9)))), (1, *[5] * int(rng.integers(0, 11)), 2))
+        for _ in range(13)
+    ]
     for step in (0, 1, 3, 7):
         whole = next(batch_iterator(examples, 8, seed=3, start_step=step, pad_to_multiple=pad_to_multiple))
-        slices = [process_batch(examples, 8, 3, step, rank, process_count, pad_to_multiple=pad_to_multiple)
-                  for rank in range(process_count)]
+        slices = [
+            process_batch(examples, 8, 3, step, rank, process_count, pad_to_multiple=pad_to_multiple)
+            for rank in range(process_count)
+        ]
         for name in whole:
             assert {s[name].shape for s in slices} == {(8 // process_count, whole[name].shape[1])}
             np.testing.assert_array_equal(np.concatenate([s[name] for s in slices]), whole[name])
         # The iterator gives the same slices, and one process gets the whole batch.
         for rank in range(process_count):
-            mine = next(batch_iterator(examples, 8, seed=3, start_step=step, pad_to_multiple=pad_to_multiple,
-                                       process_index=rank, process_count=process_count))
+            mine = next(
+                batch_iterator(
+                    examples,
+                    8,
+                    seed=3,
+                    start_step=step,
+                    pad_to_multiple=pad_to_multiple,
+                    process_index=rank,
+                    process_count=process_count,
+                )
+            )
             for name in whole:
                 np.testing.assert_array_equal(mine[name], slices[rank][name])
         for name in whole:
-            np.testing.assert_array_equal(process_batch(examples, 8, 3, step, pad_to_multiple=pad_to_multiple)[name], whole[name])
+            np.testing.assert_array_equal(
+                process_batch(examples, 8, 3, step, pad_to_multiple=pad_to_multiple)[name], whole[name]
+            )
 
 
 def test_process_batch_rejects_uneven_splits_and_bad_ranks():

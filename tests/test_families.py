@@ -29,8 +29,18 @@ def _labelled(n, seed):
 
 
 def _tcfg(**overrides):
-    return ft.TrainConfig(**{"steps": 60, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 5, "log_every": 10,
-                             "eval_every": 30, "save_every": 30, **overrides})
+    return ft.TrainConfig(
+        **{
+            "steps": 60,
+            "batch_size": 8,
+            "learning_rate": 3e-3,
+            "warmup_steps": 5,
+            "log_every": 10,
+            "eval_every": 30,
+            "save_every": 30,
+            **overrides,
+        }
+    )
 
 
 @pytest.fixture
@@ -48,8 +58,15 @@ def labelled_files(tmp_path):
 
 
 def test_the_language_model_learns_below_the_unigram_baseline(backend, text_files, tmp_path):
-    result = ft.fit({**SMALL, "max_len": 32}, _tcfg(steps=120), ft.text_data(*text_files), out_dir=tmp_path / "lm",
-                    backend=backend, progress=False, verbose=False)
+    result = ft.fit(
+        {**SMALL, "max_len": 32},
+        _tcfg(steps=120),
+        ft.text_data(*text_files),
+        out_dir=tmp_path / "lm",
+        backend=backend,
+        progress=False,
+        verbose=False,
+    )
     train = [r["loss"] for r in result.history if r["split"] == "train"]
     assert train[-1] < 0.7 * train[0]
     data = next(r for r in result.history if r["split"] == "data")
@@ -65,33 +82,62 @@ def test_the_language_model_learns_below_the_unigram_baseline(backend, text_file
 
 
 def test_the_classifier_learns(backend, labelled_files, tmp_path):
-    result = ft.fit({**SMALL, "n_layers": 1}, _tcfg(steps=90), ft.labelled_data(*labelled_files), out_dir=tmp_path / "c",
-                    backend=backend, progress=False, verbose=False)
+    result = ft.fit(
+        {**SMALL, "n_layers": 1},
+        _tcfg(steps=90),
+        ft.labelled_data(*labelled_files),
+        out_dir=tmp_path / "c",
+        backend=backend,
+        progress=False,
+        verbose=False,
+    )
     valid = [r for r in result.history if r["split"] == "valid"]
     assert result.train_config.best_by == "accuracy" and valid[-1]["accuracy"] >= 0.85
     model = ft.load(tmp_path / "c", backend=backend)
     assert model.labels == ["animal", "other"]
     scores = ft.evaluate(model, _labelled(40, 3))
     assert np.sum(scores["confusion"]) == 40 and math.isclose(
-        scores["accuracy"], np.trace(np.asarray(scores["confusion"])) / 40, rel_tol=1e-6)
+        scores["accuracy"], np.trace(np.asarray(scores["confusion"])) / 40, rel_tol=1e-6
+    )
     assert ft.predict(model, ["the cat sat on a mat", "we read books"]) == ["animal", "other"]
 
 
 def test_in_memory_data_and_resume(backend, tmp_path):
     data = (_documents(100, 4), _documents(10, 5))
-    first = ft.fit({**SMALL, "max_len": 16}, _tcfg(steps=30), data, out_dir=tmp_path / "run", backend=backend,
-                   progress=False, verbose=False)
+    first = ft.fit(
+        {**SMALL, "max_len": 16},
+        _tcfg(steps=30),
+        data,
+        out_dir=tmp_path / "run",
+        backend=backend,
+        progress=False,
+        verbose=False,
+    )
     assert first.cfg.max_len == 16 and first.arch == "decoder"
-    resumed = ft.fit(train_config={"steps": 40}, data=data, out_dir=tmp_path / "run", resume=True, extend=True,
-                     backend=backend, progress=False, verbose=False)
+    resumed = ft.fit(
+        train_config={"steps": 40},
+        data=data,
+        out_dir=tmp_path / "run",
+        resume=True,
+        extend=True,
+        backend=backend,
+        progress=False,
+        verbose=False,
+    )
     assert resumed.step == 40
 
 
 def test_language_model_windows_cover_every_token():
     tokenizer = CharTokenizer.from_texts(["abcd"])
     windows = families.encode_documents(["abc", "d"], tokenizer, max_len=3)
-    stream = [tokenizer.bos_id, *tokenizer.encode("abc"), tokenizer.eos_id, tokenizer.bos_id,
-              *tokenizer.encode("d"), tokenizer.eos_id]
+    stream = [
+        tokenizer.bos_id,
+        *tokenizer.encode("abc"),
+        tokenizer.eos_id,
+        tokenizer.bos_id,
+        *tokenizer.encode("d"),
+        tokenizer.eos_id,
+    ]
     assert [w.tgt for w in windows] == [tuple(stream[0:4]), tuple(stream[3:7]), tuple(stream[6:8])]
     predicted = [token for w in windows for token in w.tgt[1:]]
     assert predicted == stream[1:]  # each token after the first once
@@ -104,17 +150,53 @@ def test_unigram_baseline_is_the_perplexity_of_token_frequencies():
     counts = {tokenizer.encode("a")[0]: 2, tokenizer.encode("b")[0]: 1, tokenizer.eos_id: 1}
     total = 4 + tokenizer.vocab_size
     held_out = families.encode_documents(["b"], tokenizer, max_len=8)  # predicts b, eos
-    expected = math.exp(-(math.log((counts[tokenizer.encode("b")[0]] + 1) / total)
-                          + math.log((counts[tokenizer.eos_id] + 1) / total)) / 2)
+    expected = math.exp(
+        -(math.log((counts[tokenizer.encode("b")[0]] + 1) / total) + math.log((counts[tokenizer.eos_id] + 1) / total))
+        / 2
+    )
     assert math.isclose(families.unigram_perplexity(train, held_out, tokenizer.vocab_size), expected)
 
 
 def test_the_cli_trains_evaluates_and_predicts_each_family(text_files, labelled_files, tmp_path, capsys):
-    common = ["--steps", "12", "--batch-size", "8", "--d-model", "16", "--n-heads", "2", "--d-ff", "32", "--layers", "1",
-              "--eval-every", "6", "--log-every", "6", "--no-progress"]
+    common = [
+        "--steps",
+        "12",
+        "--batch-size",
+        "8",
+        "--d-model",
+        "16",
+        "--n-heads",
+        "2",
+        "--d-ff",
+        "32",
+        "--layers",
+        "1",
+        "--eval-every",
+        "6",
+        "--log-every",
+        "6",
+        "--no-progress",
+    ]
     train, valid = text_files
-    assert cli.main(["train", "--arch", "decoder", "--data", str(train), "--valid", str(valid), "--max-len", "24",
-                     "--out", str(tmp_path / "lm"), *common]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--arch",
+                "decoder",
+                "--data",
+                str(train),
+                "--valid",
+                str(valid),
+                "--max-len",
+                "24",
+                "--out",
+                str(tmp_path / "lm"),
+                *common,
+            ]
+        )
+        == 0
+    )
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "lm"), "--data", str(valid)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("perplexity: ")
     assert cli.main(["predict", "--checkpoint", str(tmp_path / "lm"), "the"]) == 0
@@ -128,11 +210,20 @@ def test_the_cli_trains_evaluates_and_predicts_each_family(text_files, labelled_
     assert set(capsys.readouterr().out.split()) <= {"animal", "other"}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--arch", "decoder", "--task", "reverse"], "--arch decoder trains on your own --data file"),
-    (["--arch", "encoder", "--data", "{train}", "--compute-dtype", "bfloat16"], "--compute-dtype does not apply to --arch encoder"),
-    (["--arch", "decoder", "--data", "{train}", "--best-by", "exact_match"], "not a held-out metric of the decoder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arch", "decoder", "--task", "reverse"], "--arch decoder trains on your own --data file"),
+        (
+            ["--arch", "encoder", "--data", "{train}", "--compute-dtype", "bfloat16"],
+            "--compute-dtype does not apply to --arch encoder",
+        ),
+        (
+            ["--arch", "decoder", "--data", "{train}", "--best-by", "exact_match"],
+            "not a held-out metric of the decoder",
+        ),
+    ],
+)
 def test_cli_errors_name_the_problem(text_files, tmp_path, capsys, args, message):
     args = [a.replace("{train}", str(text_files[0])) for a in args]
     assert cli.main(["train", *args, "--steps", "2", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
@@ -158,12 +249,31 @@ def test_a_preset_trains_through_fit_and_its_run_folder_reproduces_it(backend, t
     """model={"preset": ...} builds the named architecture over the data's vocabulary; its config.toml
     holds every field, so `ft train --config` trains the same model again."""
     sizes = {"preset": name, "d_model": 16, "n_heads": 2, "n_layers": 1, "max_len": 24}
-    result = ft.fit(sizes, _tcfg(steps=20, eval_every=20), ft.text_data(*text_files), out_dir=tmp_path / name,
-                    backend=backend, progress=False, verbose=False)
-    assert result.cfg == ft.models.presets.preset(name, result.cfg.vocab_size, **{k: v for k, v in sizes.items()
-                                                                                  if k != "preset"}, pad_id=0)
+    result = ft.fit(
+        sizes,
+        _tcfg(steps=20, eval_every=20),
+        ft.text_data(*text_files),
+        out_dir=tmp_path / name,
+        backend=backend,
+        progress=False,
+        verbose=False,
+    )
+    assert result.cfg == ft.models.presets.preset(
+        name, result.cfg.vocab_size, **{k: v for k, v in sizes.items() if k != "preset"}, pad_id=0
+    )
     train = [r["loss"] for r in result.history if r["split"] == "train"]
     assert train[-1] < train[0]
-    assert cli.main(["train", "--config", str(tmp_path / name / "config.toml"), "--out", str(tmp_path / "again"),
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                str(tmp_path / name / "config.toml"),
+                "--out",
+                str(tmp_path / "again"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert ft.load(tmp_path / "again", backend=backend).cfg == result.cfg

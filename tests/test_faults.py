@@ -25,9 +25,34 @@ REPO = Path(__file__).resolve().parent.parent
 ON_JAX = os.environ.get("FT_BACKEND", "numpy") == "jax"
 STEPS = 40
 # d_model 64 makes a checkpoint of about 1.3 MB, so a save takes long enough to be caught in the act.
-ARGS = ["train", "--task", "reverse", "--n-train", "300", "--n-valid", "5", "--max-len", "4", "--d-model", "64",
-        "--n-heads", "2", "--d-ff", "64", "--layers", "1", "--steps", str(STEPS), "--save-every", "1",
-        "--eval-every", "1000", "--batch-size", "8", "--no-progress"]
+ARGS = [
+    "train",
+    "--task",
+    "reverse",
+    "--n-train",
+    "300",
+    "--n-valid",
+    "5",
+    "--max-len",
+    "4",
+    "--d-model",
+    "64",
+    "--n-heads",
+    "2",
+    "--d-ff",
+    "64",
+    "--layers",
+    "1",
+    "--steps",
+    str(STEPS),
+    "--save-every",
+    "1",
+    "--eval-every",
+    "1000",
+    "--batch-size",
+    "8",
+    "--no-progress",
+]
 
 
 def flat_params(path):
@@ -53,8 +78,14 @@ sys.exit(cli.main(sys.argv[1:]))
 
 def start(out, resume):
     argv = [sys.executable, "-c", SLOW_DISK, *ARGS, "--out", str(out), *(["--resume"] if resume else [])]
-    return subprocess.Popen(argv, cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_until_training(proc, timeout=120):
@@ -132,12 +163,26 @@ def test_a_save_that_fails_half_way_keeps_the_previous_checkpoint_and_says_so(tm
         return real_fsync(fd)
 
     monkeypatch.setattr(checkpoint_format.os, "fsync", failing_fsync)
-    argv = [*ARGS[:ARGS.index("--steps")], "--steps", "10", "--save-every", "2", "--eval-every", "1000",
-            "--batch-size", "8", "--no-progress", "--out", str(out)]
+    argv = [
+        *ARGS[: ARGS.index("--steps")],
+        "--steps",
+        "10",
+        "--save-every",
+        "2",
+        "--eval-every",
+        "1000",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 1  # a runtime failure, not a usage error
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("ft train: error: training stopped")
-    assert f"training stopped at step 6: could not save {out / checkpoint.CHECKPOINT_NAME}: No space left on device" in err
+    assert (
+        f"training stopped at step 6: could not save {out / checkpoint.CHECKPOINT_NAME}: No space left on device" in err
+    )
     assert f"The last checkpoint saved before ({out / checkpoint.CHECKPOINT_NAME}) is intact" in err
     loaded, _ = flat_params(out)
     assert int(default_backend().to_numpy(loaded["state"]["step"])) == 4
@@ -150,7 +195,12 @@ def test_from_python_a_failed_save_is_a_save_failed_error(tmp_path, monkeypatch)
 
     monkeypatch.setattr(checkpoint_format.os, "fsync", full_disk)
     with pytest.raises(SaveFailed, match=r"stopped at step 1: .* \(none was saved yet\) is intact"):
-        runs.fit({"d_model": 16, "n_heads": 2, "d_ff": 16, "n_encoder_layers": 1, "n_decoder_layers": 1},
-                 {"steps": 2, "save_every": 1, "batch_size": 4}, runs.task_data("reverse", n_train=20, n_valid=2, max_len=3),
-                 out_dir=tmp_path / "run", progress=False, verbose=False)
+        runs.fit(
+            {"d_model": 16, "n_heads": 2, "d_ff": 16, "n_encoder_layers": 1, "n_decoder_layers": 1},
+            {"steps": 2, "save_every": 1, "batch_size": 4},
+            runs.task_data("reverse", n_train=20, n_valid=2, max_len=3),
+            out_dir=tmp_path / "run",
+            progress=False,
+            verbose=False,
+        )
     assert not list((tmp_path / "run").glob("*.safetensors")) and not list((tmp_path / "run").glob(".*.tmp"))

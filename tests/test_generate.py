@@ -15,15 +15,19 @@ import numpy as np
 import pytest
 
 import functional_transformer as ft
-from functional_transformer import generate, model, parts
+from functional_transformer import generate, parts
 
 PAD, BOS, EOS = 0, 1, 2
 ON_JAX = os.environ.get("FT_BACKEND", "numpy") == "jax"
 # JAX compiles every config (and every prefix length of the uncached reference) afresh, seconds each on
 # a small machine: there, only the first config runs by default and the other three are marked slow.
 CONFIGS = [
-    pytest.param(norm_first, positional, id=f"{'prenorm' if norm_first else 'postnorm'}-{positional}",
-                 marks=(pytest.mark.slow,) if ON_JAX and i > 0 else ())
+    pytest.param(
+        norm_first,
+        positional,
+        id=f"{'prenorm' if norm_first else 'postnorm'}-{positional}",
+        marks=(pytest.mark.slow,) if ON_JAX and i > 0 else (),
+    )
     for i, (norm_first, positional) in enumerate(itertools.product((False, True), ("sinusoidal", "learned")))
 ]
 # Tests whose JAX compilations cost tens of seconds (the uncached reference compiles once per prefix
@@ -32,13 +36,33 @@ slow_on_jax = pytest.mark.slow if ON_JAX else (lambda test: test)
 BATCH, MAX_STEPS = 5, 8  # one shape everywhere, so that JAX reuses its compilations across tests
 
 
-def make_model(backend, *, norm_first=False, positional="sinusoidal", seed=0, vocab=13, max_len=MAX_STEPS,
-               suppress_pad=True, eos_bias=0.0):
+def make_model(
+    backend,
+    *,
+    norm_first=False,
+    positional="sinusoidal",
+    seed=0,
+    vocab=13,
+    max_len=MAX_STEPS,
+    suppress_pad=True,
+    eos_bias=0.0,
+):
     """A tiny random model on `backend`; optionally pad made (almost) impossible and eos more likely.
     -> (cfg, params on backend, the same params as NumPy arrays for the NumPy references)."""
-    cfg = ft.TransformerConfig(src_vocab_size=13, tgt_vocab_size=vocab, d_model=16, n_heads=4, d_ff=32,
-                               n_encoder_layers=2, n_decoder_layers=2, max_len=max_len, drop_rate=0.0,
-                               pad_id=PAD, norm_first=norm_first, positional=positional)
+    cfg = ft.TransformerConfig(
+        src_vocab_size=13,
+        tgt_vocab_size=vocab,
+        d_model=16,
+        n_heads=4,
+        d_ff=32,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        max_len=max_len,
+        drop_rate=0.0,
+        pad_id=PAD,
+        norm_first=norm_first,
+        positional=positional,
+    )
     params = backend.tree_to_numpy(ft.init(backend.random.key(seed), cfg))
     bias = params["out_proj"]["b"].copy()
     if suppress_pad:
@@ -51,7 +75,7 @@ def make_model(backend, *, norm_first=False, positional="sinusoidal", seed=0, vo
 def make_src(seed, batch=BATCH, length=6):
     """Random source ids (no pad, bos or eos), the first row right-padded so the cross mask matters."""
     src = np.random.default_rng(seed).integers(4, 13, size=(batch, length)).astype(np.int32)
-    src[0, length // 2:] = PAD
+    src[0, length // 2 :] = PAD
     return src
 
 
@@ -121,7 +145,7 @@ def assert_only_pad_after_eos(tokens):
     for row in np.asarray(tokens):
         row = row.tolist()
         if EOS in row:
-            assert all(t == PAD for t in row[row.index(EOS) + 1:]), row
+            assert all(t == PAD for t in row[row.index(EOS) + 1 :]), row
 
 
 def python_loop(backend, params, src, cfg, *, beam_size=None, max_steps=MAX_STEPS, alpha=0.6):
@@ -139,8 +163,9 @@ def _python_loop(backend, params, src, cfg, beam_size, max_steps, alpha):
     rows = backend.asarray(np.repeat(np.arange(batch), k))  # each row's memory once per beam
     memory = xp.take(ft.encode(params, src, cfg), rows, axis=0)
     cross_mask = xp.take(parts.padding_mask(src, cfg.pad_id), rows, axis=0)
-    cache = backend.jit(generate.init_cache, static_argnames=("cfg", "max_steps"))(params, memory, cross_mask, cfg,
-                                                                                   max_steps)
+    cache = backend.jit(generate.init_cache, static_argnames=("cfg", "max_steps"))(
+        params, memory, cross_mask, cfg, max_steps
+    )
     if beam_size is None:
         state, step = generate._greedy_start(xp, batch, cfg, BOS, max_steps), generate._greedy_step
     else:
@@ -175,8 +200,9 @@ def test_step_logits_equal_apply_on_the_same_prefix(backend, norm_first, positio
     full = to_np(backend, ft.apply(params, src, prefix, cfg))  # (B, T, V): position t sees prefix[:, :t + 1]
     memory = ft.encode(params, src, cfg)
     cross_mask = parts.padding_mask(backend.asarray(src), cfg.pad_id)
-    cache = backend.jit(generate.init_cache, static_argnames=("cfg", "max_steps"))(params, memory, cross_mask, cfg,
-                                                                                   MAX_STEPS)
+    cache = backend.jit(generate.init_cache, static_argnames=("cfg", "max_steps"))(
+        params, memory, cross_mask, cfg, MAX_STEPS
+    )
     step = backend.jit(generate.step, static_argnames=("cfg",))  # the position is traced on JAX
     for t in range(MAX_STEPS):
         logits, cache = step(params, cache, backend.asarray(prefix[:, t]), backend.asarray(t), memory, cross_mask, cfg)
@@ -207,8 +233,7 @@ def test_init_cache_shapes(backend):
 @pytest.mark.parametrize("norm_first, positional", CONFIGS)
 def test_cached_greedy_equals_uncached_greedy(backend, norm_first, positional):
     for seed, eos_bias in ((0, 0.0), (1, 1.5), (2, 2.5)):
-        cfg, params, _ = make_model(backend, norm_first=norm_first, positional=positional, seed=seed,
-                                    eos_bias=eos_bias)
+        cfg, params, _ = make_model(backend, norm_first=norm_first, positional=positional, seed=seed, eos_bias=eos_bias)
         src = make_src(seed)
         kwargs = dict(bos_id=BOS, eos_id=EOS, max_steps=MAX_STEPS)
         cached = to_np(backend, generate.greedy(params, src, cfg, **kwargs))
@@ -273,8 +298,14 @@ def test_every_row_ending_at_once_gives_eos_then_pad(backend):
 def test_beam_size_one_is_greedy(backend, norm_first, positional):
     for seed, eos_bias in ((0, 0.0), (5, 2.0)):
         for suppress_pad in (True, False):
-            cfg, params, _ = make_model(backend, norm_first=norm_first, positional=positional, seed=seed,
-                                        eos_bias=eos_bias, suppress_pad=suppress_pad)
+            cfg, params, _ = make_model(
+                backend,
+                norm_first=norm_first,
+                positional=positional,
+                seed=seed,
+                eos_bias=eos_bias,
+                suppress_pad=suppress_pad,
+            )
             src = make_src(seed)
             kwargs = dict(bos_id=BOS, eos_id=EOS, max_steps=MAX_STEPS)
             greedy = to_np(backend, generate.greedy(params, src, cfg, **kwargs))
@@ -292,8 +323,9 @@ def test_beam_search_matches_a_reference_beam_search(backend, norm_first, positi
     in a survey of these tiny models); test_exhaustive_beam_finds_the_best_sequence covers optimality."""
     compared = 0
     for seed, eos_bias in ((0, 0.0), (1, 1.0), (2, 2.0)):
-        cfg, params, np_params = make_model(backend, norm_first=norm_first, positional=positional, seed=seed,
-                                            eos_bias=eos_bias)
+        cfg, params, np_params = make_model(
+            backend, norm_first=norm_first, positional=positional, seed=seed, eos_bias=eos_bias
+        )
         src = make_src(seed)
         greedy, beam = generate_both(backend, params, cfg, src)
         for row in range(BATCH):
@@ -301,8 +333,10 @@ def test_beam_search_matches_a_reference_beam_search(backend, norm_first, positi
             assert beam[row].tolist() == expected, f"seed {seed} row {row}"
             if trim(greedy[row]) in final_beam:
                 compared += 1
-                assert (objective(np_params, cfg, src[row], beam[row])
-                        >= objective(np_params, cfg, src[row], greedy[row]) - 1e-5)
+                assert (
+                    objective(np_params, cfg, src[row], beam[row])
+                    >= objective(np_params, cfg, src[row], greedy[row]) - 1e-5
+                )
     assert compared > 0
 
 
@@ -319,7 +353,7 @@ def test_exhaustive_beam_finds_the_best_sequence(backend):
         cfg, params, np_params = make_model(backend, vocab=vocab, seed=seed, eos_bias=eos_bias)
         src = make_src(seed)
         kwargs = dict(bos_id=BOS, eos_id=EOS, max_steps=max_steps, alpha=alpha)
-        wide = to_np(backend, generate.beam_search(params, src, cfg, beam_size=vocab ** max_steps, **kwargs))
+        wide = to_np(backend, generate.beam_search(params, src, cfg, beam_size=vocab**max_steps, **kwargs))
         greedy, beam4 = generate_both(backend, params, cfg, src, max_steps=max_steps)
         for row in range(BATCH):
             scores = sequence_log_probs(np_params, cfg, src[row], seqs)
@@ -332,7 +366,7 @@ def test_exhaustive_beam_finds_the_best_sequence(backend):
 def test_length_penalty():
     assert generate.length_penalty(1, 0.6) == 1.0
     assert generate.length_penalty(7, 0.0) == 1.0
-    assert math.isclose(generate.length_penalty(7, 0.6), 2.0 ** 0.6)
+    assert math.isclose(generate.length_penalty(7, 0.6), 2.0**0.6)
 
 
 def test_beam_search_ranks_its_final_hypotheses_with_the_given_alpha(backend):
@@ -343,8 +377,10 @@ def test_beam_search_ranks_its_final_hypotheses_with_the_given_alpha(backend):
     alpha = 3.0
     cfg, params, np_params = make_model(backend, seed=1, eos_bias=1.0)
     src = make_src(1)
-    beam = to_np(backend, generate.beam_search(params, src, cfg, bos_id=BOS, eos_id=EOS, max_steps=MAX_STEPS,
-                                               beam_size=4, alpha=alpha))
+    beam = to_np(
+        backend,
+        generate.beam_search(params, src, cfg, bos_id=BOS, eos_id=EOS, max_steps=MAX_STEPS, beam_size=4, alpha=alpha),
+    )
     changed = 0
     for row in range(BATCH):
         expected, _ = reference_beam(np_params, cfg, src[row], beam_size=4, max_steps=MAX_STEPS, alpha=alpha)
@@ -377,8 +413,9 @@ def test_decoding_loop_equals_a_python_loop_of_jitted_steps(backend, vocab, seed
     assert len(set(beam_state["lengths"].max(axis=1).tolist())) > 1 and beam_steps < MAX_STEPS
     assert beam_state["finished"].all()
     np.testing.assert_array_equal(to_np(backend, generate.greedy(params, src, cfg, **kwargs)), greedy_expected)
-    np.testing.assert_array_equal(to_np(backend, generate.greedy(params, src, cfg, use_cache=False, **kwargs)),
-                                  greedy_expected)
+    np.testing.assert_array_equal(
+        to_np(backend, generate.greedy(params, src, cfg, use_cache=False, **kwargs)), greedy_expected
+    )
     beam = generate.beam_search(params, src, cfg, beam_size=beam_size, **kwargs)
     np.testing.assert_array_equal(to_np(backend, beam), beam_expected)
 
@@ -450,16 +487,21 @@ def test_out_of_vocabulary_source_is_refused(backend):
 # Across backends
 
 
-@pytest.mark.parametrize("norm_first, positional", [
-    pytest.param(False, "sinusoidal", id="postnorm-sinusoidal"),
-    pytest.param(True, "learned", id="prenorm-learned", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "norm_first, positional",
+    [
+        pytest.param(False, "sinusoidal", id="postnorm-sinusoidal"),
+        pytest.param(True, "learned", id="prenorm-learned", marks=pytest.mark.slow),
+    ],
+)
 def test_greedy_and_beam_identical_on_numpy_and_jax(numpy_backend, jax_backend, norm_first, positional):
     for seed in (0, 1):
-        cfg, np_params, _ = make_model(numpy_backend, norm_first=norm_first, positional=positional, seed=seed,
-                                       eos_bias=1.0)
+        cfg, np_params, _ = make_model(
+            numpy_backend, norm_first=norm_first, positional=positional, seed=seed, eos_bias=1.0
+        )
         jax_params = jax_backend.tree_asarray(np_params)
         src = make_src(seed)
-        for on_numpy, on_jax in zip(generate_both(numpy_backend, np_params, cfg, src),
-                                    generate_both(jax_backend, jax_params, cfg, src)):
+        for on_numpy, on_jax in zip(
+            generate_both(numpy_backend, np_params, cfg, src), generate_both(jax_backend, jax_params, cfg, src)
+        ):
             np.testing.assert_array_equal(on_jax, on_numpy, err_msg=f"seed {seed}")

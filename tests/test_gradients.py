@@ -110,8 +110,10 @@ def assert_trees_close(actual, expected, rtol, what=""):
     max|a - b| is measured against the largest entry of the whole tree instead."""
     actual, expected = _as_tree(actual), _as_tree(expected)
     assert tree_structure(actual) == tree_structure(expected), f"{what}: tree structures differ"
-    global_scale = max((float(np.max(np.abs(np.asarray(b, dtype=np.float64)))) for b in tree_leaves(expected)
-                        if np.size(b)), default=0.0)
+    global_scale = max(
+        (float(np.max(np.abs(np.asarray(b, dtype=np.float64)))) for b in tree_leaves(expected) if np.size(b)),
+        default=0.0,
+    )
     worst = []
     for (path, a), (_, b) in zip(tree_items(actual), tree_items(expected), strict=True):
         a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -151,8 +153,17 @@ def _batch(seed=0, src_lengths=SRC_LENGTHS, tgt_lengths=TGT_LENGTHS, src_len=S, 
 
 def _cfg(**overrides):
     fields = dict(
-        src_vocab_size=V_SRC, tgt_vocab_size=V_TGT, d_model=D, n_heads=H, d_ff=F, n_encoder_layers=2,
-        n_decoder_layers=2, max_len=MAX_LEN, drop_rate=DROP, pad_id=PAD, dtype="float64",
+        src_vocab_size=V_SRC,
+        tgt_vocab_size=V_TGT,
+        d_model=D,
+        n_heads=H,
+        d_ff=F,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        max_len=MAX_LEN,
+        drop_rate=DROP,
+        pad_id=PAD,
+        dtype="float64",
     )
     fields.update(overrides)
     return TransformerConfig(**fields)
@@ -231,8 +242,11 @@ def _case_embedding(backend, learned=False):
         params["positions"] = _normal(2, (MAX_LEN, D), 0.7)
     ids = backend.asarray(_embedding_ids())
     n_positions = MAX_LEN if learned else None
-    return ((lambda p: embedding.fwd(p, ids)), (lambda saved, g: embedding.bwd(saved, g, V_SRC, n_positions)),
-            (_convert(backend, params),))
+    return (
+        (lambda p: embedding.fwd(p, ids)),
+        (lambda saved, g: embedding.bwd(saved, g, V_SRC, n_positions)),
+        (_convert(backend, params),),
+    )
 
 
 def _dot_product_mask():
@@ -247,16 +261,22 @@ def _dot_product_mask():
 def _case_dot_product_self(backend):
     q, k, v = (_normal(i, (B, H, T, D // H)) for i in (1, 2, 3))
     mask = backend.asarray(_dot_product_mask())
-    return (lambda q, k, v: attention.dot_product_fwd(q, k, v, mask)), attention.dot_product_bwd, _convert(
-        backend, (q, k, v))
+    return (
+        (lambda q, k, v: attention.dot_product_fwd(q, k, v, mask)),
+        attention.dot_product_bwd,
+        _convert(backend, (q, k, v)),
+    )
 
 
 def _case_dot_product_cross(backend):
     q = _normal(1, (B, H, T, D // H))
     k, v = (_normal(i, (B, H, S, D // H)) for i in (2, 3))
     mask = backend.asarray(_src_key_mask())
-    return (lambda q, k, v: attention.dot_product_fwd(q, k, v, mask)), attention.dot_product_bwd, _convert(
-        backend, (q, k, v))
+    return (
+        (lambda q, k, v: attention.dot_product_fwd(q, k, v, mask)),
+        attention.dot_product_bwd,
+        _convert(backend, (q, k, v)),
+    )
 
 
 def _attention_params(seed=1):
@@ -279,8 +299,11 @@ def _case_attention_self(backend):
 def _case_attention_cross(backend):
     mask = backend.asarray(_src_key_mask())
     primals = (_attention_params(), _normal(2, (B, T, D)), _normal(3, (B, S, D)))
-    return ((lambda p, xq, xkv: attention.fwd(p, xq, xkv, mask, H)), (lambda saved, g: attention.bwd(saved, g, H)),
-            _convert(backend, primals))
+    return (
+        (lambda p, xq, xkv: attention.fwd(p, xq, xkv, mask, H)),
+        (lambda saved, g: attention.bwd(saved, g, H)),
+        _convert(backend, primals),
+    )
 
 
 def _ffn_params(seed=1):
@@ -288,9 +311,11 @@ def _ffn_params(seed=1):
 
 
 def _case_feed_forward(backend, activation):
-    return ((lambda p, x: feed_forward.fwd(p, x, activation)),
-            (lambda saved, g: feed_forward.bwd(saved, g, activation)),
-            _convert(backend, (_ffn_params(), _normal(2, (B, T, D)))))
+    return (
+        (lambda p, x: feed_forward.fwd(p, x, activation)),
+        (lambda saved, g: feed_forward.bwd(saved, g, activation)),
+        _convert(backend, (_ffn_params(), _normal(2, (B, T, D)))),
+    )
 
 
 def _ln_params(seed):
@@ -317,7 +342,9 @@ def _part_case(backend, part, params, x, key=None, train=False, **side):
 
 
 def _residual(sublayer, norm_first, name="sublayer"):
-    return parts.Residual(sublayer, D, norm_first=norm_first, drop_rate=DROP, name=name, norm_name="ln", dtype="float64")
+    return parts.Residual(
+        sublayer, D, norm_first=norm_first, drop_rate=DROP, name=name, norm_name="ln", dtype="float64"
+    )
 
 
 def _case_residual_ffn(backend, norm_first, train):
@@ -330,8 +357,15 @@ def _case_residual_cross_attention(backend, norm_first):
     """A sublayer with an extra input (the memory), whose cotangent the residual passes through."""
     part = _residual(parts.CrossAttention(D, H, "float64"), norm_first)
     params = {"ln": _ln_params(5), "sublayer": _attention_params()}
-    return _part_case(backend, part, params, (_normal(2, (B, T, D)), _normal(3, (B, S, D))), backend.random.key(12),
-                      True, memory_mask=_lengths_mask(SRC_LENGTHS, S))
+    return _part_case(
+        backend,
+        part,
+        params,
+        (_normal(2, (B, T, D)), _normal(3, (B, S, D))),
+        backend.random.key(12),
+        True,
+        memory_mask=_lengths_mask(SRC_LENGTHS, S),
+    )
 
 
 def _layer_cfg(norm_first, activation="relu"):
@@ -342,32 +376,50 @@ def _case_encoder_block(backend, norm_first, train):
     cfg = _layer_cfg(norm_first, "gelu")
     part = encoder_decoder.encoder_block(cfg)
     params = _randomize(part.init(NP.random.key(3)), 103, 0.1)
-    return _part_case(backend, part, params, _normal(2, (B, S, D)), backend.random.key(13), train,
-                      mask=_lengths_mask(SRC_LENGTHS, S))
+    return _part_case(
+        backend, part, params, _normal(2, (B, S, D)), backend.random.key(13), train, mask=_lengths_mask(SRC_LENGTHS, S)
+    )
 
 
 def _case_decoder_block(backend, norm_first, train):
     cfg = _layer_cfg(norm_first, "relu")
     part = encoder_decoder.decoder_block(cfg)
     params = _randomize(part.init(NP.random.key(4)), 104, 0.1)
-    return _part_case(backend, part, params, (_normal(2, (B, T, D)), _normal(3, (B, S, D))), backend.random.key(14),
-                      train, mask=_lengths_mask(TGT_LENGTHS, T), memory_mask=_lengths_mask(SRC_LENGTHS, S))
+    return _part_case(
+        backend,
+        part,
+        params,
+        (_normal(2, (B, T, D)), _normal(3, (B, S, D))),
+        backend.random.key(14),
+        train,
+        mask=_lengths_mask(TGT_LENGTHS, T),
+        memory_mask=_lengths_mask(SRC_LENGTHS, S),
+    )
 
 
 def _case_encoder_stack(backend, norm_first, train):
     cfg = _layer_cfg(norm_first, "gelu")
     part = encoder_decoder.stack(cfg, encoder_decoder.encoder_block(cfg), cfg.n_encoder_layers)
     params = _randomize(part.init(NP.random.key(5)), 105, 0.1)
-    return _part_case(backend, part, params, _normal(2, (B, S, D)), backend.random.key(15), train,
-                      mask=_lengths_mask(SRC_LENGTHS, S))
+    return _part_case(
+        backend, part, params, _normal(2, (B, S, D)), backend.random.key(15), train, mask=_lengths_mask(SRC_LENGTHS, S)
+    )
 
 
 def _case_decoder_stack(backend, norm_first, train):
     cfg = _layer_cfg(norm_first, "gelu")
     part = encoder_decoder.stack(cfg, encoder_decoder.decoder_block(cfg), cfg.n_decoder_layers)
     params = _randomize(part.init(NP.random.key(6)), 106, 0.1)
-    return _part_case(backend, part, params, (_normal(2, (B, T, D)), _normal(3, (B, S, D))), backend.random.key(16),
-                      train, mask=_lengths_mask(TGT_LENGTHS, T), memory_mask=_lengths_mask(SRC_LENGTHS, S))
+    return _part_case(
+        backend,
+        part,
+        params,
+        (_normal(2, (B, T, D)), _normal(3, (B, S, D))),
+        backend.random.key(16),
+        train,
+        mask=_lengths_mask(TGT_LENGTHS, T),
+        memory_mask=_lengths_mask(SRC_LENGTHS, S),
+    )
 
 
 def _case_loss(backend, label_smoothing):
@@ -438,10 +490,10 @@ for _nf in (False, True):
             _name = f"model_{_tag}_{'tied' if _tie else 'untied'}_{'dropout' if _train else 'eval'}"
             CASES[_name] = lambda be, nf=_nf, ti=_tie, tr=_train: _case_model(be, nf, ti, tr)
 CASES["model_learned_positions_gelu"] = lambda be: _case_model(
-    be, True, False, True, positional="learned", activation="gelu")
+    be, True, False, True, positional="learned", activation="gelu"
+)
 CASES["model_float32_prenorm_tied_dropout"] = lambda be: _case_model(be, True, True, True, dtype="float32")
-CASES["model_one_layer_each"] = lambda be: _case_model(be, False, True, True, n_encoder_layers=1,
-                                                        n_decoder_layers=1)
+CASES["model_one_layer_each"] = lambda be: _case_model(be, False, True, True, n_encoder_layers=1, n_decoder_layers=1)
 
 
 # --- 1. finite differences on the FT_BACKEND backend ---------------------------------------------
@@ -459,16 +511,20 @@ FAST_FD_CASES_ON_JAX = {"linear", "softmax_masked", "dropout_train", "embedding_
 # default, and the single layers (dropout included) against jax.vjp.
 FAST_COMPOSITES_FOR_JAX_VJP = {"model_prenorm_tied_eval"}
 SLOW_JAX_VJP_CASES = {"softmax_unmasked", "loss_smoothing_0", "embedding", "dot_product_cross_padding"} | {
-    n for n in CASES
-    if n.startswith(("residual", "encoder", "decoder", "model")) and n not in FAST_COMPOSITES_FOR_JAX_VJP}
+    n
+    for n in CASES
+    if n.startswith(("residual", "encoder", "decoder", "model")) and n not in FAST_COMPOSITES_FOR_JAX_VJP
+}
 
 
 def _case_params(names, slow):
     return [pytest.param(n, id=n, marks=(pytest.mark.slow,) if n in slow else ()) for n in names]
 
 
-@pytest.mark.parametrize("name", _case_params(
-    FLOAT64_CASES, {n for n in FLOAT64_CASES if n not in FAST_FD_CASES_ON_JAX} if ON_JAX else set()))
+@pytest.mark.parametrize(
+    "name",
+    _case_params(FLOAT64_CASES, {n for n in FLOAT64_CASES if n not in FAST_FD_CASES_ON_JAX} if ON_JAX else set()),
+)
 def test_vjp_matches_finite_differences(backend, name):
     fwd, bwd, primals = CASES[name](backend)
     error = check_vjp(fwd, bwd, primals, key=backend.random.key(1234), n_directions=3)
@@ -535,23 +591,26 @@ def test_vjp_matches_jax_vjp(jax_backend, name):
 # computes) and transitively (NumPy VJP == JAX autodiff, NumPy VJP == JAX VJP layer by layer).
 # Other configs and float32 (which compiles everything afresh, eager or not) are in the slow set.
 API_CONFIGS = {
-    "prenorm_tied_gelu_learned_f64": dict(norm_first=True, tie_embeddings=True, activation="gelu",
-                                          positional="learned", dtype="float64"),
+    "prenorm_tied_gelu_learned_f64": dict(
+        norm_first=True, tie_embeddings=True, activation="gelu", positional="learned", dtype="float64"
+    ),
 }
 SLOW_API_CONFIGS = {
     "postnorm_untied_f32": dict(dtype="float32"),
     "postnorm_untied_f64": dict(dtype="float64"),
-    "prenorm_tied_gelu_learned_f32": dict(norm_first=True, tie_embeddings=True, activation="gelu",
-                                          positional="learned", dtype="float32"),
+    "prenorm_tied_gelu_learned_f32": dict(
+        norm_first=True, tie_embeddings=True, activation="gelu", positional="learned", dtype="float32"
+    ),
     "postnorm_tied_2_layers_f64": dict(tie_embeddings=True, n_encoder_layers=2, n_decoder_layers=2),
     "prenorm_untied_2_layers_f32": dict(norm_first=True, n_encoder_layers=2, n_decoder_layers=2, dtype="float32"),
 }
 FAST_API = "prenorm_tied_gelu_learned_f64"
 API_CASES = [pytest.param(name, id=name) for name in API_CONFIGS] + [
-    pytest.param(name, id=name, marks=pytest.mark.slow) for name in SLOW_API_CONFIGS]
+    pytest.param(name, id=name, marks=pytest.mark.slow) for name in SLOW_API_CONFIGS
+]
 METHOD_CASES = [pytest.param(FAST_API, False, id=f"{FAST_API}-eval", marks=pytest.mark.slow)] + [
-    pytest.param(name, True, id=f"{name}-dropout", marks=pytest.mark.slow)
-    for name in (*API_CONFIGS, *SLOW_API_CONFIGS)]
+    pytest.param(name, True, id=f"{name}-dropout", marks=pytest.mark.slow) for name in (*API_CONFIGS, *SLOW_API_CONFIGS)
+]
 
 
 def _api_cfg(name):
@@ -625,9 +684,21 @@ def test_numpy_and_jax_agree(numpy_backend, jax_backend, name):
     assert_trees_close(g_jax, g_np, rtol, f"grads numpy vs jax ({cfg.dtype})")
 
 
-@pytest.mark.parametrize("name", ["attention_self", *(pytest.param(n, marks=pytest.mark.slow) for n in (
-    "decoder_block_prenorm_dropout", "model_prenorm_tied_eval", "model_postnorm_tied_dropout",
-    "model_float32_prenorm_tied_dropout"))])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "attention_self",
+        *(
+            pytest.param(n, marks=pytest.mark.slow)
+            for n in (
+                "decoder_block_prenorm_dropout",
+                "model_prenorm_tied_eval",
+                "model_postnorm_tied_dropout",
+                "model_float32_prenorm_tied_dropout",
+            )
+        ),
+    ],
+)
 def test_numpy_and_jax_agree_layer_by_layer(numpy_backend, jax_backend, name):
     """The same hand-written VJPs, eager, on both backends (dropout masks from the same key): the
     forward outputs and every cotangent agree (float64 1e-10, float32 1e-4)."""
@@ -708,11 +779,17 @@ def _vjp_loss_and_grads(params, batch, cfg, train=False, key=None, label_smoothi
     return value, bwd(saved, 1.0)
 
 
-@pytest.mark.parametrize("overrides", [
-    pytest.param(dict(), id="postnorm", marks=SLOW_ON_JAX),
-    pytest.param(dict(norm_first=True, tie_embeddings=True, positional="learned", activation="gelu"),
-                 id="prenorm_tied_learned", marks=SLOW_ON_JAX),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param(dict(), id="postnorm", marks=SLOW_ON_JAX),
+        pytest.param(
+            dict(norm_first=True, tie_embeddings=True, positional="learned", activation="gelu"),
+            id="prenorm_tied_learned",
+            marks=SLOW_ON_JAX,
+        ),
+    ],
+)
 def test_padding_changes_neither_loss_nor_grads(backend, overrides):
     """Appending pad positions to src, tgt_in and tgt_out (eval mode: dropout masks depend on shape)."""
     cfg = _cfg(n_encoder_layers=1, n_decoder_layers=1, **overrides)
@@ -801,8 +878,9 @@ def test_key_bias_gets_no_gradient(backend):
     assert float(np.max(np.abs(np.asarray(dparams["b_k"])))) <= 1e-13 * scale
 
 
-@pytest.mark.parametrize("tie", [pytest.param(False, id="untied", marks=SLOW_ON_JAX),
-                                 pytest.param(True, id="tied", marks=SLOW_ON_JAX)])
+@pytest.mark.parametrize(
+    "tie", [pytest.param(False, id="untied", marks=SLOW_ON_JAX), pytest.param(True, id="tied", marks=SLOW_ON_JAX)]
+)
 def test_pad_token_embedding_row_gets_zero_gradient(backend, tie):
     """pad_id appears only at padded positions (src tail; tgt_in tail, where tgt_out is pad too).
     Padded src positions are keys nobody attends to, so nothing from them reaches the loss: the
@@ -836,12 +914,20 @@ def _structure_case(nf, tie, pos, act):
     marks = () if (nf, tie) == (pos == "learned", act == "gelu") else (pytest.mark.slow,)
     if ON_JAX:  # test_api_grads_structure_equals_params covers JAX by default
         marks = (pytest.mark.slow,)
-    return pytest.param(dict(norm_first=nf, tie_embeddings=tie, positional=pos, activation=act),
-                        id=f"{'prenorm' if nf else 'postnorm'}-{'tied' if tie else 'untied'}-{pos}-{act}", marks=marks)
+    return pytest.param(
+        dict(norm_first=nf, tie_embeddings=tie, positional=pos, activation=act),
+        id=f"{'prenorm' if nf else 'postnorm'}-{'tied' if tie else 'untied'}-{pos}-{act}",
+        marks=marks,
+    )
 
 
-STRUCTURE_CONFIGS = [_structure_case(nf, tie, pos, act) for nf in (False, True) for tie in (False, True)
-                     for pos in ("sinusoidal", "learned") for act in ("relu", "gelu")]
+STRUCTURE_CONFIGS = [
+    _structure_case(nf, tie, pos, act)
+    for nf in (False, True)
+    for tie in (False, True)
+    for pos in ("sinusoidal", "learned")
+    for act in ("relu", "gelu")
+]
 
 
 @pytest.mark.parametrize("overrides", STRUCTURE_CONFIGS)
@@ -850,8 +936,9 @@ def test_grads_structure_equals_params(backend, overrides):
     cfg = _cfg(n_encoder_layers=1, n_decoder_layers=2, **overrides)
     params = ft.init(backend.random.key(0), cfg)
     batch = _batch()
-    logits, saved = model.fwd(params, backend.asarray(batch["src"]), backend.asarray(batch["tgt_in"]), cfg,
-                              True, backend.random.key(1))
+    logits, saved = model.fwd(
+        params, backend.asarray(batch["src"]), backend.asarray(batch["tgt_in"]), cfg, True, backend.random.key(1)
+    )
     grads = model.bwd(params, saved, backend.asarray(_normal(3, tuple(logits.shape))), cfg)
     assert tree_structure(grads) == tree_structure(params)
     for (path, g), (_, p) in zip(tree_items(grads), tree_items(params), strict=True):
@@ -894,8 +981,9 @@ def _bwd_dw_rows_reversed(saved, g):
     return {"w": dparams["w"][::-1], "b": dparams["b"]}, dx
 
 
-@pytest.mark.parametrize("wrong_bwd", [_bwd_bias_forgotten, _bwd_dx_doubled, _bwd_dw_slightly_off,
-                                       _bwd_dw_rows_reversed])
+@pytest.mark.parametrize(
+    "wrong_bwd", [_bwd_bias_forgotten, _bwd_dx_doubled, _bwd_dw_slightly_off, _bwd_dw_rows_reversed]
+)
 def test_check_vjp_catches_a_wrong_vjp(backend, wrong_bwd):
     _, right_bwd, primals = _case_linear(backend)
     key = backend.random.key(0)

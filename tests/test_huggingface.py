@@ -30,17 +30,46 @@ BOS, EOS = 1, 2
 
 GPT2_SHAPES = {
     "gpt2_tied": dict(n_embd=16, n_head=4, n_layer=2, n_positions=16),
-    "gpt2_untied_relu": dict(n_embd=12, n_head=3, n_layer=1, n_positions=12, n_inner=20, tie_word_embeddings=False,
-                             activation_function="relu", layer_norm_epsilon=1e-3),
+    "gpt2_untied_relu": dict(
+        n_embd=12,
+        n_head=3,
+        n_layer=1,
+        n_positions=12,
+        n_inner=20,
+        tie_word_embeddings=False,
+        activation_function="relu",
+        layer_norm_epsilon=1e-3,
+    ),
 }
 LLAMA_SHAPES = {
-    "llama_gqa": dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=16),
-    "llama_mqa_tied": dict(hidden_size=16, intermediate_size=20, num_hidden_layers=1, num_attention_heads=4,
-                           num_key_value_heads=1, max_position_embeddings=16, tie_word_embeddings=True,
-                           rope_theta=500.0, rms_norm_eps=1e-5),
-    "llama_bias": dict(hidden_size=12, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
-                       max_position_embeddings=16, attention_bias=True, mlp_bias=True),
+    "llama_gqa": dict(
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+    ),
+    "llama_mqa_tied": dict(
+        hidden_size=16,
+        intermediate_size=20,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=16,
+        tie_word_embeddings=True,
+        rope_theta=500.0,
+        rms_norm_eps=1e-5,
+    ),
+    "llama_bias": dict(
+        hidden_size=12,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        attention_bias=True,
+        mlp_bias=True,
+    ),
 }
 
 
@@ -115,8 +144,14 @@ def test_converted_model_equals_transformers(backend, tmp_path, name, float64_ll
     torch, _ = _transformers()
     prompt = ids[:, :3]
     with torch.no_grad():  # min_new_tokens: no early stop at eos, as eos_id -1 here
-        expected = reference.generate(torch.tensor(prompt), attention_mask=torch.ones(prompt.shape, dtype=torch.long),
-                                      max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0).numpy()
+        expected = reference.generate(
+            torch.tensor(prompt),
+            attention_mask=torch.ones(prompt.shape, dtype=torch.long),
+            max_new_tokens=5,
+            min_new_tokens=5,
+            do_sample=False,
+            pad_token_id=0,
+        ).numpy()
     greedy = backend.to_numpy(model.generate(prompt, max_new_tokens=5, temperature=0.0, eos_id=-1))
     np.testing.assert_array_equal(greedy, expected)
 
@@ -228,18 +263,21 @@ def test_bfloat16_weights_widen_exactly(tmp_path):
     np.testing.assert_array_equal(tokens, tokens.astype(ml_dtypes.bfloat16).astype(np.float64))
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling of rope_type 'linear'"),
-    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "rope_parameters of rope_type 'yarn'"),
-    ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
-    ({"architectures": ["MistralForCausalLM"]}, "architectures \\['MistralForCausalLM'\\]"),
-    ({"head_dim": 8}, "head_dim=8"),
-    ({"attention_bias": True}, "attention_bias=True with mlp_bias=False"),
-    ({"num_hidden_layers": 3}, "lack the tensor 'model.layers.2"),
-    ({"num_hidden_layers": 1}, "do(es)? not account for"),
-    ({"intermediate_size": 12}, "has shape"),
-    ({"tie_word_embeddings": True}, "lm_head.weight differs"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling of rope_type 'linear'"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "rope_parameters of rope_type 'yarn'"),
+        ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+        ({"architectures": ["MistralForCausalLM"]}, "architectures \\['MistralForCausalLM'\\]"),
+        ({"head_dim": 8}, "head_dim=8"),
+        ({"attention_bias": True}, "attention_bias=True with mlp_bias=False"),
+        ({"num_hidden_layers": 3}, "lack the tensor 'model.layers.2"),
+        ({"num_hidden_layers": 1}, "do(es)? not account for"),
+        ({"intermediate_size": 12}, "has shape"),
+        ({"tie_word_embeddings": True}, "lm_head.weight differs"),
+    ],
+)
 def test_unsupported_or_inconsistent_settings_name_the_field(tmp_path, change, message):
     folder = _write(tmp_path)
     _edit_config(folder, **change)
@@ -295,7 +333,9 @@ def _with_tokenizer(folder):
     """A word-level tokenizer.json over VOCAB ids (the tokenizers library, the [text] extra)."""
     tokenizers = pytest.importorskip("tokenizers", reason="tokenizers is not installed (the [text] extra)")
     words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(VOCAB - 3)]
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tokenizer = tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>")
+    )
     tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
     tokenizer.decoder = tokenizers.decoders.WordPiece(prefix="##")  # joins the words with spaces
     tokenizer.add_special_tokens(["<unk>", "<s>", "</s>"])
@@ -310,8 +350,20 @@ def test_convert_generate_and_convert_back(tmp_path, capsys):
     assert main(["convert", "hf", str(folder), "--out", str(run), "--dtype", "float64"]) == 0
     assert "llama model" in capsys.readouterr().out
 
-    args = ["generate", str(run), "--prompt", "w3 w4 w5", "--prompt", "w7", "--max-new-tokens", "4", "--seed", "1",
-            "--top-k", "5"]
+    args = [
+        "generate",
+        str(run),
+        "--prompt",
+        "w3 w4 w5",
+        "--prompt",
+        "w7",
+        "--max-new-tokens",
+        "4",
+        "--seed",
+        "1",
+        "--top-k",
+        "5",
+    ]
     assert main(args) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()

@@ -8,6 +8,7 @@ import pytest
 
 chex = pytest.importorskip("chex")
 
+from backends import random as R  # noqa: E402
 from functional_transformer import parts  # noqa: E402
 from functional_transformer.layers import (  # noqa: E402
     activations,
@@ -20,7 +21,6 @@ from functional_transformer.layers import (  # noqa: E402
     positional,
     softmax,
 )
-from backends import random as R  # noqa: E402
 
 # These layer tests build float64 arrays on JAX themselves (and call layers outside the library's
 # entry points), so they run with JAX's 64-bit types on, as a float64 user of JAX does.
@@ -481,7 +481,9 @@ def test_self_attention_with_padding_mask(backend, dtype):
     x = rng.normal(size=(2, 5, d))
     mask = (ids != 0)[:, None, None, :]
     np.testing.assert_array_equal(_np(backend, parts.padding_mask(xp.asarray(ids), 0)), mask[:, 0, 0, :])
-    y = _attention(backend, _to(backend, p, dtype), _to(backend, x, dtype), _to(backend, x, dtype), xp.asarray(mask), n_heads)
+    y = _attention(
+        backend, _to(backend, p, dtype), _to(backend, x, dtype), _to(backend, x, dtype), xp.asarray(mask), n_heads
+    )
     chex.assert_shape(y, (2, 5, d))
     _close(_np(backend, y), _attention_ref(p, x, x, mask, n_heads), dtype)
 
@@ -497,13 +499,17 @@ def test_self_attention_with_causal_and_padding_mask(backend, dtype):
     causal = np.tril(np.ones((t, t), dtype=bool))[None, None]
     np.testing.assert_array_equal(_np(backend, parts.causal_mask(t, xp)), causal)
     mask = causal & (ids != 0)[:, None, None, :]  # what the decoder uses, (B, 1, T, T)
-    y = _attention(backend, _to(backend, p, dtype), _to(backend, x, dtype), _to(backend, x, dtype), xp.asarray(mask), n_heads)
+    y = _attention(
+        backend, _to(backend, p, dtype), _to(backend, x, dtype), _to(backend, x, dtype), xp.asarray(mask), n_heads
+    )
     expected = _attention_ref(p, x, x, mask, n_heads)
     _close(_np(backend, y), expected, dtype)
     # Causality: changing the inputs after position 2 leaves outputs at positions <= 2 unchanged.
     x2 = x.copy()
     x2[:, 3:] = rng.normal(size=(3, t - 3, d))
-    y2 = _attention(backend, _to(backend, p, dtype), _to(backend, x2, dtype), _to(backend, x2, dtype), xp.asarray(mask), n_heads)
+    y2 = _attention(
+        backend, _to(backend, p, dtype), _to(backend, x2, dtype), _to(backend, x2, dtype), xp.asarray(mask), n_heads
+    )
     _close(_np(backend, y2)[:, :3], _np(backend, y)[:, :3], dtype)
     assert not np.allclose(_np(backend, y2)[:, 3:4], _np(backend, y)[:, 3:4])
 
@@ -518,7 +524,9 @@ def test_cross_attention(backend, dtype):
     x_kv = rng.normal(size=(2, 5, d))
     src = np.array([[1, 2, 0, 0, 0], [0, 0, 0, 0, 0]])  # the second row is all padding
     mask = (src != 0)[:, None, None, :]
-    y = _attention(backend, _to(backend, p, dtype), _to(backend, x_q, dtype), _to(backend, x_kv, dtype), xp.asarray(mask), n_heads)
+    y = _attention(
+        backend, _to(backend, p, dtype), _to(backend, x_q, dtype), _to(backend, x_kv, dtype), xp.asarray(mask), n_heads
+    )
     chex.assert_shape(y, (2, 3, d))
     y_np = _np(backend, y)
     assert np.all(np.isfinite(y_np))
@@ -550,7 +558,7 @@ def test_attention_with_a_key_value_cache_equals_attention_over_the_whole_sequen
     step = _jit(backend, _cached_self_attention, "n_heads")  # the position is traced on JAX
     for i in range(t):
         mask = xp.reshape(xp.arange(t) <= i, (1, 1, 1, t))  # the positions written so far
-        y, cache = step(p, x[:, i:i + 1], cache, mask, n_heads, xp.asarray(i))
+        y, cache = step(p, x[:, i : i + 1], cache, mask, n_heads, xp.asarray(i))
         _close(_np(backend, y)[:, 0], full[:, i], "float64")
     k_full = attention.split_heads(linear.apply(attention.projection(p, "k"), x), n_heads)
     _close(_np(backend, cache.k), _np(backend, k_full), "float64")
@@ -566,7 +574,9 @@ def test_attention_without_mask(backend):
     p = _attention_params(rng, d)
     x = rng.normal(size=(1, 4, d))
     y = _attention(backend, _to(backend, p), _to(backend, x), _to(backend, x), None, n_heads)
-    np.testing.assert_allclose(_np(backend, y), _attention_ref(p, x, x, np.ones((1, 1, 1, 4), bool), n_heads), rtol=1e-12)
+    np.testing.assert_allclose(
+        _np(backend, y), _attention_ref(p, x, x, np.ones((1, 1, 1, 4), bool), n_heads), rtol=1e-12
+    )
 
 
 def test_attention_heads_are_not_one_big_head(backend):

@@ -54,9 +54,12 @@ def varied_examples(n, low, high, seed=0):
 
 def epoch_plans(examples, max_tokens, max_len, seed, epoch):
     buckets = token_buckets(examples, max_tokens, max_len)
-    plans = list(itertools.islice(token_batch_plans(examples, max_tokens, seed, max_len=max_len),
-                                  buckets.batches_per_epoch * (epoch + 1)))
-    return plans[buckets.batches_per_epoch * epoch:]
+    plans = list(
+        itertools.islice(
+            token_batch_plans(examples, max_tokens, seed, max_len=max_len), buckets.batches_per_epoch * (epoch + 1)
+        )
+    )
+    return plans[buckets.batches_per_epoch * epoch :]
 
 
 def reverse_lines(n, low, high, seed):
@@ -137,27 +140,42 @@ def test_process_slices_of_a_token_batch_concatenate_to_it():
     examples = varied_examples(50, 1, 30)
     for step in range(6):
         whole = next(token_batch_iterator(examples, 128, 2, step, max_len=32))
-        slices = [next(token_batch_iterator(examples, 128, 2, step, max_len=32, process_index=rank, process_count=2))
-                  for rank in range(2)]
+        slices = [
+            next(token_batch_iterator(examples, 128, 2, step, max_len=32, process_index=rank, process_count=2))
+            for rank in range(2)
+        ]
         for name in whole:
             np.testing.assert_array_equal(np.concatenate([s[name] for s in slices]), whole[name])
 
 
 def test_a_budget_too_small_or_uneven_over_devices_is_a_clear_error():
     examples = varied_examples(20, 30, 40)
-    with pytest.raises(ValueError, match="less than one row of the longest examples, padded to 40 tokens; raise it "
-                                         "to at least 40"):
+    with pytest.raises(
+        ValueError, match="less than one row of the longest examples, padded to 40 tokens; raise it to at least 40"
+    ):
         token_buckets(examples, 39, 40)
     buckets = token_buckets(examples, 100, 40)  # 2 rows of 40
     buckets.check_split(2)
-    with pytest.raises(ValueError, match="have 2 rows within --max-tokens, which do not split evenly over 4 devices; "
-                                         "raise --max-tokens to at least 160"):
+    with pytest.raises(
+        ValueError,
+        match="have 2 rows within --max-tokens, which do not split evenly over 4 devices; "
+        "raise --max-tokens to at least 160",
+    ):
         buckets.check_split(4)
     with pytest.raises(ValueError, match="split evenly over 4 devices"):
-        train.check_batches_split(train.Run(cfg=ft.TransformerConfig(10, 10, max_len=40), tokenizer=None,
-                                            tcfg=train.TrainConfig(max_tokens=100), train_examples=examples,
-                                            valid_pairs=[], out_dir=None, data_spec={}, backend=None),
-                                  type("Mesh", (), {"devices": np.zeros(4)})())
+        train.check_batches_split(
+            train.Run(
+                cfg=ft.TransformerConfig(10, 10, max_len=40),
+                tokenizer=None,
+                tcfg=train.TrainConfig(max_tokens=100),
+                train_examples=examples,
+                valid_pairs=[],
+                out_dir=None,
+                data_spec={},
+                backend=None,
+            ),
+            type("Mesh", (), {"devices": np.zeros(4)})(),
+        )
     with pytest.raises(ValueError, match="max_tokens must be at least 1"):
         train.TrainConfig(max_tokens=0)
 
@@ -199,17 +217,34 @@ def test_max_len_drops_or_truncates_training_pairs_and_counts_them(tsv_files):
     tcfg = {"steps": 2, "batch_size": 8, "eval_every": 2, "log_every": 1}
     n_long = sum(len(s) > 16 or len(t) + 1 > 16 for s, t in read_tsv(tsv_files / "train.tsv"))
     assert n_long == 20
-    dropped = ft.fit(TINY, tcfg, runs.tsv_data(tsv_files / "train.tsv", tsv_files / "valid_ok.tsv", max_len=16),
-                     progress=False, verbose=False, out_dir=tsv_files / "drop")
+    dropped = ft.fit(
+        TINY,
+        tcfg,
+        runs.tsv_data(tsv_files / "train.tsv", tsv_files / "valid_ok.tsv", max_len=16),
+        progress=False,
+        verbose=False,
+        out_dir=tsv_files / "drop",
+    )
     assert dropped.cfg.max_len == 16
     record = dropped.history[0]
     assert record == {"step": 0, "split": "data", "max_len": 16, "n_train": 80, "dropped": 20, "held_out_dropped": 0}
     on_disk = json.loads((tsv_files / "drop" / "metrics.jsonl").read_text().splitlines()[0])
     assert on_disk == record
-    cut = ft.fit(TINY, tcfg, runs.tsv_data(tsv_files / "train.tsv", tsv_files / "valid_ok.tsv", max_len=16,
-                                      truncate_long=True), progress=False, verbose=False)
-    assert cut.history[0] == {"step": 0, "split": "data", "max_len": 16, "n_train": 100, "truncated": 20,
-                              "held_out_dropped": 0}
+    cut = ft.fit(
+        TINY,
+        tcfg,
+        runs.tsv_data(tsv_files / "train.tsv", tsv_files / "valid_ok.tsv", max_len=16, truncate_long=True),
+        progress=False,
+        verbose=False,
+    )
+    assert cut.history[0] == {
+        "step": 0,
+        "split": "data",
+        "max_len": 16,
+        "n_train": 100,
+        "truncated": 20,
+        "held_out_dropped": 0,
+    }
     # Pairs held out of the training file (no valid file) that are too long are dropped from evaluation.
     held = ft.fit(TINY, tcfg, runs.tsv_data(tsv_files / "train.tsv", max_len=16), progress=False, verbose=False)
     report = held.history[0]
@@ -218,13 +253,36 @@ def test_max_len_drops_or_truncates_training_pairs_and_counts_them(tsv_files):
 
 
 def test_an_over_long_held_out_line_is_an_error_naming_file_and_line(tsv_files, capsys):
-    with pytest.raises(DataError, match=r"valid.tsv: 1 line\(s\) longer than this model reads \(max_len=16 "
-                                          r"tokens\): line 3: source has 25 tokens"):
-        ft.fit(TINY, {"steps": 1}, runs.tsv_data(tsv_files / "train.tsv", tsv_files / "valid.tsv", max_len=16),
-               progress=False, verbose=False, out_dir=tsv_files / "never")
+    with pytest.raises(
+        DataError,
+        match=r"valid.tsv: 1 line\(s\) longer than this model reads \(max_len=16 "
+        r"tokens\): line 3: source has 25 tokens",
+    ):
+        ft.fit(
+            TINY,
+            {"steps": 1},
+            runs.tsv_data(tsv_files / "train.tsv", tsv_files / "valid.tsv", max_len=16),
+            progress=False,
+            verbose=False,
+            out_dir=tsv_files / "never",
+        )
     assert not (tsv_files / "never" / "checkpoint.safetensors").exists()
-    code = cli.main(["train", "--data", str(tsv_files / "train.tsv"), "--valid", str(tsv_files / "valid.tsv"),
-                     "--max-len", "16", "--steps", "1", "--out", str(tsv_files / "cli"), *TINY_FLAGS])
+    code = cli.main(
+        [
+            "train",
+            "--data",
+            str(tsv_files / "train.tsv"),
+            "--valid",
+            str(tsv_files / "valid.tsv"),
+            "--max-len",
+            "16",
+            "--steps",
+            "1",
+            "--out",
+            str(tsv_files / "cli"),
+            *TINY_FLAGS,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("ft train: error:") and "valid.tsv: 1 line(s)" in err
     assert "line 3: source has 25 tokens" in err and len(err.splitlines()) == 1
@@ -233,8 +291,27 @@ def test_an_over_long_held_out_line_is_an_error_naming_file_and_line(tsv_files, 
 @slow_on_jax
 def test_eval_of_an_over_long_line_names_it_and_eval_uses_the_fitted_held_out_set(tsv_files, capsys):
     out = tsv_files / "run"
-    assert cli.main(["train", "--data", str(tsv_files / "train.tsv"), "--max-len", "16", "--steps", "2",
-                     "--batch-size", "8", "--eval-every", "2", "--out", str(out), *TINY_FLAGS]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                str(tsv_files / "train.tsv"),
+                "--max-len",
+                "16",
+                "--steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--eval-every",
+                "2",
+                "--out",
+                str(out),
+                *TINY_FLAGS,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert cli.main(["eval", "--checkpoint", str(out), "--data", str(tsv_files / "valid.tsv")]) == 2
     err = capsys.readouterr().err.strip()
@@ -245,12 +322,15 @@ def test_eval_of_an_over_long_line_names_it_and_eval_uses_the_fitted_held_out_se
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("exact_match: ")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--task", "reverse", "--truncate-long"], "--truncate-long cuts pairs of --data files"),
-    (["--data", "TRAIN", "--truncate-long"], "give max_len (--max-len) too"),
-    (["--data", "TRAIN", "--max-len", "1"], "max_len must be an integer of at least 2"),
-    (["--task", "reverse", "--max-tokens", "64", "--batch-size", "8"], "give one of them"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--task", "reverse", "--truncate-long"], "--truncate-long cuts pairs of --data files"),
+        (["--data", "TRAIN", "--truncate-long"], "give max_len (--max-len) too"),
+        (["--data", "TRAIN", "--max-len", "1"], "max_len must be an integer of at least 2"),
+        (["--task", "reverse", "--max-tokens", "64", "--batch-size", "8"], "give one of them"),
+    ],
+)
 def test_length_and_batching_flag_errors_are_one_line(tsv_files, capsys, argv, message):
     argv = [str(tsv_files / "train.tsv") if a == "TRAIN" else a for a in argv]
     assert cli.main(["train", *argv, "--steps", "1", "--out", str(tsv_files / "x"), *TINY_FLAGS]) == 2
@@ -268,10 +348,32 @@ def token_run(backend, tsv_files, out_dir, steps, **fields):
     tokenizer = runs.tokenizer_for(spec, train_pairs, valid_pairs)
     cfg = runs.model_config(tokenizer, train_pairs + valid_pairs, TINY, 32)
     examples, valid, report = runs.fit_data(spec, tokenizer, cfg.max_len, train_pairs, valid_pairs)
-    tcfg = train.TrainConfig(**({"steps": steps, "learning_rate": 3e-3, "warmup_steps": 10, "log_every": 1,
-                                 "eval_every": 10**6, "save_every": 10**6, "schedule": "constant"} | fields))
-    return train.Run(cfg=cfg, tcfg=tcfg, tokenizer=tokenizer, train_examples=examples, valid_pairs=[],
-                     out_dir=out_dir, data_spec=spec, backend=backend, progress=False, data_report=report)
+    tcfg = train.TrainConfig(
+        **(
+            {
+                "steps": steps,
+                "learning_rate": 3e-3,
+                "warmup_steps": 10,
+                "log_every": 1,
+                "eval_every": 10**6,
+                "save_every": 10**6,
+                "schedule": "constant",
+            }
+            | fields
+        )
+    )
+    return train.Run(
+        cfg=cfg,
+        tcfg=tcfg,
+        tokenizer=tokenizer,
+        train_examples=examples,
+        valid_pairs=[],
+        out_dir=out_dir,
+        data_spec=spec,
+        backend=backend,
+        progress=False,
+        data_report=report,
+    )
 
 
 @slow_on_jax
@@ -284,8 +386,9 @@ def test_resume_mid_epoch_with_max_tokens_equals_one_uninterrupted_run(backend, 
     half = tsv_files / "half.safetensors"
     shutil.copy(tsv_files / "two" / checkpoint.CHECKPOINT_NAME, half)
     loaded = checkpoint.load(half, backend)
-    resumed = train.run_loop(token_run(backend, tsv_files, tsv_files / "two", 2 * n, max_tokens=128),
-                             loaded["state"], loaded["key"])
+    resumed = train.run_loop(
+        token_run(backend, tsv_files, tsv_files / "two", 2 * n, max_tokens=128), loaded["state"], loaded["key"]
+    )
     assert_states_equal(backend, resumed["state"], one["state"])
     records, uninterrupted = read_metrics(tsv_files / "two"), read_metrics(tsv_files / "one")
     assert [r["split"] for r in records] == ["data"] + ["train"] * 2 * n

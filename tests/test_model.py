@@ -179,8 +179,13 @@ def _documented_tree(cfg) -> dict:
 
 @pytest.mark.parametrize(
     "flags",
-    [{}, dict(norm_first=True), dict(tie_embeddings=True), dict(positional="learned"),
-     dict(norm_first=True, tie_embeddings=True, positional="learned", n_encoder_layers=1, n_decoder_layers=3)],
+    [
+        {},
+        dict(norm_first=True),
+        dict(tie_embeddings=True),
+        dict(positional="learned"),
+        dict(norm_first=True, tie_embeddings=True, positional="learned", n_encoder_layers=1, n_decoder_layers=3),
+    ],
     ids=["paper", "norm_first", "tied", "learned", "mixed"],
 )
 def test_param_tree_matches_docstring(numpy_backend, flags):
@@ -436,7 +441,16 @@ def test_config_d_model_not_divisible_by_heads():
 
 @pytest.mark.parametrize(
     "field",
-    ["src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "n_encoder_layers", "n_decoder_layers", "max_len"],
+    [
+        "src_vocab_size",
+        "tgt_vocab_size",
+        "d_model",
+        "n_heads",
+        "d_ff",
+        "n_encoder_layers",
+        "n_decoder_layers",
+        "max_len",
+    ],
 )
 @pytest.mark.parametrize("value", [0, -3, 2.0, True])
 def test_config_sizes_must_be_positive_integers(field, value):
@@ -452,8 +466,13 @@ def test_config_drop_rate_out_of_range(rate):
 
 @pytest.mark.parametrize(
     "field, value, match",
-    [("dtype", "float16", "dtype"), ("activation", "tanh", "activation"), ("positional", "rope", "positional"),
-     ("pad_id", 11, "pad_id"), ("pad_id", -1, "pad_id")],
+    [
+        ("dtype", "float16", "dtype"),
+        ("activation", "tanh", "activation"),
+        ("positional", "rope", "positional"),
+        ("pad_id", 11, "pad_id"),
+        ("pad_id", -1, "pad_id"),
+    ],
 )
 def test_config_other_fields(field, value, match):
     with pytest.raises(ValueError, match=match):

@@ -21,8 +21,10 @@ def _params(backend, part, seed=0):
     rng = np.random.default_rng(seed + 1)
 
     def fill(tree):
-        return {k: fill(v) if isinstance(v, dict) else backend.asarray(rng.normal(size=tuple(v.shape)) * 0.5)
-                for k, v in tree.items()}
+        return {
+            k: fill(v) if isinstance(v, dict) else backend.asarray(rng.normal(size=tuple(v.shape)) * 0.5)
+            for k, v in tree.items()
+        }
 
     return fill(params)
 
@@ -37,8 +39,9 @@ PARTS = {
     "mqa": lambda: P.SelfAttention(8, 4, causal=True, dtype="float64", n_kv_heads=1),
     "rope_only": lambda: P.SelfAttention(8, 2, dtype="float64", rope_base=10000.0),
     "no_bias": lambda: P.SelfAttention(8, 2, causal=True, dtype="float64", bias=False),
-    "rms_residual": lambda: P.Residual(P.GatedFeedForward(8, 12, dtype="float64"), 8, norm_first=True, norm="rms",
-                                       norm_eps=1e-6, dtype="float64"),
+    "rms_residual": lambda: P.Residual(
+        P.GatedFeedForward(8, 12, dtype="float64"), 8, norm_first=True, norm="rms", norm_eps=1e-6, dtype="float64"
+    ),
 }
 
 
@@ -82,8 +85,9 @@ def test_rotary_is_a_rotation_by_relative_position(backend, xp):
     rotated_k = backend.to_numpy(rotary.apply(backend.asarray(np.tile(k, (8, 1))), table))
     half = d_head // 2
     angle = 3 * base ** (-2 * np.arange(half) / d_head)
-    expected = np.concatenate([q[:half] * np.cos(angle) - q[half:] * np.sin(angle),
-                               q[half:] * np.cos(angle) + q[:half] * np.sin(angle)])
+    expected = np.concatenate(
+        [q[:half] * np.cos(angle) - q[half:] * np.sin(angle), q[half:] * np.cos(angle) + q[:half] * np.sin(angle)]
+    )
     np.testing.assert_allclose(rotated_q[3], expected, rtol=1e-13)
     np.testing.assert_allclose(rotated_q[5] @ rotated_k[2], rotated_q[4] @ rotated_k[1], rtol=1e-12)
     np.testing.assert_allclose(rotated_q[0], q, rtol=0)
@@ -124,7 +128,7 @@ def test_grouped_attention_cached_steps_equal_full_pass(backend, settings):
     cache = part.init_cache(params, x[:, :1], 5)
     assert tuple(cache["k"].shape) == (2, part.kv_heads, 5, 2)
     for position in range(5):
-        y, cache = part.step(params, x[:, position:position + 1], cache, position)
+        y, cache = part.step(params, x[:, position : position + 1], cache, position)
         np.testing.assert_allclose(backend.to_numpy(y)[:, 0], full[:, position], rtol=1e-12, atol=1e-13)
 
 

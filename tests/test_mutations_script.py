@@ -15,8 +15,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "mutations.py"
 
-pytestmark = pytest.mark.skipif(os.environ.get("FT_BACKEND", "numpy") != "numpy",
-                                reason="the script picks each mutation's backend itself: tested in the NumPy run")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("FT_BACKEND", "numpy") != "numpy",
+    reason="the script picks each mutation's backend itself: tested in the NumPy run",
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +56,13 @@ def test_a_mutation_the_tests_catch_is_killed_and_the_tree_is_left_alone():
 def test_a_mutation_no_test_catches_survives_and_fails_the_run(tmp_path):
     """A mutation of a comment (no test can see it), expected to be killed: survived, exit code 1."""
     data = tmp_path / "mutations.toml"
-    data.write_text('[[mutation]]\nname = "comment-only"\nfile = "functional_transformer/generate.py"\n'
-                    'old = "# A finished hypothesis can only continue with pad"\n'
-                    'new = "# A finished hypothesis continues only with pad"\n'
-                    'tests = ["tests/test_generate.py", "-k", "length_penalty"]\nbackend = "numpy"\n', encoding="utf-8")
+    data.write_text(
+        '[[mutation]]\nname = "comment-only"\nfile = "functional_transformer/generate.py"\n'
+        'old = "# A finished hypothesis can only continue with pad"\n'
+        'new = "# A finished hypothesis continues only with pad"\n'
+        'tests = ["tests/test_generate.py", "-k", "length_penalty"]\nbackend = "numpy"\n',
+        encoding="utf-8",
+    )
     done = run_script("--data", str(data), "--no-baseline")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "survived" in done.stdout and "NOT killed: comment-only (numpy, survived)" in done.stdout
@@ -65,12 +70,18 @@ def test_a_mutation_no_test_catches_survives_and_fails_the_run(tmp_path):
 
 def test_stale_or_malformed_mutations_are_refused(script, tmp_path):
     data = tmp_path / "mutations.toml"
-    data.write_text('[[mutation]]\nname = "gone"\nfile = "functional_transformer/generate.py"\nold = "no such text"\n'
-                    'new = "x"\ntests = ["tests"]\nbackend = "numpy"\n', encoding="utf-8")
+    data.write_text(
+        '[[mutation]]\nname = "gone"\nfile = "functional_transformer/generate.py"\nold = "no such text"\n'
+        'new = "x"\ntests = ["tests"]\nbackend = "numpy"\n',
+        encoding="utf-8",
+    )
     with pytest.raises(script.DataFileError, match="occurs 0 times in functional_transformer/generate.py"):
         script.load_mutations(data)
-    data.write_text('[[mutation]]\nname = "bad"\nfile = "functional_transformer/generate.py"\nold = "import"\n'
-                    'new = "x"\ntests = ["tests"]\nbackend = "torch"\n', encoding="utf-8")
+    data.write_text(
+        '[[mutation]]\nname = "bad"\nfile = "functional_transformer/generate.py"\nold = "import"\n'
+        'new = "x"\ntests = ["tests"]\nbackend = "torch"\n',
+        encoding="utf-8",
+    )
     with pytest.raises(script.DataFileError, match="backend 'torch' must be one of numpy, jax, both"):
         script.load_mutations(data)
     done = run_script("--data", str(data))

@@ -126,9 +126,7 @@ def test_matches_optax_trajectory(backend, optax_x64, case):
     assert got[-1]["dense.kernel"].dtype == np.float64
     for step, (g, w) in enumerate(zip(got, want)):
         for path in w:
-            np.testing.assert_allclose(
-                g[path], w[path], rtol=1e-10, atol=1e-13, err_msg=f"{case} step {step} {path}"
-            )
+            np.testing.assert_allclose(g[path], w[path], rtol=1e-10, atol=1e-13, err_msg=f"{case} step {step} {path}")
     # The problem is not trivial: the params moved well away from where they started.
     start = _problem()[0]["dense"]["kernel"]
     assert np.max(np.abs(got[-1]["dense.kernel"] - start)) > 0.1
@@ -240,7 +238,7 @@ def test_warmup_cosine_formula(backend, xp):
     peak, end, warmup, decay = 1e-3, 1e-5, 10, 50
     schedule = optim.warmup_cosine(peak, warmup, decay, end_value=end)
     got = backend.to_numpy(backend.jit(schedule)(xp.arange(0, decay + 10, dtype=xp.int32)))
-    np.testing.assert_allclose(got[:warmup + 1], peak * np.arange(warmup + 1) / warmup, rtol=1e-12, atol=1e-18)
+    np.testing.assert_allclose(got[: warmup + 1], peak * np.arange(warmup + 1) / warmup, rtol=1e-12, atol=1e-18)
     np.testing.assert_allclose(got[(warmup + decay) // 2], (peak + end) / 2, rtol=1e-12)  # cosine half-way
     np.testing.assert_allclose(got[decay:], end, rtol=1e-12)
     assert np.all(np.diff(got[warmup:decay]) < 0)
@@ -367,7 +365,13 @@ def test_float32_params_stay_float32(backend):
         ),
     ]
     for optimizer in optimizers:
-        history, state = _run(backend, optimizer, lambda p: _least_squares_grads(p, inputs, targets), params, 3)
+        history, state = _run(
+            backend,
+            optimizer,
+            lambda p, inputs=inputs, targets=targets: _least_squares_grads(p, inputs, targets),
+            params,
+            3,
+        )
         for tree in history[-1]:
             assert {str(leaf.dtype) for leaf in backends.tree_leaves(tree)} == {"float32"}
         for path, leaf in backends.tree_items(state):
@@ -386,7 +390,13 @@ def test_jitted_jax_update_matches_eager_numpy(backend, numpy_backend):
     for b in (backend, numpy_backend):  # jitted on JAX, eager on NumPy
         _, inputs, targets = _problem()
         inputs, targets = b.asarray(inputs), b.asarray(targets)
-        results[b.name] = _run(b, optimizer, lambda p: _least_squares_grads(p, inputs, targets), _params(b), 5)
+        results[b.name] = _run(
+            b,
+            optimizer,
+            lambda p, inputs=inputs, targets=targets: _least_squares_grads(p, inputs, targets),
+            _params(b),
+            5,
+        )
     (jax_history, jax_state), (numpy_history, _) = results["jax"], results["numpy"]
     assert isinstance(jax_state["1"]["2"]["count"], backend.jax.Array) and int(jax_state["1"]["2"]["count"]) == 5
     for (jax_params, _), (numpy_params, _) in zip(jax_history, numpy_history):

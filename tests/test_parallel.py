@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BACKEND_NAME, HAS_JAX
 
 import backends
 import functional_transformer as ft
 from functional_transformer import parallel
-
-from conftest import BACKEND_NAME, HAS_JAX
 
 ROOT = Path(__file__).resolve().parent.parent
 jax_suite = pytest.mark.skipif(BACKEND_NAME != "jax" or not HAS_JAX, reason="multi-device runs belong to the JAX suite")
@@ -27,8 +26,7 @@ def run_worker(tmp_path, runs, checkpoint_dir=None) -> dict:
     env = dict(os.environ, FT_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=8")
     out = tmp_path / "runs.npz"
     cmd = [sys.executable, str(ROOT / "tests" / "parallel_worker.py"), str(out), json.dumps(runs)]
-    subprocess.run(cmd + ([str(checkpoint_dir)] if checkpoint_dir else []), env=env, cwd=ROOT, check=True,
-                   timeout=600)
+    subprocess.run(cmd + ([str(checkpoint_dir)] if checkpoint_dir else []), env=env, cwd=ROOT, check=True, timeout=600)
     with np.load(out) as f:
         return dict(f)
 
@@ -41,8 +39,7 @@ def assert_same_run(got: dict, want: dict, a: str, b: str):
     # to steps of about the learning rate. They cannot move the loss, which is checked above.
     params = [k.split("/", 1)[1] for k in want if k.startswith(b + "/params") and not k.endswith("['b_k']")]
     assert params
-    off = [name for name in params
-           if not np.allclose(got[f"{a}/{name}"], want[f"{b}/{name}"], rtol=1e-5, atol=1e-6)]
+    off = [name for name in params if not np.allclose(got[f"{a}/{name}"], want[f"{b}/{name}"], rtol=1e-5, atol=1e-6)]
     assert not off, f"{a} differs from {b} in {off}"
 
 
@@ -124,11 +121,14 @@ def test_uneven_batch_and_too_many_devices_are_clear_errors():
         parallel.make_mesh(0, backends.get_backend("jax"))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--devices", "2"], None),  # the backend's own answer: below
-    (["--devices", "0"], "a positive device count or 'all', got '0'"),
-    (["--coordinator", "localhost:1234"], "needs all of --coordinator, --num-processes and --process-id"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--devices", "2"], None),  # the backend's own answer: below
+        (["--devices", "0"], "a positive device count or 'all', got '0'"),
+        (["--coordinator", "localhost:1234"], "needs all of --coordinator, --num-processes and --process-id"),
+    ],
+)
 def test_cli_parallel_flag_errors_are_one_line(tmp_path, capsys, argv, message):
     from functional_transformer import cli
 
@@ -140,14 +140,36 @@ def test_cli_parallel_flag_errors_are_one_line(tmp_path, capsys, argv, message):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     if message is None:
-        want = ("needs the JAX backend" if BACKEND_NAME == "numpy" else "devices were asked for but JAX sees 1")
+        want = "needs the JAX backend" if BACKEND_NAME == "numpy" else "devices were asked for but JAX sees 1"
         assert want in err
     else:
         assert message in err
 
 
-TINY_RUN = ["--steps", "6", "--batch-size", "16", "--log-every", "2", "--eval-every", "6", "--n-train", "256",
-            "--n-valid", "8", "--max-len", "6", "--d-model", "16", "--n-heads", "2", "--d-ff", "32", "--layers", "1"]
+TINY_RUN = [
+    "--steps",
+    "6",
+    "--batch-size",
+    "16",
+    "--log-every",
+    "2",
+    "--eval-every",
+    "6",
+    "--n-train",
+    "256",
+    "--n-valid",
+    "8",
+    "--max-len",
+    "6",
+    "--d-model",
+    "16",
+    "--n-heads",
+    "2",
+    "--d-ff",
+    "32",
+    "--layers",
+    "1",
+]
 
 
 def _train_losses(out: Path) -> list[float]:
@@ -166,18 +188,56 @@ def test_two_processes_train_like_one_device(tmp_path):
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, FT_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    procs = [subprocess.Popen([sys.executable, "-m", "functional_transformer", "train", *TINY_RUN,
-                               "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i),
-                               "--devices", "all", "--shard-params", "--out", str(tmp_path / f"p{i}")],
-                              env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "functional_transformer",
+                "train",
+                *TINY_RUN,
+                "--coordinator",
+                f"localhost:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+                "--devices",
+                "all",
+                "--shard-params",
+                "--out",
+                str(tmp_path / f"p{i}"),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    subprocess.run([sys.executable, "-m", "functional_transformer", "train", *TINY_RUN, "--no-progress",
-                    "--out", str(tmp_path / "one")],
-                   env=dict(os.environ, FT_BACKEND="jax"), cwd=ROOT, check=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "functional_transformer",
+            "train",
+            *TINY_RUN,
+            "--no-progress",
+            "--out",
+            str(tmp_path / "one"),
+        ],
+        env=dict(os.environ, FT_BACKEND="jax"),
+        cwd=ROOT,
+        check=True,
+        timeout=600,
+    )
     np.testing.assert_allclose(_train_losses(tmp_path / "p0"), _train_losses(tmp_path / "one"), rtol=1e-5)
-    assert not (tmp_path / "p1" / "metrics.jsonl").exists() and not (tmp_path / "p1" / "checkpoint.safetensors").exists()
+    assert (
+        not (tmp_path / "p1" / "metrics.jsonl").exists() and not (tmp_path / "p1" / "checkpoint.safetensors").exists()
+    )
     # Evaluation is the same on every process (the progress lines print it on each).
     evals = [[line for line in out.splitlines() if line.startswith("eval @")] for out in outputs]
     assert evals[0] and evals[0] == evals[1]

@@ -16,7 +16,8 @@ import pytest
 import backends
 import functional_transformer as ft
 from backends import tree_flatten
-from functional_transformer import models, parts as P
+from functional_transformer import models
+from functional_transformer import parts as P
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
 ON_JAX = os.environ.get("FT_BACKEND", "numpy") == "jax"
@@ -81,27 +82,63 @@ CASES = {
     "embedding_sinusoidal": (P.Embedding(9, D, 6, dtype=F64), IDS, {}, False),
     "embedding_learned": (P.Embedding(9, D, 6, "learned", F64), IDS, {}, False),
     "self_attention_padding": (P.SelfAttention(D, H, dtype=F64), _x(6, (B, T, D)), {"mask": KEY_MASK}, False),
-    "self_attention_causal_padding": (P.SelfAttention(D, H, causal=True, dtype=F64), _x(6, (B, T, D)),
-                                      {"mask": KEY_MASK}, False),
-    "self_attention_full_mask": (P.SelfAttention(D, H, dtype=F64), _x(6, (B, T, D)),
-                                 {"mask": np.tril(np.ones((T, T), bool))[None, None] & KEY_MASK[:, None, None, :]}, False),
-    "cross_attention": (P.CrossAttention(D, H, dtype=F64), (_x(7, (B, T, D)), _x(8, (B, S, D))),
-                        {"memory_mask": MEMORY_MASK}, False),
+    "self_attention_causal_padding": (
+        P.SelfAttention(D, H, causal=True, dtype=F64),
+        _x(6, (B, T, D)),
+        {"mask": KEY_MASK},
+        False,
+    ),
+    "self_attention_full_mask": (
+        P.SelfAttention(D, H, dtype=F64),
+        _x(6, (B, T, D)),
+        {"mask": np.tril(np.ones((T, T), bool))[None, None] & KEY_MASK[:, None, None, :]},
+        False,
+    ),
+    "cross_attention": (
+        P.CrossAttention(D, H, dtype=F64),
+        (_x(7, (B, T, D)), _x(8, (B, S, D))),
+        {"memory_mask": MEMORY_MASK},
+        False,
+    ),
     "mean_pool": (P.MeanPool(), _x(9, (B, T, D)), {"mask": KEY_MASK}, False),
     "residual_postnorm": (_residual(P.FeedForward(D, 12, "relu", F64), False), _x(10, (B, T, D)), {}, True),
     "residual_prenorm": (_residual(P.FeedForward(D, 12, "relu", F64), True), _x(10, (B, T, D)), {}, True),
-    "residual_over_a_stream": (_residual(P.CrossAttention(D, H, dtype=F64), True), (_x(11, (B, T, D)), _x(12, (B, S, D))),
-                               {"memory_mask": MEMORY_MASK}, True),
+    "residual_over_a_stream": (
+        _residual(P.CrossAttention(D, H, dtype=F64), True),
+        (_x(11, (B, T, D)), _x(12, (B, S, D))),
+        {"memory_mask": MEMORY_MASK},
+        True,
+    ),
     "serial_block": (_block(True), _x(13, (B, T, D)), {"mask": KEY_MASK}, True),
-    "repeat_with_final": (P.Repeat(_block(True), 2, final=P.LayerNorm(D, F64)), _x(14, (B, T, D)),
-                          {"mask": KEY_MASK}, True),
-    "repeat_of_cross_blocks": (P.Repeat(_cross_block(False), 2), (_x(15, (B, T, D)), _x(16, (B, S, D))),
-                               {"mask": KEY_MASK, "memory_mask": MEMORY_MASK}, True),
-    "parallel_and_select": (P.Serial(P.Parallel(("a", P.Linear(D, D, dtype=F64)), ("b", P.LayerNorm(D, F64))),
-                                     P.Select(1)), (_x(17, (B, T, D)), _x(18, (B, S, D))), {}, False),
-    "gpt_from_parts": (P.Serial(("embed", P.Embedding(9, D, 6, "learned", F64)), P.Dropout(0.1),
-                                ("blocks", P.Repeat(_block(True), 2, final=P.LayerNorm(D, F64))),
-                                ("head", P.Linear(D, 9, dtype=F64))), IDS, {}, True),
+    "repeat_with_final": (
+        P.Repeat(_block(True), 2, final=P.LayerNorm(D, F64)),
+        _x(14, (B, T, D)),
+        {"mask": KEY_MASK},
+        True,
+    ),
+    "repeat_of_cross_blocks": (
+        P.Repeat(_cross_block(False), 2),
+        (_x(15, (B, T, D)), _x(16, (B, S, D))),
+        {"mask": KEY_MASK, "memory_mask": MEMORY_MASK},
+        True,
+    ),
+    "parallel_and_select": (
+        P.Serial(P.Parallel(("a", P.Linear(D, D, dtype=F64)), ("b", P.LayerNorm(D, F64))), P.Select(1)),
+        (_x(17, (B, T, D)), _x(18, (B, S, D))),
+        {},
+        False,
+    ),
+    "gpt_from_parts": (
+        P.Serial(
+            ("embed", P.Embedding(9, D, 6, "learned", F64)),
+            P.Dropout(0.1),
+            ("blocks", P.Repeat(_block(True), 2, final=P.LayerNorm(D, F64))),
+            ("head", P.Linear(D, 9, dtype=F64)),
+        ),
+        IDS,
+        {},
+        True,
+    ),
 }
 
 
@@ -112,12 +149,18 @@ def _case(backend, name):
 
 
 # On JAX each case compiles eagerly op by op: the default run keeps the combinators' composite cases.
-FAST_ON_JAX = {"linear", "self_attention_causal_padding", "residual_over_a_stream", "repeat_of_cross_blocks",
-               "gpt_from_parts"}
+FAST_ON_JAX = {
+    "linear",
+    "self_attention_causal_padding",
+    "residual_over_a_stream",
+    "repeat_of_cross_blocks",
+    "gpt_from_parts",
+}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=(pytest.mark.slow,) if ON_JAX and n not in FAST_ON_JAX else ())
-                                  for n in CASES])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=(pytest.mark.slow,) if ON_JAX and n not in FAST_ON_JAX else ()) for n in CASES]
+)
 def test_every_part_backward_matches_finite_differences_and_jax(backend, name):
     part, params, x, side, train = _case(backend, name)
     errors = P.check_part(part, params, x, train=train, key=backend.random.key(5), rtol=1e-6, **side)
@@ -130,17 +173,33 @@ def test_every_part_backward_matches_finite_differences_and_jax(backend, name):
 def test_the_three_families_backward_matches_jax(backend, family):
     """The models as parts: their hand-written backward against finite differences and jax.vjp."""
     if family == "decoder":
-        part = models.decoder_only.for_config(models.DecoderConfig(
-            vocab_size=9, d_model=D, n_heads=H, d_ff=12, n_layers=2, max_len=6, dtype=F64))
+        part = models.decoder_only.for_config(
+            models.DecoderConfig(vocab_size=9, d_model=D, n_heads=H, d_ff=12, n_layers=2, max_len=6, dtype=F64)
+        )
         x = IDS
     elif family == "encoder":
-        part = models.encoder_only.for_config(models.EncoderConfig(
-            vocab_size=9, n_classes=3, d_model=D, n_heads=H, d_ff=12, n_layers=2, max_len=6, dtype=F64))
+        part = models.encoder_only.for_config(
+            models.EncoderConfig(
+                vocab_size=9, n_classes=3, d_model=D, n_heads=H, d_ff=12, n_layers=2, max_len=6, dtype=F64
+            )
+        )
         x = IDS
     else:
-        part = models.encoder_decoder.for_config(ft.TransformerConfig(
-            src_vocab_size=9, tgt_vocab_size=9, d_model=D, n_heads=H, d_ff=12, n_encoder_layers=1, n_decoder_layers=2,
-            max_len=6, dtype=F64, tie_embeddings=True, norm_first=True))
+        part = models.encoder_decoder.for_config(
+            ft.TransformerConfig(
+                src_vocab_size=9,
+                tgt_vocab_size=9,
+                d_model=D,
+                n_heads=H,
+                d_ff=12,
+                n_encoder_layers=1,
+                n_decoder_layers=2,
+                max_len=6,
+                dtype=F64,
+                tie_embeddings=True,
+                norm_first=True,
+            )
+        )
         x = (IDS, IDS[:, :4])
     params = _on(backend, _randomized(part.init(NP.random.key(3)), 7))
     errors = P.check_part(part, params, _on(backend, x), train=True, key=backend.random.key(5), rtol=1e-6)
@@ -158,6 +217,7 @@ class _ForgetsKeysAndValues(P.SelfAttention):
 
     def bwd(self, params, saved, dy):
         from functional_transformer.layers import attention
+
         return attention.bwd(saved, dy, self.n_heads)  # (dparams, dx_q, dx_kv): one value too many
 
 
@@ -182,12 +242,15 @@ class _DropsTheMemory(P.CrossAttention):
         return dparams, dx
 
 
-@pytest.mark.parametrize("sublayer, x, side, message", [
-    (_ForgetsKeysAndValues(D, H, dtype=F64), _x(1, (B, T, D)), {}, "must return (dparams, dx), got 3 values"),
-    (_DropsABias(D, D, dtype=F64), _x(1, (B, T, D)), {}, "missing ['b']"),
-    (_WrongShape(D, D, dtype=F64), _x(1, (B, T, D)), {}, "dx must mirror x"),
-    (_DropsTheMemory(D, H, dtype=F64), (_x(1, (B, T, D)), _x(2, (B, S, D))), {}, "dx must mirror x"),
-])
+@pytest.mark.parametrize(
+    "sublayer, x, side, message",
+    [
+        (_ForgetsKeysAndValues(D, H, dtype=F64), _x(1, (B, T, D)), {}, "must return (dparams, dx), got 3 values"),
+        (_DropsABias(D, D, dtype=F64), _x(1, (B, T, D)), {}, "missing ['b']"),
+        (_WrongShape(D, D, dtype=F64), _x(1, (B, T, D)), {}, "dx must mirror x"),
+        (_DropsTheMemory(D, H, dtype=F64), (_x(1, (B, T, D)), _x(2, (B, S, D))), {}, "dx must mirror x"),
+    ],
+)
 def test_a_gradient_of_the_wrong_structure_is_an_error_naming_the_part(backend, sublayer, x, side, message):
     part = P.Residual(sublayer, D, dtype=F64)
     params = _on(backend, part.init(NP.random.key(0)))
@@ -225,12 +288,15 @@ def test_heads_that_do_not_divide_the_width_are_an_error():
         models.DecoderConfig(vocab_size=10, d_model=8, n_heads=3)
 
 
-@pytest.mark.parametrize("mask, message", [
-    (np.ones((B,), bool), "rank 1"),
-    (np.ones((T, B), bool), r"key-padding mask must be \(batch, keys\)"),  # (B, S) with B == T swapped
-    (np.ones((B, 1, T, T + 1), bool), "a full mask must broadcast"),
-    (np.ones((B, T)), "must be a boolean array"),
-])
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        (np.ones((B,), bool), "rank 1"),
+        (np.ones((T, B), bool), r"key-padding mask must be \(batch, keys\)"),  # (B, S) with B == T swapped
+        (np.ones((B, 1, T, T + 1), bool), "a full mask must broadcast"),
+        (np.ones((B, T)), "must be a boolean array"),
+    ],
+)
 def test_a_mask_of_the_wrong_shape_is_an_error_naming_it(backend, mask, message):
     part = P.SelfAttention(D, H, dtype=F64)
     params = _on(backend, part.init(NP.random.key(0)))
@@ -289,29 +355,41 @@ def test_a_causal_model_never_looks_ahead(backend):
 
 def test_the_classifier_ignores_padding(backend):
     """Appending pad tokens changes neither the logits nor the gradients (float64)."""
-    cfg = models.EncoderConfig(vocab_size=9, n_classes=3, d_model=D, n_heads=H, d_ff=12, n_layers=2, max_len=8,
-                               dtype=F64, drop_rate=0.0)
+    cfg = models.EncoderConfig(
+        vocab_size=9, n_classes=3, d_model=D, n_heads=H, d_ff=12, n_layers=2, max_len=8, dtype=F64, drop_rate=0.0
+    )
     model = models.encoder_only.for_config(cfg)
     params = model.init(backend.random.key(0))
     short, padded = np.array([[3, 4, 5]]), np.array([[3, 4, 5, 0, 0]])
     (a, saved_a), (b, saved_b) = (model.fwd(params, backend.asarray(i)) for i in (short, padded))
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
     g = backend.asarray(np.array([[1.0, -2.0, 0.5]]))
-    for (path, x), (_, y) in zip(backends.tree_items(model.bwd(params, saved_a, g)[0]),
-                                 backends.tree_items(model.bwd(params, saved_b, g)[0])):
+    for (path, x), (_, y) in zip(
+        backends.tree_items(model.bwd(params, saved_a, g)[0]), backends.tree_items(model.bwd(params, saved_b, g)[0])
+    ):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-10, atol=1e-12, err_msg=path)
 
 
 def test_the_decoding_step_equals_the_full_forward_pass(backend):
-    cfg = models.DecoderConfig(vocab_size=9, d_model=D, n_heads=H, d_ff=12, n_layers=2, max_len=8, dtype=F64,
-                               norm_first=False, tie_embeddings=False, positional="sinusoidal")
+    cfg = models.DecoderConfig(
+        vocab_size=9,
+        d_model=D,
+        n_heads=H,
+        d_ff=12,
+        n_layers=2,
+        max_len=8,
+        dtype=F64,
+        norm_first=False,
+        tie_embeddings=False,
+        positional="sinusoidal",
+    )
     model = models.decoder_only.for_config(cfg)
     params = model.init(backend.random.key(1))
     ids = backend.asarray(np.array([[1, 3, 4, 5, 6, 7], [1, 8, 7, 6, 5, 4]]))
     full = np.asarray(model.apply(params, ids))
     cache = model.init_cache(params, ids[:, :1], 8)
     for t in range(ids.shape[1]):
-        logits, cache = model.step(params, ids[:, t:t + 1], cache, backend.asarray(t))
+        logits, cache = model.step(params, ids[:, t : t + 1], cache, backend.asarray(t))
         np.testing.assert_allclose(np.asarray(logits[:, 0]), full[:, t], rtol=1e-10, atol=1e-12)
 
 
@@ -332,8 +410,19 @@ def test_the_recomposed_encoder_decoder_gives_the_numbers_of_the_hand_chained_on
     in the same order: on the machine that made the file the numbers were bit-identical; a different
     BLAS may round a matmul differently, hence the 1e-12."""
     ref = np.load(REFERENCE)
-    cfg = ft.TransformerConfig(src_vocab_size=13, tgt_vocab_size=11, d_model=8, n_heads=2, d_ff=12, n_encoder_layers=2,
-                               n_decoder_layers=2, max_len=8, dtype="float64", drop_rate=0.1, **REFERENCE_CONFIGS[name])
+    cfg = ft.TransformerConfig(
+        src_vocab_size=13,
+        tgt_vocab_size=11,
+        d_model=8,
+        n_heads=2,
+        d_ff=12,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        max_len=8,
+        dtype="float64",
+        drop_rate=0.1,
+        **REFERENCE_CONFIGS[name],
+    )
     params = ft.init(backend.random.key(1), cfg)
     batch = {k: ref[f"{name}/{k}"] for k in ("src", "tgt_in", "tgt_out")}
     key = backend.random.key(5)
@@ -372,8 +461,10 @@ def test_custom_vjp_makes_jax_grad_run_the_hand_written_backward(jax_backend):
 
 
 @pytest.mark.skipif(not HAS_JAX, reason="JAX is not installed")
-@pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=1.0), dict(temperature=0.8, top_k=4),
-                                      dict(temperature=1.2, top_p=0.7)])
+@pytest.mark.parametrize(
+    "settings",
+    [dict(temperature=0.0), dict(temperature=1.0), dict(temperature=0.8, top_k=4), dict(temperature=1.2, top_p=0.7)],
+)
 def test_sampling_gives_the_same_tokens_on_both_backends(settings):
     cfg = models.DecoderConfig(vocab_size=13, d_model=D, n_heads=H, d_ff=12, n_layers=2, max_len=16)
     prompts = np.array([[1, 3, 4, 0], [1, 6, 0, 0], [1, 5, 7, 9]])
@@ -381,8 +472,11 @@ def test_sampling_gives_the_same_tokens_on_both_backends(settings):
     for name in ("numpy", "jax"):
         backend = backends.get_backend(name)
         params = backend.tree_asarray(models.decoder_only.for_config(cfg).init(NP.random.key(2)))
-        tokens[name] = np.asarray(ft.sampling.generate(params, cfg, prompts, max_new_tokens=10, eos_id=2,
-                                                       key=backend.random.key(9), **settings))
+        tokens[name] = np.asarray(
+            ft.sampling.generate(
+                params, cfg, prompts, max_new_tokens=10, eos_id=2, key=backend.random.key(9), **settings
+            )
+        )
     np.testing.assert_array_equal(tokens["numpy"], tokens["jax"])
     np.testing.assert_array_equal(tokens["numpy"][:, :2], prompts[:, :2])  # the prompts are kept
 

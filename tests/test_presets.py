@@ -3,9 +3,9 @@ which train (the loss falls) and sample the same tokens on both backends for one
 
 import numpy as np
 import pytest
+from conftest import requires_jax
 
 import backends
-from conftest import requires_jax
 from functional_transformer import loss, optim, sampling
 from functional_transformer.models import DecoderOnly, preset
 from functional_transformer.parts import check_part
@@ -22,9 +22,20 @@ def _ids(rows=2, length=8, vocab=20, seed=0):
 def test_presets_are_what_they_say():
     gpt2, llama = preset("gpt2", 20, **SIZES), preset("llama", 20, **SIZES)
     assert (gpt2.norm, gpt2.positional, gpt2.activation, gpt2.tie_embeddings, gpt2.scale_embeddings) == (
-        "layer", "learned", "gelu", True, False)
+        "layer",
+        "learned",
+        "gelu",
+        True,
+        False,
+    )
     assert (llama.norm, llama.positional, llama.activation, llama.gated_ffn, llama.bias, llama.tie_embeddings) == (
-        "rms", "rope", "silu", True, False, False)
+        "rms",
+        "rope",
+        "silu",
+        True,
+        False,
+        False,
+    )
     assert llama.n_kv_heads == 2 and preset("llama", 20, **SIZES, n_kv_heads=1).n_kv_heads == 1
     params = DecoderOnly(llama).init(backends.get_backend("numpy").random.key(0))
     assert "head" in params and "b" not in params["head"] and "b_q" not in params["blocks"]["layer_0"]["self_attn"]
@@ -81,8 +92,9 @@ def test_preset_samples_the_same_tokens_on_both_backends(name):
         backend = backends.get_backend(backend_name)
         params = DecoderOnly(cfg).init(backend.random.key(0))
         prompts = backend.asarray(np.array([[1, 5, 6], [1, 7, 0]], dtype=np.int32))
-        out = sampling.generate(params, cfg, prompts, max_new_tokens=6, key=backend.random.key(3), eos_id=2,
-                                temperature=1.0, top_k=10)
+        out = sampling.generate(
+            params, cfg, prompts, max_new_tokens=6, key=backend.random.key(3), eos_id=2, temperature=1.0, top_k=10
+        )
         tokens[backend_name] = backend.to_numpy(out)
     np.testing.assert_array_equal(tokens["numpy"], tokens["jax"])
     assert tokens["numpy"].shape == (2, 9)

@@ -67,8 +67,10 @@ def excerpt_problem(line: int, code: str) -> str | None:
         try:
             position = source.index(text, position) + 1
         except ValueError:
-            return (f"README.md:{line + offset}: {text!r} is not in {source_path.relative_to(ROOT)} (in this "
-                    "order): copy the excerpt again from the source")
+            return (
+                f"README.md:{line + offset}: {text!r} is not in {source_path.relative_to(ROOT)} (in this "
+                "order): copy the excerpt again from the source"
+            )
     return None
 
 

@@ -17,14 +17,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import requires_jax
 
 import backends
 import functional_transformer as ft
 from functional_transformer import checkpoint, cli
 from functional_transformer.inspect import report
 from functional_transformer.train import make_schedule
-
-from conftest import requires_jax
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 needs_matplotlib = pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is the [plot] extra, not installed here")
@@ -97,7 +96,7 @@ def test_the_samples_table_shows_greedy_and_beam_with_the_target(page, run_dir):
     greedy = ft.predict(model, [s for s, _ in held_out])
     right = sum(g == t for g, (_, t) in zip(greedy, held_out))
     assert f"greedy decoding got {right}/12 exactly right" in page
-    table = page[page.index(">Sample predictions<"):page.index(">Attention<")]
+    table = page[page.index(">Sample predictions<") : page.index(">Attention<")]
     rows = re.findall(r"<tr>(.*?)</tr>", table)[1:]
     assert 1 <= len(rows) <= 16
     for row in rows:
@@ -112,13 +111,33 @@ def test_the_samples_table_shows_greedy_and_beam_with_the_target(page, run_dir):
 
 
 def test_parameter_counts_cover_every_leaf_once(backend):
-    cfg = ft.TransformerConfig(src_vocab_size=11, tgt_vocab_size=13, d_model=8, n_heads=2, d_ff=16, n_encoder_layers=2,
-                               n_decoder_layers=3, max_len=9, norm_first=True)
+    cfg = ft.TransformerConfig(
+        src_vocab_size=11,
+        tgt_vocab_size=13,
+        d_model=8,
+        n_heads=2,
+        d_ff=16,
+        n_encoder_layers=2,
+        n_decoder_layers=3,
+        max_len=9,
+        norm_first=True,
+    )
     params = ft.init(backend.random.key(0), cfg)
     rows = report.parameter_counts(params)
     names = [r["component"] for r in rows]
-    assert names == ["src_embed", "tgt_embed", "encoder.layer_0", "encoder.layer_1", "encoder.final_ln",
-                     "decoder.layer_0", "decoder.layer_1", "decoder.layer_2", "decoder.final_ln", "out_proj", "total"]
+    assert names == [
+        "src_embed",
+        "tgt_embed",
+        "encoder.layer_0",
+        "encoder.layer_1",
+        "encoder.final_ln",
+        "decoder.layer_0",
+        "decoder.layer_1",
+        "decoder.layer_2",
+        "decoder.final_ln",
+        "out_proj",
+        "total",
+    ]
     leaves = backend.tree_leaves(params)
     assert rows[-1]["parameters"] == sum(int(np.prod(leaf.shape)) for leaf in leaves)
     assert rows[-1]["bytes"] == 4 * rows[-1]["parameters"]  # float32
@@ -146,9 +165,15 @@ def test_an_extended_runs_rates_start_where_its_schedule_restarted():
 
 
 def test_samples_put_wrong_answers_first_and_attention_picks_first_longest_wrong():
-    rows = [{"source": s, "target": t, "greedy": g, "beam": b}
-            for s, t, g, b in [("ab", "ba", "ba", "ba"), ("abcd", "dcba", "dcba", "dcba"), ("abc", "cba", "cbb", "cba"),
-                               ("b", "b", "b", "x")]]
+    rows = [
+        {"source": s, "target": t, "greedy": g, "beam": b}
+        for s, t, g, b in [
+            ("ab", "ba", "ba", "ba"),
+            ("abcd", "dcba", "dcba", "dcba"),
+            ("abc", "cba", "cbb", "cba"),
+            ("b", "b", "b", "x"),
+        ]
+    ]
     assert [r["source"] for r in report.pick_samples(rows, n_wrong=8, n_right=1)] == ["abc", "b", "ab"]
     assert report.pick_attention_sources(rows) == ["ab", "abcd", "abc"]
     assert report.pick_attention_sources(rows, n=1) == ["ab"]
@@ -164,8 +189,14 @@ def test_samples_put_wrong_answers_first_and_attention_picks_first_longest_wrong
 def test_a_run_without_held_out_data_gets_a_note_not_a_crash(tmp_path):
     pairs = [("ab", "ba"), ("abc", "cba"), ("ca", "ac")] * 10
     out = tmp_path / "pairs"
-    ft.fit(TINY, ft.TrainConfig(steps=3, batch_size=4, log_every=1), (pairs, []), out_dir=out, progress=False,
-           verbose=False)
+    ft.fit(
+        TINY,
+        ft.TrainConfig(steps=3, batch_size=4, log_every=1),
+        (pairs, []),
+        out_dir=out,
+        progress=False,
+        verbose=False,
+    )
     page = report.build_report(out)
     assert "No held-out examples to decode: this run&#x27;s data (&#x27;pairs&#x27;) was given in memory" in page
     assert "No examples to draw" in page
@@ -235,13 +266,23 @@ def find_browser() -> str | None:
     return next((path for path in map(shutil.which, BROWSERS) if path), None)
 
 
-@pytest.mark.skipif(find_browser() is None, reason=f"no headless browser installed (looked for {', '.join(BROWSERS)}; "
-                                                   "on Debian: apt-get install chromium)")
+@pytest.mark.skipif(
+    find_browser() is None,
+    reason=f"no headless browser installed (looked for {', '.join(BROWSERS)}; on Debian: apt-get install chromium)",
+)
 def test_the_page_loads_in_a_headless_browser_with_every_image_decoded(page, tmp_path):
     probed = tmp_path / "report.html"
     probed.write_text(page.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
-    command = [find_browser(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
-               "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()]
+    command = [
+        find_browser(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        probed.as_uri(),
+    ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     found = re.search(r'<pre id="ft-probe">(.*?)</pre>', proc.stdout, re.S)

@@ -6,7 +6,6 @@ Each fit() on JAX compiles its step; the tests keep to a tiny model and a few st
 that fit more than twice are marked slow on JAX.
 """
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -27,8 +26,21 @@ DATA = ft.task_data("reverse", n_train=200, n_valid=12, min_len=1, max_len=4)
 
 
 def tcfg(**fields):
-    return ft.TrainConfig(**({"steps": 6, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 2, "log_every": 1,
-                              "eval_every": 3, "save_every": 3, "grad_method": "vjp"} | fields))
+    return ft.TrainConfig(
+        **(
+            {
+                "steps": 6,
+                "batch_size": 8,
+                "learning_rate": 3e-3,
+                "warmup_steps": 2,
+                "log_every": 1,
+                "eval_every": 3,
+                "save_every": 3,
+                "grad_method": "vjp",
+            }
+            | fields
+        )
+    )
 
 
 def quiet_fit(*args, **kwargs):
@@ -38,7 +50,8 @@ def quiet_fit(*args, **kwargs):
 def params_equal(a, b) -> bool:
     fa, fb = dict(ft.backend.tree_items(a)), dict(ft.backend.tree_items(b))
     return fa.keys() == fb.keys() and all(
-        np.array_equal(ft.backend.to_numpy(fa[k]), ft.backend.to_numpy(fb[k])) for k in fa)
+        np.array_equal(ft.backend.to_numpy(fa[k]), ft.backend.to_numpy(fb[k])) for k in fa
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,8 +64,16 @@ def test_fit_in_memory_writes_nothing_and_calls_back_every_record(tmp_path, monk
     result = quiet_fit(TINY, tcfg(), DATA, callbacks=[lambda step, record: seen.append((step, record["split"]))])
     assert list(tmp_path.iterdir()) == []
     assert result.stopped == "finished" and result.step == 6 and result.out_dir is None and result.path is None
-    assert seen == [(1, "train"), (2, "train"), (3, "train"), (3, "valid"), (4, "train"), (5, "train"),
-                    (6, "train"), (6, "valid")]
+    assert seen == [
+        (1, "train"),
+        (2, "train"),
+        (3, "train"),
+        (3, "valid"),
+        (4, "train"),
+        (5, "train"),
+        (6, "train"),
+        (6, "valid"),
+    ]
     assert [(r["step"], r["split"]) for r in result.history] == seen
     valid = [r["exact_match"] for r in result.history if r["split"] == "valid"]
     assert result.best_exact_match == max(valid)
@@ -60,16 +81,19 @@ def test_fit_in_memory_writes_nothing_and_calls_back_every_record(tmp_path, monk
 
 
 def test_a_callback_that_returns_true_stops_after_that_step(tmp_path):
-    result = quiet_fit(TINY, tcfg(), DATA, out_dir=tmp_path / "run",
-                       callbacks=[lambda step, record: step == 2])
+    result = quiet_fit(TINY, tcfg(), DATA, out_dir=tmp_path / "run", callbacks=[lambda step, record: step == 2])
     assert result.stopped == "callback" and result.step == 2
     assert checkpoint.load(tmp_path / "run", ft.backend)["state"]["step"] == 2  # saved as at the end
 
 
 def test_patience_stops_after_evaluations_without_improvement(tmp_path):
     # A learning rate that changes nothing: the exact match never improves after the first evaluation.
-    result = quiet_fit(TINY, tcfg(steps=20, eval_every=2, patience=2, schedule="constant", learning_rate=1e-12),
-                       DATA, out_dir=tmp_path / "run")
+    result = quiet_fit(
+        TINY,
+        tcfg(steps=20, eval_every=2, patience=2, schedule="constant", learning_rate=1e-12),
+        DATA,
+        out_dir=tmp_path / "run",
+    )
     assert result.stopped == "patience"
     assert result.step == 6  # evaluations at 2 (best), 4 and 6 (two without improvement)
     assert result.best_step == 2
@@ -117,8 +141,11 @@ def test_a_folder_with_a_run_is_never_overwritten_silently(tmp_path, capsys):
     out = tmp_path / "run"
     first = quiet_fit(TINY, tcfg(), DATA, out_dir=out)
     before = (out / checkpoint.CHECKPOINT_NAME).read_bytes()
-    with pytest.raises(ft.RunFolderError, match=r"already holds a run at step 6 of 6, held-out exact match .* at its "
-                                                r"best step by exact_match, \d+.* Pass --resume .* --overwrite"):
+    with pytest.raises(
+        ft.RunFolderError,
+        match=r"already holds a run at step 6 of 6, held-out exact match .* at its "
+        r"best step by exact_match, \d+.* Pass --resume .* --overwrite",
+    ):
         quiet_fit(TINY, tcfg(steps=3), DATA, out_dir=out)
     assert (out / checkpoint.CHECKPOINT_NAME).read_bytes() == before
     # --overwrite replaces it, and says so.
@@ -141,14 +168,23 @@ def test_a_locked_folder_is_refused_at_once(tmp_path):
 def test_the_lock_of_a_killed_process_is_released(tmp_path):
     """A process that holds the lock and is SIGKILLed leaves no stuck lock: the OS drops it."""
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
         from functional_transformer import runs
         with runs.locked(Path({str(out)!r})):
             print("locked", flush=True)
             time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "FT_BACKEND": "numpy"})
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "FT_BACKEND": "numpy"},
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ft.RunFolderError, match=rf"in use by process {holder.pid}"):
@@ -171,10 +207,15 @@ def test_resume_keeps_the_runs_settings_and_names_a_conflict():
     tc = saved()
     assert runs.resumed_train_config(tc, {}, 40, extend=False) == tc
     assert runs.resumed_train_config(tc, {"learning_rate": tc.learning_rate, "steps": 100}, 40, False) == tc
-    changed = runs.resumed_train_config(tc, {"eval_every": 7, "patience": 3, "log_every": 1, "save_every": 9}, 40, False)
+    changed = runs.resumed_train_config(
+        tc, {"eval_every": 7, "patience": 3, "log_every": 1, "save_every": 9}, 40, False
+    )
     assert (changed.eval_every, changed.patience, changed.log_every, changed.save_every) == (7, 3, 1, 9)
-    with pytest.raises(ft.RunFolderError, match=r"learning_rate=0\.01 conflicts with the resumed run's "
-                                                r"learning_rate=0\.002"):
+    with pytest.raises(
+        ft.RunFolderError,
+        match=r"learning_rate=0\.01 conflicts with the resumed run's "
+        r"learning_rate=0\.002",
+    ):
         runs.resumed_train_config(tc, {"learning_rate": 0.01}, 40, False)
     with pytest.raises(ft.RunFolderError, match="would cut this run's schedule of 100 steps short"):
         runs.resumed_train_config(tc, {"steps": 50}, 40, False)

@@ -19,11 +19,11 @@ import pytest
 import backends
 from functional_transformer import checkpoint, cli, runs
 from functional_transformer.tuning import space as search_space
+from functional_transformer.tuning import sweep  # imports Optuna only when a sweep runs
 from functional_transformer.tuning.space import SpaceError, load_space
 
 REPO = Path(__file__).resolve().parent.parent
 ON_JAX = os.environ.get("FT_BACKEND", "numpy") == "jax"
-from functional_transformer.tuning import sweep  # imports Optuna only when a sweep runs
 
 HAS_OPTUNA = importlib.util.find_spec("optuna") is not None
 needs_optuna = pytest.mark.skipif(not HAS_OPTUNA, reason="Optuna is the [sweep] extra, not installed here")
@@ -107,8 +107,13 @@ def test_a_sweep_records_trials_prunes_reports_and_resumes(tmp_path, space_file,
     printed = capsys.readouterr().out
     assert printed.startswith("| trial | score |") and "\n| 0 | " in printed
     # (No importances: the finished trials share their settings.)
-    for name in ("best_trials.md", "trials.csv", "optimization_history.png", "intermediate_values.png",
-                 "exact_match_vs_lr_and_size.png"):
+    for name in (
+        "best_trials.md",
+        "trials.csv",
+        "optimization_history.png",
+        "intermediate_values.png",
+        "exact_match_vs_lr_and_size.png",
+    ):
         path = tmp_path / "report" / name
         assert path.exists() and path.stat().st_size > 100, name
     assert (tmp_path / "report" / "trials.csv").read_text().count("\n") == 5  # header + 4 trials
@@ -128,13 +133,52 @@ def test_settings_the_model_refuses_are_a_failed_trial_with_the_reason(tmp_path,
 def test_two_workers_on_one_journal_share_the_study(tmp_path, space_file):
     """Two `ft sweep` processes on one journal file: every trial asked for is recorded once."""
     storage = f"journal:{tmp_path / 'study.journal'}"
-    argv = [sys.executable, "-m", "functional_transformer", "sweep", "--task", "reverse", "--n-train", "200",
-            "--n-valid", "30", "--min-len", "1", "--max-len", "2", "--steps", "20", "--evals", "2",
-            "--eval-examples", "30", "--space", str(space_file), "--study", "shared", "--storage", storage,
-            "--out", str(tmp_path / "trials"), "--pruner", "none", "--trials", "3"]
+    argv = [
+        sys.executable,
+        "-m",
+        "functional_transformer",
+        "sweep",
+        "--task",
+        "reverse",
+        "--n-train",
+        "200",
+        "--n-valid",
+        "30",
+        "--min-len",
+        "1",
+        "--max-len",
+        "2",
+        "--steps",
+        "20",
+        "--evals",
+        "2",
+        "--eval-examples",
+        "30",
+        "--space",
+        str(space_file),
+        "--study",
+        "shared",
+        "--storage",
+        storage,
+        "--out",
+        str(tmp_path / "trials"),
+        "--pruner",
+        "none",
+        "--trials",
+        "3",
+    ]
     env = dict(os.environ, FT_BACKEND="numpy")  # the storage is what is tested; NumPy starts fastest
-    workers = [subprocess.Popen([*argv, "--sampler-seed", str(seed)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    workers = [
+        subprocess.Popen(
+            [*argv, "--sampler-seed", str(seed)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
     try:
         outputs = [w.communicate(timeout=240) for w in workers]
     finally:
@@ -147,8 +191,9 @@ def test_two_workers_on_one_journal_share_the_study(tmp_path, space_file):
     numbers = [t.number for t in study.trials]
     assert sorted(numbers) == list(range(6))  # 3 + 3, none lost, none twice
     assert all(t.state.name in ("COMPLETE", "FAIL") for t in study.trials)
-    assert len({t.user_attrs.get("run_dir") for t in study.trials if t.state.name == "COMPLETE"}) == \
-        sum(t.state.name == "COMPLETE" for t in study.trials)
+    assert len({t.user_attrs.get("run_dir") for t in study.trials if t.state.name == "COMPLETE"}) == sum(
+        t.state.name == "COMPLETE" for t in study.trials
+    )
 
 
 @needs_optuna
@@ -161,10 +206,21 @@ def test_the_same_trials_give_the_same_results_on_both_backends(tmp_path, space_
     for name in ("numpy", "jax"):
         storage = f"journal:{tmp_path / name / 'study.journal'}"
         enqueue(storage, space, [GOOD, {"learning_rate": 0.01, "n_heads": 2}])
-        study = sweep.run_sweep("s", storage, CONFIG, n_trials=2, out_dir=tmp_path / name / "t", space=space,
-                                pruner="none", backend=backends.get_backend(name), progress=False)
-        losses = [[r["loss"] for r in runs.read_history(tmp_path / name / "t" / f"trial_{t.number:04d}")]
-                  for t in study.trials]
+        study = sweep.run_sweep(
+            "s",
+            storage,
+            CONFIG,
+            n_trials=2,
+            out_dir=tmp_path / name / "t",
+            space=space,
+            pruner="none",
+            backend=backends.get_backend(name),
+            progress=False,
+        )
+        losses = [
+            [r["loss"] for r in runs.read_history(tmp_path / name / "t" / f"trial_{t.number:04d}")]
+            for t in study.trials
+        ]
         results[name] = ([t.params for t in study.trials], [t.intermediate_values for t in study.trials], losses)
     assert results["numpy"][0] == results["jax"][0]
     assert results["numpy"][1] == results["jax"][1]  # the same exact matches at every evaluation
@@ -213,14 +269,22 @@ def test_a_study_with_other_settings_is_refused_without_losing_a_trial(tmp_path,
     storage = f"journal:{tmp_path / 'study.journal'}"
     space = load_space(space_file)
     enqueue(storage, space, [GOOD])
-    sweep.run_sweep("s", storage, CONFIG, n_trials=1, out_dir=tmp_path / "t", space=space, pruner="none",
-                    progress=False)
+    sweep.run_sweep(
+        "s", storage, CONFIG, n_trials=1, out_dir=tmp_path / "t", space=space, pruner="none", progress=False
+    )
     other = dict(space, d_model={"value": 32})
     with pytest.raises(sweep.SweepError, match=r"was made with other settings \(space: "):
         sweep.run_sweep("s", storage, CONFIG, n_trials=1, out_dir=tmp_path / "t", space=other, progress=False)
     with pytest.raises(sweep.SweepError, match="steps: the study has 40, this sweep 80"):
-        sweep.run_sweep("s", storage, sweep.SweepConfig(data=DATA, steps=80, n_evals=4, eval_examples=30),
-                        n_trials=1, out_dir=tmp_path / "t", space=space, progress=False)
+        sweep.run_sweep(
+            "s",
+            storage,
+            sweep.SweepConfig(data=DATA, steps=80, n_evals=4, eval_examples=30),
+            n_trials=1,
+            out_dir=tmp_path / "t",
+            space=space,
+            progress=False,
+        )
     import optuna
 
     study = optuna.load_study(study_name="s", storage=sweep.open_storage(storage))
@@ -235,8 +299,10 @@ def test_cli_errors_are_one_line(tmp_path, space_file, capsys):
         ([*base, "--storage", "postgresql://127.0.0.1:1/nowhere"], "cannot open the storage"),
         ([*base, "--space", str(tmp_path / "missing.toml")], "does not exist"),
         (["sweep", "--data", "x.tsv", "--n-train", "5", "--out", str(tmp_path / "t")], "size the built-in tasks"),
-        (["sweep-report", "--storage", f"journal:{tmp_path / 'j'}", "--study", "none", "--out", str(tmp_path)],
-         "there is no study 'none'"),
+        (
+            ["sweep-report", "--storage", f"journal:{tmp_path / 'j'}", "--study", "none", "--out", str(tmp_path)],
+            "there is no study 'none'",
+        ),
     ]
     for argv, message in cases:
         assert cli.main(argv) == 2, argv
@@ -245,14 +311,24 @@ def test_cli_errors_are_one_line(tmp_path, space_file, capsys):
 
 
 def test_without_optuna_ft_sweep_says_how_to_install_it(tmp_path):
-    code = ("import sys; sys.modules['optuna'] = None\n"
-            "from functional_transformer import cli\n"
-            f"sys.exit(cli.main(['sweep', '--trials', '1', '--out', {str(tmp_path)!r}]))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, FT_BACKEND="numpy"),
-                          capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; sys.modules['optuna'] = None\n"
+        "from functional_transformer import cli\n"
+        f"sys.exit(cli.main(['sweep', '--trials', '1', '--out', {str(tmp_path)!r}]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=dict(os.environ, FT_BACKEND="numpy"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("ft sweep: error: ft sweep needs Optuna, an optional extra: pip install "
-                                   "'functional-transformer[sweep]' (or, in a checkout, uv sync --extra sweep)")
+    assert proc.stderr.strip() == (
+        "ft sweep: error: ft sweep needs Optuna, an optional extra: pip install "
+        "'functional-transformer[sweep]' (or, in a checkout, uv sync --extra sweep)"
+    )
 
 
 @needs_optuna
@@ -278,9 +354,35 @@ def test_ctrl_c_stops_the_sweep_and_keeps_the_finished_trials(tmp_path, space_fi
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(runs, "fit", fit_interrupted_the_second_time)
-    argv = ["sweep", "--task", "reverse", "--n-train", "200", "--n-valid", "30", "--min-len", "1", "--max-len", "2",
-            "--steps", "40", "--evals", "4", "--eval-examples", "30", "--space", str(space_file), "--study", "s",
-            "--storage", storage, "--out", str(tmp_path / "t"), "--trials", "3"]
+    argv = [
+        "sweep",
+        "--task",
+        "reverse",
+        "--n-train",
+        "200",
+        "--n-valid",
+        "30",
+        "--min-len",
+        "1",
+        "--max-len",
+        "2",
+        "--steps",
+        "40",
+        "--evals",
+        "4",
+        "--eval-examples",
+        "30",
+        "--space",
+        str(space_file),
+        "--study",
+        "s",
+        "--storage",
+        storage,
+        "--out",
+        str(tmp_path / "t"),
+        "--trials",
+        "3",
+    ]
     assert cli.main(argv) == 130
     assert "interrupted" in capsys.readouterr().err
     import optuna
@@ -309,12 +411,45 @@ def test_an_int_range_on_a_log_scale_draws_ints():
 @needs_optuna
 def test_best_toml_trains_the_best_trial_again_with_the_same_metrics(tmp_path, space_file, capsys):
     # Two encoder layers and one decoder layer: the separate counts travel through best.toml.
-    space_file.write_text(SPACE_TOML.replace("[n_encoder_layers]\nvalue = 1", "[n_encoder_layers]\nvalue = 2")
-                          .replace("[n_heads]\nchoices = [2, 3]", "[n_heads]\nvalue = 2"))
+    space_file.write_text(
+        SPACE_TOML.replace("[n_encoder_layers]\nvalue = 1", "[n_encoder_layers]\nvalue = 2").replace(
+            "[n_heads]\nchoices = [2, 3]", "[n_heads]\nvalue = 2"
+        )
+    )
     out = tmp_path / "sweep"
-    argv = ["sweep", "--task", "reverse", "--n-train", "200", "--n-valid", "30", "--min-len", "1", "--max-len", "2",
-            "--steps", "20", "--evals", "2", "--eval-examples", "20", "--space", str(space_file), "--study", "b",
-            "--out", str(out), "--trials", "2", "--pruner", "none", "--objective", "loss", "--seed", "3"]
+    argv = [
+        "sweep",
+        "--task",
+        "reverse",
+        "--n-train",
+        "200",
+        "--n-valid",
+        "30",
+        "--min-len",
+        "1",
+        "--max-len",
+        "2",
+        "--steps",
+        "20",
+        "--evals",
+        "2",
+        "--eval-examples",
+        "20",
+        "--space",
+        str(space_file),
+        "--study",
+        "b",
+        "--out",
+        str(out),
+        "--trials",
+        "2",
+        "--pruner",
+        "none",
+        "--objective",
+        "loss",
+        "--seed",
+        "3",
+    ]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert f"best settings: {out / 'best.toml'}" in printed
@@ -325,14 +460,16 @@ def test_best_toml_trains_the_best_trial_again_with_the_same_metrics(tmp_path, s
     assert study.user_attrs[sweep.SETTINGS_ATTR]["metric"] == "loss"
     best = study.best_trial
     assert best.value == min(t.value for t in study.trials if t.value is not None)
-    assert cli.main(["train", "--config", str(out / "best.toml"), "--out", str(tmp_path / "again"),
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(["train", "--config", str(out / "best.toml"), "--out", str(tmp_path / "again"), "--no-progress"]) == 0
+    )
     capsys.readouterr()
     trial_records = runs.read_history(Path(best.user_attrs["run_dir"]))
     again = runs.read_history(tmp_path / "again")
     wall_clock = ("time_s", "tokens_per_s")
-    assert [{k: v for k, v in r.items() if k not in wall_clock} for r in again] == \
-        [{k: v for k, v in r.items() if k not in wall_clock} for r in trial_records]
+    assert [{k: v for k, v in r.items() if k not in wall_clock} for r in again] == [
+        {k: v for k, v in r.items() if k not in wall_clock} for r in trial_records
+    ]
     losses = [r["loss"] for r in again if r["split"] == "valid"]
     assert sum(losses) / len(losses) == pytest.approx(best.value, rel=1e-12)
     loaded = checkpoint.load(tmp_path / "again", backends.get_backend("numpy"))
@@ -346,9 +483,13 @@ def test_best_toml_trains_the_best_trial_again_with_the_same_metrics(tmp_path, s
     assert (out / "best_trials.md").exists()
     # Another objective is another study.
     with pytest.raises(sweep.SweepError, match="metric: the study has loss, this sweep exact_match"):
-        sweep.open_study("b", f"journal:{out / 'study.journal'}",
-                         sweep.SweepConfig(data=DATA, steps=20, n_evals=2, eval_examples=20, seed=3),
-                         load_space(space_file), "none")
+        sweep.open_study(
+            "b",
+            f"journal:{out / 'study.journal'}",
+            sweep.SweepConfig(data=DATA, steps=20, n_evals=2, eval_examples=20, seed=3),
+            load_space(space_file),
+            "none",
+        )
 
 
 @needs_optuna

@@ -47,8 +47,10 @@ def sentence_pairs(n: int, seed: int) -> list[tuple[str, str]]:
 @pytest.fixture
 def hide(monkeypatch):
     """hide(name): importing the module `name` fails from now on in this test, as where it is not installed."""
+
     def hide_module(name):
         monkeypatch.setitem(sys.modules, name, None)
+
     return hide_module
 
 
@@ -56,8 +58,16 @@ def hide(monkeypatch):
 # The BPE tokenizer
 
 
-TEXTS = ["hello world, hello there", "the  two spaces", " a leading space", "trailing space ",
-         "vingt-et-un à Zürich", "mille neuf cent quatre-vingt-dix-neuvième", "日本語のテキスト", "emoji 🙂 too"]
+TEXTS = [
+    "hello world, hello there",
+    "the  two spaces",
+    " a leading space",
+    "trailing space ",
+    "vingt-et-un à Zürich",
+    "mille neuf cent quatre-vingt-dix-neuvième",
+    "日本語のテキスト",
+    "emoji 🙂 too",
+]
 
 
 @needs_tokenizers
@@ -130,8 +140,12 @@ def test_training_targets_end_with_eos_for_every_tokenizer(kind):
     pairs = sentence_pairs(6, 0)
     texts = [text for pair in pairs for text in pair]
     bpe, char = BpeTokenizer.train(texts * 3, vocab_size=80), CharTokenizer.from_texts(texts)
-    tokenizer = {"bpe": bpe, "char": char, "bpe-source-char-target": TokenizerPair(bpe, char),
-                 "char-source-bpe-target": TokenizerPair(char, bpe)}[kind]
+    tokenizer = {
+        "bpe": bpe,
+        "char": char,
+        "bpe-source-char-target": TokenizerPair(bpe, char),
+        "char-source-bpe-target": TokenizerPair(char, bpe),
+    }[kind]
     examples = encode_pairs(pairs, tokenizer, max_len=64)
     for (source, target), example in zip(pairs, examples):
         assert example.src == tuple(tokenizer.source.encode(source))
@@ -150,16 +164,31 @@ def test_a_vocab_size_too_small_for_the_characters_is_a_clear_error(tmp_path, ca
     with pytest.raises(DataError, match=r"--vocab-size 10 is too small for the 8 distinct characters .* at least 12"):
         BpeTokenizer.train(["abc defg"], 10)
     write_tsv(tmp_path / "train.tsv", sentence_pairs(40, 0))
-    code = cli.main(["train", "--data", str(tmp_path / "train.tsv"), "--tokenizer", "bpe", "--vocab-size", "12",
-                     "--out", str(tmp_path / "run"), "--steps", "1", *TINY_FLAGS])
+    code = cli.main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "train.tsv"),
+            "--tokenizer",
+            "bpe",
+            "--vocab-size",
+            "12",
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "1",
+            *TINY_FLAGS,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "is too small" in err and "raise --vocab-size" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run" / checkpoint.CHECKPOINT_NAME).exists()
 
 
 def test_an_unknown_tokenizer_is_a_clear_error(tmp_path, capsys):
-    code = cli.main(["train", "--task", "reverse", "--tokenizer", "wordpiece", "--out", str(tmp_path / "run"),
-                     *TINY_FLAGS])
+    code = cli.main(
+        ["train", "--task", "reverse", "--tokenizer", "wordpiece", "--out", str(tmp_path / "run"), *TINY_FLAGS]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.strip() == "ft train: error: unknown tokenizer 'wordpiece': choose one of char, bpe"
     with pytest.raises(ValueError, match="--vocab-size is for --tokenizer bpe"):
@@ -168,8 +197,20 @@ def test_an_unknown_tokenizer_is_a_clear_error(tmp_path, capsys):
 
 def test_bpe_without_the_extra_says_how_to_install_it(tmp_path, capsys, hide):
     hide("tokenizers")
-    code = cli.main(["train", "--task", "reverse", "--tokenizer", "bpe", "--vocab-size", "50",
-                     "--out", str(tmp_path / "run"), *TINY_FLAGS])
+    code = cli.main(
+        [
+            "train",
+            "--task",
+            "reverse",
+            "--tokenizer",
+            "bpe",
+            "--vocab-size",
+            "50",
+            "--out",
+            str(tmp_path / "run"),
+            *TINY_FLAGS,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "pip install 'functional-transformer[text]'" in err and "uv sync --extra text" in err
@@ -188,8 +229,15 @@ def bpe_run(tmp_path_factory):
     write_tsv(folder / "train.tsv", sentence_pairs(200, 0))
     write_tsv(folder / "valid.tsv", sentence_pairs(12, 1))
     data = ft.tsv_data(folder / "train.tsv", folder / "valid.tsv", tokenizer=ft.tokenizer_spec("bpe", 60))
-    result = ft.fit(TINY, ft.TrainConfig(steps=30, batch_size=16, eval_every=30, log_every=30), data,
-                    out_dir=folder / "run", backend=backends.get_backend("numpy"), progress=False, verbose=False)
+    result = ft.fit(
+        TINY,
+        ft.TrainConfig(steps=30, batch_size=16, eval_every=30, log_every=30),
+        data,
+        out_dir=folder / "run",
+        backend=backends.get_backend("numpy"),
+        progress=False,
+        verbose=False,
+    )
     return folder, result
 
 
@@ -210,8 +258,10 @@ def test_a_bpe_run_stores_its_tokenizer_and_sizes_the_model_by_it(bpe_run):
 def test_a_bpe_checkpoint_predicts_the_same_on_both_backends(bpe_run):
     folder, _ = bpe_run
     sources = [s for s, _ in sentence_pairs(6, 2)]
-    outputs = {name: ft.predict(ft.load(folder / "run", "last", backends.get_backend(name)), sources)
-               for name in ("numpy", "jax")}
+    outputs = {
+        name: ft.predict(ft.load(folder / "run", "last", backends.get_backend(name)), sources)
+        for name in ("numpy", "jax")
+    }
     assert outputs["numpy"] == outputs["jax"]
     assert all(isinstance(o, str) for o in outputs["numpy"])
 
@@ -222,8 +272,15 @@ def test_a_bpe_checkpoint_predicts_the_same_on_both_backends(bpe_run):
 def test_a_bpe_run_trained_on_jax_loads_and_predicts_on_numpy(bpe_run, tmp_path):
     folder, _ = bpe_run
     data = ft.tsv_data(folder / "train.tsv", folder / "valid.tsv", tokenizer=ft.tokenizer_spec("bpe", 80, joint=True))
-    result = ft.fit(TINY, ft.TrainConfig(steps=10, batch_size=16, eval_every=10), data, out_dir=tmp_path / "run",
-                    backend=backends.get_backend("jax"), progress=False, verbose=False)
+    result = ft.fit(
+        TINY,
+        ft.TrainConfig(steps=10, batch_size=16, eval_every=10),
+        data,
+        out_dir=tmp_path / "run",
+        backend=backends.get_backend("jax"),
+        progress=False,
+        verbose=False,
+    )
     assert result.cfg.src_vocab_size == result.cfg.tgt_vocab_size == result.tokenizer.vocab_size
     sources = [s for s, _ in sentence_pairs(4, 3)]
     on_numpy = ft.predict(ft.load(tmp_path / "run", "last", backends.get_backend("numpy")), sources)
@@ -259,8 +316,22 @@ def char_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("char")
     write_tsv(folder / "train.tsv", sentence_pairs(200, 0))
     write_tsv(folder / "test.tsv", sentence_pairs(20, 5))
-    code = cli.main(["train", "--data", str(folder / "train.tsv"), "--out", str(folder / "run"), "--steps", "40",
-                     "--eval-every", "10", "--batch-size", "16", *TINY_FLAGS])
+    code = cli.main(
+        [
+            "train",
+            "--data",
+            str(folder / "train.tsv"),
+            "--out",
+            str(folder / "run"),
+            "--steps",
+            "40",
+            "--eval-every",
+            "10",
+            "--batch-size",
+            "16",
+            *TINY_FLAGS,
+        ]
+    )
     assert code == 0
     return folder
 
@@ -270,8 +341,12 @@ def test_ft_eval_reports_sacrebleus_own_numbers_for_its_hypotheses(char_run, cap
     import sacrebleu
 
     hyps = char_run / "hyps.txt"
-    assert cli.main(["eval", "--checkpoint", str(char_run / "run"), "--data", str(char_run / "test.tsv"),
-                     "--output", str(hyps)]) == 0
+    assert (
+        cli.main(
+            ["eval", "--checkpoint", str(char_run / "run"), "--data", str(char_run / "test.tsv"), "--output", str(hyps)]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     report = dict(line.split(": ", 1) for line in lines)
     assert lines[-1].startswith("exact_match: ")
@@ -294,8 +369,9 @@ def test_without_sacrebleu_eval_leaves_bleu_out_and_says_so(char_run, capsys, hi
     assert "bleu" not in captured.out and captured.out.splitlines()[-1].startswith("exact_match: ")
     assert captured.err.count("sacrebleu is not installed") == 1
     # --best-by bleu then fails before anything is written.
-    code = cli.main(["train", "--task", "reverse", "--best-by", "bleu", "--out", str(char_run / "bleu-run"),
-                     *TINY_FLAGS])
+    code = cli.main(
+        ["train", "--task", "reverse", "--best-by", "bleu", "--out", str(char_run / "bleu-run"), *TINY_FLAGS]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--best-by bleu" in err and "functional-transformer[text]" in err
     assert not (char_run / "bleu-run" / checkpoint.CHECKPOINT_NAME).exists()
@@ -305,8 +381,14 @@ def test_without_sacrebleu_eval_leaves_bleu_out_and_says_so(char_run, capsys, hi
 @pytest.mark.parametrize("best_by", ["loss", "char_accuracy", pytest.param("chrf", marks=needs_sacrebleu)])
 def test_best_by_keeps_the_step_with_the_best_value_of_that_metric(best_by, tmp_path):
     pairs = sentence_pairs(120, 0), sentence_pairs(10, 1)
-    result = ft.fit(TINY, ft.TrainConfig(steps=40, batch_size=16, eval_every=5, best_by=best_by, learning_rate=1e-2),
-                    pairs, out_dir=tmp_path / "run", progress=False, verbose=False)
+    result = ft.fit(
+        TINY,
+        ft.TrainConfig(steps=40, batch_size=16, eval_every=5, best_by=best_by, learning_rate=1e-2),
+        pairs,
+        out_dir=tmp_path / "run",
+        progress=False,
+        verbose=False,
+    )
     valid = [r for r in result.history if r["split"] == "valid"]
     values = [r[best_by] for r in valid]
     best = int(np.argmin(values) if best_by == "loss" else np.argmax(values))  # the first of equal bests
@@ -359,8 +441,12 @@ def test_predict_reads_a_file_or_stdin_and_writes_lines_in_order(char_run, tmp_p
 
 def test_eval_output_holds_the_hypotheses_it_graded(char_run, tmp_path, capsys):
     run = str(char_run / "run")
-    assert cli.main(["eval", "--checkpoint", run, "--data", str(char_run / "test.tsv"), "--output",
-                     str(tmp_path / "hyps.txt")]) == 0
+    assert (
+        cli.main(
+            ["eval", "--checkpoint", run, "--data", str(char_run / "test.tsv"), "--output", str(tmp_path / "hyps.txt")]
+        )
+        == 0
+    )
     exact_match = float(capsys.readouterr().out.splitlines()[-1].split(": ")[1])
     pairs = ft.data.read_tsv(char_run / "test.tsv")
     # Evaluation decodes at most len(bos + longest target + eos) steps (inference.evaluate).
@@ -370,12 +456,19 @@ def test_eval_output_holds_the_hypotheses_it_graded(char_run, tmp_path, capsys):
     assert exact_match == np.mean([h == t for h, (_, t) in zip(expected, pairs)])
 
 
-@pytest.mark.parametrize("content, message", [
-    ("un deux\n" + "un deux trois " * 10 + "\nsix\n", r"in\.txt: line 2 has \d+ tokens, more than this model's max_len=\d+ "
-                                                       r"\(inputs are never cut"),
-    ("", r"in\.txt is empty: give one source per line"),
-    ("un\n\ndeux\n", r"in\.txt: line 2 is empty"),
-], ids=["over-long line", "empty file", "blank line"])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            "un deux\n" + "un deux trois " * 10 + "\nsix\n",
+            r"in\.txt: line 2 has \d+ tokens, more than this model's max_len=\d+ "
+            r"\(inputs are never cut",
+        ),
+        ("", r"in\.txt is empty: give one source per line"),
+        ("un\n\ndeux\n", r"in\.txt: line 2 is empty"),
+    ],
+    ids=["over-long line", "empty file", "blank line"],
+)
 def test_bad_input_files_are_one_line_errors_naming_the_line(char_run, tmp_path, capsys, content, message):
     (tmp_path / "in.txt").write_text(content, encoding="utf-8")
     code = cli.main(["predict", "--checkpoint", str(char_run / "run"), "--input", str(tmp_path / "in.txt")])
@@ -385,8 +478,10 @@ def test_bad_input_files_are_one_line_errors_naming_the_line(char_run, tmp_path,
 
 
 def test_predict_needs_sources_from_one_place(char_run, tmp_path, capsys):
-    for argv in (["predict", "--checkpoint", str(char_run / "run")],
-                 ["predict", "--checkpoint", str(char_run / "run"), "un", "--input", "-"]):
+    for argv in (
+        ["predict", "--checkpoint", str(char_run / "run")],
+        ["predict", "--checkpoint", str(char_run / "run"), "un", "--input", "-"],
+    ):
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
         assert info.value.code == 2
@@ -395,6 +490,8 @@ def test_predict_needs_sources_from_one_place(char_run, tmp_path, capsys):
 
 def test_check_sources_lists_each_bad_source_by_number():
     tokenizer = CharTokenizer.from_texts(["abc"])
-    with pytest.raises(DataError, match=r"^source 2 is empty .*; source 3 has 5 tokens, more than this model's max_len=4"):
+    with pytest.raises(
+        DataError, match=r"^source 2 is empty .*; source 3 has 5 tokens, more than this model's max_len=4"
+    ):
         inference.check_sources(["ab", "", "abcab"], tokenizer, 4)
     inference.check_sources(["abca"], tokenizer, 4)

@@ -7,8 +7,8 @@ which takes 10-20 s on a small machine; the tests that call fit() more than once
 when FT_BACKEND=jax.
 """
 
-import importlib.util
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -31,28 +31,74 @@ slow_on_jax = pytest.mark.slow if ON_JAX else (lambda test: test)
 TOKENIZER = CharTokenizer.from_texts([task_alphabet("reverse")])
 TRAIN_PAIRS, VALID_PAIRS = make_task_data("reverse", 300, 20, 1, 5, seed=0)
 DATA_SPEC = {"kind": "task", "task": "reverse", "n_train": 300, "n_valid": 20, "min_len": 1, "max_len": 5, "seed": 0}
-TRAIN_FIELDS = {"step", "split", "loss", "accuracy", "grad_norm", "tokens_per_s", "pad_fraction", "time_s", "learning_rate"}
-VALID_FIELDS = {"step", "split", "loss", "token_accuracy", "exact_match", "char_accuracy", "n_examples", "n_with_unknown",
-                "time_s"} | ({"bleu", "bleu_signature", "chrf", "chrf_signature"} if sacrebleu_available() else set())
+TRAIN_FIELDS = {
+    "step",
+    "split",
+    "loss",
+    "accuracy",
+    "grad_norm",
+    "tokens_per_s",
+    "pad_fraction",
+    "time_s",
+    "learning_rate",
+}
+VALID_FIELDS = {
+    "step",
+    "split",
+    "loss",
+    "token_accuracy",
+    "exact_match",
+    "char_accuracy",
+    "n_examples",
+    "n_with_unknown",
+    "time_s",
+} | ({"bleu", "bleu_signature", "chrf", "chrf_signature"} if sacrebleu_available() else set())
 
 
 def make_cfg(d_model=32, n_heads=2, d_ff=64, drop_rate=0.1):
-    return ft.TransformerConfig(src_vocab_size=TOKENIZER.vocab_size, tgt_vocab_size=TOKENIZER.vocab_size,
-                                d_model=d_model, n_heads=n_heads, d_ff=d_ff, n_encoder_layers=1, n_decoder_layers=1,
-                                max_len=8, drop_rate=drop_rate, pad_id=TOKENIZER.pad_id)
+    return ft.TransformerConfig(
+        src_vocab_size=TOKENIZER.vocab_size,
+        tgt_vocab_size=TOKENIZER.vocab_size,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_ff=d_ff,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
+        max_len=8,
+        drop_rate=drop_rate,
+        pad_id=TOKENIZER.pad_id,
+    )
 
 
 def make_run(backend, out_dir, *, steps, cfg=None, valid=False, **tcfg_fields):
     """A Run on the reverse task (lengths 1..5); no evaluation, logging every step and no periodic
     checkpoint unless asked. Gradients from the hand-written VJPs unless asked (the default on NumPy;
     on JAX it compiles in about half the time of jax.grad, and the loop logic is the same)."""
-    fields = dict(steps=steps, batch_size=16, learning_rate=3e-3, warmup_steps=10, log_every=1,
-                  eval_every=10**6, save_every=10**6, grad_method="vjp") | tcfg_fields
+    fields = (
+        dict(
+            steps=steps,
+            batch_size=16,
+            learning_rate=3e-3,
+            warmup_steps=10,
+            log_every=1,
+            eval_every=10**6,
+            save_every=10**6,
+            grad_method="vjp",
+        )
+        | tcfg_fields
+    )
     cfg = cfg or make_cfg(d_model=16, d_ff=32)
-    return train.Run(cfg=cfg, tcfg=train.TrainConfig(**fields), tokenizer=TOKENIZER,
-                     train_examples=encode_pairs(TRAIN_PAIRS, TOKENIZER, cfg.max_len),
-                     valid_pairs=VALID_PAIRS if valid else [], out_dir=out_dir, data_spec=DATA_SPEC,
-                     backend=backend, progress=False)
+    return train.Run(
+        cfg=cfg,
+        tcfg=train.TrainConfig(**fields),
+        tokenizer=TOKENIZER,
+        train_examples=encode_pairs(TRAIN_PAIRS, TOKENIZER, cfg.max_len),
+        valid_pairs=VALID_PAIRS if valid else [],
+        out_dir=out_dir,
+        data_spec=DATA_SPEC,
+        backend=backend,
+        progress=False,
+    )
 
 
 def read_metrics(out_dir):
@@ -90,6 +136,7 @@ def wrap_train_step(monkeypatch, wrapper):
 
 def interrupt_at_call(n):
     """A step wrapper that raises KeyboardInterrupt on the n-th call, before that step runs."""
+
     def wrapper(step_fn):
         calls = [0]
 
@@ -98,7 +145,9 @@ def interrupt_at_call(n):
             if calls[0] == n:
                 raise KeyboardInterrupt
             return step_fn(state, batch, key)
+
         return step
+
     return wrapper
 
 
@@ -108,8 +157,9 @@ def interrupt_at_call(n):
 
 @slow_on_jax
 def test_fit_learns_reverse_and_writes_metrics_curves_and_checkpoint(backend, tmp_path):
-    run = make_run(backend, tmp_path / "run", steps=60, cfg=make_cfg(), valid=True, batch_size=32, eval_every=30,
-                   grad_method=None)
+    run = make_run(
+        backend, tmp_path / "run", steps=60, cfg=make_cfg(), valid=True, batch_size=32, eval_every=30, grad_method=None
+    )
     result = train.run_loop(run)
     summary = result["summary"]
     assert summary["stopped"] == "finished" and summary["step"] == 60
@@ -183,22 +233,33 @@ def test_resume_from_a_checkpoint_equals_one_uninterrupted_run(backend, tmp_path
     shutil.copy(tmp_path / "two" / checkpoint.CHECKPOINT_NAME, half)
     loaded = checkpoint.load(half, backend)
     assert step_of(backend, loaded["state"]) == n
-    resumed = train.run_loop(make_run(backend, tmp_path / "two", steps=2 * n, schedule="constant", grad_method=None),
-                        loaded["state"], loaded["key"])
+    resumed = train.run_loop(
+        make_run(backend, tmp_path / "two", steps=2 * n, schedule="constant", grad_method=None),
+        loaded["state"],
+        loaded["key"],
+    )
     assert step_of(backend, resumed["state"]) == 2 * n
     assert_states_equal(backend, resumed["state"], one["state"])
     # The files agree too, and the log continues where it stopped.
-    assert_states_equal(backend, checkpoint.load(tmp_path / "two", backend)["state"],
-                        checkpoint.load(tmp_path / "one", backend)["state"])
+    assert_states_equal(
+        backend,
+        checkpoint.load(tmp_path / "two", backend)["state"],
+        checkpoint.load(tmp_path / "one", backend)["state"],
+    )
     assert [r["step"] for r in read_metrics(tmp_path / "two")] == list(range(1, 2 * n + 1))
     assert [r["loss"] for r in read_metrics(tmp_path / "two")] == [r["loss"] for r in read_metrics(tmp_path / "one")]
 
     # The key matters: the same step-n state resumed with another key (other dropout masks) ends elsewhere.
     # (Reloaded: on JAX run_loop() donates the state it is given.)
-    other = train.run_loop(make_run(backend, tmp_path / "three", steps=2 * n, schedule="constant", grad_method=None),
-                      checkpoint.load(half, backend)["state"], backend.random.key(12345))
-    assert not np.array_equal(flat(backend, other["state"]["params"])["decoder.layer_0.ffn.w_1"],
-                              flat(backend, one["state"]["params"])["decoder.layer_0.ffn.w_1"])
+    other = train.run_loop(
+        make_run(backend, tmp_path / "three", steps=2 * n, schedule="constant", grad_method=None),
+        checkpoint.load(half, backend)["state"],
+        backend.random.key(12345),
+    )
+    assert not np.array_equal(
+        flat(backend, other["state"]["params"])["decoder.layer_0.ffn.w_1"],
+        flat(backend, one["state"]["params"])["decoder.layer_0.ffn.w_1"],
+    )
 
 
 @slow_on_jax
@@ -218,14 +279,16 @@ def test_ctrl_c_saves_the_step_reached_and_resuming_finishes_the_same_run(backen
     assert step_of(backend, loaded["state"]) == k
     assert_states_equal(backend, loaded["state"], stopped["state"])
 
-    resumed = train.run_loop(make_run(backend, tmp_path / "cut", steps=total, grad_method=None), loaded["state"],
-                        loaded["key"])
+    resumed = train.run_loop(
+        make_run(backend, tmp_path / "cut", steps=total, grad_method=None), loaded["state"], loaded["key"]
+    )
     assert resumed["summary"]["stopped"] == "finished"
     assert_states_equal(backend, resumed["state"], uninterrupted["state"])
 
 
 def test_ctrl_c_while_waiting_for_the_loss_still_saves(backend, tmp_path, monkeypatch):
     """On JAX the host waits for the device in float(metrics["loss"]), the likeliest moment for Ctrl-C."""
+
     class InterruptOnRead:
         def __float__(self):
             raise KeyboardInterrupt
@@ -237,6 +300,7 @@ def test_ctrl_c_while_waiting_for_the_loss_still_saves(backend, tmp_path, monkey
             calls[0] += 1
             new_state, metrics = step_fn(state, batch, key)
             return new_state, (dict(metrics, loss=InterruptOnRead()) if calls[0] == 3 else metrics)
+
         return step
 
     wrap_train_step(monkeypatch, wrapper)
@@ -253,6 +317,7 @@ def test_ctrl_c_while_waiting_for_the_loss_still_saves(backend, tmp_path, monkey
 def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(backend, tmp_path, monkeypatch):
     """Step 6 leaves NaN params (so its save_every checkpoint must be skipped); step 7's real loss is
     NaN, which stops the run; the checkpoint of step 3 survives with finite params."""
+
     def wrapper(step_fn):
         calls = [0]
 
@@ -263,6 +328,7 @@ def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(backend, tmp_path, m
                 params = backend.tree_map(lambda p: p * float("nan"), new_state["params"])
                 new_state = dict(new_state, params=params)
             return new_state, metrics
+
         return step
 
     wrap_train_step(monkeypatch, wrapper)
@@ -283,8 +349,18 @@ def test_a_real_divergence_before_any_checkpoint_writes_none(backend, tmp_path):
     """SGD at an absurd learning rate without clipping blows the loss up for real; nothing was saved
     yet, so nothing is written (no checkpoint of the broken params)."""
     with pytest.raises(train.TrainingDiverged, match="none was saved yet"):
-        train.run_loop(make_run(backend, tmp_path, steps=20, optimizer="sgd", learning_rate=1e30, clip_norm=0.0,
-                           schedule="constant", grad_method=None))
+        train.run_loop(
+            make_run(
+                backend,
+                tmp_path,
+                steps=20,
+                optimizer="sgd",
+                learning_rate=1e30,
+                clip_norm=0.0,
+                schedule="constant",
+                grad_method=None,
+            )
+        )
     assert not (tmp_path / checkpoint.CHECKPOINT_NAME).exists()
 
 
@@ -300,16 +376,35 @@ def save_fresh(backend, path, *, seed=0, step=0):
     init_key, key = backend.random.split(backend.random.key(seed), 2)
     state = train.init_state(init_key, cfg, optimizer)
     state["step"] = backend.xp.asarray(step, dtype=backend.xp.int32)
-    checkpoint.save(path, state, backend, cfg=cfg, tokenizer=TOKENIZER, train_config=dataclasses.asdict(tcfg),
-                    data_spec=DATA_SPEC, key=key)
+    checkpoint.save(
+        path,
+        state,
+        backend,
+        cfg=cfg,
+        tokenizer=TOKENIZER,
+        train_config=dataclasses.asdict(tcfg),
+        data_spec=DATA_SPEC,
+        key=key,
+    )
     return state, key, cfg, dataclasses.asdict(tcfg)
 
 
 def test_checkpoint_round_trips_everything(backend, tmp_path):
     state, key, cfg, tcfg = save_fresh(backend, tmp_path, step=17)
     loaded = checkpoint.load(tmp_path, backend)
-    assert set(loaded) == {"state", "key", "arch", "cfg", "tokenizer", "train_config", "data_spec", "backend", "progress",
-                           "labels", "path"}
+    assert set(loaded) == {
+        "state",
+        "key",
+        "arch",
+        "cfg",
+        "tokenizer",
+        "train_config",
+        "data_spec",
+        "backend",
+        "progress",
+        "labels",
+        "path",
+    }
     assert loaded["arch"] == "encoder_decoder" and loaded["labels"] is None
     assert_states_equal(backend, loaded["state"], state)
     assert step_of(backend, loaded["state"]) == 17
@@ -335,10 +430,10 @@ def test_numpy_checkpoint_loads_on_jax_and_predicts_the_same(numpy_backend, jax_
     assert on_jax["train_config"] == on_numpy["train_config"] and on_jax["data_spec"] == DATA_SPEC
     assert step_of(jax_backend, on_jax["state"]) == 20
     assert np.array_equal(jax_backend.to_numpy(on_jax["key"]), numpy_backend.to_numpy(on_numpy["key"]))
-    assert_trees_equal(numpy_backend, on_numpy["state"]["params"],
-                       jax_backend.tree_to_numpy(on_jax["state"]["params"]))
-    assert_trees_equal(numpy_backend, on_numpy["state"]["opt_state"],
-                       jax_backend.tree_to_numpy(on_jax["state"]["opt_state"]))
+    assert_trees_equal(numpy_backend, on_numpy["state"]["params"], jax_backend.tree_to_numpy(on_jax["state"]["params"]))
+    assert_trees_equal(
+        numpy_backend, on_numpy["state"]["opt_state"], jax_backend.tree_to_numpy(on_jax["state"]["opt_state"])
+    )
     sources = [s for s, _ in VALID_PAIRS[:8]]
     expected = predict(on_numpy["state"]["params"], on_numpy["cfg"], on_numpy["tokenizer"], sources)
     got = predict(on_jax["state"]["params"], on_jax["cfg"], on_jax["tokenizer"], sources)
@@ -402,8 +497,11 @@ def test_checkpoint_lacking_trees_or_with_damaged_metadata_is_refused(numpy_back
     checkpoint_format.save_tree(good_checkpoint, {"params": trees["params"]}, metadata)
     with pytest.raises(CheckpointError, match="lacks the trees"):
         checkpoint.load(good_checkpoint, numpy_backend)
-    for field, value in (("model_config", "{not json"), ("vocabulary", '{"kind": "bpe"}'),
-                         ("model_config", json.dumps({"src_vocab_size": 5, "colour": "red"}))):
+    for field, value in (
+        ("model_config", "{not json"),
+        ("vocabulary", '{"kind": "bpe"}'),
+        ("model_config", json.dumps({"src_vocab_size": 5, "colour": "red"})),
+    ):
         checkpoint_format.save_tree(good_checkpoint, trees, metadata | {field: value})
         with pytest.raises(CheckpointError, match="unreadable metadata"):
             checkpoint.load(good_checkpoint, numpy_backend)
@@ -449,8 +547,10 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint(backend, tmp_pa
         with pytest.raises(OSError, match="No space left"):
             save_fresh(backend, tmp_path, seed=1, step=9)
     with monkeypatch.context() as mp:
+
         def no_rename(*args):
             raise OSError("rename failed")
+
         mp.setattr(checkpoint_format.os, "replace", no_rename)
         with pytest.raises(OSError, match="rename failed"):
             save_fresh(backend, tmp_path, seed=2, step=10)

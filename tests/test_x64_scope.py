@@ -26,8 +26,18 @@ from functional_transformer.data import CharTokenizer
 from functional_transformer.layers import attention, embedding, feed_forward, layer_norm, linear, positional
 from functional_transformer.models import encoder_decoder
 
-CFG64 = ft.TransformerConfig(src_vocab_size=12, tgt_vocab_size=12, d_model=8, n_heads=2, d_ff=16, n_encoder_layers=1,
-                             n_decoder_layers=1, max_len=8, drop_rate=0.0, dtype="float64")
+CFG64 = ft.TransformerConfig(
+    src_vocab_size=12,
+    tgt_vocab_size=12,
+    d_model=8,
+    n_heads=2,
+    d_ff=16,
+    n_encoder_layers=1,
+    n_decoder_layers=1,
+    max_len=8,
+    drop_rate=0.0,
+    dtype="float64",
+)
 TOKENIZER = CharTokenizer(tuple("abcdefgh"))  # 4 special ids + 8 characters = CFG64's vocabularies
 SRC = np.asarray([[4, 5, 6, 7], [8, 9, 0, 0]], dtype=np.int32)
 TGT = np.asarray([[1, 10, 11, 2], [1, 4, 2, 0]], dtype=np.int32)
@@ -127,10 +137,19 @@ def case_predict_evaluate(backend, params):
 
 def case_fit(backend, params):
     pairs = [("abc", "cba"), ("hgf", "fgh"), ("de", "ed")]
-    model = {name: getattr(CFG64, name) for name in ("d_model", "n_heads", "d_ff", "n_encoder_layers",
-                                                     "n_decoder_layers", "drop_rate", "dtype")}
-    result = ft.fit(model=model, train_config=TCFG, data=(pairs, pairs[:1]), backend=backend,
-                    progress=False, verbose=False, eval_examples=1)
+    model = {
+        name: getattr(CFG64, name)
+        for name in ("d_model", "n_heads", "d_ff", "n_encoder_layers", "n_decoder_layers", "drop_rate", "dtype")
+    }
+    result = ft.fit(
+        model=model,
+        train_config=TCFG,
+        data=(pairs, pairs[:1]),
+        backend=backend,
+        progress=False,
+        verbose=False,
+        eval_examples=1,
+    )
     assert_float64(result.params)
 
 
@@ -164,8 +183,11 @@ def case_adam(backend, params):
     assert_float64(updates)
 
 
-@pytest.mark.parametrize("schedule", [optim.constant(1e-3), optim.transformer_schedule(CFG64.d_model, 4),
-                                      optim.warmup_cosine(1e-3, 2, 10)], ids=["constant", "transformer", "warmup_cosine"])
+@pytest.mark.parametrize(
+    "schedule",
+    [optim.constant(1e-3), optim.transformer_schedule(CFG64.d_model, 4), optim.warmup_cosine(1e-3, 2, 10)],
+    ids=["constant", "transformer", "warmup_cosine"],
+)
 def test_schedules_run_outside_an_x64_scope(jax_outside_x64, schedule):
     """Guards each schedule's own scope: it computes in float64 from an integer JAX count, float32 outside x64."""
     value = schedule(jax_outside_x64.xp.asarray(3, dtype=jax_outside_x64.xp.int32))
@@ -181,7 +203,9 @@ def _layer_inits():
         "layer_norm.init": lambda key: layer_norm.init(key, CFG64.d_model, dtype),
         "embedding.init": lambda key: embedding.init(key, 12, CFG64.d_model, 8, dtype, learned_positions=True),
         "encoder_block part": lambda key: encoder_decoder.encoder_block(CFG64).init(key),
-        "decoder stack part": lambda key: encoder_decoder.stack(CFG64, encoder_decoder.decoder_block(CFG64), 2).init(key),
+        "decoder stack part": lambda key: encoder_decoder.stack(CFG64, encoder_decoder.decoder_block(CFG64), 2).init(
+            key
+        ),
     }
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 PEERS = ("torch",)
 PEER_TITLES = {"torch": "PyTorch eager"}
 PEER_INSTALL = {
     "torch": "PyTorch is not installed: run `uv run --group peers python -m benchmarks --peers torch ...` "
-             "(PyTorch's CPU build; installing it elsewhere: benchmarks/README.md)",
+    "(PyTorch's CPU build; installing it elsewhere: benchmarks/README.md)",
 }
 PEER_MODULES = {"torch": "torch"}
 PEER_MEASURES = {"torch": ("forward", "train", "decode")}  # the measures of ours each peer implements

@@ -39,6 +39,7 @@ TOLERANCES = {"logits": 1e-4, "loss": 1e-5, "grads": 1e-3, "updates": 1e-3}
 def torch_tree(model: torch_peer.TorchTransformer, params_like: dict, tensor_of) -> dict:
     """A tree shaped like our params whose leaves come from the peer: `tensor_of(torch tensor)`
     (e.g. the parameter itself or its .grad) mapped back to our layout."""
+
     def linear(module, w, b):
         return {w: tensor_of(module.weight).T, b: tensor_of(module.bias)}
 
@@ -47,7 +48,7 @@ def torch_tree(model: torch_peer.TorchTransformer, params_like: dict, tensor_of)
         w_in, b_in = tensor_of(module.in_proj_weight), tensor_of(module.in_proj_bias)
         out = {}
         for i, name in enumerate("qkv"):
-            out[f"w_{name}"], out[f"b_{name}"] = w_in[i * d:(i + 1) * d].T, b_in[i * d:(i + 1) * d]
+            out[f"w_{name}"], out[f"b_{name}"] = w_in[i * d : (i + 1) * d].T, b_in[i * d : (i + 1) * d]
         return out | linear(module.out_proj, "w_o", "b_o")
 
     def layer_norm(module):
@@ -56,16 +57,29 @@ def torch_tree(model: torch_peer.TorchTransformer, params_like: dict, tensor_of)
     def ffn(layer):
         return linear(layer.linear1, "w_1", "b_1") | linear(layer.linear2, "w_2", "b_2")
 
-    tree = {"src_embed": {"tokens": tensor_of(model.src_embed.weight)},
-            "tgt_embed": {"tokens": tensor_of(model.tgt_embed.weight)},
-            "out_proj": linear(model.out_proj, "w", "b"), "encoder": {}, "decoder": {}}
+    tree = {
+        "src_embed": {"tokens": tensor_of(model.src_embed.weight)},
+        "tgt_embed": {"tokens": tensor_of(model.tgt_embed.weight)},
+        "out_proj": linear(model.out_proj, "w", "b"),
+        "encoder": {},
+        "decoder": {},
+    }
     for i, layer in enumerate(model.transformer.encoder.layers):
-        tree["encoder"][f"layer_{i}"] = {"self_attn": attention(layer.self_attn), "ln1": layer_norm(layer.norm1),
-                                         "ffn": ffn(layer), "ln2": layer_norm(layer.norm2)}
+        tree["encoder"][f"layer_{i}"] = {
+            "self_attn": attention(layer.self_attn),
+            "ln1": layer_norm(layer.norm1),
+            "ffn": ffn(layer),
+            "ln2": layer_norm(layer.norm2),
+        }
     for i, layer in enumerate(model.transformer.decoder.layers):
-        tree["decoder"][f"layer_{i}"] = {"self_attn": attention(layer.self_attn), "ln1": layer_norm(layer.norm1),
-                                         "cross_attn": attention(layer.multihead_attn), "ln2": layer_norm(layer.norm2),
-                                         "ffn": ffn(layer), "ln3": layer_norm(layer.norm3)}
+        tree["decoder"][f"layer_{i}"] = {
+            "self_attn": attention(layer.self_attn),
+            "ln1": layer_norm(layer.norm1),
+            "cross_attn": attention(layer.multihead_attn),
+            "ln2": layer_norm(layer.norm2),
+            "ffn": ffn(layer),
+            "ln3": layer_norm(layer.norm3),
+        }
     assert set(tree) == set(params_like)
     return tree
 
@@ -93,8 +107,13 @@ def check_config(bc: BenchConfig) -> list[tuple[str, float, float]]:
     params = ft.init(numpy_backend.random.key(0), cfg)
     model = torch_peer.load_params(torch_peer.TorchTransformer(cfg), numpy_backend.tree_to_numpy(params))
     batch = torch_peer.host_tensors(host_batch)
-    results = [("parameter count", abs(torch_peer.n_params(model)
-                                       - sum(leaf.size for leaf in numpy_backend.tree_leaves(params))), 0)]
+    results = [
+        (
+            "parameter count",
+            abs(torch_peer.n_params(model) - sum(leaf.size for leaf in numpy_backend.tree_leaves(params))),
+            0,
+        )
+    ]
 
     with torch.no_grad():
         torch_logits = model.eval()(batch["src"], batch["tgt_in"]).numpy()
@@ -113,8 +132,13 @@ def check_config(bc: BenchConfig) -> list[tuple[str, float, float]]:
     torch_grads = torch_tree(model, params, lambda t: t.grad.numpy())
     # The key bias's gradient is zero in exact arithmetic (the same shift of every key's score):
     # both sides hold rounding noise there.
-    results.append(("gradients (key biases left out), worst leaf's relative L2 error",
-                    relative_l2_error(grads, torch_grads, skip=("b_k",)), TOLERANCES["grads"]))
+    results.append(
+        (
+            "gradients (key biases left out), worst leaf's relative L2 error",
+            relative_l2_error(grads, torch_grads, skip=("b_k",)),
+            TOLERANCES["grads"],
+        )
+    )
 
     # The optimizers alone, fed the same gradients (ours) three times: clipping, Adam, the schedule
     # (whose first learning rate is 0: warmup from 0).
@@ -130,10 +154,16 @@ def check_config(bc: BenchConfig) -> list[tuple[str, float, float]]:
             p.grad = g.detach().clone()
         step.update()
     ours_moved = numpy_backend.tree_map(lambda new, old: new - old, ours_params, params)
-    theirs_moved = numpy_backend.tree_map(lambda new, old: new - old,
-                                          torch_tree(model, params, lambda t: t.detach().numpy()), params)
-    results.append(("parameter change after 3 optimizer steps, worst leaf's relative L2 error",
-                    relative_l2_error(ours_moved, theirs_moved), TOLERANCES["updates"]))
+    theirs_moved = numpy_backend.tree_map(
+        lambda new, old: new - old, torch_tree(model, params, lambda t: t.detach().numpy()), params
+    )
+    results.append(
+        (
+            "parameter change after 3 optimizer steps, worst leaf's relative L2 error",
+            relative_l2_error(ours_moved, theirs_moved),
+            TOLERANCES["updates"],
+        )
+    )
 
     steps = bc.tgt_len
     model = torch_peer.load_params(torch_peer.TorchTransformer(cfg), numpy_backend.tree_to_numpy(params))
@@ -144,7 +174,9 @@ def check_config(bc: BenchConfig) -> list[tuple[str, float, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers.torch_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.peers.torch_check", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     args = parser.parse_args(argv)
     torch_peer.runtime()

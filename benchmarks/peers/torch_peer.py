@@ -74,15 +74,25 @@ class TorchTransformer(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         if cfg.norm_first or cfg.tie_embeddings or cfg.positional != "sinusoidal" or cfg.dtype != "float32":
-            raise ValueError("the PyTorch peer implements the benchmarked model only: float32, post-norm, "
-                             "untied, sinusoidal positions")
+            raise ValueError(
+                "the PyTorch peer implements the benchmarked model only: float32, post-norm, "
+                "untied, sinusoidal positions"
+            )
         self.cfg = cfg
-        layer_args = dict(d_model=cfg.d_model, nhead=cfg.n_heads, dim_feedforward=cfg.d_ff, dropout=cfg.drop_rate,
-                          activation=cfg.activation, batch_first=True, norm_first=False)
+        layer_args = dict(
+            d_model=cfg.d_model,
+            nhead=cfg.n_heads,
+            dim_feedforward=cfg.d_ff,
+            dropout=cfg.drop_rate,
+            activation=cfg.activation,
+            batch_first=True,
+            norm_first=False,
+        )
         encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer_args), cfg.n_encoder_layers, norm=None)
         decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer_args), cfg.n_decoder_layers, norm=None)
-        self.transformer = nn.Transformer(d_model=cfg.d_model, nhead=cfg.n_heads, custom_encoder=encoder,
-                                          custom_decoder=decoder, batch_first=True)
+        self.transformer = nn.Transformer(
+            d_model=cfg.d_model, nhead=cfg.n_heads, custom_encoder=encoder, custom_decoder=decoder, batch_first=True
+        )
         for layer in [*encoder.layers, *decoder.layers]:
             layer.dropout = nn.Identity()  # the dropout inside the feed-forward network
             for attention in (layer.self_attn, getattr(layer, "multihead_attn", None)):
@@ -97,7 +107,7 @@ class TorchTransformer(nn.Module):
 
     def embed(self, embedding: nn.Embedding, ids, offset: int = 0):
         """ids (B, T) at positions offset.. -> (B, T, D): scaled token embedding plus positions, then dropout."""
-        x = embedding(ids) * math.sqrt(self.cfg.d_model) + self.positions[offset:offset + ids.shape[1]]
+        x = embedding(ids) * math.sqrt(self.cfg.d_model) + self.positions[offset : offset + ids.shape[1]]
         return self.embed_dropout(x)
 
     def encode(self, src):
@@ -108,9 +118,14 @@ class TorchTransformer(nn.Module):
         memory = self.encode(src)
         length = tgt_in.shape[1]
         causal = torch.ones(length, length, dtype=torch.bool).triu(1)  # True: may not attend
-        h = self.transformer.decoder(self.embed(self.tgt_embed, tgt_in), memory, tgt_mask=causal,
-                                     tgt_key_padding_mask=tgt_in == self.cfg.pad_id,
-                                     memory_key_padding_mask=src == self.cfg.pad_id, tgt_is_causal=True)
+        h = self.transformer.decoder(
+            self.embed(self.tgt_embed, tgt_in),
+            memory,
+            tgt_mask=causal,
+            tgt_key_padding_mask=tgt_in == self.cfg.pad_id,
+            memory_key_padding_mask=src == self.cfg.pad_id,
+            tgt_is_causal=True,
+        )
         return self.out_proj(h)
 
 
@@ -208,7 +223,6 @@ class TrainStep:
             accuracy = ((logits.argmax(-1) == batch["tgt_out"]) & valid).sum() / valid.sum().clamp(min=1)
         return loss, {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm}
 
-
     def update(self):
         """The optimizer's part of the step, from the parameters' .grad: clipping, the learning
         rate of our schedule at this step, Adam. -> the gradient norm before clipping."""
@@ -259,10 +273,13 @@ def greedy(model: TorchTransformer, src, *, bos_id: int, eos_id: int, max_steps:
         x = model.embed(model.tgt_embed, tokens.view(batch, 1), offset=position)  # (B, 1, D)
         for layer, (cache_k, cache_v), (cross_k, cross_v) in zip(layers, self_cache, cross):
             attention = layer.self_attn
-            q, k, v = (_heads(t, n_heads) for t in F.linear(x, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1))
+            q, k, v = (
+                _heads(t, n_heads)
+                for t in F.linear(x, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+            )
             cache_k[:, :, position] = k[:, :, 0]
             cache_v[:, :, position] = v[:, :, 0]
-            a = F.scaled_dot_product_attention(q, cache_k[:, :, :position + 1], cache_v[:, :, :position + 1])
+            a = F.scaled_dot_product_attention(q, cache_k[:, :, : position + 1], cache_v[:, :, : position + 1])
             x = layer.norm1(x + attention.out_proj(_merge(a)))
             cross_attention = layer.multihead_attn
             q = _heads(F.linear(x, cross_attention.in_proj_weight[:d], cross_attention.in_proj_bias[:d]), n_heads)
@@ -293,17 +310,29 @@ def workloads(bc: BenchConfig, measures: list[str], host_batch: dict, decode_ste
                 with torch.no_grad():
                     return model(batch["src"], batch["tgt_in"])
 
-            yield Workload("forward", call, flops.forward_flops(cfg, bc.batch, bc.src_len, bc.tgt_len),
-                           bc.batch * bc.tgt_len)
+            yield Workload(
+                "forward", call, flops.forward_flops(cfg, bc.batch, bc.src_len, bc.tgt_len), bc.batch * bc.tgt_len
+            )
         elif measure == "train":
-            yield Workload("train", TrainStep(model, bc, batch), flops.train_flops(cfg, bc.batch, bc.src_len, bc.tgt_len),
-                           bc.batch * bc.tgt_len, details={"grad_method": "torch.autograd"})
+            yield Workload(
+                "train",
+                TrainStep(model, bc, batch),
+                flops.train_flops(cfg, bc.batch, bc.src_len, bc.tgt_len),
+                bc.batch * bc.tgt_len,
+                details={"grad_method": "torch.autograd"},
+            )
         elif measure == "decode":
+
             def call(model=model):
                 return greedy(model, batch["src"], bos_id=BOS_ID, eos_id=NEVER_EOS, max_steps=decode_steps)
 
-            yield Workload("decode", call, flops.greedy_decode_flops(cfg, bc.batch, bc.src_len, decode_steps),
-                           bc.batch * decode_steps, details={"decode_steps": decode_steps})
+            yield Workload(
+                "decode",
+                call,
+                flops.greedy_decode_flops(cfg, bc.batch, bc.src_len, decode_steps),
+                bc.batch * decode_steps,
+                details={"decode_steps": decode_steps},
+            )
 
 
 def params_summary(bc: BenchConfig) -> dict:
@@ -320,5 +349,8 @@ def params_summary(bc: BenchConfig) -> dict:
     params = ft.init(numpy_backend.random.key(0), bc.model_config())
     our_logits = ft.apply(params, host_batch["src"], host_batch["tgt_in"], bc.model_config())
     ours = sum(leaf.size for leaf in numpy_backend.tree_leaves(params))
-    return {"n_params": n_params(model), "our_n_params": int(ours),
-            "max_abs_logit_diff_vs_ours": float(np.max(np.abs(torch_logits - our_logits)))}
+    return {
+        "n_params": n_params(model),
+        "our_n_params": int(ours),
+        "max_abs_logit_diff_vs_ours": float(np.max(np.abs(torch_logits - our_logits))),
+    }

@@ -37,8 +37,17 @@ from .batching import (
     token_rows,
 )
 from .tasks import DEFAULT_ALPHABET, TASKS, Task, get_task, make_task_data, task_alphabet
-from .tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, CharTokenizer, Tokenizer, TokenizerPair,
-                        tokenizer_from_json)
+from .tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    CharTokenizer,
+    Tokenizer,
+    TokenizerPair,
+    tokenizer_from_json,
+)
 from .tsv import DataError, read_lines, read_tsv, tsv_line_numbers, write_tsv
 
 __all__ = [

@@ -38,12 +38,13 @@ Contract:
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, NamedTuple, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from .tokenizer import PAD_ID, Tokenizer
 from ..errors import ConfigError
+from .tokenizer import PAD_ID, Tokenizer
 
 Batch = dict[str, np.ndarray]
 _MAX_REPORTED = 5
@@ -67,19 +68,26 @@ def length_problem(example: EncodedPair, max_len: int | None) -> str | None:
     if max_len is not None and len(example.src) > max_len:
         return f"source has {len(example.src)} tokens, more than max_len={max_len}"
     if max_len is not None and len(example.tgt) - 1 > max_len:
-        return (f"target has {len(example.tgt) - 2} tokens, so the decoder sequence (target + bos/eos) has "
-                f"{len(example.tgt) - 1}, more than max_len={max_len}")
+        return (
+            f"target has {len(example.tgt) - 2} tokens, so the decoder sequence (target + bos/eos) has "
+            f"{len(example.tgt) - 1}, more than max_len={max_len}"
+        )
     return None
 
 
 def encode_pair(source: str, target: str, tokenizer: Tokenizer) -> EncodedPair:
     """One pair as ids, `tgt` between bos and eos; no length check."""
-    return EncodedPair(tuple(tokenizer.source.encode(source)),
-                       (tokenizer.bos_id, *tokenizer.target.encode(target), tokenizer.eos_id))
+    return EncodedPair(
+        tuple(tokenizer.source.encode(source)), (tokenizer.bos_id, *tokenizer.target.encode(target), tokenizer.eos_id)
+    )
 
 
-def encode_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_len: int | None,
-                 where: Callable[[int], str] | None = None) -> list[EncodedPair]:
+def encode_pairs(
+    pairs: Sequence[tuple[str, str]],
+    tokenizer: Tokenizer,
+    max_len: int | None,
+    where: Callable[[int], str] | None = None,
+) -> list[EncodedPair]:
     """The pairs as ids (see the module docstring); ValueError naming every example too long or empty.
 
     where(i) names example i in that error (default "example i (source ..., target ...)"), e.g.
@@ -87,9 +95,13 @@ def encode_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_len
     if max_len is not None and max_len < 1:
         raise ValueError(f"max_len must be at least 1 (or None for no limit), got {max_len}")
     encoded = [encode_pair(source, target, tokenizer) for source, target in pairs]
-    problems = [(index, problem) for index, example in enumerate(encoded)
-                if (problem := length_problem(example, max_len)) is not None]
+    problems = [
+        (index, problem)
+        for index, example in enumerate(encoded)
+        if (problem := length_problem(example, max_len)) is not None
+    ]
     if problems:
+
         def name(index):
             if where is not None:
                 return where(index)
@@ -105,7 +117,9 @@ def encode_pairs(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_len
     return encoded
 
 
-def fit_to_length(examples: Sequence[EncodedPair], max_len: int, truncate: bool = False) -> tuple[list[EncodedPair], int]:
+def fit_to_length(
+    examples: Sequence[EncodedPair], max_len: int, truncate: bool = False
+) -> tuple[list[EncodedPair], int]:
     """(the examples that fit max_len, how many did not): those are dropped, or with `truncate` cut
     to fit (the source to max_len ids, the target to max_len - 1 ids and eos; see `length_problem`)."""
     kept, n_long = [], 0
@@ -134,12 +148,15 @@ def make_batch(examples: Sequence[EncodedPair], pad_id: int = PAD_ID, pad_to_mul
     return _fill_batch(examples, pad_id, src_len, tgt_len)
 
 
-def _padded_lengths(examples: Sequence[EncodedPair], pad_to_multiple: int,
-                    max_len: int | None = None) -> tuple[int, int]:
+def _padded_lengths(
+    examples: Sequence[EncodedPair], pad_to_multiple: int, max_len: int | None = None
+) -> tuple[int, int]:
     # Rounding up never goes past the model's max_len (which need not be a multiple of 8).
     cap = max_len if max_len is not None else float("inf")
-    return (min(_round_up(max(len(e.src) for e in examples), pad_to_multiple), cap),
-            min(_round_up(max(len(e.tgt) - 1 for e in examples), pad_to_multiple), cap))
+    return (
+        min(_round_up(max(len(e.src) for e in examples), pad_to_multiple), cap),
+        min(_round_up(max(len(e.tgt) - 1 for e in examples), pad_to_multiple), cap),
+    )
 
 
 def _fill_batch(examples: Sequence[EncodedPair], pad_id: int, src_len: int, tgt_len: int) -> Batch:
@@ -199,13 +216,18 @@ class BatchPlan(NamedTuple):
     tgt_len: int
 
 
-def plan_batch(examples: Sequence[EncodedPair], plan: BatchPlan, pad_id: int = PAD_ID, process_index: int = 0,
-               process_count: int = 1) -> Batch:
+def plan_batch(
+    examples: Sequence[EncodedPair],
+    plan: BatchPlan,
+    pad_id: int = PAD_ID,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Batch:
     """Process `process_index`'s contiguous share of the plan's rows (all of them with one process),
     padded to the plan's lengths. A filler row is a copy of the batch's first example whose
     `tgt_out` is all `pad_id`, so a masked loss counts nothing there."""
     rows = len(plan.indices) // process_count
-    mine = plan.indices[process_index * rows:(process_index + 1) * rows]
+    mine = plan.indices[process_index * rows : (process_index + 1) * rows]
     first = examples[plan.indices[0]]
     batch = _fill_batch([examples[i] if i >= 0 else first for i in mine], pad_id, plan.src_len, plan.tgt_len)
     batch["tgt_out"][mine < 0] = pad_id
@@ -227,8 +249,15 @@ def _local_batch(examples, indices, process_index, process_count, pad_id, pad_to
 
 
 def process_batch(
-    examples: Sequence[EncodedPair], batch_size: int, seed: int, step: int, process_index: int = 0,
-    process_count: int = 1, *, pad_id: int = PAD_ID, pad_to_multiple: int = 1,
+    examples: Sequence[EncodedPair],
+    batch_size: int,
+    seed: int,
+    step: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    *,
+    pad_id: int = PAD_ID,
+    pad_to_multiple: int = 1,
 ) -> Batch:
     """Process `process_index`'s rows of global batch `step` (batch_size // process_count of them,
     padded to the global batch's lengths); with one process, the whole batch."""
@@ -256,8 +285,15 @@ def batch_iterator(
     return (plan_batch(examples, plan, pad_id, process_index, process_count) for plan in plans)
 
 
-def fixed_batch_plans(examples: Sequence[EncodedPair], batch_size: int, seed: int, start_step: int = 0, *,
-                      pad_to_multiple: int = 1, max_len: int | None = None) -> Iterator[BatchPlan]:
+def fixed_batch_plans(
+    examples: Sequence[EncodedPair],
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    *,
+    pad_to_multiple: int = 1,
+    max_len: int | None = None,
+) -> Iterator[BatchPlan]:
     """The plans of `batch_iterator`: batch_size rows each, padded to the longest rounded up to
     pad_to_multiple, but never past max_len."""
     n = len(examples)
@@ -328,8 +364,8 @@ class TokenBuckets(NamedTuple):
         for bucket, (length, rows) in enumerate(zip(self.lengths, self.rows)):
             pool = np.concatenate([carried, rng.permutation(np.flatnonzero(self.bucket_of == bucket))])
             n_full = len(pool) // rows
-            plans += [BatchPlan(pool[k * rows:(k + 1) * rows], length, length) for k in range(n_full)]
-            carried = pool[n_full * rows:]  # shorter than the next bucket's length: they join it
+            plans += [BatchPlan(pool[k * rows : (k + 1) * rows], length, length) for k in range(n_full)]
+            carried = pool[n_full * rows :]  # shorter than the next bucket's length: they join it
         if len(carried):
             filler = np.full(self.rows[-1] - len(carried), -1, dtype=np.int64)
             plans.append(BatchPlan(np.concatenate([carried, filler]), self.lengths[-1], self.lengths[-1]))
@@ -340,9 +376,11 @@ class TokenBuckets(NamedTuple):
         bad = [(rows, length) for rows, length in zip(self.rows, self.lengths) if rows % count]
         if bad:
             rows, length = bad[-1]
-            raise ConfigError(f"batches of {length} tokens per row have {rows} rows within --max-tokens, which do not "
-                             f"split evenly over {count} {what}; raise --max-tokens to at least {count * length}, "
-                             "or use 1, 2, 4 or 8 of them")
+            raise ConfigError(
+                f"batches of {length} tokens per row have {rows} rows within --max-tokens, which do not "
+                f"split evenly over {count} {what}; raise --max-tokens to at least {count * length}, "
+                "or use 1, 2, 4 or 8 of them"
+            )
 
 
 def token_buckets(examples: Sequence[EncodedPair], max_tokens: int, max_len: int) -> TokenBuckets:
@@ -359,8 +397,10 @@ def token_buckets(examples: Sequence[EncodedPair], max_tokens: int, max_len: int
     lengths = tuple(int(n) for n in all_lengths[used])
     rows = tuple(token_rows(max_tokens, n) for n in lengths)
     if rows[-1] == 0:
-        raise ConfigError(f"--max-tokens {max_tokens} is less than one row of the longest examples, padded to "
-                         f"{lengths[-1]} tokens; raise it to at least {lengths[-1]}")
+        raise ConfigError(
+            f"--max-tokens {max_tokens} is less than one row of the longest examples, padded to "
+            f"{lengths[-1]} tokens; raise it to at least {lengths[-1]}"
+        )
     counts = np.bincount(bucket_of, minlength=len(lengths))
     n_batches, carried = 0, 0
     for count, n_rows in zip(counts, rows):
@@ -369,8 +409,9 @@ def token_buckets(examples: Sequence[EncodedPair], max_tokens: int, max_len: int
     return TokenBuckets(bucket_of.reshape(-1), lengths, rows, n_batches + (carried > 0))
 
 
-def token_batch_plans(examples: Sequence[EncodedPair], max_tokens: int, seed: int, start_step: int = 0, *,
-                      max_len: int) -> Iterator[BatchPlan]:
+def token_batch_plans(
+    examples: Sequence[EncodedPair], max_tokens: int, seed: int, start_step: int = 0, *, max_len: int
+) -> Iterator[BatchPlan]:
     """Plans of batches of at most max_tokens padded tokens (rows x length) from length buckets,
     for step start_step, start_step + 1, ...; batch k depends only on (examples, max_tokens, max_len, seed, k)."""
     return _token_plans_from(token_buckets(examples, max_tokens, max_len), seed, start_step)
@@ -390,9 +431,17 @@ def _token_plans_after(buckets: TokenBuckets, seed: int, start_step: int) -> Ite
         epoch, offset = epoch + 1, 0
 
 
-def token_batch_iterator(examples: Sequence[EncodedPair], max_tokens: int, seed: int, start_step: int = 0, *,
-                         max_len: int, pad_id: int = PAD_ID, process_index: int = 0,
-                         process_count: int = 1) -> Iterator[Batch]:
+def token_batch_iterator(
+    examples: Sequence[EncodedPair],
+    max_tokens: int,
+    seed: int,
+    start_step: int = 0,
+    *,
+    max_len: int,
+    pad_id: int = PAD_ID,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[Batch]:
     """The batches of `token_batch_plans` (this process's rows of each)."""
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index must be in [0, process_count), got {process_index} of {process_count}")
@@ -403,7 +452,11 @@ def token_batch_iterator(examples: Sequence[EncodedPair], max_tokens: int, seed:
 
 
 def iterate_batches(
-    examples: Sequence[EncodedPair], batch_size: int, *, pad_id: int = PAD_ID, pad_to_multiple: int = 1,
+    examples: Sequence[EncodedPair],
+    batch_size: int,
+    *,
+    pad_id: int = PAD_ID,
+    pad_to_multiple: int = 1,
     fill_last: bool = False,
 ) -> Iterator[Batch]:
     """One pass over the examples in order, `batch_size` at a time (the last batch may be smaller).

@@ -13,8 +13,8 @@ Contract (the interface of tokenizer.py, so it stands wherever a CharTokenizer d
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, CharTokenizer, OneVocabulary, decode_ids
 from .tsv import DataError
@@ -38,8 +38,9 @@ def import_tokenizers():
     try:
         import tokenizers
     except ImportError:
-        raise TextExtraMissing(f"BPE tokenizers need the Hugging Face tokenizers library, an optional extra: "
-                               f"{INSTALL_HINT}") from None
+        raise TextExtraMissing(
+            f"BPE tokenizers need the Hugging Face tokenizers library, an optional extra: {INSTALL_HINT}"
+        ) from None
     return tokenizers
 
 
@@ -81,15 +82,19 @@ class BpeTokenizer(LibraryEncoding, OneVocabulary):
         for token, i in vocab.items():
             tokens[i] = token
         if tuple(tokens[: len(SPECIAL_TOKENS)]) != _HF_SPECIAL_TOKENS:
-            raise ValueError(f"a BPE tokenizer's first ids must be the special tokens {_HF_SPECIAL_TOKENS}, "
-                             f"got {tokens[: len(SPECIAL_TOKENS)]}")
+            raise ValueError(
+                f"a BPE tokenizer's first ids must be the special tokens {_HF_SPECIAL_TOKENS}, "
+                f"got {tokens[: len(SPECIAL_TOKENS)]}"
+            )
         object.__setattr__(self, "_hf", hf)
         object.__setattr__(self, "_tokens", tuple(tokens))
-        single = sorted({t for t in tokens[len(SPECIAL_TOKENS):] if len(t) == 1})
+        single = sorted({t for t in tokens[len(SPECIAL_TOKENS) :] if len(t) == 1})
         object.__setattr__(self, "_alphabet", CharTokenizer(tuple(single)))
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, alphabet: Iterable[str] = (), what: str = "training") -> BpeTokenizer:
+    def train(
+        cls, texts: Iterable[str], vocab_size: int, alphabet: Iterable[str] = (), what: str = "training"
+    ) -> BpeTokenizer:
         """BPE with at most `vocab_size` ids learned from `texts`; every character of `texts` and of
         `alphabet` (e.g. held-out texts, so none of theirs is unknown) gets an id of its own.
 
@@ -100,13 +105,16 @@ class BpeTokenizer(LibraryEncoding, OneVocabulary):
         chars = sorted({c for text in [*texts, *alphabet] for c in text})
         smallest = len(SPECIAL_TOKENS) + len(chars)
         if vocab_size < smallest:
-            raise DataError(f"--vocab-size {vocab_size} is too small for the {len(chars)} distinct characters of the "
-                            f"{what} data: BPE needs at least {smallest} ids ({len(SPECIAL_TOKENS)} special tokens + "
-                            f"one per character); raise --vocab-size")
+            raise DataError(
+                f"--vocab-size {vocab_size} is too small for the {len(chars)} distinct characters of the "
+                f"{what} data: BPE needs at least {smallest} ids ({len(SPECIAL_TOKENS)} special tokens + "
+                f"one per character); raise --vocab-size"
+            )
         hf = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token=_HF_SPECIAL_TOKENS[UNK_ID]))
         hf.pre_tokenizer = tokenizers.pre_tokenizers.Split(" ", behavior="merged_with_next")
-        trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(_HF_SPECIAL_TOKENS),
-                                                 initial_alphabet=chars, show_progress=False)
+        trainer = tokenizers.trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=list(_HF_SPECIAL_TOKENS), initial_alphabet=chars, show_progress=False
+        )
         hf.train_from_iterator(texts, trainer)
         # The special tokens stay in the vocabulary (ids 0-3) but are not matched in text either, so
         # every text is read as its characters, as CharTokenizer reads it.
@@ -137,8 +145,9 @@ class BpeTokenizer(LibraryEncoding, OneVocabulary):
 
     def to_json(self) -> str:
         """The tokenizer as a JSON string that `from_json` reads back."""
-        return json.dumps({"kind": _JSON_KIND, "version": _JSON_VERSION, "tokenizer": self.json_text},
-                          ensure_ascii=False)
+        return json.dumps(
+            {"kind": _JSON_KIND, "version": _JSON_VERSION, "tokenizer": self.json_text}, ensure_ascii=False
+        )
 
     @classmethod
     def from_json(cls, text: str) -> BpeTokenizer:
@@ -147,8 +156,9 @@ class BpeTokenizer(LibraryEncoding, OneVocabulary):
         if not isinstance(obj, dict) or obj.get("kind") != _JSON_KIND or not isinstance(obj.get("tokenizer"), str):
             raise ValueError(f"tokenizer JSON must be an object with kind {_JSON_KIND!r} and a 'tokenizer' string")
         if obj.get("version") != _JSON_VERSION:
-            raise ValueError(f"BPE tokenizer JSON version {obj.get('version')!r} is not supported "
-                             f"(expected {_JSON_VERSION})")
+            raise ValueError(
+                f"BPE tokenizer JSON version {obj.get('version')!r} is not supported (expected {_JSON_VERSION})"
+            )
         return cls(obj["tokenizer"])
 
 

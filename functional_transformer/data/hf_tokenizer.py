@@ -10,12 +10,12 @@ config.json, pad_id and unk_id where it has them (None otherwise; GPT-2 has neit
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
+from ..errors import ConfigError
 from .bpe import LibraryEncoding, import_tokenizers
 from .tokenizer import OneVocabulary
-from ..errors import ConfigError
 
 _JSON_KIND = "huggingface"
 _JSON_VERSION = 1
@@ -82,8 +82,17 @@ class HuggingFaceTokenizer(LibraryEncoding, OneVocabulary):
         return f"{self.vocab_size} ids of a Hugging Face {model} tokenizer (bos {self.bos_id}, eos {self.eos_id})"
 
     def to_json(self) -> str:
-        return json.dumps({"kind": _JSON_KIND, "version": _JSON_VERSION, "tokenizer": self.json_text,
-                           "bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}, ensure_ascii=False)
+        return json.dumps(
+            {
+                "kind": _JSON_KIND,
+                "version": _JSON_VERSION,
+                "tokenizer": self.json_text,
+                "bos_id": self.bos_id,
+                "eos_id": self.eos_id,
+                "pad_id": self.pad_id,
+            },
+            ensure_ascii=False,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> HuggingFaceTokenizer:
@@ -91,6 +100,8 @@ class HuggingFaceTokenizer(LibraryEncoding, OneVocabulary):
         if not isinstance(obj, dict) or obj.get("kind") != _JSON_KIND or not isinstance(obj.get("tokenizer"), str):
             raise ConfigError(f"tokenizer JSON must be an object with kind {_JSON_KIND!r} and a 'tokenizer' string")
         if obj.get("version") != _JSON_VERSION:
-            raise ConfigError(f"Hugging Face tokenizer JSON version {obj.get('version')!r} is not supported "
-                             f"(expected {_JSON_VERSION})")
+            raise ConfigError(
+                f"Hugging Face tokenizer JSON version {obj.get('version')!r} is not supported "
+                f"(expected {_JSON_VERSION})"
+            )
         return cls(obj["tokenizer"], obj.get("bos_id"), obj.get("eos_id"), obj.get("pad_id"))

@@ -25,9 +25,9 @@ the characters to build a `CharTokenizer` from.
 from __future__ import annotations
 
 import string
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 

@@ -25,8 +25,9 @@ Contract:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Protocol
+from typing import Protocol
 
 PAD_ID = 0
 BOS_ID = 1
@@ -218,8 +219,15 @@ class TokenizerPair:
 
     def to_json(self) -> str:
         """Both tokenizers as one JSON string that `tokenizer_from_json` reads back."""
-        return json.dumps({"kind": self.kind, "version": _JSON_VERSION, "source": self.source.to_json(),
-                           "target": self.target.to_json()}, ensure_ascii=False)
+        return json.dumps(
+            {
+                "kind": self.kind,
+                "version": _JSON_VERSION,
+                "source": self.source.to_json(),
+                "target": self.target.to_json(),
+            },
+            ensure_ascii=False,
+        )
 
 
 def tokenizer_from_json(text: str):

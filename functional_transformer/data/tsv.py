@@ -17,8 +17,8 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import UserInputError
 
@@ -57,9 +57,11 @@ def _decode(path: Path, raw: bytes) -> str:
     if text.startswith(BYTE_ORDER_MARK):
         # Editors on Windows write one; kept, it would be a character of the first source (and a
         # vocabulary symbol that nothing else holds).
-        print(f"note: {path} starts with a UTF-8 byte-order mark; it was dropped, not read as a character",
-              file=sys.stderr)
-        text = text[len(BYTE_ORDER_MARK):]
+        print(
+            f"note: {path} starts with a UTF-8 byte-order mark; it was dropped, not read as a character",
+            file=sys.stderr,
+        )
+        text = text[len(BYTE_ORDER_MARK) :]
     return text
 
 

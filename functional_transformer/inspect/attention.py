@@ -18,8 +18,7 @@ import numpy as np
 from backends import array_namespace, with_x64_scope
 
 from .. import checks, inference, model
-from ..data import Tokenizer, encode_pairs, make_batch
-from ..data import DataError
+from ..data import DataError, Tokenizer, encode_pairs, make_batch
 
 # kind -> what a plot calls it; each is a (layers, heads, queries, keys) array in attention_maps.
 KINDS = {
@@ -60,13 +59,16 @@ def _check_lengths(tokenizer: Tokenizer, source: str, target: str | None, max_le
         raise DataError(f"the source has {n_source} tokens; this model reads at most max_len={max_len}")
     n_target = None if target is None else len(tokenizer.target.encode(target))
     if n_target is not None and n_target + 1 > max_len:
-        raise DataError(f"the target has {n_target} tokens; this model's decoder reads at most "
-                         f"{max_len - 1} (max_len={max_len}, less one for beginning-of-sequence)")
+        raise DataError(
+            f"the target has {n_target} tokens; this model's decoder reads at most "
+            f"{max_len - 1} (max_len={max_len}, less one for beginning-of-sequence)"
+        )
 
 
 @with_x64_scope
-def attention_maps(params: dict, cfg, tokenizer: Tokenizer, source: str, target: str | None = None, *,
-                   allow_unknown: bool = False) -> dict:
+def attention_maps(
+    params: dict, cfg, tokenizer: Tokenizer, source: str, target: str | None = None, *, allow_unknown: bool = False
+) -> dict:
     """Every attention weight of the forward pass on one example, on the params' backend.
 
     target: the decoder's input, teacher-forced; None decodes it greedily first (the model's own

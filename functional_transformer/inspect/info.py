@@ -33,8 +33,10 @@ def _describe_tokenizer(tokenizer) -> str:
     source, target = tokenizer.source, tokenizer.target
     if source is target:
         return f"{source.kind}, one vocabulary of {source.vocab_size} ids for sources and targets"
-    return f"{source.kind} source vocabulary of {source.vocab_size} ids, {target.kind} target vocabulary of " \
-           f"{target.vocab_size} ids"
+    return (
+        f"{source.kind} source vocabulary of {source.vocab_size} ids, {target.kind} target vocabulary of "
+        f"{target.vocab_size} ids"
+    )
 
 
 def _fields(fields: dict) -> str:
@@ -50,8 +52,10 @@ def info_lines(path: str | Path) -> list[str]:
         files = [checkpoint.checkpoint_path(path, which) for which in ("last", "best")]
         files = [f for f in files if f.exists()]
         if not files:
-            raise CheckpointError(f"{path} holds no checkpoint ({checkpoint.CHECKPOINT_NAME} or "
-                                  f"{checkpoint.BEST_NAME}): not a run folder, or a run stopped before its first save")
+            raise CheckpointError(
+                f"{path} holds no checkpoint ({checkpoint.CHECKPOINT_NAME} or "
+                f"{checkpoint.BEST_NAME}): not a run folder, or a run stopped before its first save"
+            )
         lines = [f"run folder: {path}"]
     else:
         files, lines = [path], [f"checkpoint file: {path}"]
@@ -67,15 +71,19 @@ def info_lines(path: str | Path) -> list[str]:
     best_by = train_config.get("best_by", "exact_match")
     best_value = progress.get("best_value", progress.get("best_exact_match"))
     if best_value is not None:
-        lines.append(f"best held-out {best_by}: {best_value:.4f} at step {progress.get('best_step')} "
-                     f"(best_by {best_by} chose {checkpoint.BEST_NAME})")
+        lines.append(
+            f"best held-out {best_by}: {best_value:.4f} at step {progress.get('best_step')} "
+            f"(best_by {best_by} chose {checkpoint.BEST_NAME})"
+        )
     else:
         lines.append("best held-out value: none (no evaluation on held-out data yet)")
     params = main["state"]["params"]
     leaves = backends.get_backend("numpy").tree_leaves(params)
     n_params = sum(int(leaf.size) for leaf in leaves)
-    lines.append(f"parameters: {n_params:,} ({sum(int(leaf.nbytes) for leaf in leaves) / 2**20:.2f} MiB in "
-                 f"{cfg.dtype}); written on the {main['backend']} backend")
+    lines.append(
+        f"parameters: {n_params:,} ({sum(int(leaf.nbytes) for leaf in leaves) / 2**20:.2f} MiB in "
+        f"{cfg.dtype}); written on the {main['backend']} backend"
+    )
     lines.append(f"tokenizer: {_describe_tokenizer(main['tokenizer'])}")
     lines.append(f"model: {_fields(cfg.to_dict())}")
     lines.append(f"training: {_fields(train_config)}")

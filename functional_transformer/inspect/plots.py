@@ -132,5 +132,12 @@ def save_png(fig, path: str | Path, dpi: int = 100) -> Path:
     return path
 
 
-__all__ = ["INSTALL_HINT", "MatplotlibMissing", "attention_figure", "curves_figure", "png_bytes",
-           "require_matplotlib", "save_png"]
+__all__ = [
+    "INSTALL_HINT",
+    "MatplotlibMissing",
+    "attention_figure",
+    "curves_figure",
+    "png_bytes",
+    "require_matplotlib",
+    "save_png",
+]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import base64
 import datetime
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -41,18 +41,24 @@ MODEL_ORDER = ("src_embed", "tgt_embed", "encoder", "decoder", "out_proj")  # th
 def parameter_counts(params: dict) -> list[dict]:
     """[{"component", "parameters", "bytes"}]: each top-level part of the tree, the encoder's and
     decoder's layers one by one (and final_ln where there is one), then "total"."""
+
     def count(tree) -> tuple[int, int]:
         leaves = tree.values() if isinstance(tree, dict) else [tree]
-        sizes = [count(leaf) if isinstance(leaf, dict) else (int(np.prod(leaf.shape)),
-                                                              int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize)
-                 for leaf in leaves]
+        sizes = [
+            count(leaf)
+            if isinstance(leaf, dict)
+            else (int(np.prod(leaf.shape)), int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize)
+            for leaf in leaves
+        ]
         return sum(s[0] for s in sizes), sum(s[1] for s in sizes)
 
     def layers_first(name: str):  # layer_0, layer_1, ..., layer_10 in number order, then final_ln
         return (0, int(name.removeprefix("layer_")), "") if name.startswith("layer_") else (1, 0, name)
 
     # In the model's order, whatever order the tree's keys come in (JAX sorts a dict's keys).
-    parts = sorted(params, key=lambda part: (MODEL_ORDER.index(part) if part in MODEL_ORDER else len(MODEL_ORDER), part))
+    parts = sorted(
+        params, key=lambda part: (MODEL_ORDER.index(part) if part in MODEL_ORDER else len(MODEL_ORDER), part)
+    )
     rows = []
     for part in parts:
         stack = part in ("encoder", "decoder")
@@ -60,8 +66,9 @@ def parameter_counts(params: dict) -> list[dict]:
         for name in names:
             n, size = count(params[part][name] if stack else params[part])
             rows.append({"component": f"{part}.{name}" if stack else part, "parameters": n, "bytes": size})
-    rows.append({"component": "total", "parameters": sum(r["parameters"] for r in rows),
-                 "bytes": sum(r["bytes"] for r in rows)})
+    rows.append(
+        {"component": "total", "parameters": sum(r["parameters"] for r in rows), "bytes": sum(r["bytes"] for r in rows)}
+    )
     return rows
 
 
@@ -72,7 +79,9 @@ def learning_rates(tcfg: TrainConfig, cfg) -> tuple[np.ndarray, np.ndarray]:
     return counts + 1, np.asarray(make_schedule(tcfg, cfg)(counts))
 
 
-def sample_predictions(params: dict, cfg, tokenizer, pairs: Sequence[tuple[str, str]], beam_size: int = BEAM_SIZE) -> list[dict]:
+def sample_predictions(
+    params: dict, cfg, tokenizer, pairs: Sequence[tuple[str, str]], beam_size: int = BEAM_SIZE
+) -> list[dict]:
     """[{"source", "target", "greedy", "beam"}], one per pair, decoded both ways."""
     sources = [source for source, _ in pairs]
     greedy = inference.predict(params, cfg, tokenizer, sources, allow_unknown=True)
@@ -128,7 +137,9 @@ def _key_values(title: str, fields: dict) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
-    head = "".join(f'<th class="num">{_e(h)}</th>' if i in numeric else f"<th>{_e(h)}</th>" for i, h in enumerate(header))
+    head = "".join(
+        f'<th class="num">{_e(h)}</th>' if i in numeric else f"<th>{_e(h)}</th>" for i, h in enumerate(header)
+    )
     body = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -148,33 +159,63 @@ def _size(n_bytes: int) -> str:
 
 
 def _evaluations_table(valid: list[dict]) -> str:
-    rows = [[_num(r["step"]), _num(f"{r['loss']:.4f}"), _num(f"{r['token_accuracy']:.4f}"),
-             _num(f"{r['exact_match']:.4f}"), _num(f"{r['char_accuracy']:.4f}"), _num(r["n_examples"])] for r in valid]
-    return _table(["step", "loss", "token accuracy", "exact match", "char accuracy", "examples"], rows,
-                  numeric={0, 1, 2, 3, 4, 5})
+    rows = [
+        [
+            _num(r["step"]),
+            _num(f"{r['loss']:.4f}"),
+            _num(f"{r['token_accuracy']:.4f}"),
+            _num(f"{r['exact_match']:.4f}"),
+            _num(f"{r['char_accuracy']:.4f}"),
+            _num(r["n_examples"]),
+        ]
+        for r in valid
+    ]
+    return _table(
+        ["step", "loss", "token accuracy", "exact match", "char accuracy", "examples"], rows, numeric={0, 1, 2, 3, 4, 5}
+    )
 
 
 def _samples_html(rows: list[dict], shown: list[dict]) -> str:
     n = len(rows)
     greedy_right = sum(r["greedy"] == r["target"] for r in rows)
     beam_right = sum(r["beam"] == r["target"] for r in rows)
-    summary = (f"<p>The first {n} held-out examples (never seen in training): greedy decoding got {greedy_right}/{n} "
-               f"exactly right, beam search (beam {BEAM_SIZE}, length penalty 0.6) {beam_right}/{n}. Shown: up to 8 "
-               "that either got wrong, then up to 8 that both got right.</p>")
-    table = _table(["source", "target", "greedy", f"beam {BEAM_SIZE}"],
-                   [[_text(r["source"]), _text(r["target"]), _text(r["greedy"], r["greedy"] == r["target"]),
-                     _text(r["beam"], r["beam"] == r["target"])] for r in shown])
+    summary = (
+        f"<p>The first {n} held-out examples (never seen in training): greedy decoding got {greedy_right}/{n} "
+        f"exactly right, beam search (beam {BEAM_SIZE}, length penalty 0.6) {beam_right}/{n}. Shown: up to 8 "
+        "that either got wrong, then up to 8 that both got right.</p>"
+    )
+    table = _table(
+        ["source", "target", "greedy", f"beam {BEAM_SIZE}"],
+        [
+            [
+                _text(r["source"]),
+                _text(r["target"]),
+                _text(r["greedy"], r["greedy"] == r["target"]),
+                _text(r["beam"], r["beam"] == r["target"]),
+            ]
+            for r in shown
+        ],
+    )
     return summary + table
 
 
 def _checkpoint_html(files: dict, used: Path, counts: list[dict]) -> str:
     total = counts[-1]["bytes"]
-    file_rows = [[_text(name), _num(_size(size)), _num(f"{size / total:.2f}x"),
-                  f"<td>{'read for this page' if path == used else ''}</td>"] for name, (path, size) in files.items()]
+    file_rows = [
+        [
+            _text(name),
+            _num(_size(size)),
+            _num(f"{size / total:.2f}x"),
+            f"<td>{'read for this page' if path == used else ''}</td>",
+        ]
+        for name, (path, size) in files.items()
+    ]
     files_table = _table(["file", "size", "size / params", ""], file_rows, numeric={1, 2})
     count_rows = [[_text(r["component"]), _num(f"{r['parameters']:,}"), _num(_size(r["bytes"]))] for r in counts]
-    note = ("<p class='note'>A checkpoint holds the params, the optimizer's state (Adam: two moments, each the "
-            "size of the params) and a small header, so it is about three times the params.</p>")
+    note = (
+        "<p class='note'>A checkpoint holds the params, the optimizer's state (Adam: two moments, each the "
+        "size of the params) and a small header, so it is about three times the params.</p>"
+    )
     return files_table + note + _table(["component", "parameters", "size"], count_rows, numeric={1, 2})
 
 
@@ -182,8 +223,14 @@ def _checkpoint_html(files: dict, used: Path, counts: list[dict]) -> str:
 # The page
 
 
-def build_report(path: str | Path, which: str | None = None, *, backend: Backend | None = None,
-                 n_examples: int = 100, n_attention: int = 3) -> str:
+def build_report(
+    path: str | Path,
+    which: str | None = None,
+    *,
+    backend: Backend | None = None,
+    n_examples: int = 100,
+    n_attention: int = 3,
+) -> str:
     """The HTML of the report on a run folder (or one of its checkpoint files); `which` as for
     ft.load. n_examples held-out examples are decoded both ways; n_attention of them drawn."""
     plots.require_matplotlib("ft report")  # before the slow part, so a missing extra fails at once
@@ -201,25 +248,40 @@ def build_report(path: str | Path, which: str | None = None, *, backend: Backend
 
     sections = []
     best = progress.get("best_exact_match")
-    best_line = (f"held-out exact match {best:.4f} at its best step by {_e(tcfg.best_by)}, "
-                 f"{progress.get('best_step')}; " if best is not None else "")
+    best_line = (
+        f"held-out exact match {best:.4f} at its best step by {_e(tcfg.best_by)}, {progress.get('best_step')}; "
+        if best is not None
+        else ""
+    )
     sections.append(
         f"<p>Checkpoint <code>{_e(used)}</code> at step {step} of {tcfg.steps}; {best_line}written on the "
         f"{_e(loaded['backend'])} backend, read on {_e(backend.name)} for this page, made "
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by <code>ft report</code>.</p>")
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC by <code>ft report</code>.</p>"
+    )
 
-    sections.append("<h2>Configuration</h2><div class='configs'>" + _key_values("model", cfg.to_dict())
-                    + _key_values("training", loaded["train_config"]) + _key_values("data", spec) + "</div>")
+    sections.append(
+        "<h2>Configuration</h2><div class='configs'>"
+        + _key_values("model", cfg.to_dict())
+        + _key_values("training", loaded["train_config"])
+        + _key_values("data", spec)
+        + "</div>"
+    )
 
     sections.append("<h2>Curves</h2>")
     if history:
         curves = plots.png_bytes(plots.curves_figure(history, learning_rates(tcfg, cfg)))
         sections.append(_img(curves, "loss, accuracy, learning rate and held-out exact match against the step"))
-        restart = (f" The schedule restarted at step {tcfg.schedule_start} (the run was extended); earlier steps "
-                   "followed the schedule before it." if tcfg.schedule_start else "")
-        sections.append(f"<p class='note'>From {_e(folder / 'metrics.jsonl')} ({len(history)} records); the "
-                        f"learning rate from the run's TrainConfig ({_e(tcfg.schedule)} schedule, peak "
-                        f"{tcfg.learning_rate:g}, warmup {tcfg.warmup_steps}).{restart}</p>")
+        restart = (
+            f" The schedule restarted at step {tcfg.schedule_start} (the run was extended); earlier steps "
+            "followed the schedule before it."
+            if tcfg.schedule_start
+            else ""
+        )
+        sections.append(
+            f"<p class='note'>From {_e(folder / 'metrics.jsonl')} ({len(history)} records); the "
+            f"learning rate from the run's TrainConfig ({_e(tcfg.schedule)} schedule, peak "
+            f"{tcfg.learning_rate:g}, warmup {tcfg.warmup_steps}).{restart}</p>"
+        )
         if valid:
             sections.append("<h3>Held-out evaluations</h3>" + _evaluations_table(valid))
     else:
@@ -241,9 +303,11 @@ def build_report(path: str | Path, which: str | None = None, *, backend: Backend
     sections.append("<h2>Attention</h2>")
     sources = pick_attention_sources(rows, n_attention)
     if sources:
-        sections.append("<p class='note'>Every attention weight of one forward pass, teacher-forced on the model's "
-                        "own greedy output: a row per query, a column per key, each row summing to 1. Decoder rows are "
-                        "labelled with the token the position writes, columns with what the keys' positions read.</p>")
+        sections.append(
+            "<p class='note'>Every attention weight of one forward pass, teacher-forced on the model's "
+            "own greedy output: a row per query, a column per key, each row summing to 1. Decoder rows are "
+            "labelled with the token the position writes, columns with what the keys' positions read.</p>"
+        )
     for source in sources:
         maps = attention_maps(params, cfg, tokenizer, source, allow_unknown=True)
         sections.append(f"<h3>{_e(repr(source))} &rarr; {_e(repr(maps['target']))}</h3>")
@@ -262,8 +326,10 @@ def build_report(path: str | Path, which: str | None = None, *, backend: Backend
     sections.append(_checkpoint_html(files, used, parameter_counts(params)))
 
     title = f"Run report: {folder}"
-    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n")
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n"
+    )
 
 
 def write_report(path: str | Path, out: str | Path | None = None, which: str | None = None, **options) -> Path:
@@ -275,5 +341,12 @@ def write_report(path: str | Path, out: str | Path | None = None, which: str | N
     return out
 
 
-__all__ = ["build_report", "learning_rates", "parameter_counts", "pick_attention_sources", "pick_samples",
-           "sample_predictions", "write_report"]
+__all__ = [
+    "build_report",
+    "learning_rates",
+    "parameter_counts",
+    "pick_attention_sources",
+    "pick_samples",
+    "sample_predictions",
+    "write_report",
+]

@@ -80,8 +80,10 @@ def fused_projection(params: dict, names: tuple) -> dict:
     if len(names) == 1:
         return projection(params, names[0])
     xp = array_namespace(params["w_q"])
-    return {"w": xp.concat([params[f"w_{name}"] for name in names], axis=1),
-            "b": xp.concat([params[f"b_{name}"] for name in names])}
+    return {
+        "w": xp.concat([params[f"w_{name}"] for name in names], axis=1),
+        "b": xp.concat([params[f"b_{name}"] for name in names]),
+    }
 
 
 def _project_heads(params: dict, x, names: tuple, n_heads: int):
@@ -253,8 +255,9 @@ def repeat_kv(x, n_rep: int):
         return x
     xp = array_namespace(x)
     batch, n_kv, length, d_head = x.shape
-    return xp.reshape(xp.broadcast_to(x[:, :, None], (batch, n_kv, n_rep, length, d_head)),
-                      (batch, n_kv * n_rep, length, d_head))
+    return xp.reshape(
+        xp.broadcast_to(x[:, :, None], (batch, n_kv, n_rep, length, d_head)), (batch, n_kv * n_rep, length, d_head)
+    )
 
 
 def repeat_kv_bwd(g, n_rep: int):
@@ -266,8 +269,16 @@ def repeat_kv_bwd(g, n_rep: int):
     return xp.sum(xp.reshape(g, (batch, n_heads // n_rep, n_rep, length, d_head)), axis=2)
 
 
-def grouped_fwd(params: dict, x, mask, n_heads: int, n_kv_heads: int, rope_base: float | None = None,
-                cache: KVCache | None = None, position=None):
+def grouped_fwd(
+    params: dict,
+    x,
+    mask,
+    n_heads: int,
+    n_kv_heads: int,
+    rope_base: float | None = None,
+    cache: KVCache | None = None,
+    position=None,
+):
     """Self-attention of x (B, T, D) with n_kv_heads key/value heads -> (y (B, T, D), saved).
 
     rope_base: rotate queries and keys (rotary.py) with this base, None for no rotation. With a
@@ -280,8 +291,8 @@ def grouped_fwd(params: dict, x, mask, n_heads: int, n_kv_heads: int, rope_base:
     d_kv = n_kv_heads * d_head
     h, saved_qkv = linear.fwd(_grouped_linear(params, ("q", "k", "v")), x)  # (B, T, D + 2 d_kv)
     q = split_heads(h[..., :d_model], n_heads)
-    k = split_heads(h[..., d_model:d_model + d_kv], n_kv_heads)
-    v = split_heads(h[..., d_model + d_kv:], n_kv_heads)
+    k = split_heads(h[..., d_model : d_model + d_kv], n_kv_heads)
+    v = split_heads(h[..., d_model + d_kv :], n_kv_heads)
     rotation = None
     if rope_base is not None:
         rotation = rotary.table(length, d_head, x.dtype, xp, 0 if position is None else position, rope_base)

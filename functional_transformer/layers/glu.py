@@ -28,8 +28,9 @@ class Saved(NamedTuple):
 @with_x64_scope
 def init(key, d_model: int, d_ff: int, dtype, bias: bool = False) -> dict:
     params = {}
-    for name, k, (d_in, d_out) in zip(("gate", "up", "down"), ftrandom.split(key, 3),
-                                      ((d_model, d_ff), (d_model, d_ff), (d_ff, d_model))):
+    for name, k, (d_in, d_out) in zip(
+        ("gate", "up", "down"), ftrandom.split(key, 3), ((d_model, d_ff), (d_model, d_ff), (d_ff, d_model))
+    ):
         proj = linear.init(k, d_in, d_out, dtype, bias)
         params[f"w_{name}"] = proj["w"]
         if bias:

@@ -1,6 +1,6 @@
 """Sinusoidal positional encoding (paper §3.5), a constant table rather than a layer:
 
-    PE[pos, 2i] = sin(pos / 10000^(2i/d)),   PE[pos, 2i+1] = cos(pos / 10000^(2i/d))
+PE[pos, 2i] = sin(pos / 10000^(2i/d)),   PE[pos, 2i+1] = cos(pos / 10000^(2i/d))
 """
 
 from __future__ import annotations

@@ -22,12 +22,23 @@ from typing import Any, NamedTuple
 
 from backends import random as ftrandom
 
-from ..parts import (Dropout, Embedding, FeedForward, GatedFeedForward, Linear, Part, Repeat, Residual, SelfAttention,
-                     Serial, norm)
+from ..errors import ConfigError
+from ..parts import (
+    Dropout,
+    Embedding,
+    FeedForward,
+    GatedFeedForward,
+    Linear,
+    Part,
+    Repeat,
+    Residual,
+    SelfAttention,
+    Serial,
+    norm,
+)
 from ..parts.masks import padding_mask
 from ..parts.part import keys_for
 from . import heads
-from ..errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,15 +80,19 @@ class DecoderConfig:
     def __post_init__(self):
         _check_sizes(self, ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len"))
         if self.pad_id is not None and not 0 <= self.pad_id < self.vocab_size:
-            raise ConfigError(f"pad_id ({self.pad_id}) must be a token id below vocab_size ({self.vocab_size}), "
-                             "or None for a vocabulary without padding")
+            raise ConfigError(
+                f"pad_id ({self.pad_id}) must be a token id below vocab_size ({self.vocab_size}), "
+                "or None for a vocabulary without padding"
+            )
         if self.positional not in POSITIONAL:
             raise ConfigError(f"DecoderConfig.positional must be one of {POSITIONAL}, got {self.positional!r}")
         if not self.bias and not self.gated_ffn:
-            raise ConfigError("DecoderConfig: bias=False is for the gated feed-forward (gated_ffn=True, Llama's); "
-                             "the ungated one always has biases")
+            raise ConfigError(
+                "DecoderConfig: bias=False is for the gated feed-forward (gated_ffn=True, Llama's); "
+                "the ungated one always has biases"
+            )
         model = DecoderOnly(self)
-        model.embed, model.blocks  # building the parts checks the rest (heads dividing d_model, rates)
+        _ = model.embed, model.blocks  # building the parts checks the rest (heads dividing d_model, rates)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -114,14 +129,29 @@ def block(cfg, *, causal: bool) -> Serial:
     norm_kind, norm_eps = _setting(cfg, "norm", "layer"), _setting(cfg, "norm_eps", None)
 
     def residual(sublayer, name, norm_name):
-        return Residual(sublayer, cfg.d_model, norm_first=cfg.norm_first, drop_rate=cfg.drop_rate, name=name,
-                        norm_name=norm_name, dtype=cfg.dtype, norm=norm_kind, norm_eps=norm_eps)
+        return Residual(
+            sublayer,
+            cfg.d_model,
+            norm_first=cfg.norm_first,
+            drop_rate=cfg.drop_rate,
+            name=name,
+            norm_name=norm_name,
+            dtype=cfg.dtype,
+            norm=norm_kind,
+            norm_eps=norm_eps,
+        )
 
     bias = _setting(cfg, "bias", True)
     rope = _setting(cfg, "positional", None) == "rope"
-    attention = SelfAttention(cfg.d_model, cfg.n_heads, causal=causal, dtype=cfg.dtype,
-                              n_kv_heads=_setting(cfg, "n_kv_heads", None), bias=bias,
-                              rope_base=float(cfg.rope_base) if rope else None)
+    attention = SelfAttention(
+        cfg.d_model,
+        cfg.n_heads,
+        causal=causal,
+        dtype=cfg.dtype,
+        n_kv_heads=_setting(cfg, "n_kv_heads", None),
+        bias=bias,
+        rope_base=float(cfg.rope_base) if rope else None,
+    )
     if _setting(cfg, "gated_ffn", False):
         ffn = GatedFeedForward(cfg.d_model, cfg.d_ff, cfg.activation, bias, cfg.dtype)
     else:
@@ -151,8 +181,7 @@ class DecoderOnly(Part):
     def embed(self) -> Embedding:
         cfg = self.cfg
         positional = "none" if cfg.positional == "rope" else cfg.positional  # rotary acts in attention
-        return Embedding(cfg.vocab_size, cfg.d_model, cfg.max_len, positional, cfg.dtype,
-                         scale=cfg.scale_embeddings)
+        return Embedding(cfg.vocab_size, cfg.d_model, cfg.max_len, positional, cfg.dtype, scale=cfg.scale_embeddings)
 
     @functools.cached_property
     def blocks(self) -> Repeat:
@@ -186,8 +215,7 @@ class DecoderOnly(Part):
         k_embed, k_blocks = keys_for((self.dropout, self.blocks), key)
         h, saved_embed = self.embed.fwd(params["embed"], x)
         h, saved_drop = self.dropout.fwd({}, h, train=train, key=k_embed)
-        h, saved_blocks = self.blocks.fwd(params["blocks"], h, train=train, key=k_blocks,
-                                          mask=self._padding_mask(x))
+        h, saved_blocks = self.blocks.fwd(params["blocks"], h, train=train, key=k_blocks, mask=self._padding_mask(x))
         logits, saved_head = self.head.fwd(self._projection(params), h)
         return logits, Saved(saved_embed, saved_drop, saved_blocks, saved_head)
 

@@ -30,15 +30,34 @@ from backends import random as ftrandom
 
 from ..config import TransformerConfig
 from ..layers.precision import as_dtype
-from ..parts import (CrossAttention, Dropout, Embedding, FeedForward, Linear, Part, Repeat, Residual,
-                     SelfAttention, Serial, LayerNorm, padding_mask)
+from ..parts import (
+    CrossAttention,
+    Dropout,
+    Embedding,
+    FeedForward,
+    LayerNorm,
+    Linear,
+    Part,
+    Repeat,
+    Residual,
+    SelfAttention,
+    Serial,
+    padding_mask,
+)
 from ..parts.part import keys_for
 from . import heads
 
 
 def _residual(cfg, sublayer: Part, name: str, norm_name: str) -> Residual:
-    return Residual(sublayer, cfg.d_model, norm_first=cfg.norm_first, drop_rate=cfg.drop_rate, name=name,
-                    norm_name=norm_name, dtype=cfg.dtype)
+    return Residual(
+        sublayer,
+        cfg.d_model,
+        norm_first=cfg.norm_first,
+        drop_rate=cfg.drop_rate,
+        name=name,
+        norm_name=norm_name,
+        dtype=cfg.dtype,
+    )
 
 
 def encoder_block(cfg) -> Serial:
@@ -150,8 +169,9 @@ class EncoderDecoder(Part):
         params = self.compute_params(params)
         x, saved_embed = self.src_embed.fwd(params["src_embed"], src)
         x, saved_drop = self.dropout.fwd({}, x, train=train, key=k_embed)
-        memory, saved_stack = self.encoder.fwd(params["encoder"], x, train=train, key=k_stack,
-                                               mask=padding_mask(src, self.cfg.pad_id))
+        memory, saved_stack = self.encoder.fwd(
+            params["encoder"], x, train=train, key=k_stack, mask=padding_mask(src, self.cfg.pad_id)
+        )
         return memory, EncodeSaved(saved_embed, saved_drop, saved_stack)
 
     def encode_bwd(self, params: dict, saved: EncodeSaved, d_memory) -> dict:
@@ -170,8 +190,13 @@ class EncoderDecoder(Part):
         y, saved_embed = self.tgt_embed.fwd(params["tgt_embed"], tgt_in)
         y, saved_drop = self.dropout.fwd({}, y, train=train, key=k_embed)
         (h, _), saved_stack = self.decoder.fwd(
-            params["decoder"], (y, memory), train=train, key=k_stack,
-            mask=padding_mask(tgt_in, self.cfg.pad_id), memory_mask=padding_mask(src, self.cfg.pad_id))
+            params["decoder"],
+            (y, memory),
+            train=train,
+            key=k_stack,
+            mask=padding_mask(tgt_in, self.cfg.pad_id),
+            memory_mask=padding_mask(src, self.cfg.pad_id),
+        )
         logits, saved_out = self.out_proj.fwd(self.output_projection(params), h)
         logits = as_dtype(logits, getattr(xp, self.cfg.dtype))  # the loss's and decoding's softmax in dtype
         return logits, DecodeSaved(saved_embed, saved_drop, saved_stack, saved_out)
@@ -181,8 +206,9 @@ class EncoderDecoder(Part):
         xp = array_namespace(d_logits)
         d_out, dh = self.out_proj.bwd(self.output_projection(params), saved.out, d_logits)
         memory_shape = (dh.shape[0], saved.stack.inputs[0][1].shape[1], dh.shape[2])
-        d_decoder, (dy, d_memory) = self.decoder.bwd(params["decoder"], saved.stack,
-                                                     (dh, xp.zeros(memory_shape, dtype=dh.dtype)))
+        d_decoder, (dy, d_memory) = self.decoder.bwd(
+            params["decoder"], saved.stack, (dh, xp.zeros(memory_shape, dtype=dh.dtype))
+        )
         _, dy = self.dropout.bwd({}, saved.drop, dy)
         d_tgt_embed, _ = self.tgt_embed.bwd(params["tgt_embed"], saved.embed, dy)
         d_out, d_tgt_embed["tokens"] = heads.split_grads(d_out, d_tgt_embed["tokens"], self.cfg.tie_embeddings)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from ..errors import ConfigError
 from ..parts import Dropout, Embedding, Linear, MeanPool, Part, Serial
 from ..parts.masks import padding_mask
 from .decoder_only import _check_sizes, _from_dict, blocks
-from ..errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +41,7 @@ class EncoderConfig:
         _check_sizes(self, ("vocab_size", "n_classes", "d_model", "n_heads", "d_ff", "n_layers", "max_len"))
         if not 0 <= self.pad_id < self.vocab_size:
             raise ConfigError(f"pad_id ({self.pad_id}) must be a token id below vocab_size ({self.vocab_size})")
-        EncoderOnly(self).network  # building the parts checks the rest
+        _ = EncoderOnly(self).network  # building the parts checks the rest
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 
-from .decoder_only import DecoderConfig
 from ..errors import ConfigError
+from .decoder_only import DecoderConfig
 
 _SIZES = {"d_model": 128, "n_heads": 4, "n_layers": 4, "max_len": 256}
 
@@ -28,17 +28,40 @@ def _swiglu_width(d_model: int) -> int:
 
 
 def _gpt2(sizes: dict) -> dict:
-    return {"d_ff": 4 * sizes["d_model"], "drop_rate": 0.1, "norm_first": True, "norm": "layer", "norm_eps": 1e-5,
-            "positional": "learned", "activation": "gelu", "gated_ffn": False, "bias": True, "head_bias": False,
-            "tie_embeddings": True, "scale_embeddings": False}
+    return {
+        "d_ff": 4 * sizes["d_model"],
+        "drop_rate": 0.1,
+        "norm_first": True,
+        "norm": "layer",
+        "norm_eps": 1e-5,
+        "positional": "learned",
+        "activation": "gelu",
+        "gated_ffn": False,
+        "bias": True,
+        "head_bias": False,
+        "tie_embeddings": True,
+        "scale_embeddings": False,
+    }
 
 
 def _llama(sizes: dict) -> dict:
     n_heads = sizes["n_heads"]
-    return {"d_ff": _swiglu_width(sizes["d_model"]), "drop_rate": 0.0, "norm_first": True, "norm": "rms",
-            "norm_eps": 1e-6, "positional": "rope", "rope_base": 10000.0, "activation": "silu", "gated_ffn": True,
-            "bias": False, "head_bias": False, "tie_embeddings": False, "scale_embeddings": False,
-            "n_kv_heads": n_heads // 2 if n_heads % 2 == 0 else n_heads}
+    return {
+        "d_ff": _swiglu_width(sizes["d_model"]),
+        "drop_rate": 0.0,
+        "norm_first": True,
+        "norm": "rms",
+        "norm_eps": 1e-6,
+        "positional": "rope",
+        "rope_base": 10000.0,
+        "activation": "silu",
+        "gated_ffn": True,
+        "bias": False,
+        "head_bias": False,
+        "tie_embeddings": False,
+        "scale_embeddings": False,
+        "n_kv_heads": n_heads // 2 if n_heads % 2 == 0 else n_heads,
+    }
 
 
 PRESETS = {"gpt2": _gpt2, "llama": _llama}

@@ -9,8 +9,9 @@ array namespace, with no Python control flow on its values, so a schedule runs u
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -69,9 +70,7 @@ def warmup_cosine(peak_value: float, warmup_steps: int, decay_steps: int, end_va
     `decay_steps` counts the warmup too.
     """
     if not 0 <= warmup_steps < decay_steps:
-        raise ValueError(
-            f"warmup_cosine needs 0 <= warmup_steps < decay_steps, got {warmup_steps=}, {decay_steps=}"
-        )
+        raise ValueError(f"warmup_cosine needs 0 <= warmup_steps < decay_steps, got {warmup_steps=}, {decay_steps=}")
     peak_value, end_value = float(peak_value), float(end_value)
     cosine_steps = float(decay_steps - warmup_steps)
     # With no warmup the linear branch is never selected, but both branches of `where` are

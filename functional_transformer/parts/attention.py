@@ -13,18 +13,20 @@ import dataclasses
 
 from backends import array_namespace
 
+from ..errors import ConfigError
 from ..layers import attention
 from .masks import attention_mask
 from .part import Part
 from .position_wise import _check_positive, _check_width, _dtype
-from ..errors import ConfigError
 
 
 def _check_heads(part) -> None:
     _check_positive(part, d_model=part.d_model, n_heads=part.n_heads)
     if part.d_model % part.n_heads:
-        raise ConfigError(f"{type(part).__name__}: d_model ({part.d_model}) must be divisible by n_heads "
-                         f"({part.n_heads}): each head gets d_model // n_heads dimensions")
+        raise ConfigError(
+            f"{type(part).__name__}: d_model ({part.d_model}) must be divisible by n_heads "
+            f"({part.n_heads}): each head gets d_model // n_heads dimensions"
+        )
 
 
 def _empty_cache(x, n_heads: int, max_len: int, n_kv_heads: int | None = None) -> dict:
@@ -58,14 +60,18 @@ class SelfAttention(Part):
         if self.n_kv_heads is not None:
             _check_positive(self, n_kv_heads=self.n_kv_heads)
             if self.n_heads % self.n_kv_heads:
-                raise ConfigError(f"SelfAttention: n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
-                                 f"({self.n_kv_heads}): each key/value head serves n_heads // n_kv_heads query heads")
+                raise ConfigError(
+                    f"SelfAttention: n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
+                    f"({self.n_kv_heads}): each key/value head serves n_heads // n_kv_heads query heads"
+                )
         if self.rope_base is not None:
             if not (isinstance(self.rope_base, (int, float)) and self.rope_base > 1):
                 raise ConfigError(f"SelfAttention: rope_base must be a number above 1, got {self.rope_base!r}")
             if (self.d_model // self.n_heads) % 2:
-                raise ConfigError(f"SelfAttention: rotary positions rotate pairs of dimensions, so the head size "
-                                 f"d_model // n_heads ({self.d_model // self.n_heads}) must be even")
+                raise ConfigError(
+                    f"SelfAttention: rotary positions rotate pairs of dimensions, so the head size "
+                    f"d_model // n_heads ({self.d_model // self.n_heads}) must be even"
+                )
 
     @property
     def kv_heads(self) -> int:
@@ -78,8 +84,9 @@ class SelfAttention(Part):
 
     def init(self, key) -> dict:
         if self.grouped:
-            return attention.grouped_init(key, self.d_model, self.n_heads, self.kv_heads, _dtype(key, self.dtype),
-                                          self.bias)
+            return attention.grouped_init(
+                key, self.d_model, self.n_heads, self.kv_heads, _dtype(key, self.dtype), self.bias
+            )
         return attention.init(key, self.d_model, _dtype(key, self.dtype))
 
     def fwd(self, params, x, *, train=False, key=None, mask=None, **side):
@@ -108,8 +115,16 @@ class SelfAttention(Part):
         if mask is not None:
             seen = seen & attention_mask(mask, "mask", x.shape[0], 1, max_len, causal=False, xp=xp)
         if self.grouped:
-            y, kv = attention.grouped_fwd(params, x, seen, self.n_heads, self.kv_heads, self.rope_base,
-                                          attention.KVCache(cache["k"], cache["v"]), position)
+            y, kv = attention.grouped_fwd(
+                params,
+                x,
+                seen,
+                self.n_heads,
+                self.kv_heads,
+                self.rope_base,
+                attention.KVCache(cache["k"], cache["v"]),
+                position,
+            )
             return y, {"k": kv.k, "v": kv.v}
         y, kv = attention.fwd(params, x, x, seen, self.n_heads, attention.KVCache(cache["k"], cache["v"]), position)
         return y, {"k": kv.k, "v": kv.v}
@@ -133,8 +148,9 @@ class CrossAttention(Part):
         return attention.init(key, self.d_model, _dtype(key, self.dtype))
 
     def _mask(self, x, memory, memory_mask):
-        return attention_mask(memory_mask, "memory_mask", x.shape[0], x.shape[1], memory.shape[1], causal=False,
-                              xp=array_namespace(x))
+        return attention_mask(
+            memory_mask, "memory_mask", x.shape[0], x.shape[1], memory.shape[1], causal=False, xp=array_namespace(x)
+        )
 
     def fwd(self, params, x, *, train=False, key=None, memory_mask=None, **side):
         x, memory = x

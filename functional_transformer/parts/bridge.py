@@ -8,8 +8,6 @@ forward: the test every part and combinator passes.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from backends import backend_of, get_backend, tree_leaves, tree_map, with_x64_scope
@@ -96,8 +94,10 @@ def _jax_error(part, params, x, train, key, side, n_directions) -> float:
         worst = 0.0
         for direction in ftrandom.split(get_backend("numpy").random.key(7), n_directions):
             outputs = y if isinstance(y, tuple) else (y,)
-            u = tuple(backend.asarray(ftrandom.normal(k, tuple(out.shape), np.float64))
-                      for k, out in zip(ftrandom.split(direction, len(outputs)), outputs))
+            u = tuple(
+                backend.asarray(ftrandom.normal(k, tuple(out.shape), np.float64))
+                for k, out in zip(ftrandom.split(direction, len(outputs)), outputs)
+            )
             u = u if isinstance(y, tuple) else u[0]
             d_params_ref, d_floats_ref = vjp(u)
             d_params, dx = checked_bwd(part, params, saved, u, spec_of(x))
@@ -106,16 +106,28 @@ def _jax_error(part, params, x, train, key, side, n_directions) -> float:
             reference = tree_leaves(d_params_ref) + list(d_floats_ref)
             # Relative to the largest reference entry: a gradient that is zero up to rounding (the key
             # projection's bias, which softmax cancels) must not count as a large relative error.
-            gaps = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0)) for a, b in
-                    zip(ours, reference, strict=True)]
+            gaps = [
+                float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0))
+                for a, b in zip(ours, reference, strict=True)
+            ]
             scale = max(float(np.max(np.abs(np.asarray(b)), initial=0.0)) for b in reference)
             worst = max(worst, max(gaps) / max(scale, 1e-12))
     return worst
 
 
 @with_x64_scope
-def check_part(part: Part, params: dict, x, *, train: bool = False, key=None, rtol: float = 1e-6,
-               n_directions: int = 3, against_jax: bool | None = None, **side) -> dict:
+def check_part(
+    part: Part,
+    params: dict,
+    x,
+    *,
+    train: bool = False,
+    key=None,
+    rtol: float = 1e-6,
+    n_directions: int = 3,
+    against_jax: bool | None = None,
+    **side,
+) -> dict:
     """Check `part.bwd` at (params, x): against finite differences along random directions (params and
     x in float64) and, with against_jax (default: when JAX is installed), against jax.vjp of its
     forward. -> {"finite_differences": error, "jax": error or None}; AssertionError past rtol.
@@ -136,10 +148,15 @@ def check_part(part: Part, params: dict, x, *, train: bool = False, key=None, rt
 
     backend = backend_of(*tree_leaves(params), *floats)
     direction_key = backend.random.key(3)
-    errors = {"finite_differences": vjp_error(forward, backward, (params, *floats), key=direction_key,
-                                              n_directions=n_directions), "jax": None}
+    errors = {
+        "finite_differences": vjp_error(
+            forward, backward, (params, *floats), key=direction_key, n_directions=n_directions
+        ),
+        "jax": None,
+    }
     if against_jax is None:
         import importlib.util
+
         against_jax = importlib.util.find_spec("jax") is not None
     if against_jax:
         to_numpy = backend.to_numpy
@@ -150,6 +167,7 @@ def check_part(part: Part, params: dict, x, *, train: bool = False, key=None, rt
         errors["jax"] = _jax_error(part, np_params, np_x, train, np_key, np_side, n_directions)
     for name, error in errors.items():
         if error is not None and not error <= rtol:
-            raise AssertionError(f"{part!r}: bwd disagrees with {name.replace('_', ' ')}: relative error "
-                                 f"{error:.3e} > rtol {rtol:.1e}")
+            raise AssertionError(
+                f"{part!r}: bwd disagrees with {name.replace('_', ' ')}: relative error {error:.3e} > rtol {rtol:.1e}"
+            )
     return errors

@@ -27,9 +27,9 @@ from typing import Any, NamedTuple
 from backends import array_namespace
 from backends import random as ftrandom
 
+from ..errors import ConfigError
 from .part import Part, add_cotangents, check_param_grads, checked_bwd, keys_for, spec_of, zeros_like_spec
 from .position_wise import Dropout, norm
-from ..errors import ConfigError
 
 
 def _entry(entry) -> tuple[str | None, Part]:
@@ -180,7 +180,7 @@ class Residual(Part):
     norm_eps: float | None = None
 
     def __post_init__(self):
-        self._norm  # the same checks and messages as the norm part's
+        _ = self._norm  # the same checks and messages as the norm part's
         if self.name == self.norm_name:
             raise ConfigError(f"Residual: the sublayer and the layer norm need different names, both are {self.name!r}")
         Dropout(self.drop_rate)  # the same check and message
@@ -228,19 +228,29 @@ class Residual(Part):
         g, d_rest = _split_stream(dy)
         sub_params, ln_params = params[self.name], params[self.norm_name]
         if self.norm_first:
-            d_sub, d_in = checked_bwd(self.sublayer, sub_params, saved.sublayer,
-                                      Dropout(self.drop_rate).bwd({}, saved.drop, g)[1], saved.sublayer_input)
+            d_sub, d_in = checked_bwd(
+                self.sublayer,
+                sub_params,
+                saved.sublayer,
+                Dropout(self.drop_rate).bwd({}, saved.drop, g)[1],
+                saved.sublayer_input,
+            )
             dh, d_side = _split_stream(d_in)
             d_ln, dx_ln = self._norm.bwd(ln_params, saved.ln, dh)
             dx = g + dx_ln
         else:
             d_ln, d_sum = self._norm.bwd(ln_params, saved.ln, g)
-            d_sub, d_in = checked_bwd(self.sublayer, sub_params, saved.sublayer,
-                                      Dropout(self.drop_rate).bwd({}, saved.drop, d_sum)[1], saved.sublayer_input)
+            d_sub, d_in = checked_bwd(
+                self.sublayer,
+                sub_params,
+                saved.sublayer,
+                Dropout(self.drop_rate).bwd({}, saved.drop, d_sum)[1],
+                saved.sublayer_input,
+            )
             dh, d_side = _split_stream(d_in)
             dx = d_sum + dh
         if d_side:  # the side inputs' cotangents: what came from later layers plus this sublayer's
-            d_rest = add_cotangents(d_rest[: len(d_side)], d_side) + d_rest[len(d_side):]
+            d_rest = add_cotangents(d_rest[: len(d_side)], d_side) + d_rest[len(d_side) :]
         dparams = {self.name: d_sub, self.norm_name: d_ln}
         return dparams, ((dx, *d_rest) if d_rest else dx)
 
@@ -361,8 +371,10 @@ class Parallel(_Composite):
 
     def _check(self, x) -> None:
         if not isinstance(x, tuple) or len(x) != len(self.layers):
-            raise ValueError(f"{self!r} takes a tuple of {len(self.layers)} inputs, got "
-                             f"{len(x) if isinstance(x, tuple) else 'one array'}")
+            raise ValueError(
+                f"{self!r} takes a tuple of {len(self.layers)} inputs, got "
+                f"{len(x) if isinstance(x, tuple) else 'one array'}"
+            )
 
     def fwd(self, params, x, *, train=False, key=None, **side):
         self._check(x)

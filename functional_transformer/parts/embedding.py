@@ -7,10 +7,10 @@ import dataclasses
 from backends import array_namespace, backend_of
 
 from .. import checks
+from ..errors import ConfigError
 from ..layers import embedding
 from .part import Part
 from .position_wise import _check_positive, _dtype
-from ..errors import ConfigError
 
 POSITIONAL = ("sinusoidal", "learned", "none")
 
@@ -38,8 +38,9 @@ class Embedding(Part):
             raise ConfigError(f"Embedding: positional must be one of {POSITIONAL}, got {self.positional!r}")
 
     def init(self, key) -> dict:
-        return embedding.init(key, self.vocab_size, self.d_model, self.max_len, _dtype(key, self.dtype),
-                              self.positional == "learned")
+        return embedding.init(
+            key, self.vocab_size, self.d_model, self.max_len, _dtype(key, self.dtype), self.positional == "learned"
+        )
 
     def _check(self, ids) -> None:
         checks.check_token_ids(self.name, ids, self.vocab_size, self.max_len, backend_of(ids))

@@ -31,20 +31,28 @@ def attention_mask(mask, name: str, batch: int, n_queries: int, n_keys: int, *, 
     mask when `causal`. Wrong shapes are an error naming `name`."""
     if mask is not None:
         if not hasattr(mask, "dtype") or not array_namespace(mask).isdtype(mask.dtype, "bool"):
-            raise TypeError(f"{name} must be a boolean array (True = may attend), got {getattr(mask, 'dtype', type(mask))}")
+            raise TypeError(
+                f"{name} must be a boolean array (True = may attend), got {getattr(mask, 'dtype', type(mask))}"
+            )
         if mask.ndim == 2:
             if tuple(mask.shape) != (batch, n_keys):
-                raise ValueError(f"{name} has shape {tuple(mask.shape)}; a key-padding mask must be (batch, keys) = "
-                                 f"{(batch, n_keys)}")
+                raise ValueError(
+                    f"{name} has shape {tuple(mask.shape)}; a key-padding mask must be (batch, keys) = "
+                    f"{(batch, n_keys)}"
+                )
             mask = xp.reshape(mask, (batch, 1, 1, n_keys))
         elif mask.ndim == 4:
             b, h, t, s = mask.shape
             if b not in (1, batch) or t not in (1, n_queries) or s != n_keys:
-                raise ValueError(f"{name} has shape {tuple(mask.shape)}; a full mask must broadcast to "
-                                 f"(batch, heads, queries, keys) = ({batch}, H, {n_queries}, {n_keys})")
+                raise ValueError(
+                    f"{name} has shape {tuple(mask.shape)}; a full mask must broadcast to "
+                    f"(batch, heads, queries, keys) = ({batch}, H, {n_queries}, {n_keys})"
+                )
         else:
-            raise ValueError(f"{name} has rank {mask.ndim} (shape {tuple(mask.shape)}): pass a key-padding mask "
-                             f"(batch, keys) or a full mask (batch, 1, queries, keys)")
+            raise ValueError(
+                f"{name} has rank {mask.ndim} (shape {tuple(mask.shape)}): pass a key-padding mask "
+                f"(batch, keys) or a full mask (batch, 1, queries, keys)"
+            )
     if causal:
         if n_queries != n_keys:
             raise ValueError(f"causal attention needs as many queries as keys, got {n_queries} and {n_keys}")

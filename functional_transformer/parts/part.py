@@ -76,6 +76,7 @@ class Part:
 
 # --- the structure of inputs, recorded in fwd and checked against the cotangents in bwd -------
 
+
 @dataclasses.dataclass(frozen=True)
 class ArraySpec:
     """What a cotangent of one input array must look like: its shape, and None for an integer or
@@ -150,7 +151,8 @@ def checked_bwd(part: Part, params: dict, saved, dy, x_spec, *, shared_params: b
     result = part.bwd(params, saved, dy)
     if not (isinstance(result, tuple) and len(result) == 2):
         raise GradientStructureError(
-            f"{part!r}.bwd must return (dparams, dx), got {len(result) if isinstance(result, tuple) else 1} values")
+            f"{part!r}.bwd must return (dparams, dx), got {len(result) if isinstance(result, tuple) else 1} values"
+        )
     dparams, dx = result
     if shared_params and isinstance(dparams, dict) and set(dparams) <= set(params):
         params = {name: params[name] for name in dparams}
@@ -160,7 +162,8 @@ def checked_bwd(part: Part, params: dict, saved, dy, x_spec, *, shared_params: b
     if not _matches(x_spec, dx):
         raise GradientStructureError(
             f"{part!r}.bwd returned dx {_describe(dx)} for an input {_describe(x_spec)}: dx must mirror x "
-            "(one cotangent per input, None for integer inputs)")
+            "(one cotangent per input, None for integer inputs)"
+        )
     return dparams, dx
 
 
@@ -194,4 +197,3 @@ def keys_for(parts, key) -> list:
     for j, i in enumerate(wanted):
         keys[i] = split[j]
     return keys
-

@@ -20,7 +20,9 @@ class MeanPool(Part):
             weights = xp.full(x.shape[:2], 1.0 / x.shape[1], dtype=x.dtype)
         else:
             if tuple(mask.shape) != tuple(x.shape[:2]):
-                raise ValueError(f"mask has shape {tuple(mask.shape)}; MeanPool needs (batch, length) = {tuple(x.shape[:2])}")
+                raise ValueError(
+                    f"mask has shape {tuple(mask.shape)}; MeanPool needs (batch, length) = {tuple(x.shape[:2])}"
+                )
             counts = xp.sum(xp.astype(mask, x.dtype), axis=1, keepdims=True)  # (B, 1)
             weights = xp.astype(mask, x.dtype) / xp.maximum(counts, xp.asarray(1, dtype=x.dtype))
         return xp.sum(x * weights[..., None], axis=1), weights  # (B, D); the weights are all bwd needs

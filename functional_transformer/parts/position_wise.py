@@ -8,9 +8,9 @@ import dataclasses
 
 from backends import array_namespace
 
+from ..errors import ConfigError
 from ..layers import activations, dropout, feed_forward, glu, layer_norm, linear, rms_norm
 from .part import Part
-from ..errors import ConfigError
 
 ACTIVATIONS = tuple(activations.FORWARD)
 

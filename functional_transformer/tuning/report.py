@@ -21,11 +21,17 @@ COLUMNS = ("number", "state", "value", "final_exact_match", "steps_to_target", "
 
 def _trial_row(trial) -> dict:
     attrs = trial.user_attrs
-    return {"number": trial.number, "state": trial.state.name.lower(), "value": trial.value,
-            "final_exact_match": attrs.get("final_exact_match"), "steps_to_target": attrs.get("steps_to_target"),
-            "n_params": attrs.get("n_params"), "seconds": attrs.get("seconds"),
-            **{f"param:{k}": v for k, v in sorted(trial.params.items())},
-            "fail_reason": attrs.get("fail_reason", "")}
+    return {
+        "number": trial.number,
+        "state": trial.state.name.lower(),
+        "value": trial.value,
+        "final_exact_match": attrs.get("final_exact_match"),
+        "steps_to_target": attrs.get("steps_to_target"),
+        "n_params": attrs.get("n_params"),
+        "seconds": attrs.get("seconds"),
+        **{f"param:{k}": v for k, v in sorted(trial.params.items())},
+        "fail_reason": attrs.get("fail_reason", ""),
+    }
 
 
 def _metric(study) -> str:
@@ -53,8 +59,15 @@ def best_trials_table(study, top: int = 10) -> str:
     header = ["trial", "score", "final exact match", "steps to 99.5%", "params", "seconds", *params]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for t in done:
-        row = [t.number, t.value, t.user_attrs.get("final_exact_match"), t.user_attrs.get("steps_to_target"),
-               t.user_attrs.get("n_params"), t.user_attrs.get("seconds"), *(t.params.get(p) for p in params)]
+        row = [
+            t.number,
+            t.value,
+            t.user_attrs.get("final_exact_match"),
+            t.user_attrs.get("steps_to_target"),
+            t.user_attrs.get("n_params"),
+            t.user_attrs.get("seconds"),
+            *(t.params.get(p) for p in params),
+        ]
         lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
     return "\n".join(lines)
 
@@ -84,17 +97,26 @@ def plot_lr_and_size(study, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     optuna = import_optuna()
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if "learning_rate" in t.params and t.user_attrs.get("n_params")]
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if "learning_rate" in t.params and t.user_attrs.get("n_params")
+    ]
     if not done:
         return None
     fig, (ax_lr, ax_size) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, x_of, label in ((ax_lr, lambda t: t.params["learning_rate"], "peak learning rate"),
-                            (ax_size, lambda t: t.user_attrs["n_params"], "parameters")):
+    for ax, x_of, label in (
+        (ax_lr, lambda t: t.params["learning_rate"], "peak learning rate"),
+        (ax_size, lambda t: t.user_attrs["n_params"], "parameters"),
+    ):
         xs = [x_of(t) for t in done]
         ax.scatter(xs, [t.value for t in done], label=f"score (mean {_metric(study)} over the evaluations)")
-        ax.scatter(xs, [t.user_attrs.get("final_exact_match") or 0.0 for t in done], marker="x",
-                   label="final held-out exact match")
+        ax.scatter(
+            xs,
+            [t.user_attrs.get("final_exact_match") or 0.0 for t in done],
+            marker="x",
+            label="final held-out exact match",
+        )
         if _metric(study) in ("exact_match", "char_accuracy"):
             ax.set(ylabel="fraction", ylim=(-0.02, 1.02))
         else:  # BLEU and chrF are 0-100, the loss unbounded: the score's own scale
@@ -123,15 +145,20 @@ def write_report(study, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     table = out_dir / "best_trials.md"
-    table.write_text(f"# Study {study.study_name}: best trials\n\n"
-                     f"Objective: {study.user_attrs.get(SETTINGS_ATTR, {}).get('objective', 'see ft sweep --help')}\n\n"
-                     + best_trials_table(study) + "\n")
+    table.write_text(
+        f"# Study {study.study_name}: best trials\n\n"
+        f"Objective: {study.user_attrs.get(SETTINGS_ATTR, {}).get('objective', 'see ft sweep --help')}\n\n"
+        + best_trials_table(study)
+        + "\n"
+    )
     written.append(table)
     write_csv(study, out_dir / "trials.csv")
     written.append(out_dir / "trials.csv")
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    plots = {"optimization_history.png": optuna_plots.plot_optimization_history,
-             "intermediate_values.png": optuna_plots.plot_intermediate_values}
+    plots = {
+        "optimization_history.png": optuna_plots.plot_optimization_history,
+        "intermediate_values.png": optuna_plots.plot_intermediate_values,
+    }
     varied = {name for t in done for name in t.params if len({str(u.params.get(name)) for u in done}) > 1}
     if len(done) >= 2 and varied:
         plots["param_importances.png"] = optuna_plots.plot_param_importances
@@ -155,7 +182,7 @@ def importances(study) -> dict[str, float]:
     try:
         return optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError) as err:  # e.g. every finished trial has the same settings
-        warnings.warn(f"no parameter importances: {err}")
+        warnings.warn(f"no parameter importances: {err}", stacklevel=2)
         return {}
 
 

@@ -28,10 +28,28 @@ from typing import Any
 
 from ..errors import UserInputError
 
-MODEL_SETTINGS = ("d_model", "n_heads", "d_ff", "n_encoder_layers", "n_decoder_layers", "drop_rate", "norm_first",
-                  "tie_embeddings", "activation", "positional")
-TRAIN_SETTINGS = ("learning_rate", "warmup_steps", "schedule", "optimizer", "weight_decay", "clip_norm",
-                  "label_smoothing", "batch_size")
+MODEL_SETTINGS = (
+    "d_model",
+    "n_heads",
+    "d_ff",
+    "n_encoder_layers",
+    "n_decoder_layers",
+    "drop_rate",
+    "norm_first",
+    "tie_embeddings",
+    "activation",
+    "positional",
+)
+TRAIN_SETTINGS = (
+    "learning_rate",
+    "warmup_steps",
+    "schedule",
+    "optimizer",
+    "weight_decay",
+    "clip_norm",
+    "label_smoothing",
+    "batch_size",
+)
 SETTINGS = MODEL_SETTINGS + TRAIN_SETTINGS
 ENTRY_KEYS = {"low", "high", "log", "step", "choices", "value"}
 
@@ -67,7 +85,9 @@ def check_space(space: dict[str, dict], where: str = "the search space") -> dict
             raise SpaceError(f"{where}: {name} must be a table (low/high, choices or value), got {entry!r}")
         unknown = set(entry) - ENTRY_KEYS
         if unknown:
-            raise SpaceError(f"{where}: {name} has unknown keys {sorted(unknown)}; use low/high/log/step, choices or value")
+            raise SpaceError(
+                f"{where}: {name} has unknown keys {sorted(unknown)}; use low/high/log/step, choices or value"
+            )
         kinds = [k for k in ("value", "choices", "low") if k in entry]
         if len(kinds) != 1 or (("low" in entry) != ("high" in entry)):
             raise SpaceError(f"{where}: {name} needs exactly one of: low and high, choices, value")
@@ -111,18 +131,22 @@ def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
         elif "choices" in entry:
             values[name] = trial.suggest_categorical(name, entry["choices"])
         elif isinstance(entry["low"], int) and isinstance(entry["high"], int):
-            values[name] = trial.suggest_int(name, entry["low"], entry["high"], step=entry.get("step", 1),
-                                             log=bool(entry.get("log")))
+            values[name] = trial.suggest_int(
+                name, entry["low"], entry["high"], step=entry.get("step", 1), log=bool(entry.get("log"))
+            )
         else:
-            values[name] = trial.suggest_float(name, float(entry["low"]), float(entry["high"]),
-                                               log=bool(entry.get("log")), step=entry.get("step"))
+            values[name] = trial.suggest_float(
+                name, float(entry["low"]), float(entry["high"]), log=bool(entry.get("log")), step=entry.get("step")
+            )
     return values
 
 
 def split_settings(values: dict[str, Any]) -> tuple[dict, dict]:
     """(TransformerConfig fields, TrainConfig fields) of one trial's values."""
-    return ({k: v for k, v in values.items() if k in MODEL_SETTINGS},
-            {k: v for k, v in values.items() if k in TRAIN_SETTINGS})
+    return (
+        {k: v for k, v in values.items() if k in MODEL_SETTINGS},
+        {k: v for k, v in values.items() if k in TRAIN_SETTINGS},
+    )
 
 
 def space_json(space: dict[str, dict]) -> str:

@@ -73,8 +73,10 @@ def import_optuna():
     try:
         import optuna
     except ImportError:
-        raise SweepError("ft sweep needs Optuna, an optional extra: pip install 'functional-transformer[sweep]' "
-                         "(or, in a checkout, uv sync --extra sweep)") from None
+        raise SweepError(
+            "ft sweep needs Optuna, an optional extra: pip install 'functional-transformer[sweep]' "
+            "(or, in a checkout, uv sync --extra sweep)"
+        ) from None
     return optuna
 
 
@@ -85,7 +87,7 @@ def open_storage(url: str):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        path = Path(url[len("journal:"):])
+        path = Path(url[len("journal:") :])
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
@@ -93,7 +95,7 @@ def open_storage(url: str):
             raise SweepError(f"cannot open the journal storage {path}: {err}") from None
     try:
         if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # SQLAlchemy's errors for a bad URL, a missing driver, a server not there
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -126,7 +128,7 @@ class SweepConfig:
 
     @property
     def direction(self) -> str:
-        """"maximize", or "minimize" for the loss."""
+        """ "maximize", or "minimize" for the loss."""
         return "minimize" if BEST_BY[self.objective] == "min" else "maximize"
 
     @property
@@ -141,8 +143,10 @@ class SweepConfig:
 
     def __post_init__(self):
         if self.steps < 1 or self.n_evals < 1 or self.eval_examples < 1:
-            raise SweepError(f"steps, n_evals and eval_examples must be positive, got {self.steps}, {self.n_evals}, "
-                             f"{self.eval_examples}")
+            raise SweepError(
+                f"steps, n_evals and eval_examples must be positive, got {self.steps}, {self.n_evals}, "
+                f"{self.eval_examples}"
+            )
         if self.objective not in OBJECTIVES:
             raise SweepError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
 
@@ -152,16 +156,21 @@ SETTINGS_ATTR = "ft_sweep"  # one user attribute, written at once, so a second w
 
 def study_settings(config: SweepConfig, space: dict) -> dict[str, str]:
     """What a study searches and how it scores trials; a resumed study must have the same."""
-    return {"space": search_space.space_json(space),
-            "data": json.dumps(config.data, sort_keys=True),
-            "objective": f"mean held-out {config.objective} over the evaluations at steps {config.eval_steps} "
-                         f"({config.eval_examples} examples), {config.direction}d",
-            "metric": config.objective,
-            "steps": str(config.steps), "n_evals": str(config.n_evals), "eval_examples": str(config.eval_examples)}
+    return {
+        "space": search_space.space_json(space),
+        "data": json.dumps(config.data, sort_keys=True),
+        "objective": f"mean held-out {config.objective} over the evaluations at steps {config.eval_steps} "
+        f"({config.eval_examples} examples), {config.direction}d",
+        "metric": config.objective,
+        "steps": str(config.steps),
+        "n_evals": str(config.n_evals),
+        "eval_examples": str(config.eval_examples),
+    }
 
 
-def open_study(name: str, storage_url: str, config: SweepConfig, space: dict, pruner: str,
-               sampler_seed: int | None = None):
+def open_study(
+    name: str, storage_url: str, config: SweepConfig, space: dict, pruner: str, sampler_seed: int | None = None
+):
     """Create the study, or load it and check it searches the same space on the same data.
     sampler_seed (default: config.seed) seeds Optuna's sampler; workers sharing a study give
     different ones, or they would draw the same settings."""
@@ -181,10 +190,13 @@ def open_study(name: str, storage_url: str, config: SweepConfig, space: dict, pr
         recorded = {"metric": "exact_match", **recorded}
         different = [key for key, value in settings.items() if key != "objective" and recorded.get(key) != value]
         if different:
-            details = "; ".join(f"{key}: the study has {recorded.get(key)}, this sweep {settings[key]}"
-                                for key in different)
-            raise SweepError(f"the study {name!r} in {storage_url} was made with other settings ({details}). Use "
-                             "another --study name, or the same settings to continue it")
+            details = "; ".join(
+                f"{key}: the study has {recorded.get(key)}, this sweep {settings[key]}" for key in different
+            )
+            raise SweepError(
+                f"the study {name!r} in {storage_url} was made with other settings ({details}). Use "
+                "another --study name, or the same settings to continue it"
+            )
     # A new sampler seed per session, so a resumed study does not redraw its first random trials.
     # Multivariate TPE models the settings jointly (learning rate and model size interact).
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -192,8 +204,14 @@ def open_study(name: str, storage_url: str, config: SweepConfig, space: dict, pr
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         seed = (config.seed if sampler_seed is None else sampler_seed) + n_before
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction=config.direction,
-                                pruner=make_pruner(pruner, config.n_evals), load_if_exists=True)
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        direction=config.direction,
+        pruner=make_pruner(pruner, config.n_evals),
+        load_if_exists=True,
+    )
     if recorded is None:
         study.set_user_attr(SETTINGS_ATTR, settings)
     return study
@@ -212,9 +230,17 @@ def _remove_checkpoints(run_dir: Path) -> None:
 
 def trial_train_config(config: SweepConfig, train_fields: dict) -> TrainConfig:
     """The TrainConfig a trial trains with: its drawn fields, and the sweep's steps, seed and evaluations."""
-    return TrainConfig(**{**train_fields, "steps": config.steps, "seed": config.seed, "eval_every": config.eval_every,
-                          "save_every": config.steps, "log_every": max(1, min(config.eval_every, config.steps // 20)),
-                          "best_by": config.objective})
+    return TrainConfig(
+        **{
+            **train_fields,
+            "steps": config.steps,
+            "seed": config.seed,
+            "eval_every": config.eval_every,
+            "save_every": config.steps,
+            "log_every": max(1, min(config.eval_every, config.steps // 20)),
+            "best_by": config.objective,
+        }
+    )
 
 
 def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Backend, progress: bool = True):
@@ -229,8 +255,9 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
         model, train_fields = search_space.split_settings(values)
         try:
             tcfg = trial_train_config(config, train_fields)
-            cfg = runs.model_config(runs.tokenizer_for(data, *pairs), pairs[0] + pairs[1], model,
-                                    runs.spec_max_len(data))
+            cfg = runs.model_config(
+                runs.tokenizer_for(data, *pairs), pairs[0] + pairs[1], model, runs.spec_max_len(data)
+            )
         except ValueError as err:
             trial.set_user_attr("fail_reason", str(err))
             raise InvalidSettings(str(err)) from None
@@ -245,8 +272,11 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
 
         def report(step, record):
             if record["split"] == "train":
-                line.label = (f"trial {trial.number}" + (f" (exact match {exact_matches[-1]:.3f})" if exact_matches else "")
-                              + f" loss {record['loss']:.4f}")
+                line.label = (
+                    f"trial {trial.number}"
+                    + (f" (exact match {exact_matches[-1]:.3f})" if exact_matches else "")
+                    + f" loss {record['loss']:.4f}"
+                )
                 line.advance(step - line.done)
             if record["split"] != "valid":
                 return False
@@ -261,8 +291,18 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
         t0 = time.perf_counter()
         stopped = "finished"
         try:
-            result = runs.fit(model, tcfg, data, out_dir=run_dir, overwrite=True, callbacks=[report],
-                              backend=backend, progress=False, verbose=False, eval_examples=config.eval_examples)
+            result = runs.fit(
+                model,
+                tcfg,
+                data,
+                out_dir=run_dir,
+                overwrite=True,
+                callbacks=[report],
+                backend=backend,
+                progress=False,
+                verbose=False,
+                eval_examples=config.eval_examples,
+            )
             if result.stopped == "interrupted":  # Ctrl-C: stop the sweep; a cut-short run is no result
                 raise KeyboardInterrupt
         except TrainingDiverged:
@@ -278,9 +318,12 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
         trial.set_user_attr("steps_to_target", config.eval_steps[reached[0]] if reached else None)
         trial.set_user_attr("stopped", "pruned" if pruned else stopped)
         if progress:
-            print(f"trial {trial.number}: {'pruned at step ' + str(pruned[0]) if pruned else stopped}; "
-                  f"{metric} {[round(v, 3) for v in values_seen]} score {score:.4f} in {seconds:.0f} s; {values}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"trial {trial.number}: {'pruned at step ' + str(pruned[0]) if pruned else stopped}; "
+                f"{metric} {[round(v, 3) for v in values_seen]} score {score:.4f} in {seconds:.0f} s; {values}",
+                file=sys.stderr,
+                flush=True,
+            )
         if pruned:
             _remove_checkpoints(run_dir)
             raise optuna.TrialPruned(f"{metric} {values_seen[-1]:.4f} at evaluation {len(values_seen)}")
@@ -304,9 +347,19 @@ def _keep_checkpoints_if_best(trial, score: float, run_dir: Path, direction: str
         _remove_checkpoints(run_dir)
 
 
-def run_sweep(study_name: str, storage_url: str, config: SweepConfig, *, n_trials: int, out_dir: str | os.PathLike,
-              space: dict | None = None, pruner: str = "median", backend: Backend | None = None,
-              sampler_seed: int | None = None, progress: bool = True):
+def run_sweep(
+    study_name: str,
+    storage_url: str,
+    config: SweepConfig,
+    *,
+    n_trials: int,
+    out_dir: str | os.PathLike,
+    space: dict | None = None,
+    pruner: str = "median",
+    backend: Backend | None = None,
+    sampler_seed: int | None = None,
+    progress: bool = True,
+):
     """Run n_trials more trials of the study (created or continued); -> the Optuna study."""
     optuna = import_optuna()
     space = search_space.check_space(space or search_space.load_space(None))
@@ -323,8 +376,11 @@ def run_sweep(study_name: str, storage_url: str, config: SweepConfig, *, n_trial
     out_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(study_name, storage_url, config, space, pruner, sampler_seed)
     if progress:
-        print(f"backend {backend.name}; study {study_name!r} in {storage_url} ({len(study.trials)} trials so far); "
-              f"{n_trials} more of {config.steps} steps; trial folders in {out_dir}", file=sys.stderr)
+        print(
+            f"backend {backend.name}; study {study_name!r} in {storage_url} ({len(study.trials)} trials so far); "
+            f"{n_trials} more of {config.steps} steps; trial folders in {out_dir}",
+            file=sys.stderr,
+        )
     objective = make_objective(config, space, out_dir, backend, progress)
     # On Ctrl-C Optuna logs the trial's failure with the KeyboardInterrupt's traceback before it
     # re-raises it; `ft sweep` says what happened in one line instead.
@@ -350,7 +406,9 @@ class _DropInterruptedTrialLogs(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc_type = record.exc_info[0] if record.exc_info else None
-        if (exc_type is not None and issubclass(exc_type, KeyboardInterrupt)) or "KeyboardInterrupt" in record.getMessage():
+        if (
+            exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        ) or "KeyboardInterrupt" in record.getMessage():
             self.interrupted = True
             return False
         return not (self.interrupted and "failed with value" in record.getMessage())
@@ -372,10 +430,12 @@ def write_best_settings(study, config: SweepConfig, space: dict, path: Path) -> 
         return None
     model, tcfg = best_trial_settings(study, config, space)
     best = study.best_trial
-    header = (f"The best trial of the study {study.study_name!r} so far: trial {best.number}, score {best.value:.6g} "
-              f"(mean held-out {config.objective} over its evaluations),\nrun folder "
-              f"{best.user_attrs.get('run_dir')}. To train it again, with the same metrics for the same seed:\n"
-              f"  ft train --config {path} --out NEW_FOLDER")
+    header = (
+        f"The best trial of the study {study.study_name!r} so far: trial {best.number}, score {best.value:.6g} "
+        f"(mean held-out {config.objective} over its evaluations),\nrun folder "
+        f"{best.user_attrs.get('run_dir')}. To train it again, with the same metrics for the same seed:\n"
+        f"  ft train --config {path} --out NEW_FOLDER"
+    )
     return config_file.write_settings(path, model, tcfg, config.data, config.eval_examples, header)
 
 
@@ -385,16 +445,31 @@ def summary_lines(study) -> list[str]:
     states = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
-    lines = [f"study {study.study_name}: {len(study.trials)} trials ("
-             + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"]
+    lines = [
+        f"study {study.study_name}: {len(study.trials)} trials ("
+        + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        + ")"
+    ]
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if complete:
         best = study.best_trial
-        lines.append(f"best: trial {best.number}, score {best.value:.4f}, final exact match "
-                     f"{best.user_attrs.get('final_exact_match')}, {best.user_attrs.get('n_params')} params, "
-                     f"run folder {best.user_attrs.get('run_dir')}")
+        lines.append(
+            f"best: trial {best.number}, score {best.value:.4f}, final exact match "
+            f"{best.user_attrs.get('final_exact_match')}, {best.user_attrs.get('n_params')} params, "
+            f"run folder {best.user_attrs.get('run_dir')}"
+        )
         lines.append("best settings: " + json.dumps(best.params, sort_keys=True))
     return lines
 
 
-__all__ = ["BEST_NAME", "OBJECTIVES", "PRUNERS", "SweepConfig", "SweepError", "open_storage", "open_study", "run_sweep", "summary_lines"]
+__all__ = [
+    "BEST_NAME",
+    "OBJECTIVES",
+    "PRUNERS",
+    "SweepConfig",
+    "SweepError",
+    "open_storage",
+    "open_study",
+    "run_sweep",
+    "summary_lines",
+]
