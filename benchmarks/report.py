@@ -9,8 +9,6 @@ from pathlib import Path
 
 from .peers import PEER_TITLES, PEERS
 
-MEASURE_ORDER = ("forward", "train", "train_vjp", "decode", "dropout")
-
 
 def _fmt(value, spec: str, missing: str = "–") -> str:
     return missing if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)

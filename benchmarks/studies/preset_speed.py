@@ -1,8 +1,9 @@
-"""The gpt2 and llama presets' train steps at one size, alternated in one process (load from other
-processes falls on both alike): the median CPU time of a step and tokens per CPU-second.
+"""The gpt2 and llama presets' train steps at one size: median CPU time per step and tokens per CPU-second.
 
-    FT_BACKEND=jax uv run python -m benchmarks.preset_speed            # the README's comparison
-    FT_BACKEND=numpy uv run python -m benchmarks.preset_speed --reps 6
+The two steps alternate in one process, so load from other processes falls on both alike.
+
+    FT_BACKEND=jax uv run python -m benchmarks.studies.preset_speed            # the README's comparison
+    FT_BACKEND=numpy uv run python -m benchmarks.studies.preset_speed --reps 6
 """
 
 from __future__ import annotations
@@ -46,14 +47,23 @@ def measure(backend, *, d_model=64, n_heads=4, n_layers=2, length=256, batch=32,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.preset_speed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=8)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.studies.preset_speed", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--reps", type=int, default=8, help="timed steps of each preset (default 8)")
+    parser.add_argument("--d-model", type=int, default=64, help="model width, 4 heads (default 64)")
+    parser.add_argument("--n-layers", type=int, default=2, help="decoder blocks (default 2)")
+    parser.add_argument("--length", type=int, default=256, help="tokens per row (default 256)")
+    parser.add_argument("--batch", type=int, default=32, help="rows per step (default 32)")
     args = parser.parse_args(argv)
     backend = ft.backend
-    for name, seconds in measure(backend, reps=args.reps).items():
+    times = measure(
+        backend, d_model=args.d_model, n_layers=args.n_layers, length=args.length, batch=args.batch, reps=args.reps
+    )
+    for name, seconds in times.items():
         print(
-            f"{backend.name} {name}: median CPU {seconds * 1e3:.1f} ms per step of 32 x 256 tokens, "
-            f"{32 * 256 / seconds:,.0f} tokens per CPU-second"
+            f"{backend.name} {name}: median CPU {seconds * 1e3:.1f} ms per step of {args.batch} x {args.length} tokens, "
+            f"{args.batch * args.length / seconds:,.0f} tokens per CPU-second"
         )
     return 0
 

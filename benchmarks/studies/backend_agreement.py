@@ -1,7 +1,9 @@
-"""How closely the two backends agree: the loss gradient from NumPy's hand-written VJPs against
-`jax.grad` on JAX (and against the same VJPs run by JAX), for one batch, in float64 and float32.
+"""How closely the two backends' loss gradients agree, in float64 and float32, dropout off and on.
 
-    uv run python -m benchmarks.backend_agreement            # a Markdown table on stdout
+The loss gradient from NumPy's hand-written VJPs against `jax.grad` on JAX (and against the same
+VJPs run by JAX), for one batch.
+
+    uv run python -m benchmarks.studies.backend_agreement            # a Markdown table on stdout
 
 Both backends get the same params (drawn once with NumPy), the same tokens (with padding) and, with
 dropout on, the same masks (Threefry on both). For each pair of gradient trees it prints the
@@ -75,7 +77,9 @@ def measure(cfg, train: bool, seed: int = 0) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.studies.backend_agreement", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     args = parser.parse_args(argv)
     # The gradient tests' shapes (tests/test_gradients.py): deliberately odd, small enough for float64.

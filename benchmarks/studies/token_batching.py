@@ -1,8 +1,9 @@
-"""`--max-tokens` against fixed-size batches on a workload of varied lengths: the fraction of padding,
-the step time and the training tokens/s of each, timed in one process with the two interleaved.
+"""`--max-tokens` against fixed-size batches on varied lengths: padding, step time and training tokens/s.
 
-    uv run python -m benchmarks.token_batching                       # both backends, a Markdown table
-    uv run python -m benchmarks.token_batching --backends jax --json /tmp/tb.json
+The two batchings are timed in one process, interleaved.
+
+    uv run python -m benchmarks.studies.token_batching                       # both backends, a Markdown table
+    uv run python -m benchmarks.studies.token_batching --backends jax --json /tmp/tb.json
 
 The data: `--n` pairs whose source and target lengths are drawn uniformly from [--low, --high]
 (random ids of a 64-token vocabulary, like a reversal task), max_len the longest rounded up to 8.
@@ -130,7 +131,9 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.token_batching", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.studies.token_batching", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--backends", nargs="+", default=["numpy", "jax"], choices=["numpy", "jax"])
     parser.add_argument("--n", type=int, default=2000, help="pairs (default 2000)")
     parser.add_argument("--low", type=int, default=10, help="shortest source and target (default 10)")

@@ -1,8 +1,9 @@
-"""What the gradient check catches: plant one slip of the kind a person writing these VJPs makes
-into the hand-written backward pass and measure check_vjp's relative error on the whole model +
-loss (NumPy, float64), against the error of the code as it is.
+"""What the gradient check catches: check_vjp's error with one typical slip planted in a hand-written VJP.
 
-    uv run python -m benchmarks.vjp_slips            # a Markdown table on stdout
+Each slip is of the kind a person writing these VJPs makes; check_vjp's relative error is measured on
+the whole model + loss (NumPy, float64), against the error of the code as it is.
+
+    uv run python -m benchmarks.studies.vjp_slips            # a Markdown table on stdout
 
 Each slip replaces one function for the duration of its measurement (the layers call each other
 through their modules, so a replaced function is the one used); check_vjp raises above 1e-6.
@@ -123,7 +124,9 @@ def measure() -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.studies.vjp_slips", description=__doc__.split("\n\n")[0]
+    )
     parser.parse_args(argv)
     print("| slip planted in the backward pass | check_vjp relative error | caught (> 1e-6)? |")
     print("|---|--:|---|")

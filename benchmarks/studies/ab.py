@@ -1,6 +1,6 @@
-"""A/B of one benchmarked call built from two source trees, in one process, calls interleaved.
+"""A/B timing of one benchmarked call built from two source trees, in one process, calls interleaved.
 
-    python -m benchmarks.ab OLD_TREE NEW_TREE --config tiny --reps 30 --methods autodiff vjp numpy
+    python -m benchmarks.studies.ab OLD_TREE NEW_TREE --config tiny --reps 30 --methods autodiff vjp numpy
 
 OLD_TREE and NEW_TREE are checkouts (e.g. `git worktree add /tmp/old <commit>`). Each variant is
 imported from its tree and warmed up (compiled on JAX), then the variants are called in turn,
@@ -52,7 +52,7 @@ def build(src_dir: str, config: str, method: str, measure: str):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.ab", description=__doc__.split("\n\n")[0])
     parser.add_argument("old")
     parser.add_argument("new")
     parser.add_argument("--config", default="tiny")

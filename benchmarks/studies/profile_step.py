@@ -1,6 +1,6 @@
 """cProfile of one benchmarked call: where the time of a step goes.
 
-    python -m benchmarks.profile_step --backend numpy --config base --measure train --top 25
+    python -m benchmarks.studies.profile_step --backend numpy --config base --measure train --top 25
 
 Runs the workload once to warm up (compiles on JAX), then once under cProfile, and prints the
 top functions by cumulative and by own time. On JAX a profile mostly shows dispatch; use it for
@@ -39,7 +39,9 @@ def profile(backend_name: str, config: str, measure: str, top: int, decode_steps
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_step", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.studies.profile_step", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--backend", choices=backends.BACKEND_NAMES, default="numpy")
     parser.add_argument("--config", choices=list(CONFIGS), default="base")
     parser.add_argument("--measure", choices=MEASURES, default="train")

@@ -1,7 +1,8 @@
-"""One trajectory, two backends: train the same model from the same seed on NumPy and on JAX, with
-dropout on, and plot both loss curves in one figure.
+"""One trajectory, two backends: the same model, seed and dropout masks trained on NumPy and on JAX.
 
-    uv run python -m benchmarks.trajectory --steps 300 --plot docs/trajectory.png
+Both loss curves are plotted in one figure, with their relative gap.
+
+    uv run python -m benchmarks.studies.trajectory --steps 300 --plot docs/trajectory.png
 
 Both runs draw the same params and the same dropout masks (Threefry on both backends) and see the
 same batches, so any gap between the curves is float32 rounding (BLAS against XLA), which grows
@@ -54,7 +55,9 @@ def run(backend_name: str, steps: int, seed: int) -> list[float]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.studies.trajectory", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--steps", type=int, default=300, help="training steps on each backend")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", type=Path, default=Path("docs/trajectory.png"), help="where to write the PNG")

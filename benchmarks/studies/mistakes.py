@@ -1,7 +1,7 @@
-"""The same mistake on both backends: what the person who made it sees.
+"""The same two mistakes (a shape bug, a diverging learning rate) on both backends: what their maker sees.
 
-    uv run python -m benchmarks.mistakes                  # both mistakes, both backends, Markdown
-    uv run python -m benchmarks.mistakes --tail 0         # whole outputs, not their last lines
+    uv run python -m benchmarks.studies.mistakes                  # both mistakes, both backends, Markdown
+    uv run python -m benchmarks.studies.mistakes --tail 0         # whole outputs, not their last lines
 
 1. "shape": a shape mismatch inside attention. A copy of the package is made in a temporary folder
    with one edit in layers/attention.py, the transpose of the keys forgotten in
@@ -24,7 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
+MISTAKES = ("shape", "nan")
 BUG = ("scores = (q * scale) @ k.mT", "scores = (q * scale) @ k")  # the edit: k^T forgotten
 SCRIPT = """\
 import numpy as np
@@ -86,24 +87,26 @@ def _copy_with_bug(folder: Path) -> Path:
     return folder
 
 
-def outputs(backends: list[str]) -> dict:
-    """{(mistake, how, backend): output}."""
+def outputs(backends: list[str], mistakes: list[str] = MISTAKES) -> dict:
+    """{(mistake, how, backend): output} of each mistake in `mistakes` on each backend."""
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         copy = _copy_with_bug(tmp / "copy")
         (copy / "apply.py").write_text(SCRIPT)
         for backend in backends:
-            results[("shape", "python apply.py", backend)] = _run(["apply.py"], backend, copy, copy)
-            out = tmp / f"shape-{backend}"
-            results[("shape", "ft train", backend)] = _run(
-                ["-m", "functional_transformer", *TRAIN, "--out", str(out), "--no-progress"], backend, copy, copy
-            )
-            out = tmp / f"nan-{backend}"
-            results[("nan", "ft train", backend)] = _run(
-                ["-m", "functional_transformer", *TRAIN, *NAN_FLAGS, "--out", str(out)], backend, tmp, None
-            )
-        if "jax" in backends:  # JAX's own NaN hunt: re-run the jitted function that made one, op by op
+            if "shape" in mistakes:
+                results[("shape", "python apply.py", backend)] = _run(["apply.py"], backend, copy, copy)
+                out = tmp / f"shape-{backend}"
+                results[("shape", "ft train", backend)] = _run(
+                    ["-m", "functional_transformer", *TRAIN, "--out", str(out), "--no-progress"], backend, copy, copy
+                )
+            if "nan" in mistakes:
+                out = tmp / f"nan-{backend}"
+                results[("nan", "ft train", backend)] = _run(
+                    ["-m", "functional_transformer", *TRAIN, *NAN_FLAGS, "--out", str(out)], backend, tmp, None
+                )
+        if "jax" in backends and "nan" in mistakes:  # JAX's own NaN hunt: re-run the jitted function op by op
             out = tmp / "nan-jax-debug"
             results[("nan", "JAX_DEBUG_NANS=True ft train", "jax")] = _run(
                 ["-m", "functional_transformer", *TRAIN, *NAN_FLAGS, "--out", str(out)],
@@ -123,11 +126,12 @@ def _tail(text: str, n: int) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", nargs="+", default=["numpy", "jax"])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.mistakes", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", nargs="+", default=["numpy", "jax"], choices=["numpy", "jax"])
+    parser.add_argument("--mistakes", nargs="+", default=list(MISTAKES), choices=MISTAKES, help="which (default both)")
     parser.add_argument("--tail", type=int, default=14, help="keep each output's last lines (0: all)")
     args = parser.parse_args(argv)
-    for (mistake, how, backend), text in outputs(args.backends).items():
+    for (mistake, how, backend), text in outputs(args.backends, args.mistakes).items():
         flags = " ".join(NAN_FLAGS) if mistake == "nan" else ""
         print(f"### {mistake}: `FT_BACKEND={backend} {how}` {flags}\n\n```\n{_tail(text, args.tail)}\n```\n")
 

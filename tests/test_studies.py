@@ -16,7 +16,7 @@ if importlib.util.find_spec("benchmarks") is None:  # a non-editable install: th
 
 from conftest import requires_jax  # noqa: E402
 
-from benchmarks import backward_lines, compile_times, mistakes, vjp_slips  # noqa: E402
+from benchmarks.studies import backward_lines, compile_times, mistakes, vjp_slips  # noqa: E402
 
 
 def test_backward_lines_counts_each_backward_function_once_without_docstrings_or_comments(tmp_path, monkeypatch):
@@ -93,7 +93,7 @@ def test_compile_times_measures_a_first_and_a_later_call():
 @requires_jax
 @pytest.mark.slow
 def test_backend_agreement_float64_gradients_agree_to_rounding():
-    from benchmarks import backend_agreement
+    from benchmarks.studies import backend_agreement
 
     result = backend_agreement.measure(
         backend_agreement.ft.TransformerConfig(

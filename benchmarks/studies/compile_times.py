@@ -1,9 +1,10 @@
-"""What a first call costs: the time of the first train step, forward pass and greedy decoding of
-`ft train`'s default model against the calls that follow, on each backend. On JAX the difference is
-tracing and XLA compilation; NumPy has nothing to compile.
+"""What a first call costs on each backend: the first train step, forward pass and decode against later calls.
 
-    uv run python -m benchmarks.compile_times                  # both backends, a Markdown table
-    uv run python -m benchmarks.compile_times --backends jax
+The model is `ft train`'s default. On JAX the difference is tracing and XLA compilation; NumPy has
+nothing to compile.
+
+    uv run python -m benchmarks.studies.compile_times                  # both backends, a Markdown table
+    uv run python -m benchmarks.studies.compile_times --backends jax
 
 The model is `ft train`'s default (runs.MODEL_DEFAULTS: d_model 128, 4 heads, d_ff 512, 2 + 2
 layers) on the reverse task's vocabulary, max_len 16, batch 64, float32; each measure runs in a
@@ -80,7 +81,9 @@ def measure(backend_name: str, what: str, reps: int) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.studies.compile_times", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--backends", nargs="+", default=["numpy", "jax"])
     parser.add_argument("--reps", type=int, default=3, help="calls after the first; their median is the steady time")
     parser.add_argument("--one", nargs=2, metavar=("BACKEND", "MEASURE"), help=argparse.SUPPRESS)  # the child process
@@ -94,7 +97,7 @@ def main(argv=None) -> None:
             child = [
                 sys.executable,
                 "-m",
-                "benchmarks.compile_times",
+                "benchmarks.studies.compile_times",
                 "--reps",
                 str(args.reps),
                 "--one",

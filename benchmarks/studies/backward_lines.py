@@ -1,8 +1,9 @@
-"""How much backward code was written by hand: the lines of every VJP, per module, against the
-forward code around it. On JAX, `jax.grad` derives all of it (gradients.grad_autodiff).
+"""How much backward code was written by hand: the lines of every VJP, per module, against the forward code.
 
-    uv run python -m benchmarks.backward_lines            # a Markdown table on stdout
-    uv run python -m benchmarks.backward_lines --json out.json
+On JAX, `jax.grad` derives all of it (gradients.grad_autodiff).
+
+    uv run python -m benchmarks.studies.backward_lines            # a Markdown table on stdout
+    uv run python -m benchmarks.studies.backward_lines --json out.json
 
 A backward function is any `def` whose name holds "bwd" (`bwd`, `dot_product_bwd`,
 `encode_bwd`, `checked_bwd`, ...), read with `ast`; a function nested in one is counted once,
@@ -20,7 +21,7 @@ import json
 import tokenize
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "functional_transformer"
+PACKAGE = Path(__file__).resolve().parents[2] / "functional_transformer"
 MODULES = [
     *sorted((PACKAGE / "layers").glob("[!_]*.py")),
     *sorted((PACKAGE / "parts").glob("[!_]*.py")),
@@ -131,7 +132,9 @@ def markdown(counts: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.studies.backward_lines", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--json", type=Path, help="also write the counts to this JSON file")
     args = parser.parse_args(argv)
     counts = count_all()
