@@ -84,19 +84,6 @@ def test_decode_flops_grow_linearly_in_steps_beyond_the_cache_term():
     assert f[2] - 2 * f[1] + f[0] == 2 * cfg.n_decoder_layers * 4 * bc.batch * cfg.d_model
 
 
-def test_decode_bytes_read_per_step_tiny():
-    """Per decoder layer: self-attention 4 (D^2 + D), cross-attention's q and o 2 (D^2 + D), the
-    feed-forward 2 D F + F + D, three layer norms 2 D each; then the output projection D V + V and
-    the batch's embedding rows B D; float32. The cache: keys and values over T positions and S."""
-    from benchmarks.decode_bound import bytes_read_per_step
-
-    bc = CONFIGS["tiny"]
-    b, d, f, v, t, s, n = bc.batch, bc.d_model, bc.d_ff, bc.vocab_size, bc.tgt_len, bc.src_len, bc.n_layers
-    per_layer = 6 * (d * d + d) + 2 * d * f + f + d + 3 * 2 * d
-    weights = 4 * (n * per_layer + d * v + v + b * d)
-    assert bytes_read_per_step(bc) == {"weights": weights, "cache": n * 4 * 2 * b * d * (t + s)}
-
-
 # --- the environment guard ------------------------------------------------------------------------
 
 
@@ -373,23 +360,6 @@ def test_peers_flag_without_the_library_is_one_clear_error(monkeypatch):
     assert resolve_settings(parse_args(["--peers", "torch", "torch"])).peers == ("torch",)
 
 
-def test_token_batching_benchmark_reports_both_batchings():
-    """benchmarks.token_batching on a tiny workload (NumPy: nothing to compile): padding, shapes and tokens/s."""
-    import argparse
-
-    from benchmarks import token_batching
-
-    args = argparse.Namespace(n=60, low=2, high=20, batch_size=4, max_tokens=None, steps=1, reps=2)
-    result = token_batching.measure("numpy", args)
-    assert result["budget_tokens"] == 4 * 24 and result["max_len"] == 24
-    for name in ("fixed", "max_tokens"):
-        r = result[name]
-        assert 0 <= r["pad_fraction"] < 1 and r["shapes"] >= 1 and len(r["times_s"]) == 2 and r["tokens_per_s"] > 0
-    assert result["max_tokens"]["pad_fraction"] < result["fixed"]["pad_fraction"]
-    table = token_batching.table([result])
-    assert "| numpy | --batch-size 4 |" in table and "| numpy | --max-tokens 96 |" in table
-
-
 # --- big, --compute-dtype and --peak-tflops (for a GPU: only the settings and the shapes are checked here) ---
 
 
@@ -446,48 +416,3 @@ def test_big_train_step_builds_in_bfloat16():
     assert sum(leaf.size for leaf in jax.tree_util.tree_leaves(state["params"])) > 250e6
     assert {str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(new_state["params"])} == {"float32"}
     assert str(metrics["loss"].dtype) == "float32"
-
-
-def test_hlo_stats_counts_the_entry_computations_thunks():
-    from benchmarks.hlo_stats import entry_thunks
-
-    hlo = """HloModule m
-
-%fused_computation (p: f32[4]) -> f32[4] {
-  %p = f32[4]{0} parameter(0)
-  ROOT %n = f32[4]{0} negate(%p)
-}
-
-ENTRY %main (a: f32[4,4], b: f32[4,4]) -> f32[4] {
-  %a = f32[4,4]{1,0} parameter(0)
-  %b = f32[4,4]{1,0} parameter(1)
-  %dot = f32[4,4]{1,0} dot(%a, %b), lhs_contracting_dims={1}, rhs_contracting_dims={0}
-  %copy = f32[4,4]{0,1} copy(%dot)
-  %bitcast = f32[16]{0} bitcast(%copy)
-  ROOT %fusion = f32[4]{0} fusion(%bitcast), kind=kLoop, calls=%fused_computation
-}
-"""
-    assert entry_thunks(hlo) == 3  # the dot, the copy and the fusion; not the fused negate
-
-
-@pytest.mark.skipif(not HAS_JAX, reason="hlo_stats compiles the JAX train step; JAX is not installed")
-@pytest.mark.slow
-def test_hlo_stats_of_the_tiny_steps(monkeypatch):
-    monkeypatch.setenv("FT_BACKEND", "jax")
-    from benchmarks.hlo_stats import step_stats
-
-    for method in ("autodiff", "vjp"):
-        stats = step_stats("tiny", method)
-        assert stats["thunks"] > 100 and stats["bytes_accessed"] > 0 and stats["temp_bytes"] > 0
-        assert stats["flops"] == pytest.approx(flops.train_flops(CONFIGS["tiny"].model_config(), 64, 32, 32), rel=0.1)
-
-
-def test_preset_speed_times_both_presets():
-    """benchmarks.preset_speed (the README's gpt2 against llama speeds) on a tiny size."""
-    import backends as array_backends
-    from benchmarks import preset_speed
-
-    times = preset_speed.measure(
-        array_backends.get_backend("numpy"), d_model=8, n_heads=2, n_layers=1, length=8, batch=2, reps=2
-    )
-    assert set(times) == {"gpt2", "llama"} and all(t > 0 for t in times.values())

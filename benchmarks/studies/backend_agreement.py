@@ -41,6 +41,23 @@ def make_batch(cfg, batch: int, src_len: int, tgt_len: int, seed: int) -> dict:
     }
 
 
+def small_config(dtype: str = "float64", n_layers: int = 2) -> ft.TransformerConfig:
+    """The gradient tests' shapes (tests/test_gradients.py): deliberately odd, small enough for float64;
+    dropout 0.2 where a measure trains."""
+    return ft.TransformerConfig(
+        src_vocab_size=11,
+        tgt_vocab_size=13,
+        d_model=12,
+        n_heads=3,
+        d_ff=10,
+        n_encoder_layers=n_layers,
+        n_decoder_layers=n_layers,
+        max_len=9,
+        drop_rate=0.2,
+        dtype=dtype,
+    )
+
+
 def compare(a: dict, b: dict) -> dict:
     """{"max_abs", "max_rel"} of two gradient trees (NumPy arrays): the largest absolute difference
     over every leaf, and the largest of each leaf's difference relative to that leaf's largest entry,
@@ -81,23 +98,14 @@ def main(argv=None) -> None:
         prog="python -m benchmarks.studies.backend_agreement", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
-    args = parser.parse_args(argv)
-    # The gradient tests' shapes (tests/test_gradients.py): deliberately odd, small enough for float64.
-    shapes = dict(
-        src_vocab_size=11,
-        tgt_vocab_size=13,
-        d_model=12,
-        n_heads=3,
-        d_ff=10,
-        n_encoder_layers=2,
-        n_decoder_layers=2,
-        max_len=9,
-        drop_rate=0.2,
+    parser.add_argument("--dtypes", nargs="+", choices=("float64", "float32"), default=["float64", "float32"])
+    parser.add_argument(
+        "--dropout", nargs="+", choices=("off", "on"), default=["off", "on"], help="dropout 0.2 or none"
     )
+    parser.add_argument("--layers", type=int, default=2, help="encoder and decoder layers each (default 2)")
+    args = parser.parse_args(argv)
     results = [
-        measure(ft.TransformerConfig(**shapes, dtype=dtype), train)
-        for dtype in ("float64", "float32")
-        for train in (False, True)
+        measure(small_config(dtype, args.layers), dropout == "on") for dtype in args.dtypes for dropout in args.dropout
     ]
     if args.json:
         print(json.dumps(results, indent=1))

@@ -19,8 +19,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 MEASURES = ("train", "forward", "decode")
+REPO = Path(__file__).resolve().parents[2]  # the child imports benchmarks from here
 
 
 def _timed(fn) -> float:
@@ -84,7 +86,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.studies.compile_times", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--backends", nargs="+", default=["numpy", "jax"])
+    parser.add_argument("--backends", nargs="+", default=["numpy", "jax"], choices=["numpy", "jax"])
+    parser.add_argument("--measures", nargs="+", choices=MEASURES, default=list(MEASURES))
     parser.add_argument("--reps", type=int, default=3, help="calls after the first; their median is the steady time")
     parser.add_argument("--one", nargs=2, metavar=("BACKEND", "MEASURE"), help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
@@ -93,7 +96,7 @@ def main(argv=None) -> None:
         return
     rows = []
     for backend_name in args.backends:
-        for what in MEASURES:
+        for what in args.measures:
             child = [
                 sys.executable,
                 "-m",
@@ -104,7 +107,7 @@ def main(argv=None) -> None:
                 backend_name,
                 what,
             ]
-            out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(child, check=True, capture_output=True, text=True, cwd=REPO).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(
                 f"{backend_name} {what}: {rows[-1]['first_s']:.2f} s first, {rows[-1]['steady_s']:.3f} s after",

@@ -23,7 +23,7 @@ from functional_transformer.data import CharTokenizer, batch_iterator, encode_pa
 from functional_transformer.train import TrainConfig, init_state, make_optimizer, make_train_step
 
 
-def run(backend_name: str, steps: int, seed: int) -> list[float]:
+def run(backend_name: str, steps: int, seed: int, n_layers: int = 2) -> list[float]:
     """The per-step training losses of the reverse task on one backend."""
     backend = backends.get_backend(backend_name)
     train_pairs, _ = make_task_data("reverse", 5000, 10, 1, 10, seed)
@@ -34,8 +34,8 @@ def run(backend_name: str, steps: int, seed: int) -> list[float]:
         d_model=64,
         n_heads=4,
         d_ff=256,
-        n_encoder_layers=2,
-        n_decoder_layers=2,
+        n_encoder_layers=n_layers,
+        n_decoder_layers=n_layers,
         max_len=16,
         drop_rate=0.1,
     )
@@ -60,9 +60,10 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--steps", type=int, default=300, help="training steps on each backend")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layers", type=int, default=2, help="encoder and decoder layers each (default 2)")
     parser.add_argument("--plot", type=Path, default=Path("docs/trajectory.png"), help="where to write the PNG")
     args = parser.parse_args(argv)
-    curves = {name: run(name, args.steps, args.seed) for name in ("numpy", "jax")}
+    curves = {name: run(name, args.steps, args.seed, args.layers) for name in ("numpy", "jax")}
     a, b = np.asarray(curves["numpy"]), np.asarray(curves["jax"])
     gap = np.abs(a - b) / np.abs(a)
     summary = {

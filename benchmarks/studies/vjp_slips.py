@@ -23,7 +23,7 @@ from functional_transformer import loss, model, parts
 from functional_transformer.gradcheck import vjp_error
 from functional_transformer.layers import attention, embedding, layer_norm, softmax
 
-from .backend_agreement import make_batch
+from .backend_agreement import make_batch, small_config
 
 _dot_product_bwd, _softmax_bwd = attention.dot_product_bwd, softmax.bwd
 
@@ -91,18 +91,7 @@ def planted(replacements):
 def measure() -> dict:
     """{slip: check_vjp's relative error} on the model + loss, float64, dropout on."""
     backend = backends.get_backend("numpy")
-    cfg = ft.TransformerConfig(
-        src_vocab_size=11,
-        tgt_vocab_size=13,
-        d_model=12,
-        n_heads=3,
-        d_ff=10,
-        n_encoder_layers=2,
-        n_decoder_layers=2,
-        max_len=9,
-        drop_rate=0.2,
-        dtype="float64",
-    )
+    cfg = small_config("float64")
     batch = make_batch(cfg, 3, 5, 7, seed=0)
     params = ft.init(backend.random.key(0), cfg)
     key = backend.random.key(1)
