@@ -165,6 +165,7 @@ def test_compile_times_main_runs_each_measure_in_a_fresh_process(capsys):
 
 
 @requires_jax
+@pytest.mark.slow  # compiles the JAX gradient or train step: tens of seconds on a small CPU
 def test_backend_agreement_float64_gradients_agree_to_rounding(capsys):
     backend_agreement.main(["--json", "--dtypes", "float64", "--dropout", "off", "--layers", "1"])
     [result] = json.loads(capsys.readouterr().out)
@@ -174,6 +175,7 @@ def test_backend_agreement_float64_gradients_agree_to_rounding(capsys):
 
 
 @requires_jax
+@pytest.mark.slow  # compiles the JAX gradient or train step: tens of seconds on a small CPU
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="the trajectory study plots with matplotlib, which is not installed")
 def test_trajectory_trains_on_both_backends_and_plots(tmp_path, capsys):
     plot = tmp_path / "trajectory.png"
