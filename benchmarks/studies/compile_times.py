@@ -36,10 +36,10 @@ def measure(backend_name: str, what: str, reps: int) -> dict:
     import numpy as np
 
     import backends
-    from functional_transformer import api, generate
+    from functional_transformer import TrainConfig, api, generate
     from functional_transformer.data import CharTokenizer, encode_pairs, make_batch, make_task_data, task_alphabet
     from functional_transformer.runs import MODEL_DEFAULTS, model_config
-    from functional_transformer.train import TrainConfig, init_state, make_optimizer, make_train_step
+    from functional_transformer.train import init_state, make_optimizer, make_train_step
 
     backend = backends.get_backend(backend_name)
     tokenizer = CharTokenizer.from_texts([task_alphabet("reverse")])

@@ -50,10 +50,11 @@ def measure(backend_name: str, args) -> dict:
     import itertools
 
     import backends
+    from functional_transformer import TrainConfig
     from functional_transformer.config import TransformerConfig
     from functional_transformer.data import fixed_batch_plans, plan_batch, plan_counts, token_batch_plans
     from functional_transformer.runs import MODEL_DEFAULTS
-    from functional_transformer.train import TrainConfig, init_state, make_optimizer, make_train_step
+    from functional_transformer.train import init_state, make_optimizer, make_train_step
 
     backend = backends.get_backend(backend_name)
     examples = make_examples(args.n, args.low, args.high)

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 import backends
+from functional_transformer import TrainConfig
 from functional_transformer.config import TransformerConfig
 from functional_transformer.data import CharTokenizer, batch_iterator, encode_pairs, make_task_data, task_alphabet
-from functional_transformer.train import TrainConfig, init_state, make_optimizer, make_train_step
+from functional_transformer.train import init_state, make_optimizer, make_train_step
 
 
 def run(backend_name: str, steps: int, seed: int, n_layers: int = 2) -> list[float]:
