@@ -10,7 +10,6 @@ rounds, commit hashes and machine paths, which belong in the git log, not in use
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from test_readme import HAS_JAX, README, ROOT, excerpt_problem, is_excerpt, python_blocks, run_blocks
@@ -20,7 +19,10 @@ PAGES = sorted(DOCS.rglob("*.md"))
 PAGE_BLOCKS = {page: python_blocks(page.read_text(encoding="utf-8"), str(page.relative_to(ROOT))) for page in PAGES}
 RUNNABLE_PAGES = [page for page, blocks in PAGE_BLOCKS.items() if any(not is_excerpt(code) for _, code in blocks)]
 EXCERPTS = [
-    (page, line, code) for page, blocks in PAGE_BLOCKS.items() for line, code in blocks if is_excerpt(code)
+    (page, line, code)
+    for page, blocks in [(README, python_blocks(README.read_text(encoding="utf-8"))), *PAGE_BLOCKS.items()]
+    for line, code in blocks
+    if is_excerpt(code)
 ]
 # Pages whose blocks move arrays to JAX or use it directly.
 NEEDS_JAX = {"guides/numpy-and-jax.md", "design.md"}
@@ -63,7 +65,7 @@ def test_every_python_block_of_a_page_runs_in_order(page, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize(
-    "page,line,code", EXCERPTS, ids=[f"{page.relative_to(DOCS)}:{line}" for page, line, _ in EXCERPTS]
+    "page,line,code", EXCERPTS, ids=[f"{page.relative_to(ROOT)}:{line}" for page, line, _ in EXCERPTS]
 )
 def test_excerpts_are_verbatim_copies_of_their_source(page, line, code):
     problem = excerpt_problem(line, code, str(page.relative_to(ROOT)))
@@ -83,7 +85,7 @@ def test_user_docs_carry_no_history_or_machine_paths(page):
         "see #12",
         "measured in round 3",
         "at commit `c81f7c8`",
-        "  File \"/work/wt/x.py\", line 3",
+        '  File "/work/wt/x.py", line 3',
         "written to /tmp/run",
     ],
 )
