@@ -24,8 +24,8 @@ EXCERPTS = [
     for line, code in blocks
     if is_excerpt(code)
 ]
-# Pages whose blocks move arrays to JAX or use it directly.
-NEEDS_JAX = {"guides/numpy-and-jax.md", "design.md"}
+# Pages whose blocks move arrays to JAX.
+NEEDS_JAX = {"design.md"}
 
 # What user docs must not say: history and machine paths. Each pattern names what it catches.
 HISTORY = {
