@@ -181,8 +181,12 @@ class JaxBackend(Backend):
     became float64), so now the flag is set only in a scope around the library's own calls
     (`jax.enable_x64`, thread-local): around each call of a jitted function, not its definition,
     since jit traces at call time and keys its cache on the flag; around `asarray`, so that
-    float64 data moved to JAX stays float64; and around the library's entry points, random draws,
-    schedules and layer inits (`with_x64_scope`), whose eager steps see the same dtypes. Why a
+    float64 data moved to JAX stays float64; around the public entry points (`ft.init`, `ft.apply`,
+    `ft.fit`, decoding, ...: `with_x64_scope`), whose eager steps see the same dtypes; and around the
+    few functions that make float64 intermediates for float32 results (the random draws, the
+    learning-rate schedules, Adam's update, the sinusoidal and rotary tables), so that float32 work
+    never needs x64 from the user. The layers, parts and models carry no scope: they run in their
+    caller's, and float64 ones called directly on JAX need `x64_scope()` around them. Why a
     scope rather than an error asking float64 users to turn x64 on: float32 models need the
     float64 intermediates above too, and a scope keeps their numbers what they were (the same
     compiled programs, benchmarks/README.md) without asking anything of the user. Every array the library makes names its dtype or

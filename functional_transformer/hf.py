@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from backends import backend_of, tree_leaves, tree_map, with_x64_scope
+from backends import backend_of, tree_leaves, tree_map
 
 from .checkpoint_format import CheckpointError, UncheckedCheckpointWarning, load_file, save_file
 from .errors import UserInputError
@@ -609,9 +609,8 @@ class HuggingFaceModel:
         )
 
 
-@with_x64_scope
 def _logits(params, ids, cfg):
-    """In the x64 scope, so that a float64 model stays float64 on JAX."""
+    # backend.jit's calls run in the x64 scope, so a float64 model stays float64 on JAX.
     return backend_of(params).jit(_apply, static_argnames=("cfg",))(params, ids, cfg=cfg)
 
 
@@ -642,7 +641,7 @@ def from_huggingface(folder: str | os.PathLike, dtype: str = "float32", backend=
 
     backend = backend or default_backend()
     cfg, params, tokenizer, architecture = load_huggingface(folder, dtype)
-    params = with_x64_scope(backend.tree_asarray)(params)
+    params = backend.tree_asarray(params)  # float64 stays float64: tree_asarray moves in the x64 scope
     return HuggingFaceModel(cfg, params, tokenizer)
 
 

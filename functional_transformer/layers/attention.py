@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from backends import array_namespace, backend_of, with_x64_scope
+from backends import array_namespace, backend_of
 from backends import random as ftrandom
 
 from . import linear, rotary, softmax
@@ -61,7 +61,6 @@ class KVCache(NamedTuple):
     v: Any
 
 
-@with_x64_scope
 def init(key, d_model: int, dtype) -> dict:
     params = {}
     for name, k in zip(PROJECTIONS, ftrandom.split(key, len(PROJECTIONS))):
@@ -224,7 +223,6 @@ class GroupedSaved(NamedTuple):
     o: linear.Saved
 
 
-@with_x64_scope
 def grouped_init(key, d_model: int, n_heads: int, n_kv_heads: int, dtype, bias: bool = True) -> dict:
     """{"w_q": (D, D), "w_k", "w_v": (D, n_kv_heads * Dh), "w_o": (D, D)} and, with bias, "b_q", ..."""
     d_kv = n_kv_heads * (d_model // n_heads)
