@@ -200,6 +200,7 @@ class JaxBackend(Backend):
     def __init__(self):
         try:
             import jax
+            import jax.core
             import jax.numpy as jnp
         except ImportError as err:
             raise ImportError(
@@ -208,10 +209,14 @@ class JaxBackend(Backend):
                 "checkout, or choose the NumPy backend with FT_BACKEND=numpy."
             ) from err
         self.jax = jax
+        self._tracer_type = jax.core.Tracer
         super().__init__(jnp)
 
-    @functools.cache  # noqa: B019 - one backend object per process, so the cache never outlives it
     def jit(self, fn, static_argnames=(), donate_argnames=()):
+        return self._jit(fn, static_argnames, donate_argnames)
+
+    @functools.cache  # noqa: B019 - one backend object per process, so the cache never outlives it
+    def _jit(self, fn: Callable, static_argnames: tuple[str, ...], donate_argnames: tuple[str, ...]) -> Callable:
         # Memoised so that wrapping the same function twice reuses one compilation cache.
         return self.in_x64_scope(self.jax.jit(fn, static_argnames=static_argnames, donate_argnames=donate_argnames))
 
@@ -241,7 +246,7 @@ class JaxBackend(Backend):
         return np.asarray(self.jax.device_get(x))
 
     def is_concrete(self, x):
-        return not isinstance(x, self.jax.core.Tracer)
+        return not isinstance(x, self._tracer_type)
 
     def block_until_ready(self, tree):
         return self.jax.block_until_ready(tree)
@@ -264,7 +269,7 @@ class JaxBackend(Backend):
 class _InX64Scope:
     """A function (a `jax.jit` one: also its `.lower`) whose every call runs in `backend.x64_scope()`."""
 
-    def __init__(self, fn: Callable, backend: Backend):
+    def __init__(self, fn: Any, backend: Backend):  # Any: a jax.jit function has `.lower`, a Callable not
         self.fn, self.backend = fn, backend
         functools.update_wrapper(self, fn)
 

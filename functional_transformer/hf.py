@@ -155,7 +155,7 @@ def architecture_of(config: dict) -> str:
             )
         return ARCHITECTURES[names[0]]
     model_type = config.get("model_type")
-    if model_type not in ARCHITECTURES.values():
+    if not isinstance(model_type, str) or model_type not in ARCHITECTURES.values():
         raise HuggingFaceError(
             f"config.json: model_type {model_type!r} is not supported; this library reads "
             f"{sorted(ARCHITECTURES.values())}"
@@ -163,7 +163,7 @@ def architecture_of(config: dict) -> str:
     return model_type
 
 
-def _field(config: dict, name: str, default=None, *, required: bool = False):
+def _field(config: dict, name: str, default=None, *, required: bool = False) -> Any:  # a config.json value
     if name not in config or config[name] is None:
         if required:
             raise HuggingFaceError(f"config.json has no {name!r}")
@@ -344,7 +344,8 @@ def _gpt2_params(take: _Tensors, cfg: DecoderConfig) -> dict:
 
 def _llama_params(take: _Tensors, cfg: DecoderConfig) -> dict:
     d, d_ff = cfg.d_model, cfg.d_ff
-    d_kv = cfg.n_kv_heads * (d // cfg.n_heads)
+    n_kv_heads = cfg.n_heads if cfg.n_kv_heads is None else cfg.n_kv_heads  # None: one per query head
+    d_kv = n_kv_heads * (d // cfg.n_heads)
     blocks = {}
     for i in range(cfg.n_layers):
         h = f"layers.{i}."

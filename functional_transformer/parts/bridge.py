@@ -62,7 +62,7 @@ def _split_inputs(x):
     """x -> (the floating leaves, a function rebuilding x from new floating leaves)."""
     spec = spec_of(x)
     flat = list(x) if isinstance(x, tuple) else [x]
-    specs = list(spec) if isinstance(x, tuple) else [spec]
+    specs = list(spec) if isinstance(spec, tuple) else [spec]  # a tuple exactly when x is one
     float_at = [i for i, s in enumerate(specs) if not isinstance(s, tuple) and s.differentiable]
 
     def rebuild(floats):
