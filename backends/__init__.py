@@ -181,8 +181,12 @@ class JaxBackend(Backend):
     became float64), so now the flag is set only in a scope around the library's own calls
     (`jax.enable_x64`, thread-local): around each call of a jitted function, not its definition,
     since jit traces at call time and keys its cache on the flag; around `asarray`, so that
-    float64 data moved to JAX stays float64; and around the library's entry points, random draws,
-    schedules and layer inits (`with_x64_scope`), whose eager steps see the same dtypes. Why a
+    float64 data moved to JAX stays float64; around the public entry points (`ft.init`, `ft.apply`,
+    `ft.fit`, decoding, ...: `with_x64_scope`), whose eager steps see the same dtypes; and around the
+    few functions that make float64 intermediates for float32 results (the random draws, the
+    learning-rate schedules, Adam's update, the sinusoidal and rotary tables), so that float32 work
+    never needs x64 from the user. The layers, parts and models carry no scope: they run in their
+    caller's, and float64 ones called directly on JAX need `x64_scope()` around them. Why a
     scope rather than an error asking float64 users to turn x64 on: float32 models need the
     float64 intermediates above too, and a scope keeps their numbers what they were (the same
     compiled programs, benchmarks/README.md) without asking anything of the user. Every array the library makes names its dtype or
@@ -196,6 +200,7 @@ class JaxBackend(Backend):
     def __init__(self):
         try:
             import jax
+            import jax.core
             import jax.numpy as jnp
         except ImportError as err:
             raise ImportError(
@@ -204,10 +209,14 @@ class JaxBackend(Backend):
                 "checkout, or choose the NumPy backend with FT_BACKEND=numpy."
             ) from err
         self.jax = jax
+        self._tracer_type = jax.core.Tracer
         super().__init__(jnp)
 
-    @functools.cache  # noqa: B019 - one backend object per process, so the cache never outlives it
     def jit(self, fn, static_argnames=(), donate_argnames=()):
+        return self._jit(fn, static_argnames, donate_argnames)
+
+    @functools.cache  # noqa: B019 - one backend object per process, so the cache never outlives it
+    def _jit(self, fn: Callable, static_argnames: tuple[str, ...], donate_argnames: tuple[str, ...]) -> Callable:
         # Memoised so that wrapping the same function twice reuses one compilation cache.
         return self.in_x64_scope(self.jax.jit(fn, static_argnames=static_argnames, donate_argnames=donate_argnames))
 
@@ -237,7 +246,7 @@ class JaxBackend(Backend):
         return np.asarray(self.jax.device_get(x))
 
     def is_concrete(self, x):
-        return not isinstance(x, self.jax.core.Tracer)
+        return not isinstance(x, self._tracer_type)
 
     def block_until_ready(self, tree):
         return self.jax.block_until_ready(tree)
@@ -260,7 +269,7 @@ class JaxBackend(Backend):
 class _InX64Scope:
     """A function (a `jax.jit` one: also its `.lower`) whose every call runs in `backend.x64_scope()`."""
 
-    def __init__(self, fn: Callable, backend: Backend):
+    def __init__(self, fn: Any, backend: Backend):  # Any: a jax.jit function has `.lower`, a Callable not
         self.fn, self.backend = fn, backend
         functools.update_wrapper(self, fn)
 

@@ -30,6 +30,8 @@ Importing the package never fails on a bad FT_BACKEND; using the backend does (V
 unknown name, ImportError when JAX is asked for and not installed), so that `ft` can report it.
 """
 
+from typing import TYPE_CHECKING
+
 from . import generate, hf, layers, loss, models, optim, parts, random, sampling
 from .api import (
     apply,
@@ -64,6 +66,11 @@ from .runs import (
 )
 from .tensorboard import TensorBoardWriter
 from .train import TrainConfig
+
+if TYPE_CHECKING:  # `backend` is made on first use by __getattr__; declared here for type checkers
+    from backends import Backend
+
+    backend: Backend
 
 
 def __getattr__(name: str):

@@ -88,7 +88,7 @@ FAMILY_DATA_FIELDS = {
 
 def arch_of_data(table: dict) -> str:
     """The model family a [data] table's kind trains."""
-    return KIND_ARCH.get(table.get("kind"), "encoder_decoder")
+    return KIND_ARCH.get(table.get("kind", ""), "encoder_decoder")
 
 
 def model_keys(arch: str = "encoder_decoder") -> dict[str, object]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -173,7 +174,7 @@ def make_config(
     fields over MODEL_DEFAULTS[arch], or over a named architecture's with {"preset": "gpt2" | "llama"};
     or a whole config, checked against the data)."""
     config_type = CONFIGS[arch]
-    derived = {
+    derived: dict[str, int | None] = {
         "vocab_size": tokenizer.target.vocab_size if arch == "decoder" else tokenizer.source.vocab_size,
         "pad_id": tokenizer.pad_id,
     }
@@ -197,6 +198,8 @@ def make_config(
     if given:
         raise ConfigError(f"{given} follow from the data; leave them out (or pass a whole {config_type.__name__})")
     if arch == "encoder" and "max_len" not in (model or {}):
+        if longest is None:
+            raise ConfigError("an encoder's config needs longest (its longest text, in tokens) or a max_len in model")
         fields["max_len"] = -(-longest // 8) * 8
     preset_name = fields.pop("preset", None)
     if preset_name is not None:  # a named architecture (models/presets.py), the fields given over it
@@ -259,7 +262,7 @@ def evaluate_examples(
                     confusion[true, guess] += 1
     line.close()
     mean_loss = total_loss / max(total_tokens, 1.0)
-    result = {"loss": mean_loss}
+    result: dict[str, Any] = {"loss": mean_loss}
     if arch == "decoder":
         result.update(
             perplexity=math.exp(min(mean_loss, 700.0)),
@@ -292,6 +295,8 @@ def evaluate(
     if arch == "decoder":
         examples = encode_documents([text for _, text in valid_pairs], tokenizer, cfg.max_len)
         return evaluate_examples(params, cfg, examples, batch_size=batch_size, progress=progress)
+    if labels is None:
+        raise ValueError("evaluating a classifier needs its labels (the class names, model.labels)")
     examples, _ = encode_labelled(valid_pairs, tokenizer, labels, cfg.max_len)
     return evaluate_examples(params, cfg, examples, batch_size=batch_size, n_classes=len(labels), progress=progress)
 

@@ -121,7 +121,8 @@ def _greedy_start(xp, batch: int, cfg, bos_id: int, max_steps: int) -> dict:
 
 def _greedy_step(params, cache, state, position, source, cfg, eos_id):
     """One greedy step on fixed shapes over the cache -> (cache, state); source is (memory, cross_mask)."""
-    logits, cache = step(params, cache, state["tokens"], position, *source, cfg)
+    memory, cross_mask = source
+    logits, cache = step(params, cache, state["tokens"], position, memory, cross_mask, cfg)
     return cache, _greedy_pick(logits, state, position, cfg, eos_id)
 
 
@@ -171,7 +172,8 @@ def _beam_step(params, cache, state, position, source, cfg, eos_id):
     xp = backend.xp
     batch, k = state["scores"].shape
     vocab = cfg.tgt_vocab_size
-    logits, cache = step(params, cache, state["tokens"], position, *source, cfg)
+    memory, cross_mask = source
+    logits, cache = step(params, cache, state["tokens"], position, memory, cross_mask, cfg)
     log_probs = xp.reshape(softmax.log_softmax(_never_pad(logits, cfg.pad_id)), (batch, k, vocab))
     # A finished hypothesis can only continue with pad, at log-probability 0: its score is frozen.
     frozen = xp.astype(xp.where(xp.arange(vocab) == cfg.pad_id, 0.0, -math.inf), log_probs.dtype)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from backends import backend_of, tree_leaves, tree_map, with_x64_scope
+from backends import backend_of, tree_leaves, tree_map
 
 from .checkpoint_format import CheckpointError, UncheckedCheckpointWarning, load_file, save_file
 from .errors import UserInputError
@@ -155,7 +155,7 @@ def architecture_of(config: dict) -> str:
             )
         return ARCHITECTURES[names[0]]
     model_type = config.get("model_type")
-    if model_type not in ARCHITECTURES.values():
+    if not isinstance(model_type, str) or model_type not in ARCHITECTURES.values():
         raise HuggingFaceError(
             f"config.json: model_type {model_type!r} is not supported; this library reads "
             f"{sorted(ARCHITECTURES.values())}"
@@ -163,7 +163,7 @@ def architecture_of(config: dict) -> str:
     return model_type
 
 
-def _field(config: dict, name: str, default=None, *, required: bool = False):
+def _field(config: dict, name: str, default=None, *, required: bool = False) -> Any:  # a config.json value
     if name not in config or config[name] is None:
         if required:
             raise HuggingFaceError(f"config.json has no {name!r}")
@@ -344,7 +344,8 @@ def _gpt2_params(take: _Tensors, cfg: DecoderConfig) -> dict:
 
 def _llama_params(take: _Tensors, cfg: DecoderConfig) -> dict:
     d, d_ff = cfg.d_model, cfg.d_ff
-    d_kv = cfg.n_kv_heads * (d // cfg.n_heads)
+    n_kv_heads = cfg.n_heads if cfg.n_kv_heads is None else cfg.n_kv_heads  # None: one per query head
+    d_kv = n_kv_heads * (d // cfg.n_heads)
     blocks = {}
     for i in range(cfg.n_layers):
         h = f"layers.{i}."
@@ -609,9 +610,8 @@ class HuggingFaceModel:
         )
 
 
-@with_x64_scope
 def _logits(params, ids, cfg):
-    """In the x64 scope, so that a float64 model stays float64 on JAX."""
+    # backend.jit's calls run in the x64 scope, so a float64 model stays float64 on JAX.
     return backend_of(params).jit(_apply, static_argnames=("cfg",))(params, ids, cfg=cfg)
 
 
@@ -642,7 +642,7 @@ def from_huggingface(folder: str | os.PathLike, dtype: str = "float32", backend=
 
     backend = backend or default_backend()
     cfg, params, tokenizer, architecture = load_huggingface(folder, dtype)
-    params = with_x64_scope(backend.tree_asarray)(params)
+    params = backend.tree_asarray(params)  # float64 stays float64: tree_asarray moves in the x64 scope
     return HuggingFaceModel(cfg, params, tokenizer)
 
 

@@ -39,12 +39,13 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
     each (corpus level); {} where sacreBLEU is not installed."""
     if not sacrebleu_available():
         return {}
-    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.metrics.bleu import BLEU
+    from sacrebleu.metrics.chrf import CHRF
 
-    hypotheses, references = list(hypotheses), [list(references)]
+    reference_streams = [list(references)]  # sacreBLEU takes one stream per reference; there is one
     scores = {}
     for name, metric in (("bleu", BLEU()), ("chrf", CHRF())):
-        scores[name] = float(metric.corpus_score(hypotheses, references).score)
+        scores[name] = float(metric.corpus_score(list(hypotheses), reference_streams).score)
         scores[f"{name}_signature"] = str(metric.get_signature())
     return scores
 

@@ -20,11 +20,14 @@ global batch and puts them on its devices (`put_batch`), and `to_host` gathers s
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import UserInputError
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 AXIS = "data"
 
@@ -61,7 +64,7 @@ def process_count() -> int:
     return 1 if jax is None else jax.process_count()
 
 
-def make_mesh(devices, backend) -> Any | None:
+def make_mesh(devices: int | str | Mesh | None, backend) -> Mesh | None:
     """A one-axis ("data") mesh from a device count, "all" (every device of every process), or a
     ready jax.sharding.Mesh; None for one device (the plain single-device step).
 
@@ -74,7 +77,9 @@ def make_mesh(devices, backend) -> Any | None:
             f"--devices {devices} needs the JAX backend (FT_BACKEND=jax); the NumPy backend runs on one device"
         )
     jax = backend.jax
-    if isinstance(devices, jax.sharding.Mesh):
+    from jax.sharding import Mesh
+
+    if isinstance(devices, Mesh):
         if devices.axis_names != (AXIS,):
             raise ParallelError(f"the mesh must have the one axis {AXIS!r}, got {devices.axis_names}")
         return devices
@@ -92,7 +97,7 @@ def make_mesh(devices, backend) -> Any | None:
         )
     if count == 1:
         return None
-    return jax.sharding.Mesh(np.asarray(available[:count]), (AXIS,))
+    return Mesh(np.asarray(available[:count]), (AXIS,))
 
 
 def device_count(mesh) -> int:
@@ -126,7 +131,7 @@ def leaf_spec(shape: tuple[int, ...], n: int, shard_params: bool):
     axes = sorted((a for a in range(len(shape)) if shape[a] % n == 0), key=lambda a: (-shape[a], a))
     if not axes:
         return P()  # nothing divides: replicated, still correct
-    spec = [None] * len(shape)
+    spec: list[str | None] = [None] * len(shape)
     spec[axes[0]] = AXIS
     return P(*spec)
 

@@ -268,7 +268,7 @@ def find_browser() -> str | None:
 
 @pytest.mark.skipif(
     find_browser() is None,
-    reason=f"no headless browser installed (looked for {', '.join(BROWSERS)}; on Debian: apt-get install chromium)",
+    reason=f"no headless browser installed (looked for {', '.join(BROWSERS)}; on Debian: apt-get install chromium, as .ci/run does)",
 )
 def test_the_page_loads_in_a_headless_browser_with_every_image_decoded(page, tmp_path):
     probed = tmp_path / "report.html"

@@ -1,20 +1,28 @@
 """Every public entry point that carries JAX's x64 scope (`with_x64_scope`, `in_x64_scope`), called on
 JAX with float64 params and inputs from outside any x64 scope, as a user who never turns x64 on
-calls it.
+calls it; and the functions that make float64 intermediates for float32 results (random draws,
+schedules, the sinusoidal table), called outside any scope in float32.
+
+Where the scope sits (backends.JaxBackend): the public entry points, the jitted calls, and those
+float64-intermediate functions. The layers, parts and models have none of their own: they run in
+their caller's scope (float64 ones called directly on JAX need `backend.x64_scope()`, as the x64
+fixture gives tests/test_layers.py).
 
 What each case guards: its entry point's own scope. Without it, a float64 array made or moved in
 the entry point's eager code (outside the jitted functions, which carry their own scope) would be
 truncated to float32 with JAX's "Explicitly requested dtype" warning, which pyproject.toml's
 filterwarnings turns into an error, or come back float32, which the dtype assertions catch.
 scripts/mutations.toml removes each decorator in turn and checks that its case fails. For some
-entry points (ft.init, ft.apply, ft.encode, ft.decode, grad_and_metrics, loss_and_metrics, predict,
-evaluate, fit, attention_maps, train.init_state, the composite layer inits) the removal is an
-equivalent mutation, listed there with `expect = "survived"` and the reason: everything their own
-code does on JAX already runs in a scope (a jitted function, `backend.asarray`, a scoped callee).
-Their cases still check the float64 results that the scopes together must give.
+entry points (ft.apply, ft.encode, ft.decode, grad_and_metrics, loss_and_metrics, predict,
+evaluate, fit, attention_maps, train.init_state) the removal is an equivalent mutation, listed
+there with `expect = "survived"` and the reason: everything their own code does on JAX already
+runs in a scope (a jitted function, `backend.asarray`, a scoped callee). Their cases still check
+the float64 results that the scopes together must give.
 
 JAX only: the NumPy backend has no x64 flag, so there these tests skip.
 """
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -23,7 +31,7 @@ import backends
 import functional_transformer as ft
 from functional_transformer import generate, gradcheck, inference, optim, train
 from functional_transformer.data import CharTokenizer
-from functional_transformer.layers import attention, embedding, feed_forward, layer_norm, linear, positional
+from functional_transformer.layers import attention, embedding, feed_forward, linear, positional
 from functional_transformer.models import encoder_decoder
 
 CFG64 = ft.TransformerConfig(
@@ -194,25 +202,31 @@ def test_schedules_run_outside_an_x64_scope(jax_outside_x64, schedule):
     assert str(value.dtype) == "float64"
 
 
-def _layer_inits():
-    dtype = np.float64
+def _float32_layer_inits():
+    dtype = np.float32
     return {
         "linear.init": lambda key: linear.init(key, 3, 4, dtype),
         "attention.init": lambda key: attention.init(key, CFG64.d_model, dtype),
         "feed_forward.init": lambda key: feed_forward.init(key, CFG64.d_model, CFG64.d_ff, dtype),
-        "layer_norm.init": lambda key: layer_norm.init(key, CFG64.d_model, dtype),
         "embedding.init": lambda key: embedding.init(key, 12, CFG64.d_model, 8, dtype, learned_positions=True),
-        "encoder_block part": lambda key: encoder_decoder.encoder_block(CFG64).init(key),
-        "decoder stack part": lambda key: encoder_decoder.stack(CFG64, encoder_decoder.decoder_block(CFG64), 2).init(
-            key
-        ),
+        "decoder stack part": lambda key: encoder_decoder.stack(
+            replace(CFG64, dtype="float32"), encoder_decoder.decoder_block(replace(CFG64, dtype="float32")), 2
+        ).init(key),
     }
 
 
-@pytest.mark.parametrize("name", list(_layer_inits()))
-def test_layer_inits_run_outside_an_x64_scope(jax_outside_x64, name):
-    """Guards the scope of each layer's init (ft.layers): float64 weights drawn from a JAX key."""
-    assert_float64(_layer_inits()[name](jax_outside_x64.random.key(0)))
+@pytest.mark.parametrize("name", list(_float32_layer_inits()))
+def test_float32_layer_inits_run_outside_an_x64_scope(jax_outside_x64, name):
+    """Guards the scopes of the random draws (backends.random, the public `ft.random`): the layers carry
+    no scope of their own, so a float32 init called outside any scope relies on the draws' float64
+    intermediates staying float64, and gives NumPy's weights. (Float64 layers on JAX are called inside
+    `backend.x64_scope()`, as tests/test_layers.py does with the x64 fixture.)"""
+    init = _float32_layer_inits()[name]
+    params = init(jax_outside_x64.random.key(0))
+    assert float_dtypes(params) == {"float32"}
+    reference = init(backends.get_backend("numpy").random.key(0))
+    for ours, theirs in zip(backends.tree_leaves(params), backends.tree_leaves(reference), strict=True):
+        np.testing.assert_array_equal(jax_outside_x64.to_numpy(ours), theirs)
 
 
 def test_sinusoidal_table_runs_outside_an_x64_scope(jax_outside_x64):

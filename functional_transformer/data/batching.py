@@ -152,11 +152,11 @@ def _padded_lengths(
     examples: Sequence[EncodedPair], pad_to_multiple: int, max_len: int | None = None
 ) -> tuple[int, int]:
     # Rounding up never goes past the model's max_len (which need not be a multiple of 8).
-    cap = max_len if max_len is not None else float("inf")
-    return (
-        min(_round_up(max(len(e.src) for e in examples), pad_to_multiple), cap),
-        min(_round_up(max(len(e.tgt) - 1 for e in examples), pad_to_multiple), cap),
-    )
+    src_len = _round_up(max(len(e.src) for e in examples), pad_to_multiple)
+    tgt_len = _round_up(max(len(e.tgt) - 1 for e in examples), pad_to_multiple)
+    if max_len is None:
+        return src_len, tgt_len
+    return min(src_len, max_len), min(tgt_len, max_len)
 
 
 def _fill_batch(examples: Sequence[EncodedPair], pad_id: int, src_len: int, tgt_len: int) -> Batch:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ConfigError
 from .bpe import LibraryEncoding, import_tokenizers
@@ -29,7 +30,7 @@ class HuggingFaceTokenizer(LibraryEncoding, OneVocabulary):
     bos_id: int | None = None
     eos_id: int | None = None
     pad_id: int | None = None
-    _hf: object = field(init=False, repr=False, compare=False)
+    _hf: Any = field(init=False, repr=False, compare=False)  # a tokenizers.Tokenizer (optional dependency)
 
     kind = _JSON_KIND
 

@@ -15,7 +15,9 @@ passes them to `bwd` as it passed them to `fwd`. ("saved", not "res": a residual
 residual connection, parts.Residual.)
 
 Everything is written against the array namespace of the arrays passed in (`xp`), so the same
-code runs on NumPy, on JAX (also under jit and jax.vjp) and on any Array API namespace.
+code runs on NumPy, on JAX (also under jit and jax.vjp) and on any Array API namespace. On JAX,
+float64 layers need JAX's 64-bit types on: call them inside `backend.x64_scope()` (the model-level
+functions, `ft.init`, `ft.apply`, ..., enter it themselves); float32 ones need nothing.
 Layers without parameters (softmax, dropout, activations) drop `init` and the params arguments.
 """
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from backends import array_namespace, backend_of, with_x64_scope
+from backends import array_namespace, backend_of
 from backends import random as ftrandom
 
 from . import linear, rotary, softmax
@@ -61,7 +61,6 @@ class KVCache(NamedTuple):
     v: Any
 
 
-@with_x64_scope
 def init(key, d_model: int, dtype) -> dict:
     params = {}
     for name, k in zip(PROJECTIONS, ftrandom.split(key, len(PROJECTIONS))):
@@ -162,7 +161,9 @@ def _write(cache: KVCache, new: KVCache, position) -> KVCache:
     return KVCache(backend.set_at(cache.k, at, new.k[:, :, 0]), backend.set_at(cache.v, at, new.v[:, :, 0]))
 
 
-def fwd(params: dict, x_q, x_kv, mask, n_heads: int, cache: KVCache | None = None, position=None):
+def fwd(
+    params: dict, x_q, x_kv, mask, n_heads: int, cache: KVCache | None = None, position=None
+) -> tuple[Any, Any]:  # (y, Saved), or with a cache (y, KVCache)
     """x_q (B, T, D) attends to x_kv (B, S, D) -> (y (B, T, D), saved). Self-attention passes x_q as x_kv.
 
     With a `cache` (decoding, eval mode: no backward follows) the keys and values are the cache's
@@ -176,16 +177,17 @@ def fwd(params: dict, x_q, x_kv, mask, n_heads: int, cache: KVCache | None = Non
         saved_inputs = (saved_qkv,)
         if cache is not None:
             cache = _write(cache, KVCache(k, v), position)
+            k, v = cache
     else:
         (q,), saved_q = _project_heads(params, x_q, ("q",), n_heads)
         saved_inputs = (saved_q,)
         if cache is None:
             (k, v), saved_kv = _project_heads(params, x_kv, ("k", "v"), n_heads)
             saved_inputs += (saved_kv,)
-        elif x_kv is not None:
-            cache = _write(cache, project_kv(params, x_kv, n_heads), position)
-    if cache is not None:
-        k, v = cache
+        else:
+            if x_kv is not None:
+                cache = _write(cache, project_kv(params, x_kv, n_heads), position)
+            k, v = cache
     heads, saved_dot = dot_product_fwd(q, k, v, mask)
     y, saved_o = linear.fwd(projection(params, "o"), merge_heads(heads))
     if cache is not None:
@@ -196,7 +198,9 @@ def fwd(params: dict, x_q, x_kv, mask, n_heads: int, cache: KVCache | None = Non
 def bwd(saved: Saved, g, n_heads: int):
     """-> (dparams, dx_q, dx_kv). For self-attention the caller adds dx_q and dx_kv."""
     d_o, d_heads = linear.bwd(saved.o, g)
-    d_qkv = dict(zip(("q", "k", "v"), dot_product_bwd(saved.dot_product, split_heads(d_heads, n_heads))))
+    d_qkv: dict[str, Any] = dict(
+        zip(("q", "k", "v"), dot_product_bwd(saved.dot_product, split_heads(d_heads, n_heads)))
+    )
     dparams, dxs = {}, []
     groups = SELF_INPUTS if len(saved.inputs) == 1 else CROSS_INPUTS
     for names, saved_in in zip(groups, saved.inputs):
@@ -224,7 +228,6 @@ class GroupedSaved(NamedTuple):
     o: linear.Saved
 
 
-@with_x64_scope
 def grouped_init(key, d_model: int, n_heads: int, n_kv_heads: int, dtype, bias: bool = True) -> dict:
     """{"w_q": (D, D), "w_k", "w_v": (D, n_kv_heads * Dh), "w_o": (D, D)} and, with bias, "b_q", ..."""
     d_kv = n_kv_heads * (d_model // n_heads)
@@ -278,7 +281,7 @@ def grouped_fwd(
     rope_base: float | None = None,
     cache: KVCache | None = None,
     position=None,
-):
+) -> tuple[Any, Any]:  # (y, GroupedSaved), or with a cache (y, KVCache)
     """Self-attention of x (B, T, D) with n_kv_heads key/value heads -> (y (B, T, D), saved).
 
     rope_base: rotate queries and keys (rotary.py) with this base, None for no rotation. With a

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import math
 
-from backends import array_namespace, backend_of, with_x64_scope
+from backends import array_namespace, backend_of
 from backends import random as ftrandom
 
 from .positional import sinusoidal
 
 
-@with_x64_scope
 def init(key, vocab_size: int, d_model: int, max_len: int, dtype, learned_positions: bool = False) -> dict:
     """tokens ~ N(0, 1/d_model), so the scaled embedding has unit variance."""
     k_tokens, k_positions = ftrandom.split(key, 2)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from backends import random as ftrandom
-from backends import with_x64_scope
 
 from . import activations, linear
 
@@ -19,7 +18,6 @@ class Saved(NamedTuple):
     outer: linear.Saved  # w_2
 
 
-@with_x64_scope
 def init(key, d_model: int, d_ff: int, dtype) -> dict:
     k1, k2 = ftrandom.split(key, 2)
     inner, outer = linear.init(k1, d_model, d_ff, dtype), linear.init(k2, d_ff, d_model, dtype)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from backends import array_namespace, with_x64_scope
+from backends import array_namespace
 from backends import random as ftrandom
 
 from . import activations, linear
@@ -25,7 +25,6 @@ class Saved(NamedTuple):
     outer: linear.Saved  # w_down
 
 
-@with_x64_scope
 def init(key, d_model: int, d_ff: int, dtype, bias: bool = False) -> dict:
     params = {}
     for name, k, (d_in, d_out) in zip(

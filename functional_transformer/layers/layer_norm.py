@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from backends import array_namespace, with_x64_scope
+from backends import array_namespace
 
 from .precision import as_dtype, at_least_float32
 
@@ -17,7 +17,6 @@ class Saved(NamedTuple):
     scale: Any  # (d,)
 
 
-@with_x64_scope
 def init(key, d: int, dtype) -> dict:
     xp = array_namespace(key)
     return {"scale": xp.ones((d,), dtype=dtype), "bias": xp.zeros((d,), dtype=dtype)}

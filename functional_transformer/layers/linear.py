@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from backends import array_namespace, with_x64_scope
+from backends import array_namespace
 from backends import random as ftrandom
 
 
@@ -16,7 +16,6 @@ class Saved(NamedTuple):
     x2: Any  # (N, d_in)
 
 
-@with_x64_scope
 def init(key, d_in: int, d_out: int, dtype, bias: bool = True) -> dict:
     """Glorot-uniform weights (as PyTorch's nn.Transformer), zero bias."""
     xp = array_namespace(key)

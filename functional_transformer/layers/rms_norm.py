@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from backends import array_namespace, with_x64_scope
+from backends import array_namespace
 
 from .precision import as_dtype, at_least_float32
 
@@ -21,7 +21,6 @@ class Saved(NamedTuple):
     scale: Any  # (d,)
 
 
-@with_x64_scope
 def init(key, d: int, dtype) -> dict:
     xp = array_namespace(key)
     return {"scale": xp.ones((d,), dtype=dtype)}

@@ -62,7 +62,7 @@ class DecoderConfig:
     n_layers: int = 4
     max_len: int = 256
     drop_rate: float = 0.1
-    pad_id: int = 0
+    pad_id: int | None = 0
     norm_first: bool = True
     tie_embeddings: bool = True
     positional: str = "learned"

@@ -62,7 +62,7 @@ def _split_inputs(x):
     """x -> (the floating leaves, a function rebuilding x from new floating leaves)."""
     spec = spec_of(x)
     flat = list(x) if isinstance(x, tuple) else [x]
-    specs = list(spec) if isinstance(x, tuple) else [spec]
+    specs = list(spec) if isinstance(spec, tuple) else [spec]  # a tuple exactly when x is one
     float_at = [i for i, s in enumerate(specs) if not isinstance(s, tuple) and s.differentiable]
 
     def rebuild(floats):
@@ -75,43 +75,43 @@ def _split_inputs(x):
 
 
 def _jax_error(part, params, x, train, key, side, n_directions) -> float:
-    """The largest relative gap between part.bwd and jax.vjp of part.apply over random output directions."""
+    """The largest relative gap between part.bwd and jax.vjp of part.apply over random output directions.
+    Runs in check_part's x64 scope, its only caller."""
     import jax
 
     backend = get_backend("jax")
-    with backend.x64_scope():
-        params = backend.tree_asarray(params)
-        x = tuple(backend.asarray(item) for item in x) if isinstance(x, tuple) else backend.asarray(x)
-        side = {name: backend.asarray(value) for name, value in side.items()}
-        key = None if key is None else backend.asarray(key)
-        floats, float_at, rebuild = _split_inputs(x)
+    params = backend.tree_asarray(params)
+    x = tuple(backend.asarray(item) for item in x) if isinstance(x, tuple) else backend.asarray(x)
+    side = {name: backend.asarray(value) for name, value in side.items()}
+    key = None if key is None else backend.asarray(key)
+    floats, float_at, rebuild = _split_inputs(x)
 
-        def forward(p, fl):
-            return part.apply(p, rebuild(fl), train=train, key=key, **side)
+    def forward(p, fl):
+        return part.apply(p, rebuild(fl), train=train, key=key, **side)
 
-        y, saved = part.fwd(params, x, train=train, key=key, **side)
-        _, vjp = jax.vjp(forward, params, floats)
-        worst = 0.0
-        for direction in ftrandom.split(get_backend("numpy").random.key(7), n_directions):
-            outputs = y if isinstance(y, tuple) else (y,)
-            u = tuple(
-                backend.asarray(ftrandom.normal(k, tuple(out.shape), np.float64))
-                for k, out in zip(ftrandom.split(direction, len(outputs)), outputs)
-            )
-            u = u if isinstance(y, tuple) else u[0]
-            d_params_ref, d_floats_ref = vjp(u)
-            d_params, dx = checked_bwd(part, params, saved, u, spec_of(x))
-            dx_list = list(dx) if isinstance(dx, tuple) else [dx]
-            ours = tree_leaves(d_params) + [dx_list[i] for i in float_at]
-            reference = tree_leaves(d_params_ref) + list(d_floats_ref)
-            # Relative to the largest reference entry: a gradient that is zero up to rounding (the key
-            # projection's bias, which softmax cancels) must not count as a large relative error.
-            gaps = [
-                float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0))
-                for a, b in zip(ours, reference, strict=True)
-            ]
-            scale = max(float(np.max(np.abs(np.asarray(b)), initial=0.0)) for b in reference)
-            worst = max(worst, max(gaps) / max(scale, 1e-12))
+    y, saved = part.fwd(params, x, train=train, key=key, **side)
+    _, vjp = jax.vjp(forward, params, floats)
+    worst = 0.0
+    for direction in ftrandom.split(get_backend("numpy").random.key(7), n_directions):
+        outputs = y if isinstance(y, tuple) else (y,)
+        u = tuple(
+            backend.asarray(ftrandom.normal(k, tuple(out.shape), np.float64))
+            for k, out in zip(ftrandom.split(direction, len(outputs)), outputs)
+        )
+        u = u if isinstance(y, tuple) else u[0]
+        d_params_ref, d_floats_ref = vjp(u)
+        d_params, dx = checked_bwd(part, params, saved, u, spec_of(x))
+        dx_list = list(dx) if isinstance(dx, tuple) else [dx]
+        ours = tree_leaves(d_params) + [dx_list[i] for i in float_at]
+        reference = tree_leaves(d_params_ref) + list(d_floats_ref)
+        # Relative to the largest reference entry: a gradient that is zero up to rounding (the key
+        # projection's bias, which softmax cancels) must not count as a large relative error.
+        gaps = [
+            float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0))
+            for a, b in zip(ours, reference, strict=True)
+        ]
+        scale = max(float(np.max(np.abs(np.asarray(b)), initial=0.0)) for b in reference)
+        worst = max(worst, max(gaps) / max(scale, 1e-12))
     return worst
 
 

@@ -28,6 +28,7 @@ wrong structure is an error naming the part, never silently dropped or broadcast
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from backends import array_namespace
 from backends import random as ftrandom
@@ -57,7 +58,7 @@ class Part:
         """fwd without the residuals."""
         return self.fwd(params, x, train=train, key=key, **side)[0]
 
-    def init_cache(self, params: dict, x, max_len: int, **side):
+    def init_cache(self, params: dict, x, max_len: int, **side) -> dict | None:
         """The part's decoding cache for inputs like x (B, 1, ...); None for a position-wise part."""
         return None
 
@@ -167,14 +168,14 @@ def checked_bwd(part: Part, params: dict, saved, dy, x_spec, *, shared_params: b
     return dparams, dx
 
 
-def zeros_like_spec(spec, dtype, xp):
+def zeros_like_spec(spec, dtype, xp) -> Any:  # an array, None, or a tuple of them as the spec nests
     """A zero cotangent for an input of this spec (None for an integer input)."""
     if isinstance(spec, tuple):
         return tuple(zeros_like_spec(s, dtype, xp) for s in spec)
     return xp.zeros(spec.shape, dtype=dtype) if spec.differentiable else None
 
 
-def add_cotangents(a, b):
+def add_cotangents(a, b) -> Any:  # an array, None, or a tuple of them as a and b nest
     """a + b for cotangents of one input (None is an integer input's: it stays None)."""
     if isinstance(a, tuple):
         return tuple(map(add_cotangents, a, b))
