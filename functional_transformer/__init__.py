@@ -43,7 +43,7 @@ from .api import (
     loss_fn,
 )
 from .backend_choice import default_backend
-from .config import TransformerConfig
+from .config import TrainConfig, TransformerConfig
 from .errors import ConfigError, UserInputError
 from .hf import from_huggingface, to_huggingface
 from .inspect import attention_maps
@@ -63,7 +63,6 @@ from .runs import (
     tsv_data,
 )
 from .tensorboard import TensorBoardWriter
-from .train import TrainConfig
 
 
 def __getattr__(name: str):

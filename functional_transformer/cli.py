@@ -22,7 +22,7 @@ from backends import get_backend
 from . import checkpoint, config_file, families, metrics
 from .backend_choice import default_backend
 from .checkpoint_format import CheckpointWriteError, UncheckedCheckpointWarning
-from .config import COMPUTE_DTYPES, DTYPES, TransformerConfig
+from .config import BEST_BY, COMPUTE_DTYPES, DTYPES, GRAD_METHODS, OPTIMIZERS, SCHEDULES, TrainConfig, TransformerConfig
 from .data import TASKS, DataError, make_task_data, read_lines, read_tsv
 from .errors import ConfigError, UserInputError
 from .inference import UnknownSymbolError, check_sources, classify, continue_texts, evaluate, predict
@@ -37,7 +37,7 @@ from .runs import (
     load_pairs,
     tokenizer_spec,
 )
-from .train import BEST_BY, GRAD_METHODS, OPTIMIZERS, SCHEDULES, SaveFailed, TrainConfig, TrainingDiverged
+from .train import SaveFailed, TrainingDiverged
 from .tuning.sweep import OBJECTIVES, PRUNERS
 
 TRAIN_DEFAULTS = TrainConfig()

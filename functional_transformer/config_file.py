@@ -42,10 +42,9 @@ import typing
 from pathlib import Path
 
 from . import families, runs
-from .config import TransformerConfig
+from .config import TrainConfig, TransformerConfig, train_config_record
 from .data import DataError
 from .errors import ConfigError
-from .train import TrainConfig, train_config_record
 
 CONFIG_NAME = "config.toml"
 # TrainConfig fields a file does not set: the step where an extended run's schedule restarted.

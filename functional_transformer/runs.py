@@ -36,7 +36,7 @@ from backends import Backend, with_x64_scope
 
 from . import checkpoint, families, inference, parallel
 from .backend_choice import default_backend
-from .config import TransformerConfig
+from .config import USER_OPTIMIZER, TrainConfig, TransformerConfig
 from .data import (
     TASKS,
     CharTokenizer,
@@ -55,10 +55,8 @@ from .data import (
 from .data.batching import encode_pair
 from .errors import ConfigError, UserInputError
 from .train import (
-    USER_OPTIMIZER,
     Callback,
     Run,
-    TrainConfig,
     check_batches_split,
     check_best_by,
     check_optimizer,

@@ -24,9 +24,10 @@ from backends import Backend
 
 from .. import checkpoint, inference
 from ..backend_choice import default_backend
+from ..config import TrainConfig
 from ..data import DataError
 from ..runs import load_pairs, read_history
-from ..train import TrainConfig, make_schedule
+from ..train import make_schedule
 from . import plots
 from .attention import attention_maps
 

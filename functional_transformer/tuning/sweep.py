@@ -44,14 +44,15 @@ from backends import Backend
 
 from .. import api, checkpoint, config_file, runs
 from ..backend_choice import default_backend
+from ..config import BEST_BY, TrainConfig
 from ..errors import UserInputError
 from ..metrics import TEXT_METRICS, require_sacrebleu
 from ..progress import ProgressLine
-from ..train import BEST_BY, TrainConfig, TrainingDiverged
+from ..train import TrainingDiverged
 from . import space as search_space
 
 PRUNERS = ("median", "hyperband", "none")
-# The held-out metrics a sweep can score by (each maximised, but the loss minimised: train.BEST_BY).
+# The held-out metrics a sweep can score by (each maximised, but the loss minimised: config.BEST_BY).
 OBJECTIVES = ("exact_match", "char_accuracy", "bleu", "chrf", "loss")
 BEST_NAME = "best.toml"
 TARGET_EXACT_MATCH = 0.995
