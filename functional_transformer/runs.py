@@ -425,12 +425,11 @@ def describe_run(out_dir: Path) -> str:
         loaded = checkpoint.load(out_dir, backends.get_backend("numpy"))
     except ValueError as err:
         return f"a checkpoint that does not load ({err})"
-    step = int(loaded["state"]["step"])
-    line = f"a run at step {step} of {loaded['train_config'].get('steps', '?')}"
-    best = loaded["progress"].get("best_exact_match")
+    line = f"a run at step {loaded.step} of {loaded.train_config.steps}"
+    best = loaded.progress.get("best_exact_match")
     if best is not None:
-        best_by = loaded["train_config"].get("best_by", "exact_match")
-        line += f", held-out exact match {best:.4f} at its best step by {best_by}, {loaded['progress']['best_step']}"
+        best_by = loaded.train_config.best_by or "exact_match"
+        line += f", held-out exact match {best:.4f} at its best step by {best_by}, {loaded.progress['best_step']}"
     return line
 
 
@@ -782,7 +781,7 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
     if not checkpoint.checkpoint_path(out).exists():
         raise RunFolderError(f"{out} holds no checkpoint to resume; leave out --resume to start a run there")
     loaded = checkpoint.load(out, backend)
-    cfg, tokenizer, spec = loaded["cfg"], loaded["tokenizer"], loaded["data_spec"]
+    cfg, tokenizer, spec = loaded.cfg, loaded.tokenizer, loaded.data_spec
     if model is not None and not isinstance(model, dict):
         model = model.to_dict()
     _check_resumed("model", cfg.to_dict(), dict(model or {}))
@@ -804,9 +803,9 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
     _check_resumed("data", {"tokenizer": {"kind": "char"}, **spec}, dict(data or {}))  # characters, if not said
     if isinstance(train_config, TrainConfig):
         train_config = dataclasses.asdict(train_config)
-    step = int(backend.to_numpy(loaded["state"]["step"]))
-    saved_fields, changes = loaded["train_config"], dict(train_config or {})
-    if saved_fields.get("optimizer") == USER_OPTIMIZER:
+    step = loaded.step
+    saved, changes = loaded.train_config, dict(train_config or {})
+    if saved.optimizer == USER_OPTIMIZER:
         given = changes.pop("optimizer", None)
         if given is None or isinstance(given, str):
             raise RunFolderError(
@@ -815,17 +814,17 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
                 "it in Python with the same optimizer, ft.fit(train_config={'optimizer': ...}, "
                 "out_dir=..., resume=True)"
             )
-        saved_fields = dict(saved_fields, optimizer=given)
-    tcfg = resumed_train_config(with_best_by(TrainConfig(**saved_fields), cfg), changes, step, extend)
+        saved = dataclasses.replace(saved, optimizer=given)
+    tcfg = resumed_train_config(with_best_by(saved, cfg), changes, step, extend)
     if spec["kind"] in MEMORY_KINDS.values() and pairs is None:
         raise RunFolderError(f"{out} was trained on examples given in memory; pass them again as data=(train, valid)")
     train_pairs, valid_pairs = pairs or load_pairs(spec)
-    run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, loaded["labels"])
+    run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, loaded.labels)
     if parallel.process_index() == 0:
         _write_config(run)  # the operational fields or the steps may have changed
     if verbose:
         print(f"resuming {out} at step {step} of {tcfg.steps}", file=sys.stderr)
-    return _result(run, run_loop(run, loaded["state"], loaded["key"], loaded["progress"] or None))
+    return _result(run, run_loop(run, loaded.state, loaded.key, loaded.progress or None))
 
 
 def _write_config(run: Run) -> None:
@@ -891,14 +890,14 @@ def load(path: str | os.PathLike, which: str | None = None, backend: Backend | N
     backend = backend or default_backend()
     loaded = checkpoint.load(checkpoint.resolve(path, which), backend)
     return TrainedModel(
-        params=loaded["state"]["params"],
-        cfg=loaded["cfg"],
-        tokenizer=loaded["tokenizer"],
-        train_config=TrainConfig(**loaded["train_config"]),
-        data_spec=loaded["data_spec"],
-        step=int(backend.to_numpy(loaded["state"]["step"])),
-        path=loaded["path"],
-        labels=loaded["labels"],
+        params=loaded.state["params"],
+        cfg=loaded.cfg,
+        tokenizer=loaded.tokenizer,
+        train_config=loaded.train_config,
+        data_spec=loaded.data_spec,
+        step=loaded.step,
+        path=loaded.path,
+        labels=loaded.labels,
     )
 
 

@@ -221,7 +221,7 @@ def test_ctrl_c_in_training_saves_the_checkpoint_and_curves_and_exits_130(tmp_pa
     assert cli.main([*TRAIN, "--out", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "interrupted at step 2" in err
-    assert checkpoint.load(tmp_path / "run", ft.backend)["state"]["step"] == 2
+    assert checkpoint.load(tmp_path / "run", ft.backend).state["step"] == 2
     assert (tmp_path / "run" / "curves.png").exists() or not _has_matplotlib()
 
 

@@ -24,7 +24,7 @@ from backends import Backend
 
 from .. import checkpoint, inference
 from ..backend_choice import default_backend
-from ..config import TrainConfig
+from ..config import TrainConfig, train_config_record
 from ..data import DataError
 from ..runs import load_pairs, read_history
 from ..train import make_schedule
@@ -239,13 +239,13 @@ def build_report(
     used = checkpoint.resolve(path, which)
     loaded = checkpoint.load(used, backend)
     folder = used.parent
-    cfg, tokenizer, spec = loaded["cfg"], loaded["tokenizer"], loaded["data_spec"]
-    tcfg = TrainConfig(**loaded["train_config"])
-    params = loaded["state"]["params"]
-    step = int(backend.to_numpy(loaded["state"]["step"]))
+    cfg, tokenizer, spec = loaded.cfg, loaded.tokenizer, loaded.data_spec
+    tcfg = loaded.train_config
+    params = loaded.state["params"]
+    step = loaded.step
     history = read_history(folder)
     valid = [r for r in history if r["split"] == "valid"]
-    progress = loaded["progress"] or {}
+    progress = loaded.progress or {}
 
     sections = []
     best = progress.get("best_exact_match")
@@ -256,14 +256,14 @@ def build_report(
     )
     sections.append(
         f"<p>Checkpoint <code>{_e(used)}</code> at step {step} of {tcfg.steps}; {best_line}written on the "
-        f"{_e(loaded['backend'])} backend, read on {_e(backend.name)} for this page, made "
+        f"{_e(loaded.written_on)} backend, read on {_e(backend.name)} for this page, made "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC by <code>ft report</code>.</p>"
     )
 
     sections.append(
         "<h2>Configuration</h2><div class='configs'>"
         + _key_values("model", cfg.to_dict())
-        + _key_values("training", loaded["train_config"])
+        + _key_values("training", train_config_record(tcfg))
         + _key_values("data", spec)
         + "</div>"
     )
