@@ -37,7 +37,7 @@ ARCHS = {"encoder_decoder": TransformerConfig, "decoder": DecoderConfig, "encode
 ModelConfig = TransformerConfig | DecoderConfig | EncoderConfig
 
 
-def arch_of(cfg) -> str:
+def arch_of(cfg: ModelConfig) -> str:
     """The family name of a model config ("encoder_decoder", "decoder", "encoder")."""
     for name, config_type in ARCHS.items():
         if isinstance(cfg, config_type):
@@ -68,7 +68,7 @@ def save(
     state: dict,
     backend: Backend,
     *,
-    cfg,
+    cfg: ModelConfig,
     tokenizer: Tokenizer,
     train_config: dict,
     data_spec: dict,

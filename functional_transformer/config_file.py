@@ -32,6 +32,11 @@ flat subset these files use (tables of strings, integers, floats, booleans; None
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .checkpoint import ModelConfig
+
 import dataclasses
 import os
 import re
@@ -195,7 +200,9 @@ def data_table(spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES) -> dict:
     return table
 
 
-def settings_tables(cfg, tcfg: TrainConfig, spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES) -> dict[str, dict]:
+def settings_tables(
+    cfg: ModelConfig, tcfg: TrainConfig, spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES
+) -> dict[str, dict]:
     """{"model", "train", "data"} tables of a run: cfg's fields less the data's (a dict: its fields
     over the defaults `fit` uses), every TrainConfig field but TRAIN_INTERNAL, and data_table(spec)."""
     arch = KIND_ARCH.get(spec["kind"], "encoder_decoder")

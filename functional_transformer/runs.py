@@ -36,6 +36,7 @@ from backends import Backend, with_x64_scope
 
 from . import checkpoint, families, inference, parallel
 from .backend_choice import default_backend
+from .checkpoint import ModelConfig
 from .config import USER_OPTIMIZER, TrainConfig, TransformerConfig
 from .data import (
     TASKS,
@@ -528,7 +529,7 @@ class TrainedModel:
     """What `predict` and `evaluate` need: params with their config and tokenizer."""
 
     params: dict
-    cfg: TransformerConfig
+    cfg: ModelConfig
     tokenizer: Tokenizer
     train_config: TrainConfig | None = None
     data_spec: dict | None = None
@@ -723,7 +724,7 @@ def fit(
         return _result(run, run_loop(run))
 
 
-def _describe_vocabulary(cfg) -> str:
+def _describe_vocabulary(cfg: ModelConfig) -> str:
     if not isinstance(cfg, TransformerConfig):
         classes = f", {cfg.n_classes} classes" if hasattr(cfg, "n_classes") else ""
         return f"vocabulary {cfg.vocab_size}{classes}"
@@ -732,7 +733,7 @@ def _describe_vocabulary(cfg) -> str:
     return f"vocabularies {cfg.src_vocab_size} (source) and {cfg.tgt_vocab_size} (target)"
 
 
-def _family_examples(cfg, tokenizer, train_pairs, valid_pairs, labels) -> tuple[list, dict]:
+def _family_examples(cfg: ModelConfig, tokenizer, train_pairs, valid_pairs, labels) -> tuple[list, dict]:
     """A language model's or a classifier's training examples and its data report: the windows and
     the held-out unigram baseline, or how many texts were cut to max_len."""
     if families.arch_of(cfg) == "decoder":
@@ -747,7 +748,9 @@ def _family_examples(cfg, tokenizer, train_pairs, valid_pairs, labels) -> tuple[
     return examples, {"n_train": len(examples), "cut_to_max_len": n_cut}
 
 
-def _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, labels=None) -> Run:
+def _make_run(
+    cfg: ModelConfig, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, labels=None
+) -> Run:
     if families.arch_of(cfg) == "encoder_decoder":
         examples, valid_pairs, report = fit_data(spec, tokenizer, cfg.max_len, train_pairs, valid_pairs)
         if verbose and report:

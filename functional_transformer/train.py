@@ -37,6 +37,7 @@ from backends import random as ftrandom
 from backends.tree import tree_map as backend_tree_map
 
 from . import api, checkpoint, checks, families, gradients, optim, parallel
+from .checkpoint import ModelConfig
 from .config import (  # noqa: F401  (re-exported: train.TrainConfig and its constants keep working)
     BEST_BY,
     GRAD_METHODS,
@@ -68,7 +69,7 @@ DIVERGED_FACTOR = 4.0
 DIVERGED_STEPS = 10
 
 
-def make_schedule(tcfg: TrainConfig, cfg) -> optim.Schedule:
+def make_schedule(tcfg: TrainConfig, cfg: ModelConfig) -> optim.Schedule:
     """The learning rate at each update count. The cosine schedule runs from `schedule_start` to
     `steps`: a run that was extended restarts it there (warmup, then decay to 0 at the new end);
     the other two schedules have no horizon, so an extended run simply continues them. (Steps
@@ -96,7 +97,7 @@ def check_optimizer(tcfg: TrainConfig, backend: Backend) -> None:
         )
 
 
-def make_optimizer(tcfg: TrainConfig, cfg) -> optim.GradientTransformation:
+def make_optimizer(tcfg: TrainConfig, cfg: ModelConfig) -> optim.GradientTransformation:
     """The optimizer of `tcfg`, with its schedule and clipping (a user's optax optimizer as it is)."""
     if user_optimizer(tcfg):
         return tcfg.optimizer
@@ -149,7 +150,7 @@ def restore_opt_state(optimizer, params, stored, backend: Backend):
     return jax.tree_util.tree_unflatten(treedef, [backend.asarray(leaf) for leaf in leaves])
 
 
-def current_learning_rate(tcfg: TrainConfig, cfg, opt_state, step: int) -> float | None:
+def current_learning_rate(tcfg: TrainConfig, cfg: ModelConfig, opt_state, step: int) -> float | None:
     """The learning rate of the update that made `step`: the built-in schedule's, or an optax state's
     injected "learning_rate" (optax.inject_hyperparams); None where an optax optimizer does not say."""
     if not user_optimizer(tcfg):
@@ -165,7 +166,7 @@ def current_learning_rate(tcfg: TrainConfig, cfg, opt_state, step: int) -> float
     return None
 
 
-def check_best_by(tcfg: TrainConfig, cfg=None) -> None:
+def check_best_by(tcfg: TrainConfig, cfg: ModelConfig = None) -> None:
     """A best_by that the model's family does not measure, or that needs sacreBLEU where it is not
     installed, is an error saying what to choose or how to install it."""
     if cfg is not None:
@@ -174,7 +175,7 @@ def check_best_by(tcfg: TrainConfig, cfg=None) -> None:
         require_sacrebleu(f"best_by={tcfg.best_by!r} (--best-by {tcfg.best_by})")
 
 
-def with_best_by(tcfg: TrainConfig, cfg) -> TrainConfig:
+def with_best_by(tcfg: TrainConfig, cfg: ModelConfig) -> TrainConfig:
     """tcfg with its best_by chosen: the model family's default where it is None."""
     return tcfg if tcfg.best_by is not None else dataclasses.replace(tcfg, best_by=families.default_best_by(cfg))
 
@@ -185,7 +186,7 @@ def is_better(value: float, best: float | None, best_by: str) -> bool:
 
 
 @with_x64_scope
-def init_state(key, cfg, optimizer) -> dict:
+def init_state(key, cfg: ModelConfig, optimizer) -> dict:
     """{"params", "opt_state", "step"} for a fresh run; params drawn from `key`."""
     params = api.init(key, cfg)
     xp = backend_of(params).xp
@@ -193,7 +194,14 @@ def init_state(key, cfg, optimizer) -> dict:
 
 
 def make_train_step(
-    cfg, tcfg: TrainConfig, optimizer, backend: Backend, *, mesh=None, state=None, shard_params: bool = False
+    cfg: ModelConfig,
+    tcfg: TrainConfig,
+    optimizer,
+    backend: Backend,
+    *,
+    mesh=None,
+    state=None,
+    shard_params: bool = False,
 ) -> Callable:
     """The pure step `(state, batch, key) -> (state, metrics)`, jitted (state donated) on JAX.
 
@@ -224,7 +232,7 @@ def make_train_step(
     return train_step
 
 
-def make_accumulating_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend) -> Callable:
+def make_accumulating_step(cfg: ModelConfig, tcfg: TrainConfig, optimizer, backend: Backend) -> Callable:
     """The step `(state, micro_batches, key) -> (state, metrics)` of tcfg.accumulate_steps micro-batches:
     each one's gradient, weighted by its real target tokens, summed, then one update, which is the
     update of the micro-batches as one batch (the loss is a mean over target tokens). On JAX the
@@ -312,7 +320,7 @@ is the metrics dict ("split" is "train" or "valid"). A truthy return stops the r
 class Run:
     """Everything the loop needs besides the state: data, vocabulary, where to write (None: nowhere)."""
 
-    cfg: object  # a model config of any family (families.CONFIGS)
+    cfg: ModelConfig
     tcfg: TrainConfig
     tokenizer: Tokenizer
     train_examples: list[EncodedPair]

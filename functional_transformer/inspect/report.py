@@ -12,6 +12,12 @@ The learning rate is not in metrics.jsonl; it is recomputed from the run's Train
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..checkpoint import ModelConfig
+    from ..config import TransformerConfig
+
 import base64
 import datetime
 import html
@@ -73,7 +79,7 @@ def parameter_counts(params: dict) -> list[dict]:
     return rows
 
 
-def learning_rates(tcfg: TrainConfig, cfg) -> tuple[np.ndarray, np.ndarray]:
+def learning_rates(tcfg: TrainConfig, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """(steps, rates): the rate of the update that ends each step, from the run's own schedule,
     over the steps of its current schedule (an extended run restarted it at schedule_start)."""
     counts = np.arange(tcfg.schedule_start, tcfg.steps)  # updates made before each step's update
@@ -81,7 +87,7 @@ def learning_rates(tcfg: TrainConfig, cfg) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sample_predictions(
-    params: dict, cfg, tokenizer, pairs: Sequence[tuple[str, str]], beam_size: int = BEAM_SIZE
+    params: dict, cfg: TransformerConfig, tokenizer, pairs: Sequence[tuple[str, str]], beam_size: int = BEAM_SIZE
 ) -> list[dict]:
     """[{"source", "target", "greedy", "beam"}], one per pair, decoded both ways."""
     sources = [source for source, _ in pairs]

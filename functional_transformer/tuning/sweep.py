@@ -30,6 +30,11 @@ Storage: a study lives in an Optuna storage, so `ft sweep` run again with the sa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..checkpoint import ModelConfig
+
 import dataclasses
 import json
 import logging
@@ -218,7 +223,7 @@ def open_study(
     return study
 
 
-def n_params(cfg) -> int:
+def n_params(cfg: ModelConfig) -> int:
     """The parameter count of a model config (drawn on NumPy: milliseconds for these sizes)."""
     host = backends.get_backend("numpy")
     return int(sum(leaf.size for leaf in host.tree_leaves(api.init(host.random.key(0), cfg))))
