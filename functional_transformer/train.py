@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backends import Backend, backend_of, with_x64_scope
+from backends import Backend, backend_of
 from backends import random as ftrandom
 from backends.tree import tree_map as backend_tree_map
 
@@ -185,9 +185,9 @@ def is_better(value: float, best: float | None, best_by: str) -> bool:
     return best is None or (value < best if BEST_BY[best_by] == "min" else value > best)
 
 
-@with_x64_scope
 def init_state(key, cfg: ModelConfig, optimizer) -> dict:
-    """{"params", "opt_state", "step"} for a fresh run; params drawn from `key`."""
+    """{"params", "opt_state", "step"} for a fresh run; params drawn from `key`. No x64 scope of its own:
+    api.init and the optimizer's init carry theirs, and the step counter is an int32."""
     params = api.init(key, cfg)
     xp = backend_of(params).xp
     return {"params": params, "opt_state": optimizer.init(params), "step": xp.asarray(0, dtype=xp.int32)}
