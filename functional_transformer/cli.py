@@ -26,7 +26,7 @@ from .config import BEST_BY, COMPUTE_DTYPES, DTYPES, GRAD_METHODS, OPTIMIZERS, S
 from .data import TASKS, DataError, make_task_data, read_lines, read_tsv
 from .errors import ConfigError, UserInputError
 from .inference import UnknownSymbolError, check_sources, classify, continue_texts, evaluate, predict
-from .inspect import KINDS as ATTENTION_KINDS
+from .insight import KINDS as ATTENTION_KINDS
 from .runs import (
     MODEL_DEFAULTS,
     TASK_DATA_DEFAULTS,
@@ -1000,7 +1000,7 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 
 def _info(args) -> int:
-    from .inspect.info import info_lines
+    from .insight.info import info_lines
 
     for line in info_lines(args.path):
         print(line)
@@ -1086,7 +1086,7 @@ def _require_encoder_decoder(trained: TrainedModel, command: str) -> None:
 
 
 def _attention(args) -> int:
-    from .inspect import attention_maps, plots
+    from .insight import attention_maps, plots
 
     plots.require_matplotlib("ft attention")  # before loading anything, so a missing extra fails at once
     trained = load(args.checkpoint, args.which, default_backend())
@@ -1108,7 +1108,7 @@ def _attention(args) -> int:
 
 
 def _report(args) -> int:
-    from .inspect.report import write_report
+    from .insight.report import write_report
 
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")

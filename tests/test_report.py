@@ -1,4 +1,4 @@
-"""Tests of the run report (functional_transformer.inspect.report, `ft report`): the page's content
+"""Tests of the run report (functional_transformer.insight.report, `ft report`): the page's content
 (everywhere matplotlib is), that it is self-contained (no script, no external reference, every image
 an embedded PNG), that it loads in a real headless browser with every image decoded (where Chromium
 is installed), the pieces it is made of (parameter counts, the learning-rate curve, the samples
@@ -23,7 +23,7 @@ from conftest import requires_jax
 import backends
 import functional_transformer as ft
 from functional_transformer import checkpoint, cli
-from functional_transformer.inspect import report
+from functional_transformer.insight import report
 from functional_transformer.train import make_schedule
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
