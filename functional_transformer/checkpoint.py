@@ -47,7 +47,7 @@ def arch_of(cfg: ModelConfig) -> str:
 
 def checkpoint_path(path: str | os.PathLike, which: str = "last") -> Path:
     """A run folder's checkpoint file ("last": checkpoint.safetensors, the one training resumes
-    from; "best": best.safetensors, the best held-out exact match), or the file itself when given one."""
+    from; "best": best.safetensors, the best by the run's best_by held-out metric), or the file itself when given one."""
     if which not in FILE_NAMES:
         raise ValueError(f"which must be one of {sorted(FILE_NAMES)}, got {which!r}")
     path = Path(path)

@@ -349,7 +349,7 @@ def _add_checkpoint_flags(p):
     p.add_argument(
         "--which",
         choices=sorted(checkpoint.FILE_NAMES),
-        help="a run folder's best checkpoint (best held-out exact match: best.safetensors) or its last "
+        help="a run folder's best checkpoint (best by the run's --best-by held-out metric: best.safetensors) or its last "
         "(checkpoint.safetensors); default: best where the folder has one, else last",
     )
 

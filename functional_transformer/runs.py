@@ -419,7 +419,7 @@ def locked(out_dir: Path) -> Iterator[None]:
 
 
 def describe_run(out_dir: Path) -> str:
-    """One line on the run a folder holds: its step, planned steps and best exact match."""
+    """One line on the run a folder holds: its step, planned steps and best held-out value (of its best_by)."""
     if not checkpoint.checkpoint_path(out_dir).exists():
         return "only a best checkpoint (best.safetensors; the run was stopped before its last one was saved)"
     try:
@@ -427,10 +427,11 @@ def describe_run(out_dir: Path) -> str:
     except ValueError as err:
         return f"a checkpoint that does not load ({err})"
     line = f"a run at step {loaded.step} of {loaded.train_config.steps}"
-    best = loaded.progress.get("best_exact_match")
+    progress = loaded.progress
+    best = progress.get("best_value", progress.get("best_exact_match"))  # files without best_value chose by it
     if best is not None:
-        best_by = loaded.train_config.best_by or "exact_match"
-        line += f", held-out exact match {best:.4f} at its best step by {best_by}, {loaded.progress['best_step']}"
+        best_by = loaded.train_config.best_by or families.DEFAULT_BEST_BY[loaded.arch]
+        line += f", best held-out {best_by} {best:.4f} at step {progress['best_step']}"
     return line
 
 
@@ -888,7 +889,7 @@ def _result(run: Run, looped: dict) -> FitResult:
 def load(path: str | os.PathLike, which: str | None = None, backend: Backend | None = None) -> TrainedModel:
     """A trained model from a run folder or a checkpoint file, on `backend` (default FT_BACKEND).
 
-    which: "best" (the best held-out exact match), "last" (where training stopped), or None: the
+    which: "best" (the best by the run's best_by held-out metric), "last" (where training stopped), or None: the
     best where the folder has one, else the last."""
     backend = backend or default_backend()
     loaded = checkpoint.load(checkpoint.resolve(path, which), backend)

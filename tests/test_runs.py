@@ -143,8 +143,8 @@ def test_a_folder_with_a_run_is_never_overwritten_silently(tmp_path, capsys):
     before = (out / checkpoint.CHECKPOINT_NAME).read_bytes()
     with pytest.raises(
         ft.RunFolderError,
-        match=r"already holds a run at step 6 of 6, held-out exact match .* at its "
-        r"best step by exact_match, \d+.* Pass --resume .* --overwrite",
+        match=r"already holds a run at step 6 of 6, best held-out exact_match \d\.\d{4} at step \d+.* "
+        r"Pass --resume .* --overwrite",
     ):
         quiet_fit(TINY, tcfg(steps=3), DATA, out_dir=out)
     assert (out / checkpoint.CHECKPOINT_NAME).read_bytes() == before
