@@ -20,6 +20,7 @@ from backends import Backend
 from . import checkpoint, parallel
 from .config import TrainConfig, train_config_record, user_optimizer
 from .data import DataError
+from .insight import plots
 
 if TYPE_CHECKING:
     from .train import Run
@@ -138,50 +139,16 @@ class RunWriter:
 
 
 def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
-    """A PNG of the losses, the accuracies and (where the records have it) the learning rate; None
-    where matplotlib is missing."""
+    """curves.png of a metrics.jsonl (insight.plots.curves_figure, with the learning rates the records
+    carry); None, with a line on stderr, where matplotlib is missing or there are no records yet."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+        plots.require_matplotlib("a plot of the training curves")
+    except plots.MatplotlibMissing:
         print("matplotlib is not installed, so no plot was drawn (pip install matplotlib)", file=sys.stderr)
         return None
     if not metrics_path.exists():
         return None
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    train = [r for r in records if r["split"] == "train"]
-    valid = [r for r in records if r["split"] == "valid"]
-    with_rate = [r for r in train if "learning_rate" in r]
-    fig, axes = plt.subplots(1, 3 if with_rate else 2, figsize=(15 if with_rate else 10, 4))
-    ax_loss, ax_acc = axes[:2]
-    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (smoothed targets)")
-    if valid:
-        ax_loss.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="held-out loss")
-        for name, style in (
-            ("exact_match", "o-"),
-            ("char_accuracy", "s--"),
-            ("accuracy", "o-"),
-            ("token_accuracy", "s--"),
-        ):
-            if name in valid[0]:
-                ax_acc.plot(
-                    [r["step"] for r in valid],
-                    [r[name] for r in valid],
-                    style,
-                    label=f"held-out {name.replace('_', ' ')}",
-                )
-    ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train token accuracy")
-    ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="loss")
-    ax_acc.set(xlabel="step", ylabel="fraction", ylim=(0, 1.02), title="accuracy")
-    if with_rate:
-        axes[2].plot([r["step"] for r in with_rate], [r["learning_rate"] for r in with_rate], label="learning rate")
-        axes[2].set(xlabel="step", ylabel="learning rate", title="learning rate")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return png_path
+    records = read_records(metrics_path)
+    with_rate = [r for r in records if r["split"] == "train" and "learning_rate" in r]
+    rates = ([r["step"] for r in with_rate], [r["learning_rate"] for r in with_rate]) if with_rate else None
+    return plots.save_png(plots.curves_figure(records, rates), png_path)

@@ -53,7 +53,7 @@ from .data import (
     task_alphabet,
     tsv_line_numbers,
 )
-from .data.batching import encode_pair
+from .data.batching import encode_pair, round_up
 from .errors import ConfigError, UserInputError
 from .train import (
     Callback,
@@ -345,10 +345,6 @@ def tokenizer_for(spec: dict, train, valid) -> Tokenizer:
     )
 
 
-def _round_up(n: int, multiple: int = 8) -> int:
-    return -(-n // multiple) * multiple
-
-
 def model_config(
     tokenizer: Tokenizer, pairs, model: dict | TransformerConfig | None = None, max_len: int | None = None
 ) -> TransformerConfig:
@@ -360,7 +356,7 @@ def model_config(
     derived = {
         "src_vocab_size": tokenizer.source.vocab_size,
         "tgt_vocab_size": tokenizer.target.vocab_size,
-        "max_len": _round_up(longest + 1) if max_len is None else max_len,
+        "max_len": round_up(longest + 1, 8) if max_len is None else max_len,
         "pad_id": tokenizer.pad_id,
     }
     if isinstance(model, TransformerConfig):

@@ -134,7 +134,8 @@ def fit_to_length(
     return kept, n_long
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is at least n."""
     return -(-n // multiple) * multiple
 
 
@@ -154,8 +155,8 @@ def _padded_lengths(
     # Rounding up never goes past the model's max_len (which need not be a multiple of 8).
     cap = max_len if max_len is not None else float("inf")
     return (
-        min(_round_up(max(len(e.src) for e in examples), pad_to_multiple), cap),
-        min(_round_up(max(len(e.tgt) - 1 for e in examples), pad_to_multiple), cap),
+        min(round_up(max(len(e.src) for e in examples), pad_to_multiple), cap),
+        min(round_up(max(len(e.tgt) - 1 for e in examples), pad_to_multiple), cap),
     )
 
 
