@@ -56,7 +56,7 @@ def checkpoint_path(path: str | os.PathLike, which: str = "last") -> Path:
 
 def resolve(path: str | os.PathLike, which: str | None = None) -> Path:
     """The checkpoint file that `ft eval`/`ft predict` read: with which=None, a run folder's best
-    checkpoint where it has one (runs from before best checkpoints existed have only the last)."""
+    checkpoint where it has one, else its last."""
     if which is None:
         best = checkpoint_path(path, "best")
         return best if best.exists() else checkpoint_path(path, "last")
@@ -110,7 +110,7 @@ class Checkpoint:
     arch: the model family ("encoder_decoder", "decoder", "encoder"); cfg: its model config;
     train_config: the TrainConfig it trained with (an optax optimizer reads back as "optax");
     data_spec: where its data came from; written_on: the name of the backend that wrote it (None in
-    files from before it was recorded); progress: the loop's best-so-far record ({} before any);
+    files that do not record it); progress: the loop's best-so-far record ({} before any);
     labels: a classifier's class names, else None; path: the file read."""
 
     state: dict

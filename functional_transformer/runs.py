@@ -847,7 +847,7 @@ def _write_config(run: Run) -> None:
 
 
 def _saved_eval_examples(out: Path) -> int:
-    """The eval_examples a run folder's config.toml holds (folders from before config.toml: the default)."""
+    """The eval_examples a run folder's config.toml holds (the default where the folder has no config.toml)."""
     from . import config_file
 
     path = out / config_file.CONFIG_NAME

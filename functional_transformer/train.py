@@ -564,7 +564,7 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
     cfg, tcfg, backend, mesh = run.cfg, with_best_by(run.tcfg, run.cfg), run.backend, run.mesh
     state, key, step_fn = _start(run, tcfg, state, key)
     progress = dict(progress or fresh_progress())
-    # Runs saved before best_by existed kept only the best exact match, which is what they chose by.
+    # A progress record without best_value holds only best_exact_match, which is what chose its best.
     progress.setdefault("best_value", progress["best_exact_match"])
     start_step = step = int(backend.to_numpy(state["step"]))
 

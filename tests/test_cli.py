@@ -459,7 +459,7 @@ def test_a_checkpoint_without_checksums_loads_with_a_one_line_warning(trained, t
     assert cli.main(["predict", "--checkpoint", str(old), "apple", "banana"]) == 0
     out, err = capsys.readouterr()
     assert err == (
-        f"ft predict: warning: {old} carries no checksums (it was written before checksums were added, "
+        f"ft predict: warning: {old} carries no checksums (it was written by an earlier version, "
         "or by another tool), so damage to it cannot be detected\n"
     )
     loaded = checkpoint.load(out_dir, default_backend())

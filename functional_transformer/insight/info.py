@@ -24,7 +24,7 @@ def _load_verified(path: Path) -> tuple[checkpoint.Checkpoint, str]:
         warnings.simplefilter("always", UncheckedCheckpointWarning)
         loaded = checkpoint.load(path, backends.get_backend("numpy"))
     if any(issubclass(w.category, UncheckedCheckpointWarning) for w in caught):
-        return loaded, "no checksums (written before checksums were added): cannot be verified"
+        return loaded, "no checksums (written by an earlier version or another tool): cannot be verified"
     return loaded, "checksums verified (SHA-256 of every tensor and of the header)"
 
 

@@ -192,7 +192,7 @@ def open_study(
     recorded = existing.user_attrs.get(SETTINGS_ATTR) if existing is not None else None
     if recorded is not None:
         # (The objective's text is derived from the others and may be reworded between versions.)
-        # Studies from before the metric could be chosen scored exact match.
+        # A study that does not record its metric scored exact match.
         recorded = {"metric": "exact_match", **recorded}
         different = [key for key, value in settings.items() if key != "objective" and recorded.get(key) != value]
         if different:
