@@ -93,6 +93,8 @@ def curves_figure(history: list[dict], learning_rates: tuple | None):
     (ax_loss, ax_acc), (ax_lr, ax_exact) = axes
 
     def line(ax, records, field, *style, **options):
+        # Each family logs its own held-out metrics: a field no record has draws no line.
+        records = [r for r in records if field in r]
         if records:
             ax.plot([r["step"] for r in records], [r[field] for r in records], *style, **options)
 
