@@ -17,7 +17,7 @@ Training and using a model from Python (see runs.py):
     result = ft.fit(data="reverse", train_config=ft.TrainConfig(steps=300), out_dir="runs/quick")
     model = ft.load("runs/quick")
     ft.predict(model, ["apple"])
-    maps = ft.attention_maps(model.params, model.cfg, model.tokenizer, "apple")   # inspect/
+    maps = ft.attention_maps(model.params, model.cfg, model.tokenizer, "apple")   # insight/
 
 GPT-2 and Llama checkpoints from Hugging Face (hf.py), and back:
 
@@ -45,10 +45,10 @@ from .api import (
     loss_fn,
 )
 from .backend_choice import default_backend
-from .config import TransformerConfig
+from .config import TrainConfig, TransformerConfig
 from .errors import ConfigError, UserInputError
 from .hf import from_huggingface, to_huggingface
-from .inspect import attention_maps
+from .insight import attention_maps
 from .models import DecoderConfig, EncoderConfig
 from .runs import (
     FitResult,
@@ -65,7 +65,6 @@ from .runs import (
     tsv_data,
 )
 from .tensorboard import TensorBoardWriter
-from .train import TrainConfig
 
 if TYPE_CHECKING:  # `backend` is made on first use by __getattr__; declared here for type checkers
     from backends import Backend

@@ -7,26 +7,32 @@ so a new config or new shapes compile once and are cached.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .checkpoint import ModelConfig
+    from .config import TransformerConfig
+
 from backends import backend_of, with_x64_scope
 
 from . import checks, families, gradients
 from .gradients import default_grad_method
 
 
-def _apply(params, src, tgt_in, cfg, train, key):
+def _apply(params, src, tgt_in, cfg: TransformerConfig, train, key):
     return families.model_of(cfg).apply(params, (src, tgt_in), train=train, key=key)
 
 
-def _encode(params, src, cfg, train, key):
+def _encode(params, src, cfg: TransformerConfig, train, key):
     return families.model_of(cfg).encode_fwd(params, src, train=train, key=key)[0]
 
 
-def _decode(params, memory, src, tgt_in, cfg, train, key):
+def _decode(params, memory, src, tgt_in, cfg: TransformerConfig, train, key):
     return families.model_of(cfg).decode_fwd(params, memory, src, tgt_in, train=train, key=key)[0]
 
 
 @with_x64_scope
-def init(key, cfg) -> dict:
+def init(key, cfg: ModelConfig) -> dict:
     """A parameter tree for `cfg` (a model config of any family: TransformerConfig, DecoderConfig or
     EncoderConfig) on the backend of `key` (see models/ for every key and shape).
 
@@ -44,21 +50,21 @@ def init(key, cfg) -> dict:
 
 
 @with_x64_scope
-def apply(params: dict, src, tgt_in, cfg, train: bool = False, key=None):
+def apply(params: dict, src, tgt_in, cfg: TransformerConfig, train: bool = False, key=None):
     """src (B, S), tgt_in (B, T) integer -> logits (B, T, V_tgt). Dropout only with train=True and a key."""
     backend, a = checks.prepare_inputs(params, cfg, train, key, src=src, tgt_in=tgt_in)
     return backend.jit(_apply, static_argnames=("cfg", "train"))(params, a["src"], a["tgt_in"], cfg, train, key)
 
 
 @with_x64_scope
-def encode(params: dict, src, cfg, train: bool = False, key=None):
+def encode(params: dict, src, cfg: TransformerConfig, train: bool = False, key=None):
     """src (B, S) -> memory (B, S, d_model): the encoder alone."""
     backend, a = checks.prepare_inputs(params, cfg, train, key, src=src)
     return backend.jit(_encode, static_argnames=("cfg", "train"))(params, a["src"], cfg, train, key)
 
 
 @with_x64_scope
-def decode(params: dict, memory, src, tgt_in, cfg, train: bool = False, key=None):
+def decode(params: dict, memory, src, tgt_in, cfg: TransformerConfig, train: bool = False, key=None):
     """tgt_in (B, T) over memory (B, S, d_model) of src (B, S) -> logits (B, T, V_tgt): the decoder
     alone, teacher-forced (generation is in generate.py)."""
     backend, a = checks.prepare_inputs(params, cfg, train, key, src=src, tgt_in=tgt_in)
@@ -73,7 +79,7 @@ def decode(params: dict, memory, src, tgt_in, cfg, train: bool = False, key=None
     )
 
 
-def _prepare_batch(params, batch, cfg, train, key):
+def _prepare_batch(params, batch, cfg: ModelConfig, train, key):
     missing = {"src", "tgt_in", "tgt_out"} - set(batch)
     if missing:
         raise ValueError(f"batch is missing {sorted(missing)}: it needs integer arrays 'src', 'tgt_in' and 'tgt_out'")
@@ -91,7 +97,7 @@ def _prepare_batch(params, batch, cfg, train, key):
 def grad_and_metrics(
     params: dict,
     batch: dict,
-    cfg,
+    cfg: ModelConfig,
     train: bool = False,
     key=None,
     label_smoothing: float = 0.1,
@@ -116,7 +122,7 @@ def grad_and_metrics(
 def loss_and_grad(
     params: dict,
     batch: dict,
-    cfg,
+    cfg: ModelConfig,
     train: bool = False,
     key=None,
     label_smoothing: float = 0.1,
@@ -128,7 +134,9 @@ def loss_and_grad(
 
 
 @with_x64_scope
-def loss_and_metrics(params: dict, batch: dict, cfg, train: bool = False, key=None, label_smoothing: float = 0.1):
+def loss_and_metrics(
+    params: dict, batch: dict, cfg: ModelConfig, train: bool = False, key=None, label_smoothing: float = 0.1
+):
     """-> metrics {"loss", "n_tokens", "accuracy"} of one batch, without gradients."""
     backend, a = _prepare_batch(params, batch, cfg, train, key)
     return backend.jit(gradients.batch_metrics, static_argnames=("cfg", "train", "label_smoothing"))(
@@ -136,7 +144,7 @@ def loss_and_metrics(params: dict, batch: dict, cfg, train: bool = False, key=No
     )
 
 
-def loss_fn(params: dict, batch: dict, cfg, train: bool = False, key=None, label_smoothing: float = 0.1):
+def loss_fn(params: dict, batch: dict, cfg: ModelConfig, train: bool = False, key=None, label_smoothing: float = 0.1):
     """The scalar loss of one batch (label-smoothed cross-entropy over real target tokens)."""
     return loss_and_metrics(params, batch, cfg, train, key, label_smoothing)["loss"]
 

@@ -11,15 +11,18 @@ other: arrays come back as NumPy and are moved to the backend asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from backends import Backend
 
 from .checkpoint_format import CheckpointError, load_tree, save_tree
-from .config import TransformerConfig
+from .config import TrainConfig, TransformerConfig
 from .data import Tokenizer, tokenizer_from_json
 from .data.bpe import TextExtraMissing
 from .models import DecoderConfig, EncoderConfig
@@ -30,9 +33,11 @@ FILE_NAMES = {"last": CHECKPOINT_NAME, "best": BEST_NAME}
 FORMAT = "functional_transformer.checkpoint.v1"
 # The model families and their configs: the checkpoint's "arch" says which reads "model_config".
 ARCHS = {"encoder_decoder": TransformerConfig, "decoder": DecoderConfig, "encoder": EncoderConfig}
+# A model config of any family.
+ModelConfig = TransformerConfig | DecoderConfig | EncoderConfig
 
 
-def arch_of(cfg) -> str:
+def arch_of(cfg: ModelConfig) -> str:
     """The family name of a model config ("encoder_decoder", "decoder", "encoder")."""
     for name, config_type in ARCHS.items():
         if isinstance(cfg, config_type):
@@ -42,7 +47,7 @@ def arch_of(cfg) -> str:
 
 def checkpoint_path(path: str | os.PathLike, which: str = "last") -> Path:
     """A run folder's checkpoint file ("last": checkpoint.safetensors, the one training resumes
-    from; "best": best.safetensors, the best held-out exact match), or the file itself when given one."""
+    from; "best": best.safetensors, the best by the run's best_by held-out metric), or the file itself when given one."""
     if which not in FILE_NAMES:
         raise ValueError(f"which must be one of {sorted(FILE_NAMES)}, got {which!r}")
     path = Path(path)
@@ -51,7 +56,7 @@ def checkpoint_path(path: str | os.PathLike, which: str = "last") -> Path:
 
 def resolve(path: str | os.PathLike, which: str | None = None) -> Path:
     """The checkpoint file that `ft eval`/`ft predict` read: with which=None, a run folder's best
-    checkpoint where it has one (runs from before best checkpoints existed have only the last)."""
+    checkpoint where it has one, else its last."""
     if which is None:
         best = checkpoint_path(path, "best")
         return best if best.exists() else checkpoint_path(path, "last")
@@ -63,7 +68,7 @@ def save(
     state: dict,
     backend: Backend,
     *,
-    cfg,
+    cfg: ModelConfig,
     tokenizer: Tokenizer,
     train_config: dict,
     data_spec: dict,
@@ -97,10 +102,37 @@ def save(
     return path
 
 
-def load(path, backend: Backend) -> dict[str, Any]:
-    """Read a checkpoint onto `backend`: {"state", "key", "arch", "cfg", "tokenizer", "train_config",
-    "data_spec", "backend", "progress", "labels", "path"}. `path` is a file or a run folder (its last
-    checkpoint); labels is None but for a classifier."""
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read onto a backend.
+
+    state: {"params", "opt_state", "step"}, the training state on the backend; key: the run's RNG key;
+    arch: the model family ("encoder_decoder", "decoder", "encoder"); cfg: its model config;
+    train_config: the TrainConfig it trained with (an optax optimizer reads back as "optax");
+    data_spec: where its data came from; written_on: the name of the backend that wrote it (None in
+    files that do not record it); progress: the loop's best-so-far record ({} before any);
+    labels: a classifier's class names, else None; path: the file read."""
+
+    state: dict
+    key: Any
+    arch: str
+    cfg: ModelConfig
+    tokenizer: Tokenizer
+    train_config: TrainConfig
+    data_spec: dict
+    written_on: str | None
+    progress: dict
+    labels: list[str] | None
+    path: Path
+
+    @property
+    def step(self) -> int:
+        """The number of updates taken (also the data position training resumes from)."""
+        return int(np.asarray(self.state["step"]))
+
+
+def load(path, backend: Backend) -> Checkpoint:
+    """Read a checkpoint onto `backend`. `path` is a file or a run folder (its last checkpoint)."""
     path = checkpoint_path(path)
     trees, metadata = load_tree(path)
     if metadata.get("format") != FORMAT:
@@ -111,7 +143,7 @@ def load(path, backend: Backend) -> dict[str, Any]:
     missing = {"params", "opt_state", "train"} - set(trees)
     if missing:
         raise CheckpointError(f"{path} lacks the trees {sorted(missing)}; it may have been written by another tool")
-    arch = metadata.get("arch", "encoder_decoder")  # written before there were three families
+    arch = metadata.get("arch", "encoder_decoder")  # absent in files with an encoder-decoder
     if arch not in ARCHS:
         raise CheckpointError(
             f"{path} holds a model of the family {arch!r}, which this version does not know "
@@ -121,9 +153,9 @@ def load(path, backend: Backend) -> dict[str, Any]:
         cfg = ARCHS[arch].from_dict(json.loads(metadata["model_config"]))
         labels = json.loads(metadata["labels"]) if "labels" in metadata else None
         tokenizer = tokenizer_from_json(metadata["vocabulary"])
-        train_config = json.loads(metadata["train_config"])
+        train_config = TrainConfig(**json.loads(metadata["train_config"]))
         data_spec = json.loads(metadata["data_spec"])
-        progress = json.loads(metadata.get("progress", "{}"))  # absent before best checkpoints
+        progress = json.loads(metadata.get("progress", "{}"))  # absent in files without a best checkpoint
     except TextExtraMissing as err:
         raise TextExtraMissing(f"{path} holds a BPE tokenizer: {err}") from None
     except (KeyError, ValueError, TypeError) as err:
@@ -133,16 +165,16 @@ def load(path, backend: Backend) -> dict[str, Any]:
         "opt_state": backend.tree_asarray(trees["opt_state"]),
         "step": backend.asarray(trees["train"]["step"]),
     }
-    return {
-        "state": state,
-        "key": backend.asarray(trees["train"]["key"]),
-        "arch": arch,
-        "cfg": cfg,
-        "tokenizer": tokenizer,
-        "train_config": train_config,
-        "data_spec": data_spec,
-        "backend": metadata.get("backend"),
-        "progress": progress,
-        "labels": labels,
-        "path": path,
-    }
+    return Checkpoint(
+        state=state,
+        key=backend.asarray(trees["train"]["key"]),
+        arch=arch,
+        cfg=cfg,
+        tokenizer=tokenizer,
+        train_config=train_config,
+        data_spec=data_spec,
+        written_on=metadata.get("backend"),
+        progress=progress,
+        labels=labels,
+        path=path,
+    )

@@ -33,7 +33,7 @@ The contract:
   whose bytes do not match its checksum (the error names the tensor), a header that does not match
   its checksum, a checksum for a tensor the file does not hold, a tensor without a checksum, or one
   of the two checksum entries without the other. It never guesses and never unpickles. A file with
-  neither checksum entry (written before checksums were added here, or by another tool) still
+  neither checksum entry (written by an earlier version or by another tool) still
   loads, with an `UncheckedCheckpointWarning` saying that it could not be verified.
 - Arrays come back as writable NumPy arrays in native byte order; convert them for a backend with
   `backend.asarray` / `backend.tree_asarray`.
@@ -418,7 +418,7 @@ def _verify_checksums(path: Any, entries: dict[str, dict], metadata: dict[str, s
     if not present:
         warnings.warn(
             UncheckedCheckpointWarning(
-                f"{path} carries no checksums (it was written before checksums were added, or by another "
+                f"{path} carries no checksums (it was written by an earlier version, or by another "
                 "tool), so damage to it cannot be detected"
             ),
             stacklevel=3,

@@ -6,6 +6,11 @@ their values can still be read (inside a jit trace only shapes and dtypes can be
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .checkpoint import ModelConfig
+
 from backends import Backend, array_namespace, backend_of
 
 from .errors import ConfigError
@@ -43,7 +48,7 @@ def check_same_batch(a_name: str, a, b_name: str, b):
         raise ValueError(f"{a_name} has batch size {a.shape[0]} but {b_name} has {b.shape[0]}; they must match")
 
 
-def check_dropout_key(cfg, train: bool, key):
+def check_dropout_key(cfg: ModelConfig, train: bool, key):
     if train and cfg.drop_rate > 0 and key is None:
         raise ValueError(
             f"train=True with drop_rate={cfg.drop_rate} needs a key for dropout: pass key=ft.random.key(seed) "
@@ -51,7 +56,7 @@ def check_dropout_key(cfg, train: bool, key):
         )
 
 
-def check_compute_dtype(cfg, backend: Backend, grad_method: str | None = None):
+def check_compute_dtype(cfg: ModelConfig, backend: Backend, grad_method: str | None = None):
     """bfloat16 compute needs JAX (NumPy has no bfloat16 arithmetic) and jax.grad (the hand-written
     VJPs run in the params' dtype). Configs without a compute_dtype compute in their dtype."""
     if getattr(cfg, "compute_dtype", None) in (None, cfg.dtype):
@@ -68,13 +73,13 @@ def check_compute_dtype(cfg, backend: Backend, grad_method: str | None = None):
         )
 
 
-def check_params_dtype(params: dict, cfg):
+def check_params_dtype(params: dict, cfg: ModelConfig):
     table = params["src_embed"]["tokens"]
     if table.dtype != getattr(array_namespace(table), cfg.dtype):
         raise TypeError(f"params are {table.dtype} but cfg.dtype is {cfg.dtype!r}; build them with ft.init(key, cfg)")
 
 
-def prepare_inputs(params: dict, cfg, train: bool, key, **tokens):
+def prepare_inputs(params: dict, cfg: ModelConfig, train: bool, key, **tokens):
     """Check params, the dropout key and the token arrays (named "src", "tgt_in", "tgt_out"), and move
     the tokens to the params' backend -> (backend, {name: ids})."""
     backend = backend_of(params)

@@ -22,22 +22,24 @@ from backends import get_backend
 from . import checkpoint, config_file, families, metrics
 from .backend_choice import default_backend
 from .checkpoint_format import CheckpointWriteError, UncheckedCheckpointWarning
-from .config import COMPUTE_DTYPES, DTYPES, TransformerConfig
+from .config import BEST_BY, COMPUTE_DTYPES, DTYPES, GRAD_METHODS, OPTIMIZERS, SCHEDULES, TrainConfig, TransformerConfig
 from .data import TASKS, DataError, make_task_data, read_lines, read_tsv
 from .errors import ConfigError, UserInputError
 from .inference import UnknownSymbolError, check_sources, classify, continue_texts, evaluate, predict
-from .inspect import KINDS as ATTENTION_KINDS
+from .insight import KINDS as ATTENTION_KINDS
 from .runs import (
     MODEL_DEFAULTS,
     TASK_DATA_DEFAULTS,
     TOKENIZERS,
+    TrainedModel,
     check_held_out_lengths,
     fit,
     fit_held_out,
+    load,
     load_pairs,
     tokenizer_spec,
 )
-from .train import BEST_BY, GRAD_METHODS, OPTIMIZERS, SCHEDULES, SaveFailed, TrainConfig, TrainingDiverged
+from .train import SaveFailed, TrainingDiverged
 from .tuning.sweep import OBJECTIVES, PRUNERS
 
 TRAIN_DEFAULTS = TrainConfig()
@@ -347,7 +349,7 @@ def _add_checkpoint_flags(p):
     p.add_argument(
         "--which",
         choices=sorted(checkpoint.FILE_NAMES),
-        help="a run folder's best checkpoint (best held-out exact match: best.safetensors) or its last "
+        help="a run folder's best checkpoint (best by the run's --best-by held-out metric: best.safetensors) or its last "
         "(checkpoint.safetensors); default: best where the folder has one, else last",
     )
 
@@ -653,13 +655,13 @@ def _generate(args) -> int:
             "input)" + (", not both" if args.prompt else "")
         )
     backend = default_backend()
-    loaded = checkpoint.load(checkpoint.resolve(args.checkpoint), backend)
-    if loaded["arch"] != "decoder":
+    trained = load(args.checkpoint, None, backend)
+    if trained.arch != "decoder":
         raise ConfigError(
-            f"{loaded['path']} holds a model of the family {loaded['arch']!r}; ft generate needs a "
+            f"{trained.path} holds a model of the family {trained.arch!r}; ft generate needs a "
             "decoder-only language model (ft predict decodes an encoder-decoder)"
         )
-    cfg, tokenizer = loaded["cfg"], loaded["tokenizer"]
+    cfg, tokenizer = trained.cfg, trained.tokenizer
     prompts = read_lines(args.input) if args.input is not None else args.prompt
     bos = getattr(tokenizer, "bos_id", None)
     rows = [([bos] if bos is not None else []) + tokenizer.encode(text) for text in prompts]
@@ -671,7 +673,7 @@ def _generate(args) -> int:
     eos = getattr(tokenizer, "eos_id", None)
     start = time.perf_counter()
     tokens = sampling.generate(
-        loaded["state"]["params"],
+        trained.params,
         cfg,
         ids,
         max_new_tokens=args.max_new_tokens,
@@ -726,14 +728,14 @@ def _convert(args) -> int:
         raise ConfigError(
             "ft convert --to hf takes one run folder or checkpoint file: ft convert --to hf RUN --out DIR"
         )
-    loaded = checkpoint.load(checkpoint.resolve(args.paths[0]), default_backend())
-    if loaded["arch"] != "decoder":
+    trained = load(args.paths[0], None, default_backend())
+    if trained.arch != "decoder":
         raise ConfigError(
-            f"{loaded['path']} holds a model of the family {loaded['arch']!r}; only decoder-only models "
+            f"{trained.path} holds a model of the family {trained.arch!r}; only decoder-only models "
             "convert to Hugging Face"
         )
-    tokenizer = loaded["tokenizer"]
-    model = hf.HuggingFaceModel(loaded["cfg"], loaded["state"]["params"], tokenizer)
+    tokenizer = trained.tokenizer
+    model = hf.HuggingFaceModel(trained.cfg, trained.params, tokenizer)
     folder = hf.to_huggingface(model, args.out, max_shard_bytes=args.shard_bytes)
     note = (
         ""
@@ -858,9 +860,9 @@ def _train(args) -> int:
     return 130 if result.stopped == "interrupted" else 0
 
 
-def _eval_family(args, loaded) -> int:
+def _eval_family(args, trained) -> int:
     """ft eval of a language model (perplexity) or a classifier (accuracy and a confusion table)."""
-    arch, cfg, tokenizer, spec = loaded["arch"], loaded["cfg"], loaded["tokenizer"], loaded["data_spec"]
+    arch, cfg, tokenizer, spec = trained.arch, trained.cfg, trained.tokenizer, trained.data_spec
     if args.task:
         raise DataError(f"--task is for encoder-decoder runs; this run is a {arch} model: give --data")
     if args.data:
@@ -872,11 +874,9 @@ def _eval_family(args, loaded) -> int:
     pairs = pairs[: args.n] if args.n else pairs
     if not pairs:
         raise DataError("no held-out examples to evaluate: give --data")
-    result = families.evaluate(
-        loaded["state"]["params"], cfg, tokenizer, pairs, labels=loaded["labels"], batch_size=args.batch_size
-    )
+    result = families.evaluate(trained.params, cfg, tokenizer, pairs, labels=trained.labels, batch_size=args.batch_size)
     if arch == "encoder":
-        print(families.confusion_table(result["confusion"], loaded["labels"]))
+        print(families.confusion_table(result["confusion"], trained.labels))
     for name in ("n_examples", "n_tokens", "loss", "token_accuracy"):
         if name in result:
             print(f"{name}: {result[name]}")
@@ -887,10 +887,10 @@ def _eval_family(args, loaded) -> int:
 
 def _eval(args) -> int:
     backend = default_backend()
-    loaded = checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), backend)
-    if loaded["arch"] != "encoder_decoder":
-        return _eval_family(args, loaded)
-    cfg, tokenizer, spec = loaded["cfg"], loaded["tokenizer"], loaded["data_spec"]
+    trained = load(args.checkpoint, args.which, backend)
+    if trained.arch != "encoder_decoder":
+        return _eval_family(args, trained)
+    cfg, tokenizer, spec = trained.cfg, trained.tokenizer, trained.data_spec
     if args.data:
         pairs = read_tsv(args.data)
     elif args.task:
@@ -907,7 +907,7 @@ def _eval(args) -> int:
     if args.data:  # an over-long line is an error naming it, before anything is decoded
         check_held_out_lengths(pairs, tokenizer, cfg.max_len, args.data)
     result = evaluate(
-        loaded["state"]["params"],
+        trained.params,
         cfg,
         tokenizer,
         pairs,
@@ -940,8 +940,8 @@ def _eval(args) -> int:
 
 def _predict(args) -> int:
     backend = default_backend()
-    loaded = checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), backend)
-    cfg, tokenizer = loaded["cfg"], loaded["tokenizer"]
+    trained = load(args.checkpoint, args.which, backend)
+    cfg, tokenizer = trained.cfg, trained.tokenizer
     if args.input is not None:
         sources = read_lines(args.input)
         name = "standard input" if args.input == "-" else args.input
@@ -961,13 +961,13 @@ def _predict(args) -> int:
     else:
         sources = args.inputs
         check_sources(sources, tokenizer, cfg.max_len, "source")
-    params, arch = loaded["state"]["params"], loaded["arch"]
+    params, arch = trained.params, trained.arch
     if arch == "encoder":
         outputs = classify(
             params,
             cfg,
             tokenizer,
-            loaded["labels"],
+            trained.labels,
             sources,
             batch_size=args.batch_size,
             allow_unknown=args.allow_unknown,
@@ -1000,7 +1000,7 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 
 def _info(args) -> int:
-    from .inspect.info import info_lines
+    from .insight.info import info_lines
 
     for line in info_lines(args.path):
         print(line)
@@ -1077,24 +1077,24 @@ def _sweep_report(args) -> int:
     return 0
 
 
-def _require_encoder_decoder(loaded: dict, command: str) -> None:
-    if loaded["arch"] != "encoder_decoder":
+def _require_encoder_decoder(trained: TrainedModel, command: str) -> None:
+    if trained.arch != "encoder_decoder":
         raise DataError(
             f"{command} draws an encoder-decoder run (source, target and their attention); "
-            f"{loaded['path']} holds a {loaded['arch']} model: use ft eval and ft predict for it"
+            f"{trained.path} holds a {trained.arch} model: use ft eval and ft predict for it"
         )
 
 
 def _attention(args) -> int:
-    from .inspect import attention_maps, plots
+    from .insight import attention_maps, plots
 
     plots.require_matplotlib("ft attention")  # before loading anything, so a missing extra fails at once
-    loaded = checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), default_backend())
-    _require_encoder_decoder(loaded, "ft attention")
+    trained = load(args.checkpoint, args.which, default_backend())
+    _require_encoder_decoder(trained, "ft attention")
     maps = attention_maps(
-        loaded["state"]["params"],
-        loaded["cfg"],
-        loaded["tokenizer"],
+        trained.params,
+        trained.cfg,
+        trained.tokenizer,
         args.source,
         args.target,
         allow_unknown=args.allow_unknown,
@@ -1108,13 +1108,11 @@ def _attention(args) -> int:
 
 
 def _report(args) -> int:
-    from .inspect.report import write_report
+    from .insight.report import write_report
 
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
-    _require_encoder_decoder(
-        checkpoint.load(checkpoint.resolve(args.checkpoint, args.which), get_backend("numpy")), "ft report"
-    )
+    _require_encoder_decoder(load(args.checkpoint, args.which, get_backend("numpy")), "ft report")
     path = write_report(args.checkpoint, args.out, args.which, n_examples=args.n)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)")
     return 0

@@ -1,8 +1,10 @@
-"""The model's configuration: one frozen (hashable) dataclass, so it can be a static argument of jit."""
+"""The configurations: the model's (TransformerConfig) and the training's (TrainConfig), frozen (hashable)
+dataclasses, so they can be static arguments of jit. The other model families' configs are in models/."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from .errors import ConfigError
 
@@ -97,3 +99,112 @@ class TransformerConfig:
         if unknown:
             raise ConfigError(f"unknown TransformerConfig fields: {sorted(unknown)}")
         return cls(**fields)
+
+
+SCHEDULES = ("transformer", "cosine", "constant")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+# What a checkpoint's train config says of an optimizer given as an optax GradientTransformation: the
+# object itself (its functions, its hyperparameters in their closures) cannot be written down.
+USER_OPTIMIZER = "optax"
+# How gradients are taken: the hand-written VJPs, or the backend's autodiff (JAX only).
+GRAD_METHODS = ("vjp", "autodiff")
+# Each model family's held-out metrics, with the direction that is better.
+METRICS = {
+    "encoder_decoder": {
+        "exact_match": "max",
+        "char_accuracy": "max",
+        "token_accuracy": "max",
+        "bleu": "max",
+        "chrf": "max",
+        "loss": "min",
+    },
+    "decoder": {"loss": "min", "perplexity": "min", "token_accuracy": "max"},
+    "encoder": {"accuracy": "max", "loss": "min"},
+}
+# The held-out metric that picks a family's best checkpoint when TrainConfig.best_by is None.
+DEFAULT_BEST_BY = {"encoder_decoder": "exact_match", "decoder": "loss", "encoder": "accuracy"}
+# The held-out metrics that can choose the best checkpoint (of any family), each with its better direction.
+BEST_BY = {name: better for metrics in METRICS.values() for name, better in metrics.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train. learning_rate is the peak rate of the "cosine" and "constant" schedules and
+    the scale of the paper's "transformer" schedule (d_model^-0.5 * min(step^-0.5, step * warmup^-1.5))."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    # Batches of at most this many padded tokens (rows x length) from examples of similar length,
+    # instead of batch_size examples (None: batch_size).
+    max_tokens: int | None = None
+    learning_rate: float = 2e-3
+    warmup_steps: int = 200
+    schedule: str = "cosine"
+    # "adam", "adamw", "sgd", or an optax GradientTransformation (JAX only) used as the whole update
+    # rule: learning_rate, schedule, warmup_steps, weight_decay and clip_norm then do not apply.
+    optimizer: Any = "adam"
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.1
+    seed: int = 0
+    log_every: int = 50
+    eval_every: int = 500
+    save_every: int = 500
+    grad_method: str | None = None
+    # Stop after this many held-out evaluations without a better `best_by` (0: never).
+    patience: int = 0
+    # The held-out metric (a key of BEST_BY) that picks best.safetensors and that patience watches;
+    # None: the model family's own (exact_match for the encoder-decoder, families.DEFAULT_BEST_BY).
+    best_by: str | None = None
+    # The step at which the schedule (re)started: 0, or where `ft train --resume --extend` added
+    # steps to a finished run (a warm restart of the cosine schedule; see make_optimizer).
+    schedule_start: int = 0
+    # Micro-batches whose gradients make one update: the update of one batch this many times larger
+    # (each micro-batch weighted by its real target tokens), in the memory of one micro-batch.
+    accumulate_steps: int = 1
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "eval_every", "save_every", "accumulate_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be at least 1 (or None for batch_size batches), got {self.max_tokens}")
+        if self.patience < 0:
+            raise ConfigError(f"patience must be 0 (off) or positive, got {self.patience}")
+        if not 0 <= self.schedule_start < self.steps:
+            raise ConfigError(
+                f"schedule_start must be in [0, steps), got {self.schedule_start} with steps {self.steps}"
+            )
+        if self.grad_method not in (None, *GRAD_METHODS):
+            raise ConfigError(f"grad_method must be one of {GRAD_METHODS} or None, got {self.grad_method!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.best_by is not None and self.best_by not in BEST_BY:
+            raise ConfigError(f"best_by must be one of {tuple(BEST_BY)} or None, got {self.best_by!r}")
+        if isinstance(self.optimizer, str):
+            if self.optimizer not in (*OPTIMIZERS, USER_OPTIMIZER):
+                raise ConfigError(
+                    f"optimizer must be one of {OPTIMIZERS} or an optax GradientTransformation, got {self.optimizer!r}"
+                )
+        elif not (
+            callable(getattr(self.optimizer, "init", None)) and callable(getattr(self.optimizer, "update", None))
+        ):
+            raise ConfigError(
+                f"optimizer must be one of {OPTIMIZERS} or an optax GradientTransformation (with init "
+                f"and update), got {type(self.optimizer).__name__}"
+            )
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+def user_optimizer(tcfg: TrainConfig) -> bool:
+    """Whether tcfg's optimizer is an optax GradientTransformation given in Python (not a built-in name)."""
+    return not isinstance(tcfg.optimizer, str)
+
+
+def train_config_record(tcfg: TrainConfig) -> dict:
+    """tcfg as the JSON-ready dict a checkpoint stores: an optax optimizer is written as "optax"."""
+    record = dataclasses.asdict(dataclasses.replace(tcfg, optimizer="adam"))
+    return dict(record, optimizer=USER_OPTIMIZER if user_optimizer(tcfg) else tcfg.optimizer)

@@ -32,6 +32,11 @@ flat subset these files use (tables of strings, integers, floats, booleans; None
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .checkpoint import ModelConfig
+
 import dataclasses
 import os
 import re
@@ -42,10 +47,9 @@ import typing
 from pathlib import Path
 
 from . import families, runs
-from .config import TransformerConfig
+from .config import TrainConfig, TransformerConfig, train_config_record
 from .data import DataError
 from .errors import ConfigError
-from .train import TrainConfig, train_config_record
 
 CONFIG_NAME = "config.toml"
 # TrainConfig fields a file does not set: the step where an extended run's schedule restarted.
@@ -196,7 +200,9 @@ def data_table(spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES) -> dict:
     return table
 
 
-def settings_tables(cfg, tcfg: TrainConfig, spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES) -> dict[str, dict]:
+def settings_tables(
+    cfg: ModelConfig, tcfg: TrainConfig, spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES
+) -> dict[str, dict]:
     """{"model", "train", "data"} tables of a run: cfg's fields less the data's (a dict: its fields
     over the defaults `fit` uses), every TrainConfig field but TRAIN_INTERNAL, and data_table(spec)."""
     arch = KIND_ARCH.get(spec["kind"], "encoder_decoder")

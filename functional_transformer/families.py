@@ -25,27 +25,14 @@ import numpy as np
 from backends import Backend, backend_of, with_x64_scope
 
 from . import checkpoint, checks, loss
-from .config import TransformerConfig
+from .config import DEFAULT_BEST_BY, METRICS, TransformerConfig
 from .data import DataError, EncodedPair, Tokenizer, iterate_batches
 from .errors import ConfigError
 from .models import DecoderConfig, EncoderConfig, decoder_only, encoder_decoder, encoder_only
 from .progress import ProgressLine
 
 ARCHS = tuple(checkpoint.ARCHS)
-# The held-out metrics that may choose the best checkpoint, per family, each "max" or "min" better.
-METRICS = {
-    "encoder_decoder": {
-        "exact_match": "max",
-        "char_accuracy": "max",
-        "token_accuracy": "max",
-        "bleu": "max",
-        "chrf": "max",
-        "loss": "min",
-    },
-    "decoder": {"loss": "min", "perplexity": "min", "token_accuracy": "max"},
-    "encoder": {"accuracy": "max", "loss": "min"},
-}
-DEFAULT_BEST_BY = {"encoder_decoder": "exact_match", "decoder": "loss", "encoder": "accuracy"}
+# METRICS (each family's held-out metrics) and DEFAULT_BEST_BY live in config, beside TrainConfig.best_by.
 CONFIGS = {"encoder_decoder": TransformerConfig, "decoder": DecoderConfig, "encoder": EncoderConfig}
 
 

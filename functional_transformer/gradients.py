@@ -11,8 +11,7 @@ from __future__ import annotations
 from backends import Backend
 
 from . import families, loss
-
-GRAD_METHODS = ("vjp", "autodiff")
+from .config import GRAD_METHODS
 
 
 def default_grad_method(backend: Backend) -> str:

@@ -36,7 +36,8 @@ from backends import Backend, with_x64_scope
 
 from . import checkpoint, families, inference, parallel
 from .backend_choice import default_backend
-from .config import TransformerConfig
+from .checkpoint import ModelConfig
+from .config import USER_OPTIMIZER, TrainConfig, TransformerConfig
 from .data import (
     TASKS,
     CharTokenizer,
@@ -52,13 +53,11 @@ from .data import (
     task_alphabet,
     tsv_line_numbers,
 )
-from .data.batching import encode_pair
+from .data.batching import encode_pair, round_up
 from .errors import ConfigError, UserInputError
 from .train import (
-    USER_OPTIMIZER,
     Callback,
     Run,
-    TrainConfig,
     check_batches_split,
     check_best_by,
     check_optimizer,
@@ -346,10 +345,6 @@ def tokenizer_for(spec: dict, train, valid) -> Tokenizer:
     )
 
 
-def _round_up(n: int, multiple: int = 8) -> int:
-    return -(-n // multiple) * multiple
-
-
 def model_config(
     tokenizer: Tokenizer, pairs, model: dict | TransformerConfig | None = None, max_len: int | None = None
 ) -> TransformerConfig:
@@ -361,7 +356,7 @@ def model_config(
     derived = {
         "src_vocab_size": tokenizer.source.vocab_size,
         "tgt_vocab_size": tokenizer.target.vocab_size,
-        "max_len": _round_up(longest + 1) if max_len is None else max_len,
+        "max_len": round_up(longest + 1, 8) if max_len is None else max_len,
         "pad_id": tokenizer.pad_id,
     }
     if isinstance(model, TransformerConfig):
@@ -420,19 +415,19 @@ def locked(out_dir: Path) -> Iterator[None]:
 
 
 def describe_run(out_dir: Path) -> str:
-    """One line on the run a folder holds: its step, planned steps and best exact match."""
+    """One line on the run a folder holds: its step, planned steps and best held-out value (of its best_by)."""
     if not checkpoint.checkpoint_path(out_dir).exists():
         return "only a best checkpoint (best.safetensors; the run was stopped before its last one was saved)"
     try:
         loaded = checkpoint.load(out_dir, backends.get_backend("numpy"))
     except ValueError as err:
         return f"a checkpoint that does not load ({err})"
-    step = int(loaded["state"]["step"])
-    line = f"a run at step {step} of {loaded['train_config'].get('steps', '?')}"
-    best = loaded["progress"].get("best_exact_match")
+    line = f"a run at step {loaded.step} of {loaded.train_config.steps}"
+    progress = loaded.progress
+    best = progress.get("best_value", progress.get("best_exact_match"))  # files without best_value chose by it
     if best is not None:
-        best_by = loaded["train_config"].get("best_by", "exact_match")
-        line += f", held-out exact match {best:.4f} at its best step by {best_by}, {loaded['progress']['best_step']}"
+        best_by = loaded.train_config.best_by or families.DEFAULT_BEST_BY[loaded.arch]
+        line += f", best held-out {best_by} {best:.4f} at step {progress['best_step']}"
     return line
 
 
@@ -531,7 +526,7 @@ class TrainedModel:
     """What `predict` and `evaluate` need: params with their config and tokenizer."""
 
     params: dict
-    cfg: TransformerConfig
+    cfg: ModelConfig
     tokenizer: Tokenizer
     train_config: TrainConfig | None = None
     data_spec: dict | None = None
@@ -726,7 +721,7 @@ def fit(
         return _result(run, run_loop(run))
 
 
-def _describe_vocabulary(cfg) -> str:
+def _describe_vocabulary(cfg: ModelConfig) -> str:
     if not isinstance(cfg, TransformerConfig):
         classes = f", {cfg.n_classes} classes" if hasattr(cfg, "n_classes") else ""
         return f"vocabulary {cfg.vocab_size}{classes}"
@@ -735,7 +730,7 @@ def _describe_vocabulary(cfg) -> str:
     return f"vocabularies {cfg.src_vocab_size} (source) and {cfg.tgt_vocab_size} (target)"
 
 
-def _family_examples(cfg, tokenizer, train_pairs, valid_pairs, labels) -> tuple[list, dict]:
+def _family_examples(cfg: ModelConfig, tokenizer, train_pairs, valid_pairs, labels) -> tuple[list, dict]:
     """A language model's or a classifier's training examples and its data report: the windows and
     the held-out unigram baseline, or how many texts were cut to max_len."""
     if families.arch_of(cfg) == "decoder":
@@ -750,7 +745,9 @@ def _family_examples(cfg, tokenizer, train_pairs, valid_pairs, labels) -> tuple[
     return examples, {"n_train": len(examples), "cut_to_max_len": n_cut}
 
 
-def _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, labels=None) -> Run:
+def _make_run(
+    cfg: ModelConfig, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, labels=None
+) -> Run:
     if families.arch_of(cfg) == "encoder_decoder":
         examples, valid_pairs, report = fit_data(spec, tokenizer, cfg.max_len, train_pairs, valid_pairs)
         if verbose and report:
@@ -784,7 +781,7 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
     if not checkpoint.checkpoint_path(out).exists():
         raise RunFolderError(f"{out} holds no checkpoint to resume; leave out --resume to start a run there")
     loaded = checkpoint.load(out, backend)
-    cfg, tokenizer, spec = loaded["cfg"], loaded["tokenizer"], loaded["data_spec"]
+    cfg, tokenizer, spec = loaded.cfg, loaded.tokenizer, loaded.data_spec
     if model is not None and not isinstance(model, dict):
         model = model.to_dict()
     _check_resumed("model", cfg.to_dict(), dict(model or {}))
@@ -806,9 +803,9 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
     _check_resumed("data", {"tokenizer": {"kind": "char"}, **spec}, dict(data or {}))  # characters, if not said
     if isinstance(train_config, TrainConfig):
         train_config = dataclasses.asdict(train_config)
-    step = int(backend.to_numpy(loaded["state"]["step"]))
-    saved_fields, changes = loaded["train_config"], dict(train_config or {})
-    if saved_fields.get("optimizer") == USER_OPTIMIZER:
+    step = loaded.step
+    saved, changes = loaded.train_config, dict(train_config or {})
+    if saved.optimizer == USER_OPTIMIZER:
         given = changes.pop("optimizer", None)
         if given is None or isinstance(given, str):
             raise RunFolderError(
@@ -817,17 +814,17 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
                 "it in Python with the same optimizer, ft.fit(train_config={'optimizer': ...}, "
                 "out_dir=..., resume=True)"
             )
-        saved_fields = dict(saved_fields, optimizer=given)
-    tcfg = resumed_train_config(with_best_by(TrainConfig(**saved_fields), cfg), changes, step, extend)
+        saved = dataclasses.replace(saved, optimizer=given)
+    tcfg = resumed_train_config(with_best_by(saved, cfg), changes, step, extend)
     if spec["kind"] in MEMORY_KINDS.values() and pairs is None:
         raise RunFolderError(f"{out} was trained on examples given in memory; pass them again as data=(train, valid)")
     train_pairs, valid_pairs = pairs or load_pairs(spec)
-    run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, loaded["labels"])
+    run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, loaded.labels)
     if parallel.process_index() == 0:
         _write_config(run)  # the operational fields or the steps may have changed
     if verbose:
         print(f"resuming {out} at step {step} of {tcfg.steps}", file=sys.stderr)
-    return _result(run, run_loop(run, loaded["state"], loaded["key"], loaded["progress"] or None))
+    return _result(run, run_loop(run, loaded.state, loaded.key, loaded.progress or None))
 
 
 def _write_config(run: Run) -> None:
@@ -850,7 +847,7 @@ def _write_config(run: Run) -> None:
 
 
 def _saved_eval_examples(out: Path) -> int:
-    """The eval_examples a run folder's config.toml holds (folders from before config.toml: the default)."""
+    """The eval_examples a run folder's config.toml holds (the default where the folder has no config.toml)."""
     from . import config_file
 
     path = out / config_file.CONFIG_NAME
@@ -888,19 +885,19 @@ def _result(run: Run, looped: dict) -> FitResult:
 def load(path: str | os.PathLike, which: str | None = None, backend: Backend | None = None) -> TrainedModel:
     """A trained model from a run folder or a checkpoint file, on `backend` (default FT_BACKEND).
 
-    which: "best" (the best held-out exact match), "last" (where training stopped), or None: the
+    which: "best" (the best by the run's best_by held-out metric), "last" (where training stopped), or None: the
     best where the folder has one, else the last."""
     backend = backend or default_backend()
     loaded = checkpoint.load(checkpoint.resolve(path, which), backend)
     return TrainedModel(
-        params=loaded["state"]["params"],
-        cfg=loaded["cfg"],
-        tokenizer=loaded["tokenizer"],
-        train_config=TrainConfig(**loaded["train_config"]),
-        data_spec=loaded["data_spec"],
-        step=int(backend.to_numpy(loaded["state"]["step"])),
-        path=loaded["path"],
-        labels=loaded["labels"],
+        params=loaded.state["params"],
+        cfg=loaded.cfg,
+        tokenizer=loaded.tokenizer,
+        train_config=loaded.train_config,
+        data_spec=loaded.data_spec,
+        step=loaded.step,
+        path=loaded.path,
+        labels=loaded.labels,
     )
 
 

@@ -1,4 +1,5 @@
-"""Training: the optimizer from a TrainConfig, a pure train step, and the loop around it.
+"""Training: the optimizer from a TrainConfig, a pure train step, and the loop around it; the loop
+writes the run's files (metrics, checkpoints, curves) through run_writer.RunWriter.
 
 The train step is a pure function `(state, batch, key) -> (state, metrics)`, where state is
 {"params", "opt_state", "step"} and key is the run's dropout key (the step folds in its own step
@@ -22,25 +23,33 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from backends import Backend, backend_of, with_x64_scope
+from backends import Backend, backend_of
 from backends import random as ftrandom
 from backends.tree import tree_map as backend_tree_map
 
-from . import api, checkpoint, checks, families, gradients, optim, parallel
+from . import api, checks, families, gradients, optim, parallel
+from .checkpoint import ModelConfig
+from .config import (  # noqa: F401  (re-exported: train.TrainConfig and its constants keep working)
+    BEST_BY,
+    GRAD_METHODS,
+    OPTIMIZERS,
+    SCHEDULES,
+    USER_OPTIMIZER,
+    TrainConfig,
+    train_config_record,
+    user_optimizer,
+)
 from .data import (
     BatchPlan,
-    DataError,
     EncodedPair,
     Tokenizer,
     fixed_batch_plans,
@@ -51,96 +60,22 @@ from .data import (
 )
 from .errors import ConfigError
 from .metrics import MISSING_NOTE, TEXT_METRICS, require_sacrebleu, sacrebleu_available
+from .run_writer import (  # noqa: F401  (re-exported: train.SaveFailed, train.read_records, ...)
+    RunWriter,
+    SaveFailed,
+    plot_metrics,
+    read_records,
+    storable_opt_state,
+)
 
-SCHEDULES = ("transformer", "cosine", "constant")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-# What a checkpoint's train config says of an optimizer given as an optax GradientTransformation: the
-# object itself (its functions, its hyperparameters in their closures) cannot be written down.
-USER_OPTIMIZER = "optax"
 # A run whose training loss stays above DIVERGED_FACTOR x its starting value (the larger of its first
 # step's loss and ln(target vocabulary), the loss of a uniform guess) for DIVERGED_STEPS steps in a
 # row is diverging, though the loss is finite: it stops (TrainingDiverged) and is never saved as best.
 DIVERGED_FACTOR = 4.0
 DIVERGED_STEPS = 10
-GRAD_METHODS = gradients.GRAD_METHODS
-# The held-out metrics that can choose the best checkpoint, each with the direction that is better
-# (every family's: families.METRICS says which a family has).
-BEST_BY = {name: better for metrics in families.METRICS.values() for name, better in metrics.items()}
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How to train. learning_rate is the peak rate of the "cosine" and "constant" schedules and
-    the scale of the paper's "transformer" schedule (d_model^-0.5 * min(step^-0.5, step * warmup^-1.5))."""
-
-    steps: int = 2000
-    batch_size: int = 64
-    # Batches of at most this many padded tokens (rows x length) from examples of similar length,
-    # instead of batch_size examples (None: batch_size).
-    max_tokens: int | None = None
-    learning_rate: float = 2e-3
-    warmup_steps: int = 200
-    schedule: str = "cosine"
-    # "adam", "adamw", "sgd", or an optax GradientTransformation (JAX only) used as the whole update
-    # rule: learning_rate, schedule, warmup_steps, weight_decay and clip_norm then do not apply.
-    optimizer: Any = "adam"
-    weight_decay: float = 0.0
-    clip_norm: float = 1.0
-    label_smoothing: float = 0.1
-    seed: int = 0
-    log_every: int = 50
-    eval_every: int = 500
-    save_every: int = 500
-    grad_method: str | None = None
-    # Stop after this many held-out evaluations without a better `best_by` (0: never).
-    patience: int = 0
-    # The held-out metric (a key of BEST_BY) that picks best.safetensors and that patience watches;
-    # None: the model family's own (exact_match for the encoder-decoder, families.DEFAULT_BEST_BY).
-    best_by: str | None = None
-    # The step at which the schedule (re)started: 0, or where `ft train --resume --extend` added
-    # steps to a finished run (a warm restart of the cosine schedule; see make_optimizer).
-    schedule_start: int = 0
-    # Micro-batches whose gradients make one update: the update of one batch this many times larger
-    # (each micro-batch weighted by its real target tokens), in the memory of one micro-batch.
-    accumulate_steps: int = 1
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "log_every", "eval_every", "save_every", "accumulate_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ConfigError(f"max_tokens must be at least 1 (or None for batch_size batches), got {self.max_tokens}")
-        if self.patience < 0:
-            raise ConfigError(f"patience must be 0 (off) or positive, got {self.patience}")
-        if not 0 <= self.schedule_start < self.steps:
-            raise ConfigError(
-                f"schedule_start must be in [0, steps), got {self.schedule_start} with steps {self.steps}"
-            )
-        if self.grad_method not in (None, *GRAD_METHODS):
-            raise ConfigError(f"grad_method must be one of {GRAD_METHODS} or None, got {self.grad_method!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.best_by is not None and self.best_by not in BEST_BY:
-            raise ConfigError(f"best_by must be one of {tuple(BEST_BY)} or None, got {self.best_by!r}")
-        if isinstance(self.optimizer, str):
-            if self.optimizer not in (*OPTIMIZERS, USER_OPTIMIZER):
-                raise ConfigError(
-                    f"optimizer must be one of {OPTIMIZERS} or an optax GradientTransformation, got {self.optimizer!r}"
-                )
-        elif not (
-            callable(getattr(self.optimizer, "init", None)) and callable(getattr(self.optimizer, "update", None))
-        ):
-            raise ConfigError(
-                f"optimizer must be one of {OPTIMIZERS} or an optax GradientTransformation (with init "
-                f"and update), got {type(self.optimizer).__name__}"
-            )
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-
-
-def make_schedule(tcfg: TrainConfig, cfg) -> optim.Schedule:
+def make_schedule(tcfg: TrainConfig, cfg: ModelConfig) -> optim.Schedule:
     """The learning rate at each update count. The cosine schedule runs from `schedule_start` to
     `steps`: a run that was extended restarts it there (warmup, then decay to 0 at the new end);
     the other two schedules have no horizon, so an extended run simply continues them. (Steps
@@ -153,11 +88,6 @@ def make_schedule(tcfg: TrainConfig, cfg) -> optim.Schedule:
     cosine = optim.warmup_cosine(tcfg.learning_rate, tcfg.warmup_steps, max(horizon, tcfg.warmup_steps + 1))
     start = tcfg.schedule_start
     return cosine if start == 0 else (lambda count: cosine(count - start))
-
-
-def user_optimizer(tcfg: TrainConfig) -> bool:
-    """Whether tcfg's optimizer is an optax GradientTransformation given in Python (not a built-in name)."""
-    return not isinstance(tcfg.optimizer, str)
 
 
 def check_optimizer(tcfg: TrainConfig, backend: Backend) -> None:
@@ -173,13 +103,7 @@ def check_optimizer(tcfg: TrainConfig, backend: Backend) -> None:
         )
 
 
-def train_config_record(tcfg: TrainConfig) -> dict:
-    """tcfg as the JSON-ready dict a checkpoint stores: an optax optimizer is written as "optax"."""
-    record = dataclasses.asdict(dataclasses.replace(tcfg, optimizer="adam"))
-    return dict(record, optimizer=USER_OPTIMIZER if user_optimizer(tcfg) else tcfg.optimizer)
-
-
-def make_optimizer(tcfg: TrainConfig, cfg) -> optim.GradientTransformation:
+def make_optimizer(tcfg: TrainConfig, cfg: ModelConfig) -> optim.GradientTransformation:
     """The optimizer of `tcfg`, with its schedule and clipping (a user's optax optimizer as it is)."""
     if user_optimizer(tcfg):
         return tcfg.optimizer
@@ -193,19 +117,6 @@ def make_optimizer(tcfg: TrainConfig, cfg) -> optim.GradientTransformation:
     if tcfg.clip_norm > 0:
         return optim.chain(optim.clip_by_global_norm(tcfg.clip_norm), base)
     return base
-
-
-def storable_opt_state(tcfg: TrainConfig, opt_state, backend: Backend):
-    """The optimizer state as a checkpoint stores it: the built-in optimizers' dict as it is; an optax
-    state (tuples, named tuples) as its leaves in order, {"optax_leaf_count", "optax_leaves": {"00000", ...}},
-    which `restore_opt_state` puts back into the structure of the same optimizer's init."""
-    if not user_optimizer(tcfg):
-        return opt_state
-    leaves = backend.jax.tree_util.tree_leaves(opt_state)
-    return {
-        "optax_leaf_count": np.asarray(len(leaves), dtype=np.int32),
-        "optax_leaves": {f"{i:05d}": leaf for i, leaf in enumerate(leaves)},
-    }
 
 
 def restore_opt_state(optimizer, params, stored, backend: Backend):
@@ -232,7 +143,7 @@ def restore_opt_state(optimizer, params, stored, backend: Backend):
     return jax.tree_util.tree_unflatten(treedef, [backend.asarray(leaf) for leaf in leaves])
 
 
-def current_learning_rate(tcfg: TrainConfig, cfg, opt_state, step: int) -> float | None:
+def current_learning_rate(tcfg: TrainConfig, cfg: ModelConfig, opt_state, step: int) -> float | None:
     """The learning rate of the update that made `step`: the built-in schedule's, or an optax state's
     injected "learning_rate" (optax.inject_hyperparams); None where an optax optimizer does not say."""
     if not user_optimizer(tcfg):
@@ -248,7 +159,7 @@ def current_learning_rate(tcfg: TrainConfig, cfg, opt_state, step: int) -> float
     return None
 
 
-def check_best_by(tcfg: TrainConfig, cfg=None) -> None:
+def check_best_by(tcfg: TrainConfig, cfg: ModelConfig | None = None) -> None:
     """A best_by that the model's family does not measure, or that needs sacreBLEU where it is not
     installed, is an error saying what to choose or how to install it."""
     if cfg is not None:
@@ -257,7 +168,7 @@ def check_best_by(tcfg: TrainConfig, cfg=None) -> None:
         require_sacrebleu(f"best_by={tcfg.best_by!r} (--best-by {tcfg.best_by})")
 
 
-def with_best_by(tcfg: TrainConfig, cfg) -> TrainConfig:
+def with_best_by(tcfg: TrainConfig, cfg: ModelConfig) -> TrainConfig:
     """tcfg with its best_by chosen: the model family's default where it is None."""
     return tcfg if tcfg.best_by is not None else dataclasses.replace(tcfg, best_by=families.default_best_by(cfg))
 
@@ -267,16 +178,23 @@ def is_better(value: float, best: float | None, best_by: str) -> bool:
     return best is None or (value < best if BEST_BY[best_by] == "min" else value > best)
 
 
-@with_x64_scope
-def init_state(key, cfg, optimizer) -> dict:
-    """{"params", "opt_state", "step"} for a fresh run; params drawn from `key`."""
+def init_state(key, cfg: ModelConfig, optimizer) -> dict:
+    """{"params", "opt_state", "step"} for a fresh run; params drawn from `key`. No x64 scope of its own:
+    api.init and the optimizer's init carry theirs, and the step counter is an int32."""
     params = api.init(key, cfg)
     xp = backend_of(params).xp
     return {"params": params, "opt_state": optimizer.init(params), "step": xp.asarray(0, dtype=xp.int32)}
 
 
 def make_train_step(
-    cfg, tcfg: TrainConfig, optimizer, backend: Backend, *, mesh=None, state=None, shard_params: bool = False
+    cfg: ModelConfig,
+    tcfg: TrainConfig,
+    optimizer,
+    backend: Backend,
+    *,
+    mesh=None,
+    state=None,
+    shard_params: bool = False,
 ) -> Callable:
     """The pure step `(state, batch, key) -> (state, metrics)`, jitted (state donated) on JAX.
 
@@ -307,7 +225,7 @@ def make_train_step(
     return train_step
 
 
-def make_accumulating_step(cfg, tcfg: TrainConfig, optimizer, backend: Backend) -> Callable:
+def make_accumulating_step(cfg: ModelConfig, tcfg: TrainConfig, optimizer, backend: Backend) -> Callable:
     """The step `(state, micro_batches, key) -> (state, metrics)` of tcfg.accumulate_steps micro-batches:
     each one's gradient, weighted by its real target tokens, summed, then one update, which is the
     update of the micro-batches as one batch (the loss is a mean over target tokens). On JAX the
@@ -381,10 +299,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class SaveFailed(OSError):
-    """A checkpoint could not be written; the previous one is intact (saves are atomic)."""
-
-
 Callback = Callable[[int, dict], object]
 """`callback(step, record)` after each logged training record and each held-out evaluation; record
 is the metrics dict ("split" is "train" or "valid"). A truthy return stops the run after that step
@@ -395,7 +309,7 @@ is the metrics dict ("split" is "train" or "valid"). A truthy return stops the r
 class Run:
     """Everything the loop needs besides the state: data, vocabulary, where to write (None: nowhere)."""
 
-    cfg: object  # a model config of any family (families.CONFIGS)
+    cfg: ModelConfig
     tcfg: TrainConfig
     tokenizer: Tokenizer
     train_examples: list[EncodedPair]
@@ -455,302 +369,6 @@ def fresh_progress() -> dict:
     return {"best_value": None, "best_exact_match": None, "best_step": None, "evals_since_best": 0}
 
 
-def read_records(metrics_path: Path) -> list[dict]:
-    """The records of a metrics.jsonl. A last line that does not parse is a write cut short (the
-    process was killed, the disk filled) and is dropped; a bad line before it is an error."""
-    if not metrics_path.exists():
-        return []
-    lines = [line for line in metrics_path.read_text().splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                break
-            raise DataError(f"{metrics_path}:{number} is not a JSON record ({err}); the file is damaged") from None
-    return records
-
-
-def _keep_records_up_to(metrics_path: Path, step: int) -> None:
-    # A run killed after logging past its last checkpoint logs those steps again when resumed.
-    if metrics_path.exists():
-        records = read_records(metrics_path)
-        kept = [record for record in records if record["step"] <= step]
-        metrics_path.write_text("".join(json.dumps(record) + "\n" for record in kept))
-
-
-def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | None = None) -> dict:
-    """Train from `state` (a fresh one when None) to run.tcfg.steps.
-
-    -> {"state", "key", "progress", "history" (this call's records), "summary"}; summary["stopped"]
-    is "finished", "interrupted" (Ctrl-C), "callback" or "patience"."""
-    cfg, tcfg, backend = run.cfg, with_best_by(run.tcfg, run.cfg), run.backend
-    check_best_by(tcfg, cfg)
-    check_optimizer(tcfg, backend)
-    optimizer = make_optimizer(tcfg, cfg)
-    if state is None:
-        init_key, key = ftrandom.split(backend.random.key(tcfg.seed), 2)
-        state = init_state(init_key, cfg, optimizer)
-    elif user_optimizer(tcfg):  # a checkpoint holds an optax state as its leaves
-        state = dict(state, opt_state=restore_opt_state(optimizer, state["params"], state["opt_state"], backend))
-    progress = dict(progress or fresh_progress())
-    # Runs saved before best_by existed kept only the best exact match, which is what they chose by.
-    progress.setdefault("best_value", progress["best_exact_match"])
-    start_step = int(backend.to_numpy(state["step"]))
-    mesh = run.mesh
-    n_micro = tcfg.accumulate_steps
-    if mesh is not None and n_micro > 1:
-        raise ConfigError(
-            "accumulate_steps (--accumulate) does not combine with several devices yet: split a larger "
-            "--batch-size over the devices instead"
-        )
-    if mesh is not None:
-        check_batches_split(run, mesh)
-        state = parallel.place_state(state, mesh, run.shard_params)
-        key = backend.jax.device_put(key, parallel.replicated(mesh))
-    sharded = {} if mesh is None else {"mesh": mesh, "state": state, "shard_params": run.shard_params}
-    if n_micro > 1:
-        step_fn = make_accumulating_step(cfg, tcfg, optimizer, backend)
-    else:
-        step_fn = make_train_step(cfg, tcfg, optimizer, backend, **sharded)
-    # With many processes every one trains; only process 0 writes (checkpoints, metrics, plots).
-    writes = run.out_dir is not None and parallel.process_index() == 0
-    metrics_path = None
-    if writes:
-        run.out_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = run.out_dir / "metrics.jsonl"
-        _keep_records_up_to(metrics_path, start_step)  # at step 0: a fresh log
-    history: list[dict] = []
-    if start_step == 0 and run.data_report:  # once per run; kept in the log when it resumes
-        history.append({"step": 0, "split": "data", **run.data_report})
-        if metrics_path is not None:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(history[-1]) + "\n")
-
-    def host(tree):
-        # Sharded arrays gathered to NumPy (a collective with many processes: every one calls it).
-        return parallel.to_host(tree) if mesh is not None else tree
-
-    def save(s, which="last", stored_progress=None):
-        if run.out_dir is None:
-            return None
-        s, saved_key = host(s), host(key)
-        if not writes:
-            return None
-        s = dict(s, opt_state=storable_opt_state(tcfg, s["opt_state"], backend))
-        try:
-            return checkpoint.save(
-                checkpoint.checkpoint_path(run.out_dir, which),
-                s,
-                backend,
-                cfg=cfg,
-                tokenizer=run.tokenizer,
-                train_config=train_config_record(tcfg),
-                data_spec=run.data_spec,
-                key=saved_key,
-                progress=stored_progress or progress,
-                labels=run.labels,
-            )
-        except OSError as err:  # a full disk, a lost mount: the write is atomic, so the old file stands
-            raise SaveFailed(
-                f"training stopped at step {int(backend.to_numpy(s['step']))}: {err}. The last "
-                f"checkpoint saved before ({last_saved or 'none was saved yet'}) is intact; free some "
-                "space or fix the folder, then resume"
-            ) from err
-
-    def log(record) -> bool:
-        history.append(record)
-        if metrics_path is not None:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        return any([bool(callback(record["step"], record)) for callback in run.callbacks])
-
-    def next_batch():
-        """The step's plans and its batch (a list of n_micro micro-batches when accumulating)."""
-        step_plans = [next(plans) for _ in range(n_micro)]
-        batches = []
-        for plan in step_plans:
-            host_batch = plan_batch(run.train_examples, plan, cfg.pad_id, rank, n_processes)
-            families.check_batch(host_batch, cfg, backend)
-            batches.append(
-                parallel.put_batch(host_batch, mesh) if mesh is not None else backend.tree_asarray(host_batch)
-            )
-        return step_plans, (batches if n_micro > 1 else batches[0])
-
-    # With many processes each builds only its own rows of every global batch; with accumulation,
-    # step k takes micro-batches k * n_micro ... k * n_micro + n_micro - 1.
-    plans, rank, n_processes = (
-        batch_plans(run, start_step * n_micro),
-        parallel.process_index(),
-        parallel.process_count(),
-    )
-    valid = run.valid_pairs[: run.eval_examples]
-    if valid and run.progress and families.arch_of(cfg) == "encoder_decoder" and not sacrebleu_available():
-        print(f"held-out evaluations: {MISSING_NOTE}", file=sys.stderr, flush=True)
-    t_start = time.perf_counter()
-    # Target tokens, source + decoder tokens and token slots of the global batches since the last record.
-    window_tokens, window_filled, window_slots, window_t0 = 0, 0, 0, time.perf_counter()
-    step = start_step
-    last_saved = None
-    summary: dict = {"stopped": "finished"}
-    divergence = DivergenceWatch(families.n_outputs(cfg))
-    try:
-        while step < tcfg.steps:
-            step_plans, batch = next_batch()
-            # Rebind at once: on JAX the old state's buffers are donated to the step, so a Ctrl-C
-            # while waiting for the loss below must find (and save) the new state, not the old.
-            # NumPy's overflow warnings of a step that is blowing up are folded into the one line that
-            # reports it; a step whose loss stays finite shows them as usual. (JAX does not warn.)
-            with _recorded_numpy_warnings(backend) as numeric_warnings:
-                state, metrics = step_fn(state, batch, key)
-                if mesh is not None:  # replicated scalars: this process's own copy, no collective
-                    metrics = {name: np.asarray(value.addressable_data(0)) for name, value in metrics.items()}
-                loss = float(metrics["loss"])
-            step += 1
-            if not math.isfinite(loss):
-                folded = (
-                    f" (NumPy warned on the way: {numeric_warnings[0].message}"
-                    f"{f', and {len(numeric_warnings) - 1} more' if len(numeric_warnings) > 1 else ''})"
-                    if numeric_warnings
-                    else ""
-                )
-                raise TrainingDiverged(
-                    f"the loss became {loss} at step {step}{folded}; training stopped. The last good checkpoint "
-                    f"({last_saved or 'none was saved yet'}) is kept. Try a lower --learning-rate or --clip-norm."
-                )
-            for caught in numeric_warnings:
-                warnings.warn(caught.message, stacklevel=2)
-            diverging = divergence.update(loss)
-            if divergence.diverged:
-                raise TrainingDiverged(
-                    f"the training loss stayed above {DIVERGED_FACTOR:g} x its starting value "
-                    f"({divergence.reference:.4g}) for {DIVERGED_STEPS} steps in a row (now {loss:.4g} at step {step}): "
-                    f"the run diverged; training stopped. The last good checkpoint ({last_saved or 'none was saved yet'}) "
-                    "is kept, and best.safetensors is never a diverging state. Try a lower --learning-rate."
-                )
-            # The global batch's counts, from the examples' lengths (a process may hold only its rows).
-            for plan in step_plans:
-                counts = plan_counts(run.train_examples, plan)
-                window_tokens, window_filled, window_slots = (
-                    total + count for total, count in zip((window_tokens, window_filled, window_slots), counts)
-                )
-            stop = None
-            if step % tcfg.log_every == 0 or step == tcfg.steps:
-                now = time.perf_counter()
-                tokens_per_s = window_tokens / max(now - window_t0, 1e-9)
-                accuracy = float(metrics["accuracy"])
-                record = {
-                    "step": step,
-                    "split": "train",
-                    "loss": loss,
-                    "accuracy": accuracy,
-                    "grad_norm": float(metrics["grad_norm"]),
-                    "tokens_per_s": tokens_per_s,
-                    "pad_fraction": 1 - window_filled / window_slots,
-                    "time_s": now - t_start,
-                }
-                learning_rate = current_learning_rate(tcfg, cfg, state["opt_state"], step)
-                if learning_rate is not None:
-                    record["learning_rate"] = learning_rate
-                if log(record):
-                    stop = "callback"
-                if run.progress:
-                    line = _progress_line(step, tcfg.steps, loss, accuracy, tokens_per_s, now - t_start, start_step)
-                    print(line, file=sys.stderr, flush=True)
-                window_tokens, window_filled, window_slots, window_t0 = 0, 0, 0, time.perf_counter()
-            if (step % tcfg.eval_every == 0 or step == tcfg.steps) and valid:
-                # Sharded params are gathered to one device: each process evaluates the same whole model.
-                eval_params = backend.tree_asarray(host(state["params"])) if mesh is not None else state["params"]
-                result = families.evaluate(
-                    eval_params,
-                    cfg,
-                    run.tokenizer,
-                    valid,
-                    labels=run.labels,
-                    progress=f"eval @ {step}" if run.progress else False,
-                )
-                if run.progress:
-                    print(f"eval @ {step}: {families.describe_result(result)}", file=sys.stderr, flush=True)
-                summary["valid"] = result
-                value = result[tcfg.best_by]
-                if (
-                    is_better(value, progress["best_value"], tcfg.best_by)
-                    and not diverging
-                    and all_finite(host(state["params"]), backend)
-                ):
-                    # Recorded only once best.safetensors holds it, so the two never disagree.
-                    improved = dict(
-                        progress,
-                        best_value=value,
-                        best_exact_match=result.get("exact_match"),
-                        best_step=step,
-                        evals_since_best=0,
-                    )
-                    save(state, "best", improved)
-                    progress = improved
-                else:
-                    progress["evals_since_best"] += 1
-                logged = {name: value for name, value in result.items() if name != "confusion"}
-                if log({"step": step, "split": "valid", **logged, "time_s": time.perf_counter() - t_start}):
-                    stop = "callback"
-                if tcfg.patience and progress["evals_since_best"] >= tcfg.patience and step < tcfg.steps:
-                    stop = stop or "patience"
-                    if run.progress:
-                        print(
-                            f"no better {tcfg.best_by} in {tcfg.patience} evaluations (best "
-                            f"{progress['best_value']:.4f} at step {progress['best_step']}): stopping",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-            if step % tcfg.save_every == 0 and not diverging and all_finite(host(state["params"]), backend):
-                last_saved = save(state)
-            if stop:
-                summary["stopped"] = stop
-                break
-    except KeyboardInterrupt:
-        summary["stopped"] = "interrupted"
-        print(f"\ninterrupted at step {step}: saving a checkpoint", file=sys.stderr)
-    except TrainingDiverged:
-        if writes:  # the curves show the blow-up; the error is what matters, so a failed plot is let go
-            with contextlib.suppress(Exception):
-                plot_metrics(metrics_path, run.out_dir / "curves.png")
-        raise
-    except SaveFailed:
-        raise
-    except Exception:
-        # A callback, an evaluation or the metrics file failed: keep the steps done so far, then
-        # report the error. (Best effort: on JAX a step that failed may have consumed the state;
-        # with many processes gathering the state is a collective the others would not join.)
-        try:
-            if parallel.process_count() == 1 and all_finite(host(state["params"]), backend):
-                save(state)
-        except Exception:
-            pass
-        raise
-    for attempt in range(2):
-        # A Ctrl-C while the last checkpoint or the curves are written: finish them (once more);
-        # a second Ctrl-C there gives up.
-        try:
-            if all_finite(host(state["params"]), backend):
-                last_saved = save(state)
-            if writes:
-                plot_metrics(metrics_path, run.out_dir / "curves.png")
-            break
-        except KeyboardInterrupt:
-            summary["stopped"] = "interrupted"
-            if attempt:
-                raise
-            print("\ninterrupted while writing the checkpoint and curves: finishing them", file=sys.stderr)
-    summary.update(
-        step=int(np.asarray(host(state["step"]))),
-        checkpoint=str(last_saved) if last_saved else None,
-        seconds=time.perf_counter() - t_start,
-        **progress,
-    )
-    return {"state": state, "key": key, "progress": progress, "history": history, "summary": summary}
-
-
 @contextlib.contextmanager
 def _recorded_numpy_warnings(backend: Backend) -> Iterator[list]:
     """The warnings raised inside, recorded instead of shown (every RuntimeWarning, not once per
@@ -787,51 +405,258 @@ class DivergenceWatch:
         return self.steps_above >= DIVERGED_STEPS
 
 
-def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
-    """A PNG of the losses, the accuracies and (where the records have it) the learning rate; None
-    where matplotlib is missing."""
-    try:
-        import matplotlib
+def _start(run: Run, tcfg: TrainConfig, state: dict | None, key) -> tuple[dict, object, Callable]:
+    """(state, key, step function) of a run about to train: a fresh state where none is given, an optax
+    state put back from its stored leaves, and the state placed on the mesh where the run has one."""
+    cfg, backend, mesh = run.cfg, run.backend, run.mesh
+    check_best_by(tcfg, cfg)
+    check_optimizer(tcfg, backend)
+    optimizer = make_optimizer(tcfg, cfg)
+    if state is None:
+        init_key, key = ftrandom.split(backend.random.key(tcfg.seed), 2)
+        state = init_state(init_key, cfg, optimizer)
+    elif user_optimizer(tcfg):  # a checkpoint holds an optax state as its leaves
+        state = dict(state, opt_state=restore_opt_state(optimizer, state["params"], state["opt_state"], backend))
+    if mesh is not None and tcfg.accumulate_steps > 1:
+        raise ConfigError(
+            "accumulate_steps (--accumulate) does not combine with several devices yet: split a larger "
+            "--batch-size over the devices instead"
+        )
+    if mesh is not None:
+        check_batches_split(run, mesh)
+        state = parallel.place_state(state, mesh, run.shard_params)
+        key = backend.jax.device_put(key, parallel.replicated(mesh))
+    if tcfg.accumulate_steps > 1:
+        return state, key, make_accumulating_step(cfg, tcfg, optimizer, backend)
+    sharded = {} if mesh is None else {"mesh": mesh, "state": state, "shard_params": run.shard_params}
+    return state, key, make_train_step(cfg, tcfg, optimizer, backend, **sharded)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed, so no plot was drawn (pip install matplotlib)", file=sys.stderr)
-        return None
-    if not metrics_path.exists():
-        return None
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    train = [r for r in records if r["split"] == "train"]
-    valid = [r for r in records if r["split"] == "valid"]
-    with_rate = [r for r in train if "learning_rate" in r]
-    fig, axes = plt.subplots(1, 3 if with_rate else 2, figsize=(15 if with_rate else 10, 4))
-    ax_loss, ax_acc = axes[:2]
-    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (smoothed targets)")
-    if valid:
-        ax_loss.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="held-out loss")
-        for name, style in (
-            ("exact_match", "o-"),
-            ("char_accuracy", "s--"),
-            ("accuracy", "o-"),
-            ("token_accuracy", "s--"),
-        ):
-            if name in valid[0]:
-                ax_acc.plot(
-                    [r["step"] for r in valid],
-                    [r[name] for r in valid],
-                    style,
-                    label=f"held-out {name.replace('_', ' ')}",
-                )
-    ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train token accuracy")
-    ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="loss")
-    ax_acc.set(xlabel="step", ylabel="fraction", ylim=(0, 1.02), title="accuracy")
-    if with_rate:
-        axes[2].plot([r["step"] for r in with_rate], [r["learning_rate"] for r in with_rate], label="learning rate")
-        axes[2].set(xlabel="step", ylabel="learning rate", title="learning rate")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return png_path
+
+def _batches(run: Run, start_step: int) -> Iterator[tuple[list[BatchPlan], object]]:
+    """Each step's plans and its batch on the backend (a list of accumulate_steps micro-batches when
+    accumulating). With many processes each builds only its own rows of every global batch; with
+    accumulation, step k takes micro-batches k * n_micro ... k * n_micro + n_micro - 1."""
+    cfg, backend, mesh, n_micro = run.cfg, run.backend, run.mesh, run.tcfg.accumulate_steps
+    plans, rank, n_processes = (
+        batch_plans(run, start_step * n_micro),
+        parallel.process_index(),
+        parallel.process_count(),
+    )
+    while True:
+        step_plans = [next(plans) for _ in range(n_micro)]
+        batches = []
+        for plan in step_plans:
+            host_batch = plan_batch(run.train_examples, plan, cfg.pad_id, rank, n_processes)
+            families.check_batch(host_batch, cfg, backend)
+            batches.append(
+                parallel.put_batch(host_batch, mesh) if mesh is not None else backend.tree_asarray(host_batch)
+            )
+        yield step_plans, (batches if n_micro > 1 else batches[0])
+
+
+def _check_loss(loss: float, step: int, numeric_warnings: list, divergence: DivergenceWatch, last_saved) -> bool:
+    """TrainingDiverged where the loss is not finite or has diverged -> whether it is above the
+    divergence bound (a state not to save). NumPy's overflow warnings of a step that blows up are
+    folded into the error; a step whose loss stays finite shows them as usual. (JAX does not warn.)"""
+    kept = f"The last good checkpoint ({last_saved or 'none was saved yet'}) is kept"
+    if not math.isfinite(loss):
+        folded = (
+            f" (NumPy warned on the way: {numeric_warnings[0].message}"
+            f"{f', and {len(numeric_warnings) - 1} more' if len(numeric_warnings) > 1 else ''})"
+            if numeric_warnings
+            else ""
+        )
+        raise TrainingDiverged(
+            f"the loss became {loss} at step {step}{folded}; training stopped. {kept}. "
+            "Try a lower --learning-rate or --clip-norm."
+        )
+    for caught in numeric_warnings:
+        warnings.warn(caught.message, stacklevel=3)
+    diverging = divergence.update(loss)
+    if divergence.diverged:
+        raise TrainingDiverged(
+            f"the training loss stayed above {DIVERGED_FACTOR:g} x its starting value "
+            f"({divergence.reference:.4g}) for {DIVERGED_STEPS} steps in a row (now {loss:.4g} at step {step}): "
+            f"the run diverged; training stopped. {kept}, and best.safetensors is never a diverging state. "
+            "Try a lower --learning-rate."
+        )
+    return diverging
+
+
+class _Window:
+    """Target tokens, filled token slots (source + decoder) and all token slots of the global
+    batches since the last training record, from the examples' lengths (a process may hold only its rows)."""
+
+    def __init__(self):
+        self.tokens, self.filled, self.slots, self.t0 = 0, 0, 0, time.perf_counter()
+
+    def add(self, run: Run, step_plans: list[BatchPlan]) -> None:
+        for plan in step_plans:
+            tokens, filled, slots = plan_counts(run.train_examples, plan)
+            self.tokens, self.filled, self.slots = self.tokens + tokens, self.filled + filled, self.slots + slots
+
+
+def _train_record(run: Run, tcfg: TrainConfig, state: dict, metrics: dict, step: int, window: _Window, t_start) -> dict:
+    """The logged training record of `step` (tokens/s and pad_fraction over the window since the last)."""
+    now = time.perf_counter()
+    record = {
+        "step": step,
+        "split": "train",
+        "loss": float(metrics["loss"]),
+        "accuracy": float(metrics["accuracy"]),
+        "grad_norm": float(metrics["grad_norm"]),
+        "tokens_per_s": window.tokens / max(now - window.t0, 1e-9),
+        "pad_fraction": 1 - window.filled / window.slots,
+        "time_s": now - t_start,
+    }
+    learning_rate = current_learning_rate(tcfg, run.cfg, state["opt_state"], step)
+    if learning_rate is not None:
+        record["learning_rate"] = learning_rate
+    return record
+
+
+def _evaluate(
+    run: Run, tcfg: TrainConfig, state: dict, key, step: int, progress: dict, ctx: dict
+) -> tuple[dict, str | None]:
+    """Evaluate on the held-out examples, save best.safetensors where `best_by` improved (and the state is
+    finite and not diverging), log the result -> (progress, "callback" / "patience" / None)."""
+    backend, host, writer = run.backend, ctx["host"], ctx["writer"]
+    # Sharded params are gathered to one device: each process evaluates the same whole model.
+    eval_params = backend.tree_asarray(host(state["params"])) if run.mesh is not None else state["params"]
+    at_step = f"eval @ {step}" if run.progress else False
+    result = families.evaluate(eval_params, run.cfg, run.tokenizer, ctx["valid"], labels=run.labels, progress=at_step)
+    if run.progress:
+        print(f"eval @ {step}: {families.describe_result(result)}", file=sys.stderr, flush=True)
+    ctx["summary"]["valid"] = result
+    value = result[tcfg.best_by]
+    if (
+        is_better(value, progress["best_value"], tcfg.best_by)
+        and not ctx["diverging"]
+        and all_finite(host(state["params"]), backend)
+    ):
+        # Recorded only once best.safetensors holds it, so the two never disagree.
+        improved = dict(
+            progress, best_value=value, best_exact_match=result.get("exact_match"), best_step=step, evals_since_best=0
+        )
+        writer.save(state, key, improved, "best")
+        progress = improved
+    else:
+        progress = dict(progress, evals_since_best=progress["evals_since_best"] + 1)
+    logged = {name: value for name, value in result.items() if name != "confusion"}
+    stop = "callback" if writer.log({"step": step, "split": "valid", **logged, "time_s": ctx["elapsed"]()}) else None
+    if tcfg.patience and progress["evals_since_best"] >= tcfg.patience and step < tcfg.steps:
+        if run.progress:
+            print(
+                f"no better {tcfg.best_by} in {tcfg.patience} evaluations (best "
+                f"{progress['best_value']:.4f} at step {progress['best_step']}): stopping",
+                file=sys.stderr,
+                flush=True,
+            )
+        stop = stop or "patience"
+    return progress, stop
+
+
+def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | None = None) -> dict:
+    """Train from `state` (a fresh one when None) to run.tcfg.steps.
+
+    -> {"state", "key", "progress", "history" (this call's records), "summary"}; summary["stopped"]
+    is "finished", "interrupted" (Ctrl-C), "callback" or "patience"."""
+    cfg, tcfg, backend, mesh = run.cfg, with_best_by(run.tcfg, run.cfg), run.backend, run.mesh
+    state, key, step_fn = _start(run, tcfg, state, key)
+    progress = dict(progress or fresh_progress())
+    # A progress record without best_value holds only best_exact_match, which is what chose its best.
+    progress.setdefault("best_value", progress["best_exact_match"])
+    start_step = step = int(backend.to_numpy(state["step"]))
+
+    def host(tree):
+        # Sharded arrays gathered to NumPy (a collective with many processes: every one calls it).
+        return parallel.to_host(tree) if mesh is not None else tree
+
+    writer = RunWriter(run, tcfg, start_step, host)
+    batches = _batches(run, start_step)
+    valid = run.valid_pairs[: run.eval_examples]
+    if valid and run.progress and families.arch_of(cfg) == "encoder_decoder" and not sacrebleu_available():
+        print(f"held-out evaluations: {MISSING_NOTE}", file=sys.stderr, flush=True)
+    t_start = time.perf_counter()
+    window, summary = _Window(), {"stopped": "finished"}
+    ctx = {"host": host, "writer": writer, "valid": valid, "summary": summary}
+    ctx["elapsed"] = lambda: time.perf_counter() - t_start
+    divergence = DivergenceWatch(families.n_outputs(cfg))
+    try:
+        while step < tcfg.steps:
+            step_plans, batch = next(batches)
+            # Rebind at once: on JAX the old state's buffers are donated to the step, so a Ctrl-C
+            # while waiting for the loss below must find (and save) the new state, not the old.
+            with _recorded_numpy_warnings(backend) as numeric_warnings:
+                state, metrics = step_fn(state, batch, key)
+                if mesh is not None:  # replicated scalars: this process's own copy, no collective
+                    metrics = {name: np.asarray(value.addressable_data(0)) for name, value in metrics.items()}
+                loss = float(metrics["loss"])
+            step += 1
+            ctx["diverging"] = _check_loss(loss, step, numeric_warnings, divergence, writer.last_saved)
+            window.add(run, step_plans)
+            stop = None
+            if step % tcfg.log_every == 0 or step == tcfg.steps:
+                record = _train_record(run, tcfg, state, metrics, step, window, t_start)
+                stop = "callback" if writer.log(record) else None
+                if run.progress:
+                    line = _progress_line(
+                        step, tcfg.steps, loss, record["accuracy"], record["tokens_per_s"], record["time_s"], start_step
+                    )
+                    print(line, file=sys.stderr, flush=True)
+                window = _Window()
+            if (step % tcfg.eval_every == 0 or step == tcfg.steps) and valid:
+                progress, eval_stop = _evaluate(run, tcfg, state, key, step, progress, ctx)
+                stop = stop or eval_stop
+            if step % tcfg.save_every == 0 and not ctx["diverging"] and all_finite(host(state["params"]), backend):
+                writer.save(state, key, progress)
+            if stop:
+                summary["stopped"] = stop
+                break
+    except KeyboardInterrupt:
+        summary["stopped"] = "interrupted"
+        print(f"\ninterrupted at step {step}: saving a checkpoint", file=sys.stderr)
+    except TrainingDiverged:
+        with contextlib.suppress(Exception):  # the curves show the blow-up; the error is what matters
+            writer.plot()
+        raise
+    except SaveFailed:
+        raise
+    except Exception:
+        _save_what_was_done(run, writer, state, key, progress)
+        raise
+    _finish(run, writer, state, key, progress, summary)
+    summary.update(
+        step=int(np.asarray(host(state["step"]))),
+        checkpoint=str(writer.last_saved) if writer.last_saved else None,
+        seconds=time.perf_counter() - t_start,
+        **progress,
+    )
+    return {"state": state, "key": key, "progress": progress, "history": writer.history, "summary": summary}
+
+
+def _save_what_was_done(run: Run, writer: RunWriter, state: dict, key, progress: dict) -> None:
+    # A callback, an evaluation or the metrics file failed: keep the steps done so far, then the
+    # caller reports the error. (Best effort: on JAX a step that failed may have consumed the state;
+    # with many processes gathering the state is a collective the others would not join.)
+    try:
+        if parallel.process_count() == 1 and all_finite(writer.host(state["params"]), run.backend):
+            writer.save(state, key, progress)
+    except Exception:
+        pass
+
+
+def _finish(run: Run, writer: RunWriter, state: dict, key, progress: dict, summary: dict) -> None:
+    """The last checkpoint and the curves at the end of a run. A Ctrl-C while they are written:
+    finish them (once more); a second Ctrl-C there gives up."""
+    for attempt in range(2):
+        try:
+            if all_finite(writer.host(state["params"]), run.backend):
+                writer.save(state, key, progress)
+            writer.plot()
+            break
+        except KeyboardInterrupt:
+            summary["stopped"] = "interrupted"
+            if attempt:
+                raise
+            print("\ninterrupted while writing the checkpoint and curves: finishing them", file=sys.stderr)

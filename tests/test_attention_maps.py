@@ -1,4 +1,4 @@
-"""Tests of attention maps (functional_transformer.inspect: ft.attention_maps, the plots) and of
+"""Tests of attention maps (functional_transformer.insight: ft.attention_maps, the plots) and of
 `ft attention`: shapes and labels, that the weights are the attention layer's own (a spy on
 layers.attention.dot_product_fwd), the same numbers on NumPy and JAX, clear errors, and the
 missing-matplotlib message. Plot tests skip where matplotlib (the [plot] extra) is not installed.
@@ -16,7 +16,7 @@ import functional_transformer as ft
 from functional_transformer import cli
 from functional_transformer.data import CharTokenizer, task_alphabet
 from functional_transformer.inference import UnknownSymbolError
-from functional_transformer.inspect import KINDS, attention, plots
+from functional_transformer.insight import KINDS, attention, plots
 from functional_transformer.layers import attention as attention_layer
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None

@@ -121,7 +121,7 @@ def run_help(capsys, argv):
 
 
 def load_step(path):
-    return int(np.asarray(default_backend().to_numpy(checkpoint.load(path, default_backend())["state"]["step"])))
+    return int(np.asarray(default_backend().to_numpy(checkpoint.load(path, default_backend()).state["step"])))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def test_train_returns_0_and_writes_the_run(trained, capsys):
     assert (out / "metrics.jsonl").exists()
     assert load_step(out) == 20
     loaded = checkpoint.load(out, default_backend())
-    assert loaded["data_spec"] == {
+    assert loaded.data_spec == {
         "kind": "task",
         "task": "reverse",
         "n_train": 200,
@@ -233,10 +233,10 @@ def test_train_returns_0_and_writes_the_run(trained, capsys):
         "max_len": 5,
         "seed": 0,
     }
-    cfg = loaded["cfg"]
+    cfg = loaded.cfg
     assert (cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.n_encoder_layers, cfg.n_decoder_layers) == (16, 2, 32, 1, 1)
     assert cfg.max_len == 8  # the longest sequence (5 + eos + 1), rounded up to a multiple of 8
-    assert loaded["train_config"]["steps"] == 20 and loaded["train_config"]["eval_every"] == 20
+    assert loaded.train_config.steps == 20 and loaded.train_config.eval_every == 20
 
 
 @slow_on_jax
@@ -306,7 +306,7 @@ def test_predict_prints_one_line_per_input(trained, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     loaded = checkpoint.load(out_dir, default_backend())
-    assert lines == predict(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], ["apple", "banana"])
+    assert lines == predict(loaded.state["params"], loaded.cfg, loaded.tokenizer, ["apple", "banana"])
 
 
 @slow_on_jax  # two more batch shapes to compile
@@ -315,7 +315,7 @@ def test_evaluate_and_predict_do_not_depend_on_batch_size(trained):
     that have no targets (iterate_batches' fill_last); one batch of 20 has no fill rows."""
     out_dir, _ = trained
     loaded = checkpoint.load(out_dir, default_backend())
-    params, cfg, tokenizer = loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"]
+    params, cfg, tokenizer = loaded.state["params"], loaded.cfg, loaded.tokenizer
     pairs = make_task_data("reverse", n_train=0, n_valid=20, min_len=1, max_len=5, seed=3)[1]
     small, whole = (evaluate(params, cfg, tokenizer, pairs, batch_size=b) for b in (6, 64))
     assert small["exact_match"] == whole["exact_match"] and small["char_accuracy"] == whole["char_accuracy"]
@@ -347,7 +347,7 @@ def test_predict_refuses_unknown_symbols(trained):
     out_dir, _ = trained
     loaded = checkpoint.load(out_dir, default_backend())
     with pytest.raises(UnknownSymbolError) as info:
-        predict(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], ["banana", "Apple!"])
+        predict(loaded.state["params"], loaded.cfg, loaded.tokenizer, ["banana", "Apple!"])
     assert isinstance(info.value, DataError)
     assert info.value.symbols == ["!", "A"]
     assert str(info.value) == UNKNOWN_MESSAGE
@@ -356,7 +356,7 @@ def test_predict_refuses_unknown_symbols(trained):
 def test_predict_with_allow_unknown_reads_them_as_the_unknown_token(trained):
     out_dir, _ = trained
     loaded = checkpoint.load(out_dir, default_backend())
-    params, cfg, tokenizer = loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"]
+    params, cfg, tokenizer = loaded.state["params"], loaded.cfg, loaded.tokenizer
     # U+FFFD is outside the vocabulary too: both inputs encode to the same ids.
     got = predict(params, cfg, tokenizer, ["Apple!", "banana"], allow_unknown=True)
     assert got == predict(params, cfg, tokenizer, ["\ufffdpple\ufffd", "banana"], allow_unknown=True)
@@ -366,7 +366,7 @@ def test_predict_with_allow_unknown_reads_them_as_the_unknown_token(trained):
 def held_out_with_unknowns(out_dir):
     """The run's held-out pairs (whose shapes JAX has compiled) with an 'A' in the first target and a
     '!' in the second source."""
-    pairs = cli.load_pairs(checkpoint.load(out_dir, default_backend())["data_spec"])[1]
+    pairs = cli.load_pairs(checkpoint.load(out_dir, default_backend()).data_spec)[1]
     (s0, t0), (s1, t1) = pairs[:2]
     return [(s0, "A" + t0[1:]), ("!" + s1[1:], t1), *pairs[2:]]
 
@@ -376,24 +376,24 @@ def test_evaluate_refuses_unknown_symbols_in_sources_and_targets(trained):
     loaded = checkpoint.load(out_dir, default_backend())
     pairs = held_out_with_unknowns(out_dir)
     with pytest.raises(UnknownSymbolError) as info:
-        evaluate(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], pairs)
+        evaluate(loaded.state["params"], loaded.cfg, loaded.tokenizer, pairs)
     assert info.value.symbols == ["!", "A"]
     assert str(info.value).startswith(
         "'!', 'A' (in 2 of 20 examples) are not in this model's vocabulary (it knows: a-z); pass --allow-unknown"
     )
     for pair in pairs[:2]:  # one unknown symbol, in the target or in the source, is enough
         with pytest.raises(UnknownSymbolError):
-            evaluate(loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"], [pair])
+            evaluate(loaded.state["params"], loaded.cfg, loaded.tokenizer, [pair])
 
 
 def test_evaluate_with_allow_unknown_counts_the_examples(trained):
     out_dir, _ = trained
     loaded = checkpoint.load(out_dir, default_backend())
-    params, cfg, tokenizer = loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"]
+    params, cfg, tokenizer = loaded.state["params"], loaded.cfg, loaded.tokenizer
     pairs = held_out_with_unknowns(out_dir)
     result = evaluate(params, cfg, tokenizer, pairs, allow_unknown=True)
     assert result["n_with_unknown"] == 2 and result["n_examples"] == 20
-    clean = evaluate(params, cfg, tokenizer, cli.load_pairs(loaded["data_spec"])[1])
+    clean = evaluate(params, cfg, tokenizer, cli.load_pairs(loaded.data_spec)[1])
     assert clean["n_with_unknown"] == 0
     # The target "A..." can never be matched: the model cannot write an 'A'.
     assert result["exact_match"] <= clean["exact_match"]
@@ -459,11 +459,11 @@ def test_a_checkpoint_without_checksums_loads_with_a_one_line_warning(trained, t
     assert cli.main(["predict", "--checkpoint", str(old), "apple", "banana"]) == 0
     out, err = capsys.readouterr()
     assert err == (
-        f"ft predict: warning: {old} carries no checksums (it was written before checksums were added, "
+        f"ft predict: warning: {old} carries no checksums (it was written by an earlier version, "
         "or by another tool), so damage to it cannot be detected\n"
     )
     loaded = checkpoint.load(out_dir, default_backend())
-    params, cfg, tokenizer = loaded["state"]["params"], loaded["cfg"], loaded["tokenizer"]
+    params, cfg, tokenizer = loaded.state["params"], loaded.cfg, loaded.tokenizer
     assert out.splitlines() == predict(params, cfg, tokenizer, ["apple", "banana"])
 
 
@@ -522,8 +522,8 @@ def test_resume_continues_from_the_saved_step(trained_copy, capsys):
     assert "finished at step 25" in out
     assert load_step(copy) == 25
     loaded = checkpoint.load(copy, default_backend())
-    assert loaded["train_config"]["steps"] == 25
-    assert loaded["data_spec"]["task"] == "reverse"
+    assert loaded.train_config.steps == 25
+    assert loaded.data_spec["task"] == "reverse"
     # Only the 5 new steps ran: the log holds the first run's records (logged and evaluated at its last
     # step), then the resumed run's.
     records = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
@@ -626,9 +626,9 @@ def test_every_task_trains_a_couple_of_steps(task, tmp_path, capsys):
     )
     assert code == 0
     loaded = checkpoint.load(tmp_path, default_backend())
-    assert loaded["data_spec"]["task"] == task
+    assert loaded.data_spec["task"] == task
     assert load_step(tmp_path) == 2
-    alphabet = set(loaded["tokenizer"].chars)
+    alphabet = set(loaded.tokenizer.chars)
     if task == "addition":
         assert alphabet == set("0123456789+")
     else:

@@ -11,7 +11,7 @@ import pytest
 
 import backends
 import functional_transformer as ft
-from functional_transformer import checkpoint, cli, runs, train
+from functional_transformer import checkpoint, cli, run_writer, runs, train
 from functional_transformer.data import read_tsv
 from functional_transformer.progress import ProgressLine
 
@@ -221,7 +221,7 @@ def test_ctrl_c_in_training_saves_the_checkpoint_and_curves_and_exits_130(tmp_pa
     assert cli.main([*TRAIN, "--out", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "interrupted at step 2" in err
-    assert checkpoint.load(tmp_path / "run", ft.backend)["state"]["step"] == 2
+    assert checkpoint.load(tmp_path / "run", ft.backend).state["step"] == 2
     assert (tmp_path / "run" / "curves.png").exists() or not _has_matplotlib()
 
 
@@ -234,7 +234,7 @@ def _has_matplotlib():
 def test_ctrl_c_while_the_curves_are_drawn_still_writes_them(tmp_path, monkeypatch, capsys):
     if not _has_matplotlib():
         pytest.skip("matplotlib is not installed")
-    real_plot, calls = train.plot_metrics, []
+    real_plot, calls = run_writer.plot_metrics, []
 
     def plot_interrupted_once(*args):
         calls.append(args)
@@ -242,7 +242,7 @@ def test_ctrl_c_while_the_curves_are_drawn_still_writes_them(tmp_path, monkeypat
             raise KeyboardInterrupt
         return real_plot(*args)
 
-    monkeypatch.setattr(train, "plot_metrics", plot_interrupted_once)
+    monkeypatch.setattr(run_writer, "plot_metrics", plot_interrupted_once)
     assert cli.main([*TRAIN, "--out", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "interrupted while writing the checkpoint and curves" in err

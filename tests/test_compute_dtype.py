@@ -139,8 +139,8 @@ def test_checkpoints_keep_the_setting_and_old_ones_load(backend, tmp_path):
         key=backend.random.key(1),
     )
     loaded = checkpoint.load(path, backend)
-    assert loaded["cfg"] == cfg
-    assert {str(leaf.dtype) for leaf in backends.tree_leaves(loaded["state"]["params"])} == {"float32"}
+    assert loaded.cfg == cfg
+    assert {str(leaf.dtype) for leaf in backends.tree_leaves(loaded.state["params"])} == {"float32"}
     # A config written before compute_dtype existed has no such field: it computes in its dtype.
     old = {k: v for k, v in CFG32.to_dict().items() if k != "compute_dtype"}
     assert ft.TransformerConfig.from_dict(json.loads(json.dumps(old))) == CFG32

@@ -183,11 +183,11 @@ def test_flags_override_the_file(tmp_path, capsys):
         == 0
     )
     loaded = checkpoint.load(out, default_backend())
-    assert (loaded["cfg"].d_model, loaded["cfg"].n_heads, loaded["cfg"].norm_first) == (16, 2, False)
-    tcfg = loaded["train_config"]
-    assert (tcfg["steps"], tcfg["learning_rate"], tcfg["batch_size"], tcfg["max_tokens"]) == (4, 1.0, 8, None)
+    assert (loaded.cfg.d_model, loaded.cfg.n_heads, loaded.cfg.norm_first) == (16, 2, False)
+    tcfg = loaded.train_config
+    assert (tcfg.steps, tcfg.learning_rate, tcfg.batch_size, tcfg.max_tokens) == (4, 1.0, 8, None)
     # --task replaces the file's task, which keeps its sizes and seed.
-    assert loaded["data_spec"] == {
+    assert loaded.data_spec == {
         "kind": "task",
         "task": "reverse",
         "n_train": 50,
@@ -207,7 +207,7 @@ def test_relative_paths_in_a_file_are_read_from_its_folder(tmp_path, monkeypatch
     (folder / "run.toml").write_text('[data]\ntrain = "train.tsv"\n[train]\nsteps = 2\n')
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "--config", "project/run.toml", "--out", "out", *TINY]) == 0
-    assert checkpoint.load(tmp_path / "out", default_backend())["data_spec"]["train"] == "project/train.tsv"
+    assert checkpoint.load(tmp_path / "out", default_backend()).data_spec["train"] == "project/train.tsv"
     capsys.readouterr()
 
 
@@ -244,7 +244,7 @@ def test_a_run_folders_config_toml_trains_the_same_run_again(tmp_path, capsys):
     a, b = runs.read_history(first), runs.read_history(second)
     assert [r["split"] for r in a] == ["train", "valid", "train", "valid"]
     assert comparable(a) == comparable(b)
-    assert checkpoint.load(second, default_backend())["cfg"] == checkpoint.load(first, default_backend())["cfg"]
+    assert checkpoint.load(second, default_backend()).cfg == checkpoint.load(first, default_backend()).cfg
     assert len(a[1:2]) and a[1]["n_examples"] == 7  # eval_examples kept
 
 
@@ -291,7 +291,7 @@ def test_encoder_and_decoder_layer_flags(tmp_path, capsys):
         )
         == 0
     )
-    cfg = checkpoint.load(out, default_backend())["cfg"]
+    cfg = checkpoint.load(out, default_backend()).cfg
     assert (cfg.n_encoder_layers, cfg.n_decoder_layers) == (3, 1)
     assert cli._model_flags(cli.build_parser().parse_args(["train", "--encoder-layers", "2"])) == {
         "n_encoder_layers": 2
@@ -331,13 +331,13 @@ def test_ft_info_shows_a_run_and_refuses_missing_or_damaged_paths(tmp_path, caps
     assert cli.main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
     loaded = checkpoint.load(out, default_backend())
-    n_params = sum(leaf.size for leaf in default_backend().tree_leaves(loaded["state"]["params"]))
+    n_params = sum(leaf.size for leaf in default_backend().tree_leaves(loaded.state["params"]))
     for text in (
         "checkpoint.safetensors: step 2 of 2; checksums verified",
         "best.safetensors: step 2 of 2; checksums verified",
-        f"best held-out loss: {loaded['progress']['best_value']:.4f} at step 2 (best_by loss",
+        f"best held-out loss: {loaded.progress['best_value']:.4f} at step 2 (best_by loss",
         f"parameters: {n_params:,} ",
-        f"tokenizer: char, one vocabulary of {loaded['cfg'].src_vocab_size} ids",
+        f"tokenizer: char, one vocabulary of {loaded.cfg.src_vocab_size} ids",
         "model: src_vocab_size=",
         " d_model=16 ",
         "training: steps=2 ",
@@ -368,7 +368,9 @@ def test_the_run_config_json_matches_the_checkpoint(tmp_path, capsys):
     loaded = checkpoint.load(out, default_backend())
     settings = config_file.read_settings(out / "config.toml")
     assert settings.model == {
-        k: v for k, v in loaded["cfg"].to_dict().items() if k not in runs.DATA_FIELDS and v is not None
+        k: v for k, v in loaded.cfg.to_dict().items() if k not in runs.DATA_FIELDS and v is not None
     }
-    assert {**settings.train, "schedule_start": 0} == {k: v for k, v in loaded["train_config"].items() if v is not None}
+    assert {**settings.train, "schedule_start": 0} == {
+        k: v for k, v in dataclasses.asdict(loaded.train_config).items() if v is not None
+    }
     assert json.dumps(settings.data, sort_keys=True)  # plain values

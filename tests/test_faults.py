@@ -58,7 +58,7 @@ ARGS = [
 def flat_params(path):
     loaded = checkpoint.load(path, default_backend())
     backend = default_backend()
-    return loaded, {k: np.asarray(backend.to_numpy(v)) for k, v in backend.tree_items(loaded["state"]["params"])}
+    return loaded, {k: np.asarray(backend.to_numpy(v)) for k, v in backend.tree_items(loaded.state["params"])}
 
 
 # `ft train` with every fsync announced on stderr and slowed to 20 ms, like a slow disk: the test can
@@ -130,7 +130,7 @@ def test_sigkill_at_random_moments_never_loses_the_run_and_resume_is_exact(tmp_p
             proc.wait(timeout=60)
         if (out / checkpoint.CHECKPOINT_NAME).exists():
             loaded, _ = flat_params(out)  # always loadable: every save is atomic
-            steps_at_kill.append(int(default_backend().to_numpy(loaded["state"]["step"])))
+            steps_at_kill.append(int(default_backend().to_numpy(loaded.state["step"])))
     assert mid_save_kills == n_kills // 2, "a kill meant for the middle of a save missed it"
     assert steps_at_kill and steps_at_kill[-1] < STEPS, steps_at_kill
 
@@ -143,7 +143,7 @@ def test_sigkill_at_random_moments_never_loses_the_run_and_resume_is_exact(tmp_p
     assert not list(out.glob(".*.tmp"))  # the killed saves' temporary files were cleaned up
     resumed, got = flat_params(out)
     _, want = flat_params(reference)
-    assert int(default_backend().to_numpy(resumed["state"]["step"])) == STEPS
+    assert resumed.step == STEPS
     assert got.keys() == want.keys()
     for name in want:  # bit for bit: the same operations on the same inputs
         assert np.array_equal(got[name], want[name]), name
@@ -185,7 +185,7 @@ def test_a_save_that_fails_half_way_keeps_the_previous_checkpoint_and_says_so(tm
     )
     assert f"The last checkpoint saved before ({out / checkpoint.CHECKPOINT_NAME}) is intact" in err
     loaded, _ = flat_params(out)
-    assert int(default_backend().to_numpy(loaded["state"]["step"])) == 4
+    assert int(default_backend().to_numpy(loaded.state["step"])) == 4
     assert not list(out.glob(".*.tmp"))
 
 

@@ -387,7 +387,7 @@ def test_resume_mid_epoch_with_max_tokens_equals_one_uninterrupted_run(backend, 
     shutil.copy(tsv_files / "two" / checkpoint.CHECKPOINT_NAME, half)
     loaded = checkpoint.load(half, backend)
     resumed = train.run_loop(
-        token_run(backend, tsv_files, tsv_files / "two", 2 * n, max_tokens=128), loaded["state"], loaded["key"]
+        token_run(backend, tsv_files, tsv_files / "two", 2 * n, max_tokens=128), loaded.state, loaded.key
     )
     assert_states_equal(backend, resumed["state"], one["state"])
     records, uninterrupted = read_metrics(tsv_files / "two"), read_metrics(tsv_files / "one")

@@ -1,4 +1,4 @@
-"""Tests of the run report (functional_transformer.inspect.report, `ft report`): the page's content
+"""Tests of the run report (functional_transformer.insight.report, `ft report`): the page's content
 (everywhere matplotlib is), that it is self-contained (no script, no external reference, every image
 an embedded PNG), that it loads in a real headless browser with every image decoded (where Chromium
 is installed), the pieces it is made of (parameter counts, the learning-rate curve, the samples
@@ -6,6 +6,7 @@ picked), checkpoints from the other backend, and the one-line errors.
 """
 
 import base64
+import dataclasses
 import html
 import importlib.util
 import json
@@ -22,7 +23,7 @@ from conftest import requires_jax
 import backends
 import functional_transformer as ft
 from functional_transformer import checkpoint, cli
-from functional_transformer.inspect import report
+from functional_transformer.insight import report
 from functional_transformer.train import make_schedule
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -70,14 +71,14 @@ def test_the_page_shows_configs_curves_samples_attention_and_checkpoint(page, ru
     for heading in ("Configuration", "Curves", "Held-out evaluations", "Sample predictions", "Attention", "Checkpoint"):
         assert f">{heading}</h" in page
     loaded = checkpoint.load(checkpoint.resolve(run_dir), backends.get_backend("numpy"))
-    for name, value in [*loaded["cfg"].to_dict().items(), *loaded["train_config"].items()]:
+    for name, value in [*loaded.cfg.to_dict().items(), *dataclasses.asdict(loaded.train_config).items()]:
         assert f"<th>{html.escape(name)}</th><td>{html.escape(str(value))}</td>" in page
     valid = [r for r in ft.runs.read_history(run_dir) if r["split"] == "valid"]
     assert len(valid) == 2
     for record in valid:
         assert f'<td class="num">{record["exact_match"]:.4f}</td>' in page
     assert "best.safetensors" in page and "checkpoint.safetensors" in page and "read for this page" in page
-    assert f"written on the {loaded['backend']} backend" in page
+    assert f"written on the {loaded.written_on} backend" in page
 
 
 def test_the_page_is_self_contained(page):

@@ -473,8 +473,8 @@ def test_best_toml_trains_the_best_trial_again_with_the_same_metrics(tmp_path, s
     losses = [r["loss"] for r in again if r["split"] == "valid"]
     assert sum(losses) / len(losses) == pytest.approx(best.value, rel=1e-12)
     loaded = checkpoint.load(tmp_path / "again", backends.get_backend("numpy"))
-    assert (loaded["cfg"].n_encoder_layers, loaded["cfg"].n_decoder_layers) == (2, 1)
-    assert loaded["train_config"]["best_by"] == "loss" and loaded["data_spec"]["seed"] == 3
+    assert (loaded.cfg.n_encoder_layers, loaded.cfg.n_decoder_layers) == (2, 1)
+    assert loaded.train_config.best_by == "loss" and loaded.data_spec["seed"] == 3
 
     # ft sweep-report finds the study in ft sweep's default storage from --out; lowest loss first.
     assert cli.main(["sweep-report", "--study", "b", "--out", str(out)]) == 0

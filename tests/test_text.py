@@ -249,8 +249,8 @@ def test_a_bpe_run_stores_its_tokenizer_and_sizes_the_model_by_it(bpe_run):
     assert result.cfg.tgt_vocab_size == result.tokenizer.target.vocab_size <= 60
     assert result.tokenizer.source != result.tokenizer.target  # lower-case words, upper-case reversals
     loaded = checkpoint.load(folder / "run", backends.get_backend("numpy"))
-    assert loaded["tokenizer"] == result.tokenizer
-    assert loaded["data_spec"]["tokenizer"] == {"kind": "bpe", "vocab_size": 60, "joint": False}
+    assert loaded.tokenizer == result.tokenizer
+    assert loaded.data_spec["tokenizer"] == {"kind": "bpe", "vocab_size": 60, "joint": False}
 
 
 @needs_tokenizers

@@ -192,8 +192,8 @@ def test_fit_learns_reverse_and_writes_metrics_curves_and_checkpoint(backend, tm
     path = run.out_dir / checkpoint.CHECKPOINT_NAME
     assert summary["checkpoint"] == str(path) and path.exists()
     loaded = checkpoint.load(run.out_dir, backend)
-    assert step_of(backend, loaded["state"]) == 60
-    assert_states_equal(backend, loaded["state"], result["state"])
+    assert step_of(backend, loaded.state) == 60
+    assert_states_equal(backend, loaded.state, result["state"])
 
 
 @slow_on_jax
@@ -232,19 +232,19 @@ def test_resume_from_a_checkpoint_equals_one_uninterrupted_run(backend, tmp_path
     half = tmp_path / "half.safetensors"
     shutil.copy(tmp_path / "two" / checkpoint.CHECKPOINT_NAME, half)
     loaded = checkpoint.load(half, backend)
-    assert step_of(backend, loaded["state"]) == n
+    assert step_of(backend, loaded.state) == n
     resumed = train.run_loop(
         make_run(backend, tmp_path / "two", steps=2 * n, schedule="constant", grad_method=None),
-        loaded["state"],
-        loaded["key"],
+        loaded.state,
+        loaded.key,
     )
     assert step_of(backend, resumed["state"]) == 2 * n
     assert_states_equal(backend, resumed["state"], one["state"])
     # The files agree too, and the log continues where it stopped.
     assert_states_equal(
         backend,
-        checkpoint.load(tmp_path / "two", backend)["state"],
-        checkpoint.load(tmp_path / "one", backend)["state"],
+        checkpoint.load(tmp_path / "two", backend).state,
+        checkpoint.load(tmp_path / "one", backend).state,
     )
     assert [r["step"] for r in read_metrics(tmp_path / "two")] == list(range(1, 2 * n + 1))
     assert [r["loss"] for r in read_metrics(tmp_path / "two")] == [r["loss"] for r in read_metrics(tmp_path / "one")]
@@ -253,7 +253,7 @@ def test_resume_from_a_checkpoint_equals_one_uninterrupted_run(backend, tmp_path
     # (Reloaded: on JAX run_loop() donates the state it is given.)
     other = train.run_loop(
         make_run(backend, tmp_path / "three", steps=2 * n, schedule="constant", grad_method=None),
-        checkpoint.load(half, backend)["state"],
+        checkpoint.load(half, backend).state,
         backend.random.key(12345),
     )
     assert not np.array_equal(
@@ -276,11 +276,11 @@ def test_ctrl_c_saves_the_step_reached_and_resuming_finishes_the_same_run(backen
     assert stopped["summary"]["step"] == k
     assert step_of(backend, stopped["state"]) == k
     loaded = checkpoint.load(tmp_path / "cut", backend)
-    assert step_of(backend, loaded["state"]) == k
-    assert_states_equal(backend, loaded["state"], stopped["state"])
+    assert step_of(backend, loaded.state) == k
+    assert_states_equal(backend, loaded.state, stopped["state"])
 
     resumed = train.run_loop(
-        make_run(backend, tmp_path / "cut", steps=total, grad_method=None), loaded["state"], loaded["key"]
+        make_run(backend, tmp_path / "cut", steps=total, grad_method=None), loaded.state, loaded.key
     )
     assert resumed["summary"]["stopped"] == "finished"
     assert_states_equal(backend, resumed["state"], uninterrupted["state"])
@@ -306,7 +306,7 @@ def test_ctrl_c_while_waiting_for_the_loss_still_saves(backend, tmp_path, monkey
     wrap_train_step(monkeypatch, wrapper)
     result = train.run_loop(make_run(backend, tmp_path, steps=6))
     assert result["summary"]["stopped"] == "interrupted"
-    saved = step_of(backend, checkpoint.load(tmp_path, backend)["state"])
+    saved = step_of(backend, checkpoint.load(tmp_path, backend).state)
     assert saved in (2, 3) and saved == result["summary"]["step"] == step_of(backend, result["state"])
 
 
@@ -337,9 +337,9 @@ def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(backend, tmp_path, m
         train.run_loop(make_run(backend, tmp_path, steps=20, save_every=3))
     assert str(path) in str(info.value)
     loaded = checkpoint.load(tmp_path, backend)
-    assert step_of(backend, loaded["state"]) == 3
-    assert train.all_finite(loaded["state"]["params"], backend)
-    assert train.all_finite(loaded["state"]["opt_state"], backend)
+    assert step_of(backend, loaded.state) == 3
+    assert train.all_finite(loaded.state["params"], backend)
+    assert train.all_finite(loaded.state["opt_state"], backend)
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
 
 
@@ -392,7 +392,7 @@ def save_fresh(backend, path, *, seed=0, step=0):
 def test_checkpoint_round_trips_everything(backend, tmp_path):
     state, key, cfg, tcfg = save_fresh(backend, tmp_path, step=17)
     loaded = checkpoint.load(tmp_path, backend)
-    assert set(loaded) == {
+    assert {field.name for field in dataclasses.fields(loaded)} == {
         "state",
         "key",
         "arch",
@@ -400,43 +400,44 @@ def test_checkpoint_round_trips_everything(backend, tmp_path):
         "tokenizer",
         "train_config",
         "data_spec",
-        "backend",
+        "written_on",
         "progress",
         "labels",
         "path",
     }
-    assert loaded["arch"] == "encoder_decoder" and loaded["labels"] is None
-    assert_states_equal(backend, loaded["state"], state)
-    assert step_of(backend, loaded["state"]) == 17
-    assert np.array_equal(backend.to_numpy(loaded["key"]), backend.to_numpy(key))
-    assert backend.to_numpy(loaded["key"]).dtype == np.uint32
-    assert loaded["cfg"] == cfg
-    assert loaded["tokenizer"] == TOKENIZER
-    assert loaded["train_config"] == tcfg and train.TrainConfig(**loaded["train_config"]) == train.TrainConfig(steps=10)
-    assert loaded["data_spec"] == DATA_SPEC
-    assert loaded["backend"] == backend.name
-    assert backend_of(loaded["state"]["params"]) is backend
+    assert loaded.step == 17
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.cfg = None
+    assert loaded.arch == "encoder_decoder" and loaded.labels is None
+    assert_states_equal(backend, loaded.state, state)
+    assert step_of(backend, loaded.state) == 17
+    assert np.array_equal(backend.to_numpy(loaded.key), backend.to_numpy(key))
+    assert backend.to_numpy(loaded.key).dtype == np.uint32
+    assert loaded.cfg == cfg
+    assert loaded.tokenizer == TOKENIZER
+    assert loaded.train_config == train.TrainConfig(**tcfg) == train.TrainConfig(steps=10)
+    assert loaded.data_spec == DATA_SPEC
+    assert loaded.written_on == backend.name
+    assert backend_of(loaded.state["params"]) is backend
     # A run folder and the file itself name the same checkpoint.
-    assert_states_equal(backend, checkpoint.load(tmp_path / checkpoint.CHECKPOINT_NAME, backend)["state"], state)
+    assert_states_equal(backend, checkpoint.load(tmp_path / checkpoint.CHECKPOINT_NAME, backend).state, state)
 
 
 def test_numpy_checkpoint_loads_on_jax_and_predicts_the_same(numpy_backend, jax_backend, tmp_path):
     train.run_loop(make_run(numpy_backend, tmp_path, steps=20))
     on_numpy = checkpoint.load(tmp_path, numpy_backend)
     on_jax = checkpoint.load(tmp_path, jax_backend)
-    assert on_jax["backend"] == "numpy"  # the backend that wrote it
-    assert backend_of(on_jax["state"]["params"]) is jax_backend
-    assert on_jax["cfg"] == on_numpy["cfg"] and on_jax["tokenizer"] == on_numpy["tokenizer"] == TOKENIZER
-    assert on_jax["train_config"] == on_numpy["train_config"] and on_jax["data_spec"] == DATA_SPEC
-    assert step_of(jax_backend, on_jax["state"]) == 20
-    assert np.array_equal(jax_backend.to_numpy(on_jax["key"]), numpy_backend.to_numpy(on_numpy["key"]))
-    assert_trees_equal(numpy_backend, on_numpy["state"]["params"], jax_backend.tree_to_numpy(on_jax["state"]["params"]))
-    assert_trees_equal(
-        numpy_backend, on_numpy["state"]["opt_state"], jax_backend.tree_to_numpy(on_jax["state"]["opt_state"])
-    )
+    assert on_jax.written_on == "numpy"  # the backend that wrote it
+    assert backend_of(on_jax.state["params"]) is jax_backend
+    assert on_jax.cfg == on_numpy.cfg and on_jax.tokenizer == on_numpy.tokenizer == TOKENIZER
+    assert on_jax.train_config == on_numpy.train_config and on_jax.data_spec == DATA_SPEC
+    assert step_of(jax_backend, on_jax.state) == 20
+    assert np.array_equal(jax_backend.to_numpy(on_jax.key), numpy_backend.to_numpy(on_numpy.key))
+    assert_trees_equal(numpy_backend, on_numpy.state["params"], jax_backend.tree_to_numpy(on_jax.state["params"]))
+    assert_trees_equal(numpy_backend, on_numpy.state["opt_state"], jax_backend.tree_to_numpy(on_jax.state["opt_state"]))
     sources = [s for s, _ in VALID_PAIRS[:8]]
-    expected = predict(on_numpy["state"]["params"], on_numpy["cfg"], on_numpy["tokenizer"], sources)
-    got = predict(on_jax["state"]["params"], on_jax["cfg"], on_jax["tokenizer"], sources)
+    expected = predict(on_numpy.state["params"], on_numpy.cfg, on_numpy.tokenizer, sources)
+    got = predict(on_jax.state["params"], on_jax.cfg, on_jax.tokenizer, sources)
     assert got == expected
     assert len(expected) == 8 and all(isinstance(p, str) for p in expected)
 
@@ -557,8 +558,8 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint(backend, tmp_pa
     assert (tmp_path / checkpoint.CHECKPOINT_NAME).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.CHECKPOINT_NAME]  # no temporary files left
     loaded = checkpoint.load(tmp_path, backend)
-    assert_states_equal(backend, loaded["state"], old_state)
-    assert np.array_equal(backend.to_numpy(loaded["key"]), backend.to_numpy(old_key))
+    assert_states_equal(backend, loaded.state, old_state)
+    assert np.array_equal(backend.to_numpy(loaded.key), backend.to_numpy(old_key))
 
 
 @slow_on_jax
@@ -578,7 +579,7 @@ def test_a_failed_save_during_fit_keeps_the_last_checkpoint(backend, tmp_path, m
     monkeypatch.setattr(checkpoint_format, "save_file", fail_second)
     with pytest.raises(OSError, match="No space left"):
         train.run_loop(make_run(backend, tmp_path, steps=9, save_every=3))
-    assert step_of(backend, checkpoint.load(tmp_path, backend)["state"]) == 3
+    assert step_of(backend, checkpoint.load(tmp_path, backend).state) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.CHECKPOINT_NAME, "metrics.jsonl"]
 
 

@@ -14,10 +14,10 @@ truncated to float32 with JAX's "Explicitly requested dtype" warning, which pypr
 filterwarnings turns into an error, or come back float32, which the dtype assertions catch.
 scripts/mutations.toml removes each decorator in turn and checks that its case fails. For some
 entry points (ft.apply, ft.encode, ft.decode, grad_and_metrics, loss_and_metrics, predict,
-evaluate, fit, attention_maps, train.init_state) the removal is an equivalent mutation, listed
-there with `expect = "survived"` and the reason: everything their own code does on JAX already
-runs in a scope (a jitted function, `backend.asarray`, a scoped callee). Their cases still check
-the float64 results that the scopes together must give.
+evaluate, fit, attention_maps) the removal is an equivalent mutation, listed there with
+`expect = "survived"` and the reason: everything their own code does on JAX already runs in a scope
+(a jitted function, `backend.asarray`, a scoped callee). Their cases still check the float64
+results that the scopes together must give.
 
 JAX only: the NumPy backend has no x64 flag, so there these tests skip.
 """

@@ -36,6 +36,7 @@ from .batching import (
     token_buckets,
     token_rows,
 )
+from .saved_tokenizer import tokenizer_from_json
 from .tasks import DEFAULT_ALPHABET, TASKS, Task, get_task, make_task_data, task_alphabet
 from .tokenizer import (
     BOS_ID,
@@ -46,7 +47,6 @@ from .tokenizer import (
     CharTokenizer,
     Tokenizer,
     TokenizerPair,
-    tokenizer_from_json,
 )
 from .tsv import DataError, read_lines, read_tsv, tsv_line_numbers, write_tsv
 

@@ -134,7 +134,8 @@ def fit_to_length(
     return kept, n_long
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is at least n."""
     return -(-n // multiple) * multiple
 
 
@@ -152,8 +153,8 @@ def _padded_lengths(
     examples: Sequence[EncodedPair], pad_to_multiple: int, max_len: int | None = None
 ) -> tuple[int, int]:
     # Rounding up never goes past the model's max_len (which need not be a multiple of 8).
-    src_len = _round_up(max(len(e.src) for e in examples), pad_to_multiple)
-    tgt_len = _round_up(max(len(e.tgt) - 1 for e in examples), pad_to_multiple)
+    src_len = round_up(max(len(e.src) for e in examples), pad_to_multiple)
+    tgt_len = round_up(max(len(e.tgt) - 1 for e in examples), pad_to_multiple)
     if max_len is None:
         return src_len, tgt_len
     return min(src_len, max_len), min(tgt_len, max_len)

@@ -4,7 +4,7 @@ Every tokenizer has pad_id, bos_id, eos_id, unk_id (0, 1, 2, 3, the ids the mode
 use), `vocab_size`, `encode(text) -> ids` (no special tokens added), `pieces(text)` (the text each of
 those ids stands for), `decode(ids) -> text` (up to the first eos; pad and bos skipped; unk
 written as U+FFFD), `token_text(id)`, `unknown_symbols(texts)`,
-`describe()` and `to_json()`; `tokenizer_from_json` reads back any of them. `source` and `target`
+`describe()` and `to_json()`; `saved_tokenizer.tokenizer_from_json` reads back any of them. `source` and `target`
 are the tokenizers of each side: the tokenizer itself where the two sides share a vocabulary, the
 two halves of a `TokenizerPair` where they do not. Code that encodes a source or decodes a target
 goes through `.source` / `.target`, so it works with either.
@@ -228,28 +228,6 @@ class TokenizerPair:
             },
             ensure_ascii=False,
         )
-
-
-def tokenizer_from_json(text: str):
-    """The tokenizer (CharTokenizer, BpeTokenizer, HuggingFaceTokenizer or TokenizerPair) that its `to_json` wrote.
-
-    A checkpoint from before tokenizers had kinds holds a CharTokenizer's JSON, which reads as before."""
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"tokenizer JSON is not valid JSON: {err}") from err
-    kind = obj.get("kind") if isinstance(obj, dict) else None
-    if kind == TokenizerPair.kind:
-        return TokenizerPair(tokenizer_from_json(obj["source"]), tokenizer_from_json(obj["target"]))
-    if kind == "bpe":
-        from .bpe import BpeTokenizer  # needs the [text] extra, so only imported for a BPE tokenizer
-
-        return BpeTokenizer.from_json(text)
-    if kind == "huggingface":
-        from .hf_tokenizer import HuggingFaceTokenizer  # the [text] extra too
-
-        return HuggingFaceTokenizer.from_json(text)
-    return CharTokenizer.from_json(text)
 
 
 def _show(c: str) -> str:

@@ -35,7 +35,7 @@ def _trial_row(trial) -> dict:
 
 
 def _metric(study) -> str:
-    """The held-out metric that scores the study's trials (exact match for studies from before it could be chosen)."""
+    """The held-out metric that scores the study's trials (exact match for a study that does not record it)."""
     return study.user_attrs.get(SETTINGS_ATTR, {}).get("metric", "exact_match")
 
 

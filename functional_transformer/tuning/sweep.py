@@ -30,6 +30,11 @@ Storage: a study lives in an Optuna storage, so `ft sweep` run again with the sa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..checkpoint import ModelConfig
+
 import dataclasses
 import json
 import logging
@@ -44,14 +49,15 @@ from backends import Backend
 
 from .. import api, checkpoint, config_file, runs
 from ..backend_choice import default_backend
+from ..config import BEST_BY, TrainConfig
 from ..errors import UserInputError
 from ..metrics import TEXT_METRICS, require_sacrebleu
 from ..progress import ProgressLine
-from ..train import BEST_BY, TrainConfig, TrainingDiverged
+from ..train import TrainingDiverged
 from . import space as search_space
 
 PRUNERS = ("median", "hyperband", "none")
-# The held-out metrics a sweep can score by (each maximised, but the loss minimised: train.BEST_BY).
+# The held-out metrics a sweep can score by (each maximised, but the loss minimised: config.BEST_BY).
 OBJECTIVES = ("exact_match", "char_accuracy", "bleu", "chrf", "loss")
 BEST_NAME = "best.toml"
 TARGET_EXACT_MATCH = 0.995
@@ -186,7 +192,7 @@ def open_study(
     recorded = existing.user_attrs.get(SETTINGS_ATTR) if existing is not None else None
     if recorded is not None:
         # (The objective's text is derived from the others and may be reworded between versions.)
-        # Studies from before the metric could be chosen scored exact match.
+        # A study that does not record its metric scored exact match.
         recorded = {"metric": "exact_match", **recorded}
         different = [key for key, value in settings.items() if key != "objective" and recorded.get(key) != value]
         if different:
@@ -217,7 +223,7 @@ def open_study(
     return study
 
 
-def n_params(cfg) -> int:
+def n_params(cfg: ModelConfig) -> int:
     """The parameter count of a model config (drawn on NumPy: milliseconds for these sizes)."""
     host = backends.get_backend("numpy")
     return int(sum(leaf.size for leaf in host.tree_leaves(api.init(host.random.key(0), cfg))))

@@ -13,6 +13,11 @@ self-attention: beginning-of-sequence, then the target; cross-attention: the sou
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import TransformerConfig
+
 import numpy as np
 
 from backends import array_namespace, with_x64_scope
@@ -28,7 +33,7 @@ KINDS = {
 }
 
 
-def _weights(params: dict, src, tgt_in, cfg) -> dict:
+def _weights(params: dict, src, tgt_in, cfg: TransformerConfig) -> dict:
     """src (B, S), tgt_in (B, T) -> {"encoder_self": (L_enc, B, H, S, S), "decoder_self": (L_dec, B,
     H, T, T), "cross": (L_dec, B, H, T, S), "predicted": (B, T) argmax ids}. Under jit on JAX the
     residuals nobody reads here (projections, layer norms) are never materialised."""
@@ -67,7 +72,13 @@ def _check_lengths(tokenizer: Tokenizer, source: str, target: str | None, max_le
 
 @with_x64_scope
 def attention_maps(
-    params: dict, cfg, tokenizer: Tokenizer, source: str, target: str | None = None, *, allow_unknown: bool = False
+    params: dict,
+    cfg: TransformerConfig,
+    tokenizer: Tokenizer,
+    source: str,
+    target: str | None = None,
+    *,
+    allow_unknown: bool = False,
 ) -> dict:
     """Every attention weight of the forward pass on one example, on the params' backend.
 

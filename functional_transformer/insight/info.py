@@ -11,21 +11,20 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 import backends
 
-from .. import checkpoint
+from .. import checkpoint, families
 from ..checkpoint_format import CheckpointError, UncheckedCheckpointWarning
+from ..config import train_config_record
 
 
-def _load_verified(path: Path) -> tuple[dict, str]:
+def _load_verified(path: Path) -> tuple[checkpoint.Checkpoint, str]:
     """(the loaded checkpoint, a phrase on its checksums); CheckpointError where they do not match."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UncheckedCheckpointWarning)
         loaded = checkpoint.load(path, backends.get_backend("numpy"))
     if any(issubclass(w.category, UncheckedCheckpointWarning) for w in caught):
-        return loaded, "no checksums (written before checksums were added): cannot be verified"
+        return loaded, "no checksums (written by an earlier version or another tool): cannot be verified"
     return loaded, "checksums verified (SHA-256 of every tensor and of the header)"
 
 
@@ -63,12 +62,13 @@ def info_lines(path: str | Path) -> list[str]:
     for file in files:
         checkpoint_loaded, checksums = _load_verified(file)
         loaded.append(checkpoint_loaded)
-        step = int(np.asarray(checkpoint_loaded["state"]["step"]))
-        lines.append(f"{file.name}: step {step} of {checkpoint_loaded['train_config'].get('steps', '?')}; {checksums}")
+        lines.append(
+            f"{file.name}: step {checkpoint_loaded.step} of {checkpoint_loaded.train_config.steps}; {checksums}"
+        )
     main = loaded[0]  # the last checkpoint: the run's own progress and settings
-    train_config, progress, cfg = main["train_config"], main["progress"] or {}, main["cfg"]
-    # Checkpoints from before best_by existed chose by exact match and kept only that value.
-    best_by = train_config.get("best_by", "exact_match")
+    train_config, progress, cfg = main.train_config, main.progress or {}, main.cfg
+    # best_by None: the family's own metric; files that lack best_value chose by exact match and kept only that.
+    best_by = train_config.best_by or families.DEFAULT_BEST_BY[main.arch]
     best_value = progress.get("best_value", progress.get("best_exact_match"))
     if best_value is not None:
         lines.append(
@@ -77,17 +77,17 @@ def info_lines(path: str | Path) -> list[str]:
         )
     else:
         lines.append("best held-out value: none (no evaluation on held-out data yet)")
-    params = main["state"]["params"]
+    params = main.state["params"]
     leaves = backends.get_backend("numpy").tree_leaves(params)
     n_params = sum(int(leaf.size) for leaf in leaves)
     lines.append(
         f"parameters: {n_params:,} ({sum(int(leaf.nbytes) for leaf in leaves) / 2**20:.2f} MiB in "
-        f"{cfg.dtype}); written on the {main['backend']} backend"
+        f"{cfg.dtype}); written on the {main.written_on} backend"
     )
-    lines.append(f"tokenizer: {_describe_tokenizer(main['tokenizer'])}")
+    lines.append(f"tokenizer: {_describe_tokenizer(main.tokenizer)}")
     lines.append(f"model: {_fields(cfg.to_dict())}")
-    lines.append(f"training: {_fields(train_config)}")
-    lines.append(f"data: {_fields(main['data_spec'])}")
+    lines.append(f"training: {_fields(train_config_record(train_config))}")
+    lines.append(f"data: {_fields(main.data_spec)}")
     return lines
 
 

@@ -12,6 +12,12 @@ The learning rate is not in metrics.jsonl; it is recomputed from the run's Train
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..checkpoint import ModelConfig
+    from ..config import TransformerConfig
+
 import base64
 import datetime
 import html
@@ -24,9 +30,10 @@ from backends import Backend
 
 from .. import checkpoint, inference
 from ..backend_choice import default_backend
+from ..config import TrainConfig, train_config_record
 from ..data import DataError
 from ..runs import load_pairs, read_history
-from ..train import TrainConfig, make_schedule
+from ..train import make_schedule
 from . import plots
 from .attention import attention_maps
 
@@ -72,7 +79,7 @@ def parameter_counts(params: dict) -> list[dict]:
     return rows
 
 
-def learning_rates(tcfg: TrainConfig, cfg) -> tuple[np.ndarray, np.ndarray]:
+def learning_rates(tcfg: TrainConfig, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """(steps, rates): the rate of the update that ends each step, from the run's own schedule,
     over the steps of its current schedule (an extended run restarted it at schedule_start)."""
     counts = np.arange(tcfg.schedule_start, tcfg.steps)  # updates made before each step's update
@@ -80,7 +87,7 @@ def learning_rates(tcfg: TrainConfig, cfg) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sample_predictions(
-    params: dict, cfg, tokenizer, pairs: Sequence[tuple[str, str]], beam_size: int = BEAM_SIZE
+    params: dict, cfg: TransformerConfig, tokenizer, pairs: Sequence[tuple[str, str]], beam_size: int = BEAM_SIZE
 ) -> list[dict]:
     """[{"source", "target", "greedy", "beam"}], one per pair, decoded both ways."""
     sources = [source for source, _ in pairs]
@@ -238,13 +245,13 @@ def build_report(
     used = checkpoint.resolve(path, which)
     loaded = checkpoint.load(used, backend)
     folder = used.parent
-    cfg, tokenizer, spec = loaded["cfg"], loaded["tokenizer"], loaded["data_spec"]
-    tcfg = TrainConfig(**loaded["train_config"])
-    params = loaded["state"]["params"]
-    step = int(backend.to_numpy(loaded["state"]["step"]))
+    cfg, tokenizer, spec = loaded.cfg, loaded.tokenizer, loaded.data_spec
+    tcfg = loaded.train_config
+    params = loaded.state["params"]
+    step = loaded.step
     history = read_history(folder)
     valid = [r for r in history if r["split"] == "valid"]
-    progress = loaded["progress"] or {}
+    progress = loaded.progress or {}
 
     sections = []
     best = progress.get("best_exact_match")
@@ -255,14 +262,14 @@ def build_report(
     )
     sections.append(
         f"<p>Checkpoint <code>{_e(used)}</code> at step {step} of {tcfg.steps}; {best_line}written on the "
-        f"{_e(loaded['backend'])} backend, read on {_e(backend.name)} for this page, made "
+        f"{_e(loaded.written_on)} backend, read on {_e(backend.name)} for this page, made "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC by <code>ft report</code>.</p>"
     )
 
     sections.append(
         "<h2>Configuration</h2><div class='configs'>"
         + _key_values("model", cfg.to_dict())
-        + _key_values("training", loaded["train_config"])
+        + _key_values("training", train_config_record(tcfg))
         + _key_values("data", spec)
         + "</div>"
     )

@@ -84,8 +84,8 @@ def attention_figure(maps: dict, kinds=tuple(KINDS)):
 
 
 def curves_figure(history: list[dict], learning_rates: tuple | None):
-    """A Figure of a run's records (metrics.jsonl): training and held-out loss, accuracies, the
-    learning rate (`(steps, rates)` from the schedule, or None), held-out exact match."""
+    """A Figure of a run's records (metrics.jsonl; curves.png and the run report draw it): training and
+    held-out loss, accuracies, the learning rate (`(steps, rates)`, or None), held-out exact match."""
     plt = require_matplotlib("a plot of the training curves")
     train = [r for r in history if r["split"] == "train"]
     valid = [r for r in history if r["split"] == "valid"]
@@ -93,6 +93,8 @@ def curves_figure(history: list[dict], learning_rates: tuple | None):
     (ax_loss, ax_acc), (ax_lr, ax_exact) = axes
 
     def line(ax, records, field, *style, **options):
+        # Each family logs its own held-out metrics: a field no record has draws no line.
+        records = [r for r in records if field in r]
         if records:
             ax.plot([r["step"] for r in records], [r[field] for r in records], *style, **options)
 
@@ -102,6 +104,7 @@ def curves_figure(history: list[dict], learning_rates: tuple | None):
     line(ax_acc, train, "accuracy", label="training, per token")
     line(ax_acc, valid, "token_accuracy", "o-", label="held-out, per token")
     line(ax_acc, valid, "char_accuracy", "s--", label="held-out, per character (greedy)")
+    line(ax_acc, valid, "accuracy", "o-", label="held-out, per example (a classifier)")
     ax_acc.set(title="accuracy", xlabel="step", ylabel="fraction", ylim=(0, 1.02))
     if learning_rates is not None:
         ax_lr.plot(*learning_rates)
