@@ -1,0 +1,145 @@
+"""Where the NumPy train step's time goes, by operation: a line-level profile grouped into kinds.
+
+    uv run python scripts/profile_numpy_step.py --config base --steps 3 --clock cpu
+
+Runs one warm-up step, then traces `--steps` steps of the benchmark's train workload
+(benchmarks/workloads.py) line by line over the library's own files. The time from one traced
+line to the next goes to the earlier line, less the tracer's own time, so a line's share is what
+its NumPy calls cost; time inside NumPy's Python helpers (np.mean, ...) goes to the library line
+that called them. Each line is put in one kind (`KINDS`): a line with a matrix product is
+"matmuls" wherever it is; the rest go by the file. Prints a Markdown table of each kind's share
+of the traced time, and the untraced step time for comparison (the tracer adds a little).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.env_guard import reexec_without_slow_blas_env  # noqa: E402
+
+if __name__ == "__main__":
+    reexec_without_slow_blas_env()
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import linecache  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import backends  # noqa: E402
+from benchmarks import workloads  # noqa: E402
+from benchmarks.configs import CONFIGS  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRACED = (os.path.join(ROOT, "functional_transformer"), os.path.join(ROOT, "backends"))
+
+# (kind, path fragments): the first kind whose fragment is in a line's file, after the matmul test.
+KINDS = (
+    ("softmax", ("layers/softmax.py",)),
+    ("layer norm", ("layers/layer_norm.py",)),
+    ("dropout: random bits", ("backends/random.py",)),
+    ("dropout: masks applied", ("layers/dropout.py",)),
+    ("optimizer", ("optim/",)),
+    ("loss", ("loss.py",)),
+    ("activations", ("layers/activations.py",)),
+    ("embedding", ("layers/embedding.py",)),
+    ("heads: bias, transposes, concats", ("layers/attention.py", "layers/linear.py")),
+    ("residuals and parts (adds, glue)", ("parts/", "models/")),
+)
+ORDER = ("matmuls",) + tuple(kind for kind, _ in KINDS) + ("other",)
+
+
+def kind_of(filename: str, lineno: int) -> str:
+    line = linecache.getline(filename, lineno)
+    if " @ " in line or "matmul" in line:
+        return "matmuls"
+    for kind, fragments in KINDS:
+        if any(fragment in filename for fragment in fragments):
+            return kind
+    return "other"
+
+
+class LineTimer:
+    """sys.settrace hook: time between events, charged to the library line that ran before."""
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self.seconds = collections.Counter()
+        self.where = None
+        self.last = 0.0
+
+    def _charge(self, frame, event):
+        now = self.clock()
+        if self.where is not None:
+            self.seconds[self.where] += now - self.last
+        if event == "return":  # back in the caller, at its current line
+            caller = frame.f_back
+            self.where = (caller.f_code.co_filename, caller.f_lineno) if caller is not None else None
+        else:
+            self.where = (frame.f_code.co_filename, frame.f_lineno)
+        self.last = self.clock()
+
+    def local(self, frame, event, arg):
+        self._charge(frame, event)
+        return self.local
+
+    def global_(self, frame, event, arg):
+        if not frame.f_code.co_filename.startswith(TRACED):
+            return None
+        self._charge(frame, event)
+        return self.local
+
+
+def profile(config: str, steps: int, clock=time.perf_counter) -> tuple[dict[str, float], float]:
+    """-> ({kind: traced seconds over `steps` steps}, the median untraced step time in seconds),
+    both on `clock` (time.process_time counts every thread of the process: BLAS's too)."""
+    backend = backends.get_backend("numpy")
+    bc = CONFIGS[config]
+    workload = workloads.train_workload(backend, bc, workloads.random_batch(bc))
+    untraced = []
+    for _ in range(steps + 1):
+        start = clock()
+        workload.call()
+        untraced.append(clock() - start)
+    timer = LineTimer(clock)
+    for _ in range(steps):
+        sys.settrace(timer.global_)
+        try:
+            workload.call()
+        finally:
+            sys.settrace(None)
+            timer.where = None
+    kinds = collections.Counter()
+    for (filename, lineno), seconds in timer.seconds.items():
+        kinds[kind_of(filename, lineno)] += seconds
+    return dict(kinds), statistics.median(untraced[1:])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=list(CONFIGS), default="base")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="cpu", help="cpu: process CPU time, steadier on a shared machine"
+    )
+    args = parser.parse_args(argv)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    kinds, step_seconds = profile(args.config, args.steps, clock)
+    total = sum(kinds.values())
+    print(
+        f"{args.config} train step, {args.clock} time: {step_seconds * 1e3:.1f} ms untraced (median), "
+        f"{total / args.steps * 1e3:.1f} ms traced"
+    )
+    print("| operation | ms per step | % of step |")
+    print("|---|--:|--:|")
+    for kind in ORDER:
+        if kind in kinds:
+            print(f"| {kind} | {kinds[kind] / args.steps * 1e3:.1f} | {100 * kinds[kind] / total:.1f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
