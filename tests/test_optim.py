@@ -402,3 +402,45 @@ def test_jitted_jax_update_matches_eager_numpy(backend, numpy_backend):
     for (jax_params, _), (numpy_params, _) in zip(jax_history, numpy_history):
         for path, leaf in backends.tree_items(numpy_params):
             np.testing.assert_allclose(dict(backends.tree_items(jax_params))[path], leaf, rtol=1e-12)
+
+
+# --- NumPy's fused paths against the plain formulas, bit for bit ---------------------------------
+
+
+def _float32_tree(seed):
+    """Float32 leaves: a 0-d one, a small one, one over two of NumPy Adam's blocks and a transposed
+    (strided) one."""
+    rng = np.random.default_rng(seed)
+    return {
+        "w": rng.normal(size=(5, 7)).astype(np.float32),
+        "b": {"c": rng.normal(size=(3,)).astype(np.float32), "s": np.asarray(rng.normal(), dtype=np.float32)},
+        "big": rng.normal(size=(2 * optim.transforms.ADAM_CHUNK + 5,)).astype(np.float32),
+        "t": rng.normal(size=(40, 30)).astype(np.float32).T,
+    }
+
+
+def test_numpy_fused_adam_equals_the_plain_formula_bit_for_bit():
+    """Guards the in-place (out=) Adam update of NumPy float32 trees: each operation rounds as in
+    (1 - b1) g + b1 m, g g (1 - b2) + b2 v and (m / c1) / (sqrt(v / c2) + eps), over two steps."""
+    b1, b2, eps = 0.9, 0.98, 1e-9
+    transform = optim.scale_by_adam(b1, b2, eps)
+    params = _float32_tree(0)
+    state = transform.init(params)
+    mu, nu = backends.tree_map(np.zeros_like, params), backends.tree_map(np.zeros_like, params)
+    for count in (1, 2):
+        grads = _float32_tree(count)
+        updates, state = transform.update(grads, state, params)
+        c1, c2 = np.float32(1 - b1**count), np.float32(1 - b2**count)
+        mu = backends.tree_map(lambda g, m: (1 - b1) * g + b1 * m, grads, mu)
+        nu = backends.tree_map(lambda g, v: g * g * (1 - b2) + b2 * v, grads, nu)
+        expected = backends.tree_map(lambda m, v, c1=c1, c2=c2: (m / c1) / (np.sqrt(v / c2) + eps), mu, nu)
+        for got, want in ((updates, expected), (state["mu"], mu), (state["nu"], nu)):
+            for path, leaf in backends.tree_items(want):
+                np.testing.assert_array_equal(dict(backends.tree_items(got))[path], leaf, strict=True, err_msg=path)
+
+
+def test_numpy_global_norm_equals_the_plain_formula_bit_for_bit():
+    """Guards global_norm's reused squares buffer: the sum of each leaf's sum of squares, as before."""
+    tree = _float32_tree(3)
+    expected = np.sqrt(sum(np.sum(leaf * leaf) for leaf in backends.tree_leaves(tree)))
+    np.testing.assert_array_equal(optim.global_norm(tree), expected, strict=True)

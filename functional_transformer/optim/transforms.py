@@ -107,12 +107,28 @@ def _check_matches(tree: Tree, reference: Tree, tree_name: str, reference_name: 
 _STATE_PARAMS = "the params the optimizer state was initialised with"
 
 
+def _scratch_for(leaves: list, dtype) -> np.ndarray:
+    """A flat NumPy buffer as long as the largest of `leaves`: reused for every leaf's temporaries,
+    it spares NumPy the fresh memory of a new array per leaf, which is most of an elementwise pass's
+    cost on large arrays."""
+    return np.empty(max((leaf.size for leaf in leaves), default=0), dtype=dtype)
+
+
+def _scratch_like(scratch: np.ndarray, leaf: np.ndarray) -> np.ndarray:
+    """The first leaf.size entries of `scratch`, shaped like `leaf`."""
+    return scratch[: leaf.size].reshape(leaf.shape)
+
+
 def global_norm(tree: Tree) -> Any:
     """The L2 norm of all the leaves of `tree` taken together, as a 0-d array."""
     leaves = tree_leaves(tree)
     xp = _xp(tree)
     if not leaves:
         return xp.asarray(0.0)
+    if xp is np and len({leaf.dtype for leaf in leaves}) == 1:
+        # The same products and sums, the squares written into one reused buffer.
+        scratch = _scratch_for(leaves, leaves[0].dtype)
+        return np.sqrt(sum(np.multiply(leaf, leaf, out=_scratch_like(scratch, leaf)).sum() for leaf in leaves))
     return xp.sqrt(sum(xp.sum(leaf * leaf) for leaf in leaves))
 
 
@@ -200,11 +216,48 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9) -> Gradi
             update /= denom
             return update
 
+        if xp is np and len({leaf.dtype for leaf in tree_leaves(grads)}) == 1:
+            updates, mu, nu = _adam_numpy(grads, state, (b1, b2, eps), (correction1, correction2))
+            return updates, {"count": count, "mu": mu, "nu": nu}
         mu = tree_map(first_moment, grads, state["mu"])
         nu = tree_map(second_moment, grads, state["nu"])
         return tree_map(rescaled, mu, nu), {"count": count, "mu": mu, "nu": nu}
 
     return GradientTransformation(init, update)
+
+
+ADAM_CHUNK = 16384  # elements per block of NumPy's Adam update: its few live arrays stay in cache
+
+
+def _adam_numpy(grads: Tree, state: State, betas_eps: tuple, corrections: tuple) -> tuple[Tree, Tree, Tree]:
+    """scale_by_adam's update on NumPy leaves of one dtype -> (updates, mu, nu): the generic path's
+    operations in its order, each rounded alike, but a block of ADAM_CHUNK elements at a time with
+    `out=`. An elementwise pass over a large leaf is bound by memory; a block goes through all of
+    them while it is in cache, so the leaf is read and written once instead of once per operation."""
+    b1, b2, eps = betas_eps
+    dtype = tree_leaves(grads)[0].dtype
+    scratch = np.empty(ADAM_CHUNK, dtype=dtype)
+    correction1, correction2 = (np.asarray(c, dtype=dtype) for c in corrections)
+
+    def leaf_step(g, m, v):
+        mu, nu, update = np.empty(g.shape, dtype), np.empty(g.shape, dtype), np.empty(g.shape, dtype)
+        flat = [x.reshape(-1) for x in (g, m, v, mu, nu, update)]  # views, but a copy of a strided g
+        for start in range(0, g.size, ADAM_CHUNK):
+            g_, m_, v_, mu_, nu_, u_ = (x[start : start + ADAM_CHUNK] for x in flat)
+            tmp = scratch[: g_.size]
+            np.multiply(g_, 1 - b1, out=mu_)  # (1 - b1) g + b1 m
+            mu_ += np.multiply(m_, b1, out=tmp)
+            np.multiply(g_, g_, out=nu_)  # (1 - b2) g^2 + b2 v
+            nu_ *= 1 - b2
+            nu_ += np.multiply(v_, b2, out=tmp)
+            np.divide(nu_, correction2, out=u_)  # m_hat / (sqrt(v_hat) + eps)
+            np.sqrt(u_, out=u_)
+            u_ += eps
+            np.divide(np.divide(mu_, correction1, out=tmp), u_, out=u_)
+        return update, mu, nu
+
+    steps = tree_map(leaf_step, grads, state["mu"], state["nu"])
+    return tuple(tree_map(lambda step, i=i: step[i], steps) for i in range(3))
 
 
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
