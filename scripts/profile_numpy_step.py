@@ -93,9 +93,10 @@ class LineTimer:
         return self.local
 
 
-def profile(config: str, steps: int, clock=time.perf_counter) -> tuple[dict[str, float], float]:
-    """-> ({kind: traced seconds over `steps` steps}, the median untraced step time in seconds),
-    both on `clock` (time.process_time counts every thread of the process: BLAS's too)."""
+def profile(config: str, steps: int, clock=time.perf_counter) -> tuple[dict[str, float], float, collections.Counter]:
+    """-> ({kind: traced seconds over `steps` steps}, the median untraced step time in seconds,
+    {(file, line): traced seconds}), all on `clock` (time.process_time counts every thread of the
+    process: BLAS's too)."""
     backend = backends.get_backend("numpy")
     bc = CONFIGS[config]
     workload = workloads.train_workload(backend, bc, workloads.random_batch(bc))
@@ -115,7 +116,7 @@ def profile(config: str, steps: int, clock=time.perf_counter) -> tuple[dict[str,
     kinds = collections.Counter()
     for (filename, lineno), seconds in timer.seconds.items():
         kinds[kind_of(filename, lineno)] += seconds
-    return dict(kinds), statistics.median(untraced[1:])
+    return dict(kinds), statistics.median(untraced[1:]), timer.seconds
 
 
 def main(argv=None) -> int:
@@ -125,9 +126,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--clock", choices=("wall", "cpu"), default="cpu", help="cpu: process CPU time, steadier on a shared machine"
     )
+    parser.add_argument("--lines", type=int, default=0, help="also list the N costliest lines")
     args = parser.parse_args(argv)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    kinds, step_seconds = profile(args.config, args.steps, clock)
+    kinds, step_seconds, lines = profile(args.config, args.steps, clock)
     total = sum(kinds.values())
     print(
         f"{args.config} train step, {args.clock} time: {step_seconds * 1e3:.1f} ms untraced (median), "
@@ -138,6 +140,9 @@ def main(argv=None) -> int:
     for kind in ORDER:
         if kind in kinds:
             print(f"| {kind} | {kinds[kind] / args.steps * 1e3:.1f} | {100 * kinds[kind] / total:.1f}% |")
+    for (filename, lineno), seconds in lines.most_common(args.lines):
+        where = f"{os.path.relpath(filename, ROOT)}:{lineno}"
+        print(f"{100 * seconds / total:5.1f}% {where:45s} {linecache.getline(filename, lineno).strip()[:70]}")
     return 0
 
 
