@@ -29,8 +29,10 @@ import linecache  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 import backends  # noqa: E402
-from benchmarks import workloads  # noqa: E402
+from benchmarks import flops, workloads  # noqa: E402
 from benchmarks.configs import CONFIGS  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,6 +95,19 @@ class LineTimer:
         return self.local
 
 
+def matmul_rate(clock, n: int = 2048, reps: int = 5) -> float:
+    """NumPy's float32 (n, n) @ (n, n) FLOP/s on `clock`, the best of `reps` after a warm-up."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    a @ b
+    times = []
+    for _ in range(reps):
+        start = clock()
+        a @ b
+        times.append(clock() - start)
+    return 2 * n**3 / min(times)
+
+
 def profile(config: str, steps: int, clock=time.perf_counter) -> tuple[dict[str, float], float, collections.Counter]:
     """-> ({kind: traced seconds over `steps` steps}, the median untraced step time in seconds,
     {(file, line): traced seconds}), all on `clock` (time.process_time counts every thread of the
@@ -126,6 +141,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--clock", choices=("wall", "cpu"), default="cpu", help="cpu: process CPU time, steadier on a shared machine"
     )
+    parser.add_argument(
+        "--peak", action="store_true", help="also the step's model FLOP/s as a share of NumPy's matmul's"
+    )
     parser.add_argument("--lines", type=int, default=0, help="also list the N costliest lines")
     args = parser.parse_args(argv)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -140,6 +158,14 @@ def main(argv=None) -> int:
     for kind in ORDER:
         if kind in kinds:
             print(f"| {kind} | {kinds[kind] / args.steps * 1e3:.1f} | {100 * kinds[kind] / total:.1f}% |")
+    if args.peak:
+        bc = CONFIGS[args.config]
+        step_flop = flops.train_flops(bc.model_config(), bc.batch, bc.src_len, bc.tgt_len)
+        peak = matmul_rate(clock)
+        print(
+            f"model FLOPs {step_flop / 1e9:.2f} G per step: {step_flop / step_seconds / 1e9:.1f} GFLOP/s against "
+            f"a 2048^3 matmul's {peak / 1e9:.1f} GFLOP/s ({args.clock} time): {100 * step_flop / step_seconds / peak:.0f}%"
+        )
     for (filename, lineno), seconds in lines.most_common(args.lines):
         where = f"{os.path.relpath(filename, ROOT)}:{lineno}"
         print(f"{100 * seconds / total:5.1f}% {where:45s} {linecache.getline(filename, lineno).strip()[:70]}")
