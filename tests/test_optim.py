@@ -444,3 +444,29 @@ def test_numpy_global_norm_equals_the_plain_formula_bit_for_bit():
     tree = _float32_tree(3)
     expected = np.sqrt(sum(np.sum(leaf * leaf) for leaf in backends.tree_leaves(tree)))
     np.testing.assert_array_equal(optim.global_norm(tree), expected, strict=True)
+
+
+@pytest.mark.parametrize("weight_decay", [None, 0.01])
+@pytest.mark.parametrize("schedule", [False, True])
+def test_numpy_fused_adam_and_adamw_equal_their_chains_bit_for_bit(weight_decay, schedule):
+    """Guards adam/adamw's one-pass NumPy update (decay and learning rate in Adam's blocks): the
+    updates and the state equal those of the chain of the separate transforms, over three steps."""
+    learning_rate = optim.transformer_schedule(64, 2) if schedule else 0.1
+    if weight_decay is None:
+        fused = optim.adam(learning_rate)
+        parts = [optim.scale_by_adam()]
+    else:
+        fused = optim.adamw(learning_rate, weight_decay=weight_decay)
+        parts = [optim.scale_by_adam(), optim.add_decayed_weights(weight_decay)]
+    chained = optim.chain(*parts, optim.scale_by_learning_rate(learning_rate))
+    params = _float32_tree(0)
+    fused_state, chained_state = fused.init(params), chained.init(params)
+    for step in range(3):
+        grads = _float32_tree(10 + step)
+        fused_updates, fused_state = fused.update(grads, fused_state, params)
+        chained_updates, chained_state = chained.update(grads, chained_state, params)
+        for got, want in ((fused_updates, chained_updates), (fused_state, chained_state)):
+            assert backends.tree_structure(got) == backends.tree_structure(want)
+            for path, leaf in backends.tree_items(want):
+                np.testing.assert_array_equal(dict(backends.tree_items(got))[path], leaf, strict=True, err_msg=path)
+        params = optim.apply_updates(params, fused_updates)

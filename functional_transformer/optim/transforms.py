@@ -229,21 +229,27 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9) -> Gradi
 ADAM_CHUNK = 16384  # elements per block of NumPy's Adam update: its few live arrays stay in cache
 
 
-def _adam_numpy(grads: Tree, state: State, betas_eps: tuple, corrections: tuple) -> tuple[Tree, Tree, Tree]:
+def _adam_numpy(
+    grads: Tree, state: State, betas_eps: tuple, corrections: tuple, decay: tuple | None = None, step_size=None
+) -> tuple[Tree, Tree, Tree]:
     """scale_by_adam's update on NumPy leaves of one dtype -> (updates, mu, nu): the generic path's
     operations in its order, each rounded alike, but a block of ADAM_CHUNK elements at a time with
     `out=`. An elementwise pass over a large leaf is bound by memory; a block goes through all of
-    them while it is in cache, so the leaf is read and written once instead of once per operation."""
+    them while it is in cache, so the leaf is read and written once instead of once per operation.
+    decay (params, weight_decay) and step_size (a 0-d array) go on to add_decayed_weights and
+    scale_by_learning_rate in the same blocks, as `adam` and `adamw` chain them."""
     b1, b2, eps = betas_eps
     dtype = tree_leaves(grads)[0].dtype
     scratch = np.empty(ADAM_CHUNK, dtype=dtype)
     correction1, correction2 = (np.asarray(c, dtype=dtype) for c in corrections)
+    params, weight_decay = decay if decay is not None else (grads, None)
+    step_size = None if step_size is None else np.asarray(step_size, dtype=dtype)
 
-    def leaf_step(g, m, v):
+    def leaf_step(g, m, v, p):
         mu, nu, update = np.empty(g.shape, dtype), np.empty(g.shape, dtype), np.empty(g.shape, dtype)
-        flat = [x.reshape(-1) for x in (g, m, v, mu, nu, update)]  # views, but a copy of a strided g
+        flat = [x.reshape(-1) for x in (g, m, v, p, mu, nu, update)]  # views, but a copy of a strided g
         for start in range(0, g.size, ADAM_CHUNK):
-            g_, m_, v_, mu_, nu_, u_ = (x[start : start + ADAM_CHUNK] for x in flat)
+            g_, m_, v_, p_, mu_, nu_, u_ = (x[start : start + ADAM_CHUNK] for x in flat)
             tmp = scratch[: g_.size]
             np.multiply(g_, 1 - b1, out=mu_)  # (1 - b1) g + b1 m
             mu_ += np.multiply(m_, b1, out=tmp)
@@ -254,10 +260,59 @@ def _adam_numpy(grads: Tree, state: State, betas_eps: tuple, corrections: tuple)
             np.sqrt(u_, out=u_)
             u_ += eps
             np.divide(np.divide(mu_, correction1, out=tmp), u_, out=u_)
+            if weight_decay is not None:
+                u_ += np.multiply(p_, weight_decay, out=tmp)
+            if step_size is not None:
+                u_ *= step_size
         return update, mu, nu
 
-    steps = tree_map(leaf_step, grads, state["mu"], state["nu"])
+    steps = tree_map(leaf_step, grads, state["mu"], state["nu"], params)
     return tuple(tree_map(lambda step, i=i: step[i], steps) for i in range(3))
+
+
+def _adam_chain(
+    learning_rate: float | Schedule, betas_eps: tuple, weight_decay: float | None = None
+) -> GradientTransformation:
+    """chain(scale_by_adam, [add_decayed_weights,] scale_by_learning_rate), its state and its numbers,
+    with the three steps in one pass over each leaf (`_adam_numpy`) on NumPy float leaves of one dtype."""
+    b1, b2, eps = (float(x) for x in betas_eps)
+    parts = [scale_by_adam(b1, b2, eps)]
+    if weight_decay is not None:
+        parts.append(add_decayed_weights(weight_decay))
+    parts.append(scale_by_learning_rate(learning_rate))
+    chained = chain(*parts)
+    lr_key = str(len(parts) - 1)
+
+    def update(grads, state, params=None):
+        leaves = tree_leaves(grads)
+        expected_keys = {"0", lr_key} if callable(learning_rate) else {"0"}
+        fusable = (
+            _xp(grads) is np
+            and len({leaf.dtype for leaf in leaves}) == 1
+            and set(state) == expected_keys
+            and (weight_decay is None or params is not None)
+        )
+        if not fusable:  # JAX, mixed dtypes, or something to report: the chain as it is
+            return chained.update(grads, state, params)
+        adam_state = state["0"]
+        _check_matches(grads, adam_state["mu"], "grads", _STATE_PARAMS)
+        decay = None
+        if weight_decay is not None:
+            _check_matches(grads, params, "grads", "params")
+            decay = (params, float(weight_decay))
+        count = _increment(adam_state["count"], np)
+        new_state = {}
+        if callable(learning_rate):
+            step_size = -learning_rate(state[lr_key]["count"])
+            new_state[lr_key] = {"count": _increment(state[lr_key]["count"], np)}
+        else:
+            step_size = -float(learning_rate)
+        corrections = (1 - b1**count, 1 - b2**count)
+        updates, mu, nu = _adam_numpy(grads, adam_state, (b1, b2, eps), corrections, decay, step_size)
+        new_state["0"] = {"count": count, "mu": mu, "nu": nu}
+        return updates, dict(sorted(new_state.items()))
+
+    return GradientTransformation(chained.init, update)
 
 
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
@@ -355,7 +410,7 @@ def adam(
     learning_rate: float | Schedule, b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9
 ) -> GradientTransformation:
     """Adam with the defaults of "Attention Is All You Need", as `optax.adam`."""
-    return chain(scale_by_adam(b1, b2, eps), scale_by_learning_rate(learning_rate))
+    return _adam_chain(learning_rate, (b1, b2, eps))
 
 
 def adamw(
@@ -367,4 +422,4 @@ def adamw(
 ) -> GradientTransformation:
     """Adam with decoupled weight decay (Loshchilov & Hutter, 2019), as `optax.adamw`: the decay is
     added after the Adam rescaling and scaled by the learning rate with it."""
-    return chain(scale_by_adam(b1, b2, eps), add_decayed_weights(weight_decay), scale_by_learning_rate(learning_rate))
+    return _adam_chain(learning_rate, (b1, b2, eps), float(weight_decay))
