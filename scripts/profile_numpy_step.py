@@ -4,9 +4,9 @@
 
 Runs one warm-up step, then traces `--steps` steps of the benchmark's train workload
 (benchmarks/workloads.py) line by line over the library's own files. The time from one traced
-line to the next goes to the earlier line, less the tracer's own time, so a line's share is what
-its NumPy calls cost; time inside NumPy's Python helpers (np.mean, ...) goes to the library line
-that called them. Each line is put in one kind (`KINDS`): a line with a matrix product is
+line to the next goes to the earlier line, less the tracer's own time and a per-event overhead
+measured on trivial lines, so a line's share is what its NumPy calls cost; time inside NumPy's
+Python helpers (np.mean, ...) goes to the library line that called them. Each line is put in one kind (`KINDS`): a line with a matrix product is
 "matmuls" wherever it is; the rest go by the file. Prints a Markdown table of each kind's share
 of the traced time, and the untraced step time for comparison (the tracer adds a little).
 """
@@ -67,9 +67,11 @@ def kind_of(filename: str, lineno: int) -> str:
 class LineTimer:
     """sys.settrace hook: time between events, charged to the library line that ran before."""
 
-    def __init__(self, clock=time.perf_counter):
+    def __init__(self, clock=time.perf_counter, traced=TRACED):
         self.clock = clock
+        self.traced = traced
         self.seconds = collections.Counter()
+        self.events = collections.Counter()
         self.where = None
         self.last = 0.0
 
@@ -77,6 +79,7 @@ class LineTimer:
         now = self.clock()
         if self.where is not None:
             self.seconds[self.where] += now - self.last
+            self.events[self.where] += 1
         if event == "return":  # back in the caller, at its current line
             caller = frame.f_back
             self.where = (caller.f_code.co_filename, caller.f_lineno) if caller is not None else None
@@ -89,7 +92,7 @@ class LineTimer:
         return self.local
 
     def global_(self, frame, event, arg):
-        if not frame.f_code.co_filename.startswith(TRACED):
+        if not frame.f_code.co_filename.startswith(self.traced):
             return None
         self._charge(frame, event)
         return self.local
@@ -106,6 +109,28 @@ def matmul_rate(clock, n: int = 2048, reps: int = 5) -> float:
         a @ b
         times.append(clock() - start)
     return 2 * n**3 / min(times)
+
+
+def _trivial_lines(n: int) -> None:
+    for i in range(n):
+        i += 1
+
+
+def event_overhead(clock) -> float:
+    """Seconds a traced line costs beyond what the tracer subtracts (the interpreter's own dispatch
+    of the event), from lines that do almost nothing: charged back per event, so that a kind of
+    work done in many small steps does not look dearer than it is."""
+    n = 20000
+    start = clock()
+    _trivial_lines(n)
+    untraced = clock() - start
+    timer = LineTimer(clock, traced=(__file__,))
+    sys.settrace(timer.global_)
+    try:
+        _trivial_lines(n)
+    finally:
+        sys.settrace(None)
+    return max(0.0, (sum(timer.seconds.values()) - untraced) / max(1, sum(timer.events.values())))
 
 
 def profile(config: str, steps: int, clock=time.perf_counter) -> tuple[dict[str, float], float, collections.Counter]:
@@ -128,10 +153,14 @@ def profile(config: str, steps: int, clock=time.perf_counter) -> tuple[dict[str,
         finally:
             sys.settrace(None)
             timer.where = None
+    overhead = min(event_overhead(clock) for _ in range(3))
+    lines = collections.Counter(
+        {where: max(0.0, seconds - overhead * timer.events[where]) for where, seconds in timer.seconds.items()}
+    )
     kinds = collections.Counter()
-    for (filename, lineno), seconds in timer.seconds.items():
+    for (filename, lineno), seconds in lines.items():
         kinds[kind_of(filename, lineno)] += seconds
-    return dict(kinds), statistics.median(untraced[1:]), timer.seconds
+    return dict(kinds), statistics.median(untraced[1:]), lines
 
 
 def main(argv=None) -> int:
