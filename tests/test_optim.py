@@ -470,3 +470,16 @@ def test_numpy_fused_adam_and_adamw_equal_their_chains_bit_for_bit(weight_decay,
             for path, leaf in backends.tree_items(want):
                 np.testing.assert_array_equal(dict(backends.tree_items(got))[path], leaf, strict=True, err_msg=path)
         params = optim.apply_updates(params, fused_updates)
+
+
+def test_numpy_adamw_with_float64_params_and_float32_grads_equals_its_chain():
+    """Guards the fused path's dtype rule: float64 params promote the decay term on the chain, so
+    a tree of mixed dtypes must take the chain's path and give its numbers and dtypes."""
+    params = backends.tree_map(lambda leaf: leaf.astype(np.float64), _float32_tree(0))
+    fused = optim.adamw(0.1, weight_decay=0.5)
+    chained = optim.chain(optim.scale_by_adam(), optim.add_decayed_weights(0.5), optim.scale_by_learning_rate(0.1))
+    grads = _float32_tree(1)
+    got, _ = fused.update(grads, fused.init(grads), params)
+    want, _ = chained.update(grads, chained.init(grads), params)
+    for path, leaf in backends.tree_items(want):
+        np.testing.assert_array_equal(dict(backends.tree_items(got))[path], leaf, strict=True, err_msg=path)

@@ -107,6 +107,19 @@ def _check_matches(tree: Tree, reference: Tree, tree_name: str, reference_name: 
 _STATE_PARAMS = "the params the optimizer state was initialised with"
 
 
+def _one_numpy_float_dtype(*trees: Tree) -> bool:
+    """Whether the leaves of `trees` are NumPy float arrays, all of one dtype: where NumPy's fused
+    paths below give the generic path's numbers (no promotion between leaves to follow)."""
+    leaves = [leaf for tree in trees for leaf in tree_leaves(tree)]
+    dtypes = {leaf.dtype for leaf in leaves if isinstance(leaf, np.ndarray)}
+    return (
+        len(dtypes) == 1
+        and len(leaves) > 0
+        and all(isinstance(leaf, np.ndarray) for leaf in leaves)
+        and (np.issubdtype(next(iter(dtypes)), np.floating))
+    )
+
+
 def _scratch_for(leaves: list, dtype) -> np.ndarray:
     """A flat NumPy buffer as long as the largest of `leaves`: reused for every leaf's temporaries,
     it spares NumPy the fresh memory of a new array per leaf, which is most of an elementwise pass's
@@ -125,7 +138,7 @@ def global_norm(tree: Tree) -> Any:
     xp = _xp(tree)
     if not leaves:
         return xp.asarray(0.0)
-    if xp is np and len({leaf.dtype for leaf in leaves}) == 1:
+    if _one_numpy_float_dtype(tree):
         # The same products and sums, the squares written into one reused buffer.
         scratch = _scratch_for(leaves, leaves[0].dtype)
         return np.sqrt(sum(np.multiply(leaf, leaf, out=_scratch_like(scratch, leaf)).sum() for leaf in leaves))
@@ -216,7 +229,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9) -> Gradi
             update /= denom
             return update
 
-        if xp is np and len({leaf.dtype for leaf in tree_leaves(grads)}) == 1:
+        if _one_numpy_float_dtype(grads, state["mu"], state["nu"]):
             updates, mu, nu = _adam_numpy(grads, state, (b1, b2, eps), (correction1, correction2))
             return updates, {"count": count, "mu": mu, "nu": nu}
         mu = tree_map(first_moment, grads, state["mu"])
@@ -284,13 +297,15 @@ def _adam_chain(
     lr_key = str(len(parts) - 1)
 
     def update(grads, state, params=None):
-        leaves = tree_leaves(grads)
         expected_keys = {"0", lr_key} if callable(learning_rate) else {"0"}
         fusable = (
-            _xp(grads) is np
-            and len({leaf.dtype for leaf in leaves}) == 1
-            and set(state) == expected_keys
+            set(state) == expected_keys
+            and isinstance(state["0"], dict)
+            and {"mu", "nu"} <= set(state["0"])
             and (weight_decay is None or params is not None)
+            and _one_numpy_float_dtype(
+                grads, state["0"]["mu"], state["0"]["nu"], params if weight_decay is not None else {}
+            )
         )
         if not fusable:  # JAX, mixed dtypes, or something to report: the chain as it is
             return chained.update(grads, state, params)
