@@ -193,6 +193,19 @@ def test_threefry_is_elementwise_over_counters(backend):
         assert (int(z0[0]), int(z1[0])) == (int(y0[i]), int(y1[i]))
 
 
+def test_numpy_threefry_in_blocks_equals_the_rounds_over_the_whole_array():
+    """Guards NumPy's blocked, in-place Threefry (1-D counters, over two blocks and a remainder)
+    against the plain text of the rounds, which NumPy runs on counters of any other shape."""
+    key = np.asarray([0x13198A2E, 0x03707344], dtype=np.uint32)
+    n = 2 * R.THREEFRY_BLOCK + 3
+    x0 = np.arange(n, dtype=np.uint32) * np.uint32(7)
+    x1 = np.arange(n, dtype=np.uint32)[::-1].copy()
+    blocked = R.threefry2x32(key, x0, x1)
+    whole = R.threefry2x32(key, x0[None], x1[None])
+    for got, expected in zip(blocked, whole):
+        np.testing.assert_array_equal(got, expected[0], strict=True)
+
+
 def test_key_from_seed(backend):
     xp = backend.xp
     k = backend.random.key(42)
@@ -221,7 +234,7 @@ def test_agrees_with_jax_random(jax_backend, seed):
             np.asarray(jax.random.split(jax_key, 3)), np.asarray(ours.split(ours.key(seed), 3))
         )
         np.testing.assert_array_equal(np.asarray(jax.random.split(jax_key)), np.asarray(ours.split(ours.key(seed))))
-        for shape in [(5, 3), (7,)]:  # an odd and an even count
+        for shape in [(5, 3), (7,), (2 * R.THREEFRY_BLOCK + 3,)]:  # odd, even, and over NumPy's blocks
             expected = np.asarray(jax.random.bits(jax_key, shape, dtype="uint32"))
             got = np.asarray(_bits(jax_backend, ours.key(seed), shape))
             assert got.dtype == np.uint32

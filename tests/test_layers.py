@@ -609,3 +609,58 @@ def test_attention_init(backend):
     chex.assert_trees_all_close(
         {n: _np(backend, p[f"b_{n}"]) for n in "qkvo"}, {n: np.zeros(8, np.float32) for n in "qkvo"}
     )
+
+
+# --- NumPy's in-place paths against the plain operations, bit for bit (float32) ------------------
+
+
+def _float32(seed, shape):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_numpy_layer_norm_bwd_equals_the_plain_operations_bit_for_bit():
+    """Guards layer_norm's NumPy backward (its products with x_hat in one scratch array)."""
+    params = {"scale": _float32(1, (6,)), "bias": _float32(2, (6,))}
+    _, saved = layer_norm.fwd(params, _float32(3, (2, 3, 6)))
+    g = _float32(4, (2, 3, 6))
+    dparams, dx = layer_norm.bwd(saved, g)
+    x_hat, inv_std, scale = saved
+    want = g * scale
+    projection = np.mean(want * x_hat, axis=-1, keepdims=True)
+    want = (want - np.mean(want, axis=-1, keepdims=True) - x_hat * projection) * inv_std
+    np.testing.assert_array_equal(dx, want, strict=True)
+    np.testing.assert_array_equal(dparams["scale"], np.sum(g * x_hat, axis=(0, 1)), strict=True)
+    np.testing.assert_array_equal(dparams["bias"], np.sum(g, axis=(0, 1)), strict=True)
+
+
+def test_numpy_softmax_fwd_equals_the_plain_operations_bit_for_bit():
+    """Guards softmax's NumPy forward (the shift and exp in one array), masked rows included."""
+    x = _float32(1, (2, 3, 5))
+    mask = np.random.default_rng(2).random((2, 3, 5)) < 0.6
+    mask[0, 0] = False  # a row with nothing to attend to
+    p, _ = softmax.fwd(x, mask)
+    shifted = np.where(mask, x, np.float32(-np.inf))
+    row_max = np.max(shifted, axis=-1, keepdims=True)
+    e = np.exp(shifted - np.where(row_max == -np.inf, np.float32(0), row_max))
+    total = np.sum(e, axis=-1, keepdims=True)
+    np.testing.assert_array_equal(p, e / np.where(total == 0, np.float32(1), total), strict=True)
+
+
+def test_numpy_attention_input_projection_bwd_equals_the_stacked_gradient_bit_for_bit():
+    """Guards the NumPy backward of the fused q, k, v projection (one copy into (B, T, 3, H, Dh))."""
+    batch, length, n_heads, d_model = 2, 3, 2, 8
+    x = _float32(1, (batch, length, d_model))
+    params = {
+        f"{kind}_{name}": _float32(i, (d_model, d_model) if kind == "w" else (d_model,))
+        for i, (kind, name) in enumerate((k, n) for n in "qkv" for k in "wb")
+    }
+    _, saved = attention._project_heads(params, x, ("q", "k", "v"), n_heads)
+    d_heads = tuple(_float32(10 + i, (batch, n_heads, length, d_model // n_heads)) for i in range(3))
+    dparams, dxs = attention._project_heads_bwd(saved, d_heads, (1, 2))
+    g = np.stack(d_heads).transpose(1, 3, 0, 2, 4).reshape(batch * length, 3 * d_model)
+    d_w = saved.x2.T @ g
+    for i in range(3):
+        np.testing.assert_array_equal(dparams[i]["w"], d_w[:, i * d_model : (i + 1) * d_model], strict=True)
+        np.testing.assert_array_equal(dparams[i]["b"], np.sum(g, axis=0)[i * d_model : (i + 1) * d_model])
+    np.testing.assert_array_equal(dxs[0], (g[:, :d_model] @ saved.w[:, :d_model].T).reshape(x.shape), strict=True)
+    np.testing.assert_array_equal(dxs[1], (g[:, d_model:] @ saved.w[:, d_model:].T).reshape(x.shape), strict=True)

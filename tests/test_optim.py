@@ -402,3 +402,84 @@ def test_jitted_jax_update_matches_eager_numpy(backend, numpy_backend):
     for (jax_params, _), (numpy_params, _) in zip(jax_history, numpy_history):
         for path, leaf in backends.tree_items(numpy_params):
             np.testing.assert_allclose(dict(backends.tree_items(jax_params))[path], leaf, rtol=1e-12)
+
+
+# --- NumPy's fused paths against the plain formulas, bit for bit ---------------------------------
+
+
+def _float32_tree(seed):
+    """Float32 leaves: a 0-d one, a small one, one over two of NumPy Adam's blocks and a transposed
+    (strided) one."""
+    rng = np.random.default_rng(seed)
+    return {
+        "w": rng.normal(size=(5, 7)).astype(np.float32),
+        "b": {"c": rng.normal(size=(3,)).astype(np.float32), "s": np.asarray(rng.normal(), dtype=np.float32)},
+        "big": rng.normal(size=(2 * optim.transforms.ADAM_CHUNK + 5,)).astype(np.float32),
+        "t": rng.normal(size=(40, 30)).astype(np.float32).T,
+    }
+
+
+def test_numpy_fused_adam_equals_the_plain_formula_bit_for_bit():
+    """Guards the in-place (out=) Adam update of NumPy float32 trees: each operation rounds as in
+    (1 - b1) g + b1 m, g g (1 - b2) + b2 v and (m / c1) / (sqrt(v / c2) + eps), over two steps."""
+    b1, b2, eps = 0.9, 0.98, 1e-9
+    transform = optim.scale_by_adam(b1, b2, eps)
+    params = _float32_tree(0)
+    state = transform.init(params)
+    mu, nu = backends.tree_map(np.zeros_like, params), backends.tree_map(np.zeros_like, params)
+    for count in (1, 2):
+        grads = _float32_tree(count)
+        updates, state = transform.update(grads, state, params)
+        c1, c2 = np.float32(1 - b1**count), np.float32(1 - b2**count)
+        mu = backends.tree_map(lambda g, m: (1 - b1) * g + b1 * m, grads, mu)
+        nu = backends.tree_map(lambda g, v: g * g * (1 - b2) + b2 * v, grads, nu)
+        expected = backends.tree_map(lambda m, v, c1=c1, c2=c2: (m / c1) / (np.sqrt(v / c2) + eps), mu, nu)
+        for got, want in ((updates, expected), (state["mu"], mu), (state["nu"], nu)):
+            for path, leaf in backends.tree_items(want):
+                np.testing.assert_array_equal(dict(backends.tree_items(got))[path], leaf, strict=True, err_msg=path)
+
+
+def test_numpy_global_norm_equals_the_plain_formula_bit_for_bit():
+    """Guards global_norm's reused squares buffer: the sum of each leaf's sum of squares, as before."""
+    tree = _float32_tree(3)
+    expected = np.sqrt(sum(np.sum(leaf * leaf) for leaf in backends.tree_leaves(tree)))
+    np.testing.assert_array_equal(optim.global_norm(tree), expected, strict=True)
+
+
+@pytest.mark.parametrize("weight_decay", [None, 0.01])
+@pytest.mark.parametrize("schedule", [False, True])
+def test_numpy_fused_adam_and_adamw_equal_their_chains_bit_for_bit(weight_decay, schedule):
+    """Guards adam/adamw's one-pass NumPy update (decay and learning rate in Adam's blocks): the
+    updates and the state equal those of the chain of the separate transforms, over three steps."""
+    learning_rate = optim.transformer_schedule(64, 2) if schedule else 0.1
+    if weight_decay is None:
+        fused = optim.adam(learning_rate)
+        parts = [optim.scale_by_adam()]
+    else:
+        fused = optim.adamw(learning_rate, weight_decay=weight_decay)
+        parts = [optim.scale_by_adam(), optim.add_decayed_weights(weight_decay)]
+    chained = optim.chain(*parts, optim.scale_by_learning_rate(learning_rate))
+    params = _float32_tree(0)
+    fused_state, chained_state = fused.init(params), chained.init(params)
+    for step in range(3):
+        grads = _float32_tree(10 + step)
+        fused_updates, fused_state = fused.update(grads, fused_state, params)
+        chained_updates, chained_state = chained.update(grads, chained_state, params)
+        for got, want in ((fused_updates, chained_updates), (fused_state, chained_state)):
+            assert backends.tree_structure(got) == backends.tree_structure(want)
+            for path, leaf in backends.tree_items(want):
+                np.testing.assert_array_equal(dict(backends.tree_items(got))[path], leaf, strict=True, err_msg=path)
+        params = optim.apply_updates(params, fused_updates)
+
+
+def test_numpy_adamw_with_float64_params_and_float32_grads_equals_its_chain():
+    """Guards the fused path's dtype rule: float64 params promote the decay term on the chain, so
+    a tree of mixed dtypes must take the chain's path and give its numbers and dtypes."""
+    params = backends.tree_map(lambda leaf: leaf.astype(np.float64), _float32_tree(0))
+    fused = optim.adamw(0.1, weight_decay=0.5)
+    chained = optim.chain(optim.scale_by_adam(), optim.add_decayed_weights(0.5), optim.scale_by_learning_rate(0.1))
+    grads = _float32_tree(1)
+    got, _ = fused.update(grads, fused.init(grads), params)
+    want, _ = chained.update(grads, chained.init(grads), params)
+    for path, leaf in backends.tree_items(want):
+        np.testing.assert_array_equal(dict(backends.tree_items(got))[path], leaf, strict=True, err_msg=path)

@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from backends import array_namespace, backend_of
 from backends import random as ftrandom
 
@@ -103,7 +105,13 @@ def _project_heads_bwd(saved: linear.Saved, d_heads: tuple, splits: tuple):
     xp = array_namespace(d_heads[0])
     n, (batch, n_heads, length, d_head) = len(d_heads), d_heads[0].shape
     d_model = n_heads * d_head
-    g = xp.reshape(xp.permute_dims(xp.stack(d_heads), (1, 3, 0, 2, 4)), (batch * length, n * d_model))
+    if isinstance(d_heads[0], np.ndarray):  # one copy into (B, T, n, H, Dh), not a stack and a copy
+        g = np.empty((batch, length, n, n_heads, d_head), dtype=np.result_type(*d_heads))
+        for i, d_head_i in enumerate(d_heads):
+            g[:, :, i] = np.permute_dims(d_head_i, (0, 2, 1, 3))
+        g = g.reshape(batch * length, n * d_model)
+    else:
+        g = xp.reshape(xp.permute_dims(xp.stack(d_heads), (1, 3, 0, 2, 4)), (batch * length, n * d_model))
     d_w, d_b = saved.x2.mT @ g, xp.sum(g, axis=0)
     dparams, dxs, start = [], [], 0
     for size in splits:
@@ -144,7 +152,8 @@ def dot_product_bwd(saved: DotProductSaved, g):
     scale = 1.0 / math.sqrt(q.shape[-1])
     dv = p.mT @ g  # (B, H, S, Dh)
     d_scores = softmax.bwd(p, g @ v.mT)  # (B, H, T, S); zero where masked
-    dq = (d_scores @ k) * scale
+    dq = d_scores @ k
+    dq *= scale  # dq is new: in place on NumPy, rebound on JAX
     dk = d_scores.mT @ (q * scale)
     return dq, dk, dv
 

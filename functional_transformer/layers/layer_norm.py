@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from backends import array_namespace
 
 from .precision import as_dtype, at_least_float32
@@ -42,11 +44,27 @@ def bwd(saved: Saved, g):
     x_hat, inv_std, scale = saved
     xp = array_namespace(g)
     lead = tuple(range(g.ndim - 1))
+    if isinstance(g, np.ndarray):
+        return _bwd_numpy(saved, g, lead)
     dparams = {"scale": xp.sum(g * x_hat, axis=lead), "bias": xp.sum(g, axis=lead)}
     dx = g * scale  # dx_hat, turned into dx in place below
     projection = xp.mean(dx * x_hat, axis=-1, keepdims=True)
     dx -= xp.mean(dx, axis=-1, keepdims=True)
     dx -= x_hat * projection
+    dx *= inv_std
+    return dparams, dx
+
+
+def _bwd_numpy(saved: Saved, g, lead: tuple):
+    """bwd's operations in its order on NumPy, its three products with x_hat written into one
+    scratch array (`out=`) instead of three new ones."""
+    x_hat, inv_std, scale = saved
+    product = np.multiply(g, x_hat)
+    dparams = {"scale": np.sum(product, axis=lead), "bias": np.sum(g, axis=lead)}
+    dx = g * scale
+    projection = np.mean(np.multiply(dx, x_hat, out=product), axis=-1, keepdims=True)
+    dx -= np.mean(dx, axis=-1, keepdims=True)
+    dx -= np.multiply(x_hat, projection, out=product)
     dx *= inv_std
     return dparams, dx
 

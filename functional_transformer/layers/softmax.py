@@ -6,6 +6,8 @@ zeros (never NaN), which is what a query with nothing to attend to should contri
 
 from __future__ import annotations
 
+import numpy as np
+
 from backends import array_namespace, backend_of
 
 from .precision import as_dtype, at_least_float32
@@ -23,7 +25,11 @@ def fwd(x, mask=None):
     row_max = backend_of(x).stop_gradient(xp.max(x, axis=-1, keepdims=True))
     # A fully masked row has max -inf; shifting by 0 instead keeps exp(-inf) = 0 rather than NaN.
     row_max = xp.where(row_max == -xp.inf, xp.asarray(0, dtype=x.dtype), row_max)
-    p = xp.exp(x - row_max)
+    if isinstance(x, np.ndarray):  # the shift and exp written into one new array: a pass and an array fewer
+        p = np.subtract(x, row_max)
+        np.exp(p, out=p)
+    else:
+        p = xp.exp(x - row_max)
     total = xp.sum(p, axis=-1, keepdims=True)
     p /= xp.where(total == 0, xp.asarray(1, dtype=x.dtype), total)  # a new array: in place on NumPy
     p = as_dtype(p, dtype)

@@ -107,12 +107,41 @@ def _check_matches(tree: Tree, reference: Tree, tree_name: str, reference_name: 
 _STATE_PARAMS = "the params the optimizer state was initialised with"
 
 
+def _one_numpy_float_dtype(*trees: Tree) -> bool:
+    """Whether the leaves of `trees` are NumPy float arrays, all of one dtype: where NumPy's fused
+    paths below give the generic path's numbers (no promotion between leaves to follow)."""
+    leaves = [leaf for tree in trees for leaf in tree_leaves(tree)]
+    dtypes = {leaf.dtype for leaf in leaves if isinstance(leaf, np.ndarray)}
+    return (
+        len(dtypes) == 1
+        and len(leaves) > 0
+        and all(isinstance(leaf, np.ndarray) for leaf in leaves)
+        and (np.issubdtype(next(iter(dtypes)), np.floating))
+    )
+
+
+def _scratch_for(leaves: list, dtype) -> np.ndarray:
+    """A flat NumPy buffer as long as the largest of `leaves`: reused for every leaf's temporaries,
+    it spares NumPy the fresh memory of a new array per leaf, which is most of an elementwise pass's
+    cost on large arrays."""
+    return np.empty(max((leaf.size for leaf in leaves), default=0), dtype=dtype)
+
+
+def _scratch_like(scratch: np.ndarray, leaf: np.ndarray) -> np.ndarray:
+    """The first leaf.size entries of `scratch`, shaped like `leaf`."""
+    return scratch[: leaf.size].reshape(leaf.shape)
+
+
 def global_norm(tree: Tree) -> Any:
     """The L2 norm of all the leaves of `tree` taken together, as a 0-d array."""
     leaves = tree_leaves(tree)
     xp = _xp(tree)
     if not leaves:
         return xp.asarray(0.0)
+    if _one_numpy_float_dtype(tree):
+        # The same products and sums, the squares written into one reused buffer.
+        scratch = _scratch_for(leaves, leaves[0].dtype)
+        return np.sqrt(sum(np.multiply(leaf, leaf, out=_scratch_like(scratch, leaf)).sum() for leaf in leaves))
     return xp.sqrt(sum(xp.sum(leaf * leaf) for leaf in leaves))
 
 
@@ -200,11 +229,105 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9) -> Gradi
             update /= denom
             return update
 
+        if _one_numpy_float_dtype(grads, state["mu"], state["nu"]):
+            updates, mu, nu = _adam_numpy(grads, state, (b1, b2, eps), (correction1, correction2))
+            return updates, {"count": count, "mu": mu, "nu": nu}
         mu = tree_map(first_moment, grads, state["mu"])
         nu = tree_map(second_moment, grads, state["nu"])
         return tree_map(rescaled, mu, nu), {"count": count, "mu": mu, "nu": nu}
 
     return GradientTransformation(init, update)
+
+
+ADAM_CHUNK = 16384  # elements per block of NumPy's Adam update: its few live arrays stay in cache
+
+
+def _adam_numpy(
+    grads: Tree, state: State, betas_eps: tuple, corrections: tuple, decay: tuple | None = None, step_size=None
+) -> tuple[Tree, Tree, Tree]:
+    """scale_by_adam's update on NumPy leaves of one dtype -> (updates, mu, nu): the generic path's
+    operations in its order, each rounded alike, but a block of ADAM_CHUNK elements at a time with
+    `out=`. An elementwise pass over a large leaf is bound by memory; a block goes through all of
+    them while it is in cache, so the leaf is read and written once instead of once per operation.
+    decay (params, weight_decay) and step_size (a 0-d array) go on to add_decayed_weights and
+    scale_by_learning_rate in the same blocks, as `adam` and `adamw` chain them."""
+    b1, b2, eps = betas_eps
+    dtype = tree_leaves(grads)[0].dtype
+    scratch = np.empty(ADAM_CHUNK, dtype=dtype)
+    correction1, correction2 = (np.asarray(c, dtype=dtype) for c in corrections)
+    params, weight_decay = decay if decay is not None else (grads, None)
+    step_size = None if step_size is None else np.asarray(step_size, dtype=dtype)
+
+    def leaf_step(g, m, v, p):
+        mu, nu, update = np.empty(g.shape, dtype), np.empty(g.shape, dtype), np.empty(g.shape, dtype)
+        flat = [x.reshape(-1) for x in (g, m, v, p, mu, nu, update)]  # views, but a copy of a strided g
+        for start in range(0, g.size, ADAM_CHUNK):
+            g_, m_, v_, p_, mu_, nu_, u_ = (x[start : start + ADAM_CHUNK] for x in flat)
+            tmp = scratch[: g_.size]
+            np.multiply(g_, 1 - b1, out=mu_)  # (1 - b1) g + b1 m
+            mu_ += np.multiply(m_, b1, out=tmp)
+            np.multiply(g_, g_, out=nu_)  # (1 - b2) g^2 + b2 v
+            nu_ *= 1 - b2
+            nu_ += np.multiply(v_, b2, out=tmp)
+            np.divide(nu_, correction2, out=u_)  # m_hat / (sqrt(v_hat) + eps)
+            np.sqrt(u_, out=u_)
+            u_ += eps
+            np.divide(np.divide(mu_, correction1, out=tmp), u_, out=u_)
+            if weight_decay is not None:
+                u_ += np.multiply(p_, weight_decay, out=tmp)
+            if step_size is not None:
+                u_ *= step_size
+        return update, mu, nu
+
+    steps = tree_map(leaf_step, grads, state["mu"], state["nu"], params)
+    return tuple(tree_map(lambda step, i=i: step[i], steps) for i in range(3))
+
+
+def _adam_chain(
+    learning_rate: float | Schedule, betas_eps: tuple, weight_decay: float | None = None
+) -> GradientTransformation:
+    """chain(scale_by_adam, [add_decayed_weights,] scale_by_learning_rate), its state and its numbers,
+    with the three steps in one pass over each leaf (`_adam_numpy`) on NumPy float leaves of one dtype."""
+    b1, b2, eps = (float(x) for x in betas_eps)
+    parts = [scale_by_adam(b1, b2, eps)]
+    if weight_decay is not None:
+        parts.append(add_decayed_weights(weight_decay))
+    parts.append(scale_by_learning_rate(learning_rate))
+    chained = chain(*parts)
+    lr_key = str(len(parts) - 1)
+
+    def update(grads, state, params=None):
+        expected_keys = {"0", lr_key} if callable(learning_rate) else {"0"}
+        fusable = (
+            set(state) == expected_keys
+            and isinstance(state["0"], dict)
+            and {"mu", "nu"} <= set(state["0"])
+            and (weight_decay is None or params is not None)
+            and _one_numpy_float_dtype(
+                grads, state["0"]["mu"], state["0"]["nu"], params if weight_decay is not None else {}
+            )
+        )
+        if not fusable:  # JAX, mixed dtypes, or something to report: the chain as it is
+            return chained.update(grads, state, params)
+        adam_state = state["0"]
+        _check_matches(grads, adam_state["mu"], "grads", _STATE_PARAMS)
+        decay = None
+        if weight_decay is not None:
+            _check_matches(grads, params, "grads", "params")
+            decay = (params, float(weight_decay))
+        count = _increment(adam_state["count"], np)
+        new_state = {}
+        if callable(learning_rate):
+            step_size = -learning_rate(state[lr_key]["count"])
+            new_state[lr_key] = {"count": _increment(state[lr_key]["count"], np)}
+        else:
+            step_size = -float(learning_rate)
+        corrections = (1 - b1**count, 1 - b2**count)
+        updates, mu, nu = _adam_numpy(grads, adam_state, (b1, b2, eps), corrections, decay, step_size)
+        new_state["0"] = {"count": count, "mu": mu, "nu": nu}
+        return updates, dict(sorted(new_state.items()))
+
+    return GradientTransformation(chained.init, update)
 
 
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
@@ -302,7 +425,7 @@ def adam(
     learning_rate: float | Schedule, b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9
 ) -> GradientTransformation:
     """Adam with the defaults of "Attention Is All You Need", as `optax.adam`."""
-    return chain(scale_by_adam(b1, b2, eps), scale_by_learning_rate(learning_rate))
+    return _adam_chain(learning_rate, (b1, b2, eps))
 
 
 def adamw(
@@ -314,4 +437,4 @@ def adamw(
 ) -> GradientTransformation:
     """Adam with decoupled weight decay (Loshchilov & Hutter, 2019), as `optax.adamw`: the decay is
     added after the Adam rescaling and scaled by the learning rate with it."""
-    return chain(scale_by_adam(b1, b2, eps), add_decayed_weights(weight_decay), scale_by_learning_rate(learning_rate))
+    return _adam_chain(learning_rate, (b1, b2, eps), float(weight_decay))
