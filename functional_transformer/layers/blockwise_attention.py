@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 from backends import array_namespace, backend_of
 
+from . import attention, linear, rotary
 from .precision import as_dtype, at_least_float32
 
 # Tile sizes: measured on CPU (docs/speed/long.md), 512 keeps the matmuls large enough that the
@@ -180,6 +181,80 @@ def bwd(saved: Saved, g, *, causal: bool = False, block_q: int = BLOCK_Q, block_
 
 def apply(q, k, v, mask=None, *, causal: bool = False, block_q: int = BLOCK_Q, block_k: int = BLOCK_K):
     return fwd(q, k, v, mask, causal=causal, block_q=block_q, block_k=block_k)[0]
+
+
+# --- multi-head attention over the blockwise kernel ----------------------------------------------
+
+
+class HeadsSaved(NamedTuple):
+    """multi_head_fwd's residuals."""
+
+    inputs: tuple  # linear.Saved: (q, k, v fused) for self-attention, (q, (k, v) fused) for cross
+    rotation: Any  # rotary.Table, or None without rotary positions
+    dot_product: Saved
+    o: linear.Saved
+
+
+def multi_head_fwd(params: dict, x_q, x_kv, mask, n_heads: int, n_kv_heads: int, *, causal=False, rope_base=None):
+    """attention.fwd / attention.grouped_fwd with the blockwise kernel: x_q (B, T, D) attends to x_kv
+    (B, S, D) (the very object x_q for self-attention) -> (y (B, T, D), HeadsSaved). params are
+    attention.init's or grouped_init's (with or without biases); `mask` as fwd takes it."""
+    xp = array_namespace(x_q)
+    d_model = x_q.shape[-1]
+    d_kv = n_kv_heads * (d_model // n_heads)
+    if x_kv is x_q:
+        h, saved_qkv = linear.fwd(attention._grouped_linear(params, ("q", "k", "v")), x_q)
+        q, k, v = h[..., :d_model], h[..., d_model : d_model + d_kv], h[..., d_model + d_kv :]
+        saved_inputs = (saved_qkv,)
+    else:
+        q, saved_q = linear.fwd(attention._grouped_linear(params, ("q",)), x_q)
+        h, saved_kv = linear.fwd(attention._grouped_linear(params, ("k", "v")), x_kv)
+        k, v = h[..., :d_kv], h[..., d_kv:]
+        saved_inputs = (saved_q, saved_kv)
+    q, k, v = (
+        attention.split_heads(q, n_heads),
+        attention.split_heads(k, n_kv_heads),
+        attention.split_heads(v, n_kv_heads),
+    )
+    rotation = None
+    if rope_base is not None:
+        rotation = rotary.table(x_q.shape[1], d_model // n_heads, x_q.dtype, xp, 0, rope_base)
+        q, k = rotary.fwd(q, rotation), rotary.fwd(k, rotation)
+    heads, saved_dot = fwd(q, k, v, mask, causal=causal)
+    y, saved_o = linear.fwd(attention._grouped_linear(params, ("o",)), attention.merge_heads(heads))
+    return y, HeadsSaved(saved_inputs, rotation, saved_dot, saved_o)
+
+
+def multi_head_bwd(saved: HeadsSaved, g, *, causal=False, bias: bool = True):
+    """-> (dparams, dx_q, dx_kv): dx_kv is None for self-attention (dx_q is the whole input's)."""
+    xp = array_namespace(g)
+    d_o, d_heads = linear.bwd(saved.o, g, bias)
+    dq, dk, dv = bwd(saved.dot_product, attention.split_heads(d_heads, saved.dot_product.q.shape[1]), causal=causal)
+    if saved.rotation is not None:
+        dq, dk = rotary.bwd(saved.rotation, dq), rotary.bwd(saved.rotation, dk)
+    dq, dk, dv = attention.merge_heads(dq), attention.merge_heads(dk), attention.merge_heads(dv)
+    widths = {"q": dq.shape[-1], "k": dk.shape[-1], "v": dv.shape[-1]}
+    if len(saved.inputs) == 1:
+        d_in, dx_q = linear.bwd(saved.inputs[0], xp.concat([dq, dk, dv], axis=-1), bias)
+        groups, dx_kv = ((("q", "k", "v"), d_in),), None
+    else:
+        d_in_q, dx_q = linear.bwd(saved.inputs[0], dq, bias)
+        d_in_kv, dx_kv = linear.bwd(saved.inputs[1], xp.concat([dk, dv], axis=-1), bias)
+        groups = ((("q",), d_in_q), (("k", "v"), d_in_kv))
+    dparams = {}
+    for names, d_in in groups:
+        start = 0
+        for name in names:
+            columns = slice(start, start + widths[name])
+            dparams[f"w_{name}"] = d_in["w"][:, columns]
+            if bias:
+                dparams[f"b_{name}"] = d_in["b"][columns]
+            start += widths[name]
+    dparams["w_o"] = d_o["w"]
+    if bias:
+        dparams["b_o"] = d_o["b"]
+    order = [f"{kind}_{name}" for name in attention.PROJECTIONS for kind in "wb"]
+    return {name: dparams[name] for name in order if name in dparams}, dx_q, dx_kv
 
 
 # --- NumPy (and any eager namespace): a Python loop over tiles -----------------------------------
