@@ -163,7 +163,13 @@ def test_parts_blockwise_equal_full_outputs_and_gradients(backend, name):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", PART_CASES)
+# On JAX each case runs eagerly op by op around the compiled kernel: one case in the default run.
+SLOW_ON_JAX = pytest.mark.slow if ON_JAX else ()
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=SLOW_ON_JAX if n != "cross_memory_padding" else ()) for n in PART_CASES]
+)
 def test_blockwise_parts_backward_matches_finite_differences_and_jax(backend, name):
     """The VJP against finite differences and jax.vjp of the forward (which on JAX runs through the
     custom_vjp, so its backward is checked against the numbers too)."""
@@ -227,6 +233,7 @@ def _count_blockwise(saved) -> int:
     return 0
 
 
+@(pytest.mark.slow if ON_JAX else lambda test: test)
 def test_encoder_decoder_blockwise_equals_full(backend):
     """The config's attention_kernel reaches every attention of the model (encoder self, decoder
     causal self, cross) and changes nothing but rounding: logits and all parameter gradients."""

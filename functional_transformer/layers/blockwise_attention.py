@@ -165,7 +165,7 @@ def fwd(q, k, v, mask=None, *, causal: bool = False, block_q: int = BLOCK_Q, blo
     if causal and q.shape[2] != k.shape[2]:
         raise ValueError(f"causal attention needs as many queries as keys, got {q.shape[2]} and {k.shape[2]}")
     if backend_of(q).name == "jax":
-        out, lse = _jax_attention(causal, block_q, block_k)(q, k, v, mask)
+        out, lse = _jax_kernels(causal, block_q, block_k)[0](q, k, v, mask)
         lse = backend_of(q).stop_gradient(lse)  # a by-product: its cotangent is taken to be zero
     else:
         out, lse = _loop_fwd(q, k, v, mask, causal, block_q, block_k)
@@ -175,7 +175,7 @@ def fwd(q, k, v, mask=None, *, causal: bool = False, block_q: int = BLOCK_Q, blo
 def bwd(saved: Saved, g, *, causal: bool = False, block_q: int = BLOCK_Q, block_k: int = BLOCK_K):
     """g = dL/dout (B, H, T, Dh) -> (dq, dk, dv), the settings as given to fwd."""
     if backend_of(g).name == "jax":
-        return _jax_bwd(saved, g, causal, block_q, block_k)
+        return _jax_kernels(causal, block_q, block_k)[1](saved, g)
     return _loop_bwd(saved, g, causal, block_q, block_k)
 
 
@@ -503,22 +503,27 @@ def _first(tiles, k_tile, v_tile):
 
 
 @functools.cache
-def _jax_attention(causal: bool, block_q: int, block_k: int):
-    """(q, k, v, mask) -> (out, logsumexp) as a jax.custom_vjp whose backward is _jax_bwd (one per setting)."""
+def _jax_kernels(causal: bool, block_q: int, block_k: int):
+    """-> ((q, k, v, mask) -> (out, logsumexp), a jax.custom_vjp whose backward is _jax_bwd;
+    (saved, g) -> (dq, dk, dv), that backward): jitted, so eager calls compile once per shape
+    (inside a caller's jit they are inlined). One pair per setting."""
     import jax
+
+    forward = jax.jit(lambda q, k, v, mask: _jax_fwd(q, k, v, mask, causal, block_q, block_k))
+    backward = jax.jit(lambda saved, g: _jax_bwd(saved, g, causal, block_q, block_k))
 
     @jax.custom_vjp
     def attention(q, k, v, mask):
-        return _jax_fwd(q, k, v, mask, causal, block_q, block_k)
+        return forward(q, k, v, mask)
 
     def fwd_rule(q, k, v, mask):
-        out, lse = _jax_fwd(q, k, v, mask, causal, block_q, block_k)
+        out, lse = forward(q, k, v, mask)
         return (out, lse), Saved(q, k, v, mask, out, lse)
 
     def bwd_rule(saved, cotangents):
         g, _ = cotangents  # the log-sum-exp's: fwd stops its gradient, so it is zero
-        dq, dk, dv = _jax_bwd(saved, g, causal, block_q, block_k)
+        dq, dk, dv = backward(saved, g)
         return dq, dk, dv, None
 
     attention.defvjp(fwd_rule, bwd_rule)
-    return attention
+    return attention, backward
