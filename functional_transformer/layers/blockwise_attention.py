@@ -36,6 +36,8 @@ import functools
 import math
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from backends import array_namespace, backend_of
 
 from . import attention, linear, rotary
@@ -111,8 +113,19 @@ def _scores(q_tile, k_tile, keep, groups: tuple):
         return s
     batch, n_kv, n_groups, n = groups
     s5 = xp.reshape(s, (batch, n_kv, n_groups, n, s.shape[-1]))
+    if isinstance(s5, np.ndarray):  # s is new: masked in place, one pass and no second tile
+        np.copyto(s5, -np.inf, where=~keep)
+        return s
     s5 = xp.where(keep, s5, xp.asarray(-xp.inf, dtype=s.dtype))
     return xp.reshape(s5, s.shape)
+
+
+def _exp_shifted(s, shift):
+    """exp(s - shift); on NumPy in place over s, a tile the caller no longer needs."""
+    if isinstance(s, np.ndarray):
+        np.subtract(s, shift, out=s)
+        return np.exp(s, out=s)
+    return array_namespace(s).exp(s - shift)
 
 
 def _online_update(state, s, v_tile):
@@ -122,7 +135,7 @@ def _online_update(state, s, v_tile):
     new_max = xp.maximum(row_max, xp.max(s, axis=-1, keepdims=True))
     # A row that has seen only masked keys keeps max -inf; shift it by 0 so exp gives 0, not NaN.
     shift = xp.where(new_max == -xp.inf, xp.asarray(0, dtype=s.dtype), new_max)
-    p = xp.exp(s - shift)
+    p = _exp_shifted(s, shift)
     rescale = xp.exp(row_max - shift)
     total = total * rescale + xp.sum(p, axis=-1, keepdims=True)
     acc = acc * rescale + as_dtype(p, v_tile.dtype) @ v_tile
@@ -143,11 +156,15 @@ def _finish(state, dtype):
 def _tile_grads(q_tile, k_tile, v_tile, g_tile, lse_tile, delta_tile, keep, groups, scale: float):
     """The backward of one tile -> (dq_tile, dk_tile, dv_tile) to add, dq and dk scaled: q_tile is
     scaled; lse_tile and delta_tile (B, Hkv, G n, 1)."""
-    xp = array_namespace(q_tile)
-    s = _scores(q_tile, k_tile, keep, groups)
-    p = xp.exp(s - lse_tile)
+    p = _exp_shifted(_scores(q_tile, k_tile, keep, groups), lse_tile)
     dv = as_dtype(p, g_tile.dtype).mT @ g_tile
-    ds = p * (at_least_float32(g_tile @ v_tile.mT) - delta_tile)
+    dp = at_least_float32(g_tile @ v_tile.mT)
+    if isinstance(dp, np.ndarray):  # dp is new: the score gradient p * (dp - D) in place
+        dp -= delta_tile
+        dp *= p
+        ds = dp
+    else:
+        ds = p * (dp - delta_tile)
     ds = as_dtype(ds, q_tile.dtype)
     return (ds @ k_tile) * scale, ds.mT @ q_tile, dv
 
