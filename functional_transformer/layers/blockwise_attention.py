@@ -282,6 +282,12 @@ def _key_stop(i1: int, n_keys: int, causal: bool) -> int:
     return min(i1, n_keys) if causal else n_keys
 
 
+def _contiguous(x):
+    """x in C order: NumPy's batched matmul over strided heads (split_heads' views) falls off BLAS's
+    fast path, several times slower on a tile (docs/speed/long.md)."""
+    return np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x
+
+
 def _loop_tile_mask(mask_g, causal, i0, i1, j0, j1, xp):
     """One tile's mask on the loop path; the causal part only where the tile crosses the diagonal."""
     mask_block = None
@@ -297,6 +303,7 @@ def _loop_fwd(q, k, v, mask, causal, block_q, block_k):
     batch, n_kv, n_groups, length, d_head = shapes = _shapes(q, k)
     scale = 1.0 / math.sqrt(d_head)
     q_g = xp.reshape(q, shapes)
+    k, v = _contiguous(k), _contiguous(v)
     mask_g = _grouped_mask(mask, n_kv)
     out = xp.empty(shapes, dtype=q.dtype)
     acc_dtype = at_least_float32(q[:0, :0, :0]).dtype
@@ -327,6 +334,7 @@ def _loop_bwd(saved: Saved, g, causal, block_q, block_k):
     batch, n_kv, n_groups, length, d_head = shapes = _shapes(q, k)
     scale = 1.0 / math.sqrt(d_head)
     q_g, g_g = xp.reshape(q, shapes), xp.reshape(g, shapes)
+    k, v = _contiguous(k), _contiguous(v)
     lse_g = xp.reshape(lse, shapes[:4])
     delta_g = xp.sum(at_least_float32(g) * at_least_float32(out), axis=-1)
     delta_g = xp.reshape(delta_g, shapes[:4])
