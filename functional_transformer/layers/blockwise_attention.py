@@ -50,7 +50,9 @@ BLOCK_K = 512
 
 
 class Saved(NamedTuple):
-    """The backward's residuals: the inputs, the output and each query's log-sum-exp (no probabilities)."""
+    """The backward's residuals: the inputs, the output and each query's log-sum-exp. The weights only
+    where one tile holds every query and key (NumPy): no more memory than a tile, and the backward
+    is spared their recompute, which would make a short sequence slower than the full kernel."""
 
     q: Any  # (B, H, T, Dh)
     k: Any  # (B, Hkv, S, Dh)
@@ -58,6 +60,7 @@ class Saved(NamedTuple):
     mask: Any  # as given to fwd, or None
     out: Any  # (B, H, T, Dh)
     logsumexp: Any  # (B, H, T), at least float32; +inf for a query that sees no key
+    weights: Any = None  # the one tile's softmax weights (B, Hkv, G T, S), else None
 
 
 def _check(q, k, v, mask) -> None:
@@ -139,7 +142,7 @@ def _online_update(state, s, v_tile):
     rescale = xp.exp(row_max - shift)
     total = total * rescale + xp.sum(p, axis=-1, keepdims=True)
     acc = acc * rescale + as_dtype(p, v_tile.dtype) @ v_tile
-    return new_max, total, acc
+    return (new_max, total, acc), p
 
 
 def _finish(state, dtype):
@@ -153,10 +156,11 @@ def _finish(state, dtype):
     return as_dtype(out, dtype), lse[..., 0]
 
 
-def _tile_grads(q_tile, k_tile, v_tile, g_tile, lse_tile, delta_tile, keep, groups, scale: float):
+def _tile_grads(q_tile, k_tile, v_tile, g_tile, lse_tile, delta_tile, keep, groups, scale: float, p=None):
     """The backward of one tile -> (dq_tile, dk_tile, dv_tile) to add, dq and dk scaled: q_tile is
-    scaled; lse_tile and delta_tile (B, Hkv, G n, 1)."""
-    p = _exp_shifted(_scores(q_tile, k_tile, keep, groups), lse_tile)
+    scaled; lse_tile and delta_tile (B, Hkv, G n, 1); p: the tile's weights if kept, else recomputed."""
+    if p is None:
+        p = _exp_shifted(_scores(q_tile, k_tile, keep, groups), lse_tile)
     dv = as_dtype(p, g_tile.dtype).mT @ g_tile
     dp = at_least_float32(g_tile @ v_tile.mT)
     if isinstance(dp, np.ndarray):  # dp is new: the score gradient p * (dp - D) in place
@@ -185,7 +189,8 @@ def fwd(q, k, v, mask=None, *, causal: bool = False, block_q: int = BLOCK_Q, blo
         out, lse = _jax_kernels(causal, block_q, block_k)[0](q, k, v, mask)
         lse = backend_of(q).stop_gradient(lse)  # a by-product: its cotangent is taken to be zero
     else:
-        out, lse = _loop_fwd(q, k, v, mask, causal, block_q, block_k)
+        out, lse, weights = _loop_fwd(q, k, v, mask, causal, block_q, block_k)
+        return out, Saved(q, k, v, mask, out, lse, weights)
     return out, Saved(q, k, v, mask, out, lse)
 
 
@@ -321,16 +326,20 @@ def _loop_fwd(q, k, v, mask, causal, block_q, block_k):
             j1 = min(j0 + block_k, k.shape[2])
             keep = _loop_tile_mask(mask_g, causal, i0, i1, j0, j1, xp)
             s = _scores(q_tile, k[:, :, j0:j1], keep, (batch, n_kv, n_groups, i1 - i0))
-            state = _online_update(state, s, v[:, :, j0:j1])
+            state, p = _online_update(state, s, v[:, :, j0:j1])
         out_tile, lse_tile = _finish(state, q.dtype)
         out[:, :, :, i0:i1] = xp.reshape(out_tile, (batch, n_kv, n_groups, i1 - i0, d_head))
         lse[:, :, :, i0:i1] = xp.reshape(lse_tile, (batch, n_kv, n_groups, i1 - i0))
-    return xp.reshape(out, q.shape), xp.reshape(lse, q.shape[:3])
+    weights = None
+    if length <= block_q and k.shape[2] <= block_k:  # one tile: p is exp(s - max), normalised here
+        p /= xp.where(state[1] > 0, state[1], xp.asarray(1, dtype=p.dtype))
+        weights = p
+    return xp.reshape(out, q.shape), xp.reshape(lse, q.shape[:3]), weights
 
 
 def _loop_bwd(saved: Saved, g, causal, block_q, block_k):
     xp = array_namespace(g)
-    q, k, v, mask, out, lse = saved
+    q, k, v, mask, out, lse = saved[:6]
     batch, n_kv, n_groups, length, d_head = shapes = _shapes(q, k)
     scale = 1.0 / math.sqrt(d_head)
     q_g, g_g = xp.reshape(q, shapes), xp.reshape(g, shapes)
@@ -365,6 +374,7 @@ def _loop_bwd(saved: Saved, g, causal, block_q, block_k):
                 keep,
                 (batch, n_kv, n_groups, n),
                 scale,
+                saved.weights,  # not None only where this is the one tile
             )
             dq_tile += grads[0]
             dk[:, :, j0:j1] += grads[1]
@@ -456,7 +466,7 @@ def _jax_fwd(q, k, v, mask, causal, block_q, block_k):
             keep = _jax_tile_mask(mask_g, causal, tiling, i0, j0)
             k_tile = lax.dynamic_slice_in_dim(k_p, j0, tiling.block_k, axis=2)
             s = _scores(q_tile, k_tile, keep, (batch, n_kv, n_groups, tiling.block_q))
-            return _online_update(state, s, lax.dynamic_slice_in_dim(v_p, j0, tiling.block_k, axis=2))
+            return _online_update(state, s, lax.dynamic_slice_in_dim(v_p, j0, tiling.block_k, axis=2))[0]
 
         state = (
             jnp.full((batch, n_kv, rows, 1), -jnp.inf, dtype=acc_dtype),
@@ -478,7 +488,7 @@ def _jax_bwd(saved: Saved, g, causal, block_q, block_k):
     import jax.numpy as jnp
     from jax import lax
 
-    q, k, v, mask, out, lse = saved
+    q, k, v, mask, out, lse = saved[:6]
     batch, n_kv, n_groups, length, d_head = shapes = _shapes(q, k)
     scale = 1.0 / math.sqrt(d_head)
     tiling = _tiling(length, k.shape[2], block_q, block_k)
