@@ -26,9 +26,10 @@ from .part import Part
 from .position_wise import _check_positive, _check_width, _dtype
 
 ATTENTION_KERNELS = ("auto", "full", "blockwise")
-# "auto"'s rule: blockwise from T * S = 1024 * 1024 on. Measured on CPU (docs/speed/long.md): the
-# tiny model's train step with full attention is as fast or faster up to T = 512 on both backends,
-# and slower from T = 1,024 on, where the (B, H, T, T) weights outgrow the caches.
+# "auto"'s rule: blockwise from T * S = 1024 * 1024 on. Measured on CPU with the tiny model's train
+# step (docs/speed/long.md): at T = 512 the two take the same CPU time on both backends (blockwise is
+# then one tile), from T = 1,024 on blockwise is faster, and full attention's (B, H, T, T) weights
+# grow quadratically. Below the threshold full keeps short sequences' numbers exactly as they were.
 AUTO_BLOCKWISE_AT = 1024 * 1024
 
 
