@@ -13,6 +13,7 @@ POSITIONAL = ("sinusoidal", "learned")
 DTYPES = ("float32", "float64")
 # Besides the parameter dtype itself: bfloat16 matmuls and activations over float32 master params.
 COMPUTE_DTYPES = ("bfloat16",)
+ATTENTION_KERNELS = ("auto", "full", "blockwise")  # as parts.attention.ATTENTION_KERNELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +27,8 @@ class TransformerConfig:
     dtype is the parameters' (and the optimizer state's) dtype; compute_dtype="bfloat16" runs the
     matmuls and activations in bfloat16 over them (JAX only), with softmax, layer-norm statistics,
     the logits and the loss in dtype; None computes in dtype.
+    attention_kernel: "auto", "full" or "blockwise", how every attention layer computes its weights
+    (parts/attention.py: blockwise keeps memory linear in the length; auto picks it for long inputs).
     """
 
     src_vocab_size: int
@@ -44,6 +47,7 @@ class TransformerConfig:
     activation: str = "relu"
     positional: str = "sinusoidal"
     compute_dtype: str | None = None
+    attention_kernel: str = "auto"
 
     def __post_init__(self):
         for name in (
@@ -79,6 +83,8 @@ class TransformerConfig:
             raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.positional not in POSITIONAL:
             raise ConfigError(f"positional must be one of {POSITIONAL}, got {self.positional!r}")
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise ConfigError(f"attention_kernel must be one of {ATTENTION_KERNELS}, got {self.attention_kernel!r}")
 
     @property
     def activations_dtype(self) -> str:

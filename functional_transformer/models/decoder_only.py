@@ -53,7 +53,8 @@ class DecoderConfig:
     activation "relu", "gelu" (tanh form) or "silu"; gated_ffn (SwiGLU with "silu", GeGLU with
     "gelu"); n_kv_heads (grouped-query attention; None: n_heads); bias (attention and feed-forward
     biases; False needs gated_ffn); head_bias (the output projection's); scale_embeddings (the
-    paper's sqrt(d_model); GPT-2 and Llama do not scale)."""
+    paper's sqrt(d_model); GPT-2 and Llama do not scale). attention_kernel: "auto", "full" or
+    "blockwise" (parts/attention.py: blockwise keeps memory linear in the length)."""
 
     vocab_size: int
     d_model: int = 128
@@ -76,6 +77,7 @@ class DecoderConfig:
     rope_base: float = 10000.0
     scale_embeddings: bool = True
     head_bias: bool = True
+    attention_kernel: str = "auto"
 
     def __post_init__(self):
         _check_sizes(self, ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "max_len"))
@@ -151,6 +153,7 @@ def block(cfg, *, causal: bool) -> Serial:
         n_kv_heads=_setting(cfg, "n_kv_heads", None),
         bias=bias,
         rope_base=float(cfg.rope_base) if rope else None,
+        attention_kernel=_setting(cfg, "attention_kernel", "auto"),
     )
     if _setting(cfg, "gated_ffn", False):
         ffn = GatedFeedForward(cfg.d_model, cfg.d_ff, cfg.activation, bias, cfg.dtype)

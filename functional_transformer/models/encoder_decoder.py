@@ -60,10 +60,16 @@ def _residual(cfg, sublayer: Part, name: str, norm_name: str) -> Residual:
     )
 
 
+def _self_attention(cfg, *, causal: bool) -> SelfAttention:
+    return SelfAttention(
+        cfg.d_model, cfg.n_heads, causal=causal, dtype=cfg.dtype, attention_kernel=cfg.attention_kernel
+    )
+
+
 def encoder_block(cfg) -> Serial:
     """x (B, S, D) -> (B, S, D); side `mask`: the source's key padding (B, S)."""
     return Serial(
-        _residual(cfg, SelfAttention(cfg.d_model, cfg.n_heads, dtype=cfg.dtype), "self_attn", "ln1"),
+        _residual(cfg, _self_attention(cfg, causal=False), "self_attn", "ln1"),
         _residual(cfg, FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, cfg.dtype), "ffn", "ln2"),
     )
 
@@ -72,8 +78,13 @@ def decoder_block(cfg) -> Serial:
     """(x (B, T, D), memory (B, S, D)) -> (y, memory); side `mask` (the target's padding (B, T)) and
     `memory_mask` (the source's (B, S))."""
     return Serial(
-        _residual(cfg, SelfAttention(cfg.d_model, cfg.n_heads, causal=True, dtype=cfg.dtype), "self_attn", "ln1"),
-        _residual(cfg, CrossAttention(cfg.d_model, cfg.n_heads, dtype=cfg.dtype), "cross_attn", "ln2"),
+        _residual(cfg, _self_attention(cfg, causal=True), "self_attn", "ln1"),
+        _residual(
+            cfg,
+            CrossAttention(cfg.d_model, cfg.n_heads, dtype=cfg.dtype, attention_kernel=cfg.attention_kernel),
+            "cross_attn",
+            "ln2",
+        ),
         _residual(cfg, FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, cfg.dtype), "ffn", "ln3"),
     )
 

@@ -21,7 +21,8 @@ from .decoder_only import _check_sizes, _from_dict, blocks
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-    """Hyperparameters of the classifier; n_classes is the number of labels."""
+    """Hyperparameters of the classifier; n_classes is the number of labels. attention_kernel: "auto",
+    "full" or "blockwise" (parts/attention.py: blockwise keeps memory linear in the length)."""
 
     vocab_size: int
     n_classes: int
@@ -36,6 +37,7 @@ class EncoderConfig:
     positional: str = "learned"
     activation: str = "gelu"
     dtype: str = "float32"
+    attention_kernel: str = "auto"
 
     def __post_init__(self):
         _check_sizes(self, ("vocab_size", "n_classes", "d_model", "n_heads", "d_ff", "n_layers", "max_len"))

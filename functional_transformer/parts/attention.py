@@ -5,6 +5,12 @@ params {"w_q", "b_q", "w_k", "b_k", "w_v", "b_v", "w_o", "b_o"}, each w (d_model
 forward and the hand-written VJP are layers/attention.py's. Self-attention also comes in today's
 forms: grouped-query (n_kv_heads), without biases, with rotary positions (rope_base); w_k and w_v
 are then (d_model, n_kv_heads * d_model // n_heads).
+
+`attention_kernel` picks how the attention weights are computed (the same function either way, to
+rounding): "full" materialises softmax(q k^T) per head, (B, H, T, S), as layers/attention.py does;
+"blockwise" runs layers/blockwise_attention.py, tile by tile, whose memory grows linearly with the
+length; "auto" (the default) uses blockwise where T * S >= AUTO_BLOCKWISE_AT, full below. Decoding
+steps (one query over the cache) always use the full kernel: one row is already linear in length.
 """
 
 from __future__ import annotations
@@ -14,10 +20,31 @@ import dataclasses
 from backends import array_namespace
 
 from ..errors import ConfigError
-from ..layers import attention
+from ..layers import attention, blockwise_attention
 from .masks import attention_mask
 from .part import Part
 from .position_wise import _check_positive, _check_width, _dtype
+
+ATTENTION_KERNELS = ("auto", "full", "blockwise")
+# "auto"'s rule: blockwise from T * S = 1024 * 1024 on. Measured on CPU with the tiny model's train
+# step (docs/speed/long.md): at T = 512 the two take the same CPU time on both backends (blockwise is
+# then one tile), from T = 1,024 on blockwise is faster, and full attention's (B, H, T, T) weights
+# grow quadratically. Below the threshold full keeps short sequences' numbers exactly as they were.
+AUTO_BLOCKWISE_AT = 1024 * 1024
+
+
+def uses_blockwise(attention_kernel: str, n_queries: int, n_keys: int) -> bool:
+    """Whether `attention_kernel` ("auto", "full" or "blockwise") runs blockwise for T queries and S keys."""
+    if attention_kernel == "auto":
+        return n_queries * n_keys >= AUTO_BLOCKWISE_AT
+    return attention_kernel == "blockwise"
+
+
+def _check_kernel(part) -> None:
+    if part.attention_kernel not in ATTENTION_KERNELS:
+        raise ConfigError(
+            f"{type(part).__name__}: attention_kernel must be one of {ATTENTION_KERNELS}, got {part.attention_kernel!r}"
+        )
 
 
 def _check_heads(part) -> None:
@@ -45,7 +72,8 @@ class SelfAttention(Part):
 
     n_kv_heads: key/value heads, each shared by n_heads // n_kv_heads query heads (grouped-query
     attention; 1 is multi-query; None is n_heads, the paper's). bias=False: projections without
-    biases. rope_base: rotate queries and keys by rotary positions with this base (None: none)."""
+    biases. rope_base: rotate queries and keys by rotary positions with this base (None: none).
+    attention_kernel: "auto", "full" or "blockwise" (see the module's docstring)."""
 
     d_model: int
     n_heads: int
@@ -54,9 +82,11 @@ class SelfAttention(Part):
     n_kv_heads: int | None = None
     bias: bool = True
     rope_base: float | None = None
+    attention_kernel: str = "auto"
 
     def __post_init__(self):
         _check_heads(self)
+        _check_kernel(self)
         if self.n_kv_heads is not None:
             _check_positive(self, n_kv_heads=self.n_kv_heads)
             if self.n_heads % self.n_kv_heads:
@@ -92,12 +122,21 @@ class SelfAttention(Part):
     def fwd(self, params, x, *, train=False, key=None, mask=None, **side):
         _check_width(self, x, self.d_model)
         batch, length, _ = x.shape
+        if uses_blockwise(self.attention_kernel, length, length):
+            # The causal mask stays a flag: built whole it would be the (T, T) matrix blockwise avoids.
+            mask = attention_mask(mask, "mask", batch, length, length, causal=False, xp=array_namespace(x))
+            return blockwise_attention.multi_head_fwd(
+                params, x, x, mask, self.n_heads, self.kv_heads, causal=self.causal, rope_base=self.rope_base
+            )
         mask = attention_mask(mask, "mask", batch, length, length, causal=self.causal, xp=array_namespace(x))
         if self.grouped:
             return attention.grouped_fwd(params, x, mask, self.n_heads, self.kv_heads, self.rope_base)
         return attention.fwd(params, x, x, mask, self.n_heads)
 
     def bwd(self, params, saved, dy):
+        if isinstance(saved, blockwise_attention.HeadsSaved):
+            dparams, dx, _ = blockwise_attention.multi_head_bwd(saved, dy, causal=self.causal, bias=self.bias)
+            return dparams, dx
         if self.grouped:
             return attention.grouped_bwd(saved, dy, self.n_heads, self.kv_heads, self.bias)
         dparams, dx_q, dx_kv = attention.bwd(saved, dy, self.n_heads)
@@ -133,16 +172,19 @@ class SelfAttention(Part):
 @dataclasses.dataclass(frozen=True)
 class CrossAttention(Part):
     """(x (B, T, D), memory (B, S, D)) -> (B, T, D): x's queries attend to the memory's keys and
-    values. side `memory_mask`: the memory's key padding (B, S) or a full mask. dx is (dx, d_memory)."""
+    values. side `memory_mask`: the memory's key padding (B, S) or a full mask. dx is (dx, d_memory).
+    attention_kernel: "auto", "full" or "blockwise" (see the module's docstring)."""
 
     d_model: int
     n_heads: int
     dtype: str = "float32"
+    attention_kernel: str = "auto"
 
     n_inputs = 2
 
     def __post_init__(self):
         _check_heads(self)
+        _check_kernel(self)
 
     def init(self, key) -> dict:
         return attention.init(key, self.d_model, _dtype(key, self.dtype))
@@ -158,9 +200,15 @@ class CrossAttention(Part):
         _check_width(self, memory, self.d_model, "memory")
         if memory.shape[0] != x.shape[0]:
             raise ValueError(f"{self!r}: x has batch size {x.shape[0]} but the memory has {memory.shape[0]}")
-        return attention.fwd(params, x, memory, self._mask(x, memory, memory_mask), self.n_heads)
+        mask = self._mask(x, memory, memory_mask)
+        if uses_blockwise(self.attention_kernel, x.shape[1], memory.shape[1]):
+            return blockwise_attention.multi_head_fwd(params, x, memory, mask, self.n_heads, self.n_heads)
+        return attention.fwd(params, x, memory, mask, self.n_heads)
 
     def bwd(self, params, saved, dy):
+        if isinstance(saved, blockwise_attention.HeadsSaved):
+            dparams, dx, d_memory = blockwise_attention.multi_head_bwd(saved, dy)
+            return dparams, (dx, d_memory)
         dparams, dx, d_memory = attention.bwd(saved, dy, self.n_heads)
         return dparams, (dx, d_memory)
 
