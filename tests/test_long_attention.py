@@ -1,4 +1,4 @@
-"""The long-sequence study (benchmarks/long_attention.py) at a tiny length: one point per kernel in
+"""The long-sequence study (benchmarks/studies/long_attention.py) at a tiny length: one point per kernel in
 this process and one through the subprocess a real run uses, the skip of full attention where its
 weights would not fit, and the table."""
 
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from benchmarks import long_attention
+from benchmarks.studies import long_attention
 
 
 def test_a_point_measures_time_memory_and_the_same_loss_for_both_kernels(capsys):

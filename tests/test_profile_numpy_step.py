@@ -1,4 +1,4 @@
-"""scripts/profile_numpy_step.py: the NumPy train step's time grouped by kind of operation.
+"""benchmarks/studies/profile_numpy_step.py: the NumPy train step's time grouped by kind of operation.
 
 NumPy only (the script profiles the NumPy backend), so these run in the NumPy suite."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "scripts" / "profile_numpy_step.py"
+SCRIPT = REPO / "benchmarks" / "studies" / "profile_numpy_step.py"
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("FT_BACKEND", "numpy") != "numpy", reason="profiles the NumPy backend: tested in the NumPy run"

@@ -1,8 +1,10 @@
-"""Long sequences: the tiny model's train step at T = 512 .. 16,384 (batch 1), full attention
-against blockwise attention (parts/attention.py's `attention_kernel`), time and peak memory.
+"""Long sequences: the tiny model's train step at long lengths, full against blockwise attention.
 
-    uv run python -m benchmarks.long_attention                       # both backends, every length
-    uv run python -m benchmarks.long_attention --backends numpy --lengths 512 2048 --reps 3
+The step at T = 512 .. 16,384 (batch 1) with each `attention_kernel` (parts/attention.py): time and
+peak memory.
+
+    uv run python -m benchmarks.studies.long_attention                       # both backends, every length
+    uv run python -m benchmarks.studies.long_attention --backends numpy --lengths 512 2048 --reps 3
 
 Each (backend, kernel, length) point runs in a subprocess of its own, so that its peak memory is its
 own: the process's peak resident set (ru_maxrss) on both backends, and on JAX also XLA's plan of the
@@ -36,7 +38,7 @@ GIB = 1024**3
 
 def model_config(length: int, kernel: str):
     """The tiny benchmark model with T = S = `length` and the given attention kernel."""
-    from .configs import CONFIGS
+    from benchmarks.configs import CONFIGS
 
     bench = dataclasses.replace(CONFIGS["tiny"], batch=1, src_len=length, tgt_len=length)
     return dataclasses.replace(bench.model_config(), attention_kernel=kernel), bench
@@ -56,7 +58,7 @@ def measure_point(kernel: str, length: int, reps: int) -> dict:
     from backends import get_backend
     from functional_transformer import train as ft_train
 
-    from .workloads import _compiled_stats, random_batch
+    from benchmarks.workloads import _compiled_stats, random_batch
 
     backend = get_backend(os.environ.get("FT_BACKEND", "numpy"))
     cfg, bench = model_config(length, kernel)
@@ -90,7 +92,16 @@ def measure_point(kernel: str, length: int, reps: int) -> dict:
 def run_point(backend: str, kernel: str, length: int, reps: int, timeout_s: float) -> dict:
     """measure_point in a fresh process (its own peak memory) -> the point's record."""
     record = {"backend": backend, "kernel": kernel, "length": length}
-    command = [sys.executable, "-m", "benchmarks.long_attention", "--point", kernel, str(length), "--reps", str(reps)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.studies.long_attention",
+        "--point",
+        kernel,
+        str(length),
+        "--reps",
+        str(reps),
+    ]
     env = dict(os.environ, FT_BACKEND=backend)
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)

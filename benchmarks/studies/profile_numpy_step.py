@@ -1,6 +1,6 @@
 """Where the NumPy train step's time goes, by operation: a line-level profile grouped into kinds.
 
-    uv run python scripts/profile_numpy_step.py --config base --steps 3 --clock cpu
+    uv run python -m benchmarks.studies.profile_numpy_step --config base --steps 3 --clock cpu
 
 Runs one warm-up step, then traces `--steps` steps of the benchmark's train workload
 (benchmarks/workloads.py) line by line over the library's own files. The time from one traced
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from benchmarks.env_guard import reexec_without_slow_blas_env  # noqa: E402
 
@@ -35,7 +35,7 @@ import backends  # noqa: E402
 from benchmarks import flops, workloads  # noqa: E402
 from benchmarks.configs import CONFIGS  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRACED = (os.path.join(ROOT, "functional_transformer"), os.path.join(ROOT, "backends"))
 
 # (kind, path fragments): the first kind whose fragment is in a line's file, after the matmul test.
