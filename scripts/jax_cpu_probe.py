@@ -1,0 +1,216 @@
+"""Where JAX's CPU step time goes: matmul GFLOP/s at the model's shapes (XLA, PyTorch, NumPy; float32
+and bfloat16), and the benchmark's calls under several XLA_FLAGS settings, interleaved.
+
+    uv run --group peers python scripts/jax_cpu_probe.py matmul --configs tiny base
+    uv run python scripts/jax_cpu_probe.py flags --configs tiny --rounds 4 \\
+        --variant default= --variant no-ynn=--xla_cpu_experimental_ynn_fusion_type=
+    uv run python scripts/jax_cpu_probe.py dtypes --configs tiny base --measures train forward --reps 10
+
+`matmul` times every distinct (m, k) @ (k, n) product of the train step's linear layers (m = batch *
+length) plus a 2048 cube. `flags` runs each variant in its own process (XLA reads XLA_FLAGS once),
+the variants in turn and the order reversed every round, so load from other processes falls on all
+of them alike; it prints each variant's median process-CPU and wall time per call over all rounds.
+`dtypes` times each call in float32 and with compute_dtype="bfloat16", interleaved in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import numpy as np  # noqa: E402
+
+
+def model_shapes(config: str) -> list[tuple[int, int, int]]:
+    """The distinct (m, k, n) of the config's linear layers in the train step's forward."""
+    from benchmarks.configs import CONFIGS
+
+    bc = CONFIGS[config]
+    m = bc.batch * bc.tgt_len
+    shapes = {(m, bc.d_model, 3 * bc.d_model), (m, bc.d_model, bc.d_model), (m, bc.d_model, bc.d_ff)}
+    shapes |= {(m, bc.d_ff, bc.d_model), (m, bc.d_model, bc.vocab_size)}
+    return sorted(shapes)
+
+
+def _median_seconds(call, reps: int) -> float:
+    call()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_rate(lib: str, m: int, k: int, n: int, dtype: str, reps: int) -> float | None:
+    """GFLOP/s of one (m, k) @ (k, n) product in `dtype` on `lib` (median of reps); None where the
+    library has no such dtype (NumPy and bfloat16)."""
+    rng = np.random.default_rng(0)
+    a32, b32 = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
+    if lib == "xla":
+        import jax
+        import jax.numpy as jnp
+
+        a, b = jnp.asarray(a32, dtype=dtype), jnp.asarray(b32, dtype=dtype)
+        matmul = jax.jit(lambda a, b: a @ b)
+        seconds = _median_seconds(lambda: matmul(a, b).block_until_ready(), reps)
+    elif lib == "torch":
+        import torch
+
+        ta, tb = torch.from_numpy(a32).to(getattr(torch, dtype)), torch.from_numpy(b32).to(getattr(torch, dtype))
+        with torch.no_grad():
+            seconds = _median_seconds(lambda: ta @ tb, reps)
+    elif dtype == "float32":
+        seconds = _median_seconds(lambda: a32 @ b32, reps)
+    else:
+        return None
+    return 2 * m * k * n / seconds / 1e9
+
+
+def run_matmul(args) -> None:
+    # One process per library: an idle thread pool of one library (OpenBLAS's, XLA's) spinning
+    # beside another's work slows it by an order of magnitude on 2 cores.
+    shapes = sorted({s for c in args.configs for s in model_shapes(c)} | {(2048, 2048, 2048)})
+    rates = {}
+    for lib in ("xla", "torch", "numpy"):
+        cmd = [sys.executable, __file__, "_matmul", "--lib", lib, "--configs", *args.configs, "--reps", str(args.reps)]
+        done = subprocess.run(cmd + ["--dtypes", *args.dtypes], capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{lib}: skipped ({done.stderr.strip().splitlines()[-1]})", file=sys.stderr)
+            continue
+        rates[lib] = {tuple(key): rate for key, rate in json.loads(done.stdout)}
+    print("| m x k x n | dtype | XLA GFLOP/s | PyTorch GFLOP/s | NumPy GFLOP/s |")
+    print("|---|---|--:|--:|--:|")
+    for dtype in args.dtypes:
+        for m, k, n in shapes:
+            got = [rates.get(lib, {}).get((m, k, n, dtype)) for lib in ("xla", "torch", "numpy")]
+            cells = [f"{r:,.0f}" if r is not None else "–" for r in got]
+            print(f"| {m} x {k} x {n} | {dtype} | " + " | ".join(cells) + " |", flush=True)
+
+
+def run_matmul_child(args) -> None:
+    shapes = sorted({s for c in args.configs for s in model_shapes(c)} | {(2048, 2048, 2048)})
+    out = [[[*s, d], matmul_rate(args.lib, *s, d, args.reps)] for d in args.dtypes for s in shapes]
+    print(json.dumps(out))
+
+
+def jax_call(config: str, measure: str, compute_dtype: str | None):
+    """The benchmark's JAX `measure` ("train" or "forward") call on `config`, warmed up (compiled)."""
+    import dataclasses
+
+    import backends
+    import functional_transformer as ft
+    from benchmarks import workloads
+    from benchmarks.configs import CONFIGS
+
+    backend = backends.get_backend("jax")
+    bc = dataclasses.replace(CONFIGS[config], compute_dtype=compute_dtype)
+    host_batch = workloads.random_batch(bc)
+    if measure == "train":
+        workload = workloads.train_workload(backend, bc, host_batch)
+    else:
+        workload = workloads.forward_workload(
+            backend, ft.init(backend.random.key(0), bc.model_config()), bc, host_batch
+        )
+    for _ in range(2):
+        backend.block_until_ready(workload.call())
+    return lambda: backend.block_until_ready(workload.call())
+
+
+def time_interleaved(calls: dict, reps: int) -> dict:
+    """{name: ([cpu s], [wall s])}: the calls in turn, the order reversed every repetition."""
+    names, out = list(calls), {name: ([], []) for name in calls}
+    for rep in range(reps):
+        for name in names if rep % 2 == 0 else names[::-1]:
+            c, t = time.process_time(), time.perf_counter()
+            calls[name]()
+            out[name][1].append(time.perf_counter() - t)
+            out[name][0].append(time.process_time() - c)
+    return out
+
+
+def time_calls(configs: list[str], measures: list[str], reps: int, compute_dtype: str | None) -> dict:
+    """{"config measure": ([cpu s], [wall s])} of the benchmark's JAX calls in this process."""
+    calls = {f"{c} {m}": jax_call(c, m, compute_dtype) for c in configs for m in measures}
+    return time_interleaved(calls, reps)
+
+
+def run_dtypes(args) -> None:
+    """float32 against compute_dtype="bfloat16", interleaved in this process."""
+    calls = {
+        (c, m, dtype): jax_call(c, m, None if dtype == "float32" else dtype)
+        for c in args.configs
+        for m in args.measures
+        for dtype in ("float32", "bfloat16")
+    }
+    samples = time_interleaved(calls, args.reps)
+    print(f"{args.reps} alternations, load average {os.getloadavg()[0]:.1f} at the end")
+    print("| config | measure | float32 cpu / wall ms | bfloat16 cpu / wall ms | bfloat16 / float32 (cpu, wall) |")
+    print("|---|---|--:|--:|--:|")
+    for c in args.configs:
+        for m in args.measures:
+            (c32, w32), (c16, w16) = (
+                [statistics.median(v) * 1e3 for v in samples[c, m, d]] for d in ("float32", "bfloat16")
+            )
+            print(
+                f"| {c} | {m} | {c32:,.1f} / {w32:,.1f} | {c16:,.1f} / {w16:,.1f} | {c16 / c32:.2f}, {w16 / w32:.2f} |"
+            )
+
+
+def run_flags(args) -> None:
+    variants = [v.split("=", 1) for v in args.variant]
+    samples: dict = {name: {} for name, _ in variants}
+    for round_ in range(args.rounds):
+        for name, flags in variants if round_ % 2 == 0 else variants[::-1]:
+            env = dict(os.environ, XLA_FLAGS=flags)
+            cmd = [sys.executable, __file__, "_child", "--configs", *args.configs, "--measures", *args.measures]
+            cmd += ["--reps", str(args.reps)] + (["--compute-dtype", args.compute_dtype] if args.compute_dtype else [])
+            result = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
+            for call, (cpu, wall) in result.items():
+                got = samples[name].setdefault(call, ([], []))
+                got[0].extend(cpu), got[1].extend(wall)
+    print(f"{args.rounds} rounds x {args.reps} calls, load average {os.getloadavg()[0]:.1f} at the end")
+    print("| variant | XLA_FLAGS | call | cpu median ms | wall median ms |")
+    print("|---|---|---|--:|--:|")
+    for name, flags in variants:
+        for call, (cpu, wall) in samples[name].items():
+            cpu_ms, wall_ms = statistics.median(cpu) * 1e3, statistics.median(wall) * 1e3
+            print(f"| {name} | `{flags}` | {call} | {cpu_ms:,.1f} | {wall_ms:,.1f} |")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=("matmul", "flags", "dtypes", "_child", "_matmul"))
+    parser.add_argument("--lib", choices=("xla", "torch", "numpy"), default="xla")
+    parser.add_argument("--configs", nargs="+", default=["tiny"])
+    parser.add_argument("--measures", nargs="+", choices=("train", "forward"), default=["train", "forward"])
+    parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--compute-dtype", choices=("bfloat16",), default=None)
+    parser.add_argument("--variant", action="append", default=[], help="NAME=XLA_FLAGS (repeatable)")
+    args = parser.parse_args(argv)
+    if args.mode == "matmul":
+        run_matmul(args)
+    elif args.mode == "dtypes":
+        run_dtypes(args)
+    elif args.mode == "_matmul":
+        run_matmul_child(args)
+    elif args.mode == "flags":
+        if not args.variant:
+            parser.error("flags needs at least one --variant NAME=XLA_FLAGS, e.g. --variant default=")
+        run_flags(args)
+    else:
+        print(json.dumps(time_calls(args.configs, args.measures, args.reps, args.compute_dtype)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
