@@ -4,13 +4,17 @@ and bfloat16), and the benchmark's calls under several XLA_FLAGS settings, inter
     uv run --group peers python scripts/jax_cpu_probe.py matmul --configs tiny base
     uv run python scripts/jax_cpu_probe.py flags --configs tiny --rounds 4 \\
         --variant default= --variant no-ynn=--xla_cpu_experimental_ynn_fusion_type=
+    uv run --group peers python scripts/jax_cpu_probe.py peers --configs tiny base \\
+        --measures forward train decode --rounds 4
     uv run python scripts/jax_cpu_probe.py dtypes --configs tiny base --measures train forward --reps 10
 
 `matmul` times every distinct (m, k) @ (k, n) product of the train step's linear layers (m = batch *
 length) plus a 2048 cube. `flags` runs each variant in its own process (XLA reads XLA_FLAGS once),
 the variants in turn and the order reversed every round, so load from other processes falls on all
 of them alike; it prints each variant's median process-CPU and wall time per call over all rounds.
-`dtypes` times each call in float32 and with compute_dtype="bfloat16", interleaved in one process.
+`peers` does the same for JAX against PyTorch eager (benchmarks/peers), the fair comparison on a
+machine that others load. `dtypes`
+times each call in float32 and with compute_dtype="bfloat16", interleaved in one process.
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ def run_matmul_child(args) -> None:
 
 
 def jax_call(config: str, measure: str, compute_dtype: str | None):
-    """The benchmark's JAX `measure` ("train" or "forward") call on `config`, warmed up (compiled)."""
+    """The benchmark's JAX `measure` ("train", "forward" or "decode") call on `config`, warmed up (compiled)."""
     import dataclasses
 
     import backends
@@ -115,10 +119,12 @@ def jax_call(config: str, measure: str, compute_dtype: str | None):
     host_batch = workloads.random_batch(bc)
     if measure == "train":
         workload = workloads.train_workload(backend, bc, host_batch)
+    elif measure == "decode":
+        params = ft.init(backend.random.key(0), bc.model_config())
+        workload = workloads.decode_workload(backend, params, bc, host_batch, bc.tgt_len)
     else:
-        workload = workloads.forward_workload(
-            backend, ft.init(backend.random.key(0), bc.model_config()), bc, host_batch
-        )
+        params = ft.init(backend.random.key(0), bc.model_config())
+        workload = workloads.forward_workload(backend, params, bc, host_batch)
     for _ in range(2):
         backend.block_until_ready(workload.call())
     return lambda: backend.block_until_ready(workload.call())
@@ -136,10 +142,69 @@ def time_interleaved(calls: dict, reps: int) -> dict:
     return out
 
 
-def time_calls(configs: list[str], measures: list[str], reps: int, compute_dtype: str | None) -> dict:
-    """{"config measure": ([cpu s], [wall s])} of the benchmark's JAX calls in this process."""
+def torch_calls(configs: list[str], measures: list[str]) -> dict:
+    """{"config measure": call} of the benchmark's PyTorch eager peer (benchmarks/peers), warmed up."""
+    from benchmarks import workloads
+    from benchmarks.configs import CONFIGS
+    from benchmarks.peers import torch_peer
+
+    torch_peer.runtime()
+    calls = {}
+    for config in configs:
+        bc = CONFIGS[config]
+        for workload in torch_peer.workloads(bc, measures, workloads.random_batch(bc), bc.tgt_len):
+            for _ in range(2):
+                workload.call()
+            calls[f"{config} {workload.measure}"] = workload.call
+    return calls
+
+
+def time_calls(lib: str, configs: list[str], measures: list[str], reps: int, compute_dtype: str | None) -> dict:
+    """{"config measure": ([cpu s], [wall s])} of the benchmark's calls on `lib` in this process."""
+    if lib == "torch":
+        return time_interleaved(torch_calls(configs, measures), reps)
     calls = {f"{c} {m}": jax_call(c, m, compute_dtype) for c in configs for m in measures}
     return time_interleaved(calls, reps)
+
+
+def alternate_processes(variants: list[tuple[str, str, str]], args) -> dict:
+    """{variant name: {call: ([cpu s], [wall s])}}: each variant (name, lib, XLA_FLAGS) timed in its
+    own process, the variants in turn, the order reversed every round."""
+    samples: dict = {name: {} for name, _, _ in variants}
+    for round_ in range(args.rounds):
+        for name, lib, flags in variants if round_ % 2 == 0 else variants[::-1]:
+            env = dict(os.environ, XLA_FLAGS=flags)
+            cmd = [sys.executable, __file__, "_child", "--lib", lib, "--configs", *args.configs]
+            cmd += ["--measures", *args.measures, "--reps", str(args.reps)]
+            cmd += ["--compute-dtype", args.compute_dtype] if args.compute_dtype else []
+            result = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
+            for call, (cpu, wall) in result.items():
+                got = samples[name].setdefault(call, ([], []))
+                got[0].extend(cpu), got[1].extend(wall)
+    return samples
+
+
+def run_flags(args) -> None:
+    variants = [(name, "xla", flags) for name, flags in (v.split("=", 1) for v in args.variant)]
+    samples = alternate_processes(variants, args)
+    print(f"{args.rounds} rounds x {args.reps} calls, load average {os.getloadavg()[0]:.1f} at the end")
+    print("| variant | XLA_FLAGS | call | cpu median ms | wall median ms |")
+    print("|---|---|---|--:|--:|")
+    for name, _, flags in variants:
+        for call, (cpu, wall) in samples[name].items():
+            cpu_ms, wall_ms = statistics.median(cpu) * 1e3, statistics.median(wall) * 1e3
+            print(f"| {name} | `{flags}` | {call} | {cpu_ms:,.1f} | {wall_ms:,.1f} |")
+
+
+def run_peers(args) -> None:
+    """JAX (jax.grad) against PyTorch eager, each in its own process, alternated."""
+    samples = alternate_processes([("jax", "xla", ""), ("torch", "torch", "")], args)
+    print(f"{args.rounds} rounds x {args.reps} calls, load average {os.getloadavg()[0]:.1f} at the end")
+    print("| call | PyTorch eager wall median ms | JAX wall median ms | JAX / PyTorch wall | JAX / PyTorch cpu |")
+    print("|---|--:|--:|--:|--:|")
+    for call in samples["torch"]:
+        (tc, tw), (jc, jw) = ([statistics.median(v) for v in samples[lib][call]] for lib in ("torch", "jax"))
+        print(f"| {call} | {tw * 1e3:,.1f} | {jw * 1e3:,.1f} | {jw / tw:.2f}x | {jc / tc:.2f}x |")
 
 
 def run_dtypes(args) -> None:
@@ -164,33 +229,12 @@ def run_dtypes(args) -> None:
             )
 
 
-def run_flags(args) -> None:
-    variants = [v.split("=", 1) for v in args.variant]
-    samples: dict = {name: {} for name, _ in variants}
-    for round_ in range(args.rounds):
-        for name, flags in variants if round_ % 2 == 0 else variants[::-1]:
-            env = dict(os.environ, XLA_FLAGS=flags)
-            cmd = [sys.executable, __file__, "_child", "--configs", *args.configs, "--measures", *args.measures]
-            cmd += ["--reps", str(args.reps)] + (["--compute-dtype", args.compute_dtype] if args.compute_dtype else [])
-            result = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
-            for call, (cpu, wall) in result.items():
-                got = samples[name].setdefault(call, ([], []))
-                got[0].extend(cpu), got[1].extend(wall)
-    print(f"{args.rounds} rounds x {args.reps} calls, load average {os.getloadavg()[0]:.1f} at the end")
-    print("| variant | XLA_FLAGS | call | cpu median ms | wall median ms |")
-    print("|---|---|---|--:|--:|")
-    for name, flags in variants:
-        for call, (cpu, wall) in samples[name].items():
-            cpu_ms, wall_ms = statistics.median(cpu) * 1e3, statistics.median(wall) * 1e3
-            print(f"| {name} | `{flags}` | {call} | {cpu_ms:,.1f} | {wall_ms:,.1f} |")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("matmul", "flags", "dtypes", "_child", "_matmul"))
+    parser.add_argument("mode", choices=("matmul", "flags", "peers", "dtypes", "_child", "_matmul"))
     parser.add_argument("--lib", choices=("xla", "torch", "numpy"), default="xla")
     parser.add_argument("--configs", nargs="+", default=["tiny"])
-    parser.add_argument("--measures", nargs="+", choices=("train", "forward"), default=["train", "forward"])
+    parser.add_argument("--measures", nargs="+", choices=("train", "forward", "decode"), default=["train", "forward"])
     parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=4)
@@ -199,6 +243,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.mode == "matmul":
         run_matmul(args)
+    elif args.mode == "peers":
+        run_peers(args)
     elif args.mode == "dtypes":
         run_dtypes(args)
     elif args.mode == "_matmul":
@@ -208,7 +254,7 @@ def main(argv=None) -> int:
             parser.error("flags needs at least one --variant NAME=XLA_FLAGS, e.g. --variant default=")
         run_flags(args)
     else:
-        print(json.dumps(time_calls(args.configs, args.measures, args.reps, args.compute_dtype)))
+        print(json.dumps(time_calls(args.lib, args.configs, args.measures, args.reps, args.compute_dtype)))
     return 0
 
 
