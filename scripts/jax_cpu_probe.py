@@ -1,7 +1,7 @@
 """Where JAX's CPU step time goes: matmul GFLOP/s at the model's shapes (XLA, PyTorch, NumPy; float32
 and bfloat16), and the benchmark's calls under several XLA_FLAGS settings, interleaved.
 
-    uv run --group peers python scripts/jax_cpu_probe.py matmul --configs tiny base
+    uv run --group peers python scripts/jax_cpu_probe.py matmul --configs tiny base --rounds 3
     uv run python scripts/jax_cpu_probe.py flags --configs tiny --rounds 4 \\
         --variant default= --variant no-ynn=--xla_cpu_experimental_ynn_fusion_type=
     uv run --group peers python scripts/jax_cpu_probe.py peers --configs tiny base \\
@@ -9,7 +9,8 @@ and bfloat16), and the benchmark's calls under several XLA_FLAGS settings, inter
     uv run python scripts/jax_cpu_probe.py dtypes --configs tiny base --measures train forward --reps 10
 
 `matmul` times every distinct (m, k) @ (k, n) product of the train step's linear layers (m = batch *
-length) plus a 2048 cube. `flags` runs each variant in its own process (XLA reads XLA_FLAGS once),
+length) plus a 2048 cube, each library in its own process, the libraries in turn over --rounds
+rounds, and reports each rate's best round. `flags` runs each variant in its own process (XLA reads XLA_FLAGS once),
 the variants in turn and the order reversed every round, so load from other processes falls on all
 of them alike; it prints each variant's median process-CPU and wall time per call over all rounds.
 `peers` does the same for JAX against PyTorch eager (benchmarks/peers), the fair comparison on a
@@ -80,16 +81,25 @@ def matmul_rate(lib: str, m: int, k: int, n: int, dtype: str, reps: int) -> floa
 
 def run_matmul(args) -> None:
     # One process per library: an idle thread pool of one library (OpenBLAS's, XLA's) spinning
-    # beside another's work slows it by an order of magnitude on 2 cores.
+    # beside another's work slows it by an order of magnitude on 2 cores. Over several rounds, the
+    # libraries in turn (order reversed every round), each rate is its best round: the least loaded.
     shapes = sorted({s for c in args.configs for s in model_shapes(c)} | {(2048, 2048, 2048)})
-    rates = {}
-    for lib in ("xla", "torch", "numpy"):
-        cmd = [sys.executable, __file__, "_matmul", "--lib", lib, "--configs", *args.configs, "--reps", str(args.reps)]
-        done = subprocess.run(cmd + ["--dtypes", *args.dtypes], capture_output=True, text=True)
-        if done.returncode != 0:
-            print(f"{lib}: skipped ({done.stderr.strip().splitlines()[-1]})", file=sys.stderr)
-            continue
-        rates[lib] = {tuple(key): rate for key, rate in json.loads(done.stdout)}
+    rates: dict = {}
+    libs = ["xla", "torch", "numpy"]
+    for round_ in range(args.rounds):
+        for lib in libs if round_ % 2 == 0 else libs[::-1]:
+            cmd = [sys.executable, __file__, "_matmul", "--lib", lib, "--configs", *args.configs]
+            done = subprocess.run(
+                cmd + ["--reps", str(args.reps), "--dtypes", *args.dtypes], capture_output=True, text=True
+            )
+            if done.returncode != 0:
+                print(f"{lib}: skipped ({done.stderr.strip().splitlines()[-1]})", file=sys.stderr)
+                continue
+            best = rates.setdefault(lib, {})
+            for key, rate in json.loads(done.stdout):
+                if rate is not None:
+                    best[tuple(key)] = max(rate, best.get(tuple(key), 0.0))
+    print(f"best of {args.rounds} rounds, load average {os.getloadavg()[0]:.1f} at the end")
     print("| m x k x n | dtype | XLA GFLOP/s | PyTorch GFLOP/s | NumPy GFLOP/s |")
     print("|---|---|--:|--:|--:|")
     for dtype in args.dtypes:
