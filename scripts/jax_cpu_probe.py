@@ -6,6 +6,7 @@ and bfloat16), and the benchmark's calls under several XLA_FLAGS settings, inter
         --variant default= --variant no-ynn=--xla_cpu_experimental_ynn_fusion_type=
     uv run --group peers python scripts/jax_cpu_probe.py peers --configs tiny base \\
         --measures forward train decode --rounds 4
+    uv run python scripts/jax_cpu_probe.py profile --configs tiny --reps 5
     uv run python scripts/jax_cpu_probe.py dtypes --configs tiny base --measures train forward --reps 10
 
 `matmul` times every distinct (m, k) @ (k, n) product of the train step's linear layers (m = batch *
@@ -14,7 +15,9 @@ rounds, and reports each rate's best round. `flags` runs each variant in its own
 the variants in turn and the order reversed every round, so load from other processes falls on all
 of them alike; it prints each variant's median process-CPU and wall time per call over all rounds.
 `peers` does the same for JAX against PyTorch eager (benchmarks/peers), the fair comparison on a
-machine that others load. `dtypes`
+machine that others load. `profile`
+traces the JAX train step with jax.profiler and sums its thunks' times by what each fused kernel
+does in the optimized HLO (matmul, dropout's random bits, reduction, copies, element-wise). `dtypes`
 times each call in float32 and with compute_dtype="bfloat16", interleaved in one process.
 """
 
@@ -239,9 +242,107 @@ def run_dtypes(args) -> None:
             )
 
 
+THUNK_KINDS = (
+    "matmul",
+    "random bits",
+    "reduction",
+    "copy, concatenate, slice",
+    "element-wise",
+)
+
+
+def fusion_kind(ops: set[str], result_type: str) -> str:
+    """What a fused computation of the optimized HLO does, from its ops and its result's type."""
+    if "dot" in ops:
+        return "matmul"
+    if result_type in ("pred", "u32", "u64") or ops & {"xor", "shift-right-logical", "shift-left"}:
+        return "random bits"  # dropout's Threefry rounds and its masks
+    if "reduce" in ops:
+        return "reduction"
+    if ops & {"concatenate", "slice", "copy", "transpose"}:
+        return "copy, concatenate, slice"
+    return "element-wise"
+
+
+def thunk_kinds(hlo_text: str) -> dict[str, str]:
+    """{instruction name: kind} for the entry computation of an optimized HLO module's text."""
+    import re
+
+    computations = {
+        m.group(1).lstrip("%"): set(re.findall(r"= \S+ ([\w-]+)\(", m.group(2)))
+        for m in re.finditer(r"\n(%?[\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text, re.S)
+    }
+    kinds = {}
+    for line in hlo_text[hlo_text.index("ENTRY") :].splitlines():
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\S* ([\w-]+)\(", line)
+        if not m:
+            continue
+        name, result_type, op = m.groups()
+        if op == "fusion":
+            called = re.search(r"calls=%?([\w.\-]+)", line).group(1)
+            kinds[name] = fusion_kind(computations.get(called, set()), result_type)
+        elif op in ("dot", "copy", "transpose", "concatenate", "slice"):
+            kinds[name] = fusion_kind({op}, result_type)
+    return kinds
+
+
+def run_profile(args) -> None:
+    """The JAX train step's thunk times by kind, from a jax.profiler trace of --reps steps."""
+    import collections
+    import glob
+    import gzip
+    import tempfile
+
+    import jax
+
+    call = jax_call(args.configs[0], "train", args.compute_dtype)
+    hlo_text = _train_step_hlo(args.configs[0], args.compute_dtype)
+    kinds = thunk_kinds(hlo_text)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            for _ in range(args.reps):
+                call()
+        (path,) = glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz", recursive=True)
+        trace = json.load(gzip.open(path))
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    per_kind = collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and event.get("name") in kinds:
+            per_kind[kinds[event["name"]]] += event.get("dur", 0) / 1e3 / args.reps
+    total = sum(per_kind.values())
+    print(f"{args.configs[0]} train, {args.reps} steps traced, load average {os.getloadavg()[0]:.1f}")
+    print("| thunks that are | ms per step | share |")
+    print("|---|--:|--:|")
+    for kind in THUNK_KINDS:
+        print(f"| {kind} | {per_kind[kind]:,.1f} | {100 * per_kind[kind] / total:.0f}% |")
+    counts = collections.Counter(kinds.values())
+    print("instructions of the entry computation by kind:", dict(counts))
+
+
+def _train_step_hlo(config: str, compute_dtype: str | None) -> str:
+    """The optimized HLO text of the benchmark's JAX train step on `config`."""
+    import dataclasses
+
+    import backends
+    from benchmarks.configs import CONFIGS
+    from functional_transformer import train as ft_train
+
+    backend = backends.get_backend("jax")
+    bc = dataclasses.replace(CONFIGS[config], compute_dtype=compute_dtype)
+    cfg = bc.model_config()
+    tcfg = ft_train.TrainConfig(batch_size=bc.batch)
+    optimizer = ft_train.make_optimizer(tcfg, cfg)
+    state = ft_train.init_state(backend.random.key(0), cfg, optimizer)
+    step = ft_train.make_train_step(cfg, tcfg, optimizer, backend)
+    from benchmarks import workloads
+
+    batch = backend.tree_asarray(workloads.random_batch(bc))
+    return step.lower(state, batch, backend.random.key(1)).compile().as_text()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("matmul", "flags", "peers", "dtypes", "_child", "_matmul"))
+    parser.add_argument("mode", choices=("matmul", "flags", "peers", "dtypes", "profile", "_child", "_matmul"))
     parser.add_argument("--lib", choices=("xla", "torch", "numpy"), default="xla")
     parser.add_argument("--configs", nargs="+", default=["tiny"])
     parser.add_argument("--measures", nargs="+", choices=("train", "forward", "decode"), default=["train", "forward"])
@@ -255,6 +356,8 @@ def main(argv=None) -> int:
         run_matmul(args)
     elif args.mode == "peers":
         run_peers(args)
+    elif args.mode == "profile":
+        run_profile(args)
     elif args.mode == "dtypes":
         run_dtypes(args)
     elif args.mode == "_matmul":

@@ -56,3 +56,51 @@ def test_flags_without_a_variant_is_an_error(capsys):
     with pytest.raises(SystemExit):
         probe.main(["flags"])
     assert "--variant" in capsys.readouterr().err
+
+
+HLO = """HloModule step
+
+%fused_dot (p0: f32[4,8], p1: f32[8,2]) -> f32[4,2] {
+  %p0 = f32[4,8]{1,0} parameter(0)
+  %p1 = f32[8,2]{1,0} parameter(1)
+  ROOT %d = f32[4,2]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_bits (p0: u32[8]) -> pred[8] {
+  %p0 = u32[8]{0} parameter(0)
+  %x = u32[8]{0} xor(%p0, %p0)
+  ROOT %c = pred[8]{0} compare(%x, %p0), direction=LT
+}
+
+%fused_sum (p0: f32[4,2]) -> f32[4] {
+  %p0 = f32[4,2]{1,0} parameter(0)
+  %z = f32[] constant(0)
+  ROOT %r = f32[4]{0} reduce(%p0, %z), dimensions={1}, to_apply=%add
+}
+
+%fused_relu (p0: f32[4,2]) -> f32[4,2] {
+  %p0 = f32[4,2]{1,0} parameter(0)
+  ROOT %m = f32[4,2]{1,0} maximum(%p0, %p0)
+}
+
+ENTRY %main (a: f32[4,8], b: f32[8,2], k: u32[8]) -> f32[4] {
+  %a = f32[4,8]{1,0} parameter(0)
+  %b = f32[8,2]{1,0} parameter(1)
+  %k = u32[8]{0} parameter(2)
+  %ynn_fusion.3 = f32[4,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_dot
+  %bits_fusion = pred[8]{0} fusion(%k), kind=kLoop, calls=%fused_bits
+  %relu_fusion = f32[4,2]{1,0} fusion(%ynn_fusion.3), kind=kLoop, calls=%fused_relu
+  %copy.1 = f32[4,2]{1,0} copy(%relu_fusion)
+  ROOT %sum_fusion = f32[4]{0} fusion(%copy.1), kind=kLoop, calls=%fused_sum
+}
+"""
+
+
+def test_thunk_kinds_sorts_the_entry_instructions_by_what_their_fusion_does():
+    assert probe.thunk_kinds(HLO) == {
+        "ynn_fusion.3": "matmul",
+        "bits_fusion": "random bits",
+        "relu_fusion": "element-wise",
+        "copy.1": "copy, concatenate, slice",
+        "sum_fusion": "reduction",
+    }
