@@ -291,6 +291,7 @@ def run_profile(args) -> None:
     import collections
     import glob
     import gzip
+    import re
     import tempfile
 
     import jax
@@ -317,6 +318,11 @@ def run_profile(args) -> None:
         print(f"| {kind} | {per_kind[kind]:,.1f} | {100 * per_kind[kind] / total:.0f}% |")
     counts = collections.Counter(kinds.values())
     print("instructions of the entry computation by kind:", dict(counts))
+    # XLA's CPU backend may run a bfloat16 dot as a float32 one between conversions: count both.
+    dot_types = collections.Counter(re.findall(r"= (\w+)\[[^\]]*\]\S* dot\(", hlo_text))
+    entry = hlo_text[hlo_text.index("ENTRY") :]
+    n_converts = len(re.findall(r"%wrapped_convert[.\d]* = ", entry))
+    print(f"dots by result type: {dict(dot_types)}; conversion fusions: {n_converts}")
 
 
 def _train_step_hlo(config: str, compute_dtype: str | None) -> str:
