@@ -1,4 +1,4 @@
-"""scripts/jax_cpu_probe.py: the matmul shapes it times are the model's linear layers, a rate is
+"""benchmarks/studies/jax_cpu_probe.py: the matmul shapes it times are the model's linear layers, a rate is
 FLOPs over time (None where the library lacks the dtype), and the interleaved timer gives every call
 one sample per repetition, alternating the order."""
 
@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import requires_jax
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "jax_cpu_probe.py"
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "studies" / "jax_cpu_probe.py"
 
 
 def _load_script():

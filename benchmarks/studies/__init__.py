@@ -13,6 +13,7 @@ Each runs as `python -m benchmarks.studies.NAME` from the repository root (`--he
 - `trajectory`: one training trajectory on NumPy and on JAX from the same seed, both loss curves plotted.
 - `token_batching`: `--max-tokens` against fixed-size batches: padding, step time and tokens/s.
 - `preset_speed`: the gpt2 and llama presets' train steps at one size: CPU time per step.
+- `jax_cpu_probe`: JAX's CPU step against PyTorch eager: matmul rates, XLA flags, a profile by kind, bfloat16.
 - `long_attention`: the tiny model's train step at long lengths, full against blockwise attention: time and peak memory.
 
 Like the benchmark's package file, this one imports nothing, so that a study can clean its

@@ -56,9 +56,8 @@ def measure_point(kernel: str, length: int, reps: int) -> dict:
     """One train step of the tiny model at `length` on FT_BACKEND's backend: warm-up, then `reps`
     timed steps -> {"wall_s", "cpu_s", "peak_rss_bytes", "xla_bytes", "loss"}."""
     from backends import get_backend
-    from functional_transformer import train as ft_train
-
     from benchmarks.workloads import _compiled_stats, random_batch
+    from functional_transformer import train as ft_train
 
     backend = get_backend(os.environ.get("FT_BACKEND", "numpy"))
     cfg, bench = model_config(length, kernel)

@@ -1,13 +1,15 @@
-"""Where JAX's CPU step time goes: matmul GFLOP/s at the model's shapes (XLA, PyTorch, NumPy; float32
-and bfloat16), and the benchmark's calls under several XLA_FLAGS settings, interleaved.
+"""Where JAX's CPU step time goes, against PyTorch eager, under XLA flags and in bfloat16.
 
-    uv run --group peers python scripts/jax_cpu_probe.py matmul --configs tiny base --rounds 3
-    uv run python scripts/jax_cpu_probe.py flags --configs tiny --rounds 4 \\
+Matmul GFLOP/s at the model's shapes (XLA, PyTorch, NumPy; float32 and bfloat16), and the
+benchmark's calls under several XLA_FLAGS settings, interleaved.
+
+    uv run --group peers python benchmarks/studies/jax_cpu_probe.py matmul --configs tiny base --rounds 3
+    uv run python benchmarks/studies/jax_cpu_probe.py flags --configs tiny --rounds 4 \\
         --variant default= --variant no-ynn=--xla_cpu_experimental_ynn_fusion_type=
-    uv run --group peers python scripts/jax_cpu_probe.py peers --configs tiny base \\
+    uv run --group peers python benchmarks/studies/jax_cpu_probe.py peers --configs tiny base \\
         --measures forward train decode --rounds 4
-    uv run python scripts/jax_cpu_probe.py profile --configs tiny --reps 5
-    uv run python scripts/jax_cpu_probe.py dtypes --configs tiny base --measures train forward --reps 10
+    uv run python benchmarks/studies/jax_cpu_probe.py profile --configs tiny --reps 5
+    uv run python benchmarks/studies/jax_cpu_probe.py dtypes --configs tiny base --measures train forward --reps 10
 
 `matmul` times every distinct (m, k) @ (k, n) product of the train step's linear layers (m = batch *
 length) plus a 2048 cube, each library in its own process, the libraries in turn over --rounds
@@ -31,7 +33,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import numpy as np  # noqa: E402
 
