@@ -27,18 +27,16 @@ from .data import TASKS, DataError, make_task_data, read_lines, read_tsv
 from .errors import ConfigError, UserInputError
 from .inference import UnknownSymbolError, check_sources, classify, continue_texts, evaluate, predict
 from .insight import KINDS as ATTENTION_KINDS
-from .runs import (
+from .run_data import (
     MODEL_DEFAULTS,
     TASK_DATA_DEFAULTS,
     TOKENIZERS,
-    TrainedModel,
     check_held_out_lengths,
-    fit,
     fit_held_out,
-    load,
     load_pairs,
     tokenizer_spec,
 )
+from .runs import TrainedModel, fit, load
 from .train import SaveFailed, TrainingDiverged
 from .tuning.sweep import OBJECTIVES, PRUNERS
 
@@ -52,7 +50,7 @@ def _model_flag_defaults() -> dict:
 
 def _add_model_flags(p):
     # Every flag defaults to None, so that `--resume` can tell what was given (and must agree with
-    # the run) from what was not; the defaults shown are runs.MODEL_DEFAULTS over TransformerConfig's.
+    # the run) from what was not; the defaults shown are run_data.MODEL_DEFAULTS over TransformerConfig's.
     d = _model_flag_defaults()
     g = p.add_argument_group("model")
     g.add_argument("--d-model", type=int, help=f"model width (default {d['d_model']}; the paper's base uses 512)")
@@ -292,7 +290,7 @@ def _add_data_flags(p):
 
 
 def _tokenizer_flags(args) -> dict | None:
-    """The tokenizer spec the flags ask for (runs.tokenizer_spec), or None where none was given."""
+    """The tokenizer spec the flags ask for (run_data.tokenizer_spec), or None where none was given."""
     if args.tokenizer is None and args.vocab_size is None and args.joint_vocab is None:
         return None
     return tokenizer_spec(args.tokenizer or "char", args.vocab_size, bool(args.joint_vocab))

@@ -120,11 +120,9 @@ def test_the_import_graph_sees_function_level_imports_and_skips_type_checking_on
 
 
 # Circles through modules of other owners, known and still to break: the entry points (api) and the
-# evaluation (families, inference, generate) call each other; config_file builds data specs with runs'
-# functions and runs writes config.toml through config_file. Each edge here is one import to remove.
+# evaluation (families, inference, generate) call each other. Each edge here is one import to remove.
 KNOWN_CYCLE_EDGES = {
     ("functional_transformer.families", "functional_transformer.inference"),
-    ("functional_transformer.runs", "functional_transformer.config_file"),
 }
 
 

@@ -32,7 +32,8 @@ from .. import checkpoint, inference
 from ..backend_choice import default_backend
 from ..config import TrainConfig, train_config_record
 from ..data import DataError
-from ..runs import load_pairs, read_history
+from ..run_data import load_pairs
+from ..run_folders import read_history
 from ..train import make_schedule
 from . import plots
 from .attention import attention_maps

@@ -47,7 +47,7 @@ from pathlib import Path
 import backends
 from backends import Backend
 
-from .. import api, checkpoint, config_file, runs
+from .. import api, checkpoint, config_file, run_data, runs
 from ..backend_choice import default_backend
 from ..config import BEST_BY, TrainConfig
 from ..errors import UserInputError
@@ -125,7 +125,7 @@ def make_pruner(name: str, n_evals: int):
 class SweepConfig:
     """What every trial of a study shares; a resumed study must have the same."""
 
-    data: dict  # a data spec (runs.task_data / runs.tsv_data)
+    data: dict  # a data spec (run_data.task_data / run_data.tsv_data)
     steps: int = 300
     n_evals: int = 6
     eval_examples: int = 500
@@ -253,7 +253,7 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
     """The function Optuna calls per trial: settings -> fit -> the mean of the objective's metric."""
     optuna = import_optuna()
     data = dict(config.data)
-    pairs = runs.load_pairs(data)  # to check each trial's model against the data before it trains
+    pairs = run_data.load_pairs(data)  # to check each trial's model against the data before it trains
     metric = config.objective
 
     def objective(trial) -> float:
@@ -261,8 +261,8 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
         model, train_fields = search_space.split_settings(values)
         try:
             tcfg = trial_train_config(config, train_fields)
-            cfg = runs.model_config(
-                runs.tokenizer_for(data, *pairs), pairs[0] + pairs[1], model, runs.spec_max_len(data)
+            cfg = run_data.model_config(
+                run_data.tokenizer_for(data, *pairs), pairs[0] + pairs[1], model, run_data.spec_max_len(data)
             )
         except ValueError as err:
             trial.set_user_attr("fail_reason", str(err))
