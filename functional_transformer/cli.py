@@ -363,16 +363,7 @@ def _space_help() -> str:
     return space.__doc__.split("\n", 2)[2].strip() + "\n\nThe default space:\n" + default
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ft", description=__doc__.splitlines()[0] + " Backend: FT_BACKEND=numpy|jax.")
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        help="on an error, show the full traceback instead of the one-line message "
-        "(give it before the command: ft --debug predict ...)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_train_parser(sub):
     p = sub.add_parser(
         "train",
         help="train a model on a built-in task or your own TSV data",
@@ -427,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
+
+def _add_eval_parser(sub):
     p = sub.add_parser(
         "eval",
         help="exact match, character accuracy, BLEU and chrF of a checkpoint",
@@ -461,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
+
+def _add_predict_parser(sub):
     p = sub.add_parser(
         "predict",
         help="decode the given strings, or a file of them",
@@ -479,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr (shown with --input)")
 
+
+def _add_info_parser(sub):
     p = sub.add_parser(
         "info",
         help="what a run folder or checkpoint holds: settings, step, best metric, size",
@@ -488,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", type=Path, help="a run folder or a .safetensors checkpoint file")
 
+
+def _add_sweep_parser(sub):
     p = sub.add_parser(
         "sweep",
         help="tune model size and training settings with Optuna (the [sweep] extra)",
@@ -538,6 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
+
+def _add_sweep_report_parser(sub):
     p = sub.add_parser(
         "sweep-report",
         help="a study's best trials and plots",
@@ -555,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="ft sweep's --out, where the table and plots go too (default runs/sweep-<study>, as for ft sweep)",
     )
 
+
+def _add_attention_parser(sub):
     p = sub.add_parser(
         "attention",
         help="draw every attention weight of one example (matplotlib: the [plot] extra)",
@@ -578,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="read characters outside the model's vocabulary as the unknown token (default: refuse them)",
     )
 
+
+def _add_report_parser(sub):
     p = sub.add_parser(
         "report",
         help="one self-contained HTML page about a run (matplotlib: the [plot] extra)",
@@ -588,6 +593,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_flags(p)
     p.add_argument("--out", type=Path, help="the HTML file to write (default report.html in the run folder)")
     p.add_argument("--n", type=int, default=100, help="held-out examples to decode for the predictions (default 100)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `ft` command's parser: the global --debug flag and one subcommand per subparser."""
+    parser = argparse.ArgumentParser(prog="ft", description=__doc__.splitlines()[0] + " Backend: FT_BACKEND=numpy|jax.")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show the full traceback instead of the one-line message "
+        "(give it before the command: ft --debug predict ...)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    _add_predict_parser(sub)
+    _add_info_parser(sub)
+    _add_sweep_parser(sub)
+    _add_sweep_report_parser(sub)
+    _add_attention_parser(sub)
+    _add_report_parser(sub)
     _add_generate_parser(sub)
     _add_convert_parser(sub)
     return parser

@@ -203,17 +203,7 @@ def fit(
     """
     backend = backend or default_backend()
     mesh = parallel.make_mesh(devices, backend)
-    if resume and overwrite:
-        raise ConfigError("resume and overwrite exclude each other: continue the run, or replace it")
-    if eval_examples is not None and eval_examples < 1:
-        raise ConfigError(f"eval_examples must be at least 1, got {eval_examples}")
-    if resume and out_dir is None:
-        raise ConfigError("resume needs the out_dir of the run to continue")
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise RunFolderError(f"{out} is a file: --out (out_dir) must be a folder, the run folder; choose another path")
-    if resume and not out.is_dir():
-        raise RunFolderError(f"{out} does not exist: there is no run to resume; leave out --resume to start one there")
+    out = _checked_out_dir(out_dir, resume, overwrite, eval_examples)
     # With many processes only process 0 owns the run folder (it alone writes there).
     lead = parallel.process_index() == 0
     with locked(out) if out is not None and lead else contextlib.nullcontext():
@@ -229,49 +219,77 @@ def fit(
             mesh=mesh,
             shard_params=shard_params,
         )
-        if resume:
+        if resume and out is not None:
             if eval_examples is None:
                 loop_options["eval_examples"] = run_folders.saved_eval_examples(out)
             return _resume(out, model, train_config, data, extend, verbose, loop_options)
         loop_options["eval_examples"] = EVAL_EXAMPLES if eval_examples is None else eval_examples
-        if isinstance(train_config, dict):
-            train_config = TrainConfig(**train_config)
-        tcfg = train_config or TrainConfig()
-        if data is None and (arch or "encoder_decoder") != "encoder_decoder":
-            raise ConfigError(
-                f"arch={arch!r} needs data: ft.text_data(...) for 'decoder', ft.labelled_data(...) for 'encoder'"
-            )
-        spec, pairs = _as_data_spec("reverse" if data is None else data, tcfg.seed, arch)
-        arch = _arch_for(model, spec, arch)
-        train_pairs, valid_pairs = pairs or load_pairs(spec)
-        tokenizer = tokenizer_for(spec, train_pairs, valid_pairs)
-        labels = sorted({label for _, label in train_pairs}) if arch == "encoder" else None
-        if arch == "encoder_decoder":
-            cfg = model_config(tokenizer, train_pairs + valid_pairs, model, spec_max_len(spec))
-        else:
-            longest = (
-                max(len(tokenizer.source.encode(text)) for text, _ in train_pairs + valid_pairs) if labels else None
-            )
-            cfg = families.make_config(arch, tokenizer, model, longest=longest, n_classes=len(labels or ()))
-        tcfg = with_best_by(tcfg, cfg)
-        run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, labels)
-        if mesh is not None:
-            check_batches_split(run, mesh)  # before a run folder is made
-        check_best_by(tcfg, cfg)
-        check_optimizer(tcfg, backend)
+        run = _new_run(model, train_config, data, arch, verbose, loop_options)
         if out is not None and lead:
             run_folders.start_fresh(out, overwrite, verbose)
             run_folders.write_config(run)
         if verbose:
-            examples = {"encoder_decoder": "pairs", "decoder": "windows", "encoder": "examples"}[arch]
-            held_out = "documents" if arch == "decoder" else examples
-            print(
-                f"backend {backend.name}; {parallel.describe(mesh, shard_params)}{len(run.train_examples)} training "
-                f"{examples} and {len(run.valid_pairs)} held-out {held_out}; {_describe_vocabulary(cfg)}; writing to "
-                f"{out if out else 'memory only'}",
-                file=sys.stderr,
-            )
+            print(_describe_new_run(run), file=sys.stderr)
         return _result(run, run_loop(run))
+
+
+def _checked_out_dir(out_dir, resume: bool, overwrite: bool, eval_examples: int | None) -> Path | None:
+    """fit's run folder as a Path (None: in memory), after checking it and the options that go with it."""
+    if resume and overwrite:
+        raise ConfigError("resume and overwrite exclude each other: continue the run, or replace it")
+    if eval_examples is not None and eval_examples < 1:
+        raise ConfigError(f"eval_examples must be at least 1, got {eval_examples}")
+    if out_dir is None:
+        if resume:
+            raise ConfigError("resume needs the out_dir of the run to continue")
+        return None
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"{out} is a file: --out (out_dir) must be a folder, the run folder; choose another path")
+    if resume and not out.is_dir():
+        raise RunFolderError(f"{out} does not exist: there is no run to resume; leave out --resume to start one there")
+    return out
+
+
+def _new_run(model, train_config, data, arch: str | None, verbose: bool, loop_options: dict) -> Run:
+    """A new run of fit: its data read, its tokenizer learned, its model config made, and all of it checked
+    before a run folder is touched."""
+    if isinstance(train_config, dict):
+        train_config = TrainConfig(**train_config)
+    tcfg = train_config or TrainConfig()
+    if data is None and (arch or "encoder_decoder") != "encoder_decoder":
+        raise ConfigError(
+            f"arch={arch!r} needs data: ft.text_data(...) for 'decoder', ft.labelled_data(...) for 'encoder'"
+        )
+    spec, pairs = _as_data_spec("reverse" if data is None else data, tcfg.seed, arch)
+    arch = _arch_for(model, spec, arch)
+    train_pairs, valid_pairs = pairs or load_pairs(spec)
+    tokenizer = tokenizer_for(spec, train_pairs, valid_pairs)
+    labels = sorted({label for _, label in train_pairs}) if arch == "encoder" else None
+    if arch == "encoder_decoder":
+        cfg = model_config(tokenizer, train_pairs + valid_pairs, model, spec_max_len(spec))
+    else:
+        longest = max(len(tokenizer.source.encode(text)) for text, _ in train_pairs + valid_pairs) if labels else None
+        cfg = families.make_config(arch, tokenizer, model, longest=longest, n_classes=len(labels or ()))
+    tcfg = with_best_by(tcfg, cfg)
+    run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, labels)
+    if run.mesh is not None:
+        check_batches_split(run, run.mesh)
+    check_best_by(tcfg, cfg)
+    check_optimizer(tcfg, run.backend)
+    return run
+
+
+def _describe_new_run(run: Run) -> str:
+    """The line fit prints as a new run starts: backend, devices, data sizes, vocabulary, where it writes."""
+    arch = families.arch_of(run.cfg)
+    examples = {"encoder_decoder": "pairs", "decoder": "windows", "encoder": "examples"}[arch]
+    held_out = "documents" if arch == "decoder" else examples
+    return (
+        f"backend {run.backend.name}; {parallel.describe(run.mesh, run.shard_params)}{len(run.train_examples)} "
+        f"training {examples} and {len(run.valid_pairs)} held-out {held_out}; {_describe_vocabulary(run.cfg)}; "
+        f"writing to {run.out_dir if run.out_dir else 'memory only'}"
+    )
 
 
 def _describe_vocabulary(cfg: ModelConfig) -> str:
