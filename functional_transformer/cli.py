@@ -25,7 +25,15 @@ from .checkpoint_format import CheckpointWriteError, UncheckedCheckpointWarning
 from .config import BEST_BY, COMPUTE_DTYPES, DTYPES, GRAD_METHODS, OPTIMIZERS, SCHEDULES, TrainConfig, TransformerConfig
 from .data import TASKS, DataError, make_task_data, read_lines, read_tsv
 from .errors import ConfigError, UserInputError
-from .inference import UnknownSymbolError, check_sources, classify, continue_texts, evaluate, predict
+from .inference import (
+    UnknownSymbolError,
+    check_sources,
+    classify,
+    continue_texts,
+    evaluate,
+    held_out_metrics,
+    predict,
+)
 from .insight import KINDS as ATTENTION_KINDS
 from .run_data import (
     MODEL_DEFAULTS,
@@ -897,7 +905,7 @@ def _eval_family(args, trained) -> int:
     pairs = pairs[: args.n] if args.n else pairs
     if not pairs:
         raise DataError("no held-out examples to evaluate: give --data")
-    result = families.evaluate(trained.params, cfg, tokenizer, pairs, labels=trained.labels, batch_size=args.batch_size)
+    result = held_out_metrics(trained.params, cfg, tokenizer, pairs, labels=trained.labels, batch_size=args.batch_size)
     if arch == "encoder":
         print(families.confusion_table(result["confusion"], trained.labels))
     for name in ("n_examples", "n_tokens", "loss", "token_accuracy"):

@@ -262,32 +262,6 @@ def evaluate_examples(
     return result
 
 
-def evaluate(
-    params: dict,
-    cfg,
-    tokenizer: Tokenizer,
-    valid_pairs,
-    *,
-    labels: Sequence[str] | None = None,
-    batch_size: int = 64,
-    progress: bool | str = False,
-) -> dict:
-    """Held-out metrics of a model of any family on its held-out pairs (documents as ("", text));
-    progress (True or a label) shows a progress line on stderr."""
-    from . import inference
-
-    arch = arch_of(cfg)
-    if arch == "encoder_decoder":
-        return inference.evaluate(params, cfg, tokenizer, valid_pairs, batch_size=batch_size, progress=progress)
-    if arch == "decoder":
-        examples = encode_documents([text for _, text in valid_pairs], tokenizer, cfg.max_len)
-        return evaluate_examples(params, cfg, examples, batch_size=batch_size, progress=progress)
-    if labels is None:
-        raise ValueError("evaluating a classifier needs its labels (the class names, model.labels)")
-    examples, _ = encode_labelled(valid_pairs, tokenizer, labels, cfg.max_len)
-    return evaluate_examples(params, cfg, examples, batch_size=batch_size, n_classes=len(labels), progress=progress)
-
-
 def describe_result(result: dict) -> str:
     """The scores of an evaluation on one line ("loss 1.2345 perplexity 3.44 ...")."""
     shown = [
@@ -321,7 +295,6 @@ __all__ = [
     "describe_result",
     "encode_documents",
     "encode_labelled",
-    "evaluate",
     "evaluate_examples",
     "inputs",
     "model_of",

@@ -462,9 +462,11 @@ def evaluate(model: TrainedModel, pairs: Sequence, *, beam_size: int = 1, **opti
     "token_accuracy", ...}; for a classifier on (text, label) pairs {"loss", "accuracy", "confusion", ...}."""
     if model.arch == "decoder":
         documents = [("", d) if isinstance(d, str) else d for d in pairs]
-        return families.evaluate(model.params, model.cfg, model.tokenizer, documents, **options)
+        return inference.held_out_metrics(model.params, model.cfg, model.tokenizer, documents, **options)
     if model.arch == "encoder":
-        return families.evaluate(model.params, model.cfg, model.tokenizer, list(pairs), labels=model.labels, **options)
+        return inference.held_out_metrics(
+            model.params, model.cfg, model.tokenizer, list(pairs), labels=model.labels, **options
+        )
     return inference.evaluate(model.params, model.cfg, model.tokenizer, list(pairs), beam_size=beam_size, **options)
 
 

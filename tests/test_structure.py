@@ -153,25 +153,11 @@ def test_the_import_graph_sees_function_level_imports_and_skips_type_checking_on
     assert "functional_transformer.train" not in graph["functional_transformer.run_writer"]  # TYPE_CHECKING only
 
 
-# Circles through modules of other owners, known and still to break: the entry points (api) and the
-# evaluation (families, inference, generate) call each other. Each edge here is one import to remove.
-KNOWN_CYCLE_EDGES = {
-    ("functional_transformer.families", "functional_transformer.inference"),
-}
-
-
 def test_no_import_cycle_in_the_library():
     """No module of functional_transformer/ or backends/ imports (at module or function level) a module
-    that imports it back, directly or through others (but for the known edges above)."""
-    graph = {name: targets - {t for s, t in KNOWN_CYCLE_EDGES if s == name} for name, targets in import_graph().items()}
-    cycle = find_cycle(graph)
+    that imports it back, directly or through others."""
+    cycle = find_cycle(import_graph())
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
-
-
-def test_the_known_cycle_edges_are_still_there():
-    """An edge listed as known that is gone is taken off the list, so the list never hides a new circle."""
-    graph = import_graph()
-    assert [(s, t) for s, t in KNOWN_CYCLE_EDGES if t not in graph[s]] == []
 
 
 # Modules of other owners still to rename.
