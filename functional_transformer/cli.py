@@ -35,6 +35,7 @@ from .inference import (
     predict,
 )
 from .insight import KINDS as ATTENTION_KINDS
+from .models import DecoderConfig
 from .run_data import (
     MODEL_DEFAULTS,
     TASK_DATA_DEFAULTS,
@@ -368,7 +369,7 @@ def _space_help() -> str:
     from .tuning import space
 
     default = "\n".join(f"  {name}: {entry}" for name, entry in space.DEFAULT_SPACE.items())
-    return space.__doc__.split("\n", 2)[2].strip() + "\n\nThe default space:\n" + default
+    return str(space.__doc__).split("\n", 2)[2].strip() + "\n\nThe default space:\n" + default
 
 
 def _add_train_parser(sub):
@@ -605,7 +606,9 @@ def _add_report_parser(sub):
 
 def build_parser() -> argparse.ArgumentParser:
     """The `ft` command's parser: the global --debug flag and one subcommand per subparser."""
-    parser = argparse.ArgumentParser(prog="ft", description=__doc__.splitlines()[0] + " Backend: FT_BACKEND=numpy|jax.")
+    parser = argparse.ArgumentParser(
+        prog="ft", description=str(__doc__).splitlines()[0] + " Backend: FT_BACKEND=numpy|jax."
+    )
     parser.add_argument(
         "--debug",
         action="store_true",
@@ -695,7 +698,7 @@ def _generate(args) -> int:
     cfg, tokenizer = trained.cfg, trained.tokenizer
     prompts = read_lines(args.input) if args.input is not None else args.prompt
     bos = getattr(tokenizer, "bos_id", None)
-    rows = [([bos] if bos is not None else []) + tokenizer.encode(text) for text in prompts]
+    rows = [([bos] if bos is not None else []) + tokenizer.target.encode(text) for text in prompts]
     if min(map(len, rows)) == 0:
         raise ConfigError("an empty prompt, and the tokenizer has no beginning-of-sequence token to start it with")
     filler = cfg.pad_id if cfg.pad_id is not None else rows[0][0]  # padding after each prompt, never read
@@ -721,7 +724,7 @@ def _generate(args) -> int:
     for row, out in zip(rows, tokens):
         new = [int(t) for t in out[len(row) : len(row) + args.max_new_tokens]]
         n_new += next((i + 1 for i, t in enumerate(new) if t == eos), len(new))
-        print(tokenizer.decode(new))
+        print(tokenizer.target.decode(new))
     print(f"{n_new} tokens in {elapsed:.2f} s: {n_new / max(elapsed, 1e-9):.1f} tokens/s", file=sys.stderr)
     return 0
 
@@ -760,7 +763,7 @@ def _convert(args) -> int:
             "ft convert --to hf takes one run folder or checkpoint file: ft convert --to hf RUN --out DIR"
         )
     trained = load(args.paths[0], None, default_backend())
-    if trained.arch != "decoder":
+    if not isinstance(trained.cfg, DecoderConfig):
         raise ConfigError(
             f"{trained.path} holds a model of the family {trained.arch!r}; only decoder-only models "
             "convert to Hugging Face"
@@ -922,13 +925,15 @@ def _eval(args) -> int:
     if trained.arch != "encoder_decoder":
         return _eval_family(args, trained)
     cfg, tokenizer, spec = trained.cfg, trained.tokenizer, trained.data_spec
+    if spec is None:  # every checkpoint records its data spec; a model made in Python may lack one
+        raise ConfigError(f"{trained.path} records no data spec (what it trained on); evaluate it with ft.evaluate")
     if args.data:
         pairs = read_tsv(args.data)
     elif args.task:
         # A task run's string lengths; a TSV spec's max_len is the model's length in tokens instead.
         sizes = spec if spec["kind"] == "task" else {}
-        lengths = [sizes.get(name, TASK_DATA_DEFAULTS[name]) for name in ("min_len", "max_len")]
-        pairs = make_task_data(args.task, 0, args.n or 500, *lengths, args.seed)[1]
+        min_len, max_len = (sizes.get(name, TASK_DATA_DEFAULTS[name]) for name in ("min_len", "max_len"))
+        pairs = make_task_data(args.task, 0, args.n or 500, min_len, max_len, args.seed)[1]
         if spec["kind"] == "task" and spec["task"] == args.task:  # keep them held out: drop strings seen in training
             seen = {source for source, _ in load_pairs(spec)[0]}
             pairs = [pair for pair in pairs if pair[0] not in seen]

@@ -20,6 +20,7 @@ import numpy as np
 from backends import backend_of, with_x64_scope
 
 from . import api, families
+from .checkpoint import ModelConfig
 from .data import DataError, Tokenizer, encode_pairs, iterate_batches
 from .generate import beam_search, greedy
 from .metrics import corpus_scores
@@ -189,7 +190,7 @@ def evaluate(
 
 def held_out_metrics(
     params: dict,
-    cfg,
+    cfg: ModelConfig,
     tokenizer: Tokenizer,
     valid_pairs,
     *,

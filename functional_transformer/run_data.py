@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -210,7 +211,11 @@ def fit_held_out(spec: dict, tokenizer: Tokenizer, max_len: int, valid_pairs) ->
     if spec.get("valid"):
         check_held_out_lengths(valid_pairs, tokenizer, max_len, spec["valid"])
         return valid_pairs
-    return [pair for pair in valid_pairs if length_problem(encode_pair(*pair, tokenizer), max_len) is None]
+    return [
+        (source, target)
+        for source, target in valid_pairs
+        if length_problem(encode_pair(source, target, tokenizer), max_len) is None
+    ]
 
 
 def describe_data_report(report: dict) -> str:
@@ -270,7 +275,7 @@ def tokenizer_for(spec: dict, train, valid) -> Tokenizer:
     Characters: a task's alphabet, or every character of the pairs. BPE: learned from the training
     pairs; every character of the held-out pairs (and of a task's alphabet) gets an id too, so, as
     with characters, none is unknown."""
-    options = spec.get("tokenizer") or {"kind": "char"}
+    options: dict[str, Any] = spec.get("tokenizer") or {"kind": "char"}
     alphabet = [task_alphabet(spec["task"])] if spec["kind"] in ("task",) else []
     if spec["kind"] in ("text", "labelled", "documents", "labelled_pairs"):  # one vocabulary, for the texts alone
         which = 1 if spec["kind"] in ("text", "documents") else 0

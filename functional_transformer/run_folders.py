@@ -166,8 +166,9 @@ def check_resumed(kind: str, saved: dict, given: dict) -> None:
             )
 
 
-def write_config(run: Run) -> None:
-    """The run folder's config.toml: the run's settings, from which `ft train --config` trains it again."""
+def write_config(run: Run, out_dir: Path) -> None:
+    """The run folder's config.toml (out_dir, run's folder): the run's settings, from which `ft train
+    --config` trains it again."""
     extended = (
         f"\nThis run was extended at step {run.tcfg.schedule_start} (--resume --extend); a new run from "
         "this file takes all its steps under one schedule."
@@ -176,10 +177,10 @@ def write_config(run: Run) -> None:
     )
     header = (
         f"The settings of this run (backend {run.backend.name}). To train it again:\n"
-        f"  ft train --config {run.out_dir / config_file.CONFIG_NAME} --out NEW_FOLDER{extended}"
+        f"  ft train --config {out_dir / config_file.CONFIG_NAME} --out NEW_FOLDER{extended}"
     )
     config_file.write_settings(
-        run.out_dir / config_file.CONFIG_NAME, run.cfg, run.tcfg, run.data_spec, run.eval_examples, header
+        out_dir / config_file.CONFIG_NAME, run.cfg, run.tcfg, run.data_spec, run.eval_examples, header
     )
 
 

@@ -37,6 +37,7 @@ from .checkpoint import ModelConfig
 from .config import USER_OPTIMIZER, TrainConfig, TransformerConfig
 from .data import DataError, Tokenizer
 from .errors import ConfigError
+from .models import DecoderConfig, EncoderConfig
 
 # The data specs, and the run folders' rules, are re-exported: `runs.task_data`, `runs.locked` and the
 # others are where code that trains runs has always found them.
@@ -227,7 +228,7 @@ def fit(
         run = _new_run(model, train_config, data, arch, verbose, loop_options)
         if out is not None and lead:
             run_folders.start_fresh(out, overwrite, verbose)
-            run_folders.write_config(run)
+            run_folders.write_config(run, out)
         if verbose:
             print(_describe_new_run(run), file=sys.stderr)
         return _result(run, run_loop(run))
@@ -293,9 +294,10 @@ def _describe_new_run(run: Run) -> str:
 
 
 def _describe_vocabulary(cfg: ModelConfig) -> str:
-    if not isinstance(cfg, TransformerConfig):
-        classes = f", {cfg.n_classes} classes" if hasattr(cfg, "n_classes") else ""
-        return f"vocabulary {cfg.vocab_size}{classes}"
+    if isinstance(cfg, EncoderConfig):
+        return f"vocabulary {cfg.vocab_size}, {cfg.n_classes} classes"
+    if isinstance(cfg, DecoderConfig):
+        return f"vocabulary {cfg.vocab_size}"
     if cfg.src_vocab_size == cfg.tgt_vocab_size:
         return f"vocabulary {cfg.src_vocab_size}"
     return f"vocabularies {cfg.src_vocab_size} (source) and {cfg.tgt_vocab_size} (target)"
@@ -304,10 +306,10 @@ def _describe_vocabulary(cfg: ModelConfig) -> str:
 def _family_examples(cfg: ModelConfig, tokenizer, train_pairs, valid_pairs, labels) -> tuple[list, dict]:
     """A language model's or a classifier's training examples and its data report: the windows and
     the held-out unigram baseline, or how many texts were cut to max_len."""
-    if families.arch_of(cfg) == "decoder":
+    if isinstance(cfg, DecoderConfig):
         examples = families.encode_documents([d for _, d in train_pairs], tokenizer, cfg.max_len)
         held_out = families.encode_documents([d for _, d in valid_pairs], tokenizer, cfg.max_len) if valid_pairs else []
-        report = {"windows": len(examples), "tokens": sum(len(e.tgt) - 1 for e in examples)}
+        report: dict[str, float] = {"windows": len(examples), "tokens": sum(len(e.tgt) - 1 for e in examples)}
         if held_out:
             report["unigram_perplexity"] = families.unigram_perplexity(examples, held_out, cfg.vocab_size)
         return examples, report
@@ -394,7 +396,7 @@ def _resume(out: Path, model, train_config, data, extend, verbose, loop_options)
     train_pairs, valid_pairs = pairs or load_pairs(spec)
     run = _make_run(cfg, tcfg, tokenizer, spec, train_pairs, valid_pairs, loop_options, verbose, loaded.labels)
     if parallel.process_index() == 0:
-        run_folders.write_config(run)  # the operational fields or the steps may have changed
+        run_folders.write_config(run, out)  # the operational fields or the steps may have changed
     if verbose:
         print(f"resuming {out} at step {step} of {tcfg.steps}", file=sys.stderr)
     return _result(run, run_loop(run, loaded.state, loaded.key, loaded.progress or None))

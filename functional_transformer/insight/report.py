@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..checkpoint import ModelConfig
-    from ..config import TransformerConfig
 
 import base64
 import datetime
@@ -30,8 +29,9 @@ from backends import Backend
 
 from .. import checkpoint, inference
 from ..backend_choice import default_backend
-from ..config import TrainConfig, train_config_record
+from ..config import TrainConfig, TransformerConfig, train_config_record
 from ..data import DataError
+from ..errors import ConfigError
 from ..run_data import load_pairs
 from ..run_folders import read_history
 from ..train import make_schedule
@@ -144,7 +144,7 @@ def _key_values(title: str, fields: dict) -> str:
     return f"<div><h3>{_e(title)}</h3><table>{rows}</table></div>"
 
 
-def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+def _table(header: list[str], rows: list[list[str]], numeric: frozenset[int] | set[int] = frozenset()) -> str:
     head = "".join(
         f'<th class="num">{_e(h)}</th>' if i in numeric else f"<th>{_e(h)}</th>" for i, h in enumerate(header)
     )
@@ -247,6 +247,11 @@ def build_report(
     loaded = checkpoint.load(used, backend)
     folder = used.parent
     cfg, tokenizer, tcfg = loaded.cfg, loaded.tokenizer, loaded.train_config
+    if not isinstance(cfg, TransformerConfig):
+        raise ConfigError(
+            f"{used} holds a {loaded.arch} model; the run report draws an encoder-decoder run (source, target "
+            "and their attention): use ft eval and ft predict for it"
+        )
     params = loaded.state["params"]
     predictions, rows = _predictions_html(params, cfg, tokenizer, loaded.data_spec, n_examples)
     sections = [
@@ -308,7 +313,7 @@ def _curves_html(history: list[dict], tcfg: TrainConfig, cfg: ModelConfig, folde
     return "\n".join(parts)
 
 
-def _predictions_html(params: dict, cfg: ModelConfig, tokenizer, spec: dict, n_examples: int) -> tuple[str, list]:
+def _predictions_html(params: dict, cfg: TransformerConfig, tokenizer, spec: dict, n_examples: int) -> tuple[str, list]:
     """(the Sample predictions section, its rows): up to n_examples of the run's held-out pairs decoded."""
     try:
         held_out = load_pairs(spec)[1][:n_examples]
@@ -322,7 +327,7 @@ def _predictions_html(params: dict, cfg: ModelConfig, tokenizer, spec: dict, n_e
     return f"<h2>Sample predictions</h2>\n<p class='note'>No held-out examples to decode: {_e(reason)}.</p>", rows
 
 
-def _attention_html(params: dict, cfg: ModelConfig, tokenizer, rows: list, n_attention: int) -> str:
+def _attention_html(params: dict, cfg: TransformerConfig, tokenizer, rows: list, n_attention: int) -> str:
     """The Attention section: every attention map of n_attention of the decoded examples."""
     sources = pick_attention_sources(rows, n_attention)
     if not sources:

@@ -30,7 +30,7 @@ Storage: a study lives in an Optuna storage, so `ft sweep` run again with the sa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from ..checkpoint import ModelConfig
@@ -133,7 +133,7 @@ class SweepConfig:
     objective: str = "exact_match"  # the held-out metric whose mean over the evaluations scores a trial
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Literal["minimize", "maximize"]:
         """ "maximize", or "minimize" for the loss."""
         return "minimize" if BEST_BY[self.objective] == "min" else "maximize"
 
