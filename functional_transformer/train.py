@@ -291,7 +291,8 @@ def make_accumulating_step(cfg: ModelConfig, tcfg: TrainConfig, optimizer, backe
 
 def all_finite(tree, backend: Backend) -> bool:
     # Checked on the host, where the checkpoint that follows copies the tree anyway: on JAX an
-    # eager isfinite per leaf shape compiles a small program each (timed in benchmarks/README.md).
+    # eager isfinite per leaf shape compiles a small program each (timed in
+    # docs/benchmarks.md, "Timings behind design choices").
     return all(np.isfinite(leaf).all() for leaf in backend.tree_leaves(backend.tree_to_numpy(tree)))
 
 
