@@ -145,8 +145,8 @@ class NumpyBackend(Backend):
     def scatter_add(self, target, indices, updates):
         # Sort the rows by index and sum each run with one `add.reduceat`: `np.add.at` does the
         # same sums one row at a time, an order of magnitude slower on the embedding gradient
-        # (benchmarks/README.md). The sums agree with `add.at` up to float rounding (reduceat may
-        # group the additions differently) and are deterministic.
+        # (docs/benchmarks.md, "Timings behind design choices"). The sums agree with `add.at` up
+        # to float rounding (reduceat may group the additions differently) and are deterministic.
         indices = np.asarray(indices).reshape(-1)
         out = target.copy()
         if indices.size == 0:
@@ -189,7 +189,7 @@ class JaxBackend(Backend):
     caller's, and float64 ones called directly on JAX need `x64_scope()` around them. Why a
     scope rather than an error asking float64 users to turn x64 on: float32 models need the
     float64 intermediates above too, and a scope keeps their numbers what they were (the same
-    compiled programs, benchmarks/README.md) without asking anything of the user. Every array the library makes names its dtype or
+    compiled programs) without asking anything of the user. Every array the library makes names its dtype or
     follows its inputs, so float32 models stay float32 inside the scope; outside it the process
     keeps whatever the user chose. Arrays the library returns keep their dtype; a user computing
     on float64 results with `jax.numpy` turns x64 on themselves (or uses `backend.x64_scope()`).
@@ -238,7 +238,7 @@ class JaxBackend(Backend):
         # Under jit the whole loop is one XLA While, with no return to Python per pass. The barrier
         # makes the initial state real arrays: without it XLA sank the transpose that made the
         # decoding cache's cross-attention keys head-major into the loop body, redoing it every
-        # pass (benchmarks/README.md, "Decoding as one compiled loop").
+        # pass.
         lax = self.jax.lax
         return lax.while_loop(cond, body, lax.optimization_barrier(state))
 
@@ -262,7 +262,7 @@ class JaxBackend(Backend):
 
     def relu(self, x):
         # The same values as maximum(x, 0), but a derivative of select(x > 0, g, 0): jnp.maximum's
-        # splits ties in half, a compare, select and divide more per element (benchmarks/README.md).
+        # splits ties in half, a compare, select and divide more per element.
         return self.jax.nn.relu(x)
 
 

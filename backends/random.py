@@ -41,7 +41,7 @@ def threefry2x32(key: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
     rebinds the name to a new immutable array, so one text serves both. Only the two arrays made
     by the first additions are ever updated, never the caller's. On NumPy this is several times
     faster than a new array per operation, most of whose cost is fresh memory for the allocator to
-    fault in (benchmarks/README.md, "Timings behind design choices"), and dropout hashes millions
+    fault in (docs/benchmarks.md, "Timings behind design choices"), and dropout hashes millions
     of words per training step.
     """
     k0, k1 = key[0:1], key[1:2]  # (1,) arrays, not scalars: NumPy warns when scalar arithmetic wraps
@@ -205,7 +205,8 @@ def bernoulli(key: Array, p: float, shape: tuple[int, ...]) -> Array:
         return xp.ones(shape, dtype=xp.bool)
     y0, y1 = _lanes(key, (n + 1) // 2)
     # `(word >> 16) < threshold` is `word < threshold << 16`: comparing whole words skips a
-    # shift and its array, which halves this function's time on NumPy (benchmarks/README.md).
+    # shift and its array, which halves this function's time on NumPy
+    # (docs/benchmarks.md, "Timings behind design choices").
     limit = xp.asarray(threshold << BERNOULLI_BITS, dtype=xp.uint32)  # a Python int above 2**31 overflows JAX's int32
     draws_kept = xp.reshape(xp.stack([y0 < limit, y1 < limit], axis=1), (-1,))
     return xp.reshape(draws_kept[:n], shape)

@@ -39,7 +39,7 @@ def init(key, cfg: ModelConfig) -> dict:
     On JAX the numbers are drawn on the host with NumPy and the tree is then moved to the device.
     The generator is one text on both backends (backends/random.py), so the numbers are the same,
     and this skips compiling a Threefry program per weight, which takes far longer than drawing
-    the numbers (benchmarks/README.md, "Timings behind design choices"). Under a JAX trace
+    the numbers (docs/benchmarks.md, "Timings behind design choices"). Under a JAX trace
     (`jax.eval_shape`, `jit`) it is traced as usual."""
     backend = backend_of(key)
     checks.check_compute_dtype(cfg, backend)

@@ -25,20 +25,27 @@ from .checkpoint_format import CheckpointWriteError, UncheckedCheckpointWarning
 from .config import BEST_BY, COMPUTE_DTYPES, DTYPES, GRAD_METHODS, OPTIMIZERS, SCHEDULES, TrainConfig, TransformerConfig
 from .data import TASKS, DataError, make_task_data, read_lines, read_tsv
 from .errors import ConfigError, UserInputError
-from .inference import UnknownSymbolError, check_sources, classify, continue_texts, evaluate, predict
+from .inference import (
+    UnknownSymbolError,
+    check_sources,
+    classify,
+    continue_texts,
+    evaluate,
+    held_out_metrics,
+    predict,
+)
 from .insight import KINDS as ATTENTION_KINDS
-from .runs import (
+from .models import DecoderConfig
+from .run_data import (
     MODEL_DEFAULTS,
     TASK_DATA_DEFAULTS,
     TOKENIZERS,
-    TrainedModel,
     check_held_out_lengths,
-    fit,
     fit_held_out,
-    load,
     load_pairs,
     tokenizer_spec,
 )
+from .runs import TrainedModel, fit, load
 from .train import SaveFailed, TrainingDiverged
 from .tuning.sweep import OBJECTIVES, PRUNERS
 
@@ -52,7 +59,7 @@ def _model_flag_defaults() -> dict:
 
 def _add_model_flags(p):
     # Every flag defaults to None, so that `--resume` can tell what was given (and must agree with
-    # the run) from what was not; the defaults shown are runs.MODEL_DEFAULTS over TransformerConfig's.
+    # the run) from what was not; the defaults shown are run_data.MODEL_DEFAULTS over TransformerConfig's.
     d = _model_flag_defaults()
     g = p.add_argument_group("model")
     g.add_argument("--d-model", type=int, help=f"model width (default {d['d_model']}; the paper's base uses 512)")
@@ -292,7 +299,7 @@ def _add_data_flags(p):
 
 
 def _tokenizer_flags(args) -> dict | None:
-    """The tokenizer spec the flags ask for (runs.tokenizer_spec), or None where none was given."""
+    """The tokenizer spec the flags ask for (run_data.tokenizer_spec), or None where none was given."""
     if args.tokenizer is None and args.vocab_size is None and args.joint_vocab is None:
         return None
     return tokenizer_spec(args.tokenizer or "char", args.vocab_size, bool(args.joint_vocab))
@@ -362,19 +369,10 @@ def _space_help() -> str:
     from .tuning import space
 
     default = "\n".join(f"  {name}: {entry}" for name, entry in space.DEFAULT_SPACE.items())
-    return space.__doc__.split("\n", 2)[2].strip() + "\n\nThe default space:\n" + default
+    return str(space.__doc__).split("\n", 2)[2].strip() + "\n\nThe default space:\n" + default
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ft", description=__doc__.splitlines()[0] + " Backend: FT_BACKEND=numpy|jax.")
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        help="on an error, show the full traceback instead of the one-line message "
-        "(give it before the command: ft --debug predict ...)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_train_parser(sub):
     p = sub.add_parser(
         "train",
         help="train a model on a built-in task or your own TSV data",
@@ -429,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
+
+def _add_eval_parser(sub):
     p = sub.add_parser(
         "eval",
         help="exact match, character accuracy, BLEU and chrF of a checkpoint",
@@ -463,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
+
+def _add_predict_parser(sub):
     p = sub.add_parser(
         "predict",
         help="decode the given strings, or a file of them",
@@ -481,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr (shown with --input)")
 
+
+def _add_info_parser(sub):
     p = sub.add_parser(
         "info",
         help="what a run folder or checkpoint holds: settings, step, best metric, size",
@@ -490,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", type=Path, help="a run folder or a .safetensors checkpoint file")
 
+
+def _add_sweep_parser(sub):
     p = sub.add_parser(
         "sweep",
         help="tune model size and training settings with Optuna (the [sweep] extra)",
@@ -540,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
+
+def _add_sweep_report_parser(sub):
     p = sub.add_parser(
         "sweep-report",
         help="a study's best trials and plots",
@@ -557,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="ft sweep's --out, where the table and plots go too (default runs/sweep-<study>, as for ft sweep)",
     )
 
+
+def _add_attention_parser(sub):
     p = sub.add_parser(
         "attention",
         help="draw every attention weight of one example (matplotlib: the [plot] extra)",
@@ -580,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="read characters outside the model's vocabulary as the unknown token (default: refuse them)",
     )
 
+
+def _add_report_parser(sub):
     p = sub.add_parser(
         "report",
         help="one self-contained HTML page about a run (matplotlib: the [plot] extra)",
@@ -590,6 +602,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_flags(p)
     p.add_argument("--out", type=Path, help="the HTML file to write (default report.html in the run folder)")
     p.add_argument("--n", type=int, default=100, help="held-out examples to decode for the predictions (default 100)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `ft` command's parser: the global --debug flag and one subcommand per subparser."""
+    parser = argparse.ArgumentParser(
+        prog="ft", description=str(__doc__).splitlines()[0] + " Backend: FT_BACKEND=numpy|jax."
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show the full traceback instead of the one-line message "
+        "(give it before the command: ft --debug predict ...)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    _add_predict_parser(sub)
+    _add_info_parser(sub)
+    _add_sweep_parser(sub)
+    _add_sweep_report_parser(sub)
+    _add_attention_parser(sub)
+    _add_report_parser(sub)
     _add_generate_parser(sub)
     _add_convert_parser(sub)
     return parser
@@ -664,7 +698,7 @@ def _generate(args) -> int:
     cfg, tokenizer = trained.cfg, trained.tokenizer
     prompts = read_lines(args.input) if args.input is not None else args.prompt
     bos = getattr(tokenizer, "bos_id", None)
-    rows = [([bos] if bos is not None else []) + tokenizer.encode(text) for text in prompts]
+    rows = [([bos] if bos is not None else []) + tokenizer.target.encode(text) for text in prompts]
     if min(map(len, rows)) == 0:
         raise ConfigError("an empty prompt, and the tokenizer has no beginning-of-sequence token to start it with")
     filler = cfg.pad_id if cfg.pad_id is not None else rows[0][0]  # padding after each prompt, never read
@@ -690,7 +724,7 @@ def _generate(args) -> int:
     for row, out in zip(rows, tokens):
         new = [int(t) for t in out[len(row) : len(row) + args.max_new_tokens]]
         n_new += next((i + 1 for i, t in enumerate(new) if t == eos), len(new))
-        print(tokenizer.decode(new))
+        print(tokenizer.target.decode(new))
     print(f"{n_new} tokens in {elapsed:.2f} s: {n_new / max(elapsed, 1e-9):.1f} tokens/s", file=sys.stderr)
     return 0
 
@@ -729,7 +763,7 @@ def _convert(args) -> int:
             "ft convert --to hf takes one run folder or checkpoint file: ft convert --to hf RUN --out DIR"
         )
     trained = load(args.paths[0], None, default_backend())
-    if trained.arch != "decoder":
+    if not isinstance(trained.cfg, DecoderConfig):
         raise ConfigError(
             f"{trained.path} holds a model of the family {trained.arch!r}; only decoder-only models "
             "convert to Hugging Face"
@@ -874,7 +908,7 @@ def _eval_family(args, trained) -> int:
     pairs = pairs[: args.n] if args.n else pairs
     if not pairs:
         raise DataError("no held-out examples to evaluate: give --data")
-    result = families.evaluate(trained.params, cfg, tokenizer, pairs, labels=trained.labels, batch_size=args.batch_size)
+    result = held_out_metrics(trained.params, cfg, tokenizer, pairs, labels=trained.labels, batch_size=args.batch_size)
     if arch == "encoder":
         print(families.confusion_table(result["confusion"], trained.labels))
     for name in ("n_examples", "n_tokens", "loss", "token_accuracy"):
@@ -891,13 +925,15 @@ def _eval(args) -> int:
     if trained.arch != "encoder_decoder":
         return _eval_family(args, trained)
     cfg, tokenizer, spec = trained.cfg, trained.tokenizer, trained.data_spec
+    if spec is None:  # every checkpoint records its data spec; a model made in Python may lack one
+        raise ConfigError(f"{trained.path} records no data spec (what it trained on); evaluate it with ft.evaluate")
     if args.data:
         pairs = read_tsv(args.data)
     elif args.task:
         # A task run's string lengths; a TSV spec's max_len is the model's length in tokens instead.
         sizes = spec if spec["kind"] == "task" else {}
-        lengths = [sizes.get(name, TASK_DATA_DEFAULTS[name]) for name in ("min_len", "max_len")]
-        pairs = make_task_data(args.task, 0, args.n or 500, *lengths, args.seed)[1]
+        min_len, max_len = (sizes.get(name, TASK_DATA_DEFAULTS[name]) for name in ("min_len", "max_len"))
+        pairs = make_task_data(args.task, 0, args.n or 500, min_len, max_len, args.seed)[1]
         if spec["kind"] == "task" and spec["task"] == args.task:  # keep them held out: drop strings seen in training
             seen = {source for source, _ in load_pairs(spec)[0]}
             pairs = [pair for pair in pairs if pair[0] not in seen]

@@ -2,7 +2,7 @@
 
 A settings file has up to three tables, each optional:
 
-    [model]            # the model config's fields, over the defaults of `ft train` (runs.MODEL_DEFAULTS)
+    [model]            # the model config's fields, over the defaults of `ft train` (run_data.MODEL_DEFAULTS)
     d_model = 64
     n_encoder_layers = 2
 
@@ -46,8 +46,8 @@ import types
 import typing
 from pathlib import Path
 
-from . import families, runs
-from .config import TrainConfig, TransformerConfig, train_config_record
+from . import families, run_data
+from .config import TrainConfig, train_config_record
 from .data import DataError
 from .errors import ConfigError
 
@@ -84,7 +84,7 @@ class ConfigFileError(ConfigError):
 KIND_ARCH = {"text": "decoder", "labelled": "encoder", "documents": "decoder", "labelled_pairs": "encoder"}
 # Config fields that follow from the data, per family.
 FAMILY_DATA_FIELDS = {
-    "encoder_decoder": runs.DATA_FIELDS,
+    "encoder_decoder": run_data.DATA_FIELDS,
     "decoder": ("vocab_size", "pad_id"),
     "encoder": ("vocab_size", "pad_id", "n_classes", "max_len"),
 }
@@ -177,7 +177,7 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
 
 
 def data_table(spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES) -> dict:
-    """The [data] table of a data spec (runs.task_data / runs.tsv_data; a TSV's paths made absolute,
+    """The [data] table of a data spec (run_data.task_data / run_data.tsv_data; a TSV's paths made absolute,
     so the file works from any folder)."""
     table = {"kind": spec["kind"]}
     if spec["kind"] == "task":
@@ -201,7 +201,7 @@ def data_table(spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES) -> dict:
 
 
 def settings_tables(
-    cfg: ModelConfig, tcfg: TrainConfig, spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES
+    cfg: ModelConfig | dict, tcfg: TrainConfig, spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES
 ) -> dict[str, dict]:
     """{"model", "train", "data"} tables of a run: cfg's fields less the data's (a dict: its fields
     over the defaults `fit` uses), every TrainConfig field but TRAIN_INTERNAL, and data_table(spec)."""
@@ -214,18 +214,18 @@ def settings_tables(
 
 
 def model_defaults(arch: str = "encoder_decoder") -> dict:
-    """What `fit` builds when told nothing: runs.MODEL_DEFAULTS (families.MODEL_DEFAULTS) over the config's own defaults."""
+    """What `fit` builds when told nothing: run_data.MODEL_DEFAULTS (families.MODEL_DEFAULTS) over the config's own defaults."""
     own = {
         f.name: f.default
         for f in dataclasses.fields(families.CONFIGS[arch])
         if f.default is not dataclasses.MISSING and f.name not in FAMILY_DATA_FIELDS[arch]
     }
-    return {**own, **(runs.MODEL_DEFAULTS if arch == "encoder_decoder" else families.MODEL_DEFAULTS[arch])}
+    return {**own, **(run_data.MODEL_DEFAULTS if arch == "encoder_decoder" else families.MODEL_DEFAULTS[arch])}
 
 
 def write_settings(
     path: str | os.PathLike,
-    cfg: TransformerConfig | dict,
+    cfg: ModelConfig | dict,
     tcfg: TrainConfig,
     spec: dict,
     eval_examples: int = DEFAULT_EVAL_EXAMPLES,
@@ -284,8 +284,8 @@ def _checked_table(table, keys: dict, name: str, path: Path) -> dict:
     unknown = sorted(set(table) - set(keys))
     if unknown:
         hint = ""
-        if name == "model" and set(unknown) & set(runs.DATA_FIELDS):
-            hint = f"; {sorted(set(unknown) & set(runs.DATA_FIELDS))} follow from the data"
+        if name == "model" and set(unknown) & set(run_data.DATA_FIELDS):
+            hint = f"; {sorted(set(unknown) & set(run_data.DATA_FIELDS))} follow from the data"
         raise ConfigFileError(
             f"{path}: unknown key{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(f'[{name}] {key}' for key in unknown)}{hint}; the [{name}] keys are "
@@ -348,18 +348,18 @@ def data_spec(table: dict, default_seed: int, where: str = "the data") -> tuple[
         raise ConfigFileError(f"{where}: give a task or a training file (train), not both")
     tokenizer = None
     if {"tokenizer", "vocab_size", "joint_vocab"} & set(table):
-        tokenizer = runs.tokenizer_spec(
+        tokenizer = run_data.tokenizer_spec(
             table.pop("tokenizer", "char"), table.pop("vocab_size", None), bool(table.pop("joint_vocab", False))
         )
         if tokenizer == {"kind": "char"}:
-            tokenizer = None  # the default, left out of the spec as runs.task_data leaves it out
+            tokenizer = None  # the default, left out of the spec as run_data.task_data leaves it out
     if kind in ("text", "labelled"):
         if "train" not in table:
             raise ConfigFileError(f"{where}: kind {kind!r} needs train (a file)")
         train, valid = table.pop("train"), table.pop("valid", None)
         if table:
             raise DataError(f"{sorted(table)} do not apply to kind {kind!r} ({KIND_ARCH[kind]} models)")
-        read = runs.text_data if kind == "text" else runs.labelled_data
+        read = run_data.text_data if kind == "text" else run_data.labelled_data
         return read(train, valid, seed=seed, tokenizer=tokenizer), eval_examples
     if kind == "tsv":
         if "train" not in table:
@@ -368,7 +368,7 @@ def data_spec(table: dict, default_seed: int, where: str = "the data") -> tuple[
         max_len, truncate = table.pop("max_len", None), table.pop("truncate_long", None)
         if table:
             raise DataError(f"{sorted(table)} size the built-in tasks; they do not apply to --data")
-        return runs.tsv_data(
+        return run_data.tsv_data(
             train, valid, seed=seed, tokenizer=tokenizer, max_len=max_len, truncate_long=bool(truncate)
         ), eval_examples
     if "valid" in table:
@@ -378,7 +378,7 @@ def data_spec(table: dict, default_seed: int, where: str = "the data") -> tuple[
             "--truncate-long cuts pairs of --data files longer than --max-len; a task's strings all fit "
             "(truncate_long in [data])"
         )
-    return runs.task_data(table.pop("task", "reverse"), seed=seed, tokenizer=tokenizer, **table), eval_examples
+    return run_data.task_data(table.pop("task", "reverse"), seed=seed, tokenizer=tokenizer, **table), eval_examples
 
 
 __all__ = [

@@ -25,6 +25,7 @@ import numpy as np
 from backends import Backend, backend_of, with_x64_scope
 
 from . import checkpoint, checks, loss
+from .checkpoint import ModelConfig
 from .config import DEFAULT_BEST_BY, METRICS, TransformerConfig
 from .data import DataError, EncodedPair, Tokenizer, iterate_batches
 from .errors import ConfigError
@@ -154,8 +155,13 @@ MODEL_DEFAULTS = {
 
 
 def make_config(
-    arch: str, tokenizer: Tokenizer, model=None, *, longest: int | None = None, n_classes: int | None = None
-):
+    arch: str,
+    tokenizer: Tokenizer,
+    model: dict | ModelConfig | None = None,
+    *,
+    longest: int | None = None,
+    n_classes: int | None = None,
+) -> ModelConfig:
     """The DecoderConfig or EncoderConfig for data: the vocabulary and pad id from the tokenizer, a
     classifier's n_classes and (unless given) max_len from the data, the rest from `model` (a dict of
     fields over MODEL_DEFAULTS[arch], or over a named architecture's with {"preset": "gpt2" | "llama"};
@@ -167,7 +173,12 @@ def make_config(
     }
     if arch == "encoder":
         derived["n_classes"] = n_classes
-    if isinstance(model, config_type):
+    if model is not None and not isinstance(model, dict):
+        if not isinstance(model, config_type):
+            raise ConfigError(
+                f"model for arch={arch!r} must be a dict of {config_type.__name__} fields or a "
+                f"{config_type.__name__}, got {type(model).__name__}"
+            )
         for name, value in derived.items():
             if getattr(model, name) != value:
                 raise ConfigError(
@@ -175,11 +186,6 @@ def make_config(
                     "dict of the other fields and let fit fill these in"
                 )
         return model
-    if model is not None and not isinstance(model, dict):
-        raise ConfigError(
-            f"model for arch={arch!r} must be a dict of {config_type.__name__} fields or a "
-            f"{config_type.__name__}, got {type(model).__name__}"
-        )
     fields = {**MODEL_DEFAULTS[arch], **dict(model or {})}
     given = sorted(set(model or {}) & set(derived))
     if given:
@@ -262,32 +268,6 @@ def evaluate_examples(
     return result
 
 
-def evaluate(
-    params: dict,
-    cfg,
-    tokenizer: Tokenizer,
-    valid_pairs,
-    *,
-    labels: Sequence[str] | None = None,
-    batch_size: int = 64,
-    progress: bool | str = False,
-) -> dict:
-    """Held-out metrics of a model of any family on its held-out pairs (documents as ("", text));
-    progress (True or a label) shows a progress line on stderr."""
-    from . import inference
-
-    arch = arch_of(cfg)
-    if arch == "encoder_decoder":
-        return inference.evaluate(params, cfg, tokenizer, valid_pairs, batch_size=batch_size, progress=progress)
-    if arch == "decoder":
-        examples = encode_documents([text for _, text in valid_pairs], tokenizer, cfg.max_len)
-        return evaluate_examples(params, cfg, examples, batch_size=batch_size, progress=progress)
-    if labels is None:
-        raise ValueError("evaluating a classifier needs its labels (the class names, model.labels)")
-    examples, _ = encode_labelled(valid_pairs, tokenizer, labels, cfg.max_len)
-    return evaluate_examples(params, cfg, examples, batch_size=batch_size, n_classes=len(labels), progress=progress)
-
-
 def describe_result(result: dict) -> str:
     """The scores of an evaluation on one line ("loss 1.2345 perplexity 3.44 ...")."""
     shown = [
@@ -321,7 +301,6 @@ __all__ = [
     "describe_result",
     "encode_documents",
     "encode_labelled",
-    "evaluate",
     "evaluate_examples",
     "inputs",
     "model_of",

@@ -7,15 +7,20 @@ the model's max_len is an error naming it, never cut.
 
 `evaluate` grades whole outputs (exact match), characters (character accuracy) and, with sacreBLEU
 installed (the [text] extra), partly right outputs (corpus BLEU and chrF, see metrics.py).
+`held_out_metrics` evaluates a model of any family: `evaluate` for an encoder-decoder, the
+teacher-forced metrics of families.evaluate_examples for a language model or a classifier.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from backends import backend_of, with_x64_scope
 
-from . import api
+from . import api, families
+from .checkpoint import ModelConfig
 from .data import DataError, Tokenizer, encode_pairs, iterate_batches
 from .generate import beam_search, greedy
 from .metrics import corpus_scores
@@ -183,10 +188,34 @@ def evaluate(
     return result
 
 
+def held_out_metrics(
+    params: dict,
+    cfg: ModelConfig,
+    tokenizer: Tokenizer,
+    valid_pairs,
+    *,
+    labels: Sequence[str] | None = None,
+    batch_size: int = 64,
+    progress: bool | str = False,
+) -> dict:
+    """Held-out metrics of a model of any family on its held-out pairs (documents as ("", text));
+    progress (True or a label) shows a progress line on stderr."""
+    arch = families.arch_of(cfg)
+    if arch == "encoder_decoder":
+        return evaluate(params, cfg, tokenizer, valid_pairs, batch_size=batch_size, progress=progress)
+    if arch == "decoder":
+        examples = families.encode_documents([text for _, text in valid_pairs], tokenizer, cfg.max_len)
+        return families.evaluate_examples(params, cfg, examples, batch_size=batch_size, progress=progress)
+    if labels is None:
+        raise ValueError("evaluating a classifier needs its labels (the class names, model.labels)")
+    examples, _ = families.encode_labelled(valid_pairs, tokenizer, labels, cfg.max_len)
+    return families.evaluate_examples(
+        params, cfg, examples, batch_size=batch_size, n_classes=len(labels), progress=progress
+    )
+
+
 def _class_logits(params: dict, ids, cfg):
     """A classifier's logits (B, n_classes) for ids (B, T)."""
-    from . import families
-
     return families.model_of(cfg).apply(params, ids)
 
 
@@ -284,6 +313,7 @@ __all__ = [
     "classify",
     "continue_texts",
     "evaluate",
+    "held_out_metrics",
     "predict",
     "unknown_in_pairs",
 ]

@@ -36,7 +36,7 @@ from backends import Backend, backend_of
 from backends import random as ftrandom
 from backends.tree import tree_map as backend_tree_map
 
-from . import api, checks, families, gradients, optim, parallel
+from . import api, checks, families, gradients, inference, optim, parallel
 from .checkpoint import ModelConfig
 from .config import (  # noqa: F401  (re-exported: train.TrainConfig and its constants keep working)
     BEST_BY,
@@ -291,7 +291,8 @@ def make_accumulating_step(cfg: ModelConfig, tcfg: TrainConfig, optimizer, backe
 
 def all_finite(tree, backend: Backend) -> bool:
     # Checked on the host, where the checkpoint that follows copies the tree anyway: on JAX an
-    # eager isfinite per leaf shape compiles a small program each (timed in benchmarks/README.md).
+    # eager isfinite per leaf shape compiles a small program each (timed in
+    # docs/benchmarks.md, "Timings behind design choices").
     return all(np.isfinite(leaf).all() for leaf in backend.tree_leaves(backend.tree_to_numpy(tree)))
 
 
@@ -524,7 +525,9 @@ def _evaluate(
     # Sharded params are gathered to one device: each process evaluates the same whole model.
     eval_params = backend.tree_asarray(host(state["params"])) if run.mesh is not None else state["params"]
     at_step = f"eval @ {step}" if run.progress else False
-    result = families.evaluate(eval_params, run.cfg, run.tokenizer, ctx["valid"], labels=run.labels, progress=at_step)
+    result = inference.held_out_metrics(
+        eval_params, run.cfg, run.tokenizer, ctx["valid"], labels=run.labels, progress=at_step
+    )
     if run.progress:
         print(f"eval @ {step}: {families.describe_result(result)}", file=sys.stderr, flush=True)
     ctx["summary"]["valid"] = result

@@ -16,7 +16,7 @@ PEERS = ("torch",)
 PEER_TITLES = {"torch": "PyTorch eager"}
 PEER_INSTALL = {
     "torch": "PyTorch is not installed: run `uv run --group peers python -m benchmarks --peers torch ...` "
-    "(PyTorch's CPU build; installing it elsewhere: benchmarks/README.md)",
+    "(PyTorch's CPU build; installing it elsewhere: docs/benchmarks.md, 'Installing PyTorch')",
 }
 PEER_MODULES = {"torch": "torch"}
 PEER_MEASURES = {"torch": ("forward", "train", "decode")}  # the measures of ours each peer implements

@@ -465,7 +465,8 @@ def iterate_batches(
     With `fill_last`, when there is more than one batch, the last is filled up to `batch_size`
     rows with copies of its first example whose `tgt_out` is all `pad_id`: a masked loss counts
     nothing there. Every batch then has the same number of rows, so JAX compiles one program
-    rather than a second one for the remainder (seconds of the first evaluation; benchmarks/README.md)."""
+    rather than a second one for the remainder (seconds of the first evaluation;
+    docs/benchmarks.md, "Timings behind design choices")."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     for start in range(0, len(examples), batch_size):

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..checkpoint import ModelConfig
-    from ..config import TransformerConfig
 
 import base64
 import datetime
@@ -30,9 +29,11 @@ from backends import Backend
 
 from .. import checkpoint, inference
 from ..backend_choice import default_backend
-from ..config import TrainConfig, train_config_record
+from ..config import TrainConfig, TransformerConfig, train_config_record
 from ..data import DataError
-from ..runs import load_pairs, read_history
+from ..errors import ConfigError
+from ..run_data import load_pairs
+from ..run_folders import read_history
 from ..train import make_schedule
 from . import plots
 from .attention import attention_maps
@@ -143,7 +144,7 @@ def _key_values(title: str, fields: dict) -> str:
     return f"<div><h3>{_e(title)}</h3><table>{rows}</table></div>"
 
 
-def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+def _table(header: list[str], rows: list[list[str]], numeric: frozenset[int] | set[int] = frozenset()) -> str:
     head = "".join(
         f'<th class="num">{_e(h)}</th>' if i in numeric else f"<th>{_e(h)}</th>" for i, h in enumerate(header)
     )
@@ -245,56 +246,75 @@ def build_report(
     used = checkpoint.resolve(path, which)
     loaded = checkpoint.load(used, backend)
     folder = used.parent
-    cfg, tokenizer, spec = loaded.cfg, loaded.tokenizer, loaded.data_spec
-    tcfg = loaded.train_config
+    cfg, tokenizer, tcfg = loaded.cfg, loaded.tokenizer, loaded.train_config
+    if not isinstance(cfg, TransformerConfig):
+        raise ConfigError(
+            f"{used} holds a {loaded.arch} model; the run report draws an encoder-decoder run (source, target "
+            "and their attention): use ft eval and ft predict for it"
+        )
     params = loaded.state["params"]
-    step = loaded.step
-    history = read_history(folder)
-    valid = [r for r in history if r["split"] == "valid"]
-    progress = loaded.progress or {}
+    predictions, rows = _predictions_html(params, cfg, tokenizer, loaded.data_spec, n_examples)
+    sections = [
+        _heading_html(loaded, used, backend),
+        "<h2>Configuration</h2><div class='configs'>"
+        + _key_values("model", cfg.to_dict())
+        + _key_values("training", train_config_record(tcfg))
+        + _key_values("data", loaded.data_spec)
+        + "</div>",
+        _curves_html(read_history(folder), tcfg, cfg, folder),
+        predictions,
+        _attention_html(params, cfg, tokenizer, rows, n_attention),
+        _files_html(folder, used, params),
+    ]
+    title = f"Run report: {folder}"
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n"
+    )
 
-    sections = []
+
+def _heading_html(loaded: checkpoint.Checkpoint, used: Path, backend: Backend) -> str:
+    """The page's first paragraph: which checkpoint, its step and best held-out value, and who made the page."""
+    tcfg, progress = loaded.train_config, loaded.progress or {}
     best = progress.get("best_exact_match")
     best_line = (
         f"held-out exact match {best:.4f} at its best step by {_e(tcfg.best_by)}, {progress.get('best_step')}; "
         if best is not None
         else ""
     )
-    sections.append(
-        f"<p>Checkpoint <code>{_e(used)}</code> at step {step} of {tcfg.steps}; {best_line}written on the "
+    return (
+        f"<p>Checkpoint <code>{_e(used)}</code> at step {loaded.step} of {tcfg.steps}; {best_line}written on the "
         f"{_e(loaded.written_on)} backend, read on {_e(backend.name)} for this page, made "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC by <code>ft report</code>.</p>"
     )
 
-    sections.append(
-        "<h2>Configuration</h2><div class='configs'>"
-        + _key_values("model", cfg.to_dict())
-        + _key_values("training", train_config_record(tcfg))
-        + _key_values("data", spec)
-        + "</div>"
+
+def _curves_html(history: list[dict], tcfg: TrainConfig, cfg: ModelConfig, folder: Path) -> str:
+    """The Curves section: the curves of metrics.jsonl with the learning rate, and the held-out evaluations."""
+    if not history:
+        return f"<h2>Curves</h2>\n<p class='note'>No metrics.jsonl in {_e(folder)}: no curves to draw.</p>"
+    curves = plots.png_bytes(plots.curves_figure(history, learning_rates(tcfg, cfg)))
+    restart = (
+        f" The schedule restarted at step {tcfg.schedule_start} (the run was extended); earlier steps "
+        "followed the schedule before it."
+        if tcfg.schedule_start
+        else ""
     )
+    parts = [
+        "<h2>Curves</h2>",
+        _img(curves, "loss, accuracy, learning rate and held-out exact match against the step"),
+        f"<p class='note'>From {_e(folder / 'metrics.jsonl')} ({len(history)} records); the "
+        f"learning rate from the run's TrainConfig ({_e(tcfg.schedule)} schedule, peak "
+        f"{tcfg.learning_rate:g}, warmup {tcfg.warmup_steps}).{restart}</p>",
+    ]
+    valid = [r for r in history if r["split"] == "valid"]
+    if valid:
+        parts.append("<h3>Held-out evaluations</h3>" + _evaluations_table(valid))
+    return "\n".join(parts)
 
-    sections.append("<h2>Curves</h2>")
-    if history:
-        curves = plots.png_bytes(plots.curves_figure(history, learning_rates(tcfg, cfg)))
-        sections.append(_img(curves, "loss, accuracy, learning rate and held-out exact match against the step"))
-        restart = (
-            f" The schedule restarted at step {tcfg.schedule_start} (the run was extended); earlier steps "
-            "followed the schedule before it."
-            if tcfg.schedule_start
-            else ""
-        )
-        sections.append(
-            f"<p class='note'>From {_e(folder / 'metrics.jsonl')} ({len(history)} records); the "
-            f"learning rate from the run's TrainConfig ({_e(tcfg.schedule)} schedule, peak "
-            f"{tcfg.learning_rate:g}, warmup {tcfg.warmup_steps}).{restart}</p>"
-        )
-        if valid:
-            sections.append("<h3>Held-out evaluations</h3>" + _evaluations_table(valid))
-    else:
-        sections.append(f"<p class='note'>No metrics.jsonl in {_e(folder)}: no curves to draw.</p>")
 
-    sections.append("<h2>Sample predictions</h2>")
+def _predictions_html(params: dict, cfg: TransformerConfig, tokenizer, spec: dict, n_examples: int) -> tuple[str, list]:
+    """(the Sample predictions section, its rows): up to n_examples of the run's held-out pairs decoded."""
     try:
         held_out = load_pairs(spec)[1][:n_examples]
     except (DataError, OSError) as err:
@@ -303,26 +323,30 @@ def build_report(
         reason = "the run has no held-out examples"
     rows = sample_predictions(params, cfg, tokenizer, held_out) if held_out else []
     if rows:
-        sections.append(_samples_html(rows, pick_samples(rows)))
-    else:
-        sections.append(f"<p class='note'>No held-out examples to decode: {_e(reason)}.</p>")
+        return "<h2>Sample predictions</h2>\n" + _samples_html(rows, pick_samples(rows)), rows
+    return f"<h2>Sample predictions</h2>\n<p class='note'>No held-out examples to decode: {_e(reason)}.</p>", rows
 
-    sections.append("<h2>Attention</h2>")
+
+def _attention_html(params: dict, cfg: TransformerConfig, tokenizer, rows: list, n_attention: int) -> str:
+    """The Attention section: every attention map of n_attention of the decoded examples."""
     sources = pick_attention_sources(rows, n_attention)
-    if sources:
-        sections.append(
-            "<p class='note'>Every attention weight of one forward pass, teacher-forced on the model's "
-            "own greedy output: a row per query, a column per key, each row summing to 1. Decoder rows are "
-            "labelled with the token the position writes, columns with what the keys' positions read.</p>"
-        )
+    if not sources:
+        return "<h2>Attention</h2>\n<p class='note'>No examples to draw (see Sample predictions).</p>"
+    parts = [
+        "<h2>Attention</h2>",
+        "<p class='note'>Every attention weight of one forward pass, teacher-forced on the model's "
+        "own greedy output: a row per query, a column per key, each row summing to 1. Decoder rows are "
+        "labelled with the token the position writes, columns with what the keys' positions read.</p>",
+    ]
     for source in sources:
         maps = attention_maps(params, cfg, tokenizer, source, allow_unknown=True)
-        sections.append(f"<h3>{_e(repr(source))} &rarr; {_e(repr(maps['target']))}</h3>")
-        sections.append(_img(plots.png_bytes(plots.attention_figure(maps), dpi=72), f"attention maps of {source!r}"))
-    if not sources:
-        sections.append("<p class='note'>No examples to draw (see Sample predictions).</p>")
+        parts.append(f"<h3>{_e(repr(source))} &rarr; {_e(repr(maps['target']))}</h3>")
+        parts.append(_img(plots.png_bytes(plots.attention_figure(maps), dpi=72), f"attention maps of {source!r}"))
+    return "\n".join(parts)
 
-    sections.append("<h2>Checkpoint</h2>")
+
+def _files_html(folder: Path, used: Path, params: dict) -> str:
+    """The Checkpoint section: the run folder's checkpoint files and sizes, and the parameter counts."""
     files = {}
     for name in checkpoint.FILE_NAMES.values():
         file = folder / name
@@ -330,13 +354,7 @@ def build_report(
             files[name] = (file, file.stat().st_size)
     if used.name not in files:
         files[used.name] = (used, used.stat().st_size)
-    sections.append(_checkpoint_html(files, used, parameter_counts(params)))
-
-    title = f"Run report: {folder}"
-    return (
-        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
-        f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n"
-    )
+    return "<h2>Checkpoint</h2>\n" + _checkpoint_html(files, used, parameter_counts(params))
 
 
 def write_report(path: str | Path, out: str | Path | None = None, which: str | None = None, **options) -> Path:

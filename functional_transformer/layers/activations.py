@@ -25,7 +25,8 @@ def relu_fwd(x):
 def relu_bwd(y, g):
     xp = array_namespace(g)
     # A multiply by the 0/1 mask, not `where(y > 0, g, 0)`: NumPy's `where` branches per element
-    # and mispredicts on a random sign pattern (several times slower; benchmarks/README.md).
+    # and mispredicts on a random sign pattern (several times slower;
+    # docs/benchmarks.md, "Timings behind design choices").
     return g * xp.astype(y > 0, g.dtype)
 
 

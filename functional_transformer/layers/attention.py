@@ -7,8 +7,7 @@ Masks are boolean, True where a query may attend, broadcastable to (B, H, T_q, T
 The input projections that read the same input run as one matmul on the weights side by side:
 q, k, v (d_model, 3 d_model) for self-attention, k, v (d_model, 2 d_model) for cross-attention's
 memory, as PyTorch's in_proj_weight. One wider matmul is faster than three narrow ones on both
-backends, concatenating the weights included (benchmarks/README.md); the params keep one matrix
-per projection.
+backends, concatenating the weights included; the params keep one matrix per projection.
 
 Today's decoders change three things, in `grouped_init` / `grouped_fwd` / `grouped_bwd` (the
 paper's `fwd` / `bwd` above stay as they were, number for number):

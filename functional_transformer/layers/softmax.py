@@ -21,7 +21,7 @@ def fwd(x, mask=None):
     if mask is not None:
         x = xp.where(mask, x, xp.asarray(-xp.inf, dtype=x.dtype))
     # The shift cancels out of p, so its derivative is zero: stopping it spares jax.grad the
-    # backward of the max (a compare and select per element; benchmarks/README.md).
+    # backward of the max (a compare and select per element).
     row_max = backend_of(x).stop_gradient(xp.max(x, axis=-1, keepdims=True))
     # A fully masked row has max -inf; shifting by 0 instead keeps exp(-inf) = 0 rather than NaN.
     row_max = xp.where(row_max == -xp.inf, xp.asarray(0, dtype=x.dtype), row_max)

@@ -210,7 +210,8 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9) -> Gradi
 
         # The augmented assignments below update arrays this function has just made: in place on
         # NumPy, a rebinding on JAX. With the base model's 46M parameters this halves NumPy's
-        # allocations, and fresh memory is what costs there (benchmarks/README.md).
+        # allocations, and fresh memory is what costs there (docs/benchmarks.md, "Timings behind
+        # design choices").
         def first_moment(g, m):  # (1 - b1) g + b1 m
             mu = (1 - b1) * g
             mu += b1 * m

@@ -30,7 +30,7 @@ Storage: a study lives in an Optuna storage, so `ft sweep` run again with the sa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from ..checkpoint import ModelConfig
@@ -47,7 +47,7 @@ from pathlib import Path
 import backends
 from backends import Backend
 
-from .. import api, checkpoint, config_file, runs
+from .. import api, checkpoint, config_file, run_data, runs
 from ..backend_choice import default_backend
 from ..config import BEST_BY, TrainConfig
 from ..errors import UserInputError
@@ -125,7 +125,7 @@ def make_pruner(name: str, n_evals: int):
 class SweepConfig:
     """What every trial of a study shares; a resumed study must have the same."""
 
-    data: dict  # a data spec (runs.task_data / runs.tsv_data)
+    data: dict  # a data spec (run_data.task_data / run_data.tsv_data)
     steps: int = 300
     n_evals: int = 6
     eval_examples: int = 500
@@ -133,7 +133,7 @@ class SweepConfig:
     objective: str = "exact_match"  # the held-out metric whose mean over the evaluations scores a trial
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Literal["minimize", "maximize"]:
         """ "maximize", or "minimize" for the loss."""
         return "minimize" if BEST_BY[self.objective] == "min" else "maximize"
 
@@ -253,95 +253,130 @@ def make_objective(config: SweepConfig, space: dict, out_dir: Path, backend: Bac
     """The function Optuna calls per trial: settings -> fit -> the mean of the objective's metric."""
     optuna = import_optuna()
     data = dict(config.data)
-    pairs = runs.load_pairs(data)  # to check each trial's model against the data before it trains
+    pairs = run_data.load_pairs(data)  # to check each trial's model against the data before it trains
     metric = config.objective
 
     def objective(trial) -> float:
         values = search_space.suggest(trial, space)
-        model, train_fields = search_space.split_settings(values)
-        try:
-            tcfg = trial_train_config(config, train_fields)
-            cfg = runs.model_config(
-                runs.tokenizer_for(data, *pairs), pairs[0] + pairs[1], model, runs.spec_max_len(data)
-            )
-        except ValueError as err:
-            trial.set_user_attr("fail_reason", str(err))
-            raise InvalidSettings(str(err)) from None
+        model, tcfg, cfg = _trial_settings(config, data, pairs, trial, values)
         run_dir = out_dir / f"trial_{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("backend", backend.name)
         trial.set_user_attr("n_params", n_params(cfg))  # before training: a diverged trial has a size too
-        exact_matches: list[float] = []
-        values_seen: list[float] = []  # the objective's metric at each evaluation
-        pruned = []
-        line = ProgressLine(f"trial {trial.number}", config.steps, unit="steps", enabled=progress)
-
-        def report(step, record):
-            if record["split"] == "train":
-                line.label = (
-                    f"trial {trial.number}"
-                    + (f" (exact match {exact_matches[-1]:.3f})" if exact_matches else "")
-                    + f" loss {record['loss']:.4f}"
-                )
-                line.advance(step - line.done)
-            if record["split"] != "valid":
-                return False
-            exact_matches.append(record["exact_match"])
-            values_seen.append(record[metric])
-            trial.report(record[metric], len(values_seen))
-            if trial.should_prune():
-                pruned.append(step)
-                return True
-            return False
-
+        records = _TrialRecords(trial, metric, config.steps, progress)
         t0 = time.perf_counter()
-        stopped = "finished"
-        try:
-            result = runs.fit(
-                model,
-                tcfg,
-                data,
-                out_dir=run_dir,
-                overwrite=True,
-                callbacks=[report],
-                backend=backend,
-                progress=False,
-                verbose=False,
-                eval_examples=config.eval_examples,
-            )
-            if result.stopped == "interrupted":  # Ctrl-C: stop the sweep; a cut-short run is no result
-                raise KeyboardInterrupt
-        except TrainingDiverged:
-            stopped = "diverged"
-        finally:
-            line.close()
+        stopped = _train_trial(model, tcfg, data, run_dir, records, backend, config.eval_examples)
         seconds = time.perf_counter() - t0
-        reached = [i for i, em in enumerate(exact_matches) if em >= TARGET_EXACT_MATCH]
-        score = sum(values_seen) / len(config.eval_steps)
-        trial.set_user_attr("seconds", round(seconds, 2))
-        trial.set_user_attr("final_exact_match", exact_matches[-1] if exact_matches else None)
-        trial.set_user_attr("best_exact_match", max(exact_matches, default=None))
-        trial.set_user_attr("steps_to_target", config.eval_steps[reached[0]] if reached else None)
-        trial.set_user_attr("stopped", "pruned" if pruned else stopped)
+        score = _record_outcome(trial, config, records, stopped, seconds)
         if progress:
             print(
-                f"trial {trial.number}: {'pruned at step ' + str(pruned[0]) if pruned else stopped}; "
-                f"{metric} {[round(v, 3) for v in values_seen]} score {score:.4f} in {seconds:.0f} s; {values}",
+                f"trial {trial.number}: {'pruned at step ' + str(records.pruned[0]) if records.pruned else stopped}; "
+                f"{metric} {[round(v, 3) for v in records.values_seen]} score {score:.4f} in {seconds:.0f} s; "
+                f"{values}",
                 file=sys.stderr,
                 flush=True,
             )
-        if pruned:
+        if records.pruned:
             _remove_checkpoints(run_dir)
-            raise optuna.TrialPruned(f"{metric} {values_seen[-1]:.4f} at evaluation {len(values_seen)}")
+            raise optuna.TrialPruned(f"{metric} {records.values_seen[-1]:.4f} at evaluation {len(records.values_seen)}")
         if stopped == "diverged" and config.direction == "minimize":
             _remove_checkpoints(run_dir)
-            reason = f"the loss diverged after {len(values_seen)} evaluations; a minimised {metric} has no score for it"
+            reason = (
+                f"the loss diverged after {len(records.values_seen)} evaluations; a minimised {metric} has no score "
+                "for it"
+            )
             trial.set_user_attr("fail_reason", reason)
             raise TrialDiverged(reason)
         _keep_checkpoints_if_best(trial, score, run_dir, config.direction)
         return score
 
     return objective
+
+
+def _trial_settings(
+    config: SweepConfig, data: dict, pairs: tuple, trial, values: dict
+) -> tuple[dict, TrainConfig, ModelConfig]:
+    """(model fields, TrainConfig, model config) of a trial's drawn values; settings the data or the
+    configs refuse are an InvalidSettings (the trial fails, the sweep goes on)."""
+    model, train_fields = search_space.split_settings(values)
+    try:
+        tcfg = trial_train_config(config, train_fields)
+        cfg = run_data.model_config(
+            run_data.tokenizer_for(data, *pairs), pairs[0] + pairs[1], model, run_data.spec_max_len(data)
+        )
+    except ValueError as err:
+        trial.set_user_attr("fail_reason", str(err))
+        raise InvalidSettings(str(err)) from None
+    return model, tcfg, cfg
+
+
+class _TrialRecords:
+    """The callback a trial's fit calls with each record: it keeps the held-out values, reports the
+    objective's to Optuna (whose pruner may stop the run) and draws the trial's progress line."""
+
+    def __init__(self, trial, metric: str, steps: int, progress: bool):
+        self.trial, self.metric = trial, metric
+        self.exact_matches: list[float] = []
+        self.values_seen: list[float] = []  # the objective's metric at each evaluation
+        self.pruned: list[int] = []  # the step where the pruner stopped the run, if it did
+        self.line = ProgressLine(f"trial {trial.number}", steps, unit="steps", enabled=progress)
+
+    def __call__(self, step: int, record: dict) -> bool:
+        if record["split"] == "train":
+            self.line.label = (
+                f"trial {self.trial.number}"
+                + (f" (exact match {self.exact_matches[-1]:.3f})" if self.exact_matches else "")
+                + f" loss {record['loss']:.4f}"
+            )
+            self.line.advance(step - self.line.done)
+        if record["split"] != "valid":
+            return False
+        self.exact_matches.append(record["exact_match"])
+        self.values_seen.append(record[self.metric])
+        self.trial.report(record[self.metric], len(self.values_seen))
+        if self.trial.should_prune():
+            self.pruned.append(step)
+            return True
+        return False
+
+
+def _train_trial(
+    model: dict, tcfg: TrainConfig, data: dict, run_dir: Path, records: _TrialRecords, backend: Backend, eval_examples
+) -> str:
+    """Train one trial in run_dir -> "finished" (or stopped by the pruner) or "diverged"; Ctrl-C stops the sweep."""
+    try:
+        result = runs.fit(
+            model,
+            tcfg,
+            data,
+            out_dir=run_dir,
+            overwrite=True,
+            callbacks=[records],
+            backend=backend,
+            progress=False,
+            verbose=False,
+            eval_examples=eval_examples,
+        )
+        if result.stopped == "interrupted":  # Ctrl-C: stop the sweep; a cut-short run is no result
+            raise KeyboardInterrupt
+    except TrainingDiverged:
+        return "diverged"
+    finally:
+        records.line.close()
+    return "finished"
+
+
+def _record_outcome(trial, config: SweepConfig, records: _TrialRecords, stopped: str, seconds: float) -> float:
+    """Store what a trained trial did as its user attributes -> its score (the mean over the planned evaluations)."""
+    exact_matches = records.exact_matches
+    reached = [i for i, em in enumerate(exact_matches) if em >= TARGET_EXACT_MATCH]
+    score = sum(records.values_seen) / len(config.eval_steps)
+    trial.set_user_attr("seconds", round(seconds, 2))
+    trial.set_user_attr("final_exact_match", exact_matches[-1] if exact_matches else None)
+    trial.set_user_attr("best_exact_match", max(exact_matches, default=None))
+    trial.set_user_attr("steps_to_target", config.eval_steps[reached[0]] if reached else None)
+    trial.set_user_attr("stopped", "pruned" if records.pruned else stopped)
+    return score
 
 
 def _keep_checkpoints_if_best(trial, score: float, run_dir: Path, direction: str = "maximize") -> None:
