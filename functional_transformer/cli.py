@@ -22,7 +22,7 @@ from backends import get_backend
 from . import checkpoint, config_file, families, metrics
 from .backend_choice import default_backend
 from .checkpoint_format import CheckpointWriteError, UncheckedCheckpointWarning
-from .config import BEST_BY, COMPUTE_DTYPES, DTYPES, GRAD_METHODS, OPTIMIZERS, SCHEDULES, TrainConfig, TransformerConfig
+from .config import ATTENTION_KERNELS, BEST_BY, COMPUTE_DTYPES, DTYPES, GRAD_METHODS, OPTIMIZERS, SCHEDULES, TrainConfig, TransformerConfig
 from .data import TASKS, DataError, make_task_data, read_lines, read_tsv
 from .errors import ConfigError, UserInputError
 from .inference import (
@@ -89,6 +89,12 @@ def _add_model_flags(p):
         "embeddings; llama: RMSNorm, rotary positions, SwiGLU, grouped-query attention, no biases); "
         "the size flags given override its sizes",
     )
+    g.add_argument(
+        "--attention-kernel",
+        choices=ATTENTION_KERNELS,
+        help="full attention, blockwise attention (memory linear in the length), or auto: blockwise from "
+        "1024 x 1024 query-key pairs on (default auto)",
+    )
     g.add_argument("--dtype", choices=DTYPES, help=f"parameter dtype (default {d['dtype']})")
     g.add_argument(
         "--compute-dtype",
@@ -107,6 +113,7 @@ def _model_flags(args) -> dict:
         "d_ff": args.d_ff,
         "drop_rate": args.drop_rate,
         "norm_first": args.norm_first,
+        "attention_kernel": args.attention_kernel,
         "dtype": args.dtype,
     }
     if arch == "encoder_decoder":

@@ -13,7 +13,7 @@ POSITIONAL = ("sinusoidal", "learned")
 DTYPES = ("float32", "float64")
 # Besides the parameter dtype itself: bfloat16 matmuls and activations over float32 master params.
 COMPUTE_DTYPES = ("bfloat16",)
-ATTENTION_KERNELS = ("auto", "full", "blockwise")  # as parts.attention.ATTENTION_KERNELS
+ATTENTION_KERNELS = ("auto", "full", "blockwise")  # the attention parts' kernels (parts/attention.py)
 
 
 @dataclasses.dataclass(frozen=True)

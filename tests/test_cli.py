@@ -49,6 +49,7 @@ TRAIN_FLAGS = [
     "--preset",
     "--dtype",
     "--compute-dtype",
+    "--attention-kernel",
     "--steps",
     "--batch-size",
     "--learning-rate",
@@ -730,3 +731,19 @@ def test_a_second_ft_train_on_the_same_folder_refuses_at_once(tmp_path, capsys):
     finally:
         first.kill()
         first.wait(timeout=60)
+
+
+@pytest.mark.parametrize("arch", ["encoder_decoder", "decoder"])
+def test_attention_kernel_flag_reaches_the_model_config(arch, tmp_path, capsys):
+    """--attention-kernel blockwise is stored in the run's model config, and the run trains with it."""
+    argv = ["train", "--task", "reverse", "--steps", "1", "--n-train", "16", "--n-valid", "2", "--max-len", "4"]
+    if arch == "decoder":
+        argv = ["train", "--arch", "decoder", "--data", str(tmp_path / "text.txt"), "--steps", "1", "--max-len", "8"]
+        (tmp_path / "text.txt").write_text("abcabc\nbcabca\ncabcab\n" * 4)
+    out = tmp_path / "run"
+    assert cli.main([*argv, "--batch-size", "4", "--attention-kernel", "blockwise", "--out", str(out), *TINY]) == 0
+    assert checkpoint.load(out, default_backend()).cfg.attention_kernel == "blockwise"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--task", "reverse", "--attention-kernel", "tiled", "--out", str(tmp_path / "x")])
+    assert info.value.code == 2 and "--attention-kernel" in capsys.readouterr().err

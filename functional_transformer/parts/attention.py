@@ -19,13 +19,13 @@ import dataclasses
 
 from backends import array_namespace
 
+from ..config import ATTENTION_KERNELS
 from ..errors import ConfigError
 from ..layers import attention, blockwise_attention
 from .masks import attention_mask
 from .part import Part
 from .position_wise import _check_positive, _check_width, _dtype
 
-ATTENTION_KERNELS = ("auto", "full", "blockwise")
 # "auto"'s rule: blockwise from T * S = 1024 * 1024 on. Measured on CPU with the tiny model's train
 # step (docs/speed/long.md): at T = 512 the two take the same CPU time on both backends (blockwise is
 # then one tile), from T = 1,024 on blockwise is faster, and full attention's (B, H, T, T) weights
