@@ -22,7 +22,17 @@ from backends import get_backend
 from . import checkpoint, config_file, families, metrics
 from .backend_choice import default_backend
 from .checkpoint_format import CheckpointWriteError, UncheckedCheckpointWarning
-from .config import ATTENTION_KERNELS, BEST_BY, COMPUTE_DTYPES, DTYPES, GRAD_METHODS, OPTIMIZERS, SCHEDULES, TrainConfig, TransformerConfig
+from .config import (
+    ATTENTION_KERNELS,
+    BEST_BY,
+    COMPUTE_DTYPES,
+    DTYPES,
+    GRAD_METHODS,
+    OPTIMIZERS,
+    SCHEDULES,
+    TrainConfig,
+    TransformerConfig,
+)
 from .data import TASKS, DataError, make_task_data, read_lines, read_tsv
 from .errors import ConfigError, UserInputError
 from .inference import (
