@@ -26,7 +26,7 @@ from backends import Backend, backend_of, with_x64_scope
 
 from . import checkpoint, checks, loss
 from .config import DEFAULT_BEST_BY, METRICS, TransformerConfig
-from .data import DataError, EncodedPair, Tokenizer, iterate_batches
+from .data import DataError, EncodedPair, Tokenizer, iterate_batches, special_id
 from .errors import ConfigError
 from .models import DecoderConfig, EncoderConfig, decoder_only, encoder_decoder, encoder_only
 from .progress import ProgressLine
@@ -118,6 +118,7 @@ def encode_labelled(
     """(text, label) pairs as classifier examples, each text cut to max_len tokens -> (examples, how
     many were cut). A label outside `labels` is an error naming it."""
     index = {label: i for i, label in enumerate(labels)}
+    bos_id = special_id(tokenizer, "bos_id")
     examples, n_cut = [], 0
     for number, (text, label) in enumerate(pairs):
         if label not in index:
@@ -130,7 +131,7 @@ def encode_labelled(
             raise DataError(f"example {number} has an empty text; the classifier needs at least one token")
         if max_len is not None and len(ids) > max_len:
             ids, n_cut = ids[:max_len], n_cut + 1
-        examples.append(EncodedPair(ids, (tokenizer.bos_id, index[label] + 1)))
+        examples.append(EncodedPair(ids, (bos_id, index[label] + 1)))
     return examples, n_cut
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from backends import backend_of, with_x64_scope
 
 from . import api
-from .data import DataError, Tokenizer, encode_pairs, iterate_batches
+from .data import DataError, Tokenizer, encode_pairs, iterate_batches, special_id
 from .generate import beam_search, greedy
 from .metrics import corpus_scores
 from .progress import progress_line
@@ -75,7 +75,7 @@ def predict(
     for batch in iterate_batches(
         [examples[i] for i in order],
         batch_size,
-        pad_id=tokenizer.pad_id,
+        pad_id=special_id(tokenizer, "pad_id"),
         pad_to_multiple=8 if cfg.max_len % 8 == 0 else 1,
         fill_last=True,
     ):
@@ -148,7 +148,7 @@ def evaluate(
         raise UnknownSymbolError(symbols, tokenizer, f" (in {len(with_unknown)} of {len(pairs)} examples)")
     examples = encode_pairs(pairs, tokenizer, cfg.max_len)
     total_loss = total_correct = total_tokens = 0.0
-    for batch in iterate_batches(examples, batch_size, pad_id=tokenizer.pad_id, fill_last=True):
+    for batch in iterate_batches(examples, batch_size, pad_id=special_id(tokenizer, "pad_id"), fill_last=True):
         metrics = api.loss_and_metrics(params, batch, cfg, label_smoothing=0.0)
         n = float(metrics["n_tokens"])
         total_loss += float(metrics["loss"]) * n
@@ -214,7 +214,7 @@ def classify(
     for batch in iterate_batches(
         encode_pairs([(t, "") for t in texts], tokenizer, cfg.max_len),
         batch_size,
-        pad_id=tokenizer.pad_id,
+        pad_id=special_id(tokenizer, "pad_id"),
         pad_to_multiple=8 if cfg.max_len % 8 == 0 else 1,
     ):
         logits = apply(params, backend.asarray(batch["src"]), cfg)
