@@ -47,7 +47,7 @@ import typing
 from pathlib import Path
 
 from . import families, runs
-from .config import TrainConfig, TransformerConfig, train_config_record
+from .config import TrainConfig, train_config_record
 from .data import DataError
 from .errors import ConfigError
 
@@ -201,7 +201,7 @@ def data_table(spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES) -> dict:
 
 
 def settings_tables(
-    cfg: ModelConfig, tcfg: TrainConfig, spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES
+    cfg: ModelConfig | dict, tcfg: TrainConfig, spec: dict, eval_examples: int = DEFAULT_EVAL_EXAMPLES
 ) -> dict[str, dict]:
     """{"model", "train", "data"} tables of a run: cfg's fields less the data's (a dict: its fields
     over the defaults `fit` uses), every TrainConfig field but TRAIN_INTERNAL, and data_table(spec)."""
@@ -225,7 +225,7 @@ def model_defaults(arch: str = "encoder_decoder") -> dict:
 
 def write_settings(
     path: str | os.PathLike,
-    cfg: TransformerConfig | dict,
+    cfg: ModelConfig | dict,
     tcfg: TrainConfig,
     spec: dict,
     eval_examples: int = DEFAULT_EVAL_EXAMPLES,

@@ -100,7 +100,11 @@ def attention_maps(
     target_from = "given"
     if target is None:
         # At most max_len - 1 characters, so that <bos> + target fits the decoder's max_len.
-        target = inference.predict(params, cfg, tokenizer, [source], max_steps=cfg.max_len - 1, allow_unknown=True)[0]
+        # annotated: the with_x64_scope decorator hides predict's return type from the type checker
+        predicted: list[str] = inference.predict(
+            params, cfg, tokenizer, [source], max_steps=cfg.max_len - 1, allow_unknown=True
+        )
+        target = predicted[0]
         target_from = "greedy"
     example = encode_pairs([(source, target)], tokenizer, cfg.max_len)[0]
     batch = make_batch([example], special_id(tokenizer, "pad_id"))
