@@ -11,6 +11,8 @@ installed (the [text] extra), partly right outputs (corpus BLEU and chrF, see me
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from backends import backend_of, with_x64_scope
@@ -20,6 +22,10 @@ from .data import DataError, Tokenizer, encode_pairs, iterate_batches, special_i
 from .generate import beam_search, greedy
 from .metrics import corpus_scores
 from .progress import progress_line
+
+if TYPE_CHECKING:
+    from .config import TransformerConfig
+    from .models import DecoderConfig, EncoderConfig
 
 _MAX_LISTED = 20
 _MAX_REPORTED = 3
@@ -43,7 +49,7 @@ class UnknownSymbolError(DataError):
 @with_x64_scope
 def predict(
     params: dict,
-    cfg,
+    cfg: TransformerConfig,
     tokenizer: Tokenizer,
     sources: list[str],
     *,
@@ -122,7 +128,7 @@ def unknown_in_pairs(tokenizer: Tokenizer, pairs) -> list[str]:
 @with_x64_scope
 def evaluate(
     params: dict,
-    cfg,
+    cfg: TransformerConfig,
     tokenizer: Tokenizer,
     pairs: list[tuple[str, str]],
     *,
@@ -183,7 +189,7 @@ def evaluate(
     return result
 
 
-def _class_logits(params: dict, ids, cfg):
+def _class_logits(params: dict, ids, cfg: EncoderConfig):
     """A classifier's logits (B, n_classes) for ids (B, T)."""
     from . import families
 
@@ -193,7 +199,7 @@ def _class_logits(params: dict, ids, cfg):
 @with_x64_scope
 def classify(
     params: dict,
-    cfg,
+    cfg: EncoderConfig,
     tokenizer: Tokenizer,
     labels: list[str],
     texts: list[str],
@@ -225,7 +231,7 @@ def classify(
 @with_x64_scope
 def continue_texts(
     params: dict,
-    cfg,
+    cfg: DecoderConfig,
     tokenizer: Tokenizer,
     prompts: list[str],
     *,

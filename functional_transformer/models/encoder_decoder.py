@@ -48,7 +48,7 @@ from ..parts.part import keys_for
 from . import heads
 
 
-def _residual(cfg, sublayer: Part, name: str, norm_name: str) -> Residual:
+def _residual(cfg: TransformerConfig, sublayer: Part, name: str, norm_name: str) -> Residual:
     return Residual(
         sublayer,
         cfg.d_model,
@@ -60,7 +60,7 @@ def _residual(cfg, sublayer: Part, name: str, norm_name: str) -> Residual:
     )
 
 
-def encoder_block(cfg) -> Serial:
+def encoder_block(cfg: TransformerConfig) -> Serial:
     """x (B, S, D) -> (B, S, D); side `mask`: the source's key padding (B, S)."""
     return Serial(
         _residual(cfg, SelfAttention(cfg.d_model, cfg.n_heads, dtype=cfg.dtype), "self_attn", "ln1"),
@@ -68,7 +68,7 @@ def encoder_block(cfg) -> Serial:
     )
 
 
-def decoder_block(cfg) -> Serial:
+def decoder_block(cfg: TransformerConfig) -> Serial:
     """(x (B, T, D), memory (B, S, D)) -> (y, memory); side `mask` (the target's padding (B, T)) and
     `memory_mask` (the source's (B, S))."""
     return Serial(
@@ -78,7 +78,7 @@ def decoder_block(cfg) -> Serial:
     )
 
 
-def stack(cfg, block: Part, n_layers: int) -> Repeat:
+def stack(cfg: TransformerConfig, block: Part, n_layers: int) -> Repeat:
     """n_layers blocks, and with pre-norm the final layer norm the residual stream otherwise never gets."""
     return Repeat(block, n_layers, final=LayerNorm(cfg.d_model, cfg.dtype) if cfg.norm_first else None)
 
