@@ -7,7 +7,9 @@ written as U+FFFD), `token_text(id)`, `unknown_symbols(texts)`,
 `describe()` and `to_json()`; `saved_tokenizer.tokenizer_from_json` reads back any of them. `source` and `target`
 are the tokenizers of each side: the tokenizer itself where the two sides share a vocabulary, the
 two halves of a `TokenizerPair` where they do not. Code that encodes a source or decodes a target
-goes through `.source` / `.target`, so it works with either.
+goes through `.source` / `.target`, so it works with either. `Vocabulary` is what one side offers;
+`special_id(tokenizer, "pad_id")` is a special id, or a ConfigError where a Hugging Face model's
+tokenizer has none (its ids may be None).
 
 A character-level tokenizer: one id per character, four special ids first.
 
