@@ -79,7 +79,7 @@ def decode(params: dict, memory, src, tgt_in, cfg: TransformerConfig, train: boo
     )
 
 
-def _prepare_batch(params, batch, cfg: ModelConfig, train, key):
+def _prepare_batch(params, batch, cfg: TransformerConfig, train, key):
     missing = {"src", "tgt_in", "tgt_out"} - set(batch)
     if missing:
         raise ValueError(f"batch is missing {sorted(missing)}: it needs integer arrays 'src', 'tgt_in' and 'tgt_out'")
@@ -97,7 +97,7 @@ def _prepare_batch(params, batch, cfg: ModelConfig, train, key):
 def grad_and_metrics(
     params: dict,
     batch: dict,
-    cfg: ModelConfig,
+    cfg: TransformerConfig,
     train: bool = False,
     key=None,
     label_smoothing: float = 0.1,
@@ -122,7 +122,7 @@ def grad_and_metrics(
 def loss_and_grad(
     params: dict,
     batch: dict,
-    cfg: ModelConfig,
+    cfg: TransformerConfig,
     train: bool = False,
     key=None,
     label_smoothing: float = 0.1,
@@ -135,7 +135,7 @@ def loss_and_grad(
 
 @with_x64_scope
 def loss_and_metrics(
-    params: dict, batch: dict, cfg: ModelConfig, train: bool = False, key=None, label_smoothing: float = 0.1
+    params: dict, batch: dict, cfg: TransformerConfig, train: bool = False, key=None, label_smoothing: float = 0.1
 ):
     """-> metrics {"loss", "n_tokens", "accuracy"} of one batch, without gradients."""
     backend, a = _prepare_batch(params, batch, cfg, train, key)
@@ -144,7 +144,9 @@ def loss_and_metrics(
     )
 
 
-def loss_fn(params: dict, batch: dict, cfg: ModelConfig, train: bool = False, key=None, label_smoothing: float = 0.1):
+def loss_fn(
+    params: dict, batch: dict, cfg: TransformerConfig, train: bool = False, key=None, label_smoothing: float = 0.1
+):
     """The scalar loss of one batch (label-smoothed cross-entropy over real target tokens)."""
     return loss_and_metrics(params, batch, cfg, train, key, label_smoothing)["loss"]
 

@@ -183,7 +183,7 @@ def _encode(tensors: dict[str, Any], metadata: dict[str, str] | None) -> tuple[b
             "shape": list(arrays[name].shape),
             "data_offsets": [offset, offset + chunk.size],
         }
-        digests[name] = hashlib.sha256(chunk).hexdigest()
+        digests[name] = hashlib.sha256(chunk.data).hexdigest()  # .data: the bytes as a memoryview, no copy
         chunks.append(chunk)
         offset += chunk.size
     metadata = {**(metadata or {}), CHECKSUMS_KEY: json.dumps(digests, sort_keys=True, separators=(",", ":"))}
@@ -231,7 +231,7 @@ def save_file(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata:
         with os.fdopen(fd, "wb") as file:
             file.write(header)
             for chunk in chunks:
-                file.write(chunk)
+                file.write(chunk.data)
             file.flush()
             os.fsync(file.fileno())
         # mkstemp makes the file 0600; give it the mode a plain open() would have.

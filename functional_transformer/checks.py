@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .checkpoint import ModelConfig
+    from .config import TransformerConfig
 
 from backends import Backend, array_namespace, backend_of
 
@@ -59,27 +60,28 @@ def check_dropout_key(cfg: ModelConfig, train: bool, key):
 def check_compute_dtype(cfg: ModelConfig, backend: Backend, grad_method: str | None = None):
     """bfloat16 compute needs JAX (NumPy has no bfloat16 arithmetic) and jax.grad (the hand-written
     VJPs run in the params' dtype). Configs without a compute_dtype compute in their dtype."""
-    if getattr(cfg, "compute_dtype", None) in (None, cfg.dtype):
+    compute_dtype = getattr(cfg, "compute_dtype", None)
+    if compute_dtype in (None, cfg.dtype):
         return
     if backend.name != "jax":
         raise ConfigError(
-            f"compute_dtype={cfg.compute_dtype!r} needs the JAX backend ({backend.name} cannot compute in "
-            f"{cfg.compute_dtype}): run with FT_BACKEND=jax, or leave compute_dtype unset to compute in {cfg.dtype}"
+            f"compute_dtype={compute_dtype!r} needs the JAX backend ({backend.name} cannot compute in "
+            f"{compute_dtype}): run with FT_BACKEND=jax, or leave compute_dtype unset to compute in {cfg.dtype}"
         )
     if grad_method == "vjp":
         raise ConfigError(
-            f"compute_dtype={cfg.compute_dtype!r} trains with jax.grad: use grad method 'autodiff' (the default "
+            f"compute_dtype={compute_dtype!r} trains with jax.grad: use grad method 'autodiff' (the default "
             "on JAX), not 'vjp', whose hand-written backward passes run in the params' dtype"
         )
 
 
-def check_params_dtype(params: dict, cfg: ModelConfig):
+def check_params_dtype(params: dict, cfg: TransformerConfig):
     table = params["src_embed"]["tokens"]
     if table.dtype != getattr(array_namespace(table), cfg.dtype):
         raise TypeError(f"params are {table.dtype} but cfg.dtype is {cfg.dtype!r}; build them with ft.init(key, cfg)")
 
 
-def prepare_inputs(params: dict, cfg: ModelConfig, train: bool, key, **tokens):
+def prepare_inputs(params: dict, cfg: TransformerConfig, train: bool, key, **tokens):
     """Check params, the dropout key and the token arrays (named "src", "tgt_in", "tgt_out"), and move
     the tokens to the params' backend -> (backend, {name: ids})."""
     backend = backend_of(params)

@@ -27,7 +27,7 @@ from backends import Backend, backend_of, with_x64_scope
 from . import checkpoint, checks, loss
 from .checkpoint import ModelConfig
 from .config import DEFAULT_BEST_BY, METRICS, TransformerConfig
-from .data import DataError, EncodedPair, Tokenizer, iterate_batches
+from .data import DataError, EncodedPair, Tokenizer, iterate_batches, special_id
 from .errors import ConfigError
 from .models import DecoderConfig, EncoderConfig, decoder_only, encoder_decoder, encoder_only
 from .progress import ProgressLine
@@ -37,54 +37,62 @@ ARCHS = tuple(checkpoint.ARCHS)
 CONFIGS = {"encoder_decoder": TransformerConfig, "decoder": DecoderConfig, "encoder": EncoderConfig}
 
 
-def arch_of(cfg) -> str:
+def arch_of(cfg: ModelConfig) -> str:
     return checkpoint.arch_of(cfg)
 
 
-def model_of(cfg):
+def model_of(cfg: ModelConfig):
     """The model (a Part) of a config of any family."""
     arch = arch_of(cfg)
     module = {"encoder_decoder": encoder_decoder, "decoder": decoder_only, "encoder": encoder_only}[arch]
     return module.for_config(cfg)
 
 
-def inputs(cfg, batch: dict):
+def inputs(cfg: ModelConfig, batch: dict):
     """(the model's input x, the loss's targets, its ignore index) of a batch of `cfg`'s family."""
-    arch = arch_of(cfg)
-    if arch == "encoder_decoder":
+    if isinstance(cfg, TransformerConfig):
         return (batch["src"], batch["tgt_in"]), batch["tgt_out"], cfg.pad_id
-    if arch == "decoder":
+    if isinstance(cfg, DecoderConfig):
         return batch["tgt_in"], batch["tgt_out"], cfg.pad_id
     return batch["src"], batch["tgt_out"][:, 0] - 1, -1  # filler rows: label 0 - 1, ignored
 
 
-def check_batch(batch: dict, cfg, backend: Backend) -> None:
+def check_batch(batch: dict, cfg: ModelConfig, backend: Backend) -> None:
     """The token ids a batch of `cfg`'s family feeds the model, each within its vocabulary and max_len."""
-    arch = arch_of(cfg)
-    if arch == "encoder_decoder":
+    if isinstance(cfg, TransformerConfig):
         checks.check_token_ids("src", batch["src"], cfg.src_vocab_size, cfg.max_len, backend)
         checks.check_token_ids("tgt_in", batch["tgt_in"], cfg.tgt_vocab_size, cfg.max_len, backend)
-    elif arch == "decoder":
+    elif isinstance(cfg, DecoderConfig):
         checks.check_token_ids("tgt_in", batch["tgt_in"], cfg.vocab_size, cfg.max_len, backend)
     else:
         checks.check_token_ids("src", batch["src"], cfg.vocab_size, cfg.max_len, backend)
 
 
-def n_outputs(cfg) -> int:
+def n_outputs(cfg: ModelConfig) -> int:
     """How many classes the model's logits score: the target vocabulary, or a classifier's classes."""
-    arch = arch_of(cfg)
-    return {
-        "encoder_decoder": lambda: cfg.tgt_vocab_size,
-        "decoder": lambda: cfg.vocab_size,
-        "encoder": lambda: cfg.n_classes,
-    }[arch]()
+    if isinstance(cfg, TransformerConfig):
+        return cfg.tgt_vocab_size
+    if isinstance(cfg, DecoderConfig):
+        return cfg.vocab_size
+    return cfg.n_classes
 
 
-def default_best_by(cfg) -> str:
+def pad_id_of(cfg: ModelConfig) -> int:
+    """The id that pads `cfg`'s batches; a ConfigError for a vocabulary without one (pad_id None, as
+    in a converted GPT-2), which can generate text (ft generate) but not be trained or evaluated."""
+    if cfg.pad_id is None:
+        raise ConfigError(
+            "this model's vocabulary has no pad token (pad_id None), and batches of training or evaluation "
+            "examples need one; generate text with it instead (ft generate)"
+        )
+    return cfg.pad_id
+
+
+def default_best_by(cfg: ModelConfig) -> str:
     return DEFAULT_BEST_BY[arch_of(cfg)]
 
 
-def check_best_by(best_by: str, cfg) -> None:
+def check_best_by(best_by: str, cfg: ModelConfig) -> None:
     arch = arch_of(cfg)
     if best_by not in METRICS[arch]:
         raise ConfigError(
@@ -119,6 +127,7 @@ def encode_labelled(
     """(text, label) pairs as classifier examples, each text cut to max_len tokens -> (examples, how
     many were cut). A label outside `labels` is an error naming it."""
     index = {label: i for i, label in enumerate(labels)}
+    bos_id = special_id(tokenizer, "bos_id")
     examples, n_cut = [], 0
     for number, (text, label) in enumerate(pairs):
         if label not in index:
@@ -131,7 +140,7 @@ def encode_labelled(
             raise DataError(f"example {number} has an empty text; the classifier needs at least one token")
         if max_len is not None and len(ids) > max_len:
             ids, n_cut = ids[:max_len], n_cut + 1
-        examples.append(EncodedPair(ids, (tokenizer.bos_id, index[label] + 1)))
+        examples.append(EncodedPair(ids, (bos_id, index[label] + 1)))
     return examples, n_cut
 
 
@@ -208,7 +217,7 @@ def make_config(
 # --- held-out evaluation ---------------------------------------------------------------------------
 
 
-def _batch_outputs(params, batch, cfg):
+def _batch_outputs(params, batch, cfg: ModelConfig):
     """logits and loss metrics of one batch in eval mode (no label smoothing)."""
     x, targets, ignore = inputs(cfg, batch)
     logits = model_of(cfg).apply(params, x)
@@ -219,7 +228,7 @@ def _batch_outputs(params, batch, cfg):
 @with_x64_scope
 def evaluate_examples(
     params: dict,
-    cfg,
+    cfg: ModelConfig,
     examples: Sequence[EncodedPair],
     *,
     batch_size: int = 64,
@@ -239,7 +248,8 @@ def evaluate_examples(
     line = ProgressLine(
         progress if isinstance(progress, str) else "evaluating", len(examples), unit="examples", enabled=bool(progress)
     )
-    for host_batch in iterate_batches(list(examples), batch_size, pad_id=cfg.pad_id, fill_last=True, pad_to_multiple=8):
+    pad_id = pad_id_of(cfg)
+    for host_batch in iterate_batches(list(examples), batch_size, pad_id=pad_id, fill_last=True, pad_to_multiple=8):
         line.advance(min(batch_size, len(examples) - line.done))
         check_batch(host_batch, cfg, backend)
         logits, metrics = run(params, backend.tree_asarray(host_batch), cfg)

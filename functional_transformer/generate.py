@@ -24,12 +24,13 @@ import math
 from backends import array_namespace, backend_of, with_x64_scope
 
 from . import api, checks, model
+from .config import TransformerConfig
 from .errors import ConfigError
 from .layers import softmax
 from .parts import padding_mask
 
 
-def init_cache(params: dict, memory, cross_mask, cfg, max_steps: int) -> dict:
+def init_cache(params: dict, memory, cross_mask, cfg: TransformerConfig, max_steps: int) -> dict:
     """{"layer_i": {"0": self-attention's {"k", "v"}, "1": cross-attention's}}: empty self-attention
     keys/values (B, H, max_steps, Dh) and the memory's cross-attention keys/values (B, H, S, Dh)."""
     xp = backend_of(memory).xp
@@ -37,7 +38,7 @@ def init_cache(params: dict, memory, cross_mask, cfg, max_steps: int) -> dict:
     return model.for_config(cfg).init_cache(params, (ids, memory), max_steps, memory_mask=cross_mask)
 
 
-def step(params: dict, cache: dict, tokens, position, memory, cross_mask, cfg):
+def step(params: dict, cache: dict, tokens, position, memory, cross_mask, cfg: TransformerConfig):
     """The next-token logits (B, V) for tokens (B,) at `position`, and the cache with them written in."""
     xp = backend_of(cache).xp
     logits, cache = model.for_config(cfg).step(
@@ -46,7 +47,7 @@ def step(params: dict, cache: dict, tokens, position, memory, cross_mask, cfg):
     return logits[:, 0, :], cache
 
 
-def _checked_src(src, params, cfg, max_steps):
+def _checked_src(src, params, cfg: TransformerConfig, max_steps):
     """-> (backend, src on it), after the input checks (token ids are read here, outside any jit)."""
     backend, a = checks.prepare_inputs(params, cfg, False, None, src=src)
     if max_steps < 1 or max_steps > cfg.max_len:
@@ -54,7 +55,9 @@ def _checked_src(src, params, cfg, max_steps):
     return backend, a["src"]
 
 
-def _decode(params: dict, src, state: dict, cfg, step_fn, eos_id: int, max_steps: int, beam_size: int) -> dict:
+def _decode(
+    params: dict, src, state: dict, cfg: TransformerConfig, step_fn, eos_id: int, max_steps: int, beam_size: int
+) -> dict:
     """Encode src (B, S), build the cache, then `cache, state = step_fn(...)` at positions 0, 1, ...
     until every row has ended (all of state["finished"]) or max_steps -> the last state.
 
@@ -82,7 +85,7 @@ def _decode(params: dict, src, state: dict, cfg, step_fn, eos_id: int, max_steps
     return backend.while_loop(running, advance, (xp.asarray(0), cache, state))[2]
 
 
-def _run_decode(backend, params, src, state, cfg, step_fn, eos_id, max_steps, beam_size=1) -> dict:
+def _run_decode(backend, params, src, state, cfg: TransformerConfig, step_fn, eos_id, max_steps, beam_size=1) -> dict:
     """_decode, jitted on JAX: one compilation per config, step function, eos_id, max_steps and shape."""
     decode = backend.jit(_decode, static_argnames=("cfg", "step_fn", "eos_id", "max_steps", "beam_size"))
     return decode(params, src, state, cfg=cfg, step_fn=step_fn, eos_id=eos_id, max_steps=max_steps, beam_size=beam_size)
@@ -95,7 +98,7 @@ def _never_pad(logits, pad_id: int):
     return xp.where(xp.arange(logits.shape[-1]) == pad_id, xp.asarray(-math.inf, dtype=logits.dtype), logits)
 
 
-def _greedy_pick(logits, state, position, cfg, eos_id):
+def _greedy_pick(logits, state, position, cfg: TransformerConfig, eos_id):
     """The greedy state after the logits (B, V) at `position`: the argmax token (never pad) for a
     live row, pad for a row that has ended."""
     backend = backend_of(logits)
@@ -110,7 +113,7 @@ def _greedy_pick(logits, state, position, cfg, eos_id):
     }
 
 
-def _greedy_start(xp, batch: int, cfg, bos_id: int, max_steps: int) -> dict:
+def _greedy_start(xp, batch: int, cfg: TransformerConfig, bos_id: int, max_steps: int) -> dict:
     """Greedy's state before the first step: every row live, at bos, its output all pad."""
     return {
         "tokens": xp.full((batch,), bos_id, dtype=xp.int32),
@@ -119,7 +122,7 @@ def _greedy_start(xp, batch: int, cfg, bos_id: int, max_steps: int) -> dict:
     }
 
 
-def _greedy_step(params, cache, state, position, source, cfg, eos_id):
+def _greedy_step(params, cache, state, position, source, cfg: TransformerConfig, eos_id):
     """One greedy step on fixed shapes over the cache -> (cache, state); source is (memory, cross_mask)."""
     memory, cross_mask = source
     logits, cache = step(params, cache, state["tokens"], position, memory, cross_mask, cfg)
@@ -127,7 +130,9 @@ def _greedy_step(params, cache, state, position, source, cfg, eos_id):
 
 
 @with_x64_scope
-def greedy(params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, use_cache: bool = True):
+def greedy(
+    params: dict, src, cfg: TransformerConfig, *, bos_id: int, eos_id: int, max_steps: int, use_cache: bool = True
+):
     """src (B, S) -> tokens (B, max_steps): the argmax token (never pad) each step, pad_id after end-of-sequence.
 
     Stops early once every row has emitted eos_id (the rest is pad_id)."""
@@ -152,7 +157,7 @@ def length_penalty(length, alpha: float):
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def _beam_start(xp, batch: int, k: int, cfg, bos_id: int, max_steps: int) -> dict:
+def _beam_start(xp, batch: int, k: int, cfg: TransformerConfig, bos_id: int, max_steps: int) -> dict:
     """Beam search's state before the first step, k hypotheses per row (tokens flat, (B * k,))."""
     dtype = getattr(xp, cfg.dtype)
     return {
@@ -165,7 +170,7 @@ def _beam_start(xp, batch: int, k: int, cfg, bos_id: int, max_steps: int) -> dic
     }
 
 
-def _beam_step(params, cache, state, position, source, cfg, eos_id):
+def _beam_step(params, cache, state, position, source, cfg: TransformerConfig, eos_id):
     """One beam-search step on fixed shapes: extend every live hypothesis, keep the best k per row;
     source is (memory, cross_mask), each row repeated for its beams."""
     backend = backend_of(cache)
@@ -205,7 +210,15 @@ def _best_hypothesis(state: dict, alpha: float):
 
 @with_x64_scope
 def beam_search(
-    params: dict, src, cfg, *, bos_id: int, eos_id: int, max_steps: int, beam_size: int = 4, alpha: float = 0.6
+    params: dict,
+    src,
+    cfg: TransformerConfig,
+    *,
+    bos_id: int,
+    eos_id: int,
+    max_steps: int,
+    beam_size: int = 4,
+    alpha: float = 0.6,
 ):
     """src (B, S) -> tokens (B, max_steps), the best of `beam_size` hypotheses by log p / length_penalty.
 

@@ -8,10 +8,15 @@ what a batch feeds the model and what the loss compares its logits with.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from backends import Backend
 
 from . import families, loss
 from .config import GRAD_METHODS
+
+if TYPE_CHECKING:
+    from .checkpoint import ModelConfig
 
 
 def default_grad_method(backend: Backend) -> str:
@@ -19,7 +24,7 @@ def default_grad_method(backend: Backend) -> str:
     return "autodiff" if backend.name == "jax" else "vjp"
 
 
-def batch_metrics(params: dict, batch: dict, cfg, train: bool, key, label_smoothing: float) -> dict:
+def batch_metrics(params: dict, batch: dict, cfg: ModelConfig, train: bool, key, label_smoothing: float) -> dict:
     """The loss and metrics of one batch, without gradients."""
     x, targets, ignore_index = families.inputs(cfg, batch)
     logits = families.model_of(cfg).apply(params, x, train=train, key=key)
@@ -27,7 +32,7 @@ def batch_metrics(params: dict, batch: dict, cfg, train: bool, key, label_smooth
     return metrics
 
 
-def grad_vjp(params: dict, batch: dict, cfg, train: bool, key, label_smoothing: float):
+def grad_vjp(params: dict, batch: dict, cfg: ModelConfig, train: bool, key, label_smoothing: float):
     """-> (grads, metrics) from the hand-written VJPs: forward with residuals, then backward."""
     model = families.model_of(cfg)
     x, targets, ignore_index = families.inputs(cfg, batch)
@@ -37,7 +42,7 @@ def grad_vjp(params: dict, batch: dict, cfg, train: bool, key, label_smoothing: 
     return grads, metrics
 
 
-def grad_autodiff(params: dict, batch: dict, cfg, train: bool, key, label_smoothing: float):
+def grad_autodiff(params: dict, batch: dict, cfg: ModelConfig, train: bool, key, label_smoothing: float):
     """-> (grads, metrics) from jax.grad of the same forward pass (JAX only)."""
     import jax
 

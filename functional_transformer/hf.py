@@ -610,12 +610,12 @@ class HuggingFaceModel:
         )
 
 
-def _logits(params, ids, cfg):
+def _logits(params, ids, cfg: DecoderConfig):
     # backend.jit's calls run in the x64 scope, so a float64 model stays float64 on JAX.
     return backend_of(params).jit(_apply, static_argnames=("cfg",))(params, ids, cfg=cfg)
 
 
-def _apply(params, ids, cfg):
+def _apply(params, ids, cfg: DecoderConfig):
     return decoder_only.for_config(cfg).apply(params, ids)
 
 

@@ -14,6 +14,7 @@ teacher-forced metrics of families.evaluate_examples for a language model or a c
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,10 +22,14 @@ from backends import backend_of, with_x64_scope
 
 from . import api, families
 from .checkpoint import ModelConfig
-from .data import DataError, Tokenizer, encode_pairs, iterate_batches
+from .data import DataError, Tokenizer, encode_pairs, iterate_batches, special_id
 from .generate import beam_search, greedy
 from .metrics import corpus_scores
 from .progress import progress_line
+
+if TYPE_CHECKING:
+    from .config import TransformerConfig
+    from .models import DecoderConfig, EncoderConfig
 
 _MAX_LISTED = 20
 _MAX_REPORTED = 3
@@ -48,7 +53,7 @@ class UnknownSymbolError(DataError):
 @with_x64_scope
 def predict(
     params: dict,
-    cfg,
+    cfg: TransformerConfig,
     tokenizer: Tokenizer,
     sources: list[str],
     *,
@@ -80,7 +85,7 @@ def predict(
     for batch in iterate_batches(
         [examples[i] for i in order],
         batch_size,
-        pad_id=tokenizer.pad_id,
+        pad_id=special_id(tokenizer, "pad_id"),
         pad_to_multiple=8 if cfg.max_len % 8 == 0 else 1,
         fill_last=True,
     ):
@@ -127,7 +132,7 @@ def unknown_in_pairs(tokenizer: Tokenizer, pairs) -> list[str]:
 @with_x64_scope
 def evaluate(
     params: dict,
-    cfg,
+    cfg: TransformerConfig,
     tokenizer: Tokenizer,
     pairs: list[tuple[str, str]],
     *,
@@ -153,7 +158,7 @@ def evaluate(
         raise UnknownSymbolError(symbols, tokenizer, f" (in {len(with_unknown)} of {len(pairs)} examples)")
     examples = encode_pairs(pairs, tokenizer, cfg.max_len)
     total_loss = total_correct = total_tokens = 0.0
-    for batch in iterate_batches(examples, batch_size, pad_id=tokenizer.pad_id, fill_last=True):
+    for batch in iterate_batches(examples, batch_size, pad_id=special_id(tokenizer, "pad_id"), fill_last=True):
         metrics = api.loss_and_metrics(params, batch, cfg, label_smoothing=0.0)
         n = float(metrics["n_tokens"])
         total_loss += float(metrics["loss"]) * n
@@ -214,7 +219,7 @@ def held_out_metrics(
     )
 
 
-def _class_logits(params: dict, ids, cfg):
+def _class_logits(params: dict, ids, cfg: EncoderConfig):
     """A classifier's logits (B, n_classes) for ids (B, T)."""
     return families.model_of(cfg).apply(params, ids)
 
@@ -222,7 +227,7 @@ def _class_logits(params: dict, ids, cfg):
 @with_x64_scope
 def classify(
     params: dict,
-    cfg,
+    cfg: EncoderConfig,
     tokenizer: Tokenizer,
     labels: list[str],
     texts: list[str],
@@ -243,7 +248,7 @@ def classify(
     for batch in iterate_batches(
         encode_pairs([(t, "") for t in texts], tokenizer, cfg.max_len),
         batch_size,
-        pad_id=tokenizer.pad_id,
+        pad_id=special_id(tokenizer, "pad_id"),
         pad_to_multiple=8 if cfg.max_len % 8 == 0 else 1,
     ):
         logits = apply(params, backend.asarray(batch["src"]), cfg)
@@ -254,7 +259,7 @@ def classify(
 @with_x64_scope
 def continue_texts(
     params: dict,
-    cfg,
+    cfg: DecoderConfig,
     tokenizer: Tokenizer,
     prompts: list[str],
     *,

@@ -150,13 +150,18 @@ def replicated(mesh):
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
+def place_replicated(tree, mesh):
+    """`tree` (the run's key) whole on every device of the mesh."""
+    return _jax().device_put(tree, replicated(mesh))
+
+
 def batch_sharding(mesh):
     """Batch arrays (B, T): rows split over the mesh."""
     jax = _jax()
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
 
 
-def place_state(state, mesh, shard_params: bool):
+def place_state(state: dict, mesh, shard_params: bool) -> dict:
     """`state` (host or device arrays, from one device or another count) laid out on `mesh`."""
     jax = _jax()
     shardings = state_shardings(state, mesh, shard_params)

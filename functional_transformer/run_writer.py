@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from backends import Backend
+from backends import Backend, JaxBackend
 
 from . import checkpoint, parallel
 from .config import TrainConfig, train_config_record, user_optimizer
 from .data import DataError
+from .errors import ConfigError
 from .insight import plots
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ def storable_opt_state(tcfg: TrainConfig, opt_state, backend: Backend):
     which `restore_opt_state` puts back into the structure of the same optimizer's init."""
     if not user_optimizer(tcfg):
         return opt_state
+    if not isinstance(backend, JaxBackend):
+        raise ConfigError(f"an optax optimizer's state needs the JAX backend (FT_BACKEND=jax), not {backend.name}")
     leaves = backend.jax.tree_util.tree_leaves(opt_state)
     return {
         "optax_leaf_count": np.asarray(len(leaves), dtype=np.int32),
@@ -79,11 +82,11 @@ class RunWriter:
         self.run, self.tcfg, self.host = run, tcfg, host
         # With many processes every one trains; only process 0 writes (checkpoints, metrics, plots).
         self.writes = run.out_dir is not None and parallel.process_index() == 0
-        self.metrics_path = run.out_dir / METRICS_NAME if self.writes else None
+        self.metrics_path = run.out_dir / METRICS_NAME if run.out_dir is not None and self.writes else None
         self.history: list[dict] = []
         self.last_saved: Path | None = None
         if self.metrics_path is not None:
-            run.out_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
             _keep_records_up_to(self.metrics_path, start_step)  # at step 0: a fresh log
         if start_step == 0 and run.data_report:  # once per run; kept in the log when it resumes
             self._append({"step": 0, "split": "data", **run.data_report})
@@ -135,7 +138,7 @@ class RunWriter:
     def plot(self) -> None:
         """curves.png from metrics.jsonl (where this process writes)."""
         if self.metrics_path is not None:
-            plot_metrics(self.metrics_path, self.run.out_dir / CURVES_NAME)
+            plot_metrics(self.metrics_path, self.metrics_path.parent / CURVES_NAME)
 
 
 def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:

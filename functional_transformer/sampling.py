@@ -18,6 +18,7 @@ from . import checks
 from .errors import ConfigError
 from .layers.softmax import fwd as softmax_fwd
 from .models import decoder_only
+from .models.decoder_only import DecoderConfig
 
 
 def _check_settings(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -61,12 +62,14 @@ def sample(logits, key, *, temperature: float = 1.0, top_k: int | None = None, t
     return xp.astype(xp.minimum(picked, xp.asarray(logits.shape[-1] - 1)), xp.int32)
 
 
-def _filler(cfg, eos_id: int) -> int:
+def _filler(cfg: DecoderConfig, eos_id: int) -> int:
     """What follows eos in a row: pad, or eos again in a vocabulary without padding (pad_id None)."""
     return eos_id if cfg.pad_id is None else cfg.pad_id
 
 
-def _loop(params, tokens, prompt_lengths, key, cfg, max_total: int, eos_id: int, temperature, top_k, top_p):
+def _loop(
+    params, tokens, prompt_lengths, key, cfg: DecoderConfig, max_total: int, eos_id: int, temperature, top_k, top_p
+):
     """Feed tokens[:, t] at positions t = 0, 1, ...; from each row's prompt length on, write the
     sampled token at t + 1 (pad once the row has emitted eos) -> (tokens (B, max_total), finished (B,))."""
     backend = backend_of(tokens)
@@ -105,7 +108,7 @@ def _loop(params, tokens, prompt_lengths, key, cfg, max_total: int, eos_id: int,
 @with_x64_scope
 def generate(
     params: dict,
-    cfg,
+    cfg: DecoderConfig,
     prompts,
     *,
     max_new_tokens: int,

@@ -29,10 +29,11 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from backends import Backend, backend_of
+from backends import Backend, JaxBackend, backend_of
 from backends import random as ftrandom
 from backends.tree import tree_map as backend_tree_map
 
@@ -122,6 +123,8 @@ def make_optimizer(tcfg: TrainConfig, cfg: ModelConfig) -> optim.GradientTransfo
 def restore_opt_state(optimizer, params, stored, backend: Backend):
     """The optax state of `optimizer` from its stored leaves (storable_opt_state); a ConfigError when
     they do not fit that optimizer's state (another optimizer than the run's)."""
+    if not isinstance(backend, JaxBackend):
+        raise ConfigError(f"an optax optimizer's state needs the JAX backend (FT_BACKEND=jax), not {backend.name}")
     jax = backend.jax
     fresh = optimizer.init(params)
     fresh_leaves, treedef = jax.tree_util.tree_flatten(fresh)
@@ -162,7 +165,7 @@ def current_learning_rate(tcfg: TrainConfig, cfg: ModelConfig, opt_state, step: 
 def check_best_by(tcfg: TrainConfig, cfg: ModelConfig | None = None) -> None:
     """A best_by that the model's family does not measure, or that needs sacreBLEU where it is not
     installed, is an error saying what to choose or how to install it."""
-    if cfg is not None:
+    if cfg is not None and tcfg.best_by is not None:  # None: the family's default, which it measures
         families.check_best_by(tcfg.best_by, cfg)
     if tcfg.best_by in TEXT_METRICS:
         require_sacrebleu(f"best_by={tcfg.best_by!r} (--best-by {tcfg.best_by})")
@@ -220,7 +223,7 @@ def make_train_step(
 
     if mesh is not None:
         return backend.in_x64_scope(parallel.jit_step(train_step, mesh, state, shard_params))
-    if backend.name == "jax":
+    if isinstance(backend, JaxBackend):
         return backend.in_x64_scope(backend.jax.jit(train_step, donate_argnames=("state",)))
     return train_step
 
@@ -235,7 +238,7 @@ def make_accumulating_step(cfg: ModelConfig, tcfg: TrainConfig, optimizer, backe
     checks.check_compute_dtype(cfg, backend, method)
     grad_fn = gradients.grad_vjp if method == "vjp" else gradients.grad_autodiff
     train = cfg.drop_rate > 0
-    tree_map = backend.jax.tree_util.tree_map if backend.name == "jax" else backend_tree_map
+    tree_map = backend.jax.tree_util.tree_map if isinstance(backend, JaxBackend) else backend_tree_map
 
     def add_micro_batch(params, sums, batch, key, step, index):
         dropout_key = ftrandom.fold_in(ftrandom.fold_in(key, step), index) if train else None
@@ -274,7 +277,7 @@ def make_accumulating_step(cfg: ModelConfig, tcfg: TrainConfig, optimizer, backe
             "n_tokens": xp.asarray(0, dtype=xp.int32),
         }
 
-    if backend.name == "jax":  # (zero_sums too: eager, each leaf shape would compile a program of its own)
+    if isinstance(backend, JaxBackend):  # (zero_sums too: eager, each leaf shape would compile a program of its own)
         zero_sums = backend.in_x64_scope(backend.jax.jit(zero_sums))
         add_micro_batch = backend.in_x64_scope(backend.jax.jit(add_micro_batch, donate_argnames=("sums",)))
         update = backend.in_x64_scope(backend.jax.jit(update, donate_argnames=("state",)))
@@ -406,7 +409,9 @@ class DivergenceWatch:
         return self.steps_above >= DIVERGED_STEPS
 
 
-def _start(run: Run, tcfg: TrainConfig, state: dict | None, key) -> tuple[dict, object, Callable]:
+def _start(
+    run: Run, tcfg: TrainConfig, state: dict | None, key
+) -> tuple[dict, object, Callable[..., tuple[dict, dict]]]:
     """(state, key, step function) of a run about to train: a fresh state where none is given, an optax
     state put back from its stored leaves, and the state placed on the mesh where the run has one."""
     cfg, backend, mesh = run.cfg, run.backend, run.mesh
@@ -426,14 +431,14 @@ def _start(run: Run, tcfg: TrainConfig, state: dict | None, key) -> tuple[dict, 
     if mesh is not None:
         check_batches_split(run, mesh)
         state = parallel.place_state(state, mesh, run.shard_params)
-        key = backend.jax.device_put(key, parallel.replicated(mesh))
+        key = parallel.place_replicated(key, mesh)
     if tcfg.accumulate_steps > 1:
         return state, key, make_accumulating_step(cfg, tcfg, optimizer, backend)
     sharded = {} if mesh is None else {"mesh": mesh, "state": state, "shard_params": run.shard_params}
     return state, key, make_train_step(cfg, tcfg, optimizer, backend, **sharded)
 
 
-def _batches(run: Run, start_step: int) -> Iterator[tuple[list[BatchPlan], object]]:
+def _batches(run: Run, start_step: int, pad_id: int) -> Iterator[tuple[list[BatchPlan], object]]:
     """Each step's plans and its batch on the backend (a list of accumulate_steps micro-batches when
     accumulating). With many processes each builds only its own rows of every global batch; with
     accumulation, step k takes micro-batches k * n_micro ... k * n_micro + n_micro - 1."""
@@ -447,7 +452,7 @@ def _batches(run: Run, start_step: int) -> Iterator[tuple[list[BatchPlan], objec
         step_plans = [next(plans) for _ in range(n_micro)]
         batches = []
         for plan in step_plans:
-            host_batch = plan_batch(run.train_examples, plan, cfg.pad_id, rank, n_processes)
+            host_batch = plan_batch(run.train_examples, plan, pad_id, rank, n_processes)
             families.check_batch(host_batch, cfg, backend)
             batches.append(
                 parallel.put_batch(host_batch, mesh) if mesh is not None else backend.tree_asarray(host_batch)
@@ -531,9 +536,10 @@ def _evaluate(
     if run.progress:
         print(f"eval @ {step}: {families.describe_result(result)}", file=sys.stderr, flush=True)
     ctx["summary"]["valid"] = result
-    value = result[tcfg.best_by]
+    best_by = tcfg.best_by or families.default_best_by(run.cfg)  # run_loop's tcfg has it chosen already
+    value = result[best_by]
     if (
-        is_better(value, progress["best_value"], tcfg.best_by)
+        is_better(value, progress["best_value"], best_by)
         and not ctx["diverging"]
         and all_finite(host(state["params"]), backend)
     ):
@@ -550,7 +556,7 @@ def _evaluate(
     if tcfg.patience and progress["evals_since_best"] >= tcfg.patience and step < tcfg.steps:
         if run.progress:
             print(
-                f"no better {tcfg.best_by} in {tcfg.patience} evaluations (best "
+                f"no better {best_by} in {tcfg.patience} evaluations (best "
                 f"{progress['best_value']:.4f} at step {progress['best_step']}): stopping",
                 file=sys.stderr,
                 flush=True,
@@ -576,12 +582,13 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
         return parallel.to_host(tree) if mesh is not None else tree
 
     writer = RunWriter(run, tcfg, start_step, host)
-    batches = _batches(run, start_step)
+    batches = _batches(run, start_step, families.pad_id_of(cfg))  # before the loop: no pad id is no run
     valid = run.valid_pairs[: run.eval_examples]
     if valid and run.progress and families.arch_of(cfg) == "encoder_decoder" and not sacrebleu_available():
         print(f"held-out evaluations: {MISSING_NOTE}", file=sys.stderr, flush=True)
     t_start = time.perf_counter()
-    window, summary = _Window(), {"stopped": "finished"}
+    window = _Window()
+    summary: dict[str, Any] = {"stopped": "finished"}
     ctx = {"host": host, "writer": writer, "valid": valid, "summary": summary}
     ctx["elapsed"] = lambda: time.perf_counter() - t_start
     divergence = DivergenceWatch(families.n_outputs(cfg))

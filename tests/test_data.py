@@ -1,7 +1,9 @@
 """Tests of functional_transformer.data: tokenizer, character tasks, TSV files, batching."""
 
 import itertools
+import json
 import string
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from functional_transformer.data import (
     CharTokenizer,
     DataError,
     EncodedPair,
+    TokenizerPair,
     batch_indices,
     batch_iterator,
     encode_pairs,
@@ -20,9 +23,12 @@ from functional_transformer.data import (
     make_task_data,
     process_batch,
     read_tsv,
+    special_id,
     task_alphabet,
+    tokenizer_from_json,
     write_tsv,
 )
+from functional_transformer.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
 # Tokenizer
@@ -119,6 +125,27 @@ BAD_TOKENIZER_JSON = [
 def test_tokenizer_from_json_rejects_bad_input(bad):
     with pytest.raises(ValueError):
         CharTokenizer.from_json(bad)
+
+
+def test_tokenizer_pair_json_with_a_pair_as_a_side_is_refused():
+    """Guards tokenizer_from_json's check that each side of a pair is one vocabulary: a pair nested
+    in a pair has no encode, so it would fail later, far from the file that held it."""
+    side = CharTokenizer.from_texts(["ab"])
+    nested = TokenizerPair(side, side).to_json()
+    text = json.dumps({"kind": "pair", "version": 1, "source": nested, "target": side.to_json()})
+    with pytest.raises(ValueError, match="holds a pair as its source"):
+        tokenizer_from_json(text)
+    assert tokenizer_from_json(TokenizerPair(side, side).to_json()) == TokenizerPair(side, side)
+
+
+def test_special_id_names_a_missing_special_token():
+    """Guards special_id: the id where the tokenizer has it, a ConfigError naming it where it is None
+    (a Hugging Face model's tokenizer may lack pad), never None passed on as an id."""
+    tokenizer = CharTokenizer.from_texts(["ab"])
+    assert [special_id(tokenizer, name) for name in ("pad_id", "bos_id", "eos_id")] == [PAD_ID, 1, 2]
+    without_pad = SimpleNamespace(pad_id=None, bos_id=1, eos_id=2)
+    with pytest.raises(ConfigError, match="no pad token"):
+        special_id(without_pad, "pad_id")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -143,6 +143,20 @@ def test_language_model_windows_cover_every_token():
     assert predicted == stream[1:]  # each token after the first once
 
 
+def test_a_vocabulary_without_pad_is_refused_by_evaluation_and_training():
+    """Guards families.pad_id_of (evaluation and train.run_loop batch through it): a model whose
+    vocabulary has no pad token (pad_id None, as a converted GPT-2's) gets a ConfigError naming
+    that, never a batch padded with None."""
+    cfg = ft.DecoderConfig(vocab_size=8, d_model=8, n_heads=2, d_ff=16, n_layers=1, max_len=8, pad_id=None)
+    assert families.pad_id_of(ft.DecoderConfig(vocab_size=8, d_model=8, n_heads=2, d_ff=16, n_layers=1)) == 0
+    with pytest.raises(ft.ConfigError, match="no pad token"):
+        families.pad_id_of(cfg)
+    params = ft.init(ft.random.key(0), cfg)
+    examples = families.encode_documents(["abc"], CharTokenizer.from_texts(["abc"]), max_len=cfg.max_len)
+    with pytest.raises(ft.ConfigError, match="no pad token"):
+        families.evaluate_examples(params, cfg, examples)
+
+
 def test_unigram_baseline_is_the_perplexity_of_token_frequencies():
     tokenizer = CharTokenizer.from_texts(["ab"])
     train = families.encode_documents(["aab"], tokenizer, max_len=8)

@@ -47,6 +47,8 @@ from .tokenizer import (
     CharTokenizer,
     Tokenizer,
     TokenizerPair,
+    Vocabulary,
+    special_id,
 )
 from .tsv import DataError, read_lines, read_tsv, tsv_line_numbers, write_tsv
 
@@ -67,6 +69,7 @@ __all__ = [
     "Tokenizer",
     "TokenizerPair",
     "UNK_ID",
+    "Vocabulary",
     "batch_indices",
     "batch_iterator",
     "bucket_lengths",
@@ -84,6 +87,7 @@ __all__ = [
     "process_batch",
     "read_lines",
     "read_tsv",
+    "special_id",
     "task_alphabet",
     "token_batch_iterator",
     "token_batch_plans",

@@ -44,7 +44,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import ConfigError
-from .tokenizer import PAD_ID, Tokenizer
+from .tokenizer import PAD_ID, Tokenizer, special_id
 
 Batch = dict[str, np.ndarray]
 _MAX_REPORTED = 5
@@ -78,7 +78,8 @@ def length_problem(example: EncodedPair, max_len: int | None) -> str | None:
 def encode_pair(source: str, target: str, tokenizer: Tokenizer) -> EncodedPair:
     """One pair as ids, `tgt` between bos and eos; no length check."""
     return EncodedPair(
-        tuple(tokenizer.source.encode(source)), (tokenizer.bos_id, *tokenizer.target.encode(target), tokenizer.eos_id)
+        tuple(tokenizer.source.encode(source)),
+        (special_id(tokenizer, "bos_id"), *tokenizer.target.encode(target), special_id(tokenizer, "eos_id")),
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, CharTokenizer, OneVocabulary, decode_ids
 from .tsv import DataError
@@ -47,6 +48,8 @@ def import_tokenizers():
 class LibraryEncoding:
     """encode, encode_many and pieces of a tokenizer that wraps a `tokenizers` library object, `self._hf`."""
 
+    _hf: Any  # a tokenizers.Tokenizer (optional dependency), set by the subclass
+
     def encode(self, text: str) -> list[int]:
         """The ids of `text`'s pieces (unk for characters never seen); no special tokens added."""
         return self._hf.encode(text, add_special_tokens=False).ids
@@ -65,7 +68,7 @@ class BpeTokenizer(LibraryEncoding, OneVocabulary):
     """Subword pieces learned by BPE over the characters of the training data; see the module docstring."""
 
     json_text: str  # the tokenizers library's serialisation; equality and hashing go by it
-    _hf: object = field(init=False, repr=False, compare=False)
+    _hf: Any = field(init=False, repr=False, compare=False)  # a tokenizers.Tokenizer
     _tokens: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _alphabet: CharTokenizer = field(init=False, repr=False, compare=False)
 

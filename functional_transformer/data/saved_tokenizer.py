@@ -25,12 +25,20 @@ def tokenizer_from_json(text: str) -> CharTokenizer | BpeTokenizer | HuggingFace
         raise ValueError(f"tokenizer JSON is not valid JSON: {err}") from err
     kind = obj.get("kind") if isinstance(obj, dict) else None
     if kind == TokenizerPair.kind:
-        return TokenizerPair(tokenizer_from_json(obj["source"]), tokenizer_from_json(obj["target"]))
+        return TokenizerPair(_side_from_json(obj["source"], "source"), _side_from_json(obj["target"], "target"))
     if kind == "bpe":
         return BpeTokenizer.from_json(text)
     if kind == "huggingface":
         return HuggingFaceTokenizer.from_json(text)
     return CharTokenizer.from_json(text)
+
+
+def _side_from_json(text: str, side: str) -> CharTokenizer | BpeTokenizer | HuggingFaceTokenizer:
+    """One side of a TokenizerPair: a single vocabulary, never a pair itself."""
+    tokenizer = tokenizer_from_json(text)
+    if isinstance(tokenizer, TokenizerPair):
+        raise ValueError(f"tokenizer JSON of a pair holds a pair as its {side}; each side must be one vocabulary")
+    return tokenizer
 
 
 __all__ = ["tokenizer_from_json"]

@@ -7,7 +7,9 @@ written as U+FFFD), `token_text(id)`, `unknown_symbols(texts)`,
 `describe()` and `to_json()`; `saved_tokenizer.tokenizer_from_json` reads back any of them. `source` and `target`
 are the tokenizers of each side: the tokenizer itself where the two sides share a vocabulary, the
 two halves of a `TokenizerPair` where they do not. Code that encodes a source or decodes a target
-goes through `.source` / `.target`, so it works with either.
+goes through `.source` / `.target`, so it works with either. `Vocabulary` is what one side offers;
+`special_id(tokenizer, "pad_id")` is a special id, or a ConfigError where a Hugging Face model's
+tokenizer has none (its ids may be None).
 
 A character-level tokenizer: one id per character, four special ids first.
 
@@ -29,6 +31,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..errors import ConfigError
+
 PAD_ID = 0
 BOS_ID = 1
 EOS_ID = 2
@@ -40,23 +44,61 @@ _JSON_KIND = "char"
 _JSON_VERSION = 1
 
 
-class Tokenizer(Protocol):
-    """What training, prediction and checkpoints need of a tokenizer (CharTokenizer, BpeTokenizer or
-    TokenizerPair): the special ids, each side's tokenizer, a description and the JSON."""
-
-    pad_id: int
-    bos_id: int
-    eos_id: int
+class Vocabulary(Protocol):
+    """One side's vocabulary (a CharTokenizer, BpeTokenizer or HuggingFaceTokenizer, or either half
+    of a TokenizerPair): what encoding sources and decoding targets need of it."""
 
     @property
-    def source(self): ...
+    def vocab_size(self) -> int: ...
 
-    @property
-    def target(self): ...
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def pieces(self, text: str) -> list[str]: ...
+
+    def unknown_symbols(self, texts: Iterable[str]) -> list[str]: ...
 
     def describe(self, limit: int = 40) -> str: ...
 
     def to_json(self) -> str: ...
+
+
+class Tokenizer(Protocol):
+    """What training, prediction and checkpoints need of a tokenizer (CharTokenizer, BpeTokenizer or
+    TokenizerPair): the special ids, each side's vocabulary, a description and the JSON."""
+
+    @property
+    def pad_id(self) -> int | None: ...
+
+    @property
+    def bos_id(self) -> int | None: ...
+
+    @property
+    def eos_id(self) -> int | None: ...
+
+    @property
+    def source(self) -> Vocabulary: ...
+
+    @property
+    def target(self) -> Vocabulary: ...
+
+    def describe(self, limit: int = 40) -> str: ...
+
+    def to_json(self) -> str: ...
+
+
+def special_id(tokenizer: Tokenizer, name: str) -> int:
+    """The tokenizer's special id `name` ("pad_id", "bos_id" or "eos_id"). Every tokenizer this project
+    builds has all three; a Hugging Face model's may lack some (GPT-2 has no pad), and then a task
+    that needs the id is a ConfigError naming it."""
+    value = getattr(tokenizer, name)
+    if value is None:
+        raise ConfigError(
+            f"this tokenizer has no {name.removesuffix('_id')} token ({name} None), which this needs; "
+            "use a tokenizer that has one (ft generate continues a text without a pad token)"
+        )
+    return value
 
 
 class OneVocabulary:
@@ -205,8 +247,8 @@ class TokenizerPair:
 
     Both keep the special ids 0-3, so pad, bos and eos mean the same on each side."""
 
-    source: object
-    target: object
+    source: Vocabulary
+    target: Vocabulary
     kind = "pair"
     pad_id = PAD_ID
     bos_id = BOS_ID

@@ -23,7 +23,7 @@ import numpy as np
 from backends import array_namespace, with_x64_scope
 
 from .. import checks, inference, model
-from ..data import DataError, Tokenizer, encode_pairs, make_batch
+from ..data import DataError, Tokenizer, encode_pairs, make_batch, special_id
 
 # kind -> what a plot calls it; each is a (layers, heads, queries, keys) array in attention_maps.
 KINDS = {
@@ -100,10 +100,14 @@ def attention_maps(
     target_from = "given"
     if target is None:
         # At most max_len - 1 characters, so that <bos> + target fits the decoder's max_len.
-        target = inference.predict(params, cfg, tokenizer, [source], max_steps=cfg.max_len - 1, allow_unknown=True)[0]
+        # annotated: the with_x64_scope decorator hides predict's return type from the type checker
+        predicted: list[str] = inference.predict(
+            params, cfg, tokenizer, [source], max_steps=cfg.max_len - 1, allow_unknown=True
+        )
+        target = predicted[0]
         target_from = "greedy"
     example = encode_pairs([(source, target)], tokenizer, cfg.max_len)[0]
-    batch = make_batch([example], tokenizer.pad_id)
+    batch = make_batch([example], special_id(tokenizer, "pad_id"))
     backend, arrays = checks.prepare_inputs(params, cfg, False, None, src=batch["src"], tgt_in=batch["tgt_in"])
     weights = backend.jit(_weights, static_argnames=("cfg",))(params, arrays["src"], arrays["tgt_in"], cfg)
     host = {name: np.asarray(backend.to_numpy(value)) for name, value in weights.items()}

@@ -314,6 +314,7 @@ def _loop_fwd(q, k, v, mask, causal, block_q, block_k):
     out = xp.empty(shapes, dtype=q.dtype)
     acc_dtype = at_least_float32(q[:0, :0, :0]).dtype
     lse = xp.empty((batch, n_kv, n_groups, length), dtype=acc_dtype)
+    state = p = None  # the last tile's, kept when there is only one
     for i0 in range(0, length, block_q):
         i1 = min(i0 + block_q, length)
         rows = n_groups * (i1 - i0)
@@ -332,7 +333,8 @@ def _loop_fwd(q, k, v, mask, causal, block_q, block_k):
         out[:, :, :, i0:i1] = xp.reshape(out_tile, (batch, n_kv, n_groups, i1 - i0, d_head))
         lse[:, :, :, i0:i1] = xp.reshape(lse_tile, (batch, n_kv, n_groups, i1 - i0))
     weights = None
-    if length <= block_q and k.shape[2] <= block_k:  # one tile: p is exp(s - max), normalised here
+    if p is not None and state is not None and length <= block_q and k.shape[2] <= block_k:
+        # One tile: p is exp(s - max), normalised here.
         p /= xp.where(state[1] > 0, state[1], xp.asarray(1, dtype=p.dtype))
         weights = p
     return xp.reshape(out, q.shape), xp.reshape(lse, q.shape[:3]), weights

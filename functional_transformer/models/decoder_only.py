@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from backends import random as ftrandom
 
@@ -38,6 +38,9 @@ from ..parts import (
 )
 from ..parts.masks import padding_mask
 from ..parts.part import keys_for
+
+if TYPE_CHECKING:
+    from .encoder_only import EncoderConfig  # which builds its blocks with this module
 from . import heads
 
 
@@ -107,7 +110,7 @@ class DecoderConfig:
 POSITIONAL = ("learned", "sinusoidal", "rope")
 
 
-def _check_sizes(cfg, names) -> None:
+def _check_sizes(cfg: DecoderConfig | EncoderConfig, names) -> None:
     for name in names:
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -121,12 +124,12 @@ def _from_dict(cls, fields: dict):
     return cls(**fields)
 
 
-def _setting(cfg, name: str, default):
+def _setting(cfg: DecoderConfig | EncoderConfig, name: str, default):
     """A DecoderConfig setting, or the paper's value for a config without it (EncoderConfig)."""
     return getattr(cfg, name, default)
 
 
-def block(cfg, *, causal: bool) -> Serial:
+def block(cfg: DecoderConfig | EncoderConfig, *, causal: bool) -> Serial:
     """One pre- or post-norm Transformer block: self-attention, then the feed-forward network."""
     norm_kind, norm_eps = _setting(cfg, "norm", "layer"), _setting(cfg, "norm_eps", None)
 
@@ -144,7 +147,8 @@ def block(cfg, *, causal: bool) -> Serial:
         )
 
     bias = _setting(cfg, "bias", True)
-    rope = _setting(cfg, "positional", None) == "rope"
+    # Only a DecoderConfig has rotary positions: an EncoderConfig's Embedding refuses "rope".
+    rope_base = float(cfg.rope_base) if isinstance(cfg, DecoderConfig) and cfg.positional == "rope" else None
     attention = SelfAttention(
         cfg.d_model,
         cfg.n_heads,
@@ -152,7 +156,7 @@ def block(cfg, *, causal: bool) -> Serial:
         dtype=cfg.dtype,
         n_kv_heads=_setting(cfg, "n_kv_heads", None),
         bias=bias,
-        rope_base=float(cfg.rope_base) if rope else None,
+        rope_base=rope_base,
         attention_kernel=_setting(cfg, "attention_kernel", "auto"),
     )
     if _setting(cfg, "gated_ffn", False):
@@ -162,7 +166,7 @@ def block(cfg, *, causal: bool) -> Serial:
     return Serial(residual(attention, "self_attn", "ln1"), residual(ffn, "ffn", "ln2"))
 
 
-def blocks(cfg, *, causal: bool) -> Repeat:
+def blocks(cfg: DecoderConfig | EncoderConfig, *, causal: bool) -> Repeat:
     final = norm(_setting(cfg, "norm", "layer"), cfg.d_model, cfg.dtype, _setting(cfg, "norm_eps", None))
     return Repeat(block(cfg, causal=causal), cfg.n_layers, final=final if cfg.norm_first else None)
 

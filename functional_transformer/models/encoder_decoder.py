@@ -48,7 +48,7 @@ from ..parts.part import keys_for
 from . import heads
 
 
-def _residual(cfg, sublayer: Part, name: str, norm_name: str) -> Residual:
+def _residual(cfg: TransformerConfig, sublayer: Part, name: str, norm_name: str) -> Residual:
     return Residual(
         sublayer,
         cfg.d_model,
@@ -60,13 +60,13 @@ def _residual(cfg, sublayer: Part, name: str, norm_name: str) -> Residual:
     )
 
 
-def _self_attention(cfg, *, causal: bool) -> SelfAttention:
+def _self_attention(cfg: TransformerConfig, *, causal: bool) -> SelfAttention:
     return SelfAttention(
         cfg.d_model, cfg.n_heads, causal=causal, dtype=cfg.dtype, attention_kernel=cfg.attention_kernel
     )
 
 
-def encoder_block(cfg) -> Serial:
+def encoder_block(cfg: TransformerConfig) -> Serial:
     """x (B, S, D) -> (B, S, D); side `mask`: the source's key padding (B, S)."""
     return Serial(
         _residual(cfg, _self_attention(cfg, causal=False), "self_attn", "ln1"),
@@ -74,7 +74,7 @@ def encoder_block(cfg) -> Serial:
     )
 
 
-def decoder_block(cfg) -> Serial:
+def decoder_block(cfg: TransformerConfig) -> Serial:
     """(x (B, T, D), memory (B, S, D)) -> (y, memory); side `mask` (the target's padding (B, T)) and
     `memory_mask` (the source's (B, S))."""
     return Serial(
@@ -89,7 +89,7 @@ def decoder_block(cfg) -> Serial:
     )
 
 
-def stack(cfg, block: Part, n_layers: int) -> Repeat:
+def stack(cfg: TransformerConfig, block: Part, n_layers: int) -> Repeat:
     """n_layers blocks, and with pre-norm the final layer norm the residual stream otherwise never gets."""
     return Repeat(block, n_layers, final=LayerNorm(cfg.d_model, cfg.dtype) if cfg.norm_first else None)
 
