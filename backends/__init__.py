@@ -14,7 +14,7 @@ This package knows nothing about Transformers. A `Backend` offers:
 - `stop_gradient` and `relu`, for forward code whose `jax.grad` should be as lean as a
   hand-written backward (the identity and `maximum(x, 0)` where nothing differentiates);
 - `random`: pure keyed random numbers (`key(seed)`, `split`, `uniform`, `normal`, `bernoulli`),
-  the same numbers on every backend for the same key (see `backends.random`).
+  the same numbers on every backend for the same key (see `backends.prng`).
 
 `get_backend("numpy" | "jax")` gives one by name; `backend_of(array, ...)` gives the backend an array
 belongs to, so that library code can run on whatever arrays it is handed.
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from . import random as _random
+from . import prng as _random
 from .namespace import array_namespace
 from .scope import with_x64_scope
 from .tree import tree_flatten, tree_items, tree_leaves, tree_map, tree_structure, tree_unflatten

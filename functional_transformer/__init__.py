@@ -32,7 +32,8 @@ unknown name, ImportError when JAX is asked for and not installed), so that `ft`
 
 from typing import TYPE_CHECKING
 
-from . import generate, hf, layers, loss, models, optim, parts, random, sampling
+from . import generate, hf, layers, loss, models, optim, parts, sampling
+from . import prng as random  # ft.random: keyed random numbers (a module not named after Python's own)
 from .api import (
     apply,
     decode,

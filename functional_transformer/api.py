@@ -37,7 +37,7 @@ def init(key, cfg: ModelConfig) -> dict:
     EncoderConfig) on the backend of `key` (see models/ for every key and shape).
 
     On JAX the numbers are drawn on the host with NumPy and the tree is then moved to the device.
-    The generator is one text on both backends (backends/random.py), so the numbers are the same,
+    The generator is one text on both backends (backends/prng.py), so the numbers are the same,
     and this skips compiling a Threefry program per weight, which takes far longer than drawing
     the numbers (docs/benchmarks.md, "Timings behind design choices"). Under a JAX trace
     (`jax.eval_shape`, `jit`) it is traced as usual."""

@@ -698,7 +698,7 @@ def _generate(args) -> int:
     import time
 
     from . import sampling
-    from .random import key as make_key
+    from .prng import key as make_key
 
     if bool(args.prompt) == (args.input is not None):
         raise ConfigError(

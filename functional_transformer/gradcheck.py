@@ -18,7 +18,7 @@ entries are used, so a bwd that returns more, such as attention's dx_kv, can be 
 from __future__ import annotations
 
 from backends import backend_of, tree_leaves, tree_map, with_x64_scope
-from backends import random as ftrandom
+from backends import prng as ftrandom
 
 
 def _random_like(key, tree):

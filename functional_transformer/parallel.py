@@ -12,7 +12,7 @@ XLA inserts the collectives (all-reduce of gradients, all-gather of sharded weig
 
 Because the jitted step is the same global computation whatever the mesh, the loss is a mean over
 all real tokens of the global batch, and dropout masks are drawn per element of the global array
-(backends/random.py), the trajectory does not depend on the device count (up to float32 summation
+(backends/prng.py), the trajectory does not depend on the device count (up to float32 summation
 order). Many hosts: `initialize` starts jax.distributed; each process builds only its own rows of each
 global batch and puts them on its devices (`put_batch`), and `to_host` gathers state to every process.
 """

@@ -1,7 +1,7 @@
 """Sampling text from a decoder-only language model: greedy, or with temperature, top-k and top-p
 (nucleus), over the model's key/value cache, in one compiled loop on JAX (a Python loop on NumPy).
 
-The random numbers are the project's own Threefry draws (backends/random.py), one uniform per row
+The random numbers are the project's own Threefry draws (backends/prng.py), one uniform per row
 and position from fold_in(key, position), and a token is picked by inverting the cumulative
 distribution: the same key gives the same tokens on every backend (up to float rounding of the
 logits landing exactly on a boundary between two tokens).
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from backends import array_namespace, backend_of, with_x64_scope
-from backends import random as ftrandom
+from backends import prng as ftrandom
 
 from . import checks
 from .errors import ConfigError

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from backends import Backend, JaxBackend, backend_of
-from backends import random as ftrandom
+from backends import prng as ftrandom
 from backends.tree import tree_map as backend_tree_map
 
 from . import api, checks, families, gradients, inference, optim, parallel

@@ -12,7 +12,7 @@ import pytest
 from conftest import requires_jax
 
 import backends
-from backends import random as R
+from backends import prng as R
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

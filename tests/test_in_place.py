@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import backends
-from backends import random as ftrandom
+from backends import prng as ftrandom
 from functional_transformer import optim
 from functional_transformer.layers import dropout, layer_norm, linear, softmax
 

@@ -8,7 +8,7 @@ import pytest
 
 chex = pytest.importorskip("chex")
 
-from backends import random as R  # noqa: E402
+from backends import prng as R  # noqa: E402
 from functional_transformer import parts  # noqa: E402
 from functional_transformer.layers import (  # noqa: E402
     activations,

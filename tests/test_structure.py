@@ -160,16 +160,10 @@ def test_no_import_cycle_in_the_library():
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
 
 
-# Modules of other owners still to rename.
-KNOWN_STDLIB_NAMES = {"backends.random", "functional_transformer.random"}
-
-
 def test_no_module_is_named_after_a_standard_library_module():
     """A module named like one of Python's own (inspect, types, random, ...) shadows it for code that
     imports by the short name and confuses readers; the library has none."""
     clashes = sorted(
-        name
-        for name in _module_files()
-        if name.rpartition(".")[2] in sys.stdlib_module_names and "." in name and name not in KNOWN_STDLIB_NAMES
+        name for name in _module_files() if name.rpartition(".")[2] in sys.stdlib_module_names and "." in name
     )
     assert not clashes, f"modules named after standard-library modules: {clashes}; rename them"

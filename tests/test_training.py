@@ -605,7 +605,7 @@ def trajectory(backend, cfg, n_steps, grad_method=None):
 
 
 # Tolerances: both backends run the same float32 model from bit-identical params, batches and dropout
-# masks (backends.random is the same Threefry on both), but NumPy's BLAS and XLA round differently
+# masks (backends.prng is the same Threefry on both), but NumPy's BLAS and XLA round differently
 # (different summation orders, fused operations): about 1e-7..1e-6 relative per operation. Adam
 # divides by sqrt(v), so small differences in gradients grow slowly over the steps. Measured: at
 # most 4e-7 relative over 50 steps; asserted: 1e-4 over the first 10 steps and 1e-3 up to step 50.

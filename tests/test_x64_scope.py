@@ -217,7 +217,7 @@ def _float32_layer_inits():
 
 @pytest.mark.parametrize("name", list(_float32_layer_inits()))
 def test_float32_layer_inits_run_outside_an_x64_scope(jax_outside_x64, name):
-    """Guards the scopes of the random draws (backends.random, the public `ft.random`): the layers carry
+    """Guards the scopes of the random draws (backends.prng, the public `ft.random`): the layers carry
     no scope of their own, so a float32 init called outside any scope relies on the draws' float64
     intermediates staying float64, and gives NumPy's weights. (Float64 layers on JAX are called inside
     `backend.x64_scope()`, as tests/test_layers.py does with the x64 fixture.)"""

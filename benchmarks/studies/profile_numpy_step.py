@@ -42,7 +42,7 @@ TRACED = (os.path.join(ROOT, "functional_transformer"), os.path.join(ROOT, "back
 KINDS = (
     ("softmax", ("layers/softmax.py",)),
     ("layer norm", ("layers/layer_norm.py",)),
-    ("dropout: random bits", ("backends/random.py",)),
+    ("dropout: random bits", ("backends/prng.py",)),
     ("dropout: masks applied", ("layers/dropout.py",)),
     ("optimizer", ("optim/",)),
     ("loss", ("loss.py",)),

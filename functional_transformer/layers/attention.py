@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from backends import array_namespace, backend_of
-from backends import random as ftrandom
+from backends import prng as ftrandom
 
 from . import linear, rotary, softmax
 

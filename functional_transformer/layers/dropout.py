@@ -1,14 +1,14 @@
 """Inverted dropout: zero each entry with probability drop_rate and scale the rest by 1/keep.
 
 Randomness comes only from the explicit key (Threefry, the same masks on every backend).
-The keep probability is realised to 1/65536 (16-bit draws, see backends.random.bernoulli) and the
+The keep probability is realised to 1/65536 (16-bit draws, see backends.prng.bernoulli) and the
 scale uses the realised value, so E[dropout(x)] == x exactly.
 """
 
 from __future__ import annotations
 
 from backends import array_namespace
-from backends import random as ftrandom
+from backends import prng as ftrandom
 
 
 def fwd(x, drop_rate: float, train: bool = False, key=None):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from backends import array_namespace, backend_of
-from backends import random as ftrandom
+from backends import prng as ftrandom
 
 from .positional import sinusoidal
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from backends import random as ftrandom
+from backends import prng as ftrandom
 
 from . import activations, linear
 

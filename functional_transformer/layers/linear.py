@@ -6,7 +6,7 @@ import math
 from typing import Any, NamedTuple
 
 from backends import array_namespace
-from backends import random as ftrandom
+from backends import prng as ftrandom
 
 
 class Saved(NamedTuple):

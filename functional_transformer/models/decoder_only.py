@@ -20,7 +20,7 @@ import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from backends import random as ftrandom
+from backends import prng as ftrandom
 
 from ..errors import ConfigError
 from ..parts import (

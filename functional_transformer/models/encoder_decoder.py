@@ -26,7 +26,7 @@ import functools
 from typing import Any, NamedTuple
 
 from backends import array_namespace, tree_leaves, tree_map
-from backends import random as ftrandom
+from backends import prng as ftrandom
 
 from ..config import TransformerConfig
 from ..layers.precision import as_dtype

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from backends import backend_of, get_backend, tree_leaves, tree_map, with_x64_scope
-from backends import random as ftrandom
+from backends import prng as ftrandom
 
 from ..gradcheck import vjp_error
 from .part import Part, checked_bwd, spec_of

@@ -25,7 +25,7 @@ import dataclasses
 from typing import Any, NamedTuple
 
 from backends import array_namespace
-from backends import random as ftrandom
+from backends import prng as ftrandom
 
 from ..errors import ConfigError
 from .part import Part, add_cotangents, check_param_grads, checked_bwd, keys_for, spec_of, zeros_like_spec

@@ -31,7 +31,7 @@ import dataclasses
 from typing import Any
 
 from backends import array_namespace
-from backends import random as ftrandom
+from backends import prng as ftrandom
 
 
 class Part:

@@ -1,9 +1,9 @@
-"""Keyed random numbers for users of the library: `ft.random.key(seed)` makes a key on the
-default backend (FT_BACKEND); the rest take a key and stay on its backend. See backends.random."""
+"""Keyed random numbers for users of the library, as `ft.random`: `ft.random.key(seed)` makes a key on the
+default backend (FT_BACKEND); the rest take a key and stay on its backend. See backends.prng."""
 
 from __future__ import annotations
 
-from backends.random import bernoulli, bits, fold_in, normal, realised_probability, split, uniform
+from backends.prng import bernoulli, bits, fold_in, normal, realised_probability, split, uniform
 
 from .backend_choice import default_backend
 
