@@ -41,7 +41,7 @@ def test_lines_go_to_their_kind(script):
     assert script.kind_of(str(linear), _line_of(linear, 'y += params["b"]')) == "heads: bias, transposes, concats"
     softmax = layers / "softmax.py"
     assert script.kind_of(str(softmax), _line_of(softmax, "total = xp.sum(p")) == "softmax"
-    random = REPO / "backends" / "random.py"
+    random = REPO / "backends" / "prng.py"
     assert script.kind_of(str(random), _line_of(random, "x1 |= high_bits")) == "dropout: random bits"
 
 
