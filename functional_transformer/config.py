@@ -160,7 +160,7 @@ class TrainConfig:
     # Stop after this many held-out evaluations without a better `best_by` (0: never).
     patience: int = 0
     # The held-out metric (a key of BEST_BY) that picks best.safetensors and that patience watches;
-    # None: the model family's own (exact_match for the encoder-decoder, families.DEFAULT_BEST_BY).
+    # None: the model family's own (exact_match for the encoder-decoder; DEFAULT_BEST_BY above).
     best_by: str | None = None
     # The step at which the schedule (re)started: 0, or where `ft train --resume --extend` added
     # steps to a finished run (a warm restart of the cosine schedule; see make_optimizer).

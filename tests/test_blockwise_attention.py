@@ -320,3 +320,21 @@ def test_jax_compiled_gradient_memory_grows_linearly_with_length(jax_backend):
     full_short, full_long = temp_bytes(512, "full"), temp_bytes(1024, "full")
     assert full_long / full_short > 3.5, (full_short, full_long)
     assert long < full_long / 4
+
+
+def test_a_mask_of_the_wrong_rank_or_dtype_is_a_clear_error(xp):
+    q = xp.zeros((1, 2, 4, 8))
+    with pytest.raises(ValueError, match="mask must be boolean"):
+        bw.fwd(q, q, q, xp.ones((1, 4), dtype=bool), causal=False)
+    with pytest.raises(ValueError, match="mask must be boolean"):
+        bw.fwd(q, q, q, xp.ones((1, 1, 4, 4), dtype=xp.int32), causal=False)
+
+
+def test_a_one_tile_forward_serves_a_backward_in_smaller_tiles(backend):
+    """The forward's one-tile weights are reused only by a one-tile backward: with smaller backward
+    tiles the gradients are still the full kernel's."""
+    q, k, v, g = (backend.asarray(_normal(seed, (1, 2, 7, 4))) for seed in (1, 2, 3, 4))
+    expected = _full_reference(q, k, v, None, True, g)
+    _, saved = bw.fwd(q, k, v, causal=True)
+    for what, a, b in zip(("dq", "dk", "dv"), bw.bwd(saved, g, causal=True, block_q=3, block_k=2), expected[1:]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-12, err_msg=what)

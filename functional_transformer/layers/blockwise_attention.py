@@ -76,6 +76,11 @@ def _check(q, k, v, mask) -> None:
             "and q's heads must be a multiple of k's (grouped-query attention)"
         )
     if mask is not None:
+        if mask.ndim != 4 or not array_namespace(mask).isdtype(mask.dtype, "bool"):
+            raise ValueError(
+                f"blockwise attention: mask must be boolean (B or 1, H or 1, T or 1, S), True where a query may "
+                f"attend; got dtype {mask.dtype} with shape {tuple(mask.shape)} (parts.masks builds one)"
+            )
         b, h, t, s = mask.shape
         if b not in (1, q.shape[0]) or h not in (1, q.shape[1]) or t not in (1, q.shape[2]) or s != k.shape[2]:
             raise ValueError(
@@ -151,9 +156,10 @@ def _finish(state, dtype):
     xp = array_namespace(state[2])
     row_max, total, acc = state
     seen = total > 0
-    out = acc / xp.where(seen, total, xp.asarray(1, dtype=total.dtype))
+    safe_total = xp.where(seen, total, xp.asarray(1, dtype=total.dtype))
+    out = acc / safe_total
     # +inf makes exp(s - lse) zero in the backward for every key of a row that saw none.
-    lse = xp.where(seen, row_max + xp.log(xp.where(seen, total, xp.asarray(1, dtype=total.dtype))), xp.inf)
+    lse = xp.where(seen, row_max + xp.log(safe_total), xp.inf)
     return as_dtype(out, dtype), lse[..., 0]
 
 
@@ -351,8 +357,10 @@ def _loop_bwd(saved: Saved, g, causal, block_q, block_k):
     delta_g = xp.sum(at_least_float32(g) * at_least_float32(out), axis=-1)
     delta_g = xp.reshape(delta_g, shapes[:4])
     mask_g = _grouped_mask(mask, n_kv)
-    dq = xp.zeros(shapes, dtype=q.dtype)
+    dq = xp.empty(shapes, dtype=q.dtype)  # every query tile is written below
     dk, dv = xp.zeros(k.shape, dtype=k.dtype), xp.zeros(v.shape, dtype=v.dtype)
+    # The forward's one-tile weights serve only a backward that is one tile too (its blocks may differ).
+    one_tile_weights = saved.weights if length <= block_q and k.shape[2] <= block_k else None
     for i0 in range(0, length, block_q):
         i1 = min(i0 + block_q, length)
         n = i1 - i0
@@ -377,7 +385,7 @@ def _loop_bwd(saved: Saved, g, causal, block_q, block_k):
                 keep,
                 (batch, n_kv, n_groups, n),
                 scale,
-                saved.weights,  # not None only where this is the one tile
+                one_tile_weights,
             )
             dq_tile += grads[0]
             dk[:, :, j0:j1] += grads[1]

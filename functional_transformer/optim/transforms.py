@@ -111,25 +111,12 @@ def _one_numpy_float_dtype(*trees: Tree) -> bool:
     """Whether the leaves of `trees` are NumPy float arrays, all of one dtype: where NumPy's fused
     paths below give the generic path's numbers (no promotion between leaves to follow)."""
     leaves = [leaf for tree in trees for leaf in tree_leaves(tree)]
-    dtypes = {leaf.dtype for leaf in leaves if isinstance(leaf, np.ndarray)}
     return (
-        len(dtypes) == 1
-        and len(leaves) > 0
+        len(leaves) > 0
         and all(isinstance(leaf, np.ndarray) for leaf in leaves)
-        and (np.issubdtype(next(iter(dtypes)), np.floating))
+        and len({leaf.dtype for leaf in leaves}) == 1
+        and np.issubdtype(leaves[0].dtype, np.floating)
     )
-
-
-def _scratch_for(leaves: list, dtype) -> np.ndarray:
-    """A flat NumPy buffer as long as the largest of `leaves`: reused for every leaf's temporaries,
-    it spares NumPy the fresh memory of a new array per leaf, which is most of an elementwise pass's
-    cost on large arrays."""
-    return np.empty(max((leaf.size for leaf in leaves), default=0), dtype=dtype)
-
-
-def _scratch_like(scratch: np.ndarray, leaf: np.ndarray) -> np.ndarray:
-    """The first leaf.size entries of `scratch`, shaped like `leaf`."""
-    return scratch[: leaf.size].reshape(leaf.shape)
 
 
 def global_norm(tree: Tree) -> Any:
@@ -139,9 +126,12 @@ def global_norm(tree: Tree) -> Any:
     if not leaves:
         return xp.asarray(0.0)
     if _one_numpy_float_dtype(tree):
-        # The same products and sums, the squares written into one reused buffer.
-        scratch = _scratch_for(leaves, leaves[0].dtype)
-        return np.sqrt(sum(np.multiply(leaf, leaf, out=_scratch_like(scratch, leaf)).sum() for leaf in leaves))
+        # The same products and sums, the squares written into one reused buffer: fresh memory for
+        # each leaf's squares is most of an elementwise pass's cost on large arrays.
+        scratch = np.empty(max(leaf.size for leaf in leaves), dtype=leaves[0].dtype)
+        return np.sqrt(
+            sum(np.multiply(leaf, leaf, out=scratch[: leaf.size].reshape(leaf.shape)).sum() for leaf in leaves)
+        )
     return xp.sqrt(sum(xp.sum(leaf * leaf) for leaf in leaves))
 
 
@@ -261,9 +251,10 @@ def _adam_numpy(
 
     def leaf_step(g, m, v, p):
         mu, nu, update = np.empty(g.shape, dtype), np.empty(g.shape, dtype), np.empty(g.shape, dtype)
-        flat = [x.reshape(-1) for x in (g, m, v, p, mu, nu, update)]  # views, but a copy of a strided g
+        flat = [x.reshape(-1) for x in (g, m, v, mu, nu, update)]  # views, but a copy of a strided g
+        p_flat = p.reshape(-1) if weight_decay is not None else None  # without decay p is g: no second copy
         for start in range(0, g.size, ADAM_CHUNK):
-            g_, m_, v_, p_, mu_, nu_, u_ = (x[start : start + ADAM_CHUNK] for x in flat)
+            g_, m_, v_, mu_, nu_, u_ = (x[start : start + ADAM_CHUNK] for x in flat)
             tmp = scratch[: g_.size]
             np.multiply(g_, 1 - b1, out=mu_)  # (1 - b1) g + b1 m
             mu_ += np.multiply(m_, b1, out=tmp)
@@ -274,8 +265,8 @@ def _adam_numpy(
             np.sqrt(u_, out=u_)
             u_ += eps
             np.divide(np.divide(mu_, correction1, out=tmp), u_, out=u_)
-            if weight_decay is not None:
-                u_ += np.multiply(p_, weight_decay, out=tmp)
+            if p_flat is not None:
+                u_ += np.multiply(p_flat[start : start + ADAM_CHUNK], weight_decay, out=tmp)
             if step_size is not None:
                 u_ *= step_size
         return update, mu, nu
@@ -317,16 +308,15 @@ def _adam_chain(
             _check_matches(grads, params, "grads", "params")
             decay = (params, float(weight_decay))
         count = _increment(adam_state["count"], np)
-        new_state = {}
+        lr_state = {}
         if callable(learning_rate):
             step_size = -learning_rate(state[lr_key]["count"])
-            new_state[lr_key] = {"count": _increment(state[lr_key]["count"], np)}
+            lr_state[lr_key] = {"count": _increment(state[lr_key]["count"], np)}
         else:
             step_size = -float(learning_rate)
         corrections = (1 - b1**count, 1 - b2**count)
         updates, mu, nu = _adam_numpy(grads, adam_state, (b1, b2, eps), corrections, decay, step_size)
-        new_state["0"] = {"count": count, "mu": mu, "nu": nu}
-        return updates, dict(sorted(new_state.items()))
+        return updates, {"0": {"count": count, "mu": mu, "nu": nu}, **lr_state}
 
     return GradientTransformation(chained.init, update)
 

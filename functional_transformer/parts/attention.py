@@ -122,13 +122,14 @@ class SelfAttention(Part):
     def fwd(self, params, x, *, train=False, key=None, mask=None, **side):
         _check_width(self, x, self.d_model)
         batch, length, _ = x.shape
-        if uses_blockwise(self.attention_kernel, length, length):
-            # The causal mask stays a flag: built whole it would be the (T, T) matrix blockwise avoids.
-            mask = attention_mask(mask, "mask", batch, length, length, causal=False, xp=array_namespace(x))
+        blockwise = uses_blockwise(self.attention_kernel, length, length)
+        # Blockwise keeps causality a flag: built whole, the causal mask is the (T, T) matrix it avoids.
+        causal_mask = self.causal and not blockwise
+        mask = attention_mask(mask, "mask", batch, length, length, causal=causal_mask, xp=array_namespace(x))
+        if blockwise:
             return blockwise_attention.multi_head_fwd(
                 params, x, x, mask, self.n_heads, self.kv_heads, causal=self.causal, rope_base=self.rope_base
             )
-        mask = attention_mask(mask, "mask", batch, length, length, causal=self.causal, xp=array_namespace(x))
         if self.grouped:
             return attention.grouped_fwd(params, x, mask, self.n_heads, self.kv_heads, self.rope_base)
         return attention.fwd(params, x, x, mask, self.n_heads)
