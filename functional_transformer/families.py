@@ -154,7 +154,7 @@ def unigram_perplexity(train: Sequence[EncodedPair], held_out: Sequence[EncodedP
     return math.exp(sum(nll) / max(len(nll), 1))
 
 
-# Settings `fit` and `ft train` use when not told otherwise (the encoder-decoder's are runs.MODEL_DEFAULTS);
+# Settings `fit` and `ft train` use when not told otherwise (the encoder-decoder's are run_data.MODEL_DEFAULTS);
 # the vocabulary (and a classifier's classes) follow from the data. A language model reads windows of
 # max_len tokens of its text; a classifier's max_len is its longest text, rounded up to 8.
 MODEL_DEFAULTS = {

@@ -149,9 +149,9 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
     except plots.MatplotlibMissing:
         print("matplotlib is not installed, so no plot was drawn (pip install matplotlib)", file=sys.stderr)
         return None
-    if not metrics_path.exists():
+    records = read_records(metrics_path) if metrics_path.exists() else []
+    if not records:
         return None
-    records = read_records(metrics_path)
     with_rate = [r for r in records if r["split"] == "train" and "learning_rate" in r]
     rates = ([r["step"] for r in with_rate], [r["learning_rate"] for r in with_rate]) if with_rate else None
     return plots.save_png(plots.curves_figure(records, rates), png_path)

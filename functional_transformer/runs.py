@@ -34,7 +34,7 @@ from backends import Backend, with_x64_scope
 from . import checkpoint, families, inference, parallel, run_folders
 from .backend_choice import default_backend
 from .checkpoint import ModelConfig
-from .config import USER_OPTIMIZER, TrainConfig, TransformerConfig
+from .config import USER_OPTIMIZER, TrainConfig
 from .data import DataError, Tokenizer
 from .errors import ConfigError
 from .models import DecoderConfig, EncoderConfig
@@ -162,7 +162,7 @@ def _arch_for(model, spec: dict, arch: str | None) -> str:
 
 @with_x64_scope
 def fit(
-    model: dict | TransformerConfig | None = None,
+    model: dict | ModelConfig | None = None,
     train_config: TrainConfig | dict | None = None,
     data: str | dict | tuple | None = None,
     *,

@@ -41,12 +41,9 @@ from . import api, checks, families, gradients, inference, optim, parallel
 from .checkpoint import ModelConfig
 from .config import (  # noqa: F401  (re-exported: train.TrainConfig and its constants keep working)
     BEST_BY,
-    GRAD_METHODS,
     OPTIMIZERS,
-    SCHEDULES,
     USER_OPTIMIZER,
     TrainConfig,
-    train_config_record,
     user_optimizer,
 )
 from .data import (
@@ -61,13 +58,7 @@ from .data import (
 )
 from .errors import ConfigError
 from .metrics import MISSING_NOTE, TEXT_METRICS, require_sacrebleu, sacrebleu_available
-from .run_writer import (  # noqa: F401  (re-exported: train.SaveFailed, train.read_records, ...)
-    RunWriter,
-    SaveFailed,
-    plot_metrics,
-    read_records,
-    storable_opt_state,
-)
+from .run_writer import RunWriter, SaveFailed  # noqa: F401  (re-exported: train.SaveFailed)
 
 # A run whose training loss stays above DIVERGED_FACTOR x its starting value (the larger of its first
 # step's loss and ln(target vocabulary), the loss of a uniform guess) for DIVERGED_STEPS steps in a
@@ -327,7 +318,7 @@ class Run:
     # A device mesh (parallel.make_mesh; None: one device) and whether to shard the state over it.
     mesh: object = None
     shard_params: bool = False
-    # What fitting the data to the model's max_len did (runs.fit_data): logged once as the "data" record.
+    # What fitting the data to the model's max_len did (run_data.fit_data): logged once as the "data" record.
     data_report: dict | None = None
     # A classifier's class names (class id i is labels[i]); None for the other families.
     labels: list[str] | None = None
@@ -441,23 +432,28 @@ def _start(
 def _batches(run: Run, start_step: int, pad_id: int) -> Iterator[tuple[list[BatchPlan], object]]:
     """Each step's plans and its batch on the backend (a list of accumulate_steps micro-batches when
     accumulating). With many processes each builds only its own rows of every global batch; with
-    accumulation, step k takes micro-batches k * n_micro ... k * n_micro + n_micro - 1."""
+    accumulation, step k takes micro-batches k * n_micro ... k * n_micro + n_micro - 1. The plans are
+    made (and a setting that cannot batch the data refused) now, before the loop writes anything."""
     cfg, backend, mesh, n_micro = run.cfg, run.backend, run.mesh, run.tcfg.accumulate_steps
     plans, rank, n_processes = (
         batch_plans(run, start_step * n_micro),
         parallel.process_index(),
         parallel.process_count(),
     )
-    while True:
-        step_plans = [next(plans) for _ in range(n_micro)]
-        batches = []
-        for plan in step_plans:
-            host_batch = plan_batch(run.train_examples, plan, pad_id, rank, n_processes)
-            families.check_batch(host_batch, cfg, backend)
-            batches.append(
-                parallel.put_batch(host_batch, mesh) if mesh is not None else backend.tree_asarray(host_batch)
-            )
-        yield step_plans, (batches if n_micro > 1 else batches[0])
+
+    def steps() -> Iterator[tuple[list[BatchPlan], object]]:
+        while True:
+            step_plans = [next(plans) for _ in range(n_micro)]
+            batches = []
+            for plan in step_plans:
+                host_batch = plan_batch(run.train_examples, plan, pad_id, rank, n_processes)
+                families.check_batch(host_batch, cfg, backend)
+                batches.append(
+                    parallel.put_batch(host_batch, mesh) if mesh is not None else backend.tree_asarray(host_batch)
+                )
+            yield step_plans, (batches if n_micro > 1 else batches[0])
+
+    return steps()
 
 
 def _check_loss(loss: float, step: int, numeric_warnings: list, divergence: DivergenceWatch, last_saved) -> bool:
@@ -581,8 +577,9 @@ def run_loop(run: Run, state: dict | None = None, key=None, progress: dict | Non
         # Sharded arrays gathered to NumPy (a collective with many processes: every one calls it).
         return parallel.to_host(tree) if mesh is not None else tree
 
+    # Before the writer touches the run folder: no pad id, or data that cannot be batched, is no run.
+    batches = _batches(run, start_step, families.pad_id_of(cfg))
     writer = RunWriter(run, tcfg, start_step, host)
-    batches = _batches(run, start_step, families.pad_id_of(cfg))  # before the loop: no pad id is no run
     valid = run.valid_pairs[: run.eval_examples]
     if valid and run.progress and families.arch_of(cfg) == "encoder_decoder" and not sacrebleu_available():
         print(f"held-out evaluations: {MISSING_NOTE}", file=sys.stderr, flush=True)

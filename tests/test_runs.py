@@ -18,6 +18,7 @@ import pytest
 import functional_transformer as ft
 from functional_transformer import checkpoint, runs, train
 from functional_transformer.data import DataError
+from functional_transformer.errors import ConfigError
 
 ON_JAX = os.environ.get("FT_BACKEND", "numpy") == "jax"
 slow_on_jax = pytest.mark.slow if ON_JAX else (lambda test: test)
@@ -302,3 +303,13 @@ def test_the_eta_of_a_resumed_run_uses_this_sessions_pace():
     line = train._progress_line(1050, 2000, 0.1, 0.9, 1000.0, elapsed=10.0, start_step=1000)
     assert line.endswith("eta 0:03:10")  # 50 steps in 10 s, 950 to go
     assert train._progress_line(50, 100, 0.1, 0.9, 1.0, elapsed=10.0).endswith("eta 0:00:10")
+
+
+def test_a_token_budget_below_the_longest_example_leaves_the_folder_untouched(tmp_path):
+    """--max-tokens that cannot hold one row is refused before the loop writes anything: no metrics,
+    no step-0 checkpoint that a retry would then have to --overwrite."""
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="raise it to at least"):
+        quiet_fit(TINY, tcfg(max_tokens=2), DATA, out_dir=out)
+    assert not (out / "checkpoint.safetensors").exists() and not (out / "metrics.jsonl").exists()
+    quiet_fit(TINY, tcfg(steps=1), DATA, out_dir=out)  # the retry needs no --overwrite

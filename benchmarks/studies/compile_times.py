@@ -6,7 +6,7 @@ nothing to compile.
     uv run python -m benchmarks.studies.compile_times                  # both backends, a Markdown table
     uv run python -m benchmarks.studies.compile_times --backends jax
 
-The model is `ft train`'s default (runs.MODEL_DEFAULTS: d_model 128, 4 heads, d_ff 512, 2 + 2
+The model is `ft train`'s default (run_data.MODEL_DEFAULTS: d_model 128, 4 heads, d_ff 512, 2 + 2
 layers) on the reverse task's vocabulary, max_len 16, batch 64, float32; each measure runs in a
 fresh process, so that no earlier compilation is reused.
 """

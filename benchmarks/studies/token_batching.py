@@ -7,7 +7,7 @@ The two batchings are timed in one process, interleaved.
 
 The data: `--n` pairs whose source and target lengths are drawn uniformly from [--low, --high]
 (random ids of a 64-token vocabulary, like a reversal task), max_len the longest rounded up to 8.
-The model is `ft train`'s default (runs.MODEL_DEFAULTS: d_model 128, 4 heads, d_ff 512, 2 + 2
+The model is `ft train`'s default (run_data.MODEL_DEFAULTS: d_model 128, 4 heads, d_ff 512, 2 + 2
 layers). Fixed batches hold --batch-size examples padded to the longest (rounded up to 8, as the
 training loop does); token batches are those of `ft train --max-tokens` with --max-tokens
 = batch size x max_len, the same padded budget as a fixed batch of the longest examples.

@@ -265,7 +265,7 @@ def _adam_numpy(
             np.sqrt(u_, out=u_)
             u_ += eps
             np.divide(np.divide(mu_, correction1, out=tmp), u_, out=u_)
-            if p_flat is not None:
+            if p_flat is not None and weight_decay is not None:
                 u_ += np.multiply(p_flat[start : start + ADAM_CHUNK], weight_decay, out=tmp)
             if step_size is not None:
                 u_ *= step_size
